@@ -16,8 +16,13 @@ A worker that raises or dies (even by SIGKILL) is detected by a monitor thread
 within a fraction of a second, logged with its lcore id and cause, and the
 stop flag is raised so the other workers end their loops cleanly.
 
+A numba loop that runs on the main lcore must be compiled with
+``nogil=True``: the monitor thread and the signal watcher are Python threads
+and need the GIL to raise the stop flag.
+
 Functions and their arguments travel pickled (cloudpickle, so closures and
-jitted functions work) over a SOCK_SEQPACKET socket pair, which also carries
+jitted functions work; arrays in ``arg`` are *copied*, so shared memory is
+reached through inherited objects such as memzones or :func:`stop_flag`) over a SOCK_SEQPACKET socket pair, which also carries
 file descriptors (SCM_RIGHTS) for the mailbox used by later layers to hand
 queues to a running lcore.
 """
