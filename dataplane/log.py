@@ -231,6 +231,8 @@ class DataplaneLogger(structlog.BoundLoggerBase):
     def _log(self, method: str, event: str | None, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
         if args and event is not None:
             event = event % args
+        # structlog's global processors (ours unless structlog.testing.capture_logs swapped them).
+        self._processors = structlog.get_config()["processors"]
         return self._proxy_to_logger(method, event, **kw)
 
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
@@ -294,7 +296,7 @@ def configure_logging(
             each write.
 
     Also points structlog's global configuration at the same processors and
-    stream, so code calling ``structlog.get_logger()`` directly shares the
+    stream, so code calling ``dplog.get_logger()`` directly shares the
     format (it is not filtered by name).
     """
     if fmt not in _FORMATS:
@@ -306,12 +308,19 @@ def configure_logging(
     _STATE.stream = stream
     _STATE.thresholds = {}
     _PROCESSORS[:] = _build_processors(fmt, colors)
+    _apply_structlog_config()
+
+
+def _apply_structlog_config() -> None:
     structlog.configure(
         processors=_PROCESSORS,
         logger_factory=lambda *_args: _WRITER,
         wrapper_class=structlog.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+_apply_structlog_config()
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -1,0 +1,1 @@
+"""Helpers for tests of the dataplane and of programs built on it."""
