@@ -4,3 +4,7 @@ Layers call only downward: lcores/memory -> rings -> vhost, virtio, vdpa -> ethd
 """
 
 __version__ = "0.1.0"
+
+from dataplane import _jitcache
+
+_jitcache.configure()  # before anything imports numba
