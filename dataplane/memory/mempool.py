@@ -70,12 +70,10 @@ import collections
 import zlib
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from dataplane.rings.atomics import fetch_add, load_relaxed
+from dataplane.rings.jit import always_inline, kernel, stack_array_u32
 from dataplane.rings.ring import (
     HDR_CONS_HEAD,
     HDR_CONS_TAIL,
@@ -241,79 +239,42 @@ indices of the mbufs neither in the ring nor in a cache (in use)."""
 # Hot-path rules for these kernels (measured on this VM, numba 0.68):
 #
 # * Every kernel that neither allocates nor returns an array is compiled
-#   without NRT reference counting (``_nrt=False``).  Numba otherwise increfs
-#   and decrefs each array of the ``mp`` namedtuple (8 atomic pairs) around
+#   without NRT reference counting (``kernel`` of :mod:`dataplane.rings.jit`,
+#   which says why and what that forbids).  Numba otherwise increfs and
+#   decrefs each array of the ``mp`` namedtuple (8 atomic pairs) around
 #   branches and calls: a 32-object get+put cost ~17 ns per object instead of
-#   ~1 ns.  Such kernels never allocate (scratch space comes from
-#   :func:`_scratch`, on the stack) and never return an array view (an
-#   NRT-enabled caller would drop a reference it does not own);
-#   ``mbuf_data`` / ``mbuf_buf`` / ``pktmbuf_alloc_from`` keep NRT for that.
-#   Callees inherit the caller's NRT setting, so nothing below may call an
-#   allocating function either.
+#   ~1 ns.  Scratch space comes from ``stack_array_u32(SCRATCH_OBJS)``;
+#   ``mbuf_data`` / ``mbuf_buf`` / ``pktmbuf_alloc_from`` return array views
+#   and keep NRT.  Callees inherit the caller's NRT setting, so nothing below
+#   may call an allocating function either.
 # * No short-circuit ``and`` / ``or``: each one cost ~100 ns per call (the
 #   same refcounting, per branch); comparisons are combined with ``&`` / ``|``.
 # * No slice assignment ``a[i:j] = b[k:l]``: ~20x slower than the loop over
 #   views in :func:`_copy` (1518 B: 550 vs 30 ns).
-# * Small kernels mark themselves ``alwaysinline`` (:func:`_inline`): an
+# * Small kernels mark themselves ``alwaysinline`` (``always_inline()``): an
 #   out-of-line call copies the 57 machine words of ``mp`` onto the stack.
-_kernel = njit(cache=True, _nrt=False)
 
 SCRATCH_OBJS = 64  # stack scratch entries (batching of frees)
-_SCRATCH_TYPE = types.Array(types.uint32, 1, "C")
 
 
-@intrinsic
-def _inline(typingctx):
-    """Mark the calling kernel ``alwaysinline`` for LLVM."""
-
-    def codegen(context, builder, sig, args):
-        builder.function.attributes.add("alwaysinline")
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@intrinsic
-def _scratch(typingctx):
-    """A uint32[SCRATCH_OBJS] array on the calling function's stack (no NRT,
-    no heap).  It must not outlive the function."""
-
-    def codegen(context, builder, sig, args):
-        elty = context.get_data_type(types.uint32)
-        ptr = cgutils.alloca_once(builder, elty, size=SCRATCH_OBJS)
-        ary = context.make_array(_SCRATCH_TYPE)(context, builder)
-        intp = context.get_value_type(types.intp)
-        context.populate_array(
-            ary,
-            data=ptr,
-            shape=[ir.Constant(intp, SCRATCH_OBJS)],
-            strides=[ir.Constant(intp, 4)],
-            itemsize=ir.Constant(intp, 4),
-            meminfo=None,
-        )
-        return ary._getvalue()
-
-    return _SCRATCH_TYPE(), codegen
-
-
-@_kernel
+@kernel
 def _copy(dst, src, n):
     """dst[:n] = src[:n], as a loop over views (vectorised)."""
-    _inline()
+    always_inline()
     for j in range(n):
         dst[j] = src[j]
 
 
-@_kernel
+@kernel
 def _has_cache(mp, lcore):
-    _inline()
+    always_inline()
     return (lcore >= 0) & (lcore < mp.info[I_MAX_LCORES]) & (mp.info[I_CACHE_SIZE] > 0)
 
 
-@_kernel
+@kernel
 def mempool_get_bulk(mp, lcore, out, n):
     """Take ``n`` free mbuf indices into ``out[:n]``: 0, or -1 (ENOENT, nothing taken)."""
-    _inline()
+    always_inline()
     n = np.int64(n)
     if n <= 0:
         return 0
@@ -352,11 +313,11 @@ def mempool_get_bulk(mp, lcore, out, n):
     return 0
 
 
-@_kernel
+@kernel
 def mempool_put_bulk(mp, lcore, objs, n):
     """Return ``objs[:n]`` to the pool: 0, or -1 if the ring overflowed (a
     double free: more objects returned than the pool has)."""
-    _inline()
+    always_inline()
     n = np.int64(n)
     if n <= 0:
         return 0
@@ -385,10 +346,10 @@ def mempool_put_bulk(mp, lcore, objs, n):
     return 0
 
 
-@_kernel
+@kernel
 def mempool_get(mp, lcore):
     """Take one free mbuf index: the index, or -1 (ENOENT)."""
-    _inline()
+    always_inline()
     if _has_cache(mp, lcore):
         c = mp.cache[lcore]
         length = np.int64(c[0])
@@ -404,16 +365,16 @@ def mempool_get(mp, lcore):
         length -= 1
         c[0] = length
         return np.int64(c[CACHE_OBJS + length])
-    tmp = _scratch()
+    tmp = stack_array_u32(SCRATCH_OBJS)
     if ring_dequeue_bulk(mp.ring_hdr, mp.ring_slots, tmp, 1, False) == 1:
         return np.int64(tmp[0])
     return np.int64(-1)
 
 
-@_kernel
+@kernel
 def mempool_put(mp, lcore, obj):
     """Return one mbuf index to the pool: 0, or -1 (ring overflow)."""
-    _inline()
+    always_inline()
     if _has_cache(mp, lcore):
         c = mp.cache[lcore]
         length = np.int64(c[0])
@@ -427,14 +388,14 @@ def mempool_put(mp, lcore, obj):
         c[CACHE_OBJS + length] = obj
         c[0] = length + 1
         return 0
-    tmp = _scratch()
+    tmp = stack_array_u32(SCRATCH_OBJS)
     tmp[0] = obj
     if ring_enqueue_bulk(mp.ring_hdr, mp.ring_slots, tmp, 1, False) == 1:
         return 0
     return -1
 
 
-@_kernel
+@kernel
 def mempool_cache_flush(mp, lcore):
     """Move every object of ``lcore``'s cache to the ring: 0, or -1."""
     if not _has_cache(mp, lcore):
@@ -448,7 +409,7 @@ def mempool_cache_flush(mp, lcore):
     return 0
 
 
-@_kernel
+@kernel
 def mempool_cache_count(mp, lcore):
     """Objects in ``lcore``'s cache (0 for cache-less lcores)."""
     if not _has_cache(mp, lcore):
@@ -456,7 +417,7 @@ def mempool_cache_count(mp, lcore):
     return np.int64(load_relaxed(mp.cache[lcore], 0))
 
 
-@_kernel
+@kernel
 def mempool_avail_count(mp):
     """Free objects: ring plus every cache (a snapshot while lcores run)."""
     total = ring_count(mp.ring_hdr)
@@ -471,10 +432,10 @@ def mempool_avail_count(mp):
 # ==========================================================================
 
 
-@_kernel
+@kernel
 def pktmbuf_reset(mp, m):
     """Reset the packet fields of mbuf ``m`` (rte_pktmbuf_reset); refcnt untouched."""
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     mb.next = _NONE
     mb.pkt_len = 0
@@ -496,10 +457,10 @@ def pktmbuf_reset(mp, m):
     mb.data_len = 0
 
 
-@_kernel
+@kernel
 def pktmbuf_alloc_bulk(mp, lcore, out, n):
     """Allocate ``n`` reset mbufs into ``out[:n]``: 0, or -1 (none allocated)."""
-    _inline()
+    always_inline()
     if mempool_get_bulk(mp, lcore, out, n) != 0:
         return -1
     for i in range(n):
@@ -509,10 +470,10 @@ def pktmbuf_alloc_bulk(mp, lcore, out, n):
     return 0
 
 
-@_kernel
+@kernel
 def pktmbuf_alloc(mp, lcore):
     """Allocate one reset mbuf: its index, or -1."""
-    _inline()
+    always_inline()
     m = mempool_get(mp, lcore)
     if m >= 0:
         pktmbuf_reset(mp, m)
@@ -520,17 +481,17 @@ def pktmbuf_alloc(mp, lcore):
     return m
 
 
-@_kernel
+@kernel
 def pktmbuf_refcnt_read(mp, m):
-    _inline()
+    always_inline()
     return np.int64(mp.mbufs[m].refcnt)
 
 
-@_kernel
+@kernel
 def pktmbuf_refcnt_update(mp, m, v):
     """Add ``v`` to the refcnt of ``m``; returns the new value.  Atomic unless
     the caller is the only owner (refcnt 1), as in DPDK."""
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     if mb.refcnt == 1:
         nv = np.int64(1) + v
@@ -540,14 +501,14 @@ def pktmbuf_refcnt_update(mp, m, v):
     return (np.int64(old) + v) & 0xFFFF
 
 
-@_kernel
+@kernel
 def _direct_of(mp, m):
     """Index of the mbuf owning the buffer that ``m`` points at."""
-    _inline()
+    always_inline()
     return np.int64(mp.mbufs[m].buf_off) // mp.info[I_BUF_STRIDE]
 
 
-@_kernel
+@kernel
 def pktmbuf_attach(mp, mi, m):
     """Make ``mi`` an indirect mbuf sharing segment ``m``'s buffer (rte_pktmbuf_attach).
 
@@ -586,7 +547,7 @@ def pktmbuf_attach(mp, mi, m):
     a.nb_segs = 1
 
 
-@_kernel
+@kernel
 def pktmbuf_detach(mp, lcore, mi):
     """Give indirect mbuf ``mi`` its own buffer back and drop its reference
     on the direct one, freeing that when it was the last (rte_pktmbuf_detach)."""
@@ -609,10 +570,10 @@ def pktmbuf_detach(mp, lcore, mi):
         mempool_put(mp, lcore, md)
 
 
-@_kernel
+@kernel
 def _prefree_seg(mp, lcore, m):
     """Drop one reference on segment ``m``: True when it must go back to the pool."""
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     if mb.refcnt == 1:
         if mb.ol_flags & _F_INDIRECT:
@@ -631,20 +592,20 @@ def _prefree_seg(mp, lcore, m):
     return True
 
 
-@_kernel
+@kernel
 def pktmbuf_free_seg(mp, lcore, m):
     """Free one segment (its ``next`` is ignored), honouring refcnt."""
-    _inline()
+    always_inline()
     if _prefree_seg(mp, lcore, m):
         mempool_put(mp, lcore, m)
 
 
-@_kernel
+@kernel
 def _free_chain(mp, lcore, m, buf, k):
     """Drop a reference on every segment of chain ``m``; segments to free
     are batched in ``buf[k:]`` (flushed to the pool when full).  Returns the
     new fill level of ``buf``."""
-    _inline()
+    always_inline()
     seg = np.int64(m)
     while seg != _NONE:
         nxt = np.int64(mp.mbufs[seg].next)
@@ -658,21 +619,21 @@ def _free_chain(mp, lcore, m, buf, k):
     return k
 
 
-@_kernel
+@kernel
 def pktmbuf_free(mp, lcore, m):
     """Free the whole chain starting at ``m`` (rte_pktmbuf_free)."""
-    _inline()
-    buf = _scratch()
+    always_inline()
+    buf = stack_array_u32(SCRATCH_OBJS)
     k = _free_chain(mp, lcore, m, buf, 0)
     if k > 0:
         mempool_put_bulk(mp, lcore, buf, k)
 
 
-@_kernel
+@kernel
 def pktmbuf_free_bulk(mp, lcore, objs, n):
     """Free the ``n`` chains whose heads are ``objs[:n]``, returning their
     segments to the pool in bulk (rte_pktmbuf_free_bulk)."""
-    buf = _scratch()
+    buf = stack_array_u32(SCRATCH_OBJS)
     k = 0
     for i in range(n):
         k = _free_chain(mp, lcore, objs[i], buf, k)
@@ -680,7 +641,7 @@ def pktmbuf_free_bulk(mp, lcore, objs, n):
         mempool_put_bulk(mp, lcore, buf, k)
 
 
-@_kernel
+@kernel
 def pktmbuf_clone(mp, lcore, m):
     """An indirect copy of packet ``m`` sharing its buffers: the new head, or -1."""
     head = np.int64(-1)
@@ -711,10 +672,10 @@ def pktmbuf_clone(mp, lcore, m):
 # ==========================================================================
 
 
-@_kernel
+@kernel
 def mbuf_data_offset(mp, m):
     """Offset in ``mp.data`` of segment ``m``'s first data byte."""
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     return np.int64(mb.buf_off) + np.int64(mb.data_off)
 
@@ -735,30 +696,30 @@ def mbuf_buf(mp, m):
     return mp.data[o : o + np.int64(mb.buf_len)]
 
 
-@_kernel
+@kernel
 def mbuf_data_iova(mp, m):
     """IOVA of segment ``m``'s first data byte (rte_pktmbuf_iova)."""
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     return np.uint64(mb.buf_iova) + np.uint64(mb.data_off)
 
 
-@_kernel
+@kernel
 def pktmbuf_headroom(mp, m):
-    _inline()
+    always_inline()
     return np.int64(mp.mbufs[m].data_off)
 
 
-@_kernel
+@kernel
 def pktmbuf_tailroom(mp, m):
-    _inline()
+    always_inline()
     mb = mp.mbufs[m]
     return np.int64(mb.buf_len) - np.int64(mb.data_off) - np.int64(mb.data_len)
 
 
-@_kernel
+@kernel
 def pktmbuf_lastseg(mp, m):
-    _inline()
+    always_inline()
     seg = np.int64(m)
     while True:
         nxt = np.int64(mp.mbufs[seg].next)
@@ -767,11 +728,11 @@ def pktmbuf_lastseg(mp, m):
         seg = nxt
 
 
-@_kernel
+@kernel
 def pktmbuf_append(mp, m, length):
     """Grow packet ``m`` by ``length`` bytes at the end of its last segment:
     the ``mp.data`` offset of the new bytes, or -1 (not enough tailroom)."""
-    _inline()
+    always_inline()
     length = np.int64(length)
     last = pktmbuf_lastseg(mp, m)
     if (length < 0) | (length > pktmbuf_tailroom(mp, last)):
@@ -784,11 +745,11 @@ def pktmbuf_append(mp, m, length):
     return off
 
 
-@_kernel
+@kernel
 def pktmbuf_prepend(mp, m, length):
     """Grow packet ``m`` by ``length`` bytes in front (into the headroom):
     the ``mp.data`` offset of the new first byte, or -1."""
-    _inline()
+    always_inline()
     length = np.int64(length)
     h = mp.mbufs[m]
     if (length < 0) | (length > np.int64(h.data_off)):
@@ -799,11 +760,11 @@ def pktmbuf_prepend(mp, m, length):
     return np.int64(h.buf_off) + np.int64(h.data_off)
 
 
-@_kernel
+@kernel
 def pktmbuf_adj(mp, m, length):
     """Remove ``length`` bytes from the front of the first segment: the new
     data offset in ``mp.data``, or -1."""
-    _inline()
+    always_inline()
     length = np.int64(length)
     h = mp.mbufs[m]
     if (length < 0) | (length > np.int64(h.data_len)):
@@ -814,10 +775,10 @@ def pktmbuf_adj(mp, m, length):
     return np.int64(h.buf_off) + np.int64(h.data_off)
 
 
-@_kernel
+@kernel
 def pktmbuf_trim(mp, m, length):
     """Remove ``length`` bytes from the end of the last segment: 0, or -1."""
-    _inline()
+    always_inline()
     length = np.int64(length)
     last = pktmbuf_lastseg(mp, m)
     lm = mp.mbufs[last]
@@ -829,10 +790,10 @@ def pktmbuf_trim(mp, m, length):
     return 0
 
 
-@_kernel
+@kernel
 def pktmbuf_chain(mp, head, tail):
     """Append packet ``tail`` to packet ``head``: 0, or -1 (too many segments)."""
-    _inline()
+    always_inline()
     h = mp.mbufs[head]
     t = mp.mbufs[tail]
     if np.int64(h.nb_segs) + np.int64(t.nb_segs) > MBUF_MAX_NB_SEGS:
@@ -846,11 +807,11 @@ def pktmbuf_chain(mp, head, tail):
     return 0
 
 
-@_kernel
+@kernel
 def pktmbuf_read(mp, m, off, dst):
     """Copy ``len(dst)`` packet bytes from packet offset ``off`` into ``dst``,
     across segments: the number of bytes, or -1 if out of range."""
-    _inline()
+    always_inline()
     off = np.int64(off)
     want = np.int64(dst.shape[0])
     if (off < 0) | (off + want > np.int64(mp.mbufs[m].pkt_len)):
@@ -872,11 +833,11 @@ def pktmbuf_read(mp, m, off, dst):
     return done
 
 
-@_kernel
+@kernel
 def pktmbuf_write(mp, m, off, src):
     """Copy ``src`` over the packet bytes from packet offset ``off`` (within
     ``pkt_len``), across segments: the number of bytes, or -1."""
-    _inline()
+    always_inline()
     off = np.int64(off)
     want = np.int64(src.shape[0])
     if (off < 0) | (off + want > np.int64(mp.mbufs[m].pkt_len)):

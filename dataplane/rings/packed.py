@@ -73,9 +73,9 @@ Features are the compact ``FEAT_*`` mask of :mod:`dataplane.rings.virtqueue`
 
 Performance notes
 -----------------
-* Kernels are compiled with ``_nrt=False`` (see ``_KERNEL``): no reference
-  counting of the array arguments at each call, which otherwise costs more
-  than the work itself.  They never allocate; indirect tables are read and
+* Kernels are compiled with ``_nrt=False`` (:mod:`dataplane.rings.jit`): no
+  reference counting of the array arguments at each call, which otherwise
+  costs more than the work itself.  They never allocate; indirect tables are read and
   written through raw loads/stores at translated addresses.
 * The fetch has two fast paths with results identical to the chain walk
   (the tests compare all three against the model): DPDK's batch of four
@@ -90,11 +90,19 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
+from dataplane.rings.jit import (
+    inline_kernel,
+    kernel,
+    load_u16,
+    load_u32,
+    load_u64,
+    store_u16,
+    store_u32,
+    store_u64,
+)
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,
@@ -206,54 +214,14 @@ WRAP_BIT = 1 << VRING_PACKED_EVENT_F_WRAP_CTR  # 0x8000 in off_wrap / base value
 OFF_MASK = WRAP_BIT - 1
 EVENT_FLAGS_MASK = 3  # desc_event_flags is 2 bits; the rest is reserved
 
-# Kernels are compiled without NRT (numba's reference counting): they never
-# allocate, and with NRT every call of a non-inlined kernel increfs and
+# Kernels are compiled without NRT (``kernel`` of :mod:`dataplane.rings.jit`,
+# which says why): with NRT every call of a non-inlined kernel increfs and
 # decrefs each array argument — 16 atomic read-modify-writes for
 # packed_dev_fetch — which measured 0.1-0.6 us per call here (add1 56 ns,
 # get_used 236 ns, fetch 600 ns on an empty ring; 5, 23 and ~30 ns without).
-_KERNEL = dict(cache=True, _nrt=False)
-_INLINE = dict(cache=True, _nrt=False, inline="always")
-
-
-def _mem_access(bits):
-    """Plain load/store of a ``bits``-wide unsigned integer at an integer address.
-
-    Used for indirect tables (found at run time in guest memory).  Without NRT
-    a kernel cannot build array views (``carray``), so it reads them through
-    these; their ordering comes from the acquire load of the ring descriptor.
-    """
-    nbt = {16: types.uint16, 32: types.uint32, 64: types.uint64}[bits]
-
-    @intrinsic
-    def _load(typingctx, addr):
-        if not isinstance(addr, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = builder.inttoptr(args[0], ir.IntType(bits).as_pointer())
-            return builder.load(ptr, align=1)
-
-        return nbt(addr), codegen
-
-    @intrinsic
-    def _store(typingctx, addr, val):
-        if not isinstance(addr, types.Integer) or not isinstance(val, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = builder.inttoptr(args[0], ir.IntType(bits).as_pointer())
-            v = context.cast(builder, args[1], sig.args[1], nbt)
-            builder.store(v, ptr, align=1)
-            return context.get_dummy_value()
-
-        return types.void(addr, val), codegen
-
-    return _load, _store
-
-
-_ld16, _st16 = _mem_access(16)
-_ld32, _st32 = _mem_access(32)
-_ld64, _st64 = _mem_access(64)
+# Indirect tables (found at run time in guest memory) are read and written
+# with the raw ``load_uNN`` / ``store_uNN`` of jit.py; their ordering comes
+# from the acquire load of the ring descriptor.
 
 # ---------------------------------------------------------------------------
 # Layout
@@ -402,19 +370,19 @@ def packed_dev_state(num, features=0, base=WRAP_BIT) -> np.ndarray:
     return packed_dev_init(np.zeros(STATE_SLOTS, np.int64), num, features, base)
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_get_base(state):
     """GET_VRING_BASE value: ``last_avail | avail_wrap << 15`` (nothing is stopped or reset)."""
     return state[STATE_LAST_AVAIL] | (state[STATE_AVAIL_WRAP] << VRING_PACKED_EVENT_F_WRAP_CTR)
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_get_used_base(state):
     """``last_used | used_wrap << 15`` (published used position; QEMU puts it in bits 16..31)."""
     return state[STATE_LAST_USED] | (state[STATE_USED_WRAP] << VRING_PACKED_EVENT_F_WRAP_CTR)
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_set_base(state, base, used_base=-1):
     """SET_VRING_BASE: fetch resumes at ``base & 0x7fff`` in lap ``base >> 15``.
 
@@ -444,19 +412,19 @@ def packed_dev_set_base(state, base, used_base=-1):
     state[STATE_BROKEN] = 0
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _avail_expect(wrap):
     """``flags & (AVAIL|USED)`` of a descriptor made available in lap ``wrap``."""
     return F_AVAIL if wrap else F_USED
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _used_bits(wrap):
     """``flags & (AVAIL|USED)`` of a descriptor marked used in lap ``wrap``."""
     return F_AU if wrap else 0
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_avail_pending(vr, state):
     """True when the descriptor at the device's next slot is available (0 work if broken)."""
     if state[STATE_BROKEN]:
@@ -465,7 +433,7 @@ def packed_dev_avail_pending(vr, state):
     return (f & F_AU) == _avail_expect(state[STATE_AVAIL_WRAP])
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _dev_seg(regions, chains, addr, length, wflag, status, seen_write, nseg, total, s0, seg_cap, n):
     """One buffer element of a chain.  Returns (status, seen_write, nseg, total, retry).
 
@@ -493,7 +461,7 @@ def _dev_seg(regions, chains, addr, length, wflag, status, seen_write, nseg, tot
     return status, seen_write, nseg + 1, total + length, False
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _dev_single(regions, chains, state, num, n, s, seg_cap, addr, length, bid, wflag):
     """A chain of one direct descriptor.  Returns segs used (0 or 1), or -1: no room, retry next burst.
 
@@ -526,7 +494,7 @@ def _dev_single(regions, chains, state, num, n, s, seg_cap, addr, length, bid, w
     return 1
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_fetch(vr, state, regions, chains, max_chains):
     """Takes up to ``max_chains`` available chains into ``chains``; returns how many.
 
@@ -636,12 +604,12 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
                             cnt = length >> 4
                             for j in range(cnt):
                                 ea = thva + np.uint64(16 * j)
-                                ef = np.int64(_ld16(ea + np.uint64(14)))
+                                ef = np.int64(load_u16(ea + np.uint64(14), 0))
                                 if ef & F_INDIRECT:
                                     status = ERR_INDIRECT
                                     break
                                 status, seen_write, nseg, total, retry = _dev_seg(
-                                    regions, chains, _ld64(ea), np.int64(_ld32(ea + np.uint64(8))), ef & F_WRITE,
+                                    regions, chains, load_u64(ea, 0), np.int64(load_u32(ea + np.uint64(8), 0)), ef & F_WRITE,
                                     status, seen_write, nseg, total, s, seg_cap, n,
                                 )
                                 if status != OK or retry:
@@ -686,7 +654,7 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
     return n
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_push_used(vr, state, buf_id, length, ndesc):
     """Queues a used entry for buffer ``buf_id`` that took ``ndesc`` (>= 1) ring slots.
 
@@ -718,7 +686,7 @@ def packed_dev_push_used(vr, state, buf_id, length, ndesc):
     state[PACKED_DEV_SHADOW_WRAP] = w
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_push_used_inorder(vr, state, buf_id, length, ndesc):
     """IN_ORDER: folds buffer ``buf_id`` into the pending used entry (the spec's "in-order use of descriptors").
 
@@ -750,7 +718,7 @@ def packed_dev_push_used_inorder(vr, state, buf_id, length, ndesc):
     state[PACKED_DEV_SHADOW_IDX] = slot
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_flush_used(vr, state):
     """Publishes the pushed used entries (head's flags last); returns whether to interrupt.
 
@@ -792,7 +760,7 @@ def packed_dev_flush_used(vr, state):
     return vring_need_event(off, new, old)
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_dev_enable_notify(vr, state, enable):
     """Asks the driver for kicks (``enable``) or not; returns True when a chain is pending.
 
@@ -877,13 +845,13 @@ def packed_drv_init(vr: PackedVring, ds: PackedDrvState, num, features=0):
     return ds
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_free_count(ds):
     """Free ring slots (a chain of k direct descriptors needs k, an indirect one 1)."""
     return ds.state[DRV_NUM_FREE]
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _drv_alloc(st, ds, num, cookie, need):
     h = st[DRV_FREE_HEAD]
     bid = np.int64(ds.free_ids[h])
@@ -900,7 +868,7 @@ def _drv_alloc(st, ds, num, cookie, need):
     return bid
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, ind_hva):
     """Makes one buffer available; returns its id or -1 (no room, nseg < 1, broken).
 
@@ -931,10 +899,10 @@ def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, i
         base = np.uint64(ind_hva)
         for i in range(nseg):
             ea = base + np.uint64(16 * i)
-            _st64(ea, seg_gpa[i])
-            _st32(ea + np.uint64(8), seg_len[i])
-            _st16(ea + np.uint64(12), 0)
-            _st16(ea + np.uint64(14), F_WRITE if seg_write[i] else 0)
+            store_u64(ea, 0, seg_gpa[i])
+            store_u32(ea + np.uint64(8), 0, seg_len[i])
+            store_u16(ea + np.uint64(12), 0, 0)
+            store_u16(ea + np.uint64(14), 0, F_WRITE if seg_write[i] else 0)
         d64[2 * slot] = ind_gpa
         d32[4 * slot + 2] = 16 * nseg
         d16[8 * slot + 6] = bid
@@ -969,7 +937,7 @@ def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, i
     return bid
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_add1(vr, ds, cookie, gpa, length, write):
     """One buffer of one element (the fast path of a Tx/Rx burst); returns its id or -1."""
     st = ds.state
@@ -994,7 +962,7 @@ def packed_drv_add1(vr, ds, cookie, gpa, length, write):
     return bid
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_need_kick(vr, ds):
     """Whether to notify the device of the buffers added since the last call.
 
@@ -1024,7 +992,7 @@ def packed_drv_need_kick(vr, ds):
     return vring_need_event(off, new, old)
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_used_pending(vr, ds):
     """True when a used descriptor waits at the driver's next used slot."""
     st = ds.state
@@ -1032,7 +1000,7 @@ def packed_drv_used_pending(vr, ds):
     return (f & F_AU) == _used_bits(st[DRV_USED_WRAP])
 
 
-@njit(**_INLINE)
+@inline_kernel
 def _drv_release(st, ds, num, bid):
     """Puts id ``bid`` back at the tail of the free FIFO; returns its slot count."""
     k = np.int64(ds.ndesc[bid])
@@ -1046,7 +1014,7 @@ def _drv_release(st, ds, num, bid):
     return k
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     """Harvests up to ``n`` completed buffers: their cookies and used lengths; returns the count.
 
@@ -1115,7 +1083,7 @@ def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     return cnt
 
 
-@njit(**_KERNEL)
+@kernel
 def packed_drv_enable_interrupt(vr, ds, enable):
     """Asks the device for used-buffer interrupts (``enable``) or not; returns True if used entries are pending.
 

@@ -50,10 +50,7 @@ progress.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from dataplane.rings.atomics import (
     cas,
@@ -63,6 +60,7 @@ from dataplane.rings.atomics import (
     store_relaxed,
     store_release,
 )
+from dataplane.rings.jit import always_inline, kernel, sched_yield  # sched_yield: re-exported
 
 __all__ = [
     "RING_F_SP_ENQ",
@@ -118,41 +116,10 @@ RING_MAGIC = 0x52474E31  # "RGN1", written last by init
 YIELD_AFTER_SPINS = 256  # a waiter calls sched_yield after this many pauses
 
 # --------------------------------------------------------------------------
-# sched_yield as an intrinsic (cacheable, unlike a ctypes call)
-
-
-@intrinsic
-def sched_yield(typingctx):
-    """Call libc ``sched_yield()``: give the CPU away in a long spin."""
-
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(ir.IntType(32), [])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
-        builder.call(fn, [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@intrinsic
-def _always_inline(typingctx):
-    """Mark the calling function ``alwaysinline`` for LLVM (rte_ring's
-    ``__rte_always_inline``): the ring workers are too large for LLVM's
-    inliner, and a call passing three arrays costs ~15 cycles of stack traffic.
-    """
-
-    def codegen(context, builder, sig, args):
-        builder.function.attributes.add("alwaysinline")
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-# --------------------------------------------------------------------------
 # numba kernels
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def _wait_tail(hdr, tail_idx, old):
     """Wait until ``hdr[tail_idx]`` reaches ``old`` (multi-producer/consumer)."""
     spins = 0
@@ -164,23 +131,25 @@ def _wait_tail(hdr, tail_idx, old):
             spins = 0
 
 
-# How the hot path stays cheap (measured, see bench/ring_perf.py):
-# * every kernel is compiled with ``_nrt=False``: numba otherwise increfs and
-#   decrefs each array argument around the branches (an atomic op and an
-#   indirect call each, ~5 ns; they were 80% of the cost), and numba's IR
-#   inlining (``inline="always"``) brings the same refcounts along;
-# * every kernel marks itself ``alwaysinline`` for LLVM, so the whole ring
-#   operation is inlined into the caller's loop (with ``single``/``is_bulk``
-#   constant-folded when the caller passes literals), as rte_ring's
-#   ``__rte_always_inline`` does; an out-of-line call passing three arrays
-#   costs ~15 cycles of argument copying;
+# How the hot path stays cheap (measured, see bench/ring_perf.py; the
+# decorator and the intrinsics are explained in dataplane.rings.jit):
+# * every kernel is compiled with ``_nrt=False`` (``kernel``): numba
+#   otherwise increfs and decrefs each array argument around the branches (an
+#   atomic op and an indirect call each, ~5 ns; they were 80% of the cost),
+#   and numba's IR inlining (``inline="always"``) brings the same refcounts
+#   along;
+# * every kernel marks itself ``alwaysinline`` for LLVM (``always_inline()``),
+#   so the whole ring operation is inlined into the caller's loop (with
+#   ``single``/``is_bulk`` constant-folded when the caller passes literals),
+#   as rte_ring's ``__rte_always_inline`` does; an out-of-line call passing
+#   three arrays costs ~15 cycles of argument copying;
 # * slot indices are u64 (no wraparound checks), so the copy loops vectorise.
 # Only the multi-producer tail wait (_wait_tail) is out of line.
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def _enqueue(hdr, slots, objs, n, is_bulk, single):
-    _always_inline()
+    always_inline()
     capacity = hdr[HDR_CAPACITY]
     if n <= 0:
         return 0
@@ -236,9 +205,9 @@ def _enqueue(hdr, slots, objs, n, is_bulk, single):
     return np.int64(m)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def _dequeue(hdr, slots, out, n, is_bulk, single):
-    _always_inline()
+    always_inline()
     capacity = hdr[HDR_CAPACITY]
     if n <= 0:
         return 0
@@ -291,42 +260,42 @@ def _dequeue(hdr, slots, out, n, is_bulk, single):
     return np.int64(m)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_enqueue_bulk(hdr, slots, objs, n, single):
     """Enqueue exactly ``n`` handles from ``objs[:n]`` or none: returns n or 0.
 
     ``single`` selects the single-producer path (no CAS); only one process may
     then enqueue at a time.
     """
-    _always_inline()
+    always_inline()
     return _enqueue(hdr, slots, objs, n, True, single)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_enqueue_burst(hdr, slots, objs, n, single):
     """Enqueue as many of ``objs[:n]`` as fit: returns how many."""
-    _always_inline()
+    always_inline()
     return _enqueue(hdr, slots, objs, n, False, single)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_dequeue_bulk(hdr, slots, out, n, single):
     """Dequeue exactly ``n`` handles into ``out[:n]`` or none: returns n or 0."""
-    _always_inline()
+    always_inline()
     return _dequeue(hdr, slots, out, n, True, single)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_dequeue_burst(hdr, slots, out, n, single):
     """Dequeue up to ``n`` handles into ``out[:n]``: returns how many."""
-    _always_inline()
+    always_inline()
     return _dequeue(hdr, slots, out, n, False, single)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_count(hdr):
     """Entries in the ring (a snapshot when others are active)."""
-    _always_inline()
+    always_inline()
     cons_tail = load_acquire(hdr, HDR_CONS_TAIL)  # first: prod.tail can only be ahead of it
     prod_tail = load_acquire(hdr, HDR_PROD_TAIL)
     c = np.uint32(prod_tail - cons_tail)
@@ -336,10 +305,10 @@ def ring_count(hdr):
     return np.int64(c)
 
 
-@njit(cache=True, _nrt=False)
+@kernel
 def ring_free_count(hdr):
     """Free entries in the ring (a snapshot when others are active)."""
-    _always_inline()
+    always_inline()
     return np.int64(hdr[HDR_CAPACITY]) - ring_count(hdr)
 
 

@@ -66,10 +66,10 @@ Features are the compact ``FEAT_*`` mask of :mod:`dataplane.rings.virtqueue`
 (EVENT_IDX, IN_ORDER, INDIRECT), fixed at init.  Each side is single-threaded:
 one lcore owns the device side of a ring, one owns the driver side.
 
-Kernels are ``njit(cache=True, _nrt=False)`` (see below); call them from
-plain Python (control plane, tests) or, for speed, from your own njit burst
-loop.  The test suite checks them operation by operation against the plain
-Python model in :mod:`dataplane.testing.virtq_split_model`.
+Kernels are ``njit(cache=True, _nrt=False)`` (:data:`dataplane.rings.jit.kernel`);
+call them from plain Python (control plane, tests) or, for speed, from your
+own njit burst loop.  The test suite checks them operation by operation
+against the plain Python model in :mod:`dataplane.testing.virtq_split_model`.
 """
 
 from __future__ import annotations
@@ -77,11 +77,9 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
+from dataplane.rings.jit import inline_kernel, kernel, load_u64, store_u64
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,
@@ -301,49 +299,15 @@ def split_vring_from_addrs(desc_hva, avail_hva, used_hva, num) -> SplitVring:
 # kernels
 # ---------------------------------------------------------------------------
 
-# The kernels are compiled without the numba runtime (``_nrt=False``): they
-# never allocate, and without NRT numba emits no reference counting for the
-# arrays of the namedtuples they take.  With NRT every call from a caller's
-# poll loop did ~12 atomic incref/decref calls (one per array of a
-# SplitVring/SplitDrvState): 25-40 ns per call instead of ~2 ns.  Helpers
+# The kernels are compiled without the numba runtime (``kernel`` of
+# :mod:`dataplane.rings.jit`, which says why): with NRT every call from a
+# caller's poll loop did ~12 atomic incref/decref calls (one per array of a
+# SplitVring/SplitDrvState), 25-40 ns per call instead of ~2 ns.  Helpers
 # the kernels call are either NRT-free too or inlined at the numba IR level
-# (``inline="always"``: translate, host_u*, vring_need_event, count_error).
-_kernel = njit(cache=True, _nrt=False)
-_inline_kernel = njit(cache=True, _nrt=False, inline="always")
-
-
-# Indirect tables live at translated host addresses.  ``carray`` (regions.host_u64)
-# needs NRT to build an array, so NRT-free kernels read and write table words
-# through these two intrinsics instead (unaligned-safe: align 1).
-@intrinsic
-def _hva_load_u64(typingctx, hva, idx):
-    if not isinstance(hva, types.Integer) or not isinstance(idx, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        base = context.cast(builder, args[0], sig.args[0], types.uint64)
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = builder.inttoptr(base, ir.IntType(64).as_pointer())
-        return builder.load(builder.gep(ptr, [i]), align=1)
-
-    return types.uint64(hva, idx), codegen
-
-
-@intrinsic
-def _hva_store_u64(typingctx, hva, idx, val):
-    if not all(isinstance(a, types.Integer) for a in (hva, idx, val)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        base = context.cast(builder, args[0], sig.args[0], types.uint64)
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        v = context.cast(builder, args[2], sig.args[2], types.uint64)
-        ptr = builder.inttoptr(base, ir.IntType(64).as_pointer())
-        builder.store(v, builder.gep(ptr, [i]), align=1)
-        return context.get_dummy_value()
-
-    return types.void(hva, idx, val), codegen
-
+# (``inline_kernel``: translate, host_u*, vring_need_event, count_error).
+# Indirect tables live at translated host addresses: ``carray``
+# (regions.host_u64) needs NRT, so the kernels read and write table words
+# with ``load_u64`` / ``store_u64``.
 
 _U32 = np.uint64(0xFFFFFFFF)
 _U16 = np.uint64(0xFFFF)
@@ -353,7 +317,7 @@ _S33 = np.uint64(33)  # VRING_DESC_F_WRITE's bit in the second descriptor word
 _CHAIN_BITS = np.uint64((VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) << 32)
 
 
-@_inline_kernel
+@inline_kernel
 def _desc_word(length, flags, nxt):
     """Second u64 of a descriptor: len | flags << 32 | next << 48."""
     return (
@@ -393,13 +357,13 @@ def split_dev_state(num, features=0, base=0) -> np.ndarray:
     return split_dev_init(np.zeros(split_dev_state_size(num), np.int64), num, features, base)
 
 
-@_kernel
+@kernel
 def split_dev_get_base(state):
     """``last_avail_idx`` for GET_VRING_BASE (does not stop or reset anything)."""
     return state[STATE_LAST_AVAIL]
 
 
-@_kernel
+@kernel
 def split_dev_set_base(state, idx):
     """SET_VRING_BASE: ``last_avail_idx = last_used_idx = idx``; drops the shadow, clears BROKEN."""
     idx = np.int64(idx) & 0xFFFF
@@ -411,7 +375,7 @@ def split_dev_set_base(state, idx):
     state[STATE_BROKEN] = 0
 
 
-@_kernel
+@kernel
 def split_dev_sync_from_used(vr, state):
     """Reconnect without inflight tracking (DPDK's rule): when our last_used_idx
     differs from the ring's used idx, resume both indices from the ring's used idx
@@ -424,7 +388,7 @@ def split_dev_sync_from_used(vr, state):
     return True
 
 
-@_kernel
+@kernel
 def split_dev_avail_count(vr, state):
     """Chains the driver has made available that we have not fetched yet (0 if broken)."""
     if state[STATE_BROKEN]:
@@ -435,7 +399,7 @@ def split_dev_avail_count(vr, state):
     return n
 
 
-@_inline_kernel
+@inline_kernel
 def _dev_buffer(regions, addr, length, flags, seen_write, seg_addr, seg_len, seg_write, s, smax):
     """Checks and records one buffer; returns (status, seen_write)."""
     if flags & VRING_DESC_F_WRITE:
@@ -453,7 +417,7 @@ def _dev_buffer(regions, addr, length, flags, seen_write, seg_addr, seg_len, seg
     return OK, seen_write
 
 
-@_kernel
+@kernel
 def _dev_walk(vr, regions, num, feats, head, seg_addr, seg_len, seg_write, s0, smax):
     """Walks the chain at ``head``; returns (status, ring descriptors, segments, total bytes).
 
@@ -493,8 +457,8 @@ def _dev_walk(vr, regions, num, feats, head, seg_addr, seg_len, seg_write, s0, s
                 seen += 1
                 if seen > tn:
                     return ERR_CHAIN_LOOP, ndesc, s - s0, total
-                taddr = _hva_load_u64(thva, 2 * j)
-                tw = _hva_load_u64(thva, 2 * j + 1)
+                taddr = load_u64(thva, 2 * j)
+                tw = load_u64(thva, 2 * j + 1)
                 tlen = np.int64(tw & _U32)
                 tflags = np.int64((tw >> _S32) & _U16)
                 if tflags & VRING_DESC_F_INDIRECT:
@@ -519,7 +483,7 @@ def _dev_walk(vr, regions, num, feats, head, seg_addr, seg_len, seg_write, s0, s
         idx = np.int64(w >> _S48)
 
 
-@_kernel
+@kernel
 def split_dev_fetch(vr, state, regions, chains, max_chains):
     """Fetches up to ``max_chains`` available chains into ``chains``; returns how many.
 
@@ -596,7 +560,7 @@ def split_dev_fetch(vr, state, regions, chains, max_chains):
     return c
 
 
-@_kernel
+@kernel
 def _dev_write_shadow(vr, state):
     """Copies the shadow entries to the used ring and release-stores used idx once."""
     k = state[STATE_SHADOW_N]
@@ -620,7 +584,7 @@ def _dev_write_shadow(vr, state):
     state[STATE_SHADOW_N] = 0
 
 
-@_inline_kernel
+@inline_kernel
 def _dev_shadow_add(vr, state, head, length, count):
     k = state[STATE_SHADOW_N]
     if k >= state[STATE_SIZE]:
@@ -631,13 +595,13 @@ def _dev_shadow_add(vr, state, head, length, count):
     state[STATE_SHADOW_N] = k + 1
 
 
-@_kernel
+@kernel
 def split_dev_push_used(vr, state, head, length):
     """Queues a used entry ``{head, length}`` in the shadow used ring (not visible yet)."""
     _dev_shadow_add(vr, state, head, length, 1)
 
 
-@_kernel
+@kernel
 def split_dev_push_used_inorder(vr, state, head, length, count):
     """IN_ORDER batch: one used entry for ``count`` chains completed in ring order.
 
@@ -651,7 +615,7 @@ def split_dev_push_used_inorder(vr, state, head, length, count):
     _dev_shadow_add(vr, state, head, length, count)
 
 
-@_kernel
+@kernel
 def split_dev_flush_used(vr, state):
     """Publishes the shadow used entries (one release store); returns whether to interrupt.
 
@@ -679,7 +643,7 @@ def split_dev_flush_used(vr, state):
     return (np.int64(load_acquire(vr.avail, 0)) & VRING_AVAIL_F_NO_INTERRUPT) == 0
 
 
-@_kernel
+@kernel
 def split_dev_enable_notify(vr, state, enable):
     """Asks the driver for kicks (``enable``) or not; returns True when chains are pending.
 
@@ -769,12 +733,12 @@ def split_drv_init(vr: SplitVring, ds: SplitDrvState, num, features=0):
     return ds
 
 
-@_kernel
+@kernel
 def split_drv_free_count(ds):
     return ds.state[DRV_NUM_FREE]
 
 
-@_kernel
+@kernel
 def split_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, ind_hva):
     """Adds one buffer chain; returns its head (the id used-ring entries name) or -1.
 
@@ -803,8 +767,8 @@ def split_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, in
             if seg_write[j]:
                 f |= VRING_DESC_F_WRITE
                 wl += np.uint64(seg_len[j])
-            _hva_store_u64(ind_hva, 2 * j, np.uint64(seg_gpa[j]))
-            _hva_store_u64(ind_hva, 2 * j + 1, _desc_word(seg_len[j], f, j + 1 if j < nseg - 1 else 0))
+            store_u64(ind_hva, 2 * j, np.uint64(seg_gpa[j]))
+            store_u64(ind_hva, 2 * j + 1, _desc_word(seg_len[j], f, j + 1 if j < nseg - 1 else 0))
         vr.desc_u64[2 * head] = np.uint64(ind_gpa)
         vr.desc_u64[2 * head + 1] = _desc_word(DESC_SIZE * nseg, VRING_DESC_F_INDIRECT, ds.dnext[head])
         last = head
@@ -832,7 +796,7 @@ def split_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, in
     return head
 
 
-@_kernel
+@kernel
 def split_drv_add1(vr, ds, cookie, gpa, length, write):
     """Adds a single-descriptor buffer; returns its head or -1 (the hot Rx/Tx case)."""
     st = ds.state
@@ -854,7 +818,7 @@ def split_drv_add1(vr, ds, cookie, gpa, length, write):
     return head
 
 
-@_kernel
+@kernel
 def split_drv_publish(vr, ds):
     """Makes the added chains visible (ONE release store of avail idx); returns need_kick.
 
@@ -876,7 +840,7 @@ def split_drv_publish(vr, ds):
     return (np.int64(load_acquire(vr.used_u16, 0)) & VRING_USED_F_NO_NOTIFY) == 0
 
 
-@_inline_kernel
+@inline_kernel
 def _drv_free_chain(ds, head):
     st = ds.state
     nd = np.int64(ds.ndesc[head])
@@ -889,13 +853,13 @@ def _drv_free_chain(ds, head):
     ds.ndesc[head] = 0
 
 
-@_kernel
+@kernel
 def _drv_broken(st):
     st[DRV_BROKEN] = 1
     st[DRV_BAD_USED] += 1
 
 
-@_kernel
+@kernel
 def split_drv_get_used(vr, ds, out_cookies, out_lens, n):
     """Harvests up to ``n`` used chains: cookies and used lengths out; returns the count.
 
@@ -967,7 +931,7 @@ def split_drv_get_used(vr, ds, out_cookies, out_lens, n):
     return c
 
 
-@_kernel
+@kernel
 def split_drv_enable_interrupt(vr, ds, enable):
     """Asks the device for used-buffer interrupts (``enable``) or not; returns True if used entries are pending.
 
