@@ -1,0 +1,13 @@
+"""vhost-user back-end: DPDK's vhost library.
+
+The control plane, one concern per module:
+
+* :mod:`~dataplane.vhost.protocol` -- the protocol as data (requests, feature bits, payloads, framing)
+* :mod:`~dataplane.vhost.transport` -- unix sockets: the vhost-events thread, server/client endpoints
+* :mod:`~dataplane.vhost.guest_memory` -- mapping mem tables, address translation
+* :mod:`~dataplane.vhost.device` -- the per-connection state machine and the data-path hooks
+* :mod:`~dataplane.vhost.library` -- the public API (``driver_register``, ``driver_start``, ...)
+
+The data path (:mod:`~dataplane.vhost.virtio_net`, :mod:`~dataplane.vhost.net_hdr`) plugs into the
+control plane through :class:`~dataplane.vhost.device.DataPathHooks`.
+"""

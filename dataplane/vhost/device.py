@@ -1,0 +1,1029 @@
+"""The per-connection vhost-user device: the back-end's state machine.
+
+One :class:`VhostUserDevice` per connection (a *vid*).  The transport hands
+it every received :class:`~dataplane.vhost.protocol.Message`
+(:meth:`VhostUserDevice.handle`); it validates the message against the
+protocol table, applies the spec's semantics, replies, and tells the
+application (DPDK-style callbacks, :class:`VhostDeviceOps`) and the data path
+(:class:`DataPathHooks`) what changed.
+
+Semantics (the spec's, with DPDK's choices where the spec leaves room):
+
+* Rings start **stopped**, and **disabled** when ``VHOST_USER_F_PROTOCOL_FEATURES``
+  is negotiated (``SET_VRING_ENABLE`` enables them).  Without it,
+  ``SET_VRING_KICK`` enables the ring (DPDK's rule).
+* A vring is **ready** (DPDK's ``vq->ready``) when its addresses are
+  translated, its kick and call fds are set (an fd or NOFD = polling) and it
+  is enabled.  Every change of readiness is reported with
+  ``vring_state_changed(vid, qid, enable)``.
+* The device becomes **running** (``new_device(vid)``) when features are set,
+  a mem table is mapped, vrings 0 and 1 are ready and, if
+  ``VHOST_USER_PROTOCOL_F_STATUS`` is negotiated, the status has DRIVER_OK.
+  ``GET_VRING_BASE``, ``RESET_OWNER``/``RESET_DEVICE`` and disconnection
+  end it (``destroy_device(vid)``).
+* ``GET_VRING_BASE`` stops the ring (the data path returns it first) and
+  returns ``last_avail_idx`` -- for packed rings ``last_avail_idx |
+  avail_wrap_counter << 15 | last_used_idx << 16 | used_wrap_counter << 31``
+  -- without resetting it; it closes the kick and call fds and forgets the
+  ring addresses.
+* ``SET_MEM_TABLE`` with an identical table (same GPA, size and user address
+  per region) is ignored; a changed table is mapped, the data path is
+  stopped, the old one unmapped and every ring's addresses retranslated.
+* ``SET_FEATURES`` with bits never offered is refused; while running only
+  ``VHOST_F_LOG_ALL`` may change (``features_changed``).
+
+**Errors.**  A refused request (:class:`RequestError`) is logged with the
+device's path, vid, the request's name and the reason, counted in
+:attr:`VhostUserDevice.stats`, and then, as DPDK does: with NEED_REPLY the
+front-end gets a u64 ``1`` and the connection stays; without it the
+connection is closed.  Ring problems (:class:`QueueError`: addresses outside
+the mem table, misaligned rings) only make that ring unusable: logged,
+counted, ``1`` with NEED_REPLY, connection kept.
+
+**The data path** (built on top of this) plugs in through
+:class:`DataPathHooks` and reads :class:`Vring` and the device's public
+attributes; see their docstrings.  Every hook and callback runs on the
+vhost-events thread, with the library lock held.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from dataplane import log as dplog
+from dataplane.vhost import protocol as P
+from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
+from dataplane.vhost.protocol import (
+    VHOST_USER_MAX_CONFIG_SIZE,
+    VHOST_USER_MAX_RAM_SLOTS,
+    VHOST_USER_NEED_REPLY_MASK,
+    VHOST_USER_REPLY_MASK,
+    VHOST_USER_VERSION,
+    VHOST_USER_VRING_IDX_MASK,
+    VHOST_USER_VRING_NOFD_MASK,
+    Message,
+    Payload,
+    ProtocolError,
+    VhostUserProtocolFeature as PF,
+    VhostUserRequest as R,
+    VirtioDeviceStatus,
+    VirtioFeature as VF,
+    bit,
+    features_str,
+    parse_request,
+    request_name,
+)
+
+__all__ = [
+    "VIRTIO_UNINITIALIZED_EVENTFD",
+    "VIRTIO_INVALID_EVENTFD",
+    "VHOST_MAX_QUEUE_PAIRS",
+    "VHOST_MAX_VRING",
+    "VIRTIO_MAX_QUEUE_SIZE",
+    "RequestError",
+    "QueueError",
+    "DataPathHooks",
+    "VhostDeviceOps",
+    "DeviceConfig",
+    "Vring",
+    "VhostUserDevice",
+    "net_hdr_len",
+]
+
+log = dplog.get_logger("dataplane.vhost")
+
+#: kick/call/err fd never set by the front-end.
+VIRTIO_UNINITIALIZED_EVENTFD = -2
+#: kick/call/err set with the NOFD flag: no fd, poll.
+VIRTIO_INVALID_EVENTFD = -1
+
+#: DPDK's limit for the builtin net device: 128 queue pairs, 256 vrings.
+VHOST_MAX_QUEUE_PAIRS = 128
+#: DPDK's VHOST_MAX_VRING: no vring index beyond 255.
+VHOST_MAX_VRING = 256
+#: Largest queue size (split rings must also be a power of two).
+VIRTIO_MAX_QUEUE_SIZE = 32768
+VIRTIO_MIN_MTU = 68
+VIRTIO_MAX_MTU = 65535
+
+#: virtio-net config space status bit.
+VIRTIO_NET_S_LINK_UP = 1
+
+
+def net_hdr_len(features: int) -> int:
+    """The virtio-net header length: 12 with MRG_RXBUF, VERSION_1 or RING_PACKED, else 10."""
+    if features & (bit(VF.VIRTIO_NET_F_MRG_RXBUF) | bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VIRTIO_F_RING_PACKED)):
+        return 12
+    return 10
+
+
+class RequestError(Exception):
+    """A request is refused.  With NEED_REPLY: reply 1 and keep going; else close the connection."""
+
+
+class QueueError(RequestError):
+    """A request leaves one vring unusable; the connection is kept either way."""
+
+
+class DataPathHooks:
+    """Where the data path plugs into the control plane.  Override what you need.
+
+    Every method runs on the vhost-events thread with the library lock held,
+    and must not wait for a thread that calls the vhost library.
+
+    * :meth:`on_queue_start` -- vring ``qid`` of a running device is ready:
+      the data path may start using it (hand it to an lcore).  Read the ring
+      from ``dev.vrings[qid]`` (a :class:`Vring`): ``size``, ``packed``,
+      ``desc_hva/avail_hva/used_hva`` (this process) or
+      ``desc_gpa/avail_gpa/used_gpa`` (for a process that maps the regions
+      of ``dev.memory.describe()`` itself), ``last_avail_idx``,
+      ``last_used_idx``, wrap counters, ``kick_fd``, ``call_fd``;
+      ``dev.region_table`` translates buffer GPAs; ``dev.vhost_hlen`` and
+      ``dev.features`` say how to parse.
+    * :meth:`on_queue_stop` -- synchronous: must return only once no lcore
+      touches the ring or guest memory any more, after writing the ring's
+      device-side indices back into the :class:`Vring` (``last_avail_idx``,
+      ``last_used_idx``, ``avail_wrap_counter``, ``used_wrap_counter``).
+      Called before ``GET_VRING_BASE`` replies, before a changed mem table
+      is unmapped, before any change of the ring's addresses, size, base,
+      kick or call fd, when the ring is disabled, and before disconnect
+      cleanup.  A stopped ring is started again (``on_queue_start``) when
+      it is ready again.
+    * :meth:`on_send_rarp` -- ``SEND_RARP`` arrived: ``dev.broadcast_rarp``
+      is set and ``dev.mac`` holds the guest MAC; the next dequeue should
+      inject a RARP and clear the flag.
+    * :meth:`on_guest_notification` -- the application asked (via
+      ``enable_guest_notification``) to enable or disable guest
+      notifications on a ring; the intent is also in ``Vring.guest_notification``.
+    """
+
+    def on_queue_start(self, dev: "VhostUserDevice", qid: int) -> None:
+        pass
+
+    def on_queue_stop(self, dev: "VhostUserDevice", qid: int) -> None:
+        pass
+
+    def on_send_rarp(self, dev: "VhostUserDevice") -> None:
+        pass
+
+    def on_guest_notification(self, dev: "VhostUserDevice", qid: int, enable: bool) -> None:
+        pass
+
+
+@dataclass
+class VhostDeviceOps:
+    """Application callbacks (DPDK's ``struct rte_vhost_device_ops``); any may be None.
+
+    ``new_device(vid)`` returns 0 (or None) when the application takes the
+    device; anything else (or an exception) leaves it not running, and it is
+    offered again after the next message.  ``new_connection(vid)`` returning
+    a negative number refuses the connection.  The others' results are ignored.
+    """
+
+    new_device: Callable[[int], Any] | None = None
+    destroy_device: Callable[[int], Any] | None = None
+    vring_state_changed: Callable[[int, int, int], Any] | None = None
+    features_changed: Callable[[int, int], Any] | None = None
+    new_connection: Callable[[int], Any] | None = None
+    destroy_connection: Callable[[int], Any] | None = None
+
+
+@dataclass
+class DeviceConfig:
+    """What a registered socket offers; shared (live) by the devices of its connections."""
+
+    path: str
+    flags: int = 0
+    features: int = 0
+    supported_features: int = 0
+    protocol_features: int = 0
+    max_queue_pairs: int = VHOST_MAX_QUEUE_PAIRS
+    ops: Any = None
+    datapath: DataPathHooks | None = None
+    mac: bytes = bytes(6)
+
+
+class Vring:
+    """One virtqueue as the data path sees it.
+
+    Set by the front-end: ``size`` (SET_VRING_NUM), ``desc_user_addr``,
+    ``avail_user_addr``, ``used_user_addr``, ``log_guest_addr``,
+    ``addr_flags`` (SET_VRING_ADDR), ``kick_fd``/``call_fd``/``err_fd``
+    (an fd, :data:`VIRTIO_INVALID_EVENTFD` = NOFD/poll, or
+    :data:`VIRTIO_UNINITIALIZED_EVENTFD`), ``enabled``.
+
+    Translated by the control plane when a mem table is mapped
+    (``access_ok``): ``desc_hva``, ``avail_hva``, ``used_hva`` (for a packed
+    ring the avail/used fields hold the driver/device event areas, also
+    readable as ``driver_event_hva`` / ``device_event_hva``) and the same as
+    guest-physical addresses ``desc_gpa``, ``avail_gpa``, ``used_gpa``.
+
+    Device-side indices (owned by the data path while the ring is
+    ``started``): ``last_avail_idx``, ``last_used_idx`` (split: free-running
+    u16; packed: slot index) and, packed only, ``avail_wrap_counter``,
+    ``used_wrap_counter``.
+
+    ``ready``: everything above is in place (DPDK's ``vq->ready``).
+    ``started``: handed to the data path (``on_queue_start`` called, no
+    ``on_queue_stop`` since).  ``error``: why the ring is unusable, if it is.
+    """
+
+    def __init__(self, index: int):
+        self.index = index
+        self.size = 0
+        self.packed = False
+        self.desc_user_addr = 0
+        self.avail_user_addr = 0
+        self.used_user_addr = 0
+        self.log_guest_addr = 0
+        self.addr_flags = 0
+        self.addr_set = False
+        self.desc_hva = self.avail_hva = self.used_hva = 0
+        self.desc_gpa = self.avail_gpa = self.used_gpa = 0
+        self.access_ok = False
+        self.last_avail_idx = 0
+        self.last_used_idx = 0
+        self.avail_wrap_counter = 1
+        self.used_wrap_counter = 1
+        self.kick_fd = VIRTIO_UNINITIALIZED_EVENTFD
+        self.call_fd = VIRTIO_UNINITIALIZED_EVENTFD
+        self.err_fd = VIRTIO_UNINITIALIZED_EVENTFD
+        self.enabled = False
+        self.ready = False
+        self.started = False
+        self.guest_notification: bool | None = None
+        self.error: str | None = None
+
+    # packed-ring names for the two event areas
+    @property
+    def driver_event_hva(self) -> int:
+        return self.avail_hva
+
+    @property
+    def device_event_hva(self) -> int:
+        return self.used_hva
+
+    def base_value(self) -> int:
+        """The GET_VRING_BASE value (see the module docstring for the packed encoding)."""
+        if self.packed:
+            return (
+                (self.last_avail_idx & 0x7FFF)
+                | (self.avail_wrap_counter & 1) << 15
+                | (self.last_used_idx & 0x7FFF) << 16
+                | (self.used_wrap_counter & 1) << 31
+            )
+        return self.last_avail_idx & 0xFFFF
+
+    def set_base_value(self, num: int) -> None:
+        """Apply a SET_VRING_BASE value (split: both indices; packed: see module docstring).
+
+        A packed value without the used half (bits 16-31 zero, as DPDK's
+        virtio-user sends) sets the used position equal to the avail one.
+        """
+        if self.packed:
+            self.last_avail_idx = num & 0x7FFF
+            self.avail_wrap_counter = num >> 15 & 1
+            if num >> 16:
+                self.last_used_idx = num >> 16 & 0x7FFF
+                self.used_wrap_counter = num >> 31 & 1
+            else:
+                self.last_used_idx = self.last_avail_idx
+                self.used_wrap_counter = self.avail_wrap_counter
+        else:
+            self.last_avail_idx = self.last_used_idx = num & 0xFFFF
+
+    def invalidate(self) -> None:
+        """Forget the translated addresses (DPDK's vring_invalidate)."""
+        self.access_ok = False
+        self.desc_hva = self.avail_hva = self.used_hva = 0
+        self.desc_gpa = self.avail_gpa = self.used_gpa = 0
+
+    def close_fds(self) -> None:
+        for name in ("kick_fd", "call_fd", "err_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            setattr(self, name, VIRTIO_UNINITIALIZED_EVENTFD)
+
+    def ring_sizes(self, event_idx: bool) -> tuple[int, int, int]:
+        """Bytes of (desc, avail/driver area, used/device area) for this ring's size and layout."""
+        if self.packed:
+            return 16 * self.size, 4, 4
+        extra = 2 if event_idx else 0
+        return 16 * self.size, 4 + 2 * self.size + extra, 4 + 8 * self.size + extra
+
+    def __repr__(self) -> str:
+        return (
+            f"Vring({self.index}, size={self.size}, packed={self.packed}, ready={self.ready}, started={self.started}, "
+            f"enabled={self.enabled}, access_ok={self.access_ok}, last_avail={self.last_avail_idx}, "
+            f"last_used={self.last_used_idx}, kick={self.kick_fd}, call={self.call_fd})"
+        )
+
+
+def _read_u16(addr: int) -> int:
+    return ctypes.c_uint16.from_address(addr).value
+
+
+# Known requests we refuse, and why (the log line says so).
+_UNSUPPORTED = {
+    R.VHOST_USER_SET_LOG_BASE: "dirty logging is not implemented (LOG_SHMFD not offered)",
+    R.VHOST_USER_IOTLB_MSG: "IOTLB is not implemented (ACCESS_PLATFORM not offered)",
+    R.VHOST_USER_SET_VRING_ENDIAN: "CROSS_ENDIAN not offered",
+    R.VHOST_USER_CREATE_CRYPTO_SESSION: "not a crypto device",
+    R.VHOST_USER_CLOSE_CRYPTO_SESSION: "not a crypto device",
+    R.VHOST_USER_POSTCOPY_ADVISE: "postcopy is not implemented (PAGEFAULT not offered)",
+    R.VHOST_USER_POSTCOPY_LISTEN: "postcopy is not implemented (PAGEFAULT not offered)",
+    R.VHOST_USER_POSTCOPY_END: "postcopy is not implemented (PAGEFAULT not offered)",
+    R.VHOST_USER_GET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
+    R.VHOST_USER_SET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
+    R.VHOST_USER_GPU_SET_SOCKET: "not a GPU device",
+    R.VHOST_USER_VRING_KICK: "in-band notifications not offered",
+    R.VHOST_USER_GET_SHARED_OBJECT: "SHARED_OBJECT not offered",
+    R.VHOST_USER_SET_DEVICE_STATE_FD: "DEVICE_STATE not offered",
+    R.VHOST_USER_CHECK_DEVICE_STATE: "DEVICE_STATE not offered",
+}
+
+
+class VhostUserDevice:
+    """The state of one vhost-user connection.
+
+    Public attributes for the data path and the library:
+
+    ``vid``, ``ifname`` (the socket path), ``features`` (negotiated),
+    ``protocol_features`` (negotiated), ``features_set``, ``status`` (virtio
+    status byte), ``mtu``, ``mac`` (6 bytes), ``broadcast_rarp``, ``memory``
+    (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
+    ``region_table`` (``uint64[R, 3]``), ``vrings`` (list of :class:`Vring`,
+    index = queue id; rx of pair ``n`` is ``2n``, tx ``2n + 1``),
+    ``nr_vring``, ``vhost_hlen``, ``running``, ``backend_req_fd``,
+    ``stats`` (counters: ``messages``, ``replies``, ``errors`` and
+    ``errors:<REQUEST>``), ``last_error``.
+    """
+
+    def __init__(self, vid: int, config: DeviceConfig, send: Callable[[Message], None]):
+        self.vid = vid
+        self.config = config
+        self.ifname = config.path
+        self._send = send
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.last_error: str | None = None
+        self.closed = False
+        self._handlers: dict[int, Callable[[Message, Any], Payload | bytes | None]] = {
+            R.VHOST_USER_GET_FEATURES: self._get_features,
+            R.VHOST_USER_SET_FEATURES: self._set_features,
+            R.VHOST_USER_SET_OWNER: self._set_owner,
+            R.VHOST_USER_RESET_OWNER: self._reset_owner,
+            R.VHOST_USER_SET_MEM_TABLE: self._set_mem_table,
+            R.VHOST_USER_SET_LOG_FD: self._set_log_fd,
+            R.VHOST_USER_SET_VRING_NUM: self._set_vring_num,
+            R.VHOST_USER_SET_VRING_ADDR: self._set_vring_addr,
+            R.VHOST_USER_SET_VRING_BASE: self._set_vring_base,
+            R.VHOST_USER_GET_VRING_BASE: self._get_vring_base,
+            R.VHOST_USER_SET_VRING_KICK: self._set_vring_kick,
+            R.VHOST_USER_SET_VRING_CALL: self._set_vring_call,
+            R.VHOST_USER_SET_VRING_ERR: self._set_vring_err,
+            R.VHOST_USER_GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            R.VHOST_USER_SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            R.VHOST_USER_GET_QUEUE_NUM: self._get_queue_num,
+            R.VHOST_USER_SET_VRING_ENABLE: self._set_vring_enable,
+            R.VHOST_USER_SEND_RARP: self._send_rarp,
+            R.VHOST_USER_NET_SET_MTU: self._net_set_mtu,
+            R.VHOST_USER_SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+            R.VHOST_USER_GET_CONFIG: self._get_config,
+            R.VHOST_USER_SET_CONFIG: self._set_config,
+            R.VHOST_USER_RESET_DEVICE: self._reset_device,
+            R.VHOST_USER_GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
+            R.VHOST_USER_ADD_MEM_REG: self._add_mem_reg,
+            R.VHOST_USER_REM_MEM_REG: self._rem_mem_reg,
+            R.VHOST_USER_SET_STATUS: self._set_status,
+            R.VHOST_USER_GET_STATUS: self._get_status,
+        }
+        self.owner = False
+        self.backend_req_fd = -1
+        self.memory: GuestMemory | None = None
+        self._reset_state(keep_protocol=False)
+
+    def _reset_state(self, keep_protocol: bool) -> None:
+        self.features = 0
+        self.features_set = False
+        self.features_failed = False
+        if not keep_protocol:
+            self.protocol_features = 0
+        self.status = 0
+        self.mtu = 0
+        self.mac = bytes(self.config.mac)
+        self.broadcast_rarp = False
+        self.vrings: list[Vring] = []
+        self.running = False
+
+    # -- derived properties --------------------------------------------------
+
+    @property
+    def datapath(self) -> DataPathHooks:
+        return self.config.datapath or _NO_DATAPATH
+
+    @property
+    def nr_vring(self) -> int:
+        return len(self.vrings)
+
+    @property
+    def max_vrings(self) -> int:
+        """Vrings a front-end may use: the queue pairs, plus the control queue after them when
+        CTRL_VQ is offered, within DPDK's VHOST_MAX_VRING (256)."""
+        n = 2 * self.config.max_queue_pairs + (1 if self.config.features >> VF.VIRTIO_NET_F_CTRL_VQ & 1 else 0)
+        return min(n, VHOST_MAX_VRING)
+
+    @property
+    def vhost_hlen(self) -> int:
+        return net_hdr_len(self.features)
+
+    @property
+    def packed(self) -> bool:
+        return self.has_feature(VF.VIRTIO_F_RING_PACKED)
+
+    @property
+    def log_all(self) -> bool:
+        return self.has_feature(VF.VHOST_F_LOG_ALL)
+
+    @property
+    def region_table(self) -> np.ndarray:
+        if self.memory is None:
+            return np.zeros((0, 3), np.uint64)
+        return self.memory.region_table()
+
+    def has_feature(self, n: int) -> bool:
+        return bool(self.features >> int(n) & 1)
+
+    def has_protocol_feature(self, n: int) -> bool:
+        return bool(self.protocol_features >> int(n) & 1)
+
+    # -- message handling ----------------------------------------------------
+
+    def handle(self, msg: Message) -> bool:
+        """Handle one request; returns False when the connection must be closed.
+
+        Always closes the fds of ``msg`` that no handler took.
+        """
+        name = request_name(msg.request)
+        self.stats["messages"] += 1
+        failed = queue_only = False
+        reply: Payload | bytes | None = None
+        try:
+            if getattr(msg, "fds_truncated", False):
+                raise RequestError("too many fds in the ancillary data (truncated)")
+            spec, payload = parse_request(msg)
+            log.debug("vhost-user request", path=self.ifname, vid=self.vid, request=name, size=len(msg.payload), fds=len(msg.fds))
+            handler = self._handlers.get(spec.number)
+            if handler is None:
+                raise RequestError(f"not supported: {_UNSUPPORTED.get(spec.number, 'no handler')}")
+            reply = handler(msg, payload)
+        except (ProtocolError, RequestError, GuestMemoryError) as e:
+            failed = True
+            queue_only = isinstance(e, QueueError)
+            self._refuse(name, e.reason if isinstance(e, ProtocolError) else str(e))
+        except Exception as e:  # a bug, here or in a callback: refuse, keep the process serving
+            failed = True
+            self._refuse(name, f"internal error: {e!r}")
+            log.exception("vhost-user internal error", path=self.ifname, vid=self.vid, request=name)
+        finally:
+            msg.close_fds()
+
+        if self.closed:
+            return False
+        if reply is not None and not failed:
+            self.send_reply(msg.request, reply)
+        elif msg.flags & VHOST_USER_NEED_REPLY_MASK:
+            self.send_reply(msg.request, P.U64(1 if failed else 0))
+        elif failed and not queue_only:
+            return False
+        if self.closed:  # the reply could not be sent
+            return False
+        self._update_readiness()
+        return not self.closed
+
+    def send_reply(self, request: int, payload: Payload | bytes, fds: list[int] | None = None) -> None:
+        data = payload if isinstance(payload, (bytes, bytearray)) else payload.pack()
+        self.stats["replies"] += 1
+        self._send(Message(request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, bytes(data), list(fds or [])))
+
+    def _refuse(self, request: str, reason: str) -> None:
+        self.stats["errors"] += 1
+        self.stats[f"errors:{request}"] += 1
+        self.last_error = f"{request}: {reason}"
+        log.error("vhost-user request refused", path=self.ifname, vid=self.vid, request=request, reason=reason)
+
+    def protocol_violation(self, reason: str) -> None:
+        """Count and log a framing error seen by the transport (it then closes the connection)."""
+        self.stats["errors"] += 1
+        self.stats["errors:framing"] += 1
+        self.last_error = reason
+        log.error("vhost-user protocol violation", path=self.ifname, vid=self.vid, reason=reason)
+
+    # -- vrings --------------------------------------------------------------
+
+    def _vring(self, index: int) -> Vring:
+        """The vring ``index``, allocating it (and those below it) on first use, as DPDK does."""
+        if index >= self.max_vrings:
+            raise RequestError(f"vring index {index} out of range (device has {self.max_vrings} vrings)")
+        while len(self.vrings) <= index:
+            vq = Vring(len(self.vrings))
+            vq.packed = self.packed
+            self.vrings.append(vq)
+        return self.vrings[index]
+
+    def _translate(self, vq: Vring) -> None:
+        """Translate the ring's user addresses through the mem table; raise QueueError if they do not."""
+        vq.invalidate()
+        if not vq.addr_set or vq.size == 0 or self.memory is None:
+            return
+        mem = self.memory
+        sizes = vq.ring_sizes(self.has_feature(VF.VIRTIO_RING_F_EVENT_IDX))
+        areas = ("descriptor table", "driver area", "device area") if vq.packed else ("descriptor table", "avail ring", "used ring")
+        aligns = (16, 4, 4) if vq.packed else (16, 2, 4)
+        addrs = (vq.desc_user_addr, vq.avail_user_addr, vq.used_user_addr)
+        hvas, gpas = [], []
+        for area, qva, length, align in zip(areas, addrs, sizes, aligns):
+            if qva % align:
+                vq.error = f"vring {vq.index}: {area} address {qva:#x} is not {align}-byte aligned"
+                raise QueueError(vq.error)
+            hva = mem.qva_to_hva(qva, length)
+            if not hva:
+                vq.error = f"vring {vq.index}: {area} [{qva:#x}, +{length:#x}) is not inside one memory region"
+                raise QueueError(vq.error)
+            hvas.append(hva)
+            gpas.append(mem.qva_to_gpa(qva, length))
+        vq.desc_hva, vq.avail_hva, vq.used_hva = hvas
+        vq.desc_gpa, vq.avail_gpa, vq.used_gpa = gpas
+        vq.access_ok = True
+        vq.error = None
+        if not vq.packed:
+            used_idx = _read_u16(vq.used_hva + 2)
+            if used_idx != vq.last_used_idx:
+                # Reconnect without inflight tracking (DPDK): resume from the ring's used idx.
+                log.warning(
+                    "vring last_used_idx differs from the used ring's idx; resuming from the used ring",
+                    path=self.ifname, vid=self.vid, vring=vq.index, last_used_idx=vq.last_used_idx, used_idx=used_idx,
+                )
+                vq.last_used_idx = vq.last_avail_idx = used_idx
+
+    def _retranslate_all(self) -> None:
+        """After the mem table changed: translate every ring that has addresses; failures are logged."""
+        for vq in self.vrings:
+            if not vq.addr_set:
+                continue
+            try:
+                self._translate(vq)
+            except QueueError as e:
+                self._refuse("retranslation", str(e))
+
+    def _unready(self, vq: Vring) -> None:
+        """A ready ring is being reconfigured: stop it and report it disabled (it is re-evaluated after)."""
+        if vq.ready:
+            self._stop_queue(vq)
+            vq.ready = False
+            self._callback("vring_state_changed", self.vid, vq.index, 0)
+
+    def _start_queue(self, vq: Vring) -> None:
+        if not vq.started:
+            vq.started = True
+            self._hook("on_queue_start", vq.index)
+
+    def _stop_queue(self, vq: Vring) -> None:
+        if vq.started:
+            vq.started = False
+            self._hook("on_queue_stop", vq.index)
+
+    def _quiesce(self) -> None:
+        """Take every ring back from the data path (they restart when ready again)."""
+        for vq in self.vrings:
+            self._stop_queue(vq)
+
+    def _vring_is_ready(self, vq: Vring) -> bool:
+        return (
+            vq.access_ok
+            and vq.kick_fd != VIRTIO_UNINITIALIZED_EVENTFD
+            and vq.call_fd != VIRTIO_UNINITIALIZED_EVENTFD
+            and vq.enabled
+        )
+
+    def _virtio_is_ready(self) -> bool:
+        if not self.features_set or self.memory is None or len(self.vrings) < 2:
+            return False
+        if not (self.vrings[0].ready and self.vrings[1].ready):
+            return False
+        if self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_STATUS) and not self.status & VirtioDeviceStatus.DRIVER_OK:
+            return False
+        return True
+
+    def _update_readiness(self) -> None:
+        """Re-evaluate every ring and the device (after each message, as DPDK does)."""
+        for vq in self.vrings:
+            cur = self._vring_is_ready(vq)
+            if vq.ready and not cur:
+                self._stop_queue(vq)
+                vq.ready = False
+                self._callback("vring_state_changed", self.vid, vq.index, 0)
+            elif cur and not vq.ready:
+                vq.ready = True
+                self._callback("vring_state_changed", self.vid, vq.index, 1)
+        if not self.running and self._virtio_is_ready():
+            log.info("virtio device is ready", path=self.ifname, vid=self.vid, features=hex(self.features))
+            result = self._callback("new_device", self.vid)
+            if result is None or result == 0:
+                self.running = True
+            else:
+                log.warning("new_device refused the device", path=self.ifname, vid=self.vid, result=result)
+        if self.running:
+            for vq in self.vrings:
+                if vq.ready:
+                    self._start_queue(vq)
+
+    def _destroy_device(self) -> None:
+        """Stop the data path and tell the application the device is gone (if it was running)."""
+        self._quiesce()
+        if self.running:
+            self.running = False
+            self._callback("destroy_device", self.vid)
+
+    # -- callbacks -----------------------------------------------------------
+
+    def _callback(self, name: str, *args: Any) -> Any:
+        ops = self.config.ops
+        fn = None if ops is None else (ops.get(name) if isinstance(ops, dict) else getattr(ops, name, None))
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("vhost callback raised", callback=name, path=self.ifname, vid=self.vid)
+            return -1
+
+    def _hook(self, name: str, *args: Any) -> None:
+        try:
+            getattr(self.datapath, name)(self, *args)
+        except Exception:
+            log.exception("data path hook raised", hook=name, path=self.ifname, vid=self.vid, args=args)
+
+    # -- request handlers: features and ownership ------------------------------
+
+    def _get_features(self, msg: Message, p: Any) -> Payload:
+        return P.U64(self.config.features)
+
+    def _set_features(self, msg: Message, p: P.U64) -> None:
+        features = p.u64
+        offered = self.config.features
+        if features & ~offered:
+            self.features_failed = True
+            self.status &= ~VirtioDeviceStatus.FEATURES_OK
+            raise RequestError(f"features never offered: {features_str(features & ~offered)} (offered {offered:#x})")
+        if self.running:
+            if features == self.features:
+                return None
+            changed = features ^ self.features
+            if changed & ~bit(VF.VHOST_F_LOG_ALL):
+                raise RequestError(
+                    f"features changed while the device is running: {features_str(changed & ~bit(VF.VHOST_F_LOG_ALL))} "
+                    "(only VHOST_F_LOG_ALL may change)"
+                )
+            self.features = features
+            self._callback("features_changed", self.vid, features)
+            return None
+        self.features = features
+        self.features_set = True
+        self.features_failed = False
+        log.info("negotiated virtio features", path=self.ifname, vid=self.vid, features=hex(features),
+                 names=features_str(features), hdr_len=self.vhost_hlen)
+        if not self.has_feature(VF.VIRTIO_NET_F_MQ) and len(self.vrings) > 2:
+            for vq in self.vrings[2:]:  # only the first pair without MQ (DPDK)
+                self._unready(vq)
+                vq.close_fds()
+            del self.vrings[2:]
+        for vq in self.vrings:
+            if vq.ready:
+                continue
+            vq.packed = self.packed
+            if vq.addr_set:
+                try:
+                    self._translate(vq)
+                except QueueError as e:
+                    self._refuse("VHOST_USER_SET_FEATURES", str(e))
+        return None
+
+    def _get_protocol_features(self, msg: Message, p: Any) -> Payload:
+        return P.U64(self.config.protocol_features)
+
+    def _set_protocol_features(self, msg: Message, p: P.U64) -> None:
+        offered = self.config.protocol_features
+        if p.u64 & ~offered:
+            raise RequestError(
+                f"protocol features never offered: {features_str(p.u64 & ~offered, PF)} (offered {offered:#x})"
+            )
+        self.protocol_features = p.u64
+        log.info("negotiated protocol features", path=self.ifname, vid=self.vid,
+                 protocol_features=hex(p.u64), names=features_str(p.u64, PF))
+        return None
+
+    def _set_owner(self, msg: Message, p: Any) -> None:
+        self.owner = True
+        return None
+
+    def _reset(self, keep_protocol: bool) -> None:
+        self._destroy_device()
+        for vq in self.vrings:
+            vq.close_fds()
+        if self.memory is not None:
+            self.memory.unmap()
+            self.memory = None
+        self._reset_state(keep_protocol)
+
+    def _reset_owner(self, msg: Message, p: Any) -> None:
+        self._reset(keep_protocol=False)
+        self.owner = False
+        return None
+
+    def _reset_device(self, msg: Message, p: Any) -> None:
+        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE):
+            raise RequestError("RESET_DEVICE protocol feature not negotiated")
+        self._reset(keep_protocol=True)
+        return None
+
+    def _get_queue_num(self, msg: Message, p: Any) -> Payload:
+        return P.U64(self.config.max_queue_pairs)
+
+    # -- memory --------------------------------------------------------------
+
+    def _replace_memory(self, new: GuestMemory | None) -> None:
+        """Swap in a new table: data path stopped first, old regions unmapped, rings retranslated."""
+        self._quiesce()
+        old, self.memory = self.memory, new
+        if old is not None:
+            old.unmap()
+        self._retranslate_all()
+
+    def _set_mem_table(self, msg: Message, p: P.Memory) -> None:
+        if self.memory is not None and self.memory.same_table(p.regions):
+            log.info("memory regions not changed", path=self.ifname, vid=self.vid)
+            return None  # the new fds are closed with the message
+        fds = [msg.take_fd(i) for i in range(len(msg.fds))]
+        new = GuestMemory.map_table(p.regions, fds)  # GuestMemoryError: refused, old table kept
+        self._replace_memory(new)
+        for i, m in enumerate(new):
+            log.info("guest memory region", path=self.ifname, vid=self.vid, region=i, guest_phys_addr=hex(m.guest_phys_addr),
+                     size=hex(m.size), userspace_addr=hex(m.userspace_addr), host_user_addr=hex(m.host_user_addr),
+                     mmap_offset=hex(m.mmap_offset), mmap_size=hex(m.mmap_size), block_size=m.block_size)
+        return None
+
+    def _require_mem_slots(self) -> None:
+        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS):
+            raise RequestError("CONFIGURE_MEM_SLOTS protocol feature not negotiated")
+
+    def _get_max_mem_slots(self, msg: Message, p: Any) -> Payload:
+        self._require_mem_slots()
+        return P.U64(VHOST_USER_MAX_RAM_SLOTS)
+
+    def _add_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
+        self._require_mem_slots()
+        if self.memory is None:
+            self.memory = GuestMemory()
+        self.memory.add_region(p.region, msg.take_fd(0), VHOST_USER_MAX_RAM_SLOTS)
+        for vq in self.vrings:
+            if vq.addr_set and not vq.access_ok:
+                try:
+                    self._translate(vq)
+                except QueueError:
+                    pass  # may need a later region
+        return None
+
+    def _rem_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
+        self._require_mem_slots()
+        if self.memory is None:
+            raise RequestError("no memory region is mapped")
+        self._quiesce()
+        self.memory.remove_region(p.region)
+        self._retranslate_all()
+        return None
+
+    def _set_log_fd(self, msg: Message, p: Any) -> None:
+        log.debug("SET_LOG_FD ignored (not implemented); fd closed", path=self.ifname, vid=self.vid)
+        return None
+
+    # -- vring requests --------------------------------------------------------
+
+    def _set_vring_num(self, msg: Message, p: P.VringState) -> None:
+        vq = self._vring(p.index)
+        num = p.num
+        if num == 0 or num > VIRTIO_MAX_QUEUE_SIZE:
+            raise RequestError(f"vring {p.index}: invalid queue size {num} (1..{VIRTIO_MAX_QUEUE_SIZE})")
+        if not self.packed and num & (num - 1):
+            raise RequestError(f"vring {p.index}: split queue size {num} is not a power of two")
+        self._unready(vq)
+        vq.size = num
+        vq.packed = self.packed
+        self._translate(vq)
+        return None
+
+    def _set_vring_addr(self, msg: Message, p: P.VringAddr) -> None:
+        vq = self._vring(p.index)
+        if self.memory is None:
+            raise RequestError(f"vring {p.index}: SET_VRING_ADDR before SET_MEM_TABLE")
+        if p.flags & ~bit(P.VHOST_VRING_F_LOG):
+            raise RequestError(f"vring {p.index}: undefined vring flags {p.flags:#x}")
+        self._unready(vq)
+        vq.desc_user_addr, vq.avail_user_addr, vq.used_user_addr = p.desc_user_addr, p.avail_user_addr, p.used_user_addr
+        vq.log_guest_addr, vq.addr_flags = p.log_guest_addr, p.flags
+        vq.addr_set = True
+        vq.packed = self.packed
+        self._translate(vq)
+        return None
+
+    def _set_vring_base(self, msg: Message, p: P.VringState) -> None:
+        vq = self._vring(p.index)
+        vq.packed = self.packed
+        if not vq.packed and p.num > 0xFFFF:
+            raise RequestError(f"vring {p.index}: split vring base {p.num:#x} does not fit 16 bits")
+        if vq.packed and vq.size and ((p.num & 0x7FFF) >= vq.size or (p.num >> 16 & 0x7FFF) >= vq.size):
+            raise RequestError(f"vring {p.index}: packed vring base {p.num:#x} beyond queue size {vq.size}")
+        self._unready(vq)
+        vq.set_base_value(p.num)
+        log.info("vring base", path=self.ifname, vid=self.vid, vring=p.index, last_avail_idx=vq.last_avail_idx,
+                 last_used_idx=vq.last_used_idx)
+        return None
+
+    def _get_vring_base(self, msg: Message, p: P.VringState) -> Payload:
+        vq = self._vring(p.index)
+        self._destroy_device()  # the data path gives every ring back first (DPDK stops the device)
+        self._stop_queue(vq)
+        value = vq.base_value()
+        log.info("vring stopped", path=self.ifname, vid=self.vid, vring=p.index, base=hex(value))
+        for name in ("kick_fd", "call_fd"):
+            fd = getattr(vq, name)
+            if fd >= 0:
+                os.close(fd)
+            setattr(vq, name, VIRTIO_UNINITIALIZED_EVENTFD)
+        vq.invalidate()
+        vq.addr_set = False
+        vq.desc_user_addr = vq.avail_user_addr = vq.used_user_addr = vq.log_guest_addr = 0
+        return P.VringState(p.index, value)
+
+    def _vring_file(self, msg: Message, p: P.U64, what: str) -> tuple[Vring, int]:
+        if p.u64 & ~(VHOST_USER_VRING_IDX_MASK | VHOST_USER_VRING_NOFD_MASK):
+            raise RequestError(f"reserved bits set in {what} payload {p.u64:#x}")
+        vq = self._vring(p.u64 & VHOST_USER_VRING_IDX_MASK)
+        fd = VIRTIO_INVALID_EVENTFD if p.u64 & VHOST_USER_VRING_NOFD_MASK else msg.fds[0]
+        return vq, fd
+
+    def _set_vring_kick(self, msg: Message, p: P.U64) -> None:
+        vq, fd = self._vring_file(msg, p, "kick")
+        if self.memory is None:
+            raise RequestError(f"vring {vq.index}: SET_VRING_KICK before SET_MEM_TABLE")
+        if fd >= 0:
+            msg.take_fd(0)
+        self._unready(vq)
+        if vq.kick_fd >= 0:
+            os.close(vq.kick_fd)
+        vq.kick_fd = fd
+        if not self.has_feature(VF.VHOST_USER_F_PROTOCOL_FEATURES):
+            vq.enabled = True  # without protocol features the kick starts the ring enabled
+        if vq.addr_set and not vq.access_ok:
+            self._translate(vq)
+        return None
+
+    def _set_vring_call(self, msg: Message, p: P.U64) -> None:
+        vq, fd = self._vring_file(msg, p, "call")
+        if fd >= 0:
+            msg.take_fd(0)
+        self._unready(vq)
+        if vq.call_fd >= 0:
+            os.close(vq.call_fd)
+        vq.call_fd = fd
+        return None
+
+    def _set_vring_err(self, msg: Message, p: P.U64) -> None:
+        vq, fd = self._vring_file(msg, p, "err")
+        if fd >= 0:
+            msg.take_fd(0)
+        if vq.err_fd >= 0:
+            os.close(vq.err_fd)
+        vq.err_fd = fd
+        return None
+
+    def _set_vring_enable(self, msg: Message, p: P.VringState) -> None:
+        vq = self._vring(p.index)
+        if p.num not in (0, 1):
+            raise RequestError(f"vring {p.index}: enable value {p.num} is not 0 or 1")
+        vq.enabled = bool(p.num)
+        log.info("vring enable", path=self.ifname, vid=self.vid, vring=p.index, enable=vq.enabled)
+        return None
+
+    # -- net specifics, status, config ------------------------------------------
+
+    def _send_rarp(self, msg: Message, p: P.U64) -> None:
+        self.mac = struct.pack("<Q", p.u64)[:6]
+        self.broadcast_rarp = True
+        log.info("RARP requested", path=self.ifname, vid=self.vid, mac=self.mac.hex(":"))
+        self._hook("on_send_rarp")
+        return None
+
+    def _net_set_mtu(self, msg: Message, p: P.U64) -> None:
+        if not VIRTIO_MIN_MTU <= p.u64 <= VIRTIO_MAX_MTU:
+            raise RequestError(f"invalid MTU {p.u64} ({VIRTIO_MIN_MTU}..{VIRTIO_MAX_MTU})")
+        self.mtu = p.u64
+        return None
+
+    def _set_backend_req_fd(self, msg: Message, p: Any) -> None:
+        fd = msg.take_fd(0)
+        if self.backend_req_fd >= 0:
+            os.close(self.backend_req_fd)
+        self.backend_req_fd = fd
+        return None
+
+    def _set_status(self, msg: Message, p: P.U64) -> None:
+        if p.u64 > 0xFF:
+            raise RequestError(f"invalid device status {p.u64:#x} (8 bits)")
+        status = p.u64
+        if status & VirtioDeviceStatus.FEATURES_OK and self.features_failed:
+            log.error("FEATURES_OK set but feature negotiation failed", path=self.ifname, vid=self.vid)
+            status &= ~VirtioDeviceStatus.FEATURES_OK
+        self.status = status
+        names = "|".join(f.name for f in VirtioDeviceStatus if f and status & f) or "RESET"  # type: ignore[misc]
+        log.info("device status", path=self.ifname, vid=self.vid, status=hex(status), bits=names)
+        return None
+
+    def _get_status(self, msg: Message, p: Any) -> Payload:
+        return P.U64(self.status)
+
+    def net_config(self) -> bytes:
+        """The virtio-net config space: mac, status, max_virtqueue_pairs, mtu, speed, duplex."""
+        status = VIRTIO_NET_S_LINK_UP if self.running else 0
+        return (
+            bytes(self.mac)
+            + struct.pack("<HHH", status, self.config.max_queue_pairs, self.mtu)
+            + struct.pack("<IB", 0xFFFFFFFF, 0xFF)  # speed, duplex: unknown
+        )
+
+    def _require_config(self) -> None:
+        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIG):
+            raise RequestError("CONFIG protocol feature not negotiated")
+
+    def _get_config(self, msg: Message, p: P.Config) -> Payload | bytes:
+        self._require_config()
+        if p.offset + p.size > VHOST_USER_MAX_CONFIG_SIZE:
+            self._refuse("VHOST_USER_GET_CONFIG", f"offset {p.offset} + size {p.size} beyond the config space")
+            return b""  # the spec's error reply: an empty payload
+        space = self.net_config().ljust(VHOST_USER_MAX_CONFIG_SIZE, b"\0")
+        return P.Config(p.offset, p.size, p.flags, space[p.offset : p.offset + p.size])
+
+    def _set_config(self, msg: Message, p: P.Config) -> None:
+        self._require_config()
+        end = p.offset + p.size
+        space = bytearray(self.net_config())
+        if end > len(space):
+            raise RequestError(f"offset {p.offset} + size {p.size} beyond the {len(space)}-byte config space")
+        if p.flags == P.Config.WRITABLE_FIELDS and end > 6:
+            raise RequestError(f"config bytes {p.offset}..{end} are read-only (only the mac is writable)")
+        if p.flags not in (P.Config.WRITABLE_FIELDS, P.Config.MIGRATION):
+            raise RequestError(f"undefined config flags {p.flags:#x}")
+        space[p.offset : end] = p.payload
+        self.mac = bytes(space[:6])
+        if p.flags == P.Config.MIGRATION:
+            self.mtu = struct.unpack_from("<H", space, 10)[0]
+        return None
+
+    # -- API helpers and teardown ------------------------------------------------
+
+    def set_guest_notification(self, qid: int, enable: bool) -> None:
+        vq = self.vrings[qid]
+        vq.guest_notification = bool(enable)
+        self._hook("on_guest_notification", qid, bool(enable))
+
+    def close(self) -> None:
+        """Connection gone: stop the data path, destroy_device, destroy_connection, release everything."""
+        if self.closed:
+            return
+        self.closed = True
+        self._destroy_device()
+        self._callback("destroy_connection", self.vid)
+        for vq in self.vrings:
+            vq.close_fds()
+        if self.memory is not None:
+            self.memory.unmap()
+            self.memory = None
+        if self.backend_req_fd >= 0:
+            os.close(self.backend_req_fd)
+            self.backend_req_fd = -1
+
+    def __repr__(self) -> str:
+        return f"VhostUserDevice(vid={self.vid}, path={self.ifname!r}, running={self.running}, vrings={len(self.vrings)})"
+
+
+_NO_DATAPATH = DataPathHooks()

@@ -1,0 +1,662 @@
+"""The vhost library's public API, in DPDK's terms (``rte_vhost_*`` without the prefix).
+
+Typical use (a vhost-user back-end serving a QEMU guest or a virtio-user port)::
+
+    from dataplane.vhost import library as vhost
+
+    vhost.driver_register("/tmp/vhost0.sock", 0)            # server mode; CLIENT for client mode
+    vhost.driver_disable_features("/tmp/vhost0.sock", 1 << 15)   # e.g. no mergeable rx buffers
+    vhost.driver_callback_register("/tmp/vhost0.sock", vhost.VhostDeviceOps(new_device=on_new, destroy_device=on_gone))
+    vhost.driver_datapath_register("/tmp/vhost0.sock", my_datapath_hooks)
+    vhost.driver_start("/tmp/vhost0.sock")
+    ...
+    vhost.driver_unregister("/tmp/vhost0.sock")             # closes connections, unlinks the socket file
+
+Module-level functions use one process-wide :class:`VhostLibrary`
+(:func:`get_library`); tests and embedders can create their own.  All
+sockets of a library are served by one "vhost-events" thread; callbacks and
+data-path hooks run in it.  Devices are numbered with small integers (vids),
+the smallest free one first.
+
+Errors are exceptions (:class:`VhostError` and subclasses, each with the
+errno DPDK would return) instead of negative return codes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import errno
+import os
+import socket
+import threading
+from typing import Any
+
+from dataplane import log as dplog
+from dataplane.vhost import protocol as P
+from dataplane.vhost.device import (
+    VHOST_MAX_QUEUE_PAIRS,
+    DataPathHooks,
+    DeviceConfig,
+    VhostDeviceOps,
+    VhostUserDevice,
+    Vring,
+)
+from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
+from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint, TransportError
+
+__all__ = [
+    "RTE_VHOST_USER_CLIENT",
+    "RTE_VHOST_USER_NO_RECONNECT",
+    "RTE_VHOST_USER_IOMMU_SUPPORT",
+    "RTE_VHOST_USER_POSTCOPY_SUPPORT",
+    "RTE_VHOST_USER_EXTBUF_SUPPORT",
+    "RTE_VHOST_USER_LINEARBUF_SUPPORT",
+    "RTE_VHOST_USER_ASYNC_COPY",
+    "RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS",
+    "RTE_VHOST_USER_NET_STATS_ENABLE",
+    "DEFAULT_FEATURES",
+    "DEFAULT_PROTOCOL_FEATURES",
+    "IMPLEMENTED_PROTOCOL_FEATURES",
+    "VhostError",
+    "VhostNoDevice",
+    "VhostNotSupported",
+    "VhostBusy",
+    "VhostTryAgain",
+    "VhostDeviceOps",
+    "DataPathHooks",
+    "VhostLibrary",
+    "get_library",
+]
+
+log = dplog.get_logger("dataplane.vhost")
+
+# -- registration flags (rte_vhost.h, DPDK 22.11) ------------------------------
+RTE_VHOST_USER_CLIENT = 1 << 0
+RTE_VHOST_USER_NO_RECONNECT = 1 << 1
+RTE_VHOST_USER_RESERVED_1 = 1 << 2
+RTE_VHOST_USER_IOMMU_SUPPORT = 1 << 3
+RTE_VHOST_USER_POSTCOPY_SUPPORT = 1 << 4
+RTE_VHOST_USER_EXTBUF_SUPPORT = 1 << 5
+RTE_VHOST_USER_LINEARBUF_SUPPORT = 1 << 6
+RTE_VHOST_USER_ASYNC_COPY = 1 << 7
+RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS = 1 << 8
+RTE_VHOST_USER_NET_STATS_ENABLE = 1 << 9
+# short names
+CLIENT = RTE_VHOST_USER_CLIENT
+NO_RECONNECT = RTE_VHOST_USER_NO_RECONNECT
+IOMMU_SUPPORT = RTE_VHOST_USER_IOMMU_SUPPORT
+POSTCOPY_SUPPORT = RTE_VHOST_USER_POSTCOPY_SUPPORT
+EXTBUF_SUPPORT = RTE_VHOST_USER_EXTBUF_SUPPORT
+LINEARBUF_SUPPORT = RTE_VHOST_USER_LINEARBUF_SUPPORT
+ASYNC_COPY = RTE_VHOST_USER_ASYNC_COPY
+
+#: Flags accepted (the data-path ones are recorded for the data path to honour).
+_ACCEPTED_FLAGS = (
+    RTE_VHOST_USER_CLIENT
+    | RTE_VHOST_USER_NO_RECONNECT
+    | RTE_VHOST_USER_EXTBUF_SUPPORT
+    | RTE_VHOST_USER_LINEARBUF_SUPPORT
+    | RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+    | RTE_VHOST_USER_NET_STATS_ENABLE
+)
+#: Flags DPDK knows that this library does not implement: refused, never ignored.
+_REFUSED_FLAGS = {
+    RTE_VHOST_USER_IOMMU_SUPPORT: "IOMMU_SUPPORT: IOTLB / ACCESS_PLATFORM is not implemented",
+    RTE_VHOST_USER_POSTCOPY_SUPPORT: "POSTCOPY_SUPPORT: postcopy live migration is not implemented",
+    RTE_VHOST_USER_ASYNC_COPY: "ASYNC_COPY: the async copy data path is not implemented",
+}
+
+# -- what a socket offers by default ---------------------------------------------
+#: DPDK's VHOST_USER_NET_SUPPORTED_FEATURES (without ACCESS_PLATFORM: no IOMMU support).
+DEFAULT_FEATURES = sum(
+    bit(f)
+    for f in (
+        VF.VIRTIO_NET_F_MRG_RXBUF,
+        VF.VIRTIO_F_ANY_LAYOUT,
+        VF.VIRTIO_NET_F_CTRL_VQ,
+        VF.VIRTIO_NET_F_CTRL_RX,
+        VF.VIRTIO_NET_F_GUEST_ANNOUNCE,
+        VF.VIRTIO_NET_F_MQ,
+        VF.VIRTIO_F_VERSION_1,
+        VF.VHOST_F_LOG_ALL,
+        VF.VHOST_USER_F_PROTOCOL_FEATURES,
+        VF.VIRTIO_NET_F_GSO,
+        VF.VIRTIO_NET_F_HOST_TSO4,
+        VF.VIRTIO_NET_F_HOST_TSO6,
+        VF.VIRTIO_NET_F_HOST_UFO,
+        VF.VIRTIO_NET_F_HOST_ECN,
+        VF.VIRTIO_NET_F_CSUM,
+        VF.VIRTIO_NET_F_GUEST_CSUM,
+        VF.VIRTIO_NET_F_GUEST_TSO4,
+        VF.VIRTIO_NET_F_GUEST_TSO6,
+        VF.VIRTIO_NET_F_GUEST_UFO,
+        VF.VIRTIO_NET_F_GUEST_ECN,
+        VF.VIRTIO_RING_F_INDIRECT_DESC,
+        VF.VIRTIO_RING_F_EVENT_IDX,
+        VF.VIRTIO_F_IN_ORDER,
+        VF.VIRTIO_F_RING_PACKED,
+        VF.VIRTIO_NET_F_MTU,
+    )
+)
+_SEG_OFFLOADS = bit(VF.VIRTIO_NET_F_HOST_TSO4) | bit(VF.VIRTIO_NET_F_HOST_TSO6) | bit(VF.VIRTIO_NET_F_HOST_UFO)
+
+#: Protocol features this control plane implements.
+IMPLEMENTED_PROTOCOL_FEATURES = sum(
+    bit(f)
+    for f in (
+        PF.VHOST_USER_PROTOCOL_F_MQ,
+        PF.VHOST_USER_PROTOCOL_F_RARP,
+        PF.VHOST_USER_PROTOCOL_F_REPLY_ACK,
+        PF.VHOST_USER_PROTOCOL_F_MTU,
+        PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
+        PF.VHOST_USER_PROTOCOL_F_CONFIG,
+        PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
+        PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
+        PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
+        PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+        PF.VHOST_USER_PROTOCOL_F_STATUS,
+    )
+)
+#: DPDK's default set minus what is not implemented here (LOG_SHMFD, PAGEFAULT,
+#: CRYPTO_SESSION), plus CONFIG and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is
+#: implemented but, as in DPDK 22.11, not offered unless enabled.
+DEFAULT_PROTOCOL_FEATURES = IMPLEMENTED_PROTOCOL_FEATURES & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+class VhostError(Exception):
+    """A vhost library call failed; ``errno`` is what DPDK would return (negated)."""
+
+    errno = errno.EINVAL
+
+
+class VhostNoDevice(VhostError):
+    errno = errno.ENODEV
+
+
+class VhostNotSupported(VhostError):
+    errno = errno.ENOTSUP
+
+
+class VhostBusy(VhostError):
+    errno = errno.EBUSY
+
+
+class VhostTryAgain(VhostError):
+    errno = errno.EAGAIN
+
+
+# -- the library ------------------------------------------------------------------
+
+
+class _VhostSocket:
+    """One registered path: its offer (DeviceConfig), endpoint and connections."""
+
+    def __init__(self, path: str, flags: int):
+        self.path = path
+        self.flags = flags
+        features = DEFAULT_FEATURES
+        if flags & RTE_VHOST_USER_LINEARBUF_SUPPORT and not flags & RTE_VHOST_USER_EXTBUF_SUPPORT:
+            features &= ~_SEG_OFFLOADS  # DPDK: large TSO/UFO frames would not fit a linear mbuf
+        self.config = DeviceConfig(
+            path=path,
+            flags=flags,
+            features=features,
+            supported_features=features,
+            protocol_features=DEFAULT_PROTOCOL_FEATURES,
+            ops=VhostDeviceOps(),
+            datapath=None,
+        )
+        self.endpoint: ServerEndpoint | ClientEndpoint | None = None
+        self.connections: dict[int, Connection] = {}
+        self.closed_stats: collections.Counter[str] = collections.Counter()  # of devices already gone
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self.flags & RTE_VHOST_USER_CLIENT)
+
+
+class VhostLibrary:
+    """All vhost-user sockets and devices of one process (or one test)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._sockets: dict[str, _VhostSocket] = {}
+        self._devices: dict[int, tuple[_VhostSocket, VhostUserDevice, Connection]] = {}
+        self._loop: EventLoop | None = None
+
+    # -- internals ---------------------------------------------------------------
+
+    def _event_loop(self) -> EventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = EventLoop()
+            return self._loop
+
+    def _socket(self, path: str) -> _VhostSocket:
+        s = self._sockets.get(os.fspath(path))
+        if s is None:
+            raise VhostError(f"{path}: not a registered vhost-user socket")
+        return s
+
+    def _device(self, vid: int) -> VhostUserDevice:
+        entry = self._devices.get(vid)
+        if entry is None:
+            raise VhostNoDevice(f"no vhost device with vid {vid}")
+        return entry[1]
+
+    def _vring(self, vid: int, qid: int) -> tuple[VhostUserDevice, Vring]:
+        dev = self._device(vid)
+        if not 0 <= qid < len(dev.vrings):
+            raise VhostError(f"vid {vid}: no vring {qid} (device has {len(dev.vrings)})")
+        return dev, dev.vrings[qid]
+
+    def _new_connection(self, vsock: _VhostSocket, sock: socket.socket) -> None:
+        """Loop thread: a front-end connected (server) or we connected (client)."""
+        with self._lock:
+            if vsock.path not in self._sockets or self._sockets[vsock.path] is not vsock:
+                sock.close()
+                return
+            vid = next(i for i in range(len(self._devices) + 1) if i not in self._devices)
+            conn = Connection(
+                self._event_loop(),
+                sock,
+                vsock.path,
+                on_message=self._on_message,
+                on_closed=self._on_closed,
+                on_framing_error=self._on_framing_error,
+            )
+            dev = VhostUserDevice(vid, vsock.config, conn.send)
+            conn.device = dev  # type: ignore[attr-defined]
+            vsock.connections[vid] = conn
+            self._devices[vid] = (vsock, dev, conn)
+            log.info("new vhost-user connection", path=vsock.path, vid=vid)
+            result = dev._callback("new_connection", vid)
+            if isinstance(result, int) and result < 0:
+                log.warning("new_connection refused the connection", path=vsock.path, vid=vid, result=result)
+                conn.close("refused by new_connection")
+
+    def _on_message(self, conn: Connection, msg: P.Message) -> bool:
+        with self._lock:
+            return conn.device.handle(msg)  # type: ignore[attr-defined]
+
+    def _on_framing_error(self, conn: Connection, reason: str) -> None:
+        with self._lock:
+            conn.device.protocol_violation(reason)  # type: ignore[attr-defined]
+
+    def _on_closed(self, conn: Connection, reason: str) -> None:
+        with self._lock:
+            dev: VhostUserDevice = conn.device  # type: ignore[attr-defined]
+            log.info("vhost-user connection closed", path=conn.path, vid=dev.vid, reason=reason)
+            dev.close()
+            entry = self._devices.pop(dev.vid, None)
+            if entry is None:
+                return
+            vsock = entry[0]
+            vsock.connections.pop(dev.vid, None)
+            vsock.closed_stats.update(dev.stats)
+            vsock.closed_stats["connections"] += 1
+            if isinstance(vsock.endpoint, ClientEndpoint) and self._sockets.get(vsock.path) is vsock:
+                vsock.endpoint.connection_lost()
+
+    # -- driver (socket) API --------------------------------------------------------
+
+    def driver_register(self, path: str, flags: int = 0) -> None:
+        """Register a vhost-user socket ``path`` with ``RTE_VHOST_USER_*`` ``flags``.
+
+        CLIENT: connect to ``path`` instead of listening; NO_RECONNECT: do not
+        retry connecting.  EXTBUF_SUPPORT / LINEARBUF_SUPPORT /
+        NET_COMPLIANT_OL_FLAGS / NET_STATS_ENABLE are recorded for the data
+        path (LINEARBUF without EXTBUF withdraws the host TSO/UFO features, as
+        DPDK does).  IOMMU_SUPPORT, POSTCOPY_SUPPORT and ASYNC_COPY are not
+        implemented and refused with :class:`VhostNotSupported`.
+        """
+        path = os.fspath(path)
+        for flag, why in _REFUSED_FLAGS.items():
+            if flags & flag:
+                raise VhostNotSupported(f"{path}: flag {why}")
+        unknown = flags & ~_ACCEPTED_FLAGS
+        if unknown:
+            raise VhostError(f"{path}: unknown registration flag bits {unknown:#x}")
+        if not path or len(path.encode()) >= 108:
+            raise VhostError(f"{path!r}: not a valid unix socket path (1..107 bytes)")
+        with self._lock:
+            if path in self._sockets:
+                raise VhostBusy(f"{path}: already registered")
+            self._sockets[path] = _VhostSocket(path, flags)
+        log.info("vhost-user socket registered", path=path, flags=hex(flags), client=bool(flags & CLIENT))
+
+    def driver_unregister(self, path: str) -> None:
+        """Unregister ``path``: close its connections (destroy_device / destroy_connection
+        fire), stop listening or reconnecting, and unlink the socket file (server mode)."""
+        path = os.fspath(path)
+        with self._lock:
+            vsock = self._socket(path)
+            loop = self._loop
+
+        def stop() -> None:
+            with self._lock:
+                if self._sockets.get(path) is not vsock:
+                    return
+                del self._sockets[path]
+                if vsock.endpoint is not None:
+                    vsock.endpoint.stop()
+                for conn in list(vsock.connections.values()):
+                    conn.close("driver unregistered")
+
+        if loop is not None:
+            loop.call(stop)
+        else:
+            stop()
+        log.info("vhost-user socket unregistered", path=path)
+
+    def driver_start(self, path: str) -> None:
+        """Start serving ``path``: listen (server) or connect (client).
+
+        A client without NO_RECONNECT keeps retrying every second in the
+        background; with NO_RECONNECT a failed connect raises :class:`VhostError`.
+        """
+        path = os.fspath(path)
+        with self._lock:
+            vsock = self._socket(path)
+            if vsock.endpoint is not None:
+                raise VhostBusy(f"{path}: already started")
+        loop = self._event_loop()
+
+        def on_connection(sock: socket.socket) -> None:
+            self._new_connection(vsock, sock)
+
+        def start() -> None:
+            if vsock.is_client:
+                ep: ServerEndpoint | ClientEndpoint = ClientEndpoint(
+                    loop, path, reconnect=not vsock.flags & RTE_VHOST_USER_NO_RECONNECT, on_connection=on_connection
+                )
+            else:
+                ep = ServerEndpoint(loop, path, on_connection)
+            vsock.endpoint = ep
+            try:
+                ep.start()
+            except TransportError:
+                vsock.endpoint = None
+                raise
+
+        try:
+            loop.call(start)
+        except TransportError as e:
+            raise VhostError(str(e)) from None
+
+    def driver_set_features(self, path: str, features: int) -> None:
+        """Set the virtio features ``path`` offers (and may later enable); ACCESS_PLATFORM is refused."""
+        if features & bit(VF.VIRTIO_F_ACCESS_PLATFORM):
+            raise VhostNotSupported(f"{path}: VIRTIO_F_ACCESS_PLATFORM needs IOMMU support, not implemented")
+        with self._lock:
+            cfg = self._socket(path).config
+            cfg.features = cfg.supported_features = int(features)
+
+    def driver_get_features(self, path: str) -> int:
+        """The virtio features ``path`` offers in GET_FEATURES."""
+        with self._lock:
+            return self._socket(path).config.features
+
+    def driver_enable_features(self, path: str, features: int) -> None:
+        """Offer ``features`` again (only ones the socket supports)."""
+        with self._lock:
+            cfg = self._socket(path).config
+            extra = features & ~cfg.supported_features
+            if extra:
+                raise VhostNotSupported(f"{path}: cannot enable unsupported features {P.features_str(extra)}")
+            cfg.features |= features
+
+    def driver_disable_features(self, path: str, features: int) -> None:
+        """Stop offering ``features``."""
+        with self._lock:
+            self._socket(path).config.features &= ~int(features)
+
+    def driver_set_protocol_features(self, path: str, protocol_features: int) -> None:
+        """Set the protocol features ``path`` offers; unimplemented ones are refused."""
+        missing = protocol_features & ~IMPLEMENTED_PROTOCOL_FEATURES
+        if missing:
+            raise VhostNotSupported(f"{path}: protocol features not implemented: {P.features_str(missing, PF)}")
+        with self._lock:
+            self._socket(path).config.protocol_features = int(protocol_features)
+
+    def driver_get_protocol_features(self, path: str) -> int:
+        """The protocol features ``path`` offers in GET_PROTOCOL_FEATURES."""
+        with self._lock:
+            return self._socket(path).config.protocol_features
+
+    def driver_set_max_queue_num(self, path: str, max_queue_pairs: int) -> None:
+        """Queue pairs answered to GET_QUEUE_NUM (1..128); vrings beyond ``2 * n`` are refused."""
+        if not 1 <= max_queue_pairs <= VHOST_MAX_QUEUE_PAIRS:
+            raise VhostError(f"{path}: max queue pairs {max_queue_pairs} not in 1..{VHOST_MAX_QUEUE_PAIRS}")
+        with self._lock:
+            self._socket(path).config.max_queue_pairs = int(max_queue_pairs)
+
+    def driver_get_queue_num(self, path: str) -> int:
+        """Queue pairs ``path`` supports."""
+        with self._lock:
+            return self._socket(path).config.max_queue_pairs
+
+    def driver_set_mac(self, path: str, mac: bytes | str) -> None:
+        """The MAC address in the virtio-net config space (GET_CONFIG) of new devices."""
+        raw = bytes.fromhex(mac.replace(":", "")) if isinstance(mac, str) else bytes(mac)
+        if len(raw) != 6:
+            raise VhostError(f"{path}: MAC must be 6 bytes")
+        with self._lock:
+            self._socket(path).config.mac = raw
+
+    def driver_callback_register(self, path: str, ops: Any) -> None:
+        """Register application callbacks: a :class:`VhostDeviceOps`, a dict or any object
+        with ``new_device``, ``destroy_device``, ``vring_state_changed``,
+        ``features_changed``, ``new_connection``, ``destroy_connection``."""
+        with self._lock:
+            self._socket(path).config.ops = ops
+
+    def driver_datapath_register(self, path: str, hooks: DataPathHooks | None) -> None:
+        """Attach the data path (see :class:`~dataplane.vhost.device.DataPathHooks`) to ``path``'s devices."""
+        with self._lock:
+            self._socket(path).config.datapath = hooks
+
+    def driver_stats(self, path: str) -> dict[str, int]:
+        """Counters of every connection ``path`` has served (live and closed): ``messages``,
+        ``replies``, ``errors``, ``errors:<REQUEST>``, ``connections`` (closed ones)."""
+        with self._lock:
+            vsock = self._socket(path)
+            total = collections.Counter(vsock.closed_stats)
+            for conn in vsock.connections.values():
+                total.update(conn.device.stats)  # type: ignore[attr-defined]
+            return dict(total)
+
+    def driver_paths(self) -> list[str]:
+        with self._lock:
+            return list(self._sockets)
+
+    # -- device (vid) API -----------------------------------------------------------
+
+    def get_device(self, vid: int) -> VhostUserDevice:
+        """The :class:`VhostUserDevice` of ``vid`` (for the data path)."""
+        with self._lock:
+            return self._device(vid)
+
+    def list_vids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._devices)
+
+    def get_negotiated_features(self, vid: int) -> int:
+        """Virtio features the front-end set (SET_FEATURES)."""
+        with self._lock:
+            return self._device(vid).features
+
+    def get_negotiated_protocol_features(self, vid: int) -> int:
+        with self._lock:
+            return self._device(vid).protocol_features
+
+    def get_mtu(self, vid: int) -> int:
+        """The MTU set by NET_SET_MTU.  Raises VhostNotSupported without VIRTIO_NET_F_MTU,
+        VhostTryAgain if the front-end has not set it yet."""
+        with self._lock:
+            dev = self._device(vid)
+            if not dev.has_feature(VF.VIRTIO_NET_F_MTU):
+                raise VhostNotSupported(f"vid {vid}: VIRTIO_NET_F_MTU not negotiated")
+            if dev.mtu == 0:
+                raise VhostTryAgain(f"vid {vid}: MTU not set yet")
+            return dev.mtu
+
+    def get_vring_num(self, vid: int) -> int:
+        """Number of vrings the device has (the highest index the front-end used + 1)."""
+        with self._lock:
+            return self._device(vid).nr_vring
+
+    def get_ifname(self, vid: int) -> str:
+        """The socket path of ``vid``."""
+        with self._lock:
+            return self._device(vid).ifname
+
+    def get_vhost_vring(self, vid: int, qid: int) -> Vring:
+        """The :class:`Vring` object of queue ``qid``."""
+        with self._lock:
+            return self._vring(vid, qid)[1]
+
+    def get_mem_table(self, vid: int) -> list[dict]:
+        """The mapped regions (gpa, size, qva, mmap_offset, mmap_size, host address, fd)."""
+        with self._lock:
+            dev = self._device(vid)
+            return [] if dev.memory is None else dev.memory.describe()
+
+    def get_vring_base(self, vid: int, qid: int) -> tuple[int, int]:
+        """``(last_avail_idx, last_used_idx)``; for packed rings each carries its wrap counter in bit 15.
+
+        While the ring is started the data path owns the indices and these
+        are the values of its last stop.
+        """
+        with self._lock:
+            dev, vq = self._vring(vid, qid)
+            if vq.packed:
+                return (vq.last_avail_idx | vq.avail_wrap_counter << 15, vq.last_used_idx | vq.used_wrap_counter << 15)
+            return vq.last_avail_idx, vq.last_used_idx
+
+    def set_vring_base(self, vid: int, qid: int, last_avail_idx: int, last_used_idx: int) -> None:
+        """Set the indices (same encoding as :meth:`get_vring_base`); refused while the ring is started."""
+        with self._lock:
+            dev, vq = self._vring(vid, qid)
+            if vq.started:
+                raise VhostBusy(f"vid {vid}: vring {qid} is started; the data path owns its indices")
+            if vq.packed:
+                vq.last_avail_idx, vq.avail_wrap_counter = last_avail_idx & 0x7FFF, last_avail_idx >> 15 & 1
+                vq.last_used_idx, vq.used_wrap_counter = last_used_idx & 0x7FFF, last_used_idx >> 15 & 1
+            else:
+                vq.last_avail_idx, vq.last_used_idx = last_avail_idx & 0xFFFF, last_used_idx & 0xFFFF
+
+    def enable_guest_notification(self, vid: int, qid: int, enable: bool) -> None:
+        """Record that the application wants guest notifications (interrupts) on or off for ``qid``;
+        the data path applies it (``DataPathHooks.on_guest_notification``, ``Vring.guest_notification``)."""
+        with self._lock:
+            dev, _ = self._vring(vid, qid)
+            dev.set_guest_notification(qid, enable)
+
+    def vring_call(self, vid: int, qid: int) -> bool:
+        """Signal the guest: write 1 to the ring's call eventfd.  No suppression check (the
+        data path decides when to call).  False if the ring has no call fd (NOFD: polled)."""
+        with self._lock:
+            _, vq = self._vring(vid, qid)
+            if vq.call_fd < 0:
+                return False
+            os.eventfd_write(vq.call_fd, 1)
+            return True
+
+    def avail_entries(self, vid: int, qid: int) -> int:
+        """Split ring: ``avail->idx - last_avail_idx`` read from guest memory (0 if not mapped).
+
+        Packed rings have no avail index: VhostNotSupported.
+        """
+        with self._lock:
+            _, vq = self._vring(vid, qid)
+            if vq.packed:
+                raise VhostNotSupported(f"vid {vid}: avail_entries is not defined for packed rings")
+            if not vq.access_ok:
+                return 0
+            avail_idx = ctypes.c_uint16.from_address(vq.avail_hva + 2).value
+            return (avail_idx - vq.last_avail_idx) & 0xFFFF
+
+    def stats(self, vid: int) -> dict[str, int]:
+        """The device's message and error counters."""
+        with self._lock:
+            return dict(self._device(vid).stats)
+
+    # -- teardown -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unregister every socket and stop the event thread."""
+        for path in self.driver_paths():
+            try:
+                self.driver_unregister(path)
+            except VhostError:
+                pass
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.stop()
+
+
+_default: VhostLibrary | None = None
+_default_lock = threading.Lock()
+
+
+def get_library() -> VhostLibrary:
+    """The process-wide library behind the module-level functions (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = VhostLibrary()
+            atexit.register(_default.close)
+        return _default
+
+
+def _export(name: str):
+    def fn(*args, **kwargs):
+        return getattr(get_library(), name)(*args, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = getattr(VhostLibrary, name).__doc__
+    return fn
+
+
+_API = [
+    "driver_register",
+    "driver_unregister",
+    "driver_start",
+    "driver_set_features",
+    "driver_get_features",
+    "driver_enable_features",
+    "driver_disable_features",
+    "driver_set_protocol_features",
+    "driver_get_protocol_features",
+    "driver_set_max_queue_num",
+    "driver_get_queue_num",
+    "driver_set_mac",
+    "driver_callback_register",
+    "driver_datapath_register",
+    "driver_stats",
+    "get_device",
+    "list_vids",
+    "get_negotiated_features",
+    "get_negotiated_protocol_features",
+    "get_mtu",
+    "get_vring_num",
+    "get_ifname",
+    "get_vhost_vring",
+    "get_mem_table",
+    "get_vring_base",
+    "set_vring_base",
+    "enable_guest_notification",
+    "vring_call",
+    "avail_entries",
+    "stats",
+]
+for _name in _API:
+    globals()[_name] = _export(_name)
+__all__ += _API

@@ -1,0 +1,110 @@
+"""Fixtures of the vhost control-plane tests.
+
+- ``lib``: a private :class:`VhostLibrary` (its own vhost-events thread), closed after the test.
+- ``sock_dir`` / ``sock_path``: a short directory for unix sockets (paths must stay < 108 bytes).
+- ``server``: ``sock_path`` registered in server mode with a :class:`Recorder`
+  as callbacks and a :class:`RecordingDataPath` as data path, started.
+- ``guest``: front-end guest memory (one 4 MiB memfd region), unmapped after the test.
+- ``connect``: ``connect()`` makes a :class:`VhostUserFrontend` on ``sock_path`` (closed after).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
+from dataplane.vhost.library import VhostLibrary
+
+from _vhost_support import Recorder, RecordingDataPath
+
+
+def _memfd_maps() -> collections.Counter:
+    """Mappings of memfds (guest memory), counted by file name."""
+    with open("/proc/self/maps") as f:
+        return collections.Counter(line.split(None, 5)[5].strip() for line in f if "/memfd:" in line)
+
+
+def _fd_targets() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_vhost_leaks():
+    """After each test (and its library's close): no new memfd mapping, memfd, eventfd or socket open."""
+    maps, fds = _memfd_maps(), _fd_targets()
+    yield
+    leaked_maps = _memfd_maps() - maps
+    kinds = ("/memfd:", "anon_inode:[eventfd]", "socket:")
+    leaked = {fd: t for fd, t in _fd_targets().items() if fds.get(fd) != t and t.startswith(kinds)}
+    assert not leaked_maps, f"guest memory still mapped: {leaked_maps}"
+    assert not leaked, f"fds left open: {leaked}"
+
+
+@pytest.fixture
+def lib():
+    library = VhostLibrary()
+    yield library
+    library.close()
+
+
+@pytest.fixture
+def sock_dir():
+    d = tempfile.mkdtemp(prefix="vh")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sock_path(sock_dir):
+    return os.path.join(sock_dir, "vhost.sock")
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def datapath():
+    return RecordingDataPath()
+
+
+@pytest.fixture
+def server(lib, sock_path, recorder, datapath):
+    lib.driver_register(sock_path, 0)
+    lib.driver_callback_register(sock_path, recorder)
+    lib.driver_datapath_register(sock_path, datapath)
+    lib.driver_start(sock_path)
+    return sock_path
+
+
+@pytest.fixture
+def guest():
+    mem = GuestMemoryLayout.simple(4 << 20)
+    yield mem
+    mem.close()
+
+
+@pytest.fixture
+def connect(sock_path):
+    made: list[VhostUserFrontend] = []
+
+    def _connect(memory=None, path=None, timeout=5.0):
+        fe = VhostUserFrontend.connect(path or sock_path, memory=memory, timeout=timeout)
+        made.append(fe)
+        return fe
+
+    yield _connect
+    for fe in made:
+        fe.close()
