@@ -47,6 +47,22 @@ The copy: a vectorised loop over ``uint64`` indices for up to
 assignment ``dst[a:b] = src[c:d]`` is NOT used: it goes through the generic
 ``fancy_setslice`` (28 ns for 64 B, 415 ns for 1518 B) and needs NRT for its
 overlap copy.
+
+Cross-cpu cache misses, not instructions, bound the loops (one core doing
+both sides costs ~20 ns per buffer in all): every payload line the driver
+wrote is a miss for the device, and every line the device read is an
+ownership miss for the driver's next write.  So the device prefetches the
+first line of every payload of a burst right after the fetch
+(``prefetch_lines``; +40-50 % at 64 B: the misses overlap instead of queueing
+behind the copy of the previous buffer) and the driver ``prefetchw``-es the
+buffers of its next burst (``driver_prefetchw``; +25 % on packed rings).
+With IN_ORDER the device completes a burst with ONE used entry (split:
+``split_dev_push_used_inorder(.., count)``; packed: one
+``packed_dev_push_used_inorder`` covering the burst's slots).
+
+``fault_at`` / ``fault_delta`` make the driver write a wrong sequence number
+from one buffer on (tests prove the device's check catches a lost or a
+repeated buffer at the right place).
 """
 
 from __future__ import annotations
@@ -66,7 +82,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from dataplane.memory.memory import Memory
-from dataplane.rings.atomics import cpu_relax, load_acquire, store_release
+from dataplane.rings.atomics import cpu_relax, load_acquire
+from dataplane.rings.packed import DRV_BROKEN as PACKED_DRV_BROKEN
 from dataplane.rings.packed import (
     PACKED_DEV_BATCHED,
     packed_dev_enable_notify,
@@ -86,6 +103,7 @@ from dataplane.rings.packed import (
     packed_vring_from_buffer,
 )
 from dataplane.rings.regions import make_regions
+from dataplane.rings.split import DRV_BROKEN as SPLIT_DRV_BROKEN
 from dataplane.rings.split import (
     split_dev_enable_notify,
     split_dev_fetch,
@@ -299,13 +317,14 @@ def _check_harvest(res, cookies, lens, k, expect):
 
 
 @njit(**_LOOP)
-def split_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, ctl):
+def split_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, fault_at, fault_delta, ctl):
     """Posts ``total`` buffers (seq s in buffer ``s & buf_mask``) in bursts and harvests them all."""
     res = ctl
     posted = np.int64(0)
     expect = np.int64(0)
     w_stride = np.int64(buf_stride) >> 3
     buf_hva = np.uint64(bufs64.ctypes.data)
+    seq_off = np.int64(0)
     while res[DRV_HARVESTED] < total:
         if load_acquire(ctl, CTL_ABORT) != 0:
             return
@@ -323,7 +342,9 @@ def split_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, to
                 prefetchw(buf_hva + np.uint64(((posted + j) & buf_mask) * buf_stride))
         for _ in range(m):
             slot = posted & buf_mask
-            bufs64[slot * w_stride] = posted
+            if posted == fault_at:
+                seq_off += fault_delta  # fault injection (tests of the checker): a lost / repeated seq
+            bufs64[slot * w_stride] = posted + seq_off
             if split_drv_add1(vr, ds, posted, buf_gpa + slot * buf_stride, payload, False) < 0:
                 res[DRV_ADD_FAIL] += 1
                 break
@@ -335,7 +356,7 @@ def split_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, to
             res[DRV_EMPTY_POLLS] += 1
             cpu_relax()
     res[DRV_POSTED] = posted
-    res[DRV_BROKEN] = ds.state[10]  # split DRV_BROKEN slot
+    res[DRV_BROKEN] = ds.state[SPLIT_DRV_BROKEN]
     res[DRV_DONE] = 1
 
 
@@ -375,13 +396,14 @@ def split_device_loop(vr, state, regions, chains, src, src_hva, dst, dst64, dst_
 
 
 @njit(**_LOOP)
-def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, ctl):
+def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, fault_at, fault_delta, ctl):
     """As :func:`split_driver_loop` on a packed ring (each add is visible at once; one kick decision per burst)."""
     res = ctl
     posted = np.int64(0)
     expect = np.int64(0)
     w_stride = np.int64(buf_stride) >> 3
     buf_hva = np.uint64(bufs64.ctypes.data)
+    seq_off = np.int64(0)
     while res[DRV_HARVESTED] < total:
         if load_acquire(ctl, CTL_ABORT) != 0:
             return
@@ -399,7 +421,9 @@ def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, t
                 prefetchw(buf_hva + np.uint64(((posted + j) & buf_mask) * buf_stride))
         for _ in range(m):
             slot = posted & buf_mask
-            bufs64[slot * w_stride] = posted
+            if posted == fault_at:
+                seq_off += fault_delta  # fault injection (tests of the checker): a lost / repeated seq
+            bufs64[slot * w_stride] = posted + seq_off
             if packed_drv_add1(vr, ds, posted, buf_gpa + slot * buf_stride, payload, False) < 0:
                 res[DRV_ADD_FAIL] += 1
                 break
@@ -411,7 +435,7 @@ def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, t
             res[DRV_EMPTY_POLLS] += 1
             cpu_relax()
     res[DRV_POSTED] = posted
-    res[DRV_BROKEN] = ds.state[11]  # packed DRV_BROKEN slot
+    res[DRV_BROKEN] = ds.state[PACKED_DRV_BROKEN]
     res[DRV_DONE] = 1
 
 
@@ -480,6 +504,8 @@ class ExchangeConfig:
     dst_slots: int = 64  # device destination buffers (power of two), reused round robin like an mbuf cache
     driver_cpu: int | None = None  # default: the second cpu of our affinity set (the first if only one)
     device_cpu: int | None = None  # default: the first cpu
+    fault_at: int = -1  # tests of the checker: from buffer fault_at on, the driver writes seq + fault_delta
+    fault_delta: int = 0  # (+1: one seq lost, -1: one seq repeated; cookies stay right)
     timeout: float = 60.0  # seconds for the exchange itself (after both children are ready)
     start_timeout: float = 30.0  # seconds for the children to get ready
 
@@ -492,7 +518,7 @@ class ExchangeResult:
 
     @property
     def elapsed_ns(self) -> int:
-        """Wall time of the exchange: the driver's, from its first post to its last harvest."""
+        """Wall time of the exchange: the longer of the two loops (from GO to the last buffer)."""
         return max(self.driver["elapsed_ns"], self.device["elapsed_ns"])
 
     @property
@@ -632,7 +658,8 @@ class _Setup:
         loop(
             self.vr, self.ds, self.bufs64, np.int64(self.buf_gpa), np.int64(cfg.buf_stride),
             np.int64(cfg.queue_size - 1), np.int64(cfg.payload), np.int64(total), np.int64(cfg.burst),
-            self.cookies, self.lens, bool(cfg.driver_prefetchw), self.ctl,
+            self.cookies, self.lens, bool(cfg.driver_prefetchw), np.int64(cfg.fault_at), np.int64(cfg.fault_delta),
+            self.ctl,
         )
 
     def make_dst(self) -> np.ndarray:

@@ -67,3 +67,17 @@ def test_timeout_kills_and_reaps():
     """A run that cannot finish in time fails with ExchangeTimeout and leaves nothing behind."""
     with pytest.raises(ExchangeTimeout):
         run_exchange(ExchangeConfig(kind=SPLIT, count=10**12, timeout=0.5))
+
+
+@pytest.mark.parametrize("kind", [SPLIT, PACKED])
+@pytest.mark.parametrize("delta, counter", [(1, "seq_fwd"), (-1, "seq_back")])
+def test_checker_sees_lost_and_repeated_seq(kind, delta, counter):
+    """The device's check is not vacuous: one lost (+1) or repeated (-1) seq is caught, where it happens."""
+    n, at = 100_000, 54_321
+    res = run_exchange(ExchangeConfig(kind=kind, count=n, fault_at=at, fault_delta=delta, timeout=TIMEOUT))
+    v = res.device
+    assert v[counter] == 1
+    assert v["seq_fwd"] + v["seq_back"] == 1
+    assert v["first_bad"] == at and v["bad_seq"] == at + delta
+    assert res.driver["cookie_err"] == 0 and res.driver["harvested"] == n
+    assert set(res.errors) == {"device_" + counter}
