@@ -63,6 +63,7 @@ from numba.extending import intrinsic
 __all__ = [
     "kernel",
     "inline_kernel",
+    "loop_kernel",
     "always_inline",
     "sched_yield",
     "load_u16",
@@ -76,6 +77,9 @@ __all__ = [
 
 kernel = njit(cache=True, _nrt=False)
 inline_kernel = njit(cache=True, _nrt=False, inline="always")
+#: A poll loop: like :data:`kernel` but releases the GIL, so a loop on the main
+#: lcore leaves the vhost-events and signal-watcher threads running.
+loop_kernel = njit(cache=True, _nrt=False, nogil=True)
 
 
 @intrinsic

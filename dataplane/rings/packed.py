@@ -115,6 +115,7 @@ from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
     FEAT_IN_ORDER,
     FEAT_INDIRECT,
+    FEAT_READ_ONLY,
     MAX_QUEUE_SIZE,
     N_ERR,
     OK,
@@ -346,7 +347,7 @@ assert PACKED_DEV_BATCHED < STATE_SLOTS
 
 # Test/diagnostic switch in the features word: never take the batch path.
 PACKED_FEAT_NO_BATCH = 1 << 8
-_FEAT_MASK = FEAT_EVENT_IDX | FEAT_IN_ORDER | FEAT_INDIRECT | PACKED_FEAT_NO_BATCH
+_FEAT_MASK = FEAT_EVENT_IDX | FEAT_IN_ORDER | FEAT_INDIRECT | FEAT_READ_ONLY | PACKED_FEAT_NO_BATCH
 
 
 def packed_dev_init(state, num, features=0, base=WRAP_BIT):
@@ -527,6 +528,7 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
     cap = min(np.int64(max_chains), np.int64(chains.head.shape[0]))
     seg_cap = min(chains.seg_addr.shape[0], chains.seg_len.shape[0], chains.seg_write.shape[0])
     batch_ok = (feats & PACKED_FEAT_NO_BATCH) == 0
+    wmask = np.int64(0) if (feats & FEAT_READ_ONLY) else np.int64(F_WRITE)
     d16 = vr.desc_u16
     d32 = vr.desc_u32
     d64 = vr.desc_u64
@@ -549,10 +551,10 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
                 | ((f2 & _SINGLE_MASK) ^ expect)
                 | ((f3 & _SINGLE_MASK) ^ expect)
             ) == 0:
-                s += _dev_single(regions, chains, state, num, n, s, seg_cap, d64[2 * idx], np.int64(d32[4 * idx + 2]), np.int64(d16[b + 6]), f0 & F_WRITE)
-                s += _dev_single(regions, chains, state, num, n + 1, s, seg_cap, d64[2 * idx + 2], np.int64(d32[4 * idx + 6]), np.int64(d16[b + 14]), f1 & F_WRITE)
-                s += _dev_single(regions, chains, state, num, n + 2, s, seg_cap, d64[2 * idx + 4], np.int64(d32[4 * idx + 10]), np.int64(d16[b + 22]), f2 & F_WRITE)
-                s += _dev_single(regions, chains, state, num, n + 3, s, seg_cap, d64[2 * idx + 6], np.int64(d32[4 * idx + 14]), np.int64(d16[b + 30]), f3 & F_WRITE)
+                s += _dev_single(regions, chains, state, num, n, s, seg_cap, d64[2 * idx], np.int64(d32[4 * idx + 2]), np.int64(d16[b + 6]), f0 & wmask)
+                s += _dev_single(regions, chains, state, num, n + 1, s, seg_cap, d64[2 * idx + 2], np.int64(d32[4 * idx + 6]), np.int64(d16[b + 14]), f1 & wmask)
+                s += _dev_single(regions, chains, state, num, n + 2, s, seg_cap, d64[2 * idx + 4], np.int64(d32[4 * idx + 10]), np.int64(d16[b + 22]), f2 & wmask)
+                s += _dev_single(regions, chains, state, num, n + 3, s, seg_cap, d64[2 * idx + 6], np.int64(d32[4 * idx + 14]), np.int64(d16[b + 30]), f3 & wmask)
                 n += 4
                 nbatch += 4
                 idx += 4
@@ -565,7 +567,7 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
         if (f & F_AU) != expect:
             break
         if (f & (F_NEXT | F_INDIRECT)) == 0:
-            used = _dev_single(regions, chains, state, num, n, s, seg_cap, d64[2 * idx], np.int64(d32[4 * idx + 2]), np.int64(d16[8 * idx + 6]), f & F_WRITE)
+            used = _dev_single(regions, chains, state, num, n, s, seg_cap, d64[2 * idx], np.int64(d32[4 * idx + 2]), np.int64(d16[8 * idx + 6]), f & wmask)
             if used < 0:
                 break
             s += used
@@ -609,14 +611,14 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
                                     status = ERR_INDIRECT
                                     break
                                 status, seen_write, nseg, total, retry = _dev_seg(
-                                    regions, chains, load_u64(ea, 0), np.int64(load_u32(ea + np.uint64(8), 0)), ef & F_WRITE,
+                                    regions, chains, load_u64(ea, 0), np.int64(load_u32(ea + np.uint64(8), 0)), ef & wmask,
                                     status, seen_write, nseg, total, s, seg_cap, n,
                                 )
                                 if status != OK or retry:
                                     break
             else:
                 status, seen_write, nseg, total, retry = _dev_seg(
-                    regions, chains, addr, length, f & F_WRITE, status, seen_write, nseg, total, s, seg_cap, n
+                    regions, chains, addr, length, f & wmask, status, seen_write, nseg, total, s, seg_cap, n
                 )
             if retry or (f & F_NEXT) == 0:
                 break

@@ -92,6 +92,11 @@ STATE_SLOTS = STATE_ERR_BASE + N_ERR + 9  # room for side-specific slots after
 FEAT_EVENT_IDX = 1
 FEAT_IN_ORDER = 2
 FEAT_INDIRECT = 4
+# The device only reads this ring's buffers (a net Tx queue): WRITE flags are ignored,
+# as DPDK's vhost dequeue does.  DPDK's packed virtio Tx leaves WRITE set on the
+# header entry of its indirect tables (vring_desc_init_indirect_packed), a layout
+# the strict check would reject.
+FEAT_READ_ONLY = 8
 
 Chains = namedtuple(
     "Chains",

@@ -66,7 +66,7 @@ dirty-page logging (LOG_ALL) of the guest pages written, IOTLB, async copy.
 
 Counters: ``q.counters``, an ``int64`` array with the ``C_*`` slots below
 (:data:`COUNTER_NAMES`); size buckets and unicast/multicast/broadcast follow
-DPDK's vhost PMD xstats (buckets bounded at 1522 bytes, as DPDK).  Enqueue
+DPDK's vhost PMD xstats (RFC 2819 buckets: 1024-1518 and 1519-max, by ``pkt_len``).  Enqueue
 counts what went into the guest, dequeue what came out (RARP included).
 """
 
@@ -109,6 +109,7 @@ from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
     FEAT_IN_ORDER,
     FEAT_INDIRECT,
+    FEAT_READ_ONLY,
     STATE_AVAIL_WRAP,
     STATE_BROKEN,
     STATE_CHAINS,
@@ -188,8 +189,8 @@ COUNTER_NAMES = (
     "size_128_to_255_packets",
     "size_256_to_511_packets",
     "size_512_to_1023_packets",
-    "size_1024_to_1522_packets",
-    "size_1523_to_max_packets",
+    "size_1024_to_1518_packets",
+    "size_1519_to_max_packets",
     "unicast_packets",
     "multicast_packets",
     "broadcast_packets",
@@ -210,13 +211,13 @@ N_COUNTERS = len(COUNTER_NAMES)
     C_SIZE_128_255,
     C_SIZE_256_511,
     C_SIZE_512_1023,
-    C_SIZE_1024_1522,
-    C_SIZE_1523_MAX,
+    C_SIZE_1024_1518,
+    C_SIZE_1519_MAX,
     C_UNICAST,
     C_MULTICAST,
     C_BROADCAST,
 ) = range(N_COUNTERS)
-SIZE_BUCKET_MAX = 1522  # DPDK's vhost PMD: 1024_to_1522 / 1523_to_max
+SIZE_BUCKET_MAX = 1518  # 1024_to_1518 / 1519_to_max
 
 RARP_FLAG = 0  # q.rarp[RARP_FLAG]: SEND_RARP pending
 RARP_MAC = 1  # q.rarp[RARP_MAC]: MAC, 48 bits, first byte in bits 47..40
@@ -332,9 +333,9 @@ def _count_packet(cnt, addr, plen, dlen):
     elif plen < 1024:
         cnt[C_SIZE_512_1023] += 1
     elif plen <= SIZE_BUCKET_MAX:
-        cnt[C_SIZE_1024_1522] += 1
+        cnt[C_SIZE_1024_1518] += 1
     else:
-        cnt[C_SIZE_1523_MAX] += 1
+        cnt[C_SIZE_1519_MAX] += 1
     if dlen >= 6 and (ld8(addr) & 1) != 0:
         if ld32(addr) == 0xFFFFFFFF and ld16(addr + _U64(4)) == 0xFFFF:
             cnt[C_BROADCAST] += 1
@@ -801,6 +802,8 @@ class VhostQueue:
     bit 15 = wrap counter; ``last_used_idx`` likewise, default = avail),
     ``regions`` the region table, ``callfd`` the call eventfd (-1: none).
     ``rarp`` is the device's shared SEND_RARP array (:func:`make_rarp`).
+    ``read_only``: a queue the device only reads (net Tx, dequeue only):
+    descriptor WRITE flags are ignored, as DPDK's vhost does.
     ``state`` / ``counters`` may be passed in (e.g. shared memory) and are
     initialised here.  ``keepalive`` holds whatever owns the mappings.
 
@@ -829,6 +832,7 @@ class VhostQueue:
         state: np.ndarray | None = None,
         counters: np.ndarray | None = None,
         enabled: bool = True,
+        read_only: bool = False,
         keepalive=None,
     ):
         features = int(features)
@@ -838,7 +842,7 @@ class VhostQueue:
         self.size = int(size)
         self.features = features
         self.keepalive = keepalive
-        feat = ring_feat_mask(features)
+        feat = ring_feat_mask(features) | (FEAT_READ_ONLY if read_only else 0)
         dsplit, dpacked = _dummies()
         if self.packed:
             vr_packed = packed_vring_from_addrs(desc, avail, used, self.size)
