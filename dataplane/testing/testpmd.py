@@ -51,7 +51,7 @@ class Testpmd:
     __test__ = False  # not a pytest class
 
     def __init__(self, eal: list[str], app: list[str] = (), *, cpus: str = "1", memory_mb: int = 512,
-                 mbufs: int = 2048, prefix: str | None = None, timeout: float = 30.0):
+                 mbufs: int = 2048, prefix: str | None = None, timeout: float = 30.0, wait: bool = True):
         if TESTPMD is None:
             raise TestpmdError("dpdk-testpmd is not installed (Debian package dpdk)")
         self.prefix = prefix or f"tp{os.getpid()}_{next(_SEQ)}"
@@ -66,6 +66,12 @@ class Testpmd:
         self._reader = threading.Thread(target=self._read, name="testpmd-out", daemon=True)
         self._reader.start()
         self._mark = 0
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for the first prompt (a virtio-user ``server=1`` port blocks testpmd's start
+        until a back-end connects: construct with ``wait=False``, start the back-end, then call this)."""
         try:
             self._wait_prompt(timeout)
         except BaseException:

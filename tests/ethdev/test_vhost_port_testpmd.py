@@ -8,6 +8,7 @@ comes back.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import tempfile
@@ -62,12 +63,12 @@ def echo1(sock_dir):
         yield e
 
 
-def _virtio_user(sock: str, devargs: str, queues: int = 1, extra_eal=(), app=()) -> Testpmd:
+def _virtio_user(sock: str, devargs: str, queues: int = 1, extra_eal=(), app=(), wait=True) -> Testpmd:
     return Testpmd(
         ["--vdev", f"net_virtio_user0,path={sock},queues={queues},{devargs}",
          "--log-level=pmd.net.virtio.*:info", *extra_eal],
         [f"--rxq={queues}", f"--txq={queues}", "--nb-cores=1", *app],
-        cpus="1", mbufs=4096,
+        cpus="1", mbufs=4096, wait=wait,
     )
 
 
@@ -126,3 +127,103 @@ def test_virtio_user_path_echo(echo1, path):
     assert d["rx_q0_size_1519_to_max_packets"] == d["tx_q0_size_1519_to_max_packets"] == per_size[8000]
     assert d["rx_total_bytes"] == sum(size * n for size, n in per_size.items())
     assert d["tx_missed_pkts"] == 0 and d["rx_errors"] == 0
+
+
+def _rxonly_round(tp: Testpmd, txpkts: str = "64", bursts: int = BURSTS) -> dict:
+    tp.cmd("set fwd rxonly")
+    fwd = _send_and_count(tp, txpkts, bursts)
+    assert fwd["TX-packets"] > 0 and fwd["RX-packets"] == fwd["TX-packets"], fwd
+    return fwd
+
+
+def test_two_queues_both_carry_traffic(sock_dir):
+    sock = os.path.join(sock_dir, "q2.sock")
+    with EchoProcess([f"net_vhost0,iface={sock},queues=2"], check="txonly") as echo:
+        with _virtio_user(sock, "mrg_rxbuf=1,in_order=0", queues=2, app=["--enable-scatter"]) as tp:
+            tp.wait_link(0)
+            fwd = _rxonly_round(tp, "256")
+        s = echo.wait_stats(lambda s: s["checked"] >= fwd["TX-packets"])
+    x = s["ports"]["net_vhost0"]["xstats"]
+    assert x["rx_q0_good_packets"] > 0 and x["rx_q1_good_packets"] > 0, x
+    assert x["tx_q0_good_packets"] == x["rx_q0_good_packets"] and x["tx_q1_good_packets"] == x["rx_q1_good_packets"]
+    assert x["rx_good_packets"] == fwd["TX-packets"] and s["bad"] == 0
+
+
+def test_reconnect_backend_client_testpmd_server(sock_dir):
+    """Our port in client mode, testpmd's virtio-user as server: kill and restart either side."""
+    sock = os.path.join(sock_dir, "rc.sock")
+    vdev = f"net_vhost0,iface={sock},queues=1,client=1"
+    tp = _virtio_user(sock, "mrg_rxbuf=1,in_order=0,server=1", app=["--enable-scatter"], wait=False)
+    echo = None
+    try:
+        echo = EchoProcess([vdev])
+        tp.wait_ready()
+        tp.wait_link(0)
+        _rxonly_round(tp)
+        # our back-end dies: testpmd's link goes down; a new one connects and traffic resumes
+        echo.kill()
+        tp.wait_link(0, up=False)
+        echo = EchoProcess([vdev])
+        tp.wait_link(0)
+        _rxonly_round(tp)
+        # testpmd dies: our link goes down, we keep retrying; a new testpmd gets us back
+        tp.kill()
+        echo.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
+        os.unlink(sock)  # a killed testpmd leaves its socket file; DPDK will not bind over it
+        tp = _virtio_user(sock, "mrg_rxbuf=1,in_order=0,server=1", app=["--enable-scatter"], wait=False)
+        tp.wait_ready()
+        tp.wait_link(0)
+        _rxonly_round(tp)
+        assert echo.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
+    finally:
+        tp.close()
+        if echo is not None:
+            echo.close()
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def _proc_resources(pid: int) -> tuple[collections.Counter, collections.Counter]:
+    """(fd kinds, memfd mappings) of a process: what a vhost connection adds."""
+    fds = collections.Counter()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            t = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        fds[t.split("[")[0].split(":")[0] if not t.startswith("/") else "file:" + t] += 1
+    with open(f"/proc/{pid}/maps") as f:
+        maps = collections.Counter(line.split(None, 5)[5].strip() for line in f if "memfd:" in line)
+    return fds, maps
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for line in open(f"/proc/{pid}/task/{pid}/children").read().split():
+        out.append(int(line))
+    return sorted(out)
+
+
+def test_server_fds_and_maps_back_to_baseline(echo1):
+    """testpmd connects and quits 5 times: the back-end's processes (main and lcores) hold
+    no more fds and guest-memory mappings than before."""
+    pids = _tree(echo1.proc.pid)
+    assert len(pids) == 2  # main + one worker lcore
+    with _virtio_user(echo1.sock, "mrg_rxbuf=1,in_order=0", app=["--enable-scatter"]) as tp:  # warm
+        tp.wait_link(0)
+        _rxonly_round(tp)
+    echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
+    time.sleep(0.5)
+    base = {p: _proc_resources(p) for p in pids}
+    for _ in range(5):
+        with _virtio_user(echo1.sock, "mrg_rxbuf=1,in_order=0", app=["--enable-scatter"]) as tp:
+            tp.wait_link(0)
+            during = {p: _proc_resources(p) for p in pids}
+            _rxonly_round(tp)
+        echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
+    # the worker did map the guest memory while connected (so "back to baseline" means something)
+    assert sum(during[pids[1]][1].values()) > sum(base[pids[1]][1].values())
+    deadline = time.monotonic() + 5
+    while {p: _proc_resources(p) for p in pids} != base and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {p: _proc_resources(p) for p in pids} == base
