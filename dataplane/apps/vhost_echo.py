@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def snapshot(ports, checks) -> dict:
-    out = {"ports": {}, "checked": int(checks[:, K_CHECKED].sum()), "bad": int(checks[:, K_BAD].sum()),
+    out = {"time": time.monotonic(), "ports": {}, "checked": int(checks[:, K_CHECKED].sum()), "bad": int(checks[:, K_BAD].sum()),
            "bad_chain": int(checks[:, K_BAD_CHAIN].sum())}
     for p in ports:
         out["ports"][p.name] = dict(link=p.link_up, stats=p.stats(), xstats=p.xstats())
