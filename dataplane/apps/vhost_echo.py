@@ -102,7 +102,8 @@ def _check_txonly(mp, m):
 
 @loop_kernel
 def echo_loop(ctxs, mp, lcore, stop, ctl, qids, gens, pkts, burst, mode, check, chk):
-    """Poll ``ctxs`` (pairs: ``[2i]`` Tx, ``[2i+1]`` Rx) until stop (returns 1) or a ring request (returns 0)."""
+    """Poll ``ctxs`` (pairs: ``[2i]`` Tx, ``[2i+1]`` Rx) until stop (returns 1), a ring request
+    (returns 0) or 2**20 turns (returns 2: time for the Python side's housekeeping)."""
     nq = len(ctxs) // 2
     turn = 0
     while True:
@@ -112,6 +113,8 @@ def echo_loop(ctxs, mp, lcore, stop, ctl, qids, gens, pkts, burst, mode, check, 
                 return 1
             if vrings_changed(ctl, qids, gens):
                 return 0
+            if (turn & 0xFFFFF) == 0:
+                return 2
         for i in range(nq):
             n = vhost_rx_burst(ctxs[2 * i + 1], mp, lcore, pkts, burst)
             if n == 0:
@@ -147,9 +150,12 @@ def _lcore_main(arg):
     pkts = np.zeros(max(burst, 64) * 2, np.uint32)
     try:
         while True:
-            if echo_loop(lv.ctxs, mp.arrays, lcore, stop, lv.ctl, lv.qids_arr, lv.gens, pkts, burst, mode, check, chk):
+            rc = echo_loop(lv.ctxs, mp.arrays, lcore, stop, lv.ctl, lv.qids_arr, lv.gens, pkts, burst, mode, check, chk)
+            if rc == 1:
                 return True
-            lv.service(wait=0.001)
+            lv.report_errors()
+            if rc == 0:
+                lv.service(wait=0.001)
     finally:
         lv.close()
 

@@ -55,7 +55,7 @@ from dataplane.lcores import launch
 from dataplane.rings.atomics import exchange, load_acquire, py_load_acquire, py_store_release
 from dataplane.rings.jit import kernel
 from dataplane.rings.packed import packed_dev_get_used_base
-from dataplane.rings.virtqueue import ERR_NAMES, STATE_ERR_BASE
+from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost.library import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
@@ -364,6 +364,8 @@ class LcoreVrings:
         self._memories: list[GuestMemory | None] = [None] * len(self.qids)
         self._callfds: list[int] = [-1] * len(self.qids)
         self._run_gens: list[int] = [-1] * len(self.qids)
+        self._errors_seen = [0] * len(self.qids)
+        self._broken_seen = [False] * len(self.qids)
         self._dummy = _disabled_queue()
         self.ctxs = tuple(self._dummy.ctx for _ in self.qids)
 
@@ -414,6 +416,31 @@ class LcoreVrings:
         self.ctxs = tuple(ctxs)
         return changed
 
+    def report_errors(self) -> None:
+        """Log what the guest did wrong since the last call (poll loops call this now and then).
+
+        Per ring: new bad chains by kind (descriptor loops, bad indirect
+        tables, addresses outside the guest memory, ...; they are also counted
+        in the port's ``rx_errors``/``tx_errors``), and once, a ring the data
+        path stopped because it is broken (the avail index jumped by more
+        than the ring size).
+        """
+        for i, q in enumerate(self.queues):
+            if q is None:
+                continue
+            st = q.ctx.state
+            n = int(st[STATE_ERRORS])
+            if n != self._errors_seen[i]:
+                errors = {name: int(st[STATE_ERR_BASE + code]) for code, name in ERR_NAMES.items()
+                          if st[STATE_ERR_BASE + code]}
+                log.warning("bad descriptor chains in a live ring", port=self.name, qid=self.qids[i],
+                            new=n - self._errors_seen[i], errors=errors)
+                self._errors_seen[i] = n
+            if st[STATE_BROKEN] and not self._broken_seen[i]:
+                self._broken_seen[i] = True
+                log.error("vring is broken (avail index jumped past the ring size): queue stopped",
+                          port=self.name, qid=self.qids[i])
+
     def _attach(self, i: int, gen: int, spec: dict, fds: list[int]) -> None:
         qid = self.qids[i]
         nreg = len(spec["regions"])
@@ -457,6 +484,8 @@ class LcoreVrings:
             raise
         _close_fds(extra[1:])
         self.queues[i] = q
+        self._errors_seen[i] = 0
+        self._broken_seen[i] = False
         self._memories[i] = mem
         self._callfds[i] = callfd
         self._run_gens[i] = gen

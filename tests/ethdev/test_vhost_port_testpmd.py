@@ -11,13 +11,18 @@ from __future__ import annotations
 import collections
 import os
 import re
+import struct
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
+from dataplane.rings.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 from dataplane.testing.testpmd import TESTPMD, Testpmd
 from dataplane.testing.vhost_echo_proc import EchoProcess
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
+from dataplane.vhost.protocol import VirtioFeature as VF, bit
 
 pytestmark = pytest.mark.skipif(TESTPMD is None, reason="dpdk-testpmd is not installed")
 
@@ -227,3 +232,45 @@ def test_server_fds_and_maps_back_to_baseline(echo1):
     while {p: _proc_resources(p) for p in pids} != base and time.monotonic() < deadline:
         time.sleep(0.2)
     assert {p: _proc_resources(p) for p in pids} == base
+
+
+def _put_desc(vq, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
+    vq.desc[16 * i : 16 * i + 16] = np.frombuffer(struct.pack("<QIHH", addr, length, flags, nxt), np.uint8)
+
+
+def test_hostile_live_ring_is_logged_counted_and_the_port_keeps_serving(echo1):
+    """A scripted guest posts a descriptor loop and an indirect table outside its memory on
+    its Tx ring: the lcore completes both as errors (counted, logged with their kind), and
+    the same port then serves DPDK's virtio-user as before."""
+    before = echo1.stats()["ports"]["net_vhost0"]["xstats"]["rx_errors"]
+    mem = GuestMemoryLayout.simple()
+    fe = VhostUserFrontend.connect(echo1.sock, memory=mem)
+    try:
+        want = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES) | bit(VF.VIRTIO_RING_F_INDIRECT_DESC)
+        fe.start(num_queues=1, queue_size=256, features=want)
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
+        tx = fe.vrings[1]
+        buf = mem.alloc(4096)
+        _put_desc(tx, 0, buf, 64, VRING_DESC_F_NEXT, 1)
+        _put_desc(tx, 1, buf, 64, VRING_DESC_F_NEXT, 0)  # 0 -> 1 -> 0 -> ...
+        _put_desc(tx, 2, 0xDEAD_0000_0000, 64, VRING_DESC_F_INDIRECT, 0)  # table outside guest memory
+        tx.avail[2], tx.avail[3] = 0, 2
+        tx.avail_idx = 2
+        os.eventfd_write(tx.kick_fd, 1)
+        s = echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["xstats"]["rx_errors"] - before >= 2)
+        assert s["ports"]["net_vhost0"]["xstats"]["rx_errors"] - before == 2
+        deadline = time.monotonic() + 10
+        while tx.used_idx != 2 and time.monotonic() < deadline:  # both completed (length 0), not stuck
+            time.sleep(0.05)
+        assert tx.used_idx == 2
+        while "bad descriptor chains in a live ring" not in echo1.output and time.monotonic() < deadline:
+            time.sleep(0.1)
+        line = [l for l in echo1.output.splitlines() if "bad descriptor chains in a live ring" in l][-1]
+        assert "chain_loop" in line and "bad_indirect" in line
+    finally:
+        fe.close()
+        mem.close()
+    echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
+    with _virtio_user(echo1.sock, "mrg_rxbuf=1,in_order=0", app=["--enable-scatter"]) as tp:
+        tp.wait_link(0)
+        _rxonly_round(tp)
