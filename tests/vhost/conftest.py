@@ -20,7 +20,7 @@ import pytest
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
 from dataplane.vhost.library import VhostLibrary
 
-from _vhost_support import Recorder, RecordingDataPath
+from dataplane.testing.vhost_support import Recorder, RecordingDataPath
 
 
 def _memfd_maps() -> collections.Counter:

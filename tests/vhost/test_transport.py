@@ -15,7 +15,7 @@ from dataplane.vhost.library import CLIENT, NO_RECONNECT, VhostBusy, VhostDevice
 from dataplane.vhost.protocol import VirtioFeature as VF, bit
 from dataplane.vhost.transport import RECONNECT_INTERVAL
 
-from _vhost_support import wait_until
+from dataplane.testing.vhost_support import wait_until
 
 BASE = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
 
