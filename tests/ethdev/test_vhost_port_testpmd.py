@@ -274,3 +274,33 @@ def test_hostile_live_ring_is_logged_counted_and_the_port_keeps_serving(echo1):
     with _virtio_user(echo1.sock, "mrg_rxbuf=1,in_order=0", app=["--enable-scatter"]) as tp:
         tp.wait_link(0)
         _rxonly_round(tp)
+
+
+def test_get_vring_base_returns_what_the_lcore_consumed_and_unmaps(echo1):
+    """GET_VRING_BASE is answered only after the lcore let go of the ring: the index is the
+    one the lcore reached, and the lcore process no longer maps the guest's memory."""
+    worker = _tree(echo1.proc.pid)[1]
+    mem = GuestMemoryLayout.simple()
+    fe = VhostUserFrontend.connect(echo1.sock, memory=mem)
+    try:
+        fe.start(num_queues=1, queue_size=256, features=bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES))
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
+        before = echo1.stats()["ports"]["net_vhost0"]["stats"]["ipackets"]
+        tx = fe.vrings[1]
+        for i in range(5):
+            buf = mem.alloc(128)
+            mem.view(buf, 128)[:] = 0
+            _put_desc(tx, i, buf, 12 + 64, 0, 0)  # virtio-net header + a 64 B frame
+            tx.avail[2 + i] = i
+        tx.avail_idx = 5
+        os.eventfd_write(tx.kick_fd, 1)
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["stats"]["ipackets"] - before == 5)
+        with open(f"/proc/{worker}/maps") as f:
+            assert "vhost-frontend-guest" in f.read()  # the lcore maps the guest memory itself
+        assert fe.get_vring_base(1) == 5
+        with open(f"/proc/{worker}/maps") as f:
+            assert "vhost-frontend-guest" not in f.read()
+    finally:
+        fe.close()
+        mem.close()
+    echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
