@@ -1,0 +1,396 @@
+"""The forwarding engine: ports from ``--vdev``, streams on forwarding lcores, start/stop, statistics.
+
+It does what testpmd's core does:
+
+* **ports** from the EAL's ``--vdev`` list, numbered in order: ``net_vhost*``
+  (:class:`~dataplane.ethdev.vhost.VhostPort`) and ``net_ring*``
+  (:class:`~dataplane.ethdev.ring.RingPort`);
+* **paired topology**: port 0 forwards to 1 and 1 to 0, 2 to 3, ...; an odd
+  last port forwards to itself;
+* **streams**: one per (port, Rx queue), transmitting on the same queue
+  number of the paired port (``q % txq``), spread over ``nb_cores``
+  forwarding lcores in consecutive blocks (the worker lcores, in order);
+* **start** launches :func:`~dataplane.apps.fwd_loop.fwd_loop` on each
+  forwarding lcore; **stop** lowers the run flag and collects the forward
+  statistics.
+
+Counters are shared memory: per stream (rx, tx, dropped) and per port queue
+(packets and bytes each way), so :meth:`Engine.port_stats` reads them while
+lcores forward.  Vhost rings reach the lcores through
+:mod:`dataplane.vhost.handoff`; each vring is placed on the lcore of the
+stream that uses it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dataplane import log as dplog
+from dataplane.apps import fwd_loop as FL
+from dataplane.ethdev import EthdevError
+from dataplane.ethdev.queue import KIND_NONE, KIND_RING, KIND_VHOST, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.ring import DRIVER_NAME as RING_DRIVER, RingPort
+from dataplane.ethdev.vhost import DRIVER_NAME as VHOST_DRIVER, VhostPort, lcore_queues
+from dataplane.lcores import launch
+from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
+
+__all__ = ["FwdConfig", "Engine", "StreamSpec"]
+
+log = dplog.get_logger("dataplane.engine")
+
+_POOL = "engine_pool"
+_QSTATS = "engine_qstats"
+_FSTATS = "engine_fstats"
+_RUN = "engine_run"
+MAX_QUEUES = 64
+
+
+def mac_int(mac: str) -> int:
+    parts = mac.split(":")
+    if len(parts) != 6:
+        raise ValueError(f"bad MAC address {mac!r}")
+    return int("".join(f"{int(p, 16):02x}" for p in parts), 16)
+
+
+def mac_str(v: int) -> str:
+    return ":".join(f"{(v >> (40 - 8 * i)) & 0xFF:02X}" for i in range(6))
+
+
+@dataclass
+class FwdConfig:
+    """testpmd's forwarding options."""
+
+    mode: str = "io"
+    nb_cores: int | None = None
+    rxq: int = 1
+    txq: int = 1
+    burst: int = 32
+    txpkts: list[int] = field(default_factory=lambda: [64])
+    eth_peer: dict[int, str] = field(default_factory=dict)
+    total_num_mbufs: int = 8192
+
+    def check(self) -> None:
+        if self.mode not in FL.MODES:
+            raise ValueError(f"unknown forwarding mode {self.mode!r} (known: {', '.join(sorted(FL.MODES))})")
+        if not 1 <= self.burst <= 512:
+            raise ValueError(f"burst {self.burst} out of range 1..512")
+        for name in ("rxq", "txq"):
+            v = getattr(self, name)
+            if not 1 <= v <= MAX_QUEUES:
+                raise ValueError(f"{name} {v} out of range 1..{MAX_QUEUES}")
+
+
+@dataclass
+class StreamSpec:
+    """One stream: receive on (rx_port, rx_queue), transmit on (tx_port, tx_queue), on ``lcore``."""
+
+    index: int
+    rx_port: int
+    rx_queue: int
+    tx_port: int
+    tx_queue: int
+    lcore: int
+
+
+class Engine:
+    """Ports, streams and forwarding lcores of one running EAL (``eal``)."""
+
+    def __init__(self, eal, fwd: FwdConfig, vdevs=None):
+        fwd.check()
+        self.eal = eal
+        self.fwd = fwd
+        self.memory = eal.memory
+        self.launcher = eal.launcher
+        vdevs = list(eal.cfg.vdevs if vdevs is None else vdevs)
+        if not vdevs:
+            raise EthdevError("no ports: give at least one --vdev (net_vhostN,iface=... or net_ringN)")
+        self.pool = mempool_create(self.memory, _POOL, fwd.total_num_mbufs, cache_size=256)
+        self.ports: list = []
+        try:
+            for pid, d in enumerate(vdevs):
+                self.ports.append(self._make_port(d, pid))
+            self._link_ring_peers()
+            self.nb_ports = len(self.ports)
+            maxq = max(fwd.rxq, fwd.txq)
+            self.qstats = self._zone(_QSTATS, self.nb_ports * maxq * Q_SLOTS).reshape(self.nb_ports, maxq, Q_SLOTS)
+            self.streams = self._plan()
+            self.fstats = self._zone(_FSTATS, max(1, len(self.streams)) * FL.S_SLOTS).reshape(-1, FL.S_SLOTS)
+            self.run_flag = self.memory.memzone_reserve(_RUN, 64).view(np.uint32)
+            self.run_flag[:] = 0
+            for p in self.ports:
+                p.start()
+        except BaseException:
+            self.close()
+            raise
+        self.running = False
+        self._fstats_base = np.zeros_like(self.fstats)
+        self._qstats_base = np.zeros_like(self.qstats)
+        self._started_at = 0.0
+
+    # -- construction -----------------------------------------------------------
+    def _zone(self, name: str, n: int) -> np.ndarray:
+        a = self.memory.memzone_reserve(name, n * 8).view(np.int64)
+        a[:] = 0
+        return a
+
+    def _make_port(self, d, pid: int):
+        if d.name.startswith(VHOST_DRIVER):
+            args = dict(d.args)
+            q = int(args.get("queues", "1"))
+            if q < max(self.fwd.rxq, self.fwd.txq):
+                raise EthdevError(f"{d.name}: queues={q} but --rxq/--txq ask for {max(self.fwd.rxq, self.fwd.txq)}")
+            port = VhostPort(d, pid, memory=self.memory, launcher=self.launcher)
+            port.mac = mac_int("56:48:4F:53:54:00") + pid  # DPDK's vhost PMD address
+            port.kind = "vhost"
+            return port
+        if d.name.startswith(RING_DRIVER):
+            port = RingPort(d, pid, memory=self.memory)
+            if port.nb_queues < max(self.fwd.rxq, self.fwd.txq):
+                raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for more")
+            port.mac = mac_int("02:70:63:61:70:00") + pid
+            return port
+        raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {RING_DRIVER}N)")
+
+    def _link_ring_peers(self) -> None:
+        names = {p.name: p for p in self.ports}
+        for p in self.ports:
+            if isinstance(p, RingPort) and p.peer != p.name:
+                if p.peer not in names:
+                    raise EthdevError(f"{p.name}: peer {p.peer!r} is not a port")
+                other = names[p.peer]
+                if other.peer == other.name:
+                    other.peer = p.name
+
+    def fwd_peer(self, pid: int) -> int:
+        """testpmd's paired topology: 0<->1, 2<->3, an odd last port with itself."""
+        if pid % 2 == 0:
+            return pid + 1 if pid + 1 < self.nb_ports else pid
+        return pid - 1
+
+    def fwd_lcores(self) -> list[int]:
+        workers = self.launcher.worker_ids
+        n = self.fwd.nb_cores or len(workers)
+        if not 1 <= n <= len(workers):
+            raise EthdevError(f"--nb-cores={n}: there are {len(workers)} worker lcores")
+        return workers[:n]
+
+    def _plan(self) -> list[StreamSpec]:
+        lcores = self.fwd_lcores()
+        pairs = [(p, q) for p in range(self.nb_ports) for q in range(self.fwd.rxq)]
+        per, extra = divmod(len(pairs), len(lcores))
+        out, i = [], 0
+        for li, lc in enumerate(lcores):
+            take = per + (1 if li < extra else 0)
+            for p, q in pairs[i : i + take]:
+                out.append(StreamSpec(len(out), p, q, self.fwd_peer(p), q % self.fwd.txq, lc))
+            i += take
+        for s in out:  # a vhost vring is polled by the lcore of the stream using it
+            rx, tx = self.ports[s.rx_port], self.ports[s.tx_port]
+            if isinstance(rx, VhostPort):
+                rx.handoff.place(2 * s.rx_queue + 1, s.lcore)
+            if isinstance(tx, VhostPort):
+                tx.handoff.place(2 * s.tx_queue, s.lcore)
+        return out
+
+    # -- forwarding -----------------------------------------------------------------
+    def start(self) -> None:
+        """testpmd ``start``: launch the forwarding loop on every forwarding lcore."""
+        if self.running:
+            raise RuntimeError("forwarding is already started")
+        self._fstats_base = self.fstats.copy()
+        self.run_flag[0] = 1
+        cfg = np.zeros(FL.CFG_SLOTS, np.int64)
+        cfg[FL.CFG_MODE] = FL.MODES[self.fwd.mode]
+        cfg[FL.CFG_BURST] = self.fwd.burst
+        port_info = [dict(name=p.name, kind=p.kind, mac=p.mac, peer_mac=self._peer_mac(p.port_id),
+                          peer=getattr(p, "peer", None)) for p in self.ports]
+        by_lcore: dict[int, list[StreamSpec]] = {}
+        for s in self.streams:
+            by_lcore.setdefault(s.lcore, []).append(s)
+        _warm_up(len(self.streams))
+        for lc, specs in by_lcore.items():
+            self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, self.qstats.shape[1]), lc)
+        self.running = True
+        self._started_at = time.monotonic()
+        log.info("forwarding started", mode=self.fwd.mode, streams=len(self.streams), lcores=sorted(by_lcore))
+
+    def stop(self) -> dict:
+        """testpmd ``stop``: stop the loops, wait for them; returns the forward statistics."""
+        if not self.running:
+            return self.forward_stats()
+        self.run_flag[0] = 0
+        try:
+            self.launcher.mp_wait_lcore(timeout=10)
+        finally:
+            self.running = False
+        return self.forward_stats()
+
+    def _peer_mac(self, pid: int) -> int:
+        peer = self.fwd.eth_peer.get(pid)
+        return mac_int(peer) if peer else mac_int("02:00:00:00:00:00") + pid
+
+    # -- statistics ---------------------------------------------------------------------
+    def forward_stats(self) -> dict:
+        """Per stream and accumulated since the last start: RX-packets, TX-packets, TX-dropped."""
+        f = self.fstats - self._fstats_base
+        streams = [dict(stream=s.index, rx_port=s.rx_port, rx_queue=s.rx_queue, tx_port=s.tx_port,
+                        tx_queue=s.tx_queue, rx=int(f[s.index, FL.S_RX]), tx=int(f[s.index, FL.S_TX]),
+                        dropped=int(f[s.index, FL.S_FWD_DROPPED])) for s in self.streams]
+        return dict(streams=streams, rx=sum(s["rx"] for s in streams), tx=sum(s["tx"] for s in streams),
+                    dropped=sum(s["dropped"] for s in streams))
+
+    def port_stats(self, pid: int) -> dict:
+        q = self.qstats[pid] - self._qstats_base[pid]
+        out = dict(ipackets=int(q[:, Q_RX_PACKETS].sum()), ibytes=int(q[:, Q_RX_BYTES].sum()),
+                   opackets=int(q[:, Q_TX_PACKETS].sum()), obytes=int(q[:, Q_TX_BYTES].sum()),
+                   imissed=0, ierrors=0, oerrors=int(q[:, Q_TX_DROPPED].sum()), rx_nombuf=0)
+        port = self.ports[pid]
+        if isinstance(port, VhostPort):
+            v = port.stats()
+            out.update(ierrors=v["ierrors"], rx_nombuf=v["rx_nombuf"])
+        return out
+
+    def clear_port_stats(self, pid: int | None = None) -> None:
+        for p in range(self.nb_ports) if pid is None else [pid]:
+            self._qstats_base[p] = self.qstats[p]
+            if isinstance(self.ports[p], VhostPort):
+                self.ports[p].reset_stats()
+
+    def xstats(self, pid: int) -> dict:
+        port = self.ports[pid]
+        if isinstance(port, VhostPort):
+            return port.xstats()
+        s = self.port_stats(pid)
+        return {"rx_good_packets": s["ipackets"], "tx_good_packets": s["opackets"],
+                "rx_good_bytes": s["ibytes"], "tx_good_bytes": s["obytes"]}
+
+    def link_up(self, pid: int) -> bool:
+        return bool(self.ports[pid].link_up)
+
+    # -- teardown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        if getattr(self, "running", False):
+            self.stop()
+        for p in getattr(self, "ports", []):
+            try:
+                p.close()
+            except Exception as e:
+                log.warning("port close failed", port=p.name, error=str(e))
+        self.ports = []
+        for name in (_QSTATS, _FSTATS, _RUN):
+            try:
+                self.memory.memzone_free(name)
+            except Exception:
+                pass
+        if getattr(self, "pool", None) is not None:
+            mempool_free(self.memory, self.pool)
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _warm_up(nstreams: int) -> None:
+    """Compile the loop for this stream count here, once; lcores then load it from the disk cache."""
+    from dataplane.vhost.handoff import warm_up
+
+    warm_up()
+    mp = mempool_lookup(_memory(), _POOL)
+    q = make_port_queue(KIND_NONE)
+    st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64))
+    watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
+    cfg = np.zeros(FL.CFG_SLOTS, np.int64)
+    cfg[FL.CFG_BURST] = 32
+    FL.fwd_loop(tuple(st for _ in range(nstreams)), (watch,), mp.arrays, 0, np.ones(16, np.uint32),
+                np.zeros(16, np.uint32), cfg, np.zeros(1024, np.uint32))
+
+
+def _memory():
+    from dataplane.lcores.eal import current_memory
+
+    return current_memory()
+
+
+def _lcore_main(arg):
+    """A forwarding lcore: build its streams' port queues, run the loop, service vhost hand-overs."""
+    specs, ports, cfg, maxq = arg
+    mem = _memory()
+    mp = mempool_lookup(mem, _POOL)
+    lcore = launch.lcore_id()
+    qstats = mem.memzone_lookup(_QSTATS).view(np.int64).reshape(len(ports), maxq, Q_SLOTS)
+    fstats = mem.memzone_lookup(_FSTATS).view(np.int64).reshape(-1, FL.S_SLOTS)
+    run = mem.memzone_lookup(_RUN).view(np.uint32)
+    stop = launch.stop_flag()
+    # vhost vrings this lcore uses, per port: Rx = 2q+1, Tx = 2q
+    vq: dict[int, list[int]] = {}
+    for s in specs:
+        if ports[s.rx_port]["kind"] == "vhost":
+            vq.setdefault(s.rx_port, []).append(2 * s.rx_queue + 1)
+        if ports[s.tx_port]["kind"] == "vhost":
+            vq.setdefault(s.tx_port, []).append(2 * s.tx_queue)
+    from dataplane.vhost.handoff import LcoreVrings
+
+    lvs = {p: LcoreVrings(ports[p]["name"], sorted(set(q)), memory=mem, port=p) for p, q in vq.items()}
+    rings = {}
+    for s in specs:
+        for p, q, role in ((s.rx_port, s.rx_queue, "rx"), (s.tx_port, s.tx_queue, "tx")):
+            if ports[p]["kind"] == "ring":
+                from dataplane.rings.ring import ring_lookup
+
+                # Rx: the port's own ring; Tx: its peer's Rx ring (the other end of the cable)
+                owner = ports[p]["name"] if role == "rx" else ports[p]["peer"]
+                rings[(p, q, role)] = ring_lookup(mem, RingPort.ring_name(owner, q))
+    pkts = np.zeros(1024, np.uint32)
+
+    def build():
+        out = []
+        for s in specs:
+            rp, tp = ports[s.rx_port], ports[s.tx_port]
+            rxq = _queue(rp, s.rx_port, s.rx_queue, "rx", lvs, rings, qstats)
+            txq = _queue(tp, s.tx_port, s.tx_queue, "tx", lvs, rings, qstats)
+            params = np.zeros(FL.P_SLOTS, np.int64)
+            params[FL.P_SRC_MAC] = tp["mac"]
+            params[FL.P_DST_MAC] = tp["peer_mac"]
+            out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params))
+        watches = tuple(FL.RingWatch(ctl=lv.ctl, qids=lv.qids_arr, gens=lv.gens) for lv in lvs.values())
+        if not watches:
+            watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
+        return tuple(out), watches
+
+    streams, watches = build()
+    try:
+        while True:
+            rc = FL.fwd_loop(streams, watches, mp.arrays, lcore, stop, run, cfg, pkts)
+            if rc == FL.LOOP_STOP:
+                return True
+            for lv in lvs.values():
+                lv.report_errors()
+            if rc == FL.LOOP_RINGS:
+                changed = False
+                for lv in lvs.values():
+                    changed |= lv.service(wait=0.001)
+                if changed:
+                    streams, watches = build()
+    finally:
+        for lv in lvs.values():
+            lv.close()
+
+
+def _queue(port: dict, pid: int, q: int, role: str, lvs, rings, qstats):
+    counters = qstats[pid, q]
+    if port["kind"] == "vhost":
+        lv = lvs[pid]
+        qid = 2 * q + 1 if role == "rx" else 2 * q
+        ctx = lv.ctxs[lv.qids.index(qid)]
+        kind = KIND_VHOST if lv.queues[lv.qids.index(qid)] is not None else KIND_NONE
+        return make_port_queue(kind, vhost=ctx, counters=counters)
+    r = rings[(pid, q, role)]
+    if role == "rx":
+        return make_port_queue(KIND_RING, ring_rx=r, counters=counters)
+    return make_port_queue(KIND_RING, ring_tx=r, counters=counters)

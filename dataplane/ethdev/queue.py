@@ -1,0 +1,142 @@
+"""One port queue as a forwarding loop sees it, whatever the port kind (``rte_eth_rx_burst`` / ``tx_burst``).
+
+A forwarding lcore serves streams of several port kinds in ONE numba loop.
+numba needs one type for all of them, so a :data:`PortQueue` carries a slot
+for every kind (the unused ones hold small dummies) and a ``kind`` tag that
+:func:`port_rx_burst` / :func:`port_tx_burst` dispatch on:
+
+* :data:`KIND_NONE` -- a stopped or not-yet-connected queue: bursts do nothing.
+* :data:`KIND_VHOST` -- ``vhost``: a :class:`~dataplane.vhost.virtio_net.VhostQueueCtx`
+  (Rx: the guest's Tx vring; Tx: its Rx vring).
+* :data:`KIND_RING` -- ``ring_rx`` / ``ring_tx``: ``(hdr, slots)`` of two shared
+  :mod:`~dataplane.rings.ring` rings carrying mbuf indices.
+
+``counters`` (int64, :data:`Q_*` slots, usually shared memory) is counted
+here for every kind, so port statistics do not depend on the kind:
+packets and bytes each way, Tx packets the port could not take (freed by the
+loop: ``tx_dropped``), Rx bursts cut short by an empty pool.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from dataplane.ethdev.vhost import vhost_rx_burst, vhost_tx_burst
+from dataplane.rings.jit import inline_kernel
+from dataplane.rings.ring import ring_dequeue_burst, ring_enqueue_burst
+
+__all__ = [
+    "PortQueue",
+    "KIND_NONE",
+    "KIND_VHOST",
+    "KIND_RING",
+    "Q_RX_PACKETS",
+    "Q_RX_BYTES",
+    "Q_TX_PACKETS",
+    "Q_TX_BYTES",
+    "Q_TX_DROPPED",
+    "Q_SLOTS",
+    "Q_NAMES",
+    "port_rx_burst",
+    "port_tx_burst",
+    "make_port_queue",
+]
+
+KIND_NONE = 0
+KIND_VHOST = 1
+KIND_RING = 2
+
+Q_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_dropped")
+Q_RX_PACKETS, Q_RX_BYTES, Q_TX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED = range(len(Q_NAMES))
+Q_SLOTS = 8
+
+PortQueue = namedtuple(
+    "PortQueue",
+    [
+        "kind",  # int64 array [1]: KIND_* (an array so the tuple type never depends on a value)
+        "vhost",  # VhostQueueCtx
+        "ring_rx_hdr",
+        "ring_rx_slots",
+        "ring_tx_hdr",
+        "ring_tx_slots",
+        "scratch",  # uint64[>= burst]: ring handles
+        "counters",  # int64[Q_SLOTS]
+    ],
+)
+
+_DUMMY: dict = {}
+
+
+def _dummies():
+    if not _DUMMY:
+        from dataplane.vhost.handoff import _disabled_queue
+
+        _DUMMY["vhost"] = _disabled_queue().ctx
+        _DUMMY["hdr"] = np.zeros(128, np.uint32)
+        _DUMMY["slots"] = np.zeros(1, np.uint64)
+    return _DUMMY
+
+
+def make_port_queue(kind: int, *, vhost=None, ring_rx=None, ring_tx=None, counters=None, burst: int = 512) -> PortQueue:
+    """A :data:`PortQueue`; ``ring_rx`` / ``ring_tx`` are :class:`~dataplane.rings.ring.Ring` objects."""
+    d = _dummies()
+    return PortQueue(
+        kind=np.array([kind], np.int64),
+        vhost=d["vhost"] if vhost is None else vhost,
+        ring_rx_hdr=d["hdr"] if ring_rx is None else ring_rx.hdr,
+        ring_rx_slots=d["slots"] if ring_rx is None else ring_rx.slots,
+        ring_tx_hdr=d["hdr"] if ring_tx is None else ring_tx.hdr,
+        ring_tx_slots=d["slots"] if ring_tx is None else ring_tx.slots,
+        scratch=np.zeros(max(burst, 64), np.uint64),
+        counters=np.zeros(Q_SLOTS, np.int64) if counters is None else counters,
+    )
+
+
+@inline_kernel
+def _count_bytes(mp, pkts, frm, n):
+    b = np.int64(0)
+    for i in range(frm, n):
+        b += np.int64(mp.mbufs[pkts[i]].pkt_len)
+    return b
+
+
+@inline_kernel
+def port_rx_burst(q, mp, lcore, pkts, n):
+    """Receive up to ``n`` packets into ``pkts``; returns how many."""
+    k = q.kind[0]
+    got = 0
+    if k == KIND_VHOST:
+        got = vhost_rx_burst(q.vhost, mp, lcore, pkts, n)
+    elif k == KIND_RING:
+        got = ring_dequeue_burst(q.ring_rx_hdr, q.ring_rx_slots, q.scratch, n, True)
+        for i in range(got):
+            pkts[i] = np.uint32(q.scratch[i])
+    if got > 0:
+        q.counters[Q_RX_PACKETS] += got
+        q.counters[Q_RX_BYTES] += _count_bytes(mp, pkts, 0, got)
+    return got
+
+
+@inline_kernel
+def port_tx_burst(q, mp, lcore, pkts, n):
+    """Send ``pkts[:n]``; returns how many the port took (they are its now: copied and
+    freed, or queued).  ``pkts[sent:n]`` stay with the caller."""
+    k = q.kind[0]
+    if n <= 0:
+        return 0
+    b = _count_bytes(mp, pkts, 0, n)
+    sent = 0
+    if k == KIND_VHOST:
+        sent = vhost_tx_burst(q.vhost, mp, lcore, pkts, n)
+    elif k == KIND_RING:
+        for i in range(n):
+            q.scratch[i] = np.uint64(pkts[i])
+        sent = ring_enqueue_burst(q.ring_tx_hdr, q.ring_tx_slots, q.scratch, n, True)
+    if sent > 0:
+        q.counters[Q_TX_PACKETS] += sent
+        q.counters[Q_TX_BYTES] += b if sent == n else b - _count_bytes(mp, pkts, sent, n)
+    if sent < n:
+        q.counters[Q_TX_DROPPED] += n - sent
+    return sent
