@@ -10,13 +10,6 @@ from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
 from dataplane.memory.errors import MemoryLayerError
 
 
-def _app_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dataplane [EAL options] --", add_help=True)
-    p.add_argument("--demo", action="store_true", help="run the launcher demo: pinned workers and a shared counter")
-    p.add_argument("--demo-count", type=int, default=1_000_000, help="increments per worker in the demo")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -24,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EalArgsError, ConfigError) as exc:
         print(f"dataplane: {exc}", file=sys.stderr)
         return 2
-    app = _app_parser()
+    from dataplane.apps.testpmd import app_parser
+
+    app = app_parser()
     try:
         opts = app.parse_args(cfg.app_args)
     except SystemExit as exc:  # argparse already printed the one-line error
@@ -41,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
             from dataplane.apps.demo import run_demo
 
             return run_demo(eal, opts.demo_count)
-        print("dataplane: nothing to run (try: dataplane -l 0-1 --no-huge -- --demo)", file=sys.stderr)
-        return 2
+        if not cfg.vdevs:
+            print("dataplane: no ports: give --vdev net_vhostN,iface=PATH or --vdev net_ringN "
+                  "(or -- --demo for the launcher demo)", file=sys.stderr)
+            return 2
+        from dataplane.apps.testpmd import run
+
+        return run(eal, opts)
     except KeyboardInterrupt:
         print("dataplane: stopped", file=sys.stderr)
         return 130

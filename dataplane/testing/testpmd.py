@@ -22,10 +22,11 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
-__all__ = ["TESTPMD", "Testpmd", "TestpmdError"]
+__all__ = ["TESTPMD", "Testpmd", "TestpmdError", "dataplane_shell"]
 
 TESTPMD = shutil.which("dpdk-testpmd")
 PROMPT = "testpmd> "
@@ -37,6 +38,17 @@ _SEQ = itertools.count()
 
 class TestpmdError(RuntimeError):
     pass
+
+
+def dataplane_shell(eal: list[str], app: list[str] = (), *, lcores: str = "0-1", memory_mb: int = 256,
+                    mbufs: int = 8192, wait: bool = True, timeout: float = 240.0) -> "Testpmd":
+    """The same driver over ``dataplane -i`` (our testpmd-compatible shell) instead of dpdk-testpmd.
+
+    ``lcores`` is passed as ``--lcores``; the first start may compile the
+    numba kernels (hence the long ``timeout``).
+    """
+    return Testpmd(eal, app, cpus=lcores, memory_mb=memory_mb, mbufs=mbufs, wait=wait, timeout=timeout,
+                   program=[sys.executable, "-m", "dataplane.cli"])
 
 
 class Testpmd:
@@ -51,12 +63,15 @@ class Testpmd:
     __test__ = False  # not a pytest class
 
     def __init__(self, eal: list[str], app: list[str] = (), *, cpus: str = "1", memory_mb: int = 512,
-                 mbufs: int = 2048, prefix: str | None = None, timeout: float = 30.0, wait: bool = True):
-        if TESTPMD is None:
+                 mbufs: int = 2048, prefix: str | None = None, timeout: float = 30.0, wait: bool = True,
+                 program: list[str] | None = None):
+        if program is None and TESTPMD is None:
             raise TestpmdError("dpdk-testpmd is not installed (Debian package dpdk)")
         self.prefix = prefix or f"tp{os.getpid()}_{next(_SEQ)}"
+        self.runtime_dir = "/var/run/dpdk" if program is None else "/var/run/dataplane"
         self.cmdline = [
-            *_STDBUF, TESTPMD, "--no-huge", "-m", str(memory_mb), "--no-pci", "--lcores", f"0@{cpus},1@{cpus}",
+            *(program or [*_STDBUF, TESTPMD]), "--no-huge", "-m", str(memory_mb), "--no-pci",
+            "--lcores", f"0@{cpus},1@{cpus}" if program is None else cpus,
             "--file-prefix", self.prefix, *eal, "--", "-i", f"--total-num-mbufs={mbufs}", *app,
         ]
         self.proc = subprocess.Popen(self.cmdline, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -181,7 +196,7 @@ class Testpmd:
                 f.close()
             except Exception:
                 pass
-        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        shutil.rmtree(f"{self.runtime_dir}/{self.prefix}", ignore_errors=True)
 
     def __enter__(self):
         return self

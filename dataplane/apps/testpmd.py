@@ -1,0 +1,274 @@
+"""``dataplane [EAL options] -- [testpmd options]``: the forwarding engine driven like ``dpdk-testpmd``.
+
+Application options (testpmd's names and meanings): ``-i`` (interactive
+shell on stdin), ``-a/--auto-start``, ``--forward-mode=MODE``,
+``--nb-cores=N``, ``--rxq=N``, ``--txq=N``, ``--rxd=N``, ``--txd=N``,
+``--burst=N``, ``--tx-first``, ``--stats-period=S``, ``--txpkts=L[,L...]``,
+``--txonly-multi-flow``, ``--no-flush-rx``, ``--total-num-mbufs=N``,
+``--eth-peer=PORT,MAC``.
+
+Without ``-i`` forwarding starts at once and runs until SIGINT/SIGTERM,
+printing port statistics every ``--stats-period`` seconds; the forward
+statistics summary is printed on exit.  With ``-i`` the shell reads
+commands from stdin (so they can be piped in); output is shaped like
+testpmd's, with the same field names, so scripts written for testpmd
+parse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from dataplane.apps.engine import Engine, FwdConfig, mac_str
+from dataplane.apps.fwd_loop import MODES
+from dataplane.ethdev import EthdevError
+
+__all__ = ["app_parser", "fwd_config", "run", "Shell"]
+
+PROMPT = "testpmd> "
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not out or any(v <= 0 for v in out):
+        raise argparse.ArgumentTypeError(f"lengths must be positive: {text!r}")
+    return out
+
+
+def _eth_peer(text: str) -> tuple[int, str]:
+    port, _, mac = text.partition(",")
+    try:
+        pid = int(port)
+        parts = mac.split(":")
+        if len(parts) != 6 or any(not 0 <= int(p, 16) <= 255 for p in parts):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PORT,XX:XX:XX:XX:XX:XX, got {text!r}") from None
+    return pid, mac
+
+
+def app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dataplane [EAL options] --", description="testpmd-compatible forwarding")
+    p.add_argument("-i", "--interactive", action="store_true", help="interactive shell on stdin")
+    p.add_argument("-a", "--auto-start", action="store_true", help="start forwarding at once (with -i)")
+    p.add_argument("--forward-mode", default="io", help=f"one of {', '.join(sorted(MODES))}")
+    p.add_argument("--nb-cores", type=int, default=None)
+    p.add_argument("--rxq", type=int, default=1)
+    p.add_argument("--txq", type=int, default=1)
+    p.add_argument("--rxd", type=int, default=256, help="accepted; vhost ring sizes come from the guest")
+    p.add_argument("--txd", type=int, default=256, help="accepted; vhost ring sizes come from the guest")
+    p.add_argument("--burst", type=int, default=32)
+    p.add_argument("--tx-first", action="store_true")
+    p.add_argument("--stats-period", type=float, default=0.0)
+    p.add_argument("--txpkts", type=_int_list, default=[64])
+    p.add_argument("--txonly-multi-flow", action="store_true")
+    p.add_argument("--no-flush-rx", action="store_true")
+    p.add_argument("--total-num-mbufs", type=int, default=8192)
+    p.add_argument("--eth-peer", type=_eth_peer, action="append", default=[])
+    p.add_argument("--demo", action="store_true", help="run the launcher demo instead")
+    p.add_argument("--demo-count", type=int, default=1_000_000)
+    return p
+
+
+def fwd_config(opts) -> FwdConfig:
+    return FwdConfig(
+        mode=opts.forward_mode, nb_cores=opts.nb_cores, rxq=opts.rxq, txq=opts.txq, burst=opts.burst,
+        txpkts=list(opts.txpkts), eth_peer=dict(opts.eth_peer), total_num_mbufs=opts.total_num_mbufs,
+    )
+
+
+# -- output, shaped like testpmd's -----------------------------------------------------
+
+
+def format_port_stats(eng: Engine, pid: int, last: dict) -> str:
+    s = eng.port_stats(pid)
+    now = time.monotonic()
+    prev = last.get(pid)
+    rx_pps = tx_pps = rx_bps = tx_bps = 0
+    if prev is not None and now > prev[0]:
+        dt = now - prev[0]
+        rx_pps = int((s["ipackets"] - prev[1]["ipackets"]) / dt)
+        tx_pps = int((s["opackets"] - prev[1]["opackets"]) / dt)
+        rx_bps = int((s["ibytes"] - prev[1]["ibytes"]) * 8 / dt)
+        tx_bps = int((s["obytes"] - prev[1]["obytes"]) * 8 / dt)
+    last[pid] = (now, s)
+    return (
+        f"\n  ######################## NIC statistics for port {pid}  ########################\n"
+        f"  RX-packets: {s['ipackets']:<10} RX-missed: {s['imissed']:<10} RX-bytes:  {s['ibytes']}\n"
+        f"  RX-errors: {s['ierrors']}\n"
+        f"  RX-nombuf:  {s['rx_nombuf']:<10}\n"
+        f"  TX-packets: {s['opackets']:<10} TX-errors: {s['oerrors']:<10} TX-bytes:  {s['obytes']}\n"
+        "\n  Throughput (since last show)\n"
+        f"  Rx-pps: {rx_pps:>12}          Rx-bps: {rx_bps:>12}\n"
+        f"  Tx-pps: {tx_pps:>12}          Tx-bps: {tx_bps:>12}\n"
+        "  ############################################################################\n"
+    )
+
+
+def _fwd_block(title: str, rx: int, dropped_rx: int, tx: int, dropped_tx: int, bar: str) -> str:
+    return (
+        f"  {title}\n"
+        f"  RX-packets: {rx:<14} RX-dropped: {dropped_rx:<14} RX-total: {rx + dropped_rx}\n"
+        f"  TX-packets: {tx:<14} TX-dropped: {dropped_tx:<14} TX-total: {tx + dropped_tx}\n"
+        f"  {bar}\n"
+    )
+
+
+def format_forward_stats(eng: Engine, fs: dict) -> str:
+    out = ["\n"]
+    for pid in range(eng.nb_ports):
+        rx = sum(s["rx"] for s in fs["streams"] if s["rx_port"] == pid)
+        tx = sum(s["tx"] for s in fs["streams"] if s["tx_port"] == pid)
+        dropped = sum(s["dropped"] for s in fs["streams"] if s["tx_port"] == pid)
+        out.append(_fwd_block(f"---------------------- Forward statistics for port {pid}  ----------------------",
+                              rx, 0, tx, dropped, "-" * 76))
+        out.append("\n")
+    out.append(_fwd_block("+++++++++++++++ Accumulated forward statistics for all ports+++++++++++++++",
+                          fs["rx"], 0, fs["tx"], fs["dropped"], "+" * 76))
+    return "".join(out)
+
+
+def format_port_info(eng: Engine, pid: int) -> str:
+    p = eng.ports[pid]
+    ls = p.link_status() if hasattr(p, "link_status") else {}
+    up = eng.link_up(pid)
+    return (
+        f"\n********************* Infos for port {pid}  *********************\n"
+        f"MAC address: {mac_str(p.mac)}\n"
+        f"Device name: {p.name}\n"
+        f"Link status: {'up' if up else 'down'}\n"
+        f"Link speed: {ls.get('link_speed', 0) if up else 'None'} Mbps\n"
+        f"Link duplex: {ls.get('link_duplex', 'full-duplex')}\n"
+        f"Current number of RX queues: {eng.fwd.rxq}\n"
+        f"Current number of TX queues: {eng.fwd.txq}\n"
+    )
+
+
+class Shell:
+    """testpmd's interactive commands over an :class:`Engine` (``handle(line)`` returns the output text)."""
+
+    def __init__(self, eng: Engine):
+        self.eng = eng
+        self.last: dict = {}
+
+    def _ports(self, which: str) -> list[int]:
+        if which == "all":
+            return list(range(self.eng.nb_ports))
+        pid = int(which)
+        if not 0 <= pid < self.eng.nb_ports:
+            raise ValueError(f"Invalid port {pid}")
+        return [pid]
+
+    def handle(self, line: str) -> str | None:
+        """Run one command; None means quit."""
+        w = line.split()
+        if not w:
+            return ""
+        eng = self.eng
+        try:
+            if w == ["quit"] or w == ["exit"]:
+                return None
+            if w[0] == "start":
+                if eng.running:
+                    return "Packet forwarding already started\n"
+                if len(w) >= 2 and w[1] == "tx_first":
+                    return "tx_first needs the txonly engine, not available yet\n"
+                eng.start()
+                return f"{eng.fwd.mode} packet forwarding - ports={eng.nb_ports} - cores={len({s.lcore for s in eng.streams})} - streams={len(eng.streams)}\n"
+            if w == ["stop"]:
+                if not eng.running:
+                    return "Packet forwarding not started\n"
+                fs = eng.stop()
+                return "Telling cores to stop...\nWaiting for lcores to finish...\n" + format_forward_stats(eng, fs) + "\nDone.\n"
+            if w[:3] == ["show", "port", "stats"] and len(w) == 4:
+                return "".join(format_port_stats(eng, p, self.last) for p in self._ports(w[3]))
+            if w[:3] == ["show", "port", "xstats"] and len(w) == 4:
+                out = []
+                for p in self._ports(w[3]):
+                    out.append(f"###### NIC extended statistics for port {p}\n")
+                    out += [f"{k}: {v}\n" for k, v in eng.xstats(p).items()]
+                return "".join(out)
+            if w[:3] == ["show", "port", "info"] and len(w) == 4:
+                return "".join(format_port_info(eng, p) for p in self._ports(w[3]))
+            if w[:3] == ["clear", "port", "stats"] and len(w) == 4:
+                out = []
+                for p in self._ports(w[3]):
+                    eng.clear_port_stats(p)
+                    self.last.pop(p, None)
+                    out.append(f"\n  NIC statistics for port {p} cleared\n")
+                return "".join(out)
+            if w[:2] == ["set", "fwd"] and len(w) == 3:
+                if w[2] not in MODES:
+                    return f"Invalid forwarding mode {w[2]!r} (known: {' '.join(sorted(MODES))})\n"
+                if eng.running:
+                    return "Please stop forwarding first\n"
+                eng.fwd.mode = w[2]
+                return f"Set {w[2]} packet forwarding mode\n"
+            if w[:2] == ["set", "burst"] and len(w) == 3:
+                n = int(w[2])
+                if not 1 <= n <= 512:
+                    return f"burst must be >= 1 && <= 512\n"
+                eng.fwd.burst = n
+                return "Number of packets per burst set to %d\n" % n
+            if w[:2] == ["set", "txpkts"] and len(w) == 3:
+                eng.fwd.txpkts = _int_list(w[2])
+                return ""
+            return f"Bad arguments: unknown command {line.strip()!r}\n"
+        except (ValueError, EthdevError, argparse.ArgumentTypeError) as e:
+            return f"Bad arguments: {e}\n"
+
+
+def run(eal, opts) -> int:
+    """Build the engine from the EAL's vdevs and run it (shell or until a signal)."""
+    try:
+        eng = Engine(eal, fwd_config(opts))
+    except (EthdevError, ValueError) as e:
+        print(f"dataplane: {e}", file=sys.stderr)
+        return 2
+    with eng:
+        if opts.interactive:
+            return _interactive(eng, opts)
+        return _batch(eng, opts)
+
+
+def _interactive(eng: Engine, opts) -> int:
+    sh = Shell(eng)
+    print("Interactive-mode selected", flush=True)
+    if opts.auto_start:
+        print(sh.handle("start"), end="", flush=True)
+    while True:
+        print(PROMPT, end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        out = sh.handle(line)
+        if out is None:
+            break
+        print(out, end="", flush=True)
+    if eng.running:
+        print(sh.handle("stop"), end="", flush=True)
+    print("Bye...", flush=True)
+    return 0
+
+
+def _batch(eng: Engine, opts) -> int:
+    sh = Shell(eng)
+    print(sh.handle("start"), end="", flush=True)
+    stop = eng.launcher.stop_flag
+    next_stats = time.monotonic() + opts.stats_period if opts.stats_period > 0 else None
+    try:
+        while not stop[0]:
+            time.sleep(0.05)
+            if next_stats is not None and time.monotonic() >= next_stats:
+                next_stats += opts.stats_period
+                print(sh.handle("show port stats all"), end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+    print(sh.handle("stop"), end="", flush=True)
+    print("Bye...", flush=True)
+    return 0
