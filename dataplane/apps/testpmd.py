@@ -52,8 +52,16 @@ def _eth_peer(text: str) -> tuple[int, str]:
     return pid, mac
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad options: one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message):
+        print(f"dataplane: {message} (see: dataplane -- --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def app_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dataplane [EAL options] --", description="testpmd-compatible forwarding")
+    p = _OneLineParser(prog="dataplane [EAL options] --", description="testpmd-compatible forwarding")
     p.add_argument("-i", "--interactive", action="store_true", help="interactive shell on stdin")
     p.add_argument("-a", "--auto-start", action="store_true", help="start forwarding at once (with -i)")
     p.add_argument("--forward-mode", default="io", help=f"one of {', '.join(sorted(MODES))}")
