@@ -45,6 +45,7 @@ _POOL = "engine_pool"
 _QSTATS = "engine_qstats"
 _FSTATS = "engine_fstats"
 _RUN = "engine_run"
+_PORTS = "engine_port_up"
 MAX_QUEUES = 64
 
 
@@ -120,6 +121,8 @@ class Engine:
             self.fstats = self._zone(_FSTATS, max(1, len(self.streams)) * FL.S_SLOTS).reshape(-1, FL.S_SLOTS)
             self.run_flag = self.memory.memzone_reserve(_RUN, 64).view(np.uint32)
             self.run_flag[:] = 0
+            self.port_up = self._zone(_PORTS, self.nb_ports)
+            self.port_up[:] = 1
             for p in self.ports:
                 p.start()
         except BaseException:
@@ -268,7 +271,17 @@ class Engine:
                 "rx_good_bytes": s["ibytes"], "tx_good_bytes": s["obytes"]}
 
     def link_up(self, pid: int) -> bool:
-        return bool(self.ports[pid].link_up)
+        return bool(self.ports[pid].link_up) and bool(self.port_up[pid])
+
+    def port_stop(self, pid: int) -> None:
+        """testpmd ``port stop``: the port's queues stop receiving and sending (the vhost connection stays)."""
+        self.port_up[pid] = 0
+
+    def port_start(self, pid: int) -> None:
+        self.port_up[pid] = 1
+
+    def port_started(self, pid: int) -> bool:
+        return bool(self.port_up[pid])
 
     # -- teardown ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -280,7 +293,7 @@ class Engine:
             except Exception as e:
                 log.warning("port close failed", port=p.name, error=str(e))
         self.ports = []
-        for name in (_QSTATS, _FSTATS, _RUN):
+        for name in (_QSTATS, _FSTATS, _RUN, _PORTS):
             try:
                 self.memory.memzone_free(name)
             except Exception:
@@ -324,6 +337,7 @@ def _lcore_main(arg):
     mp = mempool_lookup(mem, _POOL)
     lcore = launch.lcore_id()
     qstats = mem.memzone_lookup(_QSTATS).view(np.int64).reshape(len(ports), maxq, Q_SLOTS)
+    port_up = mem.memzone_lookup(_PORTS).view(np.int64)
     fstats = mem.memzone_lookup(_FSTATS).view(np.int64).reshape(-1, FL.S_SLOTS)
     run = mem.memzone_lookup(_RUN).view(np.uint32)
     stop = launch.stop_flag()
@@ -352,8 +366,8 @@ def _lcore_main(arg):
         out = []
         for s in specs:
             rp, tp = ports[s.rx_port], ports[s.tx_port]
-            rxq = _queue(rp, s.rx_port, s.rx_queue, "rx", lvs, rings, qstats)
-            txq = _queue(tp, s.tx_port, s.tx_queue, "tx", lvs, rings, qstats)
+            rxq = _queue(rp, s.rx_port, s.rx_queue, "rx", lvs, rings, qstats, port_up)
+            txq = _queue(tp, s.tx_port, s.tx_queue, "tx", lvs, rings, qstats, port_up)
             params = np.zeros(FL.P_SLOTS, np.int64)
             params[FL.P_SRC_MAC] = tp["mac"]
             params[FL.P_DST_MAC] = tp["peer_mac"]
@@ -382,15 +396,15 @@ def _lcore_main(arg):
             lv.close()
 
 
-def _queue(port: dict, pid: int, q: int, role: str, lvs, rings, qstats):
-    counters = qstats[pid, q]
+def _queue(port: dict, pid: int, q: int, role: str, lvs, rings, qstats, port_up):
+    common = dict(counters=qstats[pid, q], port_id=pid, port_up=port_up)
     if port["kind"] == "vhost":
         lv = lvs[pid]
         qid = 2 * q + 1 if role == "rx" else 2 * q
         ctx = lv.ctxs[lv.qids.index(qid)]
         kind = KIND_VHOST if lv.queues[lv.qids.index(qid)] is not None else KIND_NONE
-        return make_port_queue(kind, vhost=ctx, counters=counters)
+        return make_port_queue(kind, vhost=ctx, **common)
     r = rings[(pid, q, role)]
     if role == "rx":
-        return make_port_queue(KIND_RING, ring_rx=r, counters=counters)
-    return make_port_queue(KIND_RING, ring_tx=r, counters=counters)
+        return make_port_queue(KIND_RING, ring_rx=r, **common)
+    return make_port_queue(KIND_RING, ring_tx=r, **common)

@@ -210,6 +210,16 @@ class Shell:
                     self.last.pop(p, None)
                     out.append(f"\n  NIC statistics for port {p} cleared\n")
                 return "".join(out)
+            if w[0] == "port" and len(w) == 3 and w[1] in ("stop", "start"):
+                out = []
+                for p in self._ports(w[2]):
+                    if w[1] == "stop":
+                        eng.port_stop(p)
+                        out.append(f"Stopping ports...\nPort {p}: stopped\nDone\n")
+                    else:
+                        eng.port_start(p)
+                        out.append(f"Port {p}: {mac_str(eng.ports[p].mac)}\nChecking link statuses...\nDone\n")
+                return "".join(out)
             if w[:2] == ["set", "fwd"] and len(w) == 3:
                 if w[2] not in MODES:
                     return f"Invalid forwarding mode {w[2]!r} (known: {' '.join(sorted(MODES))})\n"

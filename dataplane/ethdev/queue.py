@@ -55,7 +55,8 @@ Q_SLOTS = 8
 PortQueue = namedtuple(
     "PortQueue",
     [
-        "kind",  # int64 array [1]: KIND_* (an array so the tuple type never depends on a value)
+        "kind",  # int64 array [2]: KIND_*, port id (an array so the tuple type never depends on a value)
+        "port_up",  # int64 array (shared): port_up[port id] == 0 -> port stopped, bursts do nothing
         "vhost",  # VhostQueueCtx
         "ring_rx_hdr",
         "ring_rx_slots",
@@ -79,11 +80,16 @@ def _dummies():
     return _DUMMY
 
 
-def make_port_queue(kind: int, *, vhost=None, ring_rx=None, ring_tx=None, counters=None, burst: int = 512) -> PortQueue:
-    """A :data:`PortQueue`; ``ring_rx`` / ``ring_tx`` are :class:`~dataplane.rings.ring.Ring` objects."""
+def make_port_queue(kind: int, *, vhost=None, ring_rx=None, ring_tx=None, counters=None, burst: int = 512,
+                    port_id: int = 0, port_up=None) -> PortQueue:
+    """A :data:`PortQueue`; ``ring_rx`` / ``ring_tx`` are :class:`~dataplane.rings.ring.Ring` objects;
+    ``port_up`` a shared int64 array of port states (default: always up)."""
     d = _dummies()
+    if port_up is None:
+        port_up = np.ones(port_id + 1, np.int64)
     return PortQueue(
-        kind=np.array([kind], np.int64),
+        kind=np.array([kind, port_id], np.int64),
+        port_up=port_up,
         vhost=d["vhost"] if vhost is None else vhost,
         ring_rx_hdr=d["hdr"] if ring_rx is None else ring_rx.hdr,
         ring_rx_slots=d["slots"] if ring_rx is None else ring_rx.slots,
@@ -106,6 +112,8 @@ def _count_bytes(mp, pkts, frm, n):
 def port_rx_burst(q, mp, lcore, pkts, n):
     """Receive up to ``n`` packets into ``pkts``; returns how many."""
     k = q.kind[0]
+    if q.port_up[q.kind[1]] == 0:
+        return 0
     got = 0
     if k == KIND_VHOST:
         got = vhost_rx_burst(q.vhost, mp, lcore, pkts, n)
@@ -125,6 +133,9 @@ def port_tx_burst(q, mp, lcore, pkts, n):
     freed, or queued).  ``pkts[sent:n]`` stay with the caller."""
     k = q.kind[0]
     if n <= 0:
+        return 0
+    if q.port_up[q.kind[1]] == 0:
+        q.counters[Q_TX_DROPPED] += n
         return 0
     b = _count_bytes(mp, pkts, 0, n)
     sent = 0
