@@ -60,6 +60,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "EAL_TABLE",
+    "PORT_TABLE",
+    "FORWARD_TABLE",
+    "FORWARD_MODES",
+    "PORT_KINDS",
+    "PortConfig",
+    "ForwardConfig",
     "Field",
     "Kind",
     "ListOf",
@@ -513,14 +519,134 @@ EAL_TABLE = Table(
 )  # fmt: skip
 
 
+#: testpmd's forwarding modes (the engine implements them; names are defined here once).
+FORWARD_MODES = ("io", "mac", "macswap", "rxonly", "txonly", "csum", "flowgen", "icmpecho")
+#: Port kinds a ``[[port]]`` may name (``--vdev`` driver names).
+PORT_KINDS = ("net_vhost", "net_virtio_user", "net_ring")
+
+
+@dataclass
+class PortConfig:
+    """One ``[[port]]``: a virtual device, as ``--vdev`` would give it."""
+
+    vdev: Any = None
+
+
+def _port_vdev(value: str):
+    """A ``--vdev`` string of a known kind; a vhost server socket must be creatable."""
+    d = parse_devargs(value)
+    kind = d.name.rstrip("0123456789")
+    if kind not in PORT_KINDS or kind == d.name:
+        raise ValueError(f"unknown port {d.name!r}; ports are {', '.join(k + 'N' for k in PORT_KINDS)}")
+    path = d.args.get("iface" if kind == "net_vhost" else "path")
+    if kind in ("net_vhost", "net_virtio_user") and not path:
+        raise ValueError(f"{d.name} needs {'iface' if kind == 'net_vhost' else 'path'}=SOCKET")
+    listens = d.args.get("client", "0") != "1" if kind == "net_vhost" else d.args.get("server", "0") == "1"
+    if path and listens:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"socket path {path!r} is not writable (directory {parent!r})")
+    return d
+
+
+PORT_TABLE = Table(
+    name="port",
+    array=True,
+    doc="The ports, numbered in order: one [[port]] per virtual device.",
+    factory=PortConfig,
+    fields=(
+        Field("vdev", STR, _port_vdev, MISSING, "devargs, e.g. \"net_vhost0,iface=/tmp/vh0.sock,queues=1\"",
+              required=True),
+    ),
+)
+
+
+def _mode(value: str) -> str:
+    if value not in FORWARD_MODES:
+        raise ValueError(f"unknown forwarding mode {value!r}; modes are {', '.join(FORWARD_MODES)}")
+    return value
+
+
+def _positive_list(value: list[int]) -> list[int]:
+    if not value or any(v <= 0 for v in value):
+        raise ValueError(f"expected a non-empty list of positive lengths, got {_show(value)}")
+    return value
+
+
+def _eth_peers(value: list[str]) -> dict[int, str]:
+    out = {}
+    for item in value:
+        port, _, mac = item.partition(",")
+        parts = mac.split(":")
+        try:
+            ok = port.isdigit() and len(parts) == 6 and all(0 <= int(p, 16) <= 255 for p in parts)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"expected \"PORT,XX:XX:XX:XX:XX:XX\", got {_show(item)}")
+        out[int(port)] = mac
+    return out
+
+
+def _range(lo: int, hi: int) -> Callable[[int], int]:
+    def check(v: int) -> int:
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is out of range {lo}..{hi}")
+        return v
+
+    return check
+
+
+NUMBER = Scalar("a number", "numbers", (int, float))  # type: ignore[arg-type]
+
+
+@dataclass
+class ForwardConfig:
+    """``[forward]``: testpmd's forwarding options."""
+
+    mode: str = "io"
+    nb_cores: int | None = None
+    rxq: int = 1
+    txq: int = 1
+    burst: int = 32
+    txpkts: list[int] = field(default_factory=lambda: [64])
+    txonly_multi_flow: bool = False
+    tx_first: bool = False
+    eth_peer: dict[int, str] = field(default_factory=dict)
+    total_num_mbufs: int = 8192
+    stats_period: float = 1.0
+
+
+FORWARD_TABLE = Table(
+    name="forward",
+    doc="Forwarding: testpmd's options of the same names.",
+    factory=ForwardConfig,
+    fields=(
+        Field("mode", STR, _mode, "io", "--forward-mode"),
+        Field("nb_cores", INT, _range(1, 128), None, "--nb-cores"),
+        Field("rxq", INT, _range(1, 64), 1, "--rxq"),
+        Field("txq", INT, _range(1, 64), 1, "--txq"),
+        Field("burst", INT, _range(1, 512), 32, "--burst"),
+        Field("txpkts", ListOf(INT), _positive_list, [64], "--txpkts, segment lengths"),
+        Field("txonly_multi_flow", BOOL, None, False, "--txonly-multi-flow"),
+        Field("tx_first", BOOL, None, False, "--tx-first"),
+        Field("eth_peer", ListOf(STR), _eth_peers, {}, "--eth-peer values, \"PORT,MAC\""),
+        Field("total_num_mbufs", INT, _range(64, 1 << 24), 8192, "--total-num-mbufs"),
+        Field("stats_period", NUMBER, lambda v: float(_range(0, 3600)(v)), 1.0, "--stats-period, seconds (0: off)"),
+    ),
+)  # fmt: skip
+
+
 @dataclass
 class Config:
     """A loaded configuration: one attribute per table of :data:`SCHEMA`."""
 
     eal: EalConfig = field(default_factory=EalConfig)
+    port: list[PortConfig] = field(default_factory=list)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
 
 
-SCHEMA = Schema(tables=(EAL_TABLE,), factory=Config)
+SCHEMA = Schema(tables=(EAL_TABLE, PORT_TABLE, FORWARD_TABLE), factory=Config)
 
 
 def load_config(source: str | os.PathLike[str], *, schema: Schema = SCHEMA) -> Any:

@@ -139,8 +139,8 @@ def test_unknown_key():
 
 
 def test_unknown_table_and_top_level_key():
-    assert str(error_of("[eal]\n\n[bogus]\nx = 1\n")) == "<string>:3: bogus: unknown table; allowed tables: eal"
-    assert str(error_of("# top\nx = 1\n")) == "<string>:2: x: unknown key; allowed tables: eal"
+    assert str(error_of("[eal]\n\n[bogus]\nx = 1\n")) == "<string>:3: bogus: unknown table; allowed tables: eal, port, forward"
+    assert str(error_of("# top\nx = 1\n")) == "<string>:2: x: unknown key; allowed tables: eal, port, forward"
 
 
 @pytest.mark.parametrize(
@@ -322,3 +322,34 @@ def test_array_of_tables_errors_locate_the_right_entry():
     with pytest.raises(ConfigError) as info:
         load_config("port = 3\n", schema=PORT_SCHEMA)
     assert str(info.value) == "<string>:1: port: expected an array of tables ([[port]]), got 3"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('[forward]\nmode = "bogus"', "<string>:2: forward.mode: unknown forwarding mode 'bogus'"),
+        ('[[port]]\nvdev = "net_vhost0,iface=/nonexistent/x.sock"', "<string>:2: port[0].vdev: socket path"),
+        ('[[port]]\nvdev = "net_ring0"\n[[port]]\nvdev = "net_tap0"', "<string>:4: port[1].vdev: unknown port 'net_tap0'"),
+        ('[[port]]\nvdev = "net_vhost0"', "<string>:2: port[0].vdev: net_vhost0 needs iface=SOCKET"),
+        ("[[port]]\nqueues = 2", "<string>:2: port[0].queues: unknown key"),
+        ('[forward]\nburst = "x"', '<string>:2: forward.burst: expected an integer, got "x"'),
+        ("[forward]\nburst = 0", "<string>:2: forward.burst: 0 is out of range 1..512"),
+        ("[forward]\ntxpkts = []", "<string>:2: forward.txpkts: expected a non-empty list"),
+        ('[forward]\neth_peer = ["0,zz:00:00:00:00:00"]', "<string>:2: forward.eth_peer: expected"),
+        ('[eal]\nlcores = "0@999"', "<string>:2: eal.lcores: lcore 0 -> cpu 999"),
+    ],
+)
+def test_port_and_forward_errors_name_the_key(text, expected):
+    assert str(error_of(text)).startswith(expected)
+
+
+def test_port_and_forward_tables_load(tmp_path):
+    cfg = load_config(
+        '[[port]]\nvdev = "net_vhost0,iface=%s/vh.sock,queues=2"\n[[port]]\nvdev = "net_ring0"\n'
+        '[forward]\nmode = "macswap"\nrxq = 2\ntxpkts = [2000, 2000]\nstats_period = 0.5\n'
+        'eth_peer = ["1,02:00:00:00:00:09"]\n' % tmp_path
+    )
+    assert [p.vdev.name for p in cfg.port] == ["net_vhost0", "net_ring0"]
+    assert cfg.port[0].vdev.args["queues"] == "2"
+    f = cfg.forward
+    assert (f.mode, f.rxq, f.txpkts, f.stats_period, f.eth_peer) == ("macswap", 2, [2000, 2000], 0.5, {1: "02:00:00:00:00:09"})

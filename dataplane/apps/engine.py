@@ -24,12 +24,14 @@ stream that uses it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from dataplane import log as dplog
 from dataplane.apps import fwd_loop as FL
+from dataplane.apps.fwd_modes import FLOWGEN_DEFAULT_FLOWS, csum_counters
+from dataplane.config import FORWARD_MODES, ForwardConfig
 from dataplane.ethdev import EthdevError
 from dataplane.ethdev.queue import KIND_NONE, KIND_RING, KIND_VHOST, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.ethdev.ring import DRIVER_NAME as RING_DRIVER, RingPort
@@ -37,7 +39,7 @@ from dataplane.ethdev.vhost import DRIVER_NAME as VHOST_DRIVER, VhostPort, lcore
 from dataplane.lcores import launch
 from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
 
-__all__ = ["FwdConfig", "Engine", "StreamSpec"]
+__all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd"]
 
 log = dplog.get_logger("dataplane.engine")
 
@@ -60,28 +62,22 @@ def mac_str(v: int) -> str:
     return ":".join(f"{(v >> (40 - 8 * i)) & 0xFF:02X}" for i in range(6))
 
 
-@dataclass
-class FwdConfig:
-    """testpmd's forwarding options."""
+#: testpmd's forwarding options (the ``[forward]`` table of a config file).
+FwdConfig = ForwardConfig
 
-    mode: str = "io"
-    nb_cores: int | None = None
-    rxq: int = 1
-    txq: int = 1
-    burst: int = 32
-    txpkts: list[int] = field(default_factory=lambda: [64])
-    eth_peer: dict[int, str] = field(default_factory=dict)
-    total_num_mbufs: int = 8192
 
-    def check(self) -> None:
-        if self.mode not in FL.MODES:
-            raise ValueError(f"unknown forwarding mode {self.mode!r} (known: {', '.join(sorted(FL.MODES))})")
-        if not 1 <= self.burst <= 512:
-            raise ValueError(f"burst {self.burst} out of range 1..512")
-        for name in ("rxq", "txq"):
-            v = getattr(self, name)
-            if not 1 <= v <= MAX_QUEUES:
-                raise ValueError(f"{name} {v} out of range 1..{MAX_QUEUES}")
+def check_fwd(fwd: FwdConfig) -> None:
+    """What the engine can run: raises ValueError with the reason."""
+    if fwd.mode not in FL.MODES:
+        raise ValueError(f"forwarding mode {fwd.mode!r} is not available (available: {', '.join(sorted(FL.MODES))})"
+                         if fwd.mode in FORWARD_MODES else
+                         f"unknown forwarding mode {fwd.mode!r} (known: {', '.join(FORWARD_MODES)})")
+    if not 1 <= fwd.burst <= 512:
+        raise ValueError(f"burst {fwd.burst} out of range 1..512")
+    for name in ("rxq", "txq"):
+        v = getattr(fwd, name)
+        if not 1 <= v <= MAX_QUEUES:
+            raise ValueError(f"{name} {v} out of range 1..{MAX_QUEUES}")
 
 
 @dataclass
@@ -100,7 +96,7 @@ class Engine:
     """Ports, streams and forwarding lcores of one running EAL (``eal``)."""
 
     def __init__(self, eal, fwd: FwdConfig, vdevs=None):
-        fwd.check()
+        check_fwd(fwd)
         self.eal = eal
         self.fwd = fwd
         self.memory = eal.memory
@@ -199,15 +195,25 @@ class Engine:
         return out
 
     # -- forwarding -----------------------------------------------------------------
-    def start(self) -> None:
-        """testpmd ``start``: launch the forwarding loop on every forwarding lcore."""
+    def start(self, tx_first: int = 0) -> None:
+        """testpmd ``start`` (``start tx_first N`` with ``tx_first=N``): launch the forwarding loops;
+        with ``tx_first`` each stream first sends N bursts of ``--txpkts`` packets."""
         if self.running:
             raise RuntimeError("forwarding is already started")
+        check_fwd(self.fwd)
+        if len(self.fwd.txpkts) > 255 or sum(self.fwd.txpkts) > 0xFFFF:
+            raise ValueError(f"txpkts {self.fwd.txpkts}: at most 255 segments and 65535 bytes")
         self._fstats_base = self.fstats.copy()
         self.run_flag[0] = 1
         cfg = np.zeros(FL.CFG_SLOTS, np.int64)
         cfg[FL.CFG_MODE] = FL.MODES[self.fwd.mode]
         cfg[FL.CFG_BURST] = self.fwd.burst
+        cfg[FL.CFG_TX_FIRST] = int(tx_first)
+        cfg[FL.CFG_NSEG] = len(self.fwd.txpkts)
+        cfg[FL.CFG_MULTI_FLOW] = int(self.fwd.txonly_multi_flow)
+        cfg[FL.CFG_NB_FLOWS] = FLOWGEN_DEFAULT_FLOWS
+        cfg[FL.CFG_TX_PKT_LEN] = sum(self.fwd.txpkts)
+        seg_lens = np.array(self.fwd.txpkts, np.int64)
         port_info = [dict(name=p.name, kind=p.kind, mac=p.mac, peer_mac=self._peer_mac(p.port_id),
                           peer=getattr(p, "peer", None)) for p in self.ports]
         by_lcore: dict[int, list[StreamSpec]] = {}
@@ -215,7 +221,7 @@ class Engine:
             by_lcore.setdefault(s.lcore, []).append(s)
         _warm_up(len(self.streams))
         for lc, specs in by_lcore.items():
-            self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, self.qstats.shape[1]), lc)
+            self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, seg_lens, self.qstats.shape[1]), lc)
         self.running = True
         self._started_at = time.monotonic()
         log.info("forwarding started", mode=self.fwd.mode, streams=len(self.streams), lcores=sorted(by_lcore))
@@ -316,12 +322,13 @@ def _warm_up(nstreams: int) -> None:
     warm_up()
     mp = mempool_lookup(_memory(), _POOL)
     q = make_port_queue(KIND_NONE)
-    st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64))
+    st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64),
+                   flow=np.zeros(2, np.int64))
     watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
     FL.fwd_loop(tuple(st for _ in range(nstreams)), (watch,), mp.arrays, 0, np.ones(16, np.uint32),
-                np.zeros(16, np.uint32), cfg, np.zeros(1024, np.uint32))
+                np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), np.zeros(1024, np.uint32))
 
 
 def _memory():
@@ -332,7 +339,7 @@ def _memory():
 
 def _lcore_main(arg):
     """A forwarding lcore: build its streams' port queues, run the loop, service vhost hand-overs."""
-    specs, ports, cfg, maxq = arg
+    specs, ports, cfg, seg_lens, maxq = arg
     mem = _memory()
     mp = mempool_lookup(mem, _POOL)
     lcore = launch.lcore_id()
@@ -361,6 +368,8 @@ def _lcore_main(arg):
                 owner = ports[p]["name"] if role == "rx" else ports[p]["peer"]
                 rings[(p, q, role)] = ring_lookup(mem, RingPort.ring_name(owner, q))
     pkts = np.zeros(1024, np.uint32)
+    csum = csum_counters()
+    flows = {s.index: np.zeros(2, np.int64) for s in specs}
 
     def build():
         out = []
@@ -371,7 +380,7 @@ def _lcore_main(arg):
             params = np.zeros(FL.P_SLOTS, np.int64)
             params[FL.P_SRC_MAC] = tp["mac"]
             params[FL.P_DST_MAC] = tp["peer_mac"]
-            out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params))
+            out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params, flow=flows[s.index]))
         watches = tuple(FL.RingWatch(ctl=lv.ctl, qids=lv.qids_arr, gens=lv.gens) for lv in lvs.values())
         if not watches:
             watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
@@ -380,7 +389,7 @@ def _lcore_main(arg):
     streams, watches = build()
     try:
         while True:
-            rc = FL.fwd_loop(streams, watches, mp.arrays, lcore, stop, run, cfg, pkts)
+            rc = FL.fwd_loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
             if rc == FL.LOOP_STOP:
                 return True
             for lv in lvs.values():

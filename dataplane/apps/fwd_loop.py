@@ -18,6 +18,12 @@ what happens to a received burst:
 ``mac``      set Ethernet source to the Tx port's MAC and destination to its peer MAC
 ``macswap``  swap source and destination MAC
 ``rxonly``   free
+``txonly``   no Rx; build ``--txpkts`` UDP frames (:func:`~dataplane.apps.fwd_modes.build_txonly`) and send
+``csum``     verify and rewrite IPv4/TCP/UDP checksums in software, count bad ones
+``flowgen``  free what arrives; send UDP frames cycling over many flows
+``icmpecho`` answer ARP and ICMP echo requests, drop the rest
+
+The packet work of each mode is in :mod:`dataplane.apps.fwd_modes`.
 
 Packets the Tx port does not take are freed and counted (``S_FWD_DROPPED``),
 as testpmd does.  Stream counters (:data:`S_*` slots) live in shared memory.
@@ -29,12 +35,24 @@ from collections import namedtuple
 
 import numpy as np
 
+from dataplane.config import FORWARD_MODES
 from dataplane.ethdev.queue import port_rx_burst, port_tx_burst
 from dataplane.memory.mempool import pktmbuf_free, pktmbuf_free_bulk
 from dataplane.rings.atomics import load_acquire
 from dataplane.rings.jit import inline_kernel, loop_kernel
 from dataplane.vhost.handoff import vrings_changed
-from dataplane.vhost.net_hdr import ld16, ld32, seg_addr, st16, st32
+from dataplane.apps.fwd_modes import (
+    CSUM_BAD_IP,
+    CSUM_BAD_L4,
+    build_flowgen,
+    build_txonly,
+    flowgen_backout,
+    fwd_csum,
+    fwd_icmpecho,
+    fwd_mac,
+    fwd_macswap,
+    txonly_backout,
+)
 
 __all__ = [
     "Stream",
@@ -49,12 +67,19 @@ __all__ = [
 ]
 
 # forwarding modes (testpmd's names)
-MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY = 0, 1, 2, 3
-MODES = {"io": MODE_IO, "mac": MODE_MAC, "macswap": MODE_MACSWAP, "rxonly": MODE_RXONLY}
+MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_CSUM, MODE_FLOWGEN, MODE_ICMPECHO = range(8)
+MODES = {"io": MODE_IO, "mac": MODE_MAC, "macswap": MODE_MACSWAP, "rxonly": MODE_RXONLY, "txonly": MODE_TXONLY,
+         "csum": MODE_CSUM, "flowgen": MODE_FLOWGEN, "icmpecho": MODE_ICMPECHO}
+assert set(MODES) <= set(FORWARD_MODES)
 
 # cfg slots (int64 array, one per lcore loop)
 CFG_MODE = 0
 CFG_BURST = 1
+CFG_TX_FIRST = 2  # bursts of txonly packets each stream sends before forwarding (start tx_first N)
+CFG_NSEG = 3  # --txpkts: number of segments (lengths in the seg_lens array)
+CFG_MULTI_FLOW = 4  # --txonly-multi-flow
+CFG_NB_FLOWS = 5  # flowgen flows
+CFG_TX_PKT_LEN = 6  # flowgen frame size (sum of --txpkts)
 CFG_SLOTS = 16
 
 # stream counter slots (int64 array per stream, shared memory)
@@ -69,55 +94,51 @@ P_SLOTS = 8
 
 LOOP_STOP, LOOP_RINGS, LOOP_TICK = 1, 2, 3
 
-Stream = namedtuple("Stream", ["rx", "tx", "stats", "params"])
+Stream = namedtuple("Stream", ["rx", "tx", "stats", "params", "flow"])  # flow: int64[2] generator state
 #: The hand-over control of one vhost port for this lcore: (ctl, qids, gens) of a
 #: :class:`~dataplane.vhost.handoff.LcoreVrings`.
 RingWatch = namedtuple("RingWatch", ["ctl", "qids", "gens"])
 
-_U64 = np.uint64
 
 
 @inline_kernel
-def _put_mac(a, mac):
-    # 48-bit MAC, first byte highest, stored in network order at a
-    st16(a, np.uint16(((mac >> 40) & 0xFF) | (((mac >> 32) & 0xFF) << 8)))
-    st32(a + _U64(2), np.uint32(((mac >> 24) & 0xFF) | (((mac >> 16) & 0xFF) << 8) | (((mac >> 8) & 0xFF) << 16)
-                                | ((mac & 0xFF) << 24)))
+def _send(s, mp, lcore, pkts, n):
+    """Transmit ``pkts[:n]`` on the stream's Tx queue; free and count what the port did not take."""
+    sent = port_tx_burst(s.tx, mp, lcore, pkts, n)
+    s.stats[S_TX] += sent
+    if sent < n:
+        s.stats[S_FWD_DROPPED] += n - sent
+        for k in range(sent, n):
+            pktmbuf_free(mp, lcore, pkts[k])
+    return sent
 
 
 @inline_kernel
-def _mac_fwd(mp, pkts, n, src, dst):
-    for i in range(n):
-        m = pkts[i]
-        if mp.mbufs[m].data_len >= 12:
-            a = seg_addr(mp, m)
-            _put_mac(a, dst)
-            _put_mac(a + _U64(6), src)
-
-
-@inline_kernel
-def _mac_swap(mp, pkts, n):
-    for i in range(n):
-        m = pkts[i]
-        if mp.mbufs[m].data_len >= 12:
-            a = seg_addr(mp, m)
-            d0 = ld32(a)
-            d1 = ld16(a + _U64(4))
-            st32(a, ld32(a + _U64(6)))
-            st16(a + _U64(4), ld16(a + _U64(10)))
-            st32(a + _U64(6), d0)
-            st16(a + _U64(10), d1)
+def _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg):
+    built = build_txonly(mp, lcore, pkts, burst, seg_lens, cfg[CFG_NSEG], s.params[P_SRC_MAC], s.params[P_DST_MAC],
+                         cfg[CFG_MULTI_FLOW] != 0, s.flow)
+    if built > 0:
+        sent = _send(s, mp, lcore, pkts, built)
+        if sent < built:
+            txonly_backout(s.flow, built - sent)
 
 
 @loop_kernel
-def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, pkts):
+def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """Forward on every stream until stop / ring change / tick (returns ``LOOP_*``).
 
     ``run`` (uint32[1+]) is the engine's start/stop switch (0: stop
-    forwarding), ``stop`` the EAL's shared stop flag.
+    forwarding), ``stop`` the EAL's shared stop flag.  ``seg_lens`` holds
+    ``--txpkts``; ``csum`` is the csum engine's scratch counters.  A pending
+    ``cfg[CFG_TX_FIRST]`` is sent first and then cleared.
     """
     mode = cfg[CFG_MODE]
     burst = cfg[CFG_BURST]
+    if cfg[CFG_TX_FIRST] > 0:
+        for b in range(cfg[CFG_TX_FIRST]):
+            for si in range(len(streams)):
+                _txonly_burst(streams[si], mp, lcore, pkts, burst, seg_lens, cfg)
+        cfg[CFG_TX_FIRST] = 0
     turn = 0
     while True:
         turn += 1
@@ -131,7 +152,21 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, pkts):
                 return LOOP_TICK
         for si in range(len(streams)):
             s = streams[si]
+            if mode == MODE_TXONLY:
+                _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg)
+                continue
             n = port_rx_burst(s.rx, mp, lcore, pkts, burst)
+            if mode == MODE_FLOWGEN:
+                if n > 0:
+                    s.stats[S_RX] += n
+                    pktmbuf_free_bulk(mp, lcore, pkts, n)
+                built = build_flowgen(mp, lcore, pkts, burst, cfg[CFG_TX_PKT_LEN], s.params[P_SRC_MAC],
+                                      s.params[P_DST_MAC], cfg[CFG_NB_FLOWS], s.flow, True)
+                if built > 0:
+                    sent = _send(s, mp, lcore, pkts, built)
+                    if sent < built:
+                        flowgen_backout(s.flow, built - sent, cfg[CFG_NB_FLOWS])
+                continue
             if n == 0:
                 continue
             s.stats[S_RX] += n
@@ -139,12 +174,17 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, pkts):
                 pktmbuf_free_bulk(mp, lcore, pkts, n)
                 continue
             if mode == MODE_MAC:
-                _mac_fwd(mp, pkts, n, s.params[P_SRC_MAC], s.params[P_DST_MAC])
+                fwd_mac(mp, pkts, n, s.params[P_DST_MAC], s.params[P_SRC_MAC])
             elif mode == MODE_MACSWAP:
-                _mac_swap(mp, pkts, n)
-            sent = port_tx_burst(s.tx, mp, lcore, pkts, n)
-            s.stats[S_TX] += sent
-            if sent < n:
-                s.stats[S_FWD_DROPPED] += n - sent
-                for k in range(sent, n):
-                    pktmbuf_free(mp, lcore, pkts[k])
+                fwd_macswap(mp, pkts, n)
+            elif mode == MODE_CSUM:
+                fwd_csum(mp, pkts, n, csum)
+                s.stats[S_BAD_IP_CSUM] += csum[CSUM_BAD_IP]
+                s.stats[S_BAD_L4_CSUM] += csum[CSUM_BAD_L4]
+                for c in range(csum.shape[0]):
+                    csum[c] = 0
+            elif mode == MODE_ICMPECHO:
+                n = fwd_icmpecho(mp, lcore, pkts, n, s.params[P_SRC_MAC])
+                if n == 0:
+                    continue
+            _send(s, mp, lcore, pkts, n)

@@ -87,6 +87,7 @@ def fwd_config(opts) -> FwdConfig:
     return FwdConfig(
         mode=opts.forward_mode, nb_cores=opts.nb_cores, rxq=opts.rxq, txq=opts.txq, burst=opts.burst,
         txpkts=list(opts.txpkts), eth_peer=dict(opts.eth_peer), total_num_mbufs=opts.total_num_mbufs,
+        txonly_multi_flow=opts.txonly_multi_flow, tx_first=opts.tx_first, stats_period=opts.stats_period,
     )
 
 
@@ -184,9 +185,12 @@ class Shell:
             if w[0] == "start":
                 if eng.running:
                     return "Packet forwarding already started\n"
+                tx_first = 0
                 if len(w) >= 2 and w[1] == "tx_first":
-                    return "tx_first needs the txonly engine, not available yet\n"
-                eng.start()
+                    tx_first = int(w[2]) if len(w) >= 3 else 1
+                    if not 1 <= tx_first <= 64:
+                        return "tx_first burst count must be in 1..64\n"
+                eng.start(tx_first=tx_first)
                 return f"{eng.fwd.mode} packet forwarding - ports={eng.nb_ports} - cores={len({s.lcore for s in eng.streams})} - streams={len(eng.streams)}\n"
             if w == ["stop"]:
                 if not eng.running:
@@ -258,7 +262,7 @@ def _interactive(eng: Engine, opts) -> int:
     sh = Shell(eng)
     print("Interactive-mode selected", flush=True)
     if opts.auto_start:
-        print(sh.handle("start"), end="", flush=True)
+        print(sh.handle("start tx_first" if opts.tx_first else "start"), end="", flush=True)
     while True:
         print(PROMPT, end="", flush=True)
         line = sys.stdin.readline()
@@ -276,7 +280,7 @@ def _interactive(eng: Engine, opts) -> int:
 
 def _batch(eng: Engine, opts) -> int:
     sh = Shell(eng)
-    print(sh.handle("start"), end="", flush=True)
+    print(sh.handle("start tx_first" if opts.tx_first else "start"), end="", flush=True)
     stop = eng.launcher.stop_flag
     next_stats = time.monotonic() + opts.stats_period if opts.stats_period > 0 else None
     try:
