@@ -119,6 +119,7 @@ class Engine:
             self.run_flag[:] = 0
             self.port_up = self._zone(_PORTS, self.nb_ports)
             self.port_up[:] = 1
+            _warm_up(len(self.streams))  # compile before any port is up (a second start loads the cache)
             for p in self.ports:
                 p.start()
         except BaseException:
@@ -386,6 +387,9 @@ def _lcore_main(arg):
             watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
         return tuple(out), watches
 
+    for lv in lvs.values():  # attach the rings already handed over (tx_first must find them)
+        if lv.changed():
+            lv.service(wait=0.01)
     streams, watches = build()
     try:
         while True:

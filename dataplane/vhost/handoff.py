@@ -366,6 +366,7 @@ class LcoreVrings:
         self._run_gens: list[int] = [-1] * len(self.qids)
         self._errors_seen = [0] * len(self.qids)
         self._broken_seen = [False] * len(self.qids)
+        self._kept: list = [None] * len(self.qids)  # (gen, spec, fds) of each attached ring
         self._dummy = _disabled_queue()
         self.ctxs = tuple(self._dummy.ctx for _ in self.qids)
 
@@ -386,6 +387,9 @@ class LcoreVrings:
                 self._detach(i)
                 ctxs[i] = self._dummy.ctx
                 changed = True
+            if self._kept[i] is not None:  # superseded by this request
+                _close_fds(self._kept[i][2])
+                self._kept[i] = None
             if int(self.ctl[b + CTL_REQ]) == REQ_RUN:
                 with _PENDING_LOCK:
                     item = _PENDING.get((self.name, qid))
@@ -442,6 +446,21 @@ class LcoreVrings:
                           port=self.name, qid=self.qids[i])
 
     def _attach(self, i: int, gen: int, spec: dict, fds: list[int]) -> None:
+        qid = self.qids[i]
+        b = qid * CTL_SLOTS
+        keep = [os.dup(fd) for fd in fds]  # to hand the ring to a later loop of this process (close())
+        if int(py_load_acquire(self.ctl, b + CTL_BASE_GEN)) == gen:
+            # this run was attached before (an earlier loop): resume where it stopped
+            spec = dict(spec, base=int(self.ctl[b + CTL_BASE]),
+                        used_base=int(self.ctl[b + CTL_USED]) if spec["packed"] else -1)
+        try:
+            self._attach_mapped(i, gen, spec, fds)
+        except BaseException:
+            _close_fds(keep)
+            raise
+        self._kept[i] = (gen, spec, keep)
+
+    def _attach_mapped(self, i: int, gen: int, spec: dict, fds: list[int]) -> None:
         qid = self.qids[i]
         nreg = len(spec["regions"])
         region_fds, extra = fds[:nreg], fds[nreg:]
@@ -514,12 +533,23 @@ class LcoreVrings:
         log.debug("vring detached", port=self.name, qid=self.qids[i], base=base)
 
     def close(self) -> None:
-        """Detach every ring (writing its indices back) and acknowledge pending requests."""
+        """Detach every ring (writing its indices back) and acknowledge pending requests.
+
+        A ring that is still meant to run is handed back to this process's
+        pending hand-overs, so the next loop on this lcore (e.g. after testpmd's
+        ``stop`` / ``start``) attaches it again where it stopped.
+        """
         for i, qid in enumerate(self.qids):
             if self.queues[i] is not None:
                 self._detach(i)
             b = qid * CTL_SLOTS
             gen = int(py_load_acquire(self.ctl, b + CTL_REQ_GEN))
+            kept, self._kept[i] = self._kept[i], None
+            if kept is not None:
+                if kept[0] == gen and int(self.ctl[b + CTL_REQ]) == REQ_RUN:
+                    _stash(("vring", self.name, qid, kept[0], kept[1]), kept[2])
+                else:
+                    _close_fds(kept[2])
             self.gens[i] = gen
             py_store_release(self.ctl, b + CTL_ACK_GEN, gen)
         self.ctxs = tuple(self._dummy.ctx for _ in self.qids)

@@ -23,9 +23,9 @@ def sock():
     os.rmdir(d)
 
 
-def _virtio_user(sock: str) -> Testpmd:
+def _virtio_user(sock: str, cpus: str = "1") -> Testpmd:
     return Testpmd(["--vdev", f"net_virtio_user0,path={sock},queues=1,mrg_rxbuf=1,in_order=0"],
-                   ["--enable-scatter", "--nb-cores=1"], cpus="1", mbufs=4096)
+                   ["--enable-scatter", "--nb-cores=1"], cpus=cpus, mbufs=4096)
 
 
 def _wait_back(tp: Testpmd, timeout: float = 20.0) -> dict:
@@ -54,3 +54,74 @@ def test_dataplane_shell_forwards_for_dpdk_virtio_user(sock, mode):
         out = dp.cmd("stop")
         acc = out.split("Accumulated forward statistics")[1]
         assert "RX-packets: 128" in acc and "TX-packets: 128" in acc and "TX-dropped: 0" in acc
+
+
+def _rx_pps(dp: Testpmd, port: int = 0) -> int:
+    """Rx-pps of ``show port stats all`` over the second of two calls 1 s apart (testpmd's own figure)."""
+    dp.cmd("show port stats all")
+    time.sleep(1.0)
+    text = dp.cmd("show port stats all")
+    block = text.split(f"NIC statistics for port {port}")[1]
+    return int(block.split("Rx-pps:")[1].split()[0])
+
+
+def test_dts_loopback_port_restart_script(sock):
+    """DTS loopback_multi_paths_port_restart, with dataplane in testpmd's place on the vhost side."""
+    with dataplane_shell(["--vdev", f"net_vhost0,iface={sock},queues=1"], ["--nb-cores=1"]) as dp:
+        with _virtio_user(sock, cpus="0") as tp:  # our forwarding lcore has cpu 1
+            tp.wait_link(0)
+            tp.cmd("set fwd mac")
+            tp.cmd("start")
+            assert "Set mac packet forwarding mode" in dp.cmd("set fwd mac")
+            dp.cmd("start tx_first 32")
+            assert _rx_pps(dp) > 10_000  # the loop carries traffic
+            dp.cmd("stop")
+            dp.cmd("port stop 0")
+            assert _rx_pps(dp) == 0
+            dp.cmd("port start 0")
+            dp.cmd("set burst 1")
+            dp.cmd("start tx_first 1")
+            assert _rx_pps(dp) > 1_000
+            out = dp.cmd("stop")
+            assert "Accumulated forward statistics" in out
+            tp.cmd("stop")
+
+
+def test_vhost_pmd_xstats_buckets_and_casts(sock):
+    """DTS vhost_pmd_xstats shape: 1000 packets of 1028 B over two queues land in the
+    1024-1518 buckets; broadcast and multicast counters match what was sent."""
+    with dataplane_shell(["--vdev", f"net_vhost0,iface={sock},queues=2"],
+                         ["--rxq=2", "--txq=2", "--forward-mode=rxonly"]) as dp:
+        dp.cmd("start")
+        for dst, counter in (("FF:FF:FF:FF:FF:FF", "rx_broadcast_packets"), ("01:00:5E:00:00:01", "rx_multicast_packets")):
+            dp.cmd("clear port stats all")
+            # a fresh virtio-user per round; 1024-entry rings hold each queue's 500 packets
+            with Testpmd(["--vdev", f"net_virtio_user0,path={sock},queues=2,mrg_rxbuf=1,in_order=0,queue_size=1024"],
+                         ["--enable-scatter", "--nb-cores=1", "--rxq=2", "--txq=2", "--txd=1024", "--rxd=1024"],
+                         cpus="0", mbufs=4096) as tp:
+                tp.wait_link(0)
+                tp.cmd("set fwd rxonly")
+                tp.cmd("set txpkts 1028")
+                tp.cmd("set burst 25")
+                tp.cmd(f"set eth-peer 0 {dst}")
+                tp.cmd("start tx_first 20")  # 2 streams x 20 bursts x 25 packets
+                deadline = time.monotonic() + 20
+                while _xstats(dp)["rx_good_packets"] < 1000 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                fwd = tp.stop()
+            assert fwd["TX-packets"] == 1000
+            x = _xstats(dp)
+            assert x["rx_good_packets"] == 1000, x
+            assert x["rx_q0_size_1024_to_1518_packets"] + x["rx_q1_size_1024_to_1518_packets"] == 1000
+            assert x["rx_q0_good_packets"] > 0 and x["rx_q1_good_packets"] > 0
+            assert x[counter] == 1000 and x["rx_unicast_packets"] == 0
+        dp.cmd("stop")
+
+
+def _xstats(dp: Testpmd) -> dict[str, int]:
+    out = {}
+    for line in dp.cmd("show port xstats 0").splitlines():
+        k, _, v = line.partition(":")
+        if v.strip().isdigit():
+            out[k.strip()] = int(v)
+    return out
