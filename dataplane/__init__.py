@@ -8,3 +8,12 @@ __version__ = "0.1.0"
 from dataplane import _jitcache
 
 _jitcache.configure()  # before anything imports numba
+
+
+def __getattr__(name):
+    # ``from dataplane import Engine`` without importing numba for every ``import dataplane``
+    if name == "Engine":
+        from dataplane.api import Engine
+
+        return Engine
+    raise AttributeError(f"module 'dataplane' has no attribute {name!r}")

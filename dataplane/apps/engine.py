@@ -95,8 +95,10 @@ class StreamSpec:
 class Engine:
     """Ports, streams and forwarding lcores of one running EAL (``eal``)."""
 
-    def __init__(self, eal, fwd: FwdConfig, vdevs=None):
-        check_fwd(fwd)
+    def __init__(self, eal, fwd: FwdConfig, vdevs=None, *, fwd_fn=None):
+        self.fwd_fn = fwd_fn
+        if fwd_fn is None:
+            check_fwd(fwd)
         self.eal = eal
         self.fwd = fwd
         self.memory = eal.memory
@@ -201,13 +203,14 @@ class Engine:
         with ``tx_first`` each stream first sends N bursts of ``--txpkts`` packets."""
         if self.running:
             raise RuntimeError("forwarding is already started")
-        check_fwd(self.fwd)
+        if self.fwd_fn is None:
+            check_fwd(self.fwd)
         if len(self.fwd.txpkts) > 255 or sum(self.fwd.txpkts) > 0xFFFF:
             raise ValueError(f"txpkts {self.fwd.txpkts}: at most 255 segments and 65535 bytes")
         self._fstats_base = self.fstats.copy()
         self.run_flag[0] = 1
         cfg = np.zeros(FL.CFG_SLOTS, np.int64)
-        cfg[FL.CFG_MODE] = FL.MODES[self.fwd.mode]
+        cfg[FL.CFG_MODE] = FL.MODES.get(self.fwd.mode, FL.MODE_IO)
         cfg[FL.CFG_BURST] = self.fwd.burst
         cfg[FL.CFG_TX_FIRST] = int(tx_first)
         cfg[FL.CFG_NSEG] = len(self.fwd.txpkts)
@@ -220,12 +223,11 @@ class Engine:
         by_lcore: dict[int, list[StreamSpec]] = {}
         for s in self.streams:
             by_lcore.setdefault(s.lcore, []).append(s)
-        _warm_up(len(self.streams))
         for lc, specs in by_lcore.items():
-            self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, seg_lens, self.qstats.shape[1]), lc)
+            self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, seg_lens, self.qstats.shape[1], self.fwd_fn), lc)
         self.running = True
         self._started_at = time.monotonic()
-        log.info("forwarding started", mode=self.fwd.mode, streams=len(self.streams), lcores=sorted(by_lcore))
+        log.info("forwarding started", mode=self.fwd.mode if self.fwd_fn is None else "custom", streams=len(self.streams), lcores=sorted(by_lcore))
 
     def stop(self) -> dict:
         """testpmd ``stop``: stop the loops, wait for them; returns the forward statistics."""
@@ -340,7 +342,8 @@ def _memory():
 
 def _lcore_main(arg):
     """A forwarding lcore: build its streams' port queues, run the loop, service vhost hand-overs."""
-    specs, ports, cfg, seg_lens, maxq = arg
+    specs, ports, cfg, seg_lens, maxq, fwd_fn = arg
+    loop = FL.fwd_loop if fwd_fn is None else FL.make_custom_loop(fwd_fn)
     mem = _memory()
     mp = mempool_lookup(mem, _POOL)
     lcore = launch.lcore_id()
@@ -393,7 +396,7 @@ def _lcore_main(arg):
     streams, watches = build()
     try:
         while True:
-            rc = FL.fwd_loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
+            rc = loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
             if rc == FL.LOOP_STOP:
                 return True
             for lv in lvs.values():

@@ -58,6 +58,7 @@ __all__ = [
     "Stream",
     "RingWatch",
     "fwd_loop",
+    "make_custom_loop",
     "MODES",
     "LOOP_STOP",
     "LOOP_RINGS",
@@ -123,6 +124,29 @@ def _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg):
             txonly_backout(s.flow, built - sent)
 
 
+@inline_kernel
+def _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg):
+    if cfg[CFG_TX_FIRST] > 0:
+        for b in range(cfg[CFG_TX_FIRST]):
+            for si in range(len(streams)):
+                _txonly_burst(streams[si], mp, lcore, pkts, burst, seg_lens, cfg)
+        cfg[CFG_TX_FIRST] = 0
+
+
+@inline_kernel
+def _loop_control(turn, stop, run, watches):
+    """Every 16 turns: LOOP_STOP / LOOP_RINGS / LOOP_TICK when due, else 0."""
+    if (turn & 15) == 0:
+        if load_acquire(stop, 0) != 0 or load_acquire(run, 0) == 0:
+            return LOOP_STOP
+        for w in range(len(watches)):
+            if vrings_changed(watches[w].ctl, watches[w].qids, watches[w].gens):
+                return LOOP_RINGS
+        if (turn & 0xFFFFF) == 0:
+            return LOOP_TICK
+    return 0
+
+
 @loop_kernel
 def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """Forward on every stream until stop / ring change / tick (returns ``LOOP_*``).
@@ -134,22 +158,13 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """
     mode = cfg[CFG_MODE]
     burst = cfg[CFG_BURST]
-    if cfg[CFG_TX_FIRST] > 0:
-        for b in range(cfg[CFG_TX_FIRST]):
-            for si in range(len(streams)):
-                _txonly_burst(streams[si], mp, lcore, pkts, burst, seg_lens, cfg)
-        cfg[CFG_TX_FIRST] = 0
+    _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
     turn = 0
     while True:
         turn += 1
-        if (turn & 15) == 0:
-            if load_acquire(stop, 0) != 0 or load_acquire(run, 0) == 0:
-                return LOOP_STOP
-            for w in range(len(watches)):
-                if vrings_changed(watches[w].ctl, watches[w].qids, watches[w].gens):
-                    return LOOP_RINGS
-            if (turn & 0xFFFFF) == 0:
-                return LOOP_TICK
+        rc = _loop_control(turn, stop, run, watches)
+        if rc != 0:
+            return rc
         for si in range(len(streams)):
             s = streams[si]
             if mode == MODE_TXONLY:
@@ -188,3 +203,45 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
                 if n == 0:
                     continue
             _send(s, mp, lcore, pkts, n)
+
+
+def make_custom_loop(user_fn):
+    """A loop like :func:`fwd_loop` (same arguments) that forwards with ``user_fn``.
+
+    ``user_fn(mp, lcore, pkts, n, params) -> k`` is a numba-jitted function
+    (``@numba.njit``; no Python objects, no allocation) called with each
+    received burst ``pkts[:n]`` (mbuf indices of pool ``mp``, the
+    :class:`~dataplane.memory.mempool.MempoolArrays`) and the stream's
+    ``params`` (``params[P_SRC_MAC]`` = Tx port MAC, ``params[P_DST_MAC]`` =
+    its peer MAC).  It may rewrite packets in place and reorder them; it
+    returns ``k``: ``pkts[:k]`` are transmitted.  A packet it drops must be
+    freed by it (``dataplane.memory.mempool.pktmbuf_free(mp, lcore, m)``).
+
+    The user's code becomes part of the loop, so this loop is compiled when
+    forwarding starts (no disk cache).
+    """
+    from numba import njit
+
+    @njit(nogil=True, _nrt=False)
+    def custom_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
+        burst = cfg[CFG_BURST]
+        _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
+        turn = 0
+        while True:
+            turn += 1
+            rc = _loop_control(turn, stop, run, watches)
+            if rc != 0:
+                return rc
+            for si in range(len(streams)):
+                s = streams[si]
+                n = port_rx_burst(s.rx, mp, lcore, pkts, burst)
+                if n == 0:
+                    continue
+                s.stats[S_RX] += n
+                k = user_fn(mp, lcore, pkts, n, s.params)
+                if k < n:
+                    s.stats[S_FWD_DROPPED] += n - k
+                if k > 0:
+                    _send(s, mp, lcore, pkts, k)
+
+    return custom_loop
