@@ -12,10 +12,10 @@ CPUS = sorted(os.sched_getaffinity(0))
 LCORES = f"{CPUS[0]}-{CPUS[-1]}" if len(CPUS) > 1 else str(CPUS[0])
 
 
-def _run(args, env_runtime, **kw):
+def _run(args, env_runtime, timeout=120, **kw):
     env = dict(os.environ, DATAPLANE_RUNTIME_DIR=str(env_runtime))
     return subprocess.run(
-        [sys.executable, "-m", "dataplane.cli", *args], capture_output=True, text=True, env=env, timeout=120, **kw
+        [sys.executable, "-m", "dataplane.cli", *args], capture_output=True, text=True, env=env, timeout=timeout, **kw
     )
 
 
@@ -88,3 +88,32 @@ def test_sigint_stops_every_worker_and_cleans_up(tmp_path):
     for w in workers:
         assert not os.path.exists(f"/proc/{w}") or open(f"/proc/{w}/stat").read().split()[2] == "Z"
     assert not (tmp_path / "clisig").exists()
+
+
+def test_run_default_config_forwards_and_summarises(tmp_path):
+    r = _run(["run", "--duration", "2"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert any(line.strip().startswith("1.0s") and "Mpps" in line for line in lines), r.stdout
+    summary = [line for line in lines if line.startswith("summary:")]
+    assert summary and "dropped 0" in summary[0] and "Gbit/s" in summary[0]
+    assert int(summary[0].split("forwarded ")[1].split()[0]) > 0
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ('[forward]\nmode = "warp"\n', "cfg.toml:2: forward.mode: unknown forwarding mode 'warp'"),
+        ('[eal]\nlcores = "0@64"\n', "cfg.toml:2: eal.lcores: lcore 0 -> cpu 64"),
+        ('[[port]]\nvdev = "net_vhost0,iface=/proc/nope/x.sock"\n', "cfg.toml:2: port[0].vdev: socket path"),
+        ('[forward]\nburst = "many"\n', 'cfg.toml:2: forward.burst: expected an integer, got "many"'),
+        ('[eal]\nlcores = "0-1"\n[forward]\ncolour = 1\n', "cfg.toml:4: forward.colour: unknown key"),
+    ],
+)
+def test_run_config_errors_are_one_line_exit_2(tmp_path, body, expected):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(body)
+    r = _run(["run", str(cfg)], tmp_path)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], r.stderr
