@@ -75,3 +75,36 @@ def test_bad_options_are_refused(eal):
     with pytest.raises(EthdevError, match="unknown device"):
         Engine(eal, FwdConfig(), vdevs=parse_eal_args(["--vdev", "net_tap0"]).vdevs)
     assert eal.memory.memzones() == []  # a refused configuration leaves nothing behind
+
+
+def test_txonly_through_the_engine_builds_testpmd_frames(eal):
+    """txonly on a loopback port: nobody receives, the ring fills; its frames are testpmd's txonly
+    frames (checked with scapy), chained as --txpkts says, and what did not fit is counted as dropped."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    fwd = FwdConfig(mode="txonly", txpkts=[2000, 2000], eth_peer={0: "02:00:00:00:00:09"})
+    with Engine(eal, fwd, vdevs=parse_eal_args(["--vdev", "net_ring0,size=64"]).vdevs) as eng:
+        mp = eng.pool
+        eng.start()
+        deadline = time.monotonic() + 30
+        while eng.forward_stats()["dropped"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fs = eng.stop()
+        ring = ring_lookup(eal.memory, "net_ring0_rx0")
+        n = ring.capacity
+        assert len(ring) == n and fs["tx"] == n and fs["dropped"] >= 1000
+        out = np.zeros(n, np.uint64)
+        assert ring.dequeue_burst(out) == n
+        for m in out:
+            mb = mp.mbufs[int(m)]
+            assert mb["nb_segs"] == 2 and mb["pkt_len"] == 4000 and mb["data_len"] == 2000
+            pkt = Ether(mp.to_bytes(int(m)))
+            assert pkt.src == "02:70:63:61:70:00" and pkt.dst == "02:00:00:00:00:09"
+            assert pkt[IP].src == "198.18.0.1" and pkt[IP].dst == "198.18.0.2" and pkt[IP].len == 4000 - 14
+            ip = pkt[IP].copy()
+            del ip.chksum
+            assert pkt[IP].chksum == IP(bytes(ip)).chksum
+            assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].len) == (9, 9, 4000 - 34)
+        mp.free(out.astype(np.uint32))
+        assert mp.audit().in_use == 0
