@@ -304,3 +304,40 @@ def test_get_vring_base_returns_what_the_lcore_consumed_and_unmaps(echo1):
         fe.close()
         mem.close()
     echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
+
+
+def test_changed_mem_table_is_remapped_by_the_lcore(echo1):
+    """SET_MEM_TABLE with a changed table while the lcore polls: the ring is taken back, the
+    lcore maps the new table, and buffers in the new region are consumed, none twice."""
+    mem = GuestMemoryLayout.simple(nregions=2)
+    first = GuestMemoryLayout([mem.regions[0]])
+    fe = VhostUserFrontend.connect(echo1.sock, memory=first)
+    try:
+        fe.start(num_queues=1, queue_size=256, features=bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES))
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
+        before = echo1.stats()["ports"]["net_vhost0"]["stats"]["ipackets"]
+        tx = fe.vrings[1]
+
+        def post(i, region):
+            buf = mem.alloc(128, region=region)
+            mem.view(buf, 128)[:] = 0
+            _put_desc(tx, i, buf, 12 + 64, 0, 0)
+            tx.avail[2 + i] = i
+            tx.avail_idx = i + 1
+            os.eventfd_write(tx.kick_fd, 1)
+
+        for i in range(3):
+            post(i, 0)
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["stats"]["ipackets"] - before == 3)
+        fe.set_mem_table(mem.table(), mem.fds())  # now two regions: the data path must remap
+        fe.sync()
+        for i in range(3, 6):
+            post(i, 1)  # buffers in the new region
+        s = echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["stats"]["ipackets"] - before >= 6)
+        assert s["ports"]["net_vhost0"]["stats"]["ipackets"] - before == 6
+        assert s["ports"]["net_vhost0"]["stats"]["ierrors"] == 0
+        assert fe.get_vring_base(1) == 6
+    finally:
+        fe.close()
+        mem.close()
+    echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
