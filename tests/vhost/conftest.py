@@ -10,43 +10,26 @@
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 import tempfile
 
 import pytest
 
+from dataplane.testing.leaks import fd_targets, leaked_fds, memfd_maps
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
 from dataplane.vhost.library import VhostLibrary
 
 from dataplane.testing.vhost_support import Recorder, RecordingDataPath
 
 
-def _memfd_maps() -> collections.Counter:
-    """Mappings of memfds (guest memory), counted by file name."""
-    with open("/proc/self/maps") as f:
-        return collections.Counter(line.split(None, 5)[5].strip() for line in f if "/memfd:" in line)
-
-
-def _fd_targets() -> dict[int, str]:
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
-    return out
-
-
 @pytest.fixture(autouse=True)
 def no_vhost_leaks():
     """After each test (and its library's close): no new memfd mapping, memfd, eventfd or socket open."""
-    maps, fds = _memfd_maps(), _fd_targets()
+    maps, fds = memfd_maps(), fd_targets()
     yield
-    leaked_maps = _memfd_maps() - maps
-    kinds = ("/memfd:", "anon_inode:[eventfd]", "socket:")
-    leaked = {fd: t for fd, t in _fd_targets().items() if fds.get(fd) != t and t.startswith(kinds)}
+    leaked_maps = memfd_maps() - maps
+    leaked = leaked_fds(fds, ("/memfd:", "anon_inode:[eventfd]", "socket:"))
     assert not leaked_maps, f"guest memory still mapped: {leaked_maps}"
     assert not leaked, f"fds left open: {leaked}"
 
