@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""PVP loopback: DPDK virtio-user ⇄ vhost back-end forwarding in io mode, dataplane vs dpdk-testpmd.
+
+Usage::
+
+    python bench/pvp.py [--seconds S] [--sizes 64,1518] [--rings split,packed]
+
+Topology, 1 queue, the same for both back-ends: a ``dpdk-testpmd`` with
+``net_virtio_user`` (DPDK's defaults: mergeable buffers, IN_ORDER, 256
+entries) in io mode seeds the loop with ``start tx_first 32`` (32 bursts of
+32 packets) from cpu 0; the vhost side forwards every packet straight back
+(io) on cpu 1:
+
+* **dataplane**: ``dataplane -l 0-1 --vdev net_vhost0,... -- -i --forward-mode=io``
+  (one forwarding lcore on cpu 1; the main lcore only serves the socket);
+* **DPDK**: ``dpdk-testpmd --vdev net_vhost0,... -- -i --forward-mode=io`` on cpu 1.
+
+Figures: the vhost side's received packets per second (median of 1-s
+samples after a 1-s warm-up, from ``show port stats``), and CPU seconds per
+million packets of the vhost side's processes (utime + stime from
+``/proc/PID/stat``, over the same window).  ``ratio`` = dataplane ÷ DPDK.
+
+Warm start: the time from launching ``dataplane`` (second launch, numba's
+disk cache warm) to its ready prompt, and to the first packet it forwards
+(the virtio-user peer is started as soon as the socket exists).
+
+Writes the table to ``bench/results/latest.md``; the LAST line is
+``speed_ratio=<dataplane ÷ DPDK>`` for 64 B split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dataplane.testing.testpmd import TESTPMD, Testpmd, dataplane_shell
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its direct children (dataplane's lcores)."""
+    pids = [pid]
+    try:
+        pids += [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def _backend(kind: str, sock: str) -> Testpmd:
+    eal = ["--vdev", f"net_vhost0,iface={sock},queues=1"]
+    app = ["--forward-mode=io", "--nb-cores=1", "--burst=32"]
+    if kind == "dataplane":
+        return dataplane_shell(eal, app, lcores="0-1", mbufs=16384, memory_mb=512)
+    return Testpmd(eal, app, cpus="1", mbufs=16384, memory_mb=1024)
+
+
+def _generator(sock: str, packed: bool, size: int) -> Testpmd:
+    tp = Testpmd(["--vdev", f"net_virtio_user0,path={sock},queues=1,packed_vq={int(packed)}"],
+                 ["--nb-cores=1", "--burst=32", "--enable-scatter", f"--txpkts={size}", "--forward-mode=io"],
+                 cpus="0", mbufs=16384, memory_mb=1024)
+    tp.wait_link(0)
+    return tp
+
+
+def measure(kind: str, packed: bool, size: int, seconds: float, sock_dir: str) -> tuple[float, float]:
+    """(Mpps, CPU seconds per million packets) of the vhost side."""
+    sock = os.path.join(sock_dir, f"{kind}.sock")
+    be = _backend(kind, sock)
+    try:
+        be.cmd("start")
+        gen = _generator(sock, packed, size)
+        try:
+            gen.cmd(f"set txpkts {size}")
+            gen.cmd("start tx_first 32")
+            time.sleep(1.0)
+            rates, cpu = [], []
+            t0, p0, c0 = time.monotonic(), be.port_stats(0)["RX-packets"], _cpu_seconds(be.proc.pid)
+            for _ in range(int(seconds)):
+                time.sleep(1.0)
+                t1, p1, c1 = time.monotonic(), be.port_stats(0)["RX-packets"], _cpu_seconds(be.proc.pid)
+                if p1 > p0:
+                    rates.append((p1 - p0) / (t1 - t0))
+                    cpu.append((c1 - c0) / ((p1 - p0) / 1e6))
+                t0, p0, c0 = t1, p1, c1
+            gen.cmd("stop")
+        finally:
+            gen.close()
+        be.cmd("stop")
+    finally:
+        be.close()
+        if os.path.exists(sock):
+            os.unlink(sock)
+    if not rates:
+        return 0.0, float("nan")
+    return statistics.median(rates) / 1e6, statistics.median(cpu)
+
+
+def warm_start(sock_dir: str) -> tuple[float, float]:
+    """Seconds from launching dataplane (warm cache) to its prompt, and to the first forwarded packet."""
+    sock = os.path.join(sock_dir, "warm.sock")
+    t0 = time.monotonic()
+    dp = dataplane_shell(["--vdev", f"net_vhost0,iface={sock},queues=1"], ["--forward-mode=io", "--auto-start"],
+                         mbufs=16384, memory_mb=512)
+    try:
+        ready = time.monotonic() - t0
+        gen = _generator(sock, False, 64)
+        try:
+            gen.cmd("start tx_first 1")
+            while dp.port_stats(0)["TX-packets"] == 0 and time.monotonic() - t0 < 60:
+                time.sleep(0.01)
+            first = time.monotonic() - t0
+            gen.cmd("stop")
+        finally:
+            gen.close()
+    finally:
+        dp.close()
+        if os.path.exists(sock):
+            os.unlink(sock)
+    return ready, first
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--sizes", default="64,1518")
+    ap.add_argument("--rings", default="split,packed")
+    args = ap.parse_args()
+    if TESTPMD is None:
+        print("dpdk-testpmd is not installed (apt-get install dpdk)", file=sys.stderr)
+        return 2
+    sock_dir = tempfile.mkdtemp(prefix="pvp", dir="/tmp")
+    rows = []
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    try:
+        warm_start(sock_dir)  # first launch: compiles (or loads) the kernels
+        ready, first = warm_start(sock_dir)
+        print(f"warm start: prompt after {ready:.2f} s, first forwarded packet after {first:.2f} s", flush=True)
+        for ring in args.rings.split(","):
+            for size in (int(s) for s in args.sizes.split(",")):
+                ours, ours_cpu = measure("dataplane", ring == "packed", size, args.seconds, sock_dir)
+                dpdk, dpdk_cpu = measure("dpdk", ring == "packed", size, args.seconds, sock_dir)
+                rows.append((ring, size, ours, ours_cpu, dpdk, dpdk_cpu))
+                print(f"  {ring:6} {size:5} B: dataplane {ours:6.2f} Mpps ({ours_cpu:.2f} cpu-s/Mpkt)  "
+                      f"DPDK {dpdk:6.2f} Mpps ({dpdk_cpu:.2f} cpu-s/Mpkt)", flush=True)
+    finally:
+        os.rmdir(sock_dir)
+    load_after = os.getloadavg()[0]
+    lines = [
+        "# PVP loopback: DPDK virtio-user ⇄ vhost io, 1 queue",
+        "",
+        f"`python3 bench/pvp.py` on {time.strftime('%Y-%m-%d %H:%M')}; load average after: {load_after:.2f}.",
+        f"Warm start: ready prompt after {ready:.2f} s, first forwarded packet after {first:.2f} s.",
+        "",
+        "| ring | size | dataplane Mpps | dataplane cpu-s/Mpkt | DPDK Mpps | DPDK cpu-s/Mpkt | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ring, size, ours, oc, dpdk, dc in rows:
+        ratio = ours / dpdk if dpdk else float("nan")
+        lines.append(f"| {ring} | {size} B | {ours:.2f} | {oc:.3f} | {dpdk:.2f} | {dc:.3f} | {ratio:.2f} |")
+    text = "\n".join(lines) + "\n"
+    out = Path(__file__).resolve().parent / "results" / "latest.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    print()
+    print(text)
+    key = [r for r in rows if r[0] == "split" and r[1] == 64]
+    ratio = key[0][2] / key[0][4] if key and key[0][4] else 0.0
+    print(f"speed_ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
