@@ -353,3 +353,16 @@ def test_port_and_forward_tables_load(tmp_path):
     assert cfg.port[0].vdev.args["queues"] == "2"
     f = cfg.forward
     assert (f.mode, f.rxq, f.txpkts, f.stats_period, f.eth_peer) == ("macswap", 2, [2000, 2000], 0.5, {1: "02:00:00:00:00:09"})
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "configs").glob("*.toml"))
+    assert files
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.port, f
+    embedded = root / "dataplane" / "configs" / "default.toml"
+    assert embedded.read_text() == (root / "configs" / "default.toml").read_text()
