@@ -316,6 +316,7 @@ def test_changed_mem_table_is_remapped_by_the_lcore(echo1):
         fe.start(num_queues=1, queue_size=256, features=bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES))
         echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
         before = echo1.stats()["ports"]["net_vhost0"]["stats"]["ipackets"]
+        errors_before = echo1.stats()["ports"]["net_vhost0"]["stats"]["ierrors"]
         tx = fe.vrings[1]
 
         def post(i, region):
@@ -335,7 +336,7 @@ def test_changed_mem_table_is_remapped_by_the_lcore(echo1):
             post(i, 1)  # buffers in the new region
         s = echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["stats"]["ipackets"] - before >= 6)
         assert s["ports"]["net_vhost0"]["stats"]["ipackets"] - before == 6
-        assert s["ports"]["net_vhost0"]["stats"]["ierrors"] == 0
+        assert s["ports"]["net_vhost0"]["stats"]["ierrors"] == errors_before
         assert fe.get_vring_base(1) == 6
     finally:
         fe.close()
