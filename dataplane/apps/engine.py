@@ -33,9 +33,10 @@ from dataplane.apps import fwd_loop as FL
 from dataplane.apps.fwd_modes import FLOWGEN_DEFAULT_FLOWS, csum_counters
 from dataplane.config import FORWARD_MODES, ForwardConfig
 from dataplane.ethdev import EthdevError
-from dataplane.ethdev.queue import KIND_NONE, KIND_RING, KIND_VHOST, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.queue import KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.ethdev.ring import DRIVER_NAME as RING_DRIVER, RingPort
-from dataplane.ethdev.vhost import DRIVER_NAME as VHOST_DRIVER, VhostPort, lcore_queues
+from dataplane.ethdev.vhost import DRIVER_NAME as VHOST_DRIVER, VhostPort
+from dataplane.ethdev.virtio_user import DRIVER_NAME as VIRTIO_DRIVER, VirtioUserPort
 from dataplane.lcores import launch
 from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
 
@@ -121,8 +122,12 @@ class Engine:
             self.run_flag[:] = 0
             self.port_up = self._zone(_PORTS, self.nb_ports)
             self.port_up[:] = 1
-            _warm_up(len(self.streams))  # compile before any port is up (a second start loads the cache)
-            for p in self.ports:
+            if fwd_fn is None:  # compile before any port is up (a second start loads the cache)
+                kinds = [p.kind for p in self.ports]
+                _warm_up([_loop_shapes([s for s in self.streams if s.lcore == lc], kinds)
+                          for lc in {s.lcore for s in self.streams}])
+            # listening sockets first: a virtio-user of this engine may connect to a vhost port of it
+            for p in sorted(self.ports, key=lambda p: not isinstance(p, VhostPort)):
                 p.start()
         except BaseException:
             self.close()
@@ -148,13 +153,20 @@ class Engine:
             port.mac = mac_int("56:48:4F:53:54:00") + pid  # DPDK's vhost PMD address
             port.kind = "vhost"
             return port
+        if d.name.startswith(VIRTIO_DRIVER):
+            port = VirtioUserPort(d, pid, memory=self.memory, mempool=self.pool, launcher=self.launcher,
+                                  max_rx_pkt_len=max(1518, sum(self.fwd.txpkts)))
+            if port.nb_queues < max(self.fwd.rxq, self.fwd.txq):
+                port.close()
+                raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for more")
+            return port
         if d.name.startswith(RING_DRIVER):
             port = RingPort(d, pid, memory=self.memory)
             if port.nb_queues < max(self.fwd.rxq, self.fwd.txq):
                 raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for more")
             port.mac = mac_int("02:70:63:61:70:00") + pid
             return port
-        raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {RING_DRIVER}N)")
+        raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {VIRTIO_DRIVER}N, {RING_DRIVER}N)")
 
     def _link_ring_peers(self) -> None:
         names = {p.name: p for p in self.ports}
@@ -191,10 +203,10 @@ class Engine:
             i += take
         for s in out:  # a vhost vring is polled by the lcore of the stream using it
             rx, tx = self.ports[s.rx_port], self.ports[s.tx_port]
-            if isinstance(rx, VhostPort):
-                rx.handoff.place(2 * s.rx_queue + 1, s.lcore)
-            if isinstance(tx, VhostPort):
-                tx.handoff.place(2 * s.tx_queue, s.lcore)
+            if isinstance(rx, (VhostPort, VirtioUserPort)):
+                rx.handoff.place(_vring(rx.kind, s.rx_queue, "rx"), s.lcore)
+            if isinstance(tx, (VhostPort, VirtioUserPort)):
+                tx.handoff.place(_vring(tx.kind, s.tx_queue, "tx"), s.lcore)
         return out
 
     # -- forwarding -----------------------------------------------------------------
@@ -235,7 +247,7 @@ class Engine:
             return self.forward_stats()
         self.run_flag[0] = 0
         try:
-            self.launcher.mp_wait_lcore(timeout=10)
+            self.launcher.mp_wait_lcore(timeout=60)
         finally:
             self.running = False
         return self.forward_stats()
@@ -318,11 +330,19 @@ class Engine:
         self.close()
 
 
-def _warm_up(nstreams: int) -> None:
-    """Compile the loop for this stream count here, once; lcores then load it from the disk cache."""
+def _loop_shapes(specs: list[StreamSpec], kinds: list[str]) -> tuple[int, int]:
+    """(streams, watched ports) of one lcore: the loop's tuple sizes, which its numba type depends on."""
+    watched = {p for s in specs for p in (s.rx_port, s.tx_port) if kinds[p] in ("vhost", "virtio")}
+    return len(specs), max(1, len(watched))
+
+
+def _warm_up(shapes, loop=None) -> None:
+    """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it, or loads it
+    from the disk cache, here and now rather than while rings are attached."""
     from dataplane.vhost.handoff import warm_up
 
     warm_up()
+    loop = loop or FL.fwd_loop
     mp = mempool_lookup(_memory(), _POOL)
     q = make_port_queue(KIND_NONE)
     st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64),
@@ -330,8 +350,10 @@ def _warm_up(nstreams: int) -> None:
     watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
-    FL.fwd_loop(tuple(st for _ in range(nstreams)), (watch,), mp.arrays, 0, np.ones(16, np.uint32),
-                np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), np.zeros(1024, np.uint32))
+    for nstreams, nwatches in sorted(set(shapes)):
+        loop(tuple(st for _ in range(nstreams)), tuple(watch for _ in range(nwatches)), mp.arrays, 0,
+             np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(),
+             np.zeros(1024, np.uint32))
 
 
 def _memory():
@@ -352,16 +374,21 @@ def _lcore_main(arg):
     fstats = mem.memzone_lookup(_FSTATS).view(np.int64).reshape(-1, FL.S_SLOTS)
     run = mem.memzone_lookup(_RUN).view(np.uint32)
     stop = launch.stop_flag()
-    # vhost vrings this lcore uses, per port: Rx = 2q+1, Tx = 2q
+    # vrings this lcore uses, per vhost / virtio-user port (see _vring)
     vq: dict[int, list[int]] = {}
     for s in specs:
-        if ports[s.rx_port]["kind"] == "vhost":
-            vq.setdefault(s.rx_port, []).append(2 * s.rx_queue + 1)
-        if ports[s.tx_port]["kind"] == "vhost":
-            vq.setdefault(s.tx_port, []).append(2 * s.tx_queue)
+        for p, q, role in ((s.rx_port, s.rx_queue, "rx"), (s.tx_port, s.tx_queue, "tx")):
+            if ports[p]["kind"] in ("vhost", "virtio"):
+                vq.setdefault(p, []).append(_vring(ports[p]["kind"], q, role))
     from dataplane.vhost.handoff import LcoreVrings
+    from dataplane.virtio.handoff import LcoreVirtioQueues
 
-    lvs = {p: LcoreVrings(ports[p]["name"], sorted(set(q)), memory=mem, port=p) for p, q in vq.items()}
+    lvs = {}
+    for p, q in vq.items():
+        if ports[p]["kind"] == "vhost":
+            lvs[p] = LcoreVrings(ports[p]["name"], sorted(set(q)), memory=mem, port=p)
+        else:
+            lvs[p] = LcoreVirtioQueues(ports[p]["name"], sorted(set(q)), memory=mem)
     rings = {}
     for s in specs:
         for p, q, role in ((s.rx_port, s.rx_queue, "rx"), (s.tx_port, s.tx_queue, "tx")):
@@ -390,6 +417,7 @@ def _lcore_main(arg):
             watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
         return tuple(out), watches
 
+    _warm_up([_loop_shapes(specs, [p["kind"] for p in ports])], loop)  # before any ring is attached
     for lv in lvs.values():  # attach the rings already handed over (tx_first must find them)
         if lv.changed():
             lv.service(wait=0.01)
@@ -412,14 +440,24 @@ def _lcore_main(arg):
             lv.close()
 
 
+def _vring(kind: str, q: int, role: str) -> int:
+    """The vring of port queue ``q`` in direction ``role``: a vhost port receives from the guest's
+    Tx vring 2q+1 and sends into its Rx vring 2q; a virtio-user port is the guest (Rx 2q, Tx 2q+1)."""
+    if kind == "vhost":
+        return 2 * q + 1 if role == "rx" else 2 * q
+    return 2 * q if role == "rx" else 2 * q + 1
+
+
 def _queue(port: dict, pid: int, q: int, role: str, lvs, rings, qstats, port_up):
     common = dict(counters=qstats[pid, q], port_id=pid, port_up=port_up)
-    if port["kind"] == "vhost":
+    if port["kind"] in ("vhost", "virtio"):
         lv = lvs[pid]
-        qid = 2 * q + 1 if role == "rx" else 2 * q
-        ctx = lv.ctxs[lv.qids.index(qid)]
-        kind = KIND_VHOST if lv.queues[lv.qids.index(qid)] is not None else KIND_NONE
-        return make_port_queue(kind, vhost=ctx, **common)
+        i = lv.qids.index(_vring(port["kind"], q, role))
+        if not lv.attached[i]:
+            return make_port_queue(KIND_NONE, **common)
+        if port["kind"] == "vhost":
+            return make_port_queue(KIND_VHOST, vhost=lv.ctxs[i], **common)
+        return make_port_queue(KIND_VIRTIO, virtio=lv.ctxs[i], **common)
     r = rings[(pid, q, role)]
     if role == "rx":
         return make_port_queue(KIND_RING, ring_rx=r, **common)

@@ -10,6 +10,8 @@ for every kind (the unused ones hold small dummies) and a ``kind`` tag that
   (Rx: the guest's Tx vring; Tx: its Rx vring).
 * :data:`KIND_RING` -- ``ring_rx`` / ``ring_tx``: ``(hdr, slots)`` of two shared
   :mod:`~dataplane.rings.ring` rings carrying mbuf indices.
+* :data:`KIND_VIRTIO` -- ``virtio``: a :data:`~dataplane.virtio.handoff.VirtioQueueCtx`
+  (a virtio-user port's Rx or Tx queue).
 
 ``counters`` (int64, :data:`Q_*` slots, usually shared memory) is counted
 here for every kind, so port statistics do not depend on the kind:
@@ -26,12 +28,14 @@ import numpy as np
 from dataplane.ethdev.vhost import vhost_rx_burst, vhost_tx_burst
 from dataplane.rings.jit import inline_kernel
 from dataplane.rings.ring import ring_dequeue_burst, ring_enqueue_burst
+from dataplane.virtio.handoff import dummy_ctx as virtio_dummy_ctx, virtio_rx_burst, virtio_tx_burst
 
 __all__ = [
     "PortQueue",
     "KIND_NONE",
     "KIND_VHOST",
     "KIND_RING",
+    "KIND_VIRTIO",
     "Q_RX_PACKETS",
     "Q_RX_BYTES",
     "Q_TX_PACKETS",
@@ -47,6 +51,7 @@ __all__ = [
 KIND_NONE = 0
 KIND_VHOST = 1
 KIND_RING = 2
+KIND_VIRTIO = 3
 
 Q_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_dropped")
 Q_RX_PACKETS, Q_RX_BYTES, Q_TX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED = range(len(Q_NAMES))
@@ -58,6 +63,7 @@ PortQueue = namedtuple(
         "kind",  # int64 array [2]: KIND_*, port id (an array so the tuple type never depends on a value)
         "port_up",  # int64 array (shared): port_up[port id] == 0 -> port stopped, bursts do nothing
         "vhost",  # VhostQueueCtx
+        "virtio",  # VirtioQueueCtx
         "ring_rx_hdr",
         "ring_rx_slots",
         "ring_tx_hdr",
@@ -75,13 +81,14 @@ def _dummies():
         from dataplane.vhost.handoff import _disabled_queue
 
         _DUMMY["vhost"] = _disabled_queue().ctx
+        _DUMMY["virtio"] = virtio_dummy_ctx()
         _DUMMY["hdr"] = np.zeros(128, np.uint32)
         _DUMMY["slots"] = np.zeros(1, np.uint64)
     return _DUMMY
 
 
-def make_port_queue(kind: int, *, vhost=None, ring_rx=None, ring_tx=None, counters=None, burst: int = 512,
-                    port_id: int = 0, port_up=None) -> PortQueue:
+def make_port_queue(kind: int, *, vhost=None, virtio=None, ring_rx=None, ring_tx=None, counters=None,
+                    burst: int = 512, port_id: int = 0, port_up=None) -> PortQueue:
     """A :data:`PortQueue`; ``ring_rx`` / ``ring_tx`` are :class:`~dataplane.rings.ring.Ring` objects;
     ``port_up`` a shared int64 array of port states (default: always up)."""
     d = _dummies()
@@ -91,6 +98,7 @@ def make_port_queue(kind: int, *, vhost=None, ring_rx=None, ring_tx=None, counte
         kind=np.array([kind, port_id], np.int64),
         port_up=port_up,
         vhost=d["vhost"] if vhost is None else vhost,
+        virtio=d["virtio"] if virtio is None else virtio,
         ring_rx_hdr=d["hdr"] if ring_rx is None else ring_rx.hdr,
         ring_rx_slots=d["slots"] if ring_rx is None else ring_rx.slots,
         ring_tx_hdr=d["hdr"] if ring_tx is None else ring_tx.hdr,
@@ -117,6 +125,8 @@ def port_rx_burst(q, mp, lcore, pkts, n):
     got = 0
     if k == KIND_VHOST:
         got = vhost_rx_burst(q.vhost, mp, lcore, pkts, n)
+    elif k == KIND_VIRTIO:
+        got = virtio_rx_burst(q.virtio, mp, lcore, pkts, n)
     elif k == KIND_RING:
         got = ring_dequeue_burst(q.ring_rx_hdr, q.ring_rx_slots, q.scratch, n, True)
         for i in range(got):
@@ -141,6 +151,8 @@ def port_tx_burst(q, mp, lcore, pkts, n):
     sent = 0
     if k == KIND_VHOST:
         sent = vhost_tx_burst(q.vhost, mp, lcore, pkts, n)
+    elif k == KIND_VIRTIO:
+        sent = virtio_tx_burst(q.virtio, mp, lcore, pkts, n)
     elif k == KIND_RING:
         for i in range(n):
             q.scratch[i] = np.uint64(pkts[i])

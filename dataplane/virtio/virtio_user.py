@@ -122,6 +122,20 @@ class VirtioUser:
         self.promisc = True
         self.allmulti = False
         self._mac = args.mac
+        #: Data-path hooks for lcores that poll the queues from other processes
+        #: (:class:`~dataplane.virtio.handoff.VirtioHandoff`): ``on_queues_start(port)``
+        #: once the rings are fresh and the link comes up, ``on_queues_stop(port)``
+        #: before anything resets or frees them (it returns once no lcore touches them).
+        self.datapath = None
+
+    def _datapath(self, what: str) -> None:
+        hooks = self.datapath
+        if hooks is None:
+            return
+        try:
+            getattr(hooks, what)(self)
+        except Exception as e:  # the control thread must survive a data-path bug
+            log.error("virtio_user data-path hook failed", port=self.args.name, hook=what, error=repr(e))
 
     # -- probe ------------------------------------------------------------------------
 
@@ -279,6 +293,7 @@ class VirtioUser:
 
     def _connected(self, sock: socket.socket) -> bool:
         """Negotiate and start on a fresh connection; False (socket closed, link down) on failure."""
+        self._datapath("on_queues_stop")  # the rings are about to be reset
         chan = VhostUserChannel(sock, self.timeout)
         with self._lock:
             try:
@@ -328,6 +343,7 @@ class VirtioUser:
             self.connects += 1
         log.info("virtio_user connected", port=self.args.name, features=features_str(features), rx_path=paths.rx,
                  tx_path=paths.tx, hdr_len=self.hdr_len, protocol_features=hex(chan.protocol_features))
+        self._datapath("on_queues_start")
         self._set_link(True)
         return True
 
@@ -338,6 +354,7 @@ class VirtioUser:
         return out
 
     def _disconnect(self) -> None:
+        self._datapath("on_queues_stop")
         with self._lock:
             chan, self._chan = self._chan, None
             if chan is not None:
@@ -354,6 +371,7 @@ class VirtioUser:
             self._thread = None
         if self._chan is not None:
             self._disconnect()
+        self._datapath("on_queues_stop")
         with self._lock:
             self._free_queues()
         if self._listener is not None:
