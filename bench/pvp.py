@@ -5,15 +5,16 @@ Usage::
 
     python bench/pvp.py [--seconds S] [--sizes 64,1518] [--rings split,packed]
 
-Topology, 1 queue, the same for both back-ends: a ``dpdk-testpmd`` with
-``net_virtio_user`` (DPDK's defaults: mergeable buffers, IN_ORDER, 256
-entries) in io mode seeds the loop with ``start tx_first 32`` (32 bursts of
-32 packets) from cpu 0; the vhost side forwards every packet straight back
-(io) on cpu 1:
+Topology, 1 queue, two processes: a virtio-user side (DPDK's defaults:
+mergeable buffers, IN_ORDER, 256 entries) in io mode seeds the loop with
+``start tx_first 32`` (32 bursts of 32 packets) from cpu 0; the vhost side
+forwards every packet straight back (io) on cpu 1.  Each side is either
 
-* **dataplane**: ``dataplane -l 0-1 --vdev net_vhost0,... -- -i --forward-mode=io``
-  (one forwarding lcore on cpu 1; the main lcore only serves the socket);
-* **DPDK**: ``dpdk-testpmd --vdev net_vhost0,... -- -i --forward-mode=io`` on cpu 1.
+* **dataplane**: ``dataplane --vdev net_vhost0,... -- -i --forward-mode=io`` (forwarding
+  lcore on cpu 1) and ``dataplane --lcores 0@0,1@0 --vdev net_virtio_user0,... -- -i``; or
+* **DPDK**: two ``dpdk-testpmd`` with the same vdevs and cpus.
+
+A third figure has DPDK's virtio-user driving dataplane's vhost port.
 
 Figures: the vhost side's received packets per second (median of 1-s
 samples after a 1-s warm-up, from ``show port stats``), and CPU seconds per
@@ -68,21 +69,25 @@ def _backend(kind: str, sock: str) -> Testpmd:
     return Testpmd(eal, app, cpus="1", mbufs=16384, memory_mb=1024)
 
 
-def _generator(sock: str, packed: bool, size: int) -> Testpmd:
-    tp = Testpmd(["--vdev", f"net_virtio_user0,path={sock},queues=1,packed_vq={int(packed)}"],
-                 ["--nb-cores=1", "--burst=32", "--enable-scatter", f"--txpkts={size}", "--forward-mode=io"],
-                 cpus="0", mbufs=16384, memory_mb=1024)
+def _generator(sock: str, packed: bool, size: int, kind: str = "dpdk") -> Testpmd:
+    vdev = f"net_virtio_user0,path={sock},queues=1,packed_vq={int(packed)}"
+    app = ["--nb-cores=1", "--burst=32", f"--txpkts={size}", "--forward-mode=io"]
+    if kind == "dataplane":
+        tp = dataplane_shell(["--vdev", vdev], app, lcores="0@0,1@0", mbufs=16384, memory_mb=512)
+    else:
+        tp = Testpmd(["--vdev", vdev], app + ["--enable-scatter"], cpus="0", mbufs=16384, memory_mb=1024)
     tp.wait_link(0)
     return tp
 
 
-def measure(kind: str, packed: bool, size: int, seconds: float, sock_dir: str) -> tuple[float, float]:
-    """(Mpps, CPU seconds per million packets) of the vhost side."""
+def measure(kind: str, packed: bool, size: int, seconds: float, sock_dir: str, gen_kind: str | None = None):
+    """(Mpps, CPU seconds per million packets) of the vhost side; the virtio-user side is
+    ``gen_kind`` (default: the same program as the vhost side)."""
     sock = os.path.join(sock_dir, f"{kind}.sock")
     be = _backend(kind, sock)
     try:
         be.cmd("start")
-        gen = _generator(sock, packed, size)
+        gen = _generator(sock, packed, size, gen_kind or kind)
         try:
             gen.cmd(f"set txpkts {size}")
             gen.cmd("start tx_first 32")
@@ -153,9 +158,11 @@ def main() -> int:
             for size in (int(s) for s in args.sizes.split(",")):
                 ours, ours_cpu = measure("dataplane", ring == "packed", size, args.seconds, sock_dir)
                 dpdk, dpdk_cpu = measure("dpdk", ring == "packed", size, args.seconds, sock_dir)
-                rows.append((ring, size, ours, ours_cpu, dpdk, dpdk_cpu))
+                mixed, _ = measure("dataplane", ring == "packed", size, args.seconds, sock_dir, gen_kind="dpdk")
+                rows.append((ring, size, ours, ours_cpu, dpdk, dpdk_cpu, mixed))
                 print(f"  {ring:6} {size:5} B: dataplane {ours:6.2f} Mpps ({ours_cpu:.2f} cpu-s/Mpkt)  "
-                      f"DPDK {dpdk:6.2f} Mpps ({dpdk_cpu:.2f} cpu-s/Mpkt)", flush=True)
+                      f"DPDK {dpdk:6.2f} Mpps ({dpdk_cpu:.2f} cpu-s/Mpkt)  DPDK virtio-user -> dataplane vhost "
+                      f"{mixed:6.2f} Mpps", flush=True)
     finally:
         os.rmdir(sock_dir)
     load_after = os.getloadavg()[0]
@@ -165,19 +172,22 @@ def main() -> int:
         f"`python3 bench/pvp.py` on {time.strftime('%Y-%m-%d %H:%M')}; load average after: {load_after:.2f}.",
         f"Warm start: ready prompt after {ready:.2f} s, first forwarded packet after {first:.2f} s.",
         "",
-        "| ring | size | dataplane Mpps | dataplane cpu-s/Mpkt | DPDK Mpps | DPDK cpu-s/Mpkt | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "Both sides dataplane (virtio-user and vhost ports, two processes) against both sides dpdk-testpmd;",
+        "the last column has DPDK's virtio-user driving dataplane's vhost port.",
+        "",
+        "| ring | size | dataplane Mpps | dataplane cpu-s/Mpkt | DPDK Mpps | DPDK cpu-s/Mpkt | ratio | DPDK→dataplane vhost Mpps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for ring, size, ours, oc, dpdk, dc in rows:
+    for ring, size, ours, oc, dpdk, dc, mixed in rows:
         ratio = ours / dpdk if dpdk else float("nan")
-        lines.append(f"| {ring} | {size} B | {ours:.2f} | {oc:.3f} | {dpdk:.2f} | {dc:.3f} | {ratio:.2f} |")
+        lines.append(f"| {ring} | {size} B | {ours:.2f} | {oc:.3f} | {dpdk:.2f} | {dc:.3f} | {ratio:.2f} | {mixed:.2f} |")
     text = "\n".join(lines) + "\n"
     out = Path(__file__).resolve().parent / "results" / "latest.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print()
     print(text)
-    key = [r for r in rows if r[0] == "split" and r[1] == 64]
+    key = [r for r in rows if r[0] == "split" and r[1] == 64]  # dataplane both sides ÷ DPDK both sides
     ratio = key[0][2] / key[0][4] if key and key[0][4] else 0.0
     print(f"speed_ratio={ratio:.3f}")
     return 0

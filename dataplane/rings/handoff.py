@@ -310,6 +310,9 @@ class LcoreQueues:
         """Let go of slot ``i`` (its context is no longer used); returns the indices to hand back."""
         raise NotImplementedError
 
+    def report_errors(self) -> None:
+        """Log what went wrong on the attached queues since the last call (poll loops call this now and then)."""
+
     # -- protocol ---------------------------------------------------------------------
     def changed(self) -> bool:
         return bool(queues_changed(self.ctl, self.qids_arr, self.gens))

@@ -144,6 +144,7 @@ class LcoreVirtioQueues(H.LcoreQueues):
         super().__init__(name, qids, memory=memory)
         self.queues: list[VirtQueue | None] = [None] * len(self.qids)
         self._kicks = [-1] * len(self.qids)
+        self._broken_seen = [False] * len(self.qids)
 
     def attach_queue(self, i: int, spec: dict, fds: list[int], resume):
         try:
@@ -165,7 +166,16 @@ class LcoreVirtioQueues(H.LcoreQueues):
         cfg[V_HDR_IOVA] = int(q.hdr_iova)
         self.queues[i] = q
         self._kicks[i] = kick
+        self._broken_seen[i] = False
         return queue_ctx(q, cfg)
+
+    def report_errors(self) -> None:
+        """Log, once per attach, a queue the back-end corrupted (the main process drops the connection)."""
+        for i, q in enumerate(self.queues):
+            if q is not None and q.broken and not self._broken_seen[i]:
+                self._broken_seen[i] = True
+                log.error("virtio-user queue broken by the back-end: stopped", port=self.name, qid=self.qids[i],
+                          bad_used=q.bad_used)
 
     def detach_queue(self, i: int):
         self.queues[i] = None
