@@ -125,3 +125,24 @@ def _xstats(dp: Testpmd) -> dict[str, int]:
         if v.strip().isdigit():
             out[k.strip()] = int(v)
     return out
+
+
+def test_dts_loopback_script_with_dataplane_as_the_virtio_user_side(sock):
+    """The same DTS script with dataplane in the virtio-user testpmd's place (DPDK's vhost opposite)."""
+    with Testpmd(["--vdev", f"net_vhost0,iface={sock},queues=1"], ["--nb-cores=1"], cpus="0", mbufs=8192) as vh:
+        vh.cmd("set fwd mac")
+        vh.cmd("start")
+        with dataplane_shell(["--vdev", f"net_virtio_user0,path={sock},queues=1,mrg_rxbuf=1,in_order=1"],
+                             ["--nb-cores=1"]) as dp:
+            dp.cmd("set fwd mac")
+            dp.cmd("start tx_first 32")
+            assert _rx_pps(dp) > 10_000
+            dp.cmd("stop")
+            dp.cmd("port stop 0")
+            assert _rx_pps(dp) == 0
+            dp.cmd("port start 0")
+            dp.cmd("set burst 1")
+            dp.cmd("start tx_first 1")
+            assert _rx_pps(dp) > 1_000
+            assert "Accumulated forward statistics" in dp.cmd("stop")
+        vh.cmd("stop")
