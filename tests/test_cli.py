@@ -117,3 +117,32 @@ def test_run_config_errors_are_one_line_exit_2(tmp_path, body, expected):
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and expected in err[0], r.stderr
+
+
+def test_batch_mode_prints_stats_every_period_and_summary_on_sigint(tmp_path):
+    env = dict(os.environ, DATAPLANE_RUNTIME_DIR=str(tmp_path))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "-l", LCORES, "--no-huge", "-m", "128", "--vdev", "net_ring0",
+         "--", "--forward-mode=io", "--tx-first", "--stats-period=0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        lines = []
+        while sum("NIC statistics for port 0" in line for line in lines) < 2 and time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    text = "".join(lines) + out
+    assert p.returncode == 0, err[-3000:]
+    assert text.count("NIC statistics for port 0") >= 2
+    acc = text.split("Accumulated forward statistics")[1]
+    rx = int(acc.split("RX-packets:")[1].split()[0])
+    assert rx > 0 and "TX-dropped: 0" in acc and "Bye..." in text
