@@ -65,6 +65,21 @@ def _rx_pps(dp: Testpmd, port: int = 0) -> int:
     return int(block.split("Rx-pps:")[1].split()[0])
 
 
+def _dts_port_restart(dp: Testpmd) -> None:
+    """The DTS loopback_multi_paths_port_restart steps, typed into ``dp`` as into testpmd."""
+    assert "Set mac packet forwarding mode" in dp.cmd("set fwd mac")
+    dp.cmd("start tx_first 32")
+    assert _rx_pps(dp) > 10_000  # the loop carries traffic
+    dp.cmd("stop")
+    dp.cmd("port stop 0")
+    assert _rx_pps(dp) == 0
+    dp.cmd("port start 0")
+    dp.cmd("set burst 1")
+    dp.cmd("start tx_first 1")
+    assert _rx_pps(dp) > 1_000
+    assert "Accumulated forward statistics" in dp.cmd("stop")
+
+
 def test_dts_loopback_port_restart_script(sock):
     """DTS loopback_multi_paths_port_restart, with dataplane in testpmd's place on the vhost side."""
     with dataplane_shell(["--vdev", f"net_vhost0,iface={sock},queues=1"], ["--nb-cores=1"]) as dp:
@@ -72,18 +87,7 @@ def test_dts_loopback_port_restart_script(sock):
             tp.wait_link(0)
             tp.cmd("set fwd mac")
             tp.cmd("start")
-            assert "Set mac packet forwarding mode" in dp.cmd("set fwd mac")
-            dp.cmd("start tx_first 32")
-            assert _rx_pps(dp) > 10_000  # the loop carries traffic
-            dp.cmd("stop")
-            dp.cmd("port stop 0")
-            assert _rx_pps(dp) == 0
-            dp.cmd("port start 0")
-            dp.cmd("set burst 1")
-            dp.cmd("start tx_first 1")
-            assert _rx_pps(dp) > 1_000
-            out = dp.cmd("stop")
-            assert "Accumulated forward statistics" in out
+            _dts_port_restart(dp)
             tp.cmd("stop")
 
 
@@ -134,15 +138,5 @@ def test_dts_loopback_script_with_dataplane_as_the_virtio_user_side(sock):
         vh.cmd("start")
         with dataplane_shell(["--vdev", f"net_virtio_user0,path={sock},queues=1,mrg_rxbuf=1,in_order=1"],
                              ["--nb-cores=1"]) as dp:
-            dp.cmd("set fwd mac")
-            dp.cmd("start tx_first 32")
-            assert _rx_pps(dp) > 10_000
-            dp.cmd("stop")
-            dp.cmd("port stop 0")
-            assert _rx_pps(dp) == 0
-            dp.cmd("port start 0")
-            dp.cmd("set burst 1")
-            dp.cmd("start tx_first 1")
-            assert _rx_pps(dp) > 1_000
-            assert "Accumulated forward statistics" in dp.cmd("stop")
+            _dts_port_restart(dp)
         vh.cmd("stop")
