@@ -418,8 +418,9 @@ def _lcore_main(arg):
         return tuple(out), watches
 
     _warm_up([_loop_shapes(specs, [p["kind"] for p in ports])], loop)  # before any ring is attached
+    deadline = time.monotonic() + 1.0
     for lv in lvs.values():  # attach the rings already handed over (tx_first must find them)
-        if lv.changed():
+        while lv.changed() and time.monotonic() < deadline:
             lv.service(wait=0.01)
     streams, watches = build()
     try:
