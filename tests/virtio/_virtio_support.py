@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import threading
 import time
 
 import numpy as np
 
 from dataplane.memory.mempool import pktmbuf_from_bytes, pktmbuf_to_bytes
-
-TESTPMD = shutil.which("dpdk-testpmd")
-
+from dataplane.testing.testpmd import TESTPMD, Testpmd
 
 class VhostTestpmd:
-    """``dpdk-testpmd --vdev net_vhost0,iface=SOCK,queues=N[,client=1]`` forwarding in io mode."""
+    """``dpdk-testpmd --vdev net_vhost0,iface=SOCK,queues=N[,client=1]`` forwarding in io mode (auto-started),
+    over the shared driver :class:`dataplane.testing.testpmd.Testpmd`."""
 
     def __init__(self, sock: str, prefix: str, queues: int = 1, client: bool = False, mode: str = "io"):
         self.sock = sock
@@ -25,23 +20,20 @@ class VhostTestpmd:
         self.queues = queues
         self.client = client
         self.mode = mode
-        self.proc: subprocess.Popen | None = None
-        self.out: list[str] = []
+        self.tp: Testpmd | None = None
+
+    @property
+    def proc(self):
+        return None if self.tp is None else self.tp.proc
 
     def start(self) -> "VhostTestpmd":
         vdev = f"net_vhost0,iface={self.sock},queues={self.queues}" + (",client=1" if self.client else "")
-        cmd = [
-            TESTPMD, "--no-huge", "-m", "512", "--lcores", "0@0,1@0", "--no-pci", "--file-prefix", self.prefix,
-            "--log-level=pmd.net.vhost:info", "--vdev", vdev, "--",
-            f"--rxq={self.queues}", f"--txq={self.queues}", "--nb-cores=1", f"--forward-mode={self.mode}",
-            "--port-topology=loop", "--auto-start", "--total-num-mbufs=4096",
-        ]
-        self.out = []
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out = self.out
-        proc = self.proc
-        self.reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-        self.reader.start()
+        self.tp = Testpmd(
+            ["--log-level=pmd.net.vhost:info", "--vdev", vdev],
+            [f"--rxq={self.queues}", f"--txq={self.queues}", "--nb-cores=1", f"--forward-mode={self.mode}",
+             "--port-topology=loop", "--auto-start"],
+            cpus="0", mbufs=4096, prefix=self.prefix,
+        )
         return self
 
     def wait_socket(self, timeout: float = 30) -> None:
@@ -52,32 +44,16 @@ class VhostTestpmd:
             time.sleep(0.05)
 
     def log(self) -> str:
-        return "".join(self.out)
+        return "" if self.tp is None else self.tp.output
 
     def stop(self, kill: bool = False) -> None:
-        p = self.proc
-        if p is None:
+        tp, self.tp = self.tp, None
+        if tp is None:
             return
-        if p.poll() is None:
-            if kill:
-                p.kill()
-            else:
-                p.send_signal(signal.SIGINT)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.reader.join(5)  # EOF after the exit: the reader is done with stdout
-        if p.stdout and not p.stdout.closed:
-            p.stdout.close()
-        if p.stdin:
-            try:
-                p.stdin.close()
-            except OSError:
-                pass
-        self.proc = None
-        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        if kill:
+            tp.kill()
+        else:
+            tp.close()
 
 
 def make_packet(size: int, seq: int, q: int = 0) -> bytes:
