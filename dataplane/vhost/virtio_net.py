@@ -729,14 +729,17 @@ def dequeue_burst(q, mp, lcore, pkts, n):
             pkts[out] = m
             out += 1
             _count_packet(cnt, seg_addr(mp, m), np.int64(mp.mbufs[m].pkt_len), np.int64(mp.mbufs[m].data_len))
-        head = np.int64(ch.head[k])
-        nd = np.int64(ch.ndesc[k])
         if not inorder:
-            _push(q, head, 0, nd)
-        elif packed:
-            packed_dev_push_used_inorder(q.packed, q.state, head, 0, nd)
-    if inorder and not packed:
-        split_dev_push_used_inorder(q.split, q.state, np.int64(ch.head[nf - 1]), 0, nf)
+            _push(q, np.int64(ch.head[k]), 0, np.int64(ch.ndesc[k]))
+    if inorder:
+        # one used entry (the last buffer's id) completes the whole burst
+        if packed:
+            slots = np.int64(0)
+            for k in range(nf):
+                slots += np.int64(ch.ndesc[k])
+            packed_dev_push_used_inorder(q.packed, q.state, np.int64(ch.head[nf - 1]), 0, slots)
+        else:
+            split_dev_push_used_inorder(q.split, q.state, np.int64(ch.head[nf - 1]), 0, nf)
     _flush(q)
     return out
 
