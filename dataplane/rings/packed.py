@@ -94,6 +94,7 @@ from numba import njit
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
 from dataplane.rings.jit import (
+    always_inline,
     inline_kernel,
     kernel,
     load_u16,
@@ -850,6 +851,7 @@ def packed_drv_init(vr: PackedVring, ds: PackedDrvState, num, features=0):
 @kernel
 def packed_drv_free_count(ds):
     """Free ring slots (a chain of k direct descriptors needs k, an indirect one 1)."""
+    always_inline()  # called once per packet from the virtio-user bursts
     return ds.state[DRV_NUM_FREE]
 
 
@@ -882,6 +884,7 @@ def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, i
     NEXT.  Every descriptor carries the id; the head's flags are written
     last with a release store, which makes the chain visible at once.
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if st[DRV_BROKEN] != 0 or nseg < 1:
         return -1
@@ -942,6 +945,7 @@ def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, i
 @kernel
 def packed_drv_add1(vr, ds, cookie, gpa, length, write):
     """One buffer of one element (the fast path of a Tx/Rx burst); returns its id or -1."""
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if st[DRV_BROKEN] != 0 or st[DRV_NUM_FREE] < 1:
         return -1
@@ -973,6 +977,7 @@ def packed_drv_need_kick(vr, ds):
     ``off_wrap`` was made available since the last decision (Linux's wrap-
     adjusted ``vring_need_event``; more than a ring's worth added → yes).
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     fence()  # descriptor flags stores before the load of the device's suppression flags
     added = st[DRV_NUM_ADDED]
@@ -1029,6 +1034,7 @@ def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     that is out of range or not outstanding marks the queue broken (nothing
     more is harvested or added).
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if st[DRV_BROKEN] != 0:
         return 0

@@ -79,7 +79,7 @@ from collections import namedtuple
 import numpy as np
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
-from dataplane.rings.jit import inline_kernel, kernel, load_u64, store_u64
+from dataplane.rings.jit import always_inline, inline_kernel, kernel, load_u64, store_u64
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,
@@ -735,6 +735,7 @@ def split_drv_init(vr: SplitVring, ds: SplitDrvState, num, features=0):
 
 @kernel
 def split_drv_free_count(ds):
+    always_inline()  # called once per packet from the virtio-user bursts
     return ds.state[DRV_NUM_FREE]
 
 
@@ -750,6 +751,7 @@ def split_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, in
     there are not enough free descriptors, ``nseg < 1``, an indirect table
     is asked for without FEAT_INDIRECT, or the ring is broken.
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if nseg < 1 or st[DRV_BROKEN]:
         return -1
@@ -799,6 +801,7 @@ def split_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, in
 @kernel
 def split_drv_add1(vr, ds, cookie, gpa, length, write):
     """Adds a single-descriptor buffer; returns its head or -1 (the hot Rx/Tx case)."""
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if st[DRV_NUM_FREE] < 1 or st[DRV_BROKEN]:
         return -1
@@ -826,6 +829,7 @@ def split_drv_publish(vr, ds):
     range (``vring_need_event``); otherwise kick unless the device set
     ``VRING_USED_F_NO_NOTIFY``.  Nothing new since the last publish: False.
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     new = st[DRV_AVAIL_IDX]
     old = st[DRV_KICKED_AVAIL]
@@ -871,6 +875,7 @@ def split_drv_get_used(vr, ds, out_cookies, out_lens, n):
     for a batch (see :func:`split_dev_push_used_inorder`); chains before
     its id are reported with their device-writable size.
     """
+    always_inline()  # called once per packet from the virtio-user bursts
     st = ds.state
     if st[DRV_BROKEN]:
         return 0
