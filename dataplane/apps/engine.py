@@ -145,28 +145,19 @@ class Engine:
 
     def _make_port(self, d, pid: int):
         if d.name.startswith(VHOST_DRIVER):
-            args = dict(d.args)
-            q = int(args.get("queues", "1"))
-            if q < max(self.fwd.rxq, self.fwd.txq):
-                raise EthdevError(f"{d.name}: queues={q} but --rxq/--txq ask for {max(self.fwd.rxq, self.fwd.txq)}")
             port = VhostPort(d, pid, memory=self.memory, launcher=self.launcher)
-            port.mac = mac_int("56:48:4F:53:54:00") + pid  # DPDK's vhost PMD address
-            port.kind = "vhost"
-            return port
-        if d.name.startswith(VIRTIO_DRIVER):
+        elif d.name.startswith(VIRTIO_DRIVER):
             port = VirtioUserPort(d, pid, memory=self.memory, mempool=self.pool, launcher=self.launcher,
                                   max_rx_pkt_len=max(1518, sum(self.fwd.txpkts)))
-            if port.nb_queues < max(self.fwd.rxq, self.fwd.txq):
-                port.close()
-                raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for more")
-            return port
-        if d.name.startswith(RING_DRIVER):
+        elif d.name.startswith(RING_DRIVER):
             port = RingPort(d, pid, memory=self.memory)
-            if port.nb_queues < max(self.fwd.rxq, self.fwd.txq):
-                raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for more")
-            port.mac = mac_int("02:70:63:61:70:00") + pid
-            return port
-        raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {VIRTIO_DRIVER}N, {RING_DRIVER}N)")
+        else:
+            raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {VIRTIO_DRIVER}N, {RING_DRIVER}N)")
+        want = max(self.fwd.rxq, self.fwd.txq)
+        if port.nb_queues < want:
+            port.close()
+            raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for {want}")
+        return port
 
     def _link_ring_peers(self) -> None:
         names = {p.name: p for p in self.ports}

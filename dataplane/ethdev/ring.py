@@ -34,6 +34,7 @@ class RingPort:
             devargs = parse_devargs(devargs)
         self.name = devargs.name
         self.port_id = int(port_id)
+        self.mac = 0x027063617000 + self.port_id  # locally administered, per port
         unknown = sorted(set(devargs.args) - set(_KEYS))
         if unknown:
             raise EthdevError(f"{self.name}: unknown devarg(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")

@@ -64,6 +64,8 @@ log = dplog.get_logger("dataplane.ethdev")
 DRIVER_NAME = "net_vhost"
 _FLAGS = ("client", "tso", "linear-buffer", "ext-buffer", "iommu-support", "postcopy-support")
 _KEYS = ("iface", "queues") + _FLAGS
+#: DPDK's vhost PMD MAC address (56:48:4F:53:54:xx, "VHOST" + port id).
+VHOST_PMD_MAC = 0x56484F535400
 #: DPDK's vhost PMD speed: 10 Gbit/s, full duplex.
 LINK_SPEED_MBPS = 10000
 
@@ -117,10 +119,13 @@ class VhostPortArgs:
 class VhostPort:
     """A ``net_vhost`` port in the main process: the socket, its device, link state and statistics."""
 
+    kind = "vhost"
+
     def __init__(self, devargs: Devargs | str, port_id: int = 0, *, library=None, memory=None, launcher=None):
         self.args = VhostPortArgs(devargs)
         self.name = self.args.name
         self.port_id = int(port_id)
+        self.mac = VHOST_PMD_MAC + self.port_id  # DPDK's vhost PMD address, per port
         self.nb_queues = self.args.queues
         self.library = library or vhost_lib.get_library()
         self.handoff = VringHandoff(self.name, 2 * self.nb_queues, memory=memory, launcher=launcher)
