@@ -96,11 +96,10 @@ def _facts(path: str) -> tuple[bytes, tuple[str, ...]]:
     return _file_facts(path, st.st_mtime_ns, st.st_size)
 
 
-def closure_stamp(path: str) -> str:
-    """Hash of ``path`` and of every dataplane module it imports, transitively."""
-    path = os.path.abspath(path)
+def closure_files(path: str) -> dict[str, bytes]:
+    """``path`` and every dataplane module it imports, transitively: file -> content hash."""
     seen: dict[str, bytes] = {}
-    todo = [path]
+    todo = [os.path.abspath(path)]
     while todo:
         p = todo.pop()
         if p in seen:
@@ -108,10 +107,15 @@ def closure_stamp(path: str) -> str:
         digest, deps = _facts(p)
         seen[p] = digest
         todo.extend(d for d in deps if d not in seen)
+    return seen
+
+
+def closure_stamp(path: str) -> str:
+    """Hash of ``path`` and of every dataplane module it imports, transitively."""
     h = hashlib.sha256()
-    for p in sorted(seen):
+    for p, digest in sorted(closure_files(path).items()):
         h.update(os.path.relpath(p, _PARENT).encode())
-        h.update(seen[p])
+        h.update(digest)
     return h.hexdigest()
 
 
