@@ -102,7 +102,10 @@ class VhostPortArgs:
             setattr(self, key.replace("-", "_"), v == "1")
 
     def flags(self) -> int:
-        f = vhost_lib.RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+        # Legacy (Tx) offload flags, unlike DPDK's vhost PMD: a guest's checksum or GSO
+        # request stays a Tx request on the mbuf, so the port that sends the packet on
+        # hands it to its peer (or completes it in software) instead of losing it.
+        f = 0
         if self.client:
             f |= vhost_lib.CLIENT
         if self.linear_buffer:
