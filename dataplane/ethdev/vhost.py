@@ -22,6 +22,13 @@ lcore; the lcore's loop builds its contexts with :func:`lcore_queues`
 (a :class:`~dataplane.vhost.handoff.LcoreVrings`) and calls
 :func:`vhost_rx_burst` / :func:`vhost_tx_burst` from numba.
 
+Offloads: a guest's checksum or GSO request (virtio-net header) becomes Tx
+offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
+uses the compliant Rx flags and completes checksums in software), so the port
+that sends the packet on hands the request to its own peer, or completes the
+checksum in software when that peer did not negotiate GUEST_CSUM. HOST_TSO4/6
+are offered only with ``tso=1``.
+
 Link: up while a device is running on the socket (``new_device`` ..
 ``destroy_device``); :meth:`VhostPort.on_link_change` registers a callback
 (DPDK's LSC event).  Statistics live in shared memory (written by the
