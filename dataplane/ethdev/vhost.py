@@ -26,7 +26,8 @@ Offloads: a guest's checksum or GSO request (virtio-net header) becomes Tx
 offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
 uses the compliant Rx flags and completes checksums in software), so the port
 that sends the packet on hands the request to its own peer, or completes the
-checksum in software when that peer did not negotiate GUEST_CSUM. HOST_TSO4/6
+checksum in software when that peer did not negotiate GUEST_CSUM (and cuts a
+TSO request into frames in software when it lacks GUEST_TSO4/6). HOST_TSO4/6
 are offered only with ``tso=1``.
 
 Link: up while a device is running on the socket (``new_device`` ..

@@ -106,6 +106,8 @@ __all__ = [
     "VIRTIO_NET_F",
     "F_CSUM",
     "F_GUEST_CSUM",
+    "F_GUEST_TSO4",
+    "F_GUEST_TSO6",
     "F_HOST_TSO4",
     "F_HOST_TSO6",
     "F_HOST_ECN",
@@ -125,6 +127,9 @@ __all__ = [
     "hdr_to_mbuf",
     "parse_headers",
     "mbuf_cksum",
+    "tso_frames",
+    "tso_first",
+    "tso_frame_hdr",
 ]
 
 # -- header values ------------------------------------------------------------
@@ -177,6 +182,8 @@ VIRTIO_NET_F = {
 }
 F_CSUM = 1 << VIRTIO_NET_F["CSUM"]
 F_GUEST_CSUM = 1 << VIRTIO_NET_F["GUEST_CSUM"]
+F_GUEST_TSO4 = 1 << VIRTIO_NET_F["GUEST_TSO4"]
+F_GUEST_TSO6 = 1 << VIRTIO_NET_F["GUEST_TSO6"]
 F_HOST_TSO4 = 1 << VIRTIO_NET_F["HOST_TSO4"]
 F_HOST_TSO6 = 1 << VIRTIO_NET_F["HOST_TSO6"]
 F_HOST_ECN = 1 << VIRTIO_NET_F["HOST_ECN"]
@@ -516,6 +523,9 @@ IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
 IPPROTO_FRAGMENT = 44
 TCP_CKSUM_OFF = 16
+TCP_FIN = 0x01
+TCP_PSH = 0x08
+TCP_CWR = 0x80
 UDP_CKSUM_OFF = 6
 SCTP_CKSUM_OFF = 8
 
@@ -701,6 +711,92 @@ def mbuf_to_hdr(mp, m, guest_csum):
         gso_size = np.int64(mb.tso_segsz)
         hdr_len = l2 + l3 + l4h
     return hdr_words(flags, gso_type, hdr_len, gso_size, cs_start, cs_off, 0)
+
+
+# =============================================================================
+# TCP segmentation in software (a TSO request for a guest without GUEST_TSO4/6)
+# =============================================================================
+
+
+@_kernel
+def tso_frames(mp, m):
+    """How many frames software segmentation cuts the TSO packet ``m`` into (0: it cannot:
+    headers not in the first segment, not TCP over IPv4/IPv6, no MSS, or nothing to cut)."""
+    mb = mp.mbufs[m]
+    ol = _U64(mb.ol_flags)
+    l2 = np.int64(mb.l2_len)
+    l3 = np.int64(mb.l3_len)
+    l4 = np.int64(mb.l4_len)
+    mss = np.int64(mb.tso_segsz)
+    hl = l2 + l3 + l4
+    payload = np.int64(mb.pkt_len) - hl
+    v4 = (ol & _IPV4) != _U64(0)
+    if (ol & _TSO) == _U64(0) or mss <= 0 or payload <= 0 or l4 < 20 or hl > np.int64(mb.data_len):
+        return np.int64(0)
+    if (v4 and l3 < 20) or (not v4 and ((ol & _IPV6) == _U64(0) or l3 < 40)):
+        return np.int64(0)
+    return (payload + mss - 1) // mss
+
+
+@_kernel
+def tso_frame_hdr(mp, m, f, nframes, seq0, id0, flags0, guest_csum):
+    """Rewrite the headers of TSO packet ``m`` (in its first segment) as those of frame ``f``
+    of ``nframes`` and return the frame's virtio-net header words (lo, hi).
+
+    ``seq0``/``id0``/``flags0``: the original TCP sequence number, IPv4 id and TCP flags
+    (:func:`tso_first`). Each frame carries ``tso_segsz`` payload bytes (the last the
+    rest): IP length, IPv4 id and header checksum, TCP sequence number, and FIN/PSH only
+    on the last frame, CWR only on the first. The TCP checksum is left partial with
+    NEEDS_CSUM for a guest with GUEST_CSUM, else completed here over the frame's bytes.
+    """
+    mb = mp.mbufs[m]
+    l2 = np.int64(mb.l2_len)
+    l3 = np.int64(mb.l3_len)
+    l4 = np.int64(mb.l4_len)
+    mss = np.int64(mb.tso_segsz)
+    hl = l2 + l3 + l4
+    poff = hl + f * mss
+    sl = min(mss, np.int64(mb.pkt_len) - poff)
+    ip = seg_addr(mp, m) + _U64(l2)
+    tcp = ip + _U64(l3)
+    v4 = (_U64(mb.ol_flags) & _IPV4) != _U64(0)
+    if v4:
+        st16(ip + _U64(2), bswap16(l3 + l4 + sl))
+        st16(ip + _U64(4), bswap16((np.int64(id0) + f) & 0xFFFF))
+        _ipv4_hdr_cksum(ip)
+    else:
+        st16(ip + _U64(4), bswap16(l3 - 40 + l4 + sl))
+    seq = (np.int64(seq0) + f * mss) & 0xFFFFFFFF
+    st32(tcp + _U64(4), _U64(bswap16(seq >> 16) | (bswap16(seq & 0xFFFF) << 16)))
+    fl = np.int64(flags0)
+    if f != nframes - 1:
+        fl &= ~(TCP_FIN | TCP_PSH)
+    if f != 0:
+        fl &= ~TCP_CWR
+    st8(tcp + _U64(13), fl)
+    if v4:
+        ph = _phdr_sum_v4(ip, l4 + sl)
+    else:
+        ph = _phdr_sum_v6(ip, l4 + sl, IPPROTO_TCP)
+    if guest_csum:
+        st16(tcp + _U64(TCP_CKSUM_OFF), _fold(ph))
+        return hdr_words(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, l2 + l3, TCP_CKSUM_OFF, 0)
+    st16(tcp + _U64(TCP_CKSUM_OFF), 0)
+    # the TCP header is 4-byte aligned in length: its sum and the payload's add as they are
+    c = _U64(mbuf_cksum(mp, m, l2 + l3, l4)) + _U64(mbuf_cksum(mp, m, poff, sl)) + ph
+    st16(tcp + _U64(TCP_CKSUM_OFF), ~_fold(c) & _U64(0xFFFF))
+    return hdr_words(0, 0, 0, 0, 0, 0, 0)
+
+
+@_kernel
+def tso_first(mp, m):
+    """The original (TCP sequence number, IPv4 id, TCP flags) of TSO packet ``m``, for :func:`tso_frame_hdr`."""
+    mb = mp.mbufs[m]
+    ip = seg_addr(mp, m) + _U64(mb.l2_len)
+    tcp = ip + _U64(mb.l3_len)
+    seq = (np.int64(be16(tcp + _U64(4))) << 16) | np.int64(be16(tcp + _U64(6)))
+    ident = np.int64(be16(ip + _U64(4))) if (_U64(mb.ol_flags) & _IPV4) != _U64(0) else np.int64(0)
+    return seq, ident, np.int64(ld8(tcp + _U64(13)))
 
 
 # =============================================================================

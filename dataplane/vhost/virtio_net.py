@@ -30,6 +30,14 @@ wants an interrupt (EVENT_IDX ``used_event`` / NO_INTERRUPT flag / packed
 event suppression) and a call fd is set — from numba, through a libc
 ``write`` intrinsic.
 
+* A TSO request (``TX_TCP_SEG``) for a guest that did not negotiate
+  GUEST_TSO4 (IPv4) / GUEST_TSO6 (IPv6) is done here in software: the packet
+  is cut into ``tso_segsz`` frames, each written as a packet of its own with
+  its headers rewritten (:func:`~dataplane.vhost.net_hdr.tso_frame_hdr`: IP
+  length/id/checksum, TCP sequence and flags, TCP checksum left to the guest
+  with GUEST_CSUM, else completed). If the ring fills up after some of its
+  frames went in, the packet counts as sent and its remaining frames as
+  ``C_DROPS`` (a NIC doing TSO loses them the same way).
 * Not enough buffers for a packet → the burst stops there (DPDK) and the
   chains reserved for it are given back to the ring ("unfetched": the ring
   indices move back; nothing was written).  Non-mergeable: a chain too small
@@ -75,7 +83,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from dataplane.memory.mbuf import MBUF_NEXT_NONE, MBUF_PORT_INVALID
+from dataplane.memory.mbuf import MBUF_NEXT_NONE, MBUF_PORT_INVALID, RTE_MBUF_F_TX_IPV4, RTE_MBUF_F_TX_TCP_SEG
 from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk
 from dataplane.rings.atomics import cas, load_relaxed, store_release
 from dataplane.rings.jit import always_inline, inline_kernel, kernel
@@ -124,6 +132,8 @@ from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
     F_EVENT_IDX,
     F_GUEST_CSUM,
+    F_GUEST_TSO4,
+    F_GUEST_TSO6,
     F_HOST_OFFLOAD,
     F_IN_ORDER,
     F_INDIRECT_DESC,
@@ -143,6 +153,9 @@ from dataplane.vhost.net_hdr import (
     st16,
     st32,
     st64,
+    tso_first,
+    tso_frame_hdr,
+    tso_frames,
 )
 
 __all__ = [
@@ -171,6 +184,7 @@ CFG_PORT = 7  # mbuf.port of dequeued packets
 CFG_ENABLED = 8  # 0: the bursts do nothing (ring disabled/stopped)
 CFG_HOST_OFFLOAD = 9  # CSUM / HOST_TSO4/6 / HOST_ECN / HOST_UFO negotiated: honour Tx headers
 CFG_GUEST_CSUM = 10  # GUEST_CSUM negotiated: the guest accepts NEEDS_CSUM
+CFG_GUEST_TSO = 11  # the GUEST_TSO4 / GUEST_TSO6 bits negotiated (else TSO requests are cut here)
 CFG_SLOTS = 16
 
 # -- counter slots (int64 array) --------------------------------------------------
@@ -243,6 +257,8 @@ _kernel = kernel
 _inline = inline_kernel
 _U64 = np.uint64
 _NONE = MBUF_NEXT_NONE
+_TSO = _U64(RTE_MBUF_F_TX_TCP_SEG)
+_IPV4 = _U64(RTE_MBUF_F_TX_IPV4)
 
 
 # =============================================================================
@@ -371,13 +387,17 @@ def _hdr_byte(lo, hi, i):
 
 
 @_kernel
-def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen):
-    """Header then packet ``m`` into the writable segments of chains ``[k0, k1)``; pushes their used entries."""
+def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen, keep, gap):
+    """Header then ``plen`` bytes of packet ``m`` into the writable segments of chains
+    ``[k0, k1)``; pushes their used entries. After the first ``keep`` bytes, ``gap``
+    packet bytes are skipped (a software-TSO frame: the headers, then its payload)."""
     always_inline()
     ch = q.chains
     cnt = q.counters
     hoff = np.int64(0)
     left = np.int64(plen)
+    keep = np.int64(keep)
+    gap = np.int64(gap)
     mseg = np.int64(m)
     src = seg_addr(mp, mseg)
     sleft = np.int64(mp.mbufs[mseg].data_len)
@@ -418,7 +438,16 @@ def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen):
                         src = seg_addr(mp, mseg)
                         sleft = np.int64(mp.mbufs[mseg].data_len)
                         continue
+                    if keep == 0 and gap > 0:
+                        x = min(sleft, gap)
+                        src += _U64(x)
+                        sleft -= x
+                        gap -= x
+                        continue
                     x = min(slen - pos, sleft, left)
+                    if gap > 0:
+                        x = min(x, keep)
+                        keep -= x
                     copy_bytes(a + _U64(pos), src, x)
                     pos += x
                     src += _U64(x)
@@ -428,6 +457,58 @@ def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen):
         if w == 0:
             cnt[C_ERRORS] += 1  # a bad / unwritable chain carried inside a mergeable packet
         _push(q, head, w, nd)
+
+
+@_inline
+def _reserve(q, c, nc, need, want, mrg):
+    """Chains from the scratch (``c`` of ``nc`` fetched) with room for ``need`` bytes.
+
+    Returns ``(ok, start, c, nc, nb)``: the packet goes to chains ``[start, c)``,
+    ``nb`` buffers. When the scratch runs out it gives its unused chains back and
+    fetches more (``want`` the first time), at most twice.
+    """
+    ch = q.chains
+    cnt = q.counters
+    cap = np.int64(ch.head.shape[0])
+    start = c
+    room = np.int64(0)
+    nb = np.int64(0)
+    tries = 0
+    while True:
+        if c == nc:
+            if tries >= 2:
+                break
+            _unfetch(q, start, nc)
+            nc = _fetch(q, want if (nb == 0 and tries == 0) else cap)
+            c = 0
+            start = 0
+            room = 0
+            nb = 0
+            tries += 1
+            if nc == 0:
+                break
+            continue
+        wl = _writable_len(ch, c)
+        if wl == 0:
+            if nb == 0:
+                # a bad chain where a packet would start: complete it empty, go on
+                _push(q, np.int64(ch.head[c]), 0, np.int64(ch.ndesc[c]))
+                cnt[C_ERRORS] += 1
+                c += 1
+                start = c
+                continue
+            nb += 1  # mergeable: carried as an empty buffer of this packet
+            c += 1
+            continue
+        room += wl
+        nb += 1
+        c += 1
+        if room >= need:
+            return True, start, c, nc, nb
+        if not mrg:
+            cnt[C_OVERSIZE] += 1
+            break
+    return False, start, c, nc, nb
 
 
 @_kernel
@@ -449,6 +530,7 @@ def enqueue_burst(q, mp, pkts, n):
     hlen = cfg[CFG_HDR_LEN]
     mrg = cfg[CFG_MRG] != 0
     guest_csum = cfg[CFG_GUEST_CSUM] != 0
+    guest_tso = cfg[CFG_GUEST_TSO]
     cap = np.int64(ch.head.shape[0])
     nc = np.int64(0)  # chains in the scratch
     c = np.int64(0)  # next unreserved chain
@@ -456,57 +538,49 @@ def enqueue_burst(q, mp, pkts, n):
     for i in range(n):
         m = np.int64(pkts[i])
         plen = np.int64(mp.mbufs[m].pkt_len)
-        need = plen + hlen
-        start = c
-        room = np.int64(0)
-        nb = np.int64(0)
-        tries = 0
-        ok = False
-        while True:
-            if c == nc:
-                if tries >= 2:
+        ol = _U64(mp.mbufs[m].ol_flags)
+        nfr = np.int64(0)
+        if (ol & _TSO) != _U64(0):
+            if (ol & _IPV4) != _U64(0):
+                if (guest_tso & F_GUEST_TSO4) == 0:
+                    nfr = tso_frames(mp, m)
+            elif (guest_tso & F_GUEST_TSO6) == 0:
+                nfr = tso_frames(mp, m)
+        if nfr > 0:
+            # the guest cannot take the TSO request: cut the packet into frames here
+            mb = mp.mbufs[m]
+            hl = np.int64(mb.l2_len) + np.int64(mb.l3_len) + np.int64(mb.l4_len)
+            mss = np.int64(mb.tso_segsz)
+            seq0, id0, flags0 = tso_first(mp, m)
+            f = np.int64(0)
+            while f < nfr:
+                sl = min(mss, plen - hl - f * mss)
+                ok, start, c, nc, nb = _reserve(q, c, nc, hl + sl + hlen, min(cap, nfr - f + n - i - 1), mrg)
+                if not ok:
+                    c = start
                     break
-                _unfetch(q, start, nc)
-                want = min(cap, n - i) if (nb == 0 and tries == 0) else cap
-                nc = _fetch(q, want)
-                c = 0
-                start = 0
-                room = 0
-                nb = 0
-                tries += 1
-                if nc == 0:
-                    break
-                continue
-            wl = _writable_len(ch, c)
-            if wl == 0:
-                if nb == 0:
-                    # a bad chain where a packet would start: complete it empty, go on
-                    _push(q, np.int64(ch.head[c]), 0, np.int64(ch.ndesc[c]))
-                    cnt[C_ERRORS] += 1
-                    c += 1
-                    start = c
-                    continue
-                nb += 1  # mergeable: carried as an empty buffer of this packet
-                c += 1
-                continue
-            room += wl
-            nb += 1
-            c += 1
-            if room >= need:
-                ok = True
+                lo, hi = tso_frame_hdr(mp, m, f, nfr, seq0, id0, flags0, guest_csum)
+                hi |= _U64(nb) << _U64(16)
+                _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, hl + sl, hl, f * mss)
+                _count_packet(cnt, seg_addr(mp, m), hl + sl, np.int64(mb.data_len))
+                f += 1
+            if f == 0:
                 break
-            if not mrg:
-                cnt[C_OVERSIZE] += 1
+            sent += 1
+            if f < nfr:
+                cnt[C_DROPS] += nfr - f  # the ring filled up inside the packet: the rest is lost
                 break
+            continue
+        ok, start, c, nc, nb = _reserve(q, c, nc, plen + hlen, min(cap, n - i), mrg)
         if not ok:
             c = start
             break
         lo = _U64(0)
         hi = _U64(0)
-        if (_U64(mp.mbufs[m].ol_flags) & _TX_HDR_FLAGS) != _U64(0):
+        if (ol & _TX_HDR_FLAGS) != _U64(0):
             lo, hi = mbuf_to_hdr(mp, m, guest_csum)
         hi |= _U64(nb) << _U64(16)
-        _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, plen)
+        _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, plen, plen, 0)
         _count_packet(cnt, seg_addr(mp, m), plen, np.int64(mp.mbufs[m].data_len))
         sent += 1
     _unfetch(q, c, nc)
@@ -874,6 +948,7 @@ class VhostQueue:
         cfg[CFG_ENABLED] = int(bool(enabled))
         cfg[CFG_HOST_OFFLOAD] = int(bool(features & F_HOST_OFFLOAD))
         cfg[CFG_GUEST_CSUM] = int(bool(features & F_GUEST_CSUM))
+        cfg[CFG_GUEST_TSO] = features & (F_GUEST_TSO4 | F_GUEST_TSO6)
         if counters is None:
             counters = np.zeros(N_COUNTERS, np.int64)
         elif counters.dtype != np.int64 or counters.shape[0] < N_COUNTERS:

@@ -50,11 +50,11 @@ barrier $peer 5002 || fail "the peer never finished"
 
 
 @contextlib.contextmanager
-def engine(mode: str = "io", ports: int = 2, queues: int = 1):
-    """``dataplane -i`` with ``ports`` net_vhost ports of ``queues`` queue pairs, forwarding started."""
+def engine(mode: str = "io", ports: int = 2, queues: int = 1, devargs: str = ""):
+    """``dataplane -i`` with ``ports`` net_vhost ports of ``queues`` queue pairs (and ``devargs``), forwarding started."""
     d = tempfile.mkdtemp(prefix="eng", dir="/tmp")  # socket paths must stay short
     socks = [os.path.join(d, f"p{i}.sock") for i in range(ports)]
-    eal = [a for i, s in enumerate(socks) for a in ("--vdev", f"net_vhost{i},iface={s},queues={queues}")]
+    eal = [a for i, s in enumerate(socks) for a in ("--vdev", f"net_vhost{i},iface={s},queues={queues}{devargs}")]
     app = [f"--forward-mode={mode}", f"--rxq={queues}", f"--txq={queues}"]
     try:
         with dataplane_shell(eal, app, timeout=900) as dp:  # the first start may compile for minutes
@@ -73,12 +73,13 @@ def _xstats(dp, port: int) -> dict[str, int]:
     return out
 
 
-def _pair(image, socks, script, *, mib: int, nic=None, smp: int = 1):
-    nic = nic or {}
+def _pair(image, socks, script, *, mib: int, nic=None, smp: int = 1, nics=None):
+    """Two guests, one per socket; ``nic`` are Nic options for both, ``nics`` per guest."""
+    nics = nics or [nic or {}, nic or {}]
     return [
         Guest(image, script, name=f"g{i}", smp=smp, script_timeout=240,
               params={"ip": f"10.0.0.{i + 1}", "peer": f"10.0.0.{2 - i}", "mib": mib, "cpus": 1},
-              nics=[Nic(sock, **nic)])
+              nics=[Nic(sock, **nics[i])])
         for i, sock in enumerate(socks)
     ]
 
@@ -101,6 +102,25 @@ def test_two_guests_ping_and_exchange_4mib_with_default_offloads(image, packed):
         for p in (0, 1):  # each port received its guest's 4 MiB and sent it on
             s = dp.port_stats(p)
             assert s["RX-bytes"] > 4 * 2**20 and s["TX-bytes"] > 4 * 2**20, s
+
+
+def test_tso_handed_on_or_cut_in_software(image):
+    """With ``tso=1`` the guests send 64 KiB TSO packets. Guest 1 takes them as they are
+    (GUEST_TSO4); guest 0 did not negotiate GUEST_TSO4/6, so the port cuts what guest 1
+    sends it into MSS-sized frames in software. Both transfers complete, md5-checked."""
+    no_tso = {"device": {"guest_tso4": "off", "guest_tso6": "off", "guest_ecn": "off", "guest_ufo": "off"}}
+    with engine(devargs=",tso=1") as (dp, socks):
+        guests = _pair(image, socks, TRANSFER, mib=4, nics=[no_tso, {}])
+        with contextlib.ExitStack() as stack:
+            for g in guests:
+                stack.enter_context(g)
+            _check_transfer(run_guests(*guests))
+            x = [_xstats(dp, p) for p in (0, 1)]
+    big = "size_1519_to_max_packets"
+    # TSO packets came from both guests; guest 1 got them as they were, guest 0 only frames
+    assert x[0][f"rx_{big}"] > 0 and x[1][f"rx_{big}"] > 0, x
+    assert x[1][f"tx_{big}"] > 0 and x[0][f"tx_{big}"] == 0, x
+    assert x[0]["tx_good_packets"] > x[1]["rx_good_packets"], x  # guest 1's packets, cut
 
 
 def test_two_guests_two_queue_pairs_both_carry_traffic(image):

@@ -321,6 +321,44 @@ def test_offload_kept_from_one_guest_to_another(pool, packed):
             mp.free(m)
 
 
+@pytest.mark.parametrize("guest_csum", [True, False], ids=["guest_csum", "no_guest_csum"])
+def test_tso_cut_in_software_for_a_guest_without_guest_tso(pool, guest_csum):
+    """A guest's TSO request forwarded to a guest that did not negotiate GUEST_TSO4 is
+    cut into MSS-sized frames on enqueue: IP length, id and checksum, TCP sequence
+    numbers and flags per frame, the TCP checksum left partial (GUEST_CSUM) or completed."""
+    mp = pool
+    payload = bytes(range(256)) * 30  # 7680 B: 5 frames of 1448 and one of 440
+    pkt = tcp_packet(payload, csum="partial")
+    hdr = NetHdr(flags=1, gso_type=H.VIRTIO_NET_HDR_GSO_TCPV4, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16)
+    with guest(extra=OFFLOAD) as a, guest(extra=F_GUEST_CSUM if guest_csum else 0) as b:
+        qtx, qrx = a.vhost_queue("tx"), b.vhost_queue("rx")
+        m = _tx_one(a, qtx, mp, pkt, hdr, nseg=4, hdr_separate=True)
+        assert int(mp.mbufs[m]["ol_flags"]) & MB.RTE_MBUF_F_TX_TCP_SEG
+        b.post_rx(16, 2048)
+        assert qrx.enqueue(mp, np.array([m], np.uint32)) == 1
+        frames = b.recv()
+        assert len(frames) == 6 and qrx.stats()["packets"] == 6
+        got = b""
+        for f, r in enumerate(frames):
+            d = r.data
+            sl = 1448 if f < 5 else 440
+            assert r.hdr.gso_type == 0 and len(d) == 54 + sl
+            assert struct.unpack("!HH", d[16:20]) == (40 + sl, f)  # IP total length, id
+            assert ipv4_checksum_ok(d)
+            assert struct.unpack("!I", d[38:42])[0] == 1 + f * 1448  # sequence number
+            assert d[47] == (0x18 if f == 5 else 0x10)  # PSH on the last frame only
+            if guest_csum:
+                assert (r.hdr.flags, r.hdr.csum_start, r.hdr.csum_offset) == (1, 34, 16)
+                c = (~H.inet_checksum(d[34:])) & 0xFFFF  # what the guest does with NEEDS_CSUM
+                d = d[:50] + struct.pack("!H", c) + d[52:]
+            else:
+                assert r.hdr.flags == 0
+            assert l4_checksum_ok(d)
+            got += d[54:]
+        assert got == payload
+        mp.free(m)
+
+
 def test_offload_legacy_inexpressible_checksum_completed_at_dequeue(pool):
     """A NEEDS_CSUM the Tx flags cannot express (here: an L4 protocol they do not know)
     is completed in software before the offload fields are cleared: the packet that
