@@ -60,6 +60,7 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.vhost import protocol as P
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
+from dataplane.vhost.net_hdr import net_hdr_len
 from dataplane.vhost.protocol import (
     VHOST_USER_MAX_CONFIG_SIZE,
     VHOST_USER_MAX_RAM_SLOTS,
@@ -94,7 +95,6 @@ __all__ = [
     "DeviceConfig",
     "Vring",
     "VhostUserDevice",
-    "net_hdr_len",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -115,13 +115,6 @@ VIRTIO_MAX_MTU = 65535
 
 #: virtio-net config space status bit.
 VIRTIO_NET_S_LINK_UP = 1
-
-
-def net_hdr_len(features: int) -> int:
-    """The virtio-net header length: 12 with MRG_RXBUF, VERSION_1 or RING_PACKED, else 10."""
-    if features & (bit(VF.VIRTIO_NET_F_MRG_RXBUF) | bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VIRTIO_F_RING_PACKED)):
-        return 12
-    return 10
 
 
 class RequestError(Exception):
