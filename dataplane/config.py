@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataplane.ethdev import registry
 from dataplane.lcores.eal_args import (
     EalConfig,
     check_eal_config,
@@ -522,9 +521,20 @@ EAL_TABLE = Table(
 
 #: testpmd's forwarding modes (the engine implements them; names are defined here once).
 FORWARD_MODES = ("io", "mac", "macswap", "rxonly", "txonly", "csum", "flowgen", "icmpecho")
-#: Port kinds a ``[[port]]`` may name (``--vdev`` driver names): the built-in drivers
-#: (a ``[[port]]`` is checked against the registry as it is when the file is loaded).
-PORT_KINDS = registry.port_kinds()
+
+
+def __getattr__(name: str):
+    # PORT_KINDS: the port kinds a ``[[port]]`` may name (``--vdev`` driver names), read from the
+    # driver registry when asked (it imports every driver, which a config check alone does not need)
+    if name == "PORT_KINDS":
+        return _registry().port_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _registry():
+    from dataplane.ethdev import registry
+
+    return registry
 
 
 @dataclass
@@ -538,6 +548,7 @@ def _port_vdev(value: str):
     """A ``--vdev`` string of a known kind; a vhost server socket must be creatable."""
     d = parse_devargs(value)
     kind = d.name.rstrip("0123456789")
+    registry = _registry()
     kinds = registry.port_kinds()
     if kind not in kinds or kind == d.name:
         raise ValueError(f"unknown port {d.name!r}; ports are {', '.join(k + 'N' for k in kinds)}")

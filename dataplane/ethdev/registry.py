@@ -54,10 +54,12 @@ def register(driver: Driver) -> Driver:
 
 
 def drivers() -> tuple[Driver, ...]:
-    """Every registered driver, in registration order (built-in ones first)."""
+    """Every registered driver: the built-in ones in :data:`DRIVER_MODULES` order, then the others
+    in registration order."""
     for m in DRIVER_MODULES:
         importlib.import_module(m)
-    return tuple(_DRIVERS.values())
+    rank = {m: i for i, m in enumerate(DRIVER_MODULES)}
+    return tuple(sorted(_DRIVERS.values(), key=lambda d: rank.get(d.port_class.__module__, len(rank))))
 
 
 def port_kinds() -> tuple[str, ...]:
