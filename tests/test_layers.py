@@ -165,6 +165,30 @@ def private_imports():
             if n.startswith("_") and not n.startswith("__"):
                 bad.append(f"{importer}:{line} imports private {target}.{n}" if names else
                            f"{importer}:{line} imports private module {target}")
+    return bad + private_attributes()
+
+
+def private_attributes():
+    """``mod._name`` where ``mod`` is a module of another package, imported by name."""
+    bad = []
+    for module, is_pkg, path in _modules():
+        tree = _parse(path)
+        aliases = {}  # local name -> dataplane module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname and a.name.split(".")[0] == "dataplane":
+                        aliases[a.asname] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(module, is_pkg, node)
+                for a in node.names:
+                    if f"{target}.{a.name}" in _ALL:
+                        aliases[a.asname or a.name] = f"{target}.{a.name}"
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and _package(aliases[node.value.id]) != _package(module)):
+                bad.append(f"{module}:{node.lineno} uses private {aliases[node.value.id]}.{node.attr}")
     return bad
 
 
@@ -195,6 +219,8 @@ def test_every_allowance_is_still_needed():
         ("dataplane.memory.mempool", "from dataplane.vhost import net_hdr\n", "upward, memory (layer 1) -> vhost (layer 6)"),
         ("dataplane.vhost.device", "def f():\n    from dataplane.virtio.rxtx import ld16\n", "sideways, vhost (layer 6) -> virtio"),
         ("dataplane.apps.engine", "from dataplane.vhost.handoff import _disabled_queue\n", "private dataplane.vhost.handoff._disabled_queue"),
+        ("dataplane.ethdev.queue", "from dataplane.vhost import handoff as H\nq = H._disabled_queue()\n",
+         "uses private dataplane.vhost.handoff._disabled_queue"),
     ],
 )
 def test_the_checks_can_fail(monkeypatch, tmp_path, importer, source, expect):
