@@ -329,8 +329,8 @@ def _pmd_xstats(row: np.ndarray):
 def lcore_queues(name: str, queues, port_id: int = 0xFFFF, memory=None) -> LcoreVrings:
     """In the lcore polling ``queues`` of port ``name``: their vrings.
 
-    ``ctxs[2*i+1]`` is the Rx context of ``queues[i]`` (:func:`vhost_rx_burst`),
-    ``ctxs[2*i]`` its Tx context (:func:`vhost_tx_burst`).
+    ``ctxs[2*i+1]`` is the Rx context of ``queues[i]`` (:func:`~dataplane.vhost.handoff.vhost_rx_burst`),
+    ``ctxs[2*i]`` its Tx context (:func:`~dataplane.vhost.handoff.vhost_tx_burst`).
     """
     qids = []
     for q in queues:
