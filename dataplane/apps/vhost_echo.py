@@ -38,11 +38,11 @@ from dataplane import log as dplog
 from dataplane.ethdev import EthdevError
 from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues, vhost_rx_burst, vhost_tx_burst
 from dataplane.lcores import launch
-from dataplane.memory.mempool import mempool_create, mempool_lookup, pktmbuf_free, pktmbuf_free_bulk
+from dataplane.memory.mempool import mempool_create, mempool_lookup, pktmbuf_free, pktmbuf_free_bulk, seg_addr
 from dataplane.rings.atomics import load_acquire
 from dataplane.rings.jit import inline_kernel, loop_kernel
 from dataplane.vhost.handoff import vrings_changed
-from dataplane.vhost.net_hdr import ld8, ld16, seg_addr
+from dataplane.rings.mem import be16, ld8
 
 log = dplog.get_logger("dataplane.apps")
 
@@ -57,11 +57,6 @@ _STATS_ZONE = "vhost_echo_checks"
 _POOL = "vhost_echo_pool"
 
 _U64 = np.uint64
-
-
-@inline_kernel
-def _be16(a):
-    return (np.int64(ld8(a)) << 8) | np.int64(ld8(a + _U64(1)))
 
 
 @inline_kernel
@@ -88,13 +83,13 @@ def _check_txonly(mp, m):
     if np.int64(mp.mbufs[m].data_len) < 42 or plen < 42:
         return False
     a = seg_addr(mp, m)
-    if _be16(a + _U64(12)) != 0x0800 or ld8(a + _U64(14)) != 0x45 or ld8(a + _U64(23)) != 17:
+    if be16(a + _U64(12)) != 0x0800 or ld8(a + _U64(14)) != 0x45 or ld8(a + _U64(23)) != 17:
         return False
-    if _be16(a + _U64(16)) != plen - 14 or _be16(a + _U64(38)) != plen - 34:
+    if be16(a + _U64(16)) != plen - 14 or be16(a + _U64(38)) != plen - 34:
         return False
     s = np.int64(0)
     for i in range(10):
-        s += _be16(a + _U64(14 + 2 * i))
+        s += be16(a + _U64(14 + 2 * i))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s == 0xFFFF

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.net.ether import mac_to_int
 from dataplane.rings import handoff as H
 from dataplane.rings.atomics import py_store_release
 from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, queues_changed
@@ -30,7 +31,7 @@ from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
 from dataplane.vhost.protocol import MemoryRegion
-from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, _mac_int
+from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue
 
 __all__ = [
     "CTL_SLOTS",
@@ -117,7 +118,7 @@ class VringHandoff(H.QueueHandoff, NetDataPathHooks):
                 vq.last_avail_idx, vq.last_used_idx = base & 0xFFFF, used & 0xFFFF
 
     def on_send_rarp(self, dev) -> None:
-        self.rarp[RARP_MAC] = _mac_int(dev.device_state.mac)
+        self.rarp[RARP_MAC] = mac_to_int(dev.device_state.mac)
         py_store_release(self.rarp, RARP_FLAG, 1)
 
     def on_guest_notification(self, dev, qid: int, enable: bool) -> None:

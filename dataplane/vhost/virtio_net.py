@@ -76,9 +76,9 @@ from collections import namedtuple
 
 import numpy as np
 from dataplane.memory.mbuf import MBUF_NEXT_NONE, MBUF_PORT_INVALID
-from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk
+from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk, seg_addr
 from dataplane.rings.atomics import cas, load_relaxed, store_release
-from dataplane.rings.jit import always_inline, inline_kernel, kernel
+from dataplane.rings.jit import always_inline, eventfd_signal, inline_kernel, kernel
 from dataplane.rings.packed import (
     WRAP_BIT,
     packed_dev_enable_notify,
@@ -120,6 +120,8 @@ from dataplane.rings.virtqueue import (
     STATE_SLOTS,
     make_chains,
 )
+from dataplane.net.ether import mac_to_int
+from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
 from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
     F_EVENT_IDX,
@@ -129,20 +131,9 @@ from dataplane.vhost.net_hdr import (
     F_INDIRECT_DESC,
     F_MRG_RXBUF,
     F_RING_PACKED,
-    copy_bytes,
-    eventfd_signal,
     hdr_to_mbuf,
-    ld8,
-    ld16,
-    ld32,
-    ld64,
     mbuf_to_hdr,
     net_hdr_len,
-    seg_addr,
-    st8,
-    st16,
-    st32,
-    st64,
 )
 
 __all__ = [
@@ -766,17 +757,8 @@ def make_rarp(mac=None) -> np.ndarray:
     """The SEND_RARP array a device's queues share: ``[flag, mac]``."""
     a = np.zeros(2, np.int64)
     if mac is not None:
-        a[RARP_MAC] = _mac_int(mac)
+        a[RARP_MAC] = mac_to_int(mac)
     return a
-
-
-def _mac_int(mac) -> int:
-    if isinstance(mac, str):
-        mac = bytes(int(x, 16) for x in mac.split(":"))
-    mac = bytes(mac)
-    if len(mac) != 6:
-        raise ValueError(f"MAC must be 6 bytes, got {mac!r}")
-    return int.from_bytes(mac, "big")
 
 
 _DUMMY = {}
@@ -940,7 +922,7 @@ class VhostQueue:
     def send_rarp(self, mac) -> None:
         """SEND_RARP: the next dequeue (of any queue sharing ``ctx.rarp``) injects a RARP frame."""
         r = self.ctx.rarp
-        r[RARP_MAC] = _mac_int(mac)
+        r[RARP_MAC] = mac_to_int(mac)
         _store_release_py(r, RARP_FLAG, 1)
 
     def stats(self) -> dict:

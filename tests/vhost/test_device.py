@@ -10,8 +10,8 @@ import pytest
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, GuestRegion, eventfd_count
 from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD
+from dataplane.vhost.net_hdr import net_hdr_len
 from dataplane.vhost.library import IMPLEMENTED_PROTOCOL_FEATURES, VhostNotSupported, VhostTryAgain
-from dataplane.vhost.net import net_hdr_len
 from dataplane.vhost.protocol import (
     MemoryRegion,
     MemRegMsg,
