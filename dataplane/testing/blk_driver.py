@@ -15,6 +15,9 @@ back-end or qemu-storage-daemon over vhost-user) sees a real ring::
     [(slot, used_len)] = drv.harvest()
     assert drv.status(slot) == VIRTIO_BLK_S_OK
 
+:class:`RequestStream` keeps ``depth`` requests in flight from a numba loop
+(:func:`drive_split`), for benchmarks against a back-end in another process.
+
 Requests use one *slot* each (header, data and status buffers at fixed
 guest addresses); :meth:`submit` lays them out as Linux does (header,
 data, status descriptors; the data may be cut into several descriptors or
@@ -29,6 +32,7 @@ import struct
 
 import numpy as np
 
+from dataplane.rings.jit import inline_kernel, loop_kernel, store_u32, store_u64
 from dataplane.rings.packed import (
     packed_drv_add,
     packed_drv_get_used,
@@ -47,13 +51,11 @@ from dataplane.rings.split import (
     split_vring_from_addrs,
 )
 from dataplane.testing.vhost_frontend import FrontendVring, GuestMemoryLayout
-from dataplane.vhost.blk.spec import (
-    REQ_HDR_SIZE,
-    VIRTIO_BLK_ID_BYTES,
-)
+from dataplane.vhost.blk.spec import REQ_HDR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_IN
+from dataplane.vhost.net_hdr import eventfd_signal, ld8
 from dataplane.vhost.virtio_net import ring_feat_mask
 
-__all__ = ["BlkDriver", "STATUS_UNSET"]
+__all__ = ["BlkDriver", "RequestStream", "drive_split", "STATUS_UNSET"]
 
 #: What a status byte holds before the device writes it (no virtio status has this value).
 STATUS_UNSET = 0xEE
@@ -224,3 +226,139 @@ class BlkDriver:
 
     def read_id(self, slot: int) -> bytes:
         return self.data(slot, VIRTIO_BLK_ID_BYTES)
+
+
+# -----------------------------------------------------------------------------------
+# The benchmark's driver loop: requests kept in flight against another process
+# -----------------------------------------------------------------------------------
+
+# drive state slots (int64)
+DRIVE_NFREE = 0  # slots free (their numbers at free[:nfree])
+DRIVE_SEQ = 1  # next block of a sequential run
+DRIVE_RNG = 2  # xorshift64 state
+DRIVE_DONE = 3  # requests completed
+DRIVE_BAD = 4  # completed with a status other than OK
+DRIVE_KICKS = 5  # kick eventfd writes
+DRIVE_SLOTS = 8
+
+
+@inline_kernel
+def _xorshift(x):
+    x ^= x << np.uint64(13)
+    x ^= x >> np.uint64(7)
+    x ^= x << np.uint64(17)
+    return x
+
+
+@loop_kernel
+def drive_split(vr, ds, kick_fd, slots_gpa, slots_hva, slot_size, data_off, nbytes, rtype, nblocks, sequential,
+                want, submit, st, free, sg_gpa, sg_len, sg_wr, cookies, lens):
+    """Complete ``want`` requests on a split ring, keeping every free slot in flight (``submit``).
+
+    Each request is ``rtype`` (IN or OUT) of ``nbytes`` at a random (or, with
+    ``sequential``, the next) ``nbytes``-aligned block of ``nblocks``; its
+    header, data and status live in slot ``s`` at ``slots_gpa + s * slot_size``
+    (data at ``data_off``).  Kicks when the ring says the device wants one.
+    Without ``submit`` it only harvests, until every slot is back (a drain).
+    Counters and the free-slot stack persist in ``st`` / ``free`` across calls.
+    Returns the requests completed by this call.
+    """
+    got = 0
+    per = np.uint64(nbytes >> 9)
+    size = np.uint64(slot_size)
+    while got < want:
+        if submit:
+            added = False
+            while st[DRIVE_NFREE] > 0:
+                slot = free[st[DRIVE_NFREE] - 1]
+                if sequential:
+                    blk = np.uint64(st[DRIVE_SEQ] % nblocks)
+                    st[DRIVE_SEQ] += 1
+                else:
+                    x = _xorshift(np.uint64(st[DRIVE_RNG]))
+                    st[DRIVE_RNG] = np.int64(x >> np.uint64(1))
+                    blk = x % np.uint64(nblocks)
+                gpa = np.uint64(slots_gpa) + np.uint64(slot) * size
+                hva = np.uint64(slots_hva) + np.uint64(slot) * size
+                store_u32(hva, 0, rtype)
+                store_u32(hva, 1, 0)
+                store_u64(hva, 1, blk * per)
+                store_u32(hva + np.uint64(64), 0, STATUS_UNSET)
+                sg_gpa[0] = gpa
+                sg_len[0] = REQ_HDR_SIZE
+                sg_wr[0] = 0
+                sg_gpa[1] = gpa + np.uint64(data_off)
+                sg_len[1] = nbytes
+                sg_wr[1] = 1 if rtype == VIRTIO_BLK_T_IN else 0
+                sg_gpa[2] = gpa + np.uint64(64)
+                sg_len[2] = 1
+                sg_wr[2] = 1
+                if split_drv_add(vr, ds, slot, sg_gpa, sg_len, sg_wr, 3, 0, 0) < 0:
+                    break
+                st[DRIVE_NFREE] -= 1
+                added = True
+            if added and split_drv_publish(vr, ds) and kick_fd >= 0:
+                eventfd_signal(kick_fd)
+                st[DRIVE_KICKS] += 1
+        elif st[DRIVE_NFREE] == free.shape[0]:
+            break
+        n = split_drv_get_used(vr, ds, cookies, lens, cookies.shape[0])
+        for i in range(n):
+            slot = np.int64(cookies[i])
+            if ld8(np.uint64(slots_hva) + np.uint64(slot) * size + np.uint64(64)) != 0:
+                st[DRIVE_BAD] += 1
+            free[st[DRIVE_NFREE]] = slot
+            st[DRIVE_NFREE] += 1
+        got += n
+        st[DRIVE_DONE] += n
+    return got
+
+
+class RequestStream:
+    """Requests of one kind kept in flight by :func:`drive_split` on a :class:`BlkDriver`'s split ring.
+
+    ``depth`` slots of the driver are used (queue depth); ``rtype`` IN or OUT
+    of ``nbytes`` per request over the first ``disk_bytes`` of the disk,
+    random or ``sequential``.  :meth:`run` completes about ``n`` requests and
+    returns how many; :meth:`drain` waits for the ones in flight.
+    """
+
+    def __init__(self, drv: BlkDriver, *, depth: int, rtype: int, nbytes: int, disk_bytes: int,
+                 sequential: bool = False, seed: int = 0x9E3779B97F4A7C15):
+        if drv.packed:
+            raise ValueError("the driver loop drives split rings only")
+        if nbytes % 512 or nbytes > drv.max_data:
+            raise ValueError(f"request size {nbytes} must be whole sectors and at most {drv.max_data}")
+        if depth > drv.num:
+            raise ValueError(f"queue depth {depth} > ring size {drv.num}")
+        self.drv, self.rtype, self.nbytes, self.sequential = drv, rtype, nbytes, sequential
+        self.nblocks = disk_bytes // nbytes
+        self.st = np.zeros(DRIVE_SLOTS, np.int64)
+        self.st[DRIVE_NFREE] = depth
+        self.st[DRIVE_RNG] = seed & 0x7FFFFFFFFFFFFFFF or 1
+        self.free = np.array([drv.alloc_slot() for _ in range(depth)], np.int64)
+        self.sg_gpa, self.sg_len, self.sg_wr = np.zeros(3, np.uint64), np.zeros(3, np.uint32), np.zeros(3, np.uint8)
+        self.cookies, self.lens = np.zeros(depth, np.uint64), np.zeros(depth, np.uint32)
+        self.data_off = drv.data_gpa(0) - drv.hdr_gpa(0)
+        self.slots_hva = drv.memory.hva(drv.slots_gpa, drv.num * drv.slot_size)
+
+    def _call(self, want: int, submit: bool) -> int:
+        d = self.drv
+        return int(drive_split(d.vr, d.ds, d.kick_fd, d.slots_gpa, self.slots_hva, d.slot_size, self.data_off,
+                               self.nbytes, self.rtype, self.nblocks, self.sequential, want, submit, self.st,
+                               self.free, self.sg_gpa, self.sg_len, self.sg_wr, self.cookies, self.lens))
+
+    def run(self, n: int) -> int:
+        return self._call(int(n), True)
+
+    def drain(self) -> int:
+        return self._call(1 << 62, False)
+
+    @property
+    def bad(self) -> int:
+        return int(self.st[DRIVE_BAD])
+
+    def close(self) -> None:
+        """Give the slots back to the driver (after :meth:`drain`)."""
+        self.drv.free.extend(int(s) for s in self.free[: self.st[DRIVE_NFREE]])
+        self.st[DRIVE_NFREE] = 0
