@@ -31,7 +31,7 @@ from dataplane.rings import handoff as H
 from dataplane.rings.atomics import load_acquire
 from dataplane.rings.handoff import close_fds, queues_changed
 from dataplane.rings.jit import loop_kernel
-from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE
+from dataplane.rings.virtqueue import ERR_NAMES, STATE_ERR_BASE
 from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.handoff import map_vring, restore_indices, vring_spec
 

@@ -48,30 +48,15 @@ from numba.extending import intrinsic
 from dataplane.rings.jit import inline_kernel, kernel, load_u32, load_u64
 from dataplane.rings.packed import (
     WRAP_BIT,
-    packed_dev_enable_notify,
-    packed_dev_fetch,
-    packed_dev_flush_used,
     packed_dev_get_base,
     packed_dev_get_used_base,
     packed_dev_init,
-    packed_dev_push_used,
     packed_dev_set_base,
-    packed_vring_alloc,
     packed_vring_from_addrs,
 )
-from dataplane.rings.split import (
-    split_dev_enable_notify,
-    split_dev_fetch,
-    split_dev_flush_used,
-    split_dev_get_base,
-    split_dev_init,
-    split_dev_push_used,
-    split_dev_state_size,
-    split_layout,
-    split_vring_from_addrs,
-    split_vring_from_buffer,
-)
+from dataplane.rings.split import split_dev_get_base, split_dev_init, split_dev_state_size, split_vring_from_addrs
 from dataplane.rings.virtqueue import STATE_BROKEN, STATE_SLOTS, make_chains
+from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
 from dataplane.vhost.net_hdr import copy_bytes, eventfd_signal, ld8, st8
 from dataplane.vhost.virtio_net import ring_feat_mask
 
@@ -200,27 +185,9 @@ def fdatasync(typingctx, fd):
 
 
 @inline_kernel
-def _fetch(q, want):
-    if q.cfg[CFG_PACKED] != 0:
-        return packed_dev_fetch(q.packed, q.state, q.regions, q.chains, want)
-    return split_dev_fetch(q.split, q.state, q.regions, q.chains, want)
-
-
-@inline_kernel
-def _push(q, head, length, ndesc):
-    if q.cfg[CFG_PACKED] != 0:
-        packed_dev_push_used(q.packed, q.state, head, length, ndesc)
-    else:
-        split_dev_push_used(q.split, q.state, head, length)
-
-
-@inline_kernel
 def _flush(q):
-    if q.cfg[CFG_PACKED] != 0:
-        need = packed_dev_flush_used(q.packed, q.state)
-    else:
-        need = split_dev_flush_used(q.split, q.state)
-    if need:
+    """Publish the used entries; signal the call fd when the guest wants it."""
+    if ring_flush_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state):
         q.counters[C_INTERRUPTS] += 1
         fd = q.cfg[CFG_CALLFD]
         if fd >= 0:
@@ -230,9 +197,7 @@ def _flush(q):
 @kernel
 def blk_enable_notify(q, enable):
     """Ask the guest for kicks (``enable``) or not; True when chains are pending (keep polling)."""
-    if q.cfg[CFG_PACKED] != 0:
-        return packed_dev_enable_notify(q.packed, q.state, enable)
-    return split_dev_enable_notify(q.split, q.state, enable)
+    return ring_enable_notify(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, enable)
 
 
 # =============================================================================
@@ -426,7 +391,8 @@ def blk_burst(q, want):
     """Serve up to ``want`` requests of queue ``q`` (a :class:`BlkQueueCtx`); returns the chains fetched."""
     if q.cfg[CFG_ENABLED] == 0 or q.state[STATE_BROKEN] != 0:
         return 0
-    n = _fetch(q, want)
+    packed = q.cfg[CFG_PACKED] != 0
+    n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, want)
     if n == 0:
         return 0
     ch = q.chains
@@ -441,7 +407,7 @@ def blk_burst(q, want):
             q.counters[C_NO_STATUS] += 1
             stop = True
             continue
-        _push(q, np.int64(ch.head[c]), used, np.int64(ch.ndesc[c]))
+        ring_push_used(packed, q.split, q.packed, q.state, np.int64(ch.head[c]), used, np.int64(ch.ndesc[c]))
     _flush(q)
     if stop:
         q.state[STATE_BROKEN] = 1
@@ -453,20 +419,6 @@ def blk_burst(q, want):
 # =============================================================================
 
 _DUMMY: dict = {}
-
-
-def _dummies():
-    if not _DUMMY:
-        lay = split_layout(1)
-        raw = np.zeros(lay.total_size + 64, np.uint8)
-        off = (-raw.ctypes.data) % 16
-        _DUMMY["split"] = split_vring_from_buffer(raw[off : off + lay.total_size], 1)
-        _DUMMY["split_buf"] = raw
-        buf, vr = packed_vring_alloc(1)
-        _DUMMY["packed"] = vr
-        _DUMMY["packed_buf"] = buf
-        _DUMMY["disk"] = np.zeros(512, np.uint8)
-    return _DUMMY["split"], _DUMMY["packed"], _DUMMY["disk"]
 
 
 class BlkQueue:
@@ -518,7 +470,7 @@ class BlkQueue:
         if len(serial) > VIRTIO_BLK_ID_BYTES:
             raise ValueError(f"serial is at most {VIRTIO_BLK_ID_BYTES} bytes, got {len(serial)}")
         feat = ring_feat_mask(features)
-        dsplit, dpacked, _ = _dummies()
+        dsplit, dpacked = dummy_vrings()
         if self.packed:
             vr_packed, vr_split = packed_vring_from_addrs(desc, avail, used, self.size), dsplit
             state = np.zeros(STATE_SLOTS, np.int64)
@@ -591,7 +543,6 @@ def disabled_queue_ctx() -> BlkQueueCtx:
     if "queue" not in _DUMMY:
         buf = np.zeros(4096, np.uint8)
         a = buf.ctypes.data
-        _, _, disk = _dummies()
-        _DUMMY["queue"] = BlkQueue(a, a + 64, a + 128, 1, regions=np.zeros((1, 3), np.uint64), disk=disk,
-                                   enabled=False, keepalive=buf)
+        _DUMMY["queue"] = BlkQueue(a, a + 64, a + 128, 1, regions=np.zeros((1, 3), np.uint64),
+                                   disk=np.zeros(512, np.uint8), enabled=False, keepalive=buf)
     return _DUMMY["queue"].ctx

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
 import pytest
 
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_LAYOUT, STATE_ERR_BASE
@@ -15,7 +14,6 @@ from dataplane.testing.blk_driver import STATUS_UNSET
 from dataplane.testing.vhost_frontend import GuestRegion
 from dataplane.vhost.blk.spec import (
     VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_IN,

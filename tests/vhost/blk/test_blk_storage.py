@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 
-import numpy as np
 import pytest
 
 from dataplane.vhost.blk.storage import Storage, StorageError, map_disk
