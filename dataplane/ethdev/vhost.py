@@ -42,8 +42,9 @@ from dataplane.lcores.eal_args import Devargs, parse_devargs
 from dataplane.memory.mempool import pktmbuf_free_bulk
 from dataplane.rings.jit import kernel
 from dataplane.vhost import library as vhost_lib
-from dataplane.vhost.device import VHOST_MAX_QUEUE_PAIRS, VhostDeviceOps
+from dataplane.vhost.device import VhostDeviceOps
 from dataplane.vhost.handoff import LcoreVrings, VringHandoff
+from dataplane.vhost.net import VHOST_MAX_QUEUE_PAIRS
 from dataplane.vhost.protocol import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import (
     C_BYTES,

@@ -1,6 +1,6 @@
 """Handing a vhost device's vrings to the lcore processes that poll them (see :mod:`dataplane.rings.handoff`).
 
-Main side, :class:`VringHandoff` (a :class:`~dataplane.vhost.device.DataPathHooks`):
+Main side, :class:`VringHandoff` (a :class:`~dataplane.vhost.net.NetDataPathHooks`):
 ``on_queue_start`` posts the ring's description (region fds and layout, ring
 GPAs, size, features, indices, call fd) to the lcore placed on that vring;
 ``on_queue_stop`` takes it back and copies the indices the lcore reached
@@ -26,9 +26,9 @@ from dataplane.rings.atomics import py_store_release
 from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, queues_changed
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
-from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.library import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+from dataplane.vhost.net import NetDataPathHooks
 from dataplane.vhost.protocol import MemoryRegion
 from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, _mac_int
 
@@ -62,7 +62,7 @@ def _views(buf: np.ndarray, nvrings: int):
     return counters, rarp
 
 
-class VringHandoff(H.QueueHandoff, DataPathHooks):
+class VringHandoff(H.QueueHandoff, NetDataPathHooks):
     """Main-process side: hands a device's ready vrings to their lcores and takes them back.
 
     ``name`` names the port (its memzones); ``nvrings`` is the number of
@@ -96,7 +96,7 @@ class VringHandoff(H.QueueHandoff, DataPathHooks):
         restore_indices(dev.vrings[qid], self.stop_queue(qid))
 
     def on_send_rarp(self, dev) -> None:
-        self.rarp[RARP_MAC] = _mac_int(dev.mac)
+        self.rarp[RARP_MAC] = _mac_int(dev.device_state.mac)
         py_store_release(self.rarp, RARP_FLAG, 1)
 
     def on_guest_notification(self, dev, qid: int, enable: bool) -> None:

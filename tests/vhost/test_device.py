@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, GuestRegion, eventfd_count
-from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD, net_hdr_len
+from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD
 from dataplane.vhost.library import IMPLEMENTED_PROTOCOL_FEATURES, VhostNotSupported, VhostTryAgain
+from dataplane.vhost.net import net_hdr_len
 from dataplane.vhost.protocol import (
     MemoryRegion,
     MemRegMsg,
@@ -297,10 +298,10 @@ def test_header_length_follows_negotiation(lib, server, connect, guest):
     fe = connect(guest)
     fe.negotiate(PROTO)
     fe.sync()
-    assert lib.get_device(0).vhost_hlen == 10
+    assert net_hdr_len(lib.get_device(0).features) == 10
     fe.set_features(PROTO | V1)
     fe.sync()
-    assert lib.get_device(0).vhost_hlen == 12
+    assert net_hdr_len(lib.get_device(0).features) == 12
 
 
 def test_without_mq_only_the_first_pair_is_kept(lib, server, connect, guest):
@@ -392,7 +393,7 @@ def test_rarp_mtu_config_and_notification_intent(lib, server, sock_path, connect
     # SEND_RARP: MAC recorded, flag for the next dequeue, data path told
     fe.send_rarp(bytes.fromhex("52540012abcd"))
     fe.sync()
-    assert dev.broadcast_rarp and dev.mac == bytes.fromhex("52540012abcd")
+    assert dev.device_state.broadcast_rarp and dev.device_state.mac == bytes.fromhex("52540012abcd")
     assert datapath.calls[-1] == ("rarp", 0, bytes.fromhex("52540012abcd"))
     lib.enable_guest_notification(0, 1, False)
     assert dev.vrings[1].guest_notification is False and datapath.calls[-1] == ("notify", 0, 1, False)
@@ -525,11 +526,11 @@ def test_config_space_access_rules(lib, server, connect, guest):
     assert dev.stats["errors:VHOST_USER_GET_CONFIG"] == 1
     mac = bytes.fromhex("020000abcdef")
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(0, 6, Config.WRITABLE_FIELDS, mac), ack=True) == 0
-    assert dev.mac == mac and fe.get_config(0, 6) == mac
+    assert dev.device_state.mac == mac and fe.get_config(0, 6) == mac
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(10, 2, Config.WRITABLE_FIELDS, b"\x00\x10"), ack=True) == 1
     assert "read-only" in dev.last_error
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(10, 2, Config.MIGRATION, b"\xdc\x05"), ack=True) == 0
-    assert dev.mtu == 1500
+    assert dev.device_state.mtu == 1500
 
 
 def test_control_queue_follows_the_queue_pairs(lib, server, sock_path, connect, guest):
