@@ -30,6 +30,12 @@ def test_failing_command_fails_the_script(image):
     assert r.line == "FAIL exit 1", r.console[-3000:]
 
 
+def test_script_running_over_its_limit_is_killed_and_reported(image):
+    with Guest(image, "sleep 600", script_timeout=3) as g:
+        r = g.wait()
+    assert r.line == "FAIL timeout: the script ran longer than 3 s", r.console[-3000:]
+
+
 def test_qemu_that_cannot_start_is_reported(image):
     g = Guest(image, "true", extra=["-no-such-option"])
     with g, pytest.raises(GuestError, match="without a result"):
