@@ -80,19 +80,10 @@ from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk
 from dataplane.rings.atomics import cas, load_relaxed, store_release
 from dataplane.rings.jit import always_inline, inline_kernel, kernel
 from dataplane.rings.packed import (
-    WRAP_BIT,
-    packed_dev_get_base,
-    packed_dev_init,
     packed_dev_push_used_inorder,
-    packed_dev_set_base,
-    packed_vring_from_addrs,
 )
 from dataplane.rings.split import (
-    split_dev_get_base,
-    split_dev_init,
     split_dev_push_used_inorder,
-    split_dev_state_size,
-    split_vring_from_addrs,
 )
 from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
@@ -106,10 +97,16 @@ from dataplane.rings.virtqueue import (
     STATE_ERRORS,
     STATE_LAST_AVAIL,
     STATE_SIZE,
-    STATE_SLOTS,
     make_chains,
 )
-from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
+from dataplane.vhost.dev_ring import (
+    queue_rings,
+    ring_enable_notify,
+    ring_fetch,
+    ring_flush_used,
+    ring_get_base,
+    ring_push_used,
+)
 from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
     F_EVENT_IDX,
@@ -812,22 +809,9 @@ class VhostQueue:
         self.features = features
         self.keepalive = keepalive
         feat = ring_feat_mask(features) | (FEAT_READ_ONLY if read_only else 0)
-        dsplit, dpacked = dummy_vrings()
-        if self.packed:
-            vr_packed = packed_vring_from_addrs(desc, avail, used, self.size)
-            vr_split = dsplit
-            if state is None:
-                state = np.zeros(STATE_SLOTS, np.int64)
-            base = WRAP_BIT if last_avail_idx is None else int(last_avail_idx)
-            packed_dev_init(state, self.size, feat, base)
-            if last_used_idx is not None:
-                packed_dev_set_base(state, base, int(last_used_idx))
-        else:
-            vr_split = split_vring_from_addrs(desc, avail, used, self.size)
-            vr_packed = dpacked
-            if state is None:
-                state = np.zeros(split_dev_state_size(self.size), np.int64)
-            split_dev_init(state, self.size, feat, 0 if last_avail_idx is None else int(last_avail_idx))
+        vr_split, vr_packed, state = queue_rings(desc, avail, used, self.size, packed=self.packed, feat=feat,
+                                                 last_avail_idx=last_avail_idx, last_used_idx=last_used_idx,
+                                                 state=state)
         cfg = np.zeros(CFG_SLOTS, np.int64)
         cfg[CFG_PACKED] = int(self.packed)
         cfg[CFG_MRG] = int(bool(features & F_MRG_RXBUF))
@@ -893,9 +877,7 @@ class VhostQueue:
 
     def get_base(self) -> int:
         """GET_VRING_BASE value (packed: bit 15 = wrap counter)."""
-        if self.packed:
-            return int(packed_dev_get_base(self.ctx.state))
-        return int(split_dev_get_base(self.ctx.state))
+        return ring_get_base(self.packed, self.ctx.state)
 
     def enable_notify(self, enable: bool) -> bool:
         """Ask the guest for kicks or not; True when chains are pending (keep polling)."""

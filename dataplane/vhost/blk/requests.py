@@ -46,17 +46,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from dataplane.rings.jit import inline_kernel, kernel, load_u32, load_u64
-from dataplane.rings.packed import (
-    WRAP_BIT,
-    packed_dev_get_base,
-    packed_dev_get_used_base,
-    packed_dev_init,
-    packed_dev_set_base,
-    packed_vring_from_addrs,
+from dataplane.rings.packed import packed_dev_get_used_base
+from dataplane.rings.virtqueue import STATE_BROKEN, make_chains
+from dataplane.vhost.dev_ring import (
+    queue_rings,
+    ring_enable_notify,
+    ring_fetch,
+    ring_flush_used,
+    ring_get_base,
+    ring_push_used,
 )
-from dataplane.rings.split import split_dev_get_base, split_dev_init, split_dev_state_size, split_vring_from_addrs
-from dataplane.rings.virtqueue import STATE_BROKEN, STATE_SLOTS, make_chains
-from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
 from dataplane.vhost.net_hdr import copy_bytes, eventfd_signal, ld8, st8
 from dataplane.vhost.virtio_net import ring_feat_mask
 
@@ -470,18 +469,8 @@ class BlkQueue:
         if len(serial) > VIRTIO_BLK_ID_BYTES:
             raise ValueError(f"serial is at most {VIRTIO_BLK_ID_BYTES} bytes, got {len(serial)}")
         feat = ring_feat_mask(features)
-        dsplit, dpacked = dummy_vrings()
-        if self.packed:
-            vr_packed, vr_split = packed_vring_from_addrs(desc, avail, used, self.size), dsplit
-            state = np.zeros(STATE_SLOTS, np.int64)
-            base = WRAP_BIT if last_avail_idx is None else int(last_avail_idx)
-            packed_dev_init(state, self.size, feat, base)
-            if last_used_idx is not None:
-                packed_dev_set_base(state, base, int(last_used_idx))
-        else:
-            vr_split, vr_packed = split_vring_from_addrs(desc, avail, used, self.size), dpacked
-            state = np.zeros(split_dev_state_size(self.size), np.int64)
-            split_dev_init(state, self.size, feat, 0 if last_avail_idx is None else int(last_avail_idx))
+        vr_split, vr_packed, state = queue_rings(desc, avail, used, self.size, packed=self.packed, feat=feat,
+                                                 last_avail_idx=last_avail_idx, last_used_idx=last_used_idx)
         cfg = np.zeros(CFG_SLOTS, np.int64)
         cfg[CFG_PACKED] = int(self.packed)
         cfg[CFG_CALLFD] = int(callfd)
@@ -523,9 +512,7 @@ class BlkQueue:
 
     def get_base(self) -> int:
         """GET_VRING_BASE value (packed: bit 15 = wrap counter)."""
-        if self.packed:
-            return int(packed_dev_get_base(self.ctx.state))
-        return int(split_dev_get_base(self.ctx.state))
+        return ring_get_base(self.packed, self.ctx.state)
 
     def get_used_base(self) -> int:
         return int(packed_dev_get_used_base(self.ctx.state)) if self.packed else self.get_base()
