@@ -536,14 +536,17 @@ class VhostUserFrontend:
         return vr
 
     def start(self, num_queues: int = 1, queue_size: int = 256, features: int | None = None,
-              protocol_features: int | None = None, driver_ok: bool = True) -> None:
-        """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK."""
+              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None) -> None:
+        """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK.
+
+        ``nvrings``: set up that many rings instead (a device with one vring per queue, e.g. blk).
+        """
         self.negotiate(features, protocol_features)
         status = P.VirtioDeviceStatus
         if self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK)
         self.set_mem_table()
-        for q in range(2 * num_queues):
+        for q in range(2 * num_queues if nvrings is None else nvrings):
             self.setup_vring(q, queue_size)
         if driver_ok and self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK | status.DRIVER_OK)
