@@ -32,7 +32,8 @@ import struct
 
 import numpy as np
 
-from dataplane.rings.jit import inline_kernel, loop_kernel, store_u32, store_u64
+from dataplane.rings.jit import eventfd_signal, inline_kernel, loop_kernel
+from dataplane.rings.mem import ld8, store_u32, store_u64
 from dataplane.rings.packed import (
     packed_drv_add,
     packed_drv_get_used,
@@ -52,7 +53,6 @@ from dataplane.rings.split import (
 )
 from dataplane.testing.vhost_frontend import FrontendVring, GuestMemoryLayout
 from dataplane.vhost.blk.spec import REQ_HDR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_IN
-from dataplane.vhost.net_hdr import eventfd_signal, ld8
 from dataplane.vhost.virtio_net import ring_feat_mask
 
 __all__ = ["BlkDriver", "RequestStream", "drive_split", "STATUS_UNSET"]

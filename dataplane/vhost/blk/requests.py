@@ -45,7 +45,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from dataplane.rings.jit import inline_kernel, kernel, load_u32, load_u64
+from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
+from dataplane.rings.mem import copy_bytes, ld8, load_u32, load_u64, st8
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import STATE_BROKEN, make_chains
 from dataplane.vhost.dev_ring import (
@@ -56,7 +57,6 @@ from dataplane.vhost.dev_ring import (
     ring_get_base,
     ring_push_used,
 )
-from dataplane.vhost.net_hdr import copy_bytes, eventfd_signal, ld8, st8
 from dataplane.vhost.virtio_net import ring_feat_mask
 
 from .spec import (
