@@ -46,7 +46,7 @@ from dataplane.testing.blk_driver import BlkDriver, RequestStream
 from dataplane.testing.vhost_blk_proc import BlkProcess
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
 from dataplane.vhost.blk.spec import VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT
-from dataplane.vhost.protocol import VirtioFeature as VF
+from dataplane.vhost_user.features import VirtioFeature as VF
 
 QSD = shutil.which("qemu-storage-daemon")
 RING = 128

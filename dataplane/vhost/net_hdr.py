@@ -71,7 +71,7 @@ from dataplane.net.l4 import SCTP_CKSUM_OFF, TCP_CKSUM_OFF, UDP_CKSUM_OFF
 from dataplane.net.ptype import parse_headers
 from dataplane.rings.jit import inline_kernel, kernel
 from dataplane.rings.mem import ld8, st16
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 
 __all__ = [
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",

@@ -44,7 +44,7 @@ from dataplane.vhost.net_hdr import (
     F_MRG_RXBUF,
     F_VERSION_1,
 )
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import dequeue_burst, enqueue_burst
 
 SIZES = [64, 128, 256, 512, 1024, 1518, 8000]

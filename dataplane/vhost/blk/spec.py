@@ -38,7 +38,7 @@ __all__ = [
 
 
 class VirtioBlkFeature(enum.IntEnum):
-    """virtio-blk device feature bit numbers (the transport bits are in :class:`~dataplane.vhost.protocol.VirtioFeature`)."""
+    """virtio-blk device feature bit numbers (the transport bits are in :class:`~dataplane.vhost_user.features.VirtioFeature`)."""
 
     VIRTIO_BLK_F_SIZE_MAX = 1
     VIRTIO_BLK_F_SEG_MAX = 2

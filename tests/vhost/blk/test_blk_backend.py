@@ -26,7 +26,7 @@ from dataplane.vhost.blk.spec import (
     VIRTIO_BLK_T_OUT,
     VirtioBlkFeature as BF,
 )
-from dataplane.vhost.protocol import Config, VhostUserProtocolFeature as PF, VhostUserRequest as R, VirtioFeature as VF
+from dataplane.vhost_user import Config, VhostUserProtocolFeature as PF, VhostUserRequest as R, VirtioFeature as VF
 
 pytestmark = pytest.mark.timeout(600)
 
