@@ -139,7 +139,7 @@ class VhostUserChannel:
             self._send(R.VHOST_USER_SET_PROTOCOL_FEATURES, P.U64(pf))  # never acked: REPLY_ACK not in force yet
             self.protocol_features = pf
         if queue_pairs > 1:
-            if not self.protocol_features & bit(PF.VHOST_USER_PROTOCOL_F_MQ):
+            if not self.negotiated(R.VHOST_USER_GET_QUEUE_NUM):
                 raise RequestError("VHOST_USER_GET_PROTOCOL_FEATURES", f"queues={queue_pairs} but the back-end does not offer MQ")
             self.queue_num = self.get_u64(R.VHOST_USER_GET_QUEUE_NUM)
             if self.queue_num < queue_pairs:
@@ -147,12 +147,13 @@ class VhostUserChannel:
         self.features = features
         return features
 
-    @property
-    def has_status(self) -> bool:
-        return bool(self.protocol_features & bit(PF.VHOST_USER_PROTOCOL_F_STATUS))
+    def negotiated(self, request: int) -> bool:
+        """The protocol feature that gates ``request`` (its row's in the message table) is negotiated."""
+        gate = FRONTEND_REQUESTS[int(request)].gate
+        return gate is None or bool(self.protocol_features & bit(gate))
 
     def set_status(self, status: int) -> None:
-        if self.has_status:
+        if self.negotiated(R.VHOST_USER_SET_STATUS):
             self.request(R.VHOST_USER_SET_STATUS, P.U64(status))
         self.status = status
 
