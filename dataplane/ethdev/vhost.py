@@ -45,7 +45,7 @@ from dataplane.vhost import library as vhost_lib
 from dataplane.vhost.device import VhostDeviceOps
 from dataplane.vhost.handoff import LcoreVrings, VringHandoff
 from dataplane.vhost.net import VHOST_MAX_QUEUE_PAIRS
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import (
     C_BYTES,
     C_DROPS,

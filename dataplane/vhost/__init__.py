@@ -2,7 +2,7 @@
 
 The control plane, one concern per module:
 
-* :mod:`~dataplane.vhost.protocol` -- the protocol as data (requests, feature bits, payloads, framing)
+* :mod:`dataplane.vhost_user` (its own package, shared with the front-end) -- the wire protocol
 * :mod:`~dataplane.vhost.transport` -- unix sockets: the vhost-events thread, server/client endpoints
 * :mod:`~dataplane.vhost.guest_memory` -- mapping mem tables, address translation
 * :mod:`~dataplane.vhost.device` -- the per-connection state machine (device-generic) and the data-path hooks

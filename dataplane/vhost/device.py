@@ -1,9 +1,9 @@
 """The per-connection vhost-user device: the back-end's state machine.
 
 One :class:`VhostUserDevice` per connection (a *vid*).  The transport hands
-it every received :class:`~dataplane.vhost.protocol.Message`
+it every received :class:`~dataplane.vhost_user.messages.Message`
 (:meth:`VhostUserDevice.handle`); it validates the message against the
-protocol table, applies the spec's semantics, replies, and tells the
+message table, applies the spec's semantics, replies, and tells the
 application (DPDK-style callbacks, :class:`VhostDeviceOps`) and the data path
 (:class:`DataPathHooks`) what changed.
 
@@ -32,6 +32,13 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
   stopped, the old one unmapped and every ring's addresses retranslated.
 * ``SET_FEATURES`` with bits never offered is refused; while running only
   ``VHOST_F_LOG_ALL`` may change (``features_changed``).
+
+**The message table.**  Each request is checked against its row
+(:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`): payload and fds
+first, then it is refused if the row marks it unsupported (with the row's
+reason), if it is a device request the device class has no handler for, or
+if the protocol feature that gates it is not negotiated.
+:data:`REQUEST_HANDLERS` binds the rows the state machine serves.
 
 **Errors.**  A refused request (:class:`RequestError`) is logged with the
 device's path, vid, the request's name and the reason, counted in
@@ -65,27 +72,29 @@ from typing import Any, Callable
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.vhost import protocol as P
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.protocol import (
-    VHOST_USER_MAX_CONFIG_SIZE,
-    VHOST_USER_MAX_RAM_SLOTS,
-    VHOST_USER_NEED_REPLY_MASK,
-    VHOST_USER_REPLY_MASK,
-    VHOST_USER_VERSION,
-    VHOST_USER_VRING_IDX_MASK,
-    VHOST_USER_VRING_NOFD_MASK,
-    Message,
-    Payload,
-    ProtocolError,
+from dataplane.vhost_user import payloads as P
+from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
+from dataplane.vhost_user.features import (
     VhostUserProtocolFeature as PF,
-    VhostUserRequest as R,
     VirtioDeviceStatus,
     VirtioFeature as VF,
     bit,
     features_str,
+)
+from dataplane.vhost_user.messages import (
+    Handler,
+    Message,
+    MessageSpec,
+    VhostUserRequest as R,
     parse_request,
     request_name,
+)
+from dataplane.vhost_user.payloads import (
+    VHOST_USER_MAX_CONFIG_SIZE,
+    VHOST_USER_VRING_IDX_MASK,
+    VHOST_USER_VRING_NOFD_MASK,
+    Payload,
 )
 
 __all__ = [
@@ -104,6 +113,8 @@ __all__ = [
     "RTE_VHOST_USER_ASYNC_COPY",
     "RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS",
     "RTE_VHOST_USER_NET_STATS_ENABLE",
+    "VHOST_USER_MAX_RAM_SLOTS",
+    "REQUEST_HANDLERS",
     "RequestError",
     "QueueError",
     "DataPathHooks",
@@ -124,6 +135,8 @@ VIRTIO_INVALID_EVENTFD = -1
 VHOST_MAX_VRING = 256
 #: Largest queue size (split rings must also be a power of two).
 VIRTIO_MAX_QUEUE_SIZE = 32768
+#: What GET_MAX_MEM_SLOTS answers (regions added one by one with ADD_MEM_REG).
+VHOST_USER_MAX_RAM_SLOTS = 32
 
 #: Protocol features the state machine implements for every device type
 #: (a device class adds its own: ``DeviceClass.protocol_features``).
@@ -151,14 +164,6 @@ RTE_VHOST_USER_LINEARBUF_SUPPORT = 1 << 6
 RTE_VHOST_USER_ASYNC_COPY = 1 << 7
 RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS = 1 << 8
 RTE_VHOST_USER_NET_STATS_ENABLE = 1 << 9
-
-
-class RequestError(Exception):
-    """A request is refused.  With NEED_REPLY: reply 1 and keep going; else close the connection."""
-
-
-class QueueError(RequestError):
-    """A request leaves one vring unusable; the connection is kept either way."""
 
 
 class DataPathHooks:
@@ -368,23 +373,35 @@ def _read_u16(addr: int) -> int:
     return ctypes.c_uint16.from_address(addr).value
 
 
-# Known requests we refuse, and why (the log line says so).
-_UNSUPPORTED = {
-    R.VHOST_USER_SET_LOG_BASE: "dirty logging is not implemented (LOG_SHMFD not offered)",
-    R.VHOST_USER_IOTLB_MSG: "IOTLB is not implemented (ACCESS_PLATFORM not offered)",
-    R.VHOST_USER_SET_VRING_ENDIAN: "CROSS_ENDIAN not offered",
-    R.VHOST_USER_CREATE_CRYPTO_SESSION: "not a crypto device",
-    R.VHOST_USER_CLOSE_CRYPTO_SESSION: "not a crypto device",
-    R.VHOST_USER_POSTCOPY_ADVISE: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_POSTCOPY_LISTEN: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_POSTCOPY_END: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_GET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
-    R.VHOST_USER_SET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
-    R.VHOST_USER_GPU_SET_SOCKET: "not a GPU device",
-    R.VHOST_USER_VRING_KICK: "in-band notifications not offered",
-    R.VHOST_USER_GET_SHARED_OBJECT: "SHARED_OBJECT not offered",
-    R.VHOST_USER_SET_DEVICE_STATE_FD: "DEVICE_STATE not offered",
-    R.VHOST_USER_CHECK_DEVICE_STATE: "DEVICE_STATE not offered",
+#: The state machine's handler (a method name) of every request the message table gives
+#: to the back-end (``Handler.BACKEND``); device classes add theirs (``Handler.DEVICE``).
+REQUEST_HANDLERS: dict[int, str] = {
+    R.VHOST_USER_GET_FEATURES: "_get_features",
+    R.VHOST_USER_SET_FEATURES: "_set_features",
+    R.VHOST_USER_SET_OWNER: "_set_owner",
+    R.VHOST_USER_RESET_OWNER: "_reset_owner",
+    R.VHOST_USER_SET_MEM_TABLE: "_set_mem_table",
+    R.VHOST_USER_SET_LOG_FD: "_set_log_fd",
+    R.VHOST_USER_SET_VRING_NUM: "_set_vring_num",
+    R.VHOST_USER_SET_VRING_ADDR: "_set_vring_addr",
+    R.VHOST_USER_SET_VRING_BASE: "_set_vring_base",
+    R.VHOST_USER_GET_VRING_BASE: "_get_vring_base",
+    R.VHOST_USER_SET_VRING_KICK: "_set_vring_kick",
+    R.VHOST_USER_SET_VRING_CALL: "_set_vring_call",
+    R.VHOST_USER_SET_VRING_ERR: "_set_vring_err",
+    R.VHOST_USER_GET_PROTOCOL_FEATURES: "_get_protocol_features",
+    R.VHOST_USER_SET_PROTOCOL_FEATURES: "_set_protocol_features",
+    R.VHOST_USER_GET_QUEUE_NUM: "_get_queue_num",
+    R.VHOST_USER_SET_VRING_ENABLE: "_set_vring_enable",
+    R.VHOST_USER_SET_BACKEND_REQ_FD: "_set_backend_req_fd",
+    R.VHOST_USER_GET_CONFIG: "_get_config",
+    R.VHOST_USER_SET_CONFIG: "_set_config",
+    R.VHOST_USER_RESET_DEVICE: "_reset_device",
+    R.VHOST_USER_GET_MAX_MEM_SLOTS: "_get_max_mem_slots",
+    R.VHOST_USER_ADD_MEM_REG: "_add_mem_reg",
+    R.VHOST_USER_REM_MEM_REG: "_rem_mem_reg",
+    R.VHOST_USER_SET_STATUS: "_set_status",
+    R.VHOST_USER_GET_STATUS: "_get_status",
 }
 
 
@@ -415,32 +432,7 @@ class VhostUserDevice:
         self.last_error: str | None = None
         self.closed = False
         self._handlers: dict[int, Callable[[Message, Any], Payload | bytes | None]] = {
-            R.VHOST_USER_GET_FEATURES: self._get_features,
-            R.VHOST_USER_SET_FEATURES: self._set_features,
-            R.VHOST_USER_SET_OWNER: self._set_owner,
-            R.VHOST_USER_RESET_OWNER: self._reset_owner,
-            R.VHOST_USER_SET_MEM_TABLE: self._set_mem_table,
-            R.VHOST_USER_SET_LOG_FD: self._set_log_fd,
-            R.VHOST_USER_SET_VRING_NUM: self._set_vring_num,
-            R.VHOST_USER_SET_VRING_ADDR: self._set_vring_addr,
-            R.VHOST_USER_SET_VRING_BASE: self._set_vring_base,
-            R.VHOST_USER_GET_VRING_BASE: self._get_vring_base,
-            R.VHOST_USER_SET_VRING_KICK: self._set_vring_kick,
-            R.VHOST_USER_SET_VRING_CALL: self._set_vring_call,
-            R.VHOST_USER_SET_VRING_ERR: self._set_vring_err,
-            R.VHOST_USER_GET_PROTOCOL_FEATURES: self._get_protocol_features,
-            R.VHOST_USER_SET_PROTOCOL_FEATURES: self._set_protocol_features,
-            R.VHOST_USER_GET_QUEUE_NUM: self._get_queue_num,
-            R.VHOST_USER_SET_VRING_ENABLE: self._set_vring_enable,
-            R.VHOST_USER_SET_BACKEND_REQ_FD: self._set_backend_req_fd,
-            R.VHOST_USER_GET_CONFIG: self._get_config,
-            R.VHOST_USER_SET_CONFIG: self._set_config,
-            R.VHOST_USER_RESET_DEVICE: self._reset_device,
-            R.VHOST_USER_GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
-            R.VHOST_USER_ADD_MEM_REG: self._add_mem_reg,
-            R.VHOST_USER_REM_MEM_REG: self._rem_mem_reg,
-            R.VHOST_USER_SET_STATUS: self._set_status,
-            R.VHOST_USER_GET_STATUS: self._get_status,
+            request: getattr(self, method) for request, method in REQUEST_HANDLERS.items()
         }
         for request, handler in self.device_class.requests().items():
             self._handlers[request] = lambda msg, p, handler=handler: handler(self, msg, p)
@@ -507,18 +499,13 @@ class VhostUserDevice:
         failed = queue_only = False
         reply: Payload | bytes | None = None
         try:
-            if getattr(msg, "fds_truncated", False):
-                raise RequestError("too many fds in the ancillary data (truncated)")
             spec, payload = parse_request(msg)
             log.debug("vhost-user request", path=self.ifname, vid=self.vid, request=name, size=len(msg.payload), fds=len(msg.fds))
-            handler = self._handlers.get(spec.number)
-            if handler is None:
-                raise RequestError(f"not supported: {_UNSUPPORTED.get(spec.number, 'no handler')}")
-            reply = handler(msg, payload)
-        except (ProtocolError, RequestError, GuestMemoryError) as e:
+            reply = self._handler(spec)(msg, payload)
+        except (VhostUserError, GuestMemoryError) as e:
             failed = True
             queue_only = isinstance(e, QueueError)
-            self._refuse(name, e.reason if isinstance(e, ProtocolError) else str(e))
+            self._refuse(name, e.reason if isinstance(e, VhostUserError) else str(e))
         except Exception as e:  # a bug, here or in a callback: refuse, keep the process serving
             failed = True
             self._refuse(name, f"internal error: {e!r}")
@@ -530,7 +517,7 @@ class VhostUserDevice:
             return False
         if reply is not None and not failed:
             self.send_reply(msg.request, reply)
-        elif msg.flags & VHOST_USER_NEED_REPLY_MASK:
+        elif msg.need_reply:
             self.send_reply(msg.request, P.U64(1 if failed else 0))
         elif failed and not queue_only:
             return False
@@ -539,10 +526,21 @@ class VhostUserDevice:
         self._update_readiness()
         return not self.closed
 
+    def _handler(self, spec: MessageSpec) -> Callable[[Message, Any], Payload | bytes | None]:
+        """The handler of a parsed request, per its row: refused when unsupported, when the device
+        class has none, or when the protocol feature that gates it is not negotiated."""
+        if spec.handler is Handler.UNSUPPORTED:
+            raise RequestError(f"not supported: {spec.why}")
+        handler = self._handlers.get(spec.number)
+        if handler is None:
+            raise RequestError(f"not supported by the {self.device_class.name} device")
+        if spec.gate is not None and not self.has_protocol_feature(spec.gate):
+            raise RequestError(f"{spec.gate.name.removeprefix('VHOST_USER_PROTOCOL_F_')} protocol feature not negotiated")
+        return handler
+
     def send_reply(self, request: int, payload: Payload | bytes, fds: list[int] | None = None) -> None:
-        data = payload if isinstance(payload, (bytes, bytearray)) else payload.pack()
         self.stats["replies"] += 1
-        self._send(Message(request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, bytes(data), list(fds or [])))
+        self._send(Message.build(request, payload, fds or [], reply=True))
 
     def _refuse(self, request: str, reason: str) -> None:
         self.stats["errors"] += 1
@@ -786,8 +784,6 @@ class VhostUserDevice:
         return None
 
     def _reset_device(self, msg: Message, p: Any) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE):
-            raise RequestError("RESET_DEVICE protocol feature not negotiated")
         self._reset(keep_protocol=True)
         return None
 
@@ -817,16 +813,10 @@ class VhostUserDevice:
                      mmap_offset=hex(m.mmap_offset), mmap_size=hex(m.mmap_size), block_size=m.block_size)
         return None
 
-    def _require_mem_slots(self) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS):
-            raise RequestError("CONFIGURE_MEM_SLOTS protocol feature not negotiated")
-
     def _get_max_mem_slots(self, msg: Message, p: Any) -> Payload:
-        self._require_mem_slots()
         return P.U64(VHOST_USER_MAX_RAM_SLOTS)
 
     def _add_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
-        self._require_mem_slots()
         if self.memory is None:
             self.memory = GuestMemory()
         self.memory.add_region(p.region, msg.take_fd(0), VHOST_USER_MAX_RAM_SLOTS)
@@ -839,7 +829,6 @@ class VhostUserDevice:
         return None
 
     def _rem_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
-        self._require_mem_slots()
         if self.memory is None:
             raise RequestError("no memory region is mapped")
         self._quiesce()
@@ -984,15 +973,10 @@ class VhostUserDevice:
         return P.U64(self.status)
 
     def _config_space(self) -> bytes:
-        self._require_config()
         space = self.device_class.config_space(self)
         if space is None:
             raise RequestError(f"the {self.device_class.name} device has no config space")
         return space
-
-    def _require_config(self) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIG):
-            raise RequestError("CONFIG protocol feature not negotiated")
 
     def _get_config(self, msg: Message, p: P.Config) -> Payload | bytes:
         space = self._config_space()

@@ -74,7 +74,11 @@ a thread that calls the vhost library.
     number -> ``handler(dev, msg, payload)`` (``payload`` is the parsed,
     validated payload object; return a reply payload or None; raise
     ``RequestError`` to refuse).  Net: ``SEND_RARP``, ``NET_SET_MTU``.
-    Any request neither generic nor here is refused as not supported.
+    These are the rows the message table
+    (:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`) gives to the
+    device class (``Handler.DEVICE``); the state machine checks the row
+    first (payload, fds, the gating protocol feature), and refuses a device
+    request the class does not serve as not supported.
 
 A handler that needs the data path calls ``dev.hook(name, *args)``: it
 calls ``datapath.<name>(dev, *args)`` and logs (never raises) what the hook

@@ -29,7 +29,7 @@ from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, S
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
-from dataplane.vhost.protocol import MemoryRegion
+from dataplane.vhost_user.payloads import MemoryRegion
 from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, _mac_int
 
 __all__ = [

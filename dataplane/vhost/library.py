@@ -34,7 +34,6 @@ import threading
 from typing import Any
 
 from dataplane import log as dplog
-from dataplane.vhost import protocol as P
 from dataplane.vhost import device
 from dataplane.vhost.device import (
     GENERIC_PROTOCOL_FEATURES,
@@ -56,8 +55,10 @@ from dataplane.vhost.device import (
 )
 from dataplane.vhost.device_class import DeviceClass
 from dataplane.vhost.net import NetDevice, NetState
-from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
-from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint, TransportError
+from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
+from dataplane.vhost_user.errors import TransportError
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit, features_str
+from dataplane.vhost_user.messages import Message
 
 __all__ = [name for name in device.__all__ if name.startswith("RTE_VHOST_USER_")] + [
     "DEFAULT_FEATURES",
@@ -239,7 +240,7 @@ class VhostLibrary:
                 log.warning("new_connection refused the connection", path=vsock.path, vid=vid, result=result)
                 conn.close("refused by new_connection")
 
-    def _on_message(self, conn: Connection, msg: P.Message) -> bool:
+    def _on_message(self, conn: Connection, msg: Message) -> bool:
         with self._lock:
             return conn.device.handle(msg)  # type: ignore[attr-defined]
 
@@ -371,7 +372,7 @@ class VhostLibrary:
             cfg = self._socket(path).config
             extra = features & ~cfg.supported_features
             if extra:
-                raise VhostNotSupported(f"{path}: cannot enable unsupported features {P.features_str(extra)}")
+                raise VhostNotSupported(f"{path}: cannot enable unsupported features {features_str(extra)}")
             cfg.features |= features
 
     def driver_disable_features(self, path: str, features: int) -> None:
@@ -385,7 +386,7 @@ class VhostLibrary:
             cfg = self._socket(path).config
             missing = protocol_features & ~implemented_protocol_features(cfg.device)
             if missing:
-                raise VhostNotSupported(f"{path}: protocol features not implemented: {P.features_str(missing, PF)}")
+                raise VhostNotSupported(f"{path}: protocol features not implemented: {features_str(missing, PF)}")
             cfg.protocol_features = int(protocol_features)
 
     def driver_get_protocol_features(self, path: str) -> int:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataplane import log as dplog
-from dataplane.vhost import protocol as P
 from dataplane.vhost.device import (
     RTE_VHOST_USER_EXTBUF_SUPPORT,
     RTE_VHOST_USER_LINEARBUF_SUPPORT,
@@ -36,7 +35,9 @@ from dataplane.vhost.device import (
 )
 from dataplane.vhost.device_class import DeviceClass
 from dataplane.vhost.net_hdr import net_hdr_len
-from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VhostUserRequest as R, VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
+from dataplane.vhost_user.messages import Message, VhostUserRequest as R
+from dataplane.vhost_user.payloads import Config, U64
 
 __all__ = [
     "VIRTIO_ID_NET",
@@ -167,13 +168,13 @@ class NetDevice(DeviceClass):
 
     def set_config(self, dev: Any, offset: int, data: bytes, flags: int) -> None:
         end = offset + len(data)
-        if flags == P.Config.WRITABLE_FIELDS and end > 6:
+        if flags == Config.WRITABLE_FIELDS and end > 6:
             raise RequestError(f"config bytes {offset}..{end} are read-only (only the mac is writable)")
         space = bytearray(self.config_space(dev))
         space[offset:end] = data
         st: NetState = dev.device_state
         st.mac = bytes(space[:6])
-        if flags == P.Config.MIGRATION:
+        if flags == Config.MIGRATION:
             st.mtu = struct.unpack_from("<H", space, 10)[0]
 
     # -- net requests ---------------------------------------------------------------
@@ -181,14 +182,14 @@ class NetDevice(DeviceClass):
     def requests(self) -> dict:
         return {R.VHOST_USER_SEND_RARP: self._send_rarp, R.VHOST_USER_NET_SET_MTU: self._net_set_mtu}
 
-    def _send_rarp(self, dev: Any, msg: P.Message, p: P.U64) -> None:
+    def _send_rarp(self, dev: Any, msg: Message, p: U64) -> None:
         st: NetState = dev.device_state
         st.mac = struct.pack("<Q", p.u64)[:6]
         st.broadcast_rarp = True
         log.info("RARP requested", path=dev.ifname, vid=dev.vid, mac=st.mac.hex(":"))
         dev.hook("on_send_rarp")
 
-    def _net_set_mtu(self, dev: Any, msg: P.Message, p: P.U64) -> None:
+    def _net_set_mtu(self, dev: Any, msg: Message, p: U64) -> None:
         if not VIRTIO_MIN_MTU <= p.u64 <= VIRTIO_MAX_MTU:
             raise RequestError(f"invalid MTU {p.u64} ({VIRTIO_MIN_MTU}..{VIRTIO_MAX_MTU})")
         dev.device_state.mtu = p.u64

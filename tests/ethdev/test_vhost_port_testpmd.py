@@ -22,7 +22,7 @@ from dataplane.rings.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 from dataplane.testing.testpmd import TESTPMD, Testpmd
 from dataplane.testing.vhost_echo_proc import EchoProcess
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
 
 pytestmark = pytest.mark.skipif(TESTPMD is None, reason="dpdk-testpmd is not installed")
 

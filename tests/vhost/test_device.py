@@ -12,7 +12,7 @@ from dataplane.testing.vhost_frontend import GuestMemoryLayout, GuestRegion, eve
 from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD
 from dataplane.vhost.library import IMPLEMENTED_PROTOCOL_FEATURES, VhostNotSupported, VhostTryAgain
 from dataplane.vhost.net import net_hdr_len
-from dataplane.vhost.protocol import (
+from dataplane.vhost_user import (
     MemoryRegion,
     MemRegMsg,
     U64,
@@ -519,7 +519,7 @@ def test_reset_device_needs_the_protocol_feature(lib, server, connect, guest):
 
 
 def test_config_space_access_rules(lib, server, connect, guest):
-    from dataplane.vhost.protocol import Config
+    from dataplane.vhost_user import Config
 
     fe, dev = _running(lib, connect, guest)
     assert fe.get_config(250, 10) == b""  # beyond the 256-byte space: the spec's empty error reply
@@ -543,3 +543,28 @@ def test_control_queue_follows_the_queue_pairs(lib, server, sock_path, connect, 
     assert "vring index 3 out of range (device has 3 vrings)" in lib.get_device(0).last_error
     lib.driver_disable_features(sock_path, bit(VF.VIRTIO_NET_F_CTRL_VQ))
     assert fe.set_vring_num(2, 64, ack=True) == 1
+
+
+# -- the message table -----------------------------------------------------------------
+
+
+def test_the_message_table_says_which_requests_the_back_end_serves():
+    from dataplane.vhost.device import REQUEST_HANDLERS
+    from dataplane.vhost.net import NetDevice
+    from dataplane.vhost_user.messages import FRONTEND_REQUESTS, Handler
+
+    rows = FRONTEND_REQUESTS.values()
+    assert set(REQUEST_HANDLERS) == {s.number for s in rows if s.handler is Handler.BACKEND}
+    assert set(NetDevice().requests()) == {s.number for s in rows if s.handler is Handler.DEVICE}
+    assert all(s.why for s in rows if s.handler is Handler.UNSUPPORTED)
+
+
+def test_gated_requests_need_their_protocol_feature(lib, server, connect, guest):
+    fe = connect(guest)
+    fe.negotiate(BASE_FEATURES, protocol_features=REPLY_ACK)
+    dev = lib.get_device(0)
+    assert fe.net_set_mtu(1500, ack=True) == 1
+    assert dev.last_error == "VHOST_USER_NET_SET_MTU: MTU protocol feature not negotiated"
+    assert fe.set_status(S.ACKNOWLEDGE, ack=True) == 1
+    assert dev.last_error == "VHOST_USER_SET_STATUS: STATUS protocol feature not negotiated"
+    assert dev.status == 0 and dev.device_state.mtu == 0

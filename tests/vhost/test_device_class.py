@@ -9,7 +9,7 @@ import pytest
 from dataplane.vhost.device import GENERIC_PROTOCOL_FEATURES, RequestError
 from dataplane.vhost.device_class import DeviceClass
 from dataplane.vhost.library import VhostNotSupported
-from dataplane.vhost.protocol import (
+from dataplane.vhost_user import (
     Config,
     VhostUserProtocolFeature as PF,
     VhostUserRequest as R,

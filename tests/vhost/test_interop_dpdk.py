@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
 from dataplane.vhost.net import net_hdr_len
 
 TESTPMD = shutil.which("dpdk-testpmd")

@@ -12,7 +12,7 @@ import structlog
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
 from dataplane.vhost.library import CLIENT, NO_RECONNECT, VhostBusy, VhostDeviceOps, VhostError
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
 from dataplane.vhost.transport import RECONNECT_INTERVAL
 
 from dataplane.testing.vhost_support import wait_until
