@@ -22,6 +22,13 @@ lcore; the lcore's loop builds its contexts with :func:`lcore_queues`
 (a :class:`~dataplane.vhost.handoff.LcoreVrings`) and calls
 :func:`vhost_rx_burst` / :func:`vhost_tx_burst` from numba.
 
+Offloads: a guest's checksum or GSO request (virtio-net header) becomes Tx
+offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
+uses the compliant Rx flags and completes checksums in software), so the port
+that sends the packet on hands the request to its own peer, or completes the
+checksum in software when that peer did not negotiate GUEST_CSUM. HOST_TSO4/6
+are offered only with ``tso=1``.
+
 Link: up while a device is running on the socket (``new_device`` ..
 ``destroy_device``); :meth:`VhostPort.on_link_change` registers a callback
 (DPDK's LSC event).  Statistics live in shared memory (written by the
@@ -103,7 +110,10 @@ class VhostPortArgs:
             setattr(self, key.replace("-", "_"), v == "1")
 
     def flags(self) -> int:
-        f = vhost_lib.RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+        # Legacy (Tx) offload flags, unlike DPDK's vhost PMD: a guest's checksum or GSO
+        # request stays a Tx request on the mbuf, so the port that sends the packet on
+        # hands it to its peer (or completes it in software) instead of losing it.
+        f = 0
         if self.client:
             f |= vhost_lib.CLIENT
         if self.linear_buffer:

@@ -49,7 +49,10 @@ The guest's ``/init``
     * ``nc_listen PORT FILE`` — receive one TCP connection's bytes into FILE
       in the background (busybox ``nc -l``, its stdin held open on a FIFO:
       busybox nc half-closes its side when its stdin reaches EOF); the pid of
-      the listener is in ``$NC_PID``; ``wait_pid SECONDS PID`` waits for it.
+      the listener is in ``$NC_PID``; ``wait_pid SECONDS PID`` waits for it;
+    * ``barrier PEER PORT`` — returns once the guest at address PEER called
+      ``barrier`` with the same PORT too (so neither powers off while the
+      other still needs it), 1 after a minute without the peer.
 
     The script's exit status decides: 0 prints ``PASS`` plus the ``result``
     values, anything else ``FAIL exit N`` (the console above it shows what
@@ -173,6 +176,11 @@ nc_listen() {
     sleep 100000 > $_fifo &
     nc -l -p "$1" < $_fifo > "$2" &
     NC_PID=$!
+}
+barrier() {
+    nc_listen $2 /tmp/.barrier_$2
+    wait_until 60 sh -c "echo x | nc -w 5 $1 $2" || return 1
+    wait_pid 60 $NC_PID
 }
 """
 
