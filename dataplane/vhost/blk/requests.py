@@ -74,6 +74,7 @@ from .spec import (
     VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+    VirtioBlkFeature as BF,
 )
 
 __all__ = [
@@ -457,8 +458,6 @@ class BlkQueue:
         enabled: bool = True,
         keepalive=None,
     ):
-        from .spec import VirtioBlkFeature as BF
-
         features = int(features)
         self.packed = bool(packed)
         self.size = int(size)
