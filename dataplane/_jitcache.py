@@ -1,59 +1,167 @@
-"""Where numba keeps compiled code: a directory per version of dataplane's sources.
+"""Where numba keeps compiled code, and when a cached kernel is stale.
 
-numba's on-disk cache checks only the timestamp of the file that defines a
-function, not of the modules whose kernels it inlines (rings into mempools,
-mempools into poll loops).  A stale entry then runs old code.  Keying the
-whole cache on a hash of every source file makes any change start afresh;
-directories unused for an hour are pruned, keeping the newest few.
+numba's on-disk cache stamps an entry with a hash of the one file that defines
+the function.  A kernel that inlines kernels from other modules (rings into
+mempools, mempools into poll loops) would then run old code after an edit to
+one of those modules.  So dataplane stamps each entry with a hash of the
+defining file *and every dataplane module it imports, transitively*: an edit
+recompiles exactly the kernels that can see it, and nothing else.
+
+The import graph is read from the source (``ast``), including imports inside
+functions, so the stamp does not depend on what happens to be imported at run
+time.  Files are hashed by content.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import os
 import shutil
+import sys
 import time
 
-_KEEP = 3
+_PKG = "dataplane"
+_ROOT = os.path.dirname(os.path.abspath(__file__))  # .../dataplane
+_PARENT = os.path.dirname(_ROOT)
+_CACHE_SUBDIR = "closure-v1"
 
 
-def _source_hash(root: str) -> str:
-    h = hashlib.sha1()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = os.path.join(dirpath, name)
-                h.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as f:
-                    h.update(f.read())
-    return h.hexdigest()[:16]
+def _module_path(modname: str) -> str | None:
+    """The source file of a dataplane module, or None when it is not one."""
+    parts = modname.split(".")
+    if parts[0] != _PKG:
+        return None
+    base = os.path.join(_PARENT, *parts)
+    for cand in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _package_of(path: str) -> list[str]:
+    """Dotted package of a file under dataplane (``[]`` when outside it)."""
+    rel = os.path.relpath(os.path.abspath(path), _PARENT)
+    if rel.startswith(".."):
+        return []
+    parts = rel[:-3].split(os.sep) if rel.endswith(".py") else rel.split(os.sep)
+    if parts[-1] == "__init__":
+        return parts[:-1]
+    return parts[:-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_facts(path: str, mtime_ns: int, size: int) -> tuple[bytes, tuple[str, ...]]:
+    """(content hash, dataplane files it imports) of one source file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).digest()
+    try:
+        tree = ast.parse(data, filename=path)
+    except SyntaxError:
+        return digest, ()
+    pkg = _package_of(path)
+    deps: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if not pkg:
+                    continue
+                anchor = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # "from X import a": the module X.a when a is one, else X itself
+            for a in node.names:
+                sub = _module_path(f"{base}.{a.name}")
+                dep = sub if sub is not None else _module_path(base)
+                if dep is not None:
+                    deps.add(dep)
+            continue
+        for name in names:
+            # a package's __init__ is a facade: follow only the module named
+            p = _module_path(name)
+            if p is not None:
+                deps.add(p)
+    deps.discard(path)
+    return digest, tuple(sorted(deps))
+
+
+def _facts(path: str) -> tuple[bytes, tuple[str, ...]]:
+    st = os.stat(path)
+    return _file_facts(path, st.st_mtime_ns, st.st_size)
+
+
+def closure_files(path: str) -> dict[str, bytes]:
+    """``path`` and every dataplane module it imports, transitively: file -> content hash."""
+    seen: dict[str, bytes] = {}
+    todo = [os.path.abspath(path)]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        digest, deps = _facts(p)
+        seen[p] = digest
+        todo.extend(d for d in deps if d not in seen)
+    return seen
+
+
+def closure_stamp(path: str) -> str:
+    """Hash of ``path`` and of every dataplane module it imports, transitively."""
+    h = hashlib.sha256()
+    for p, digest in sorted(closure_files(path).items()):
+        h.update(os.path.relpath(p, _PARENT).encode())
+        h.update(digest)
+    return h.hexdigest()
+
+
+def _install_locator() -> None:
+    from numba.core import caching
+
+    if getattr(caching, "_dataplane_locator", None) is not None:
+        return
+
+    class ClosureStampLocator(caching.UserProvidedCacheLocator):
+        """numba's user-directory locator, stamped with the import closure."""
+
+        def get_source_stamp(self):
+            return closure_stamp(self._py_file)
+
+    caching.CacheImpl._locator_classes.insert(0, ClosureStampLocator)
+    caching._dataplane_locator = ClosureStampLocator
+
+
+def _prune(base: str, keep: str) -> None:
+    """Remove the per-tree-hash directories of earlier versions (unused for an hour)."""
+    try:
+        now = time.time()
+        for d in os.listdir(base):
+            p = os.path.join(base, d)
+            if p != keep and os.path.isdir(p) and now - os.stat(p).st_mtime > 3600:
+                shutil.rmtree(p, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def configure() -> None:
-    """Point NUMBA_CACHE_DIR at this source version's directory (unless the user set it)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    root = os.path.dirname(os.path.abspath(__file__))
-    base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dataplane-numba")
-    path = os.path.join(base, _source_hash(root))
-    try:
-        os.makedirs(path, exist_ok=True)
-        os.utime(path)
-        others = sorted(
-            (os.path.join(base, d) for d in os.listdir(base) if os.path.join(base, d) != path),
-            key=lambda p: os.stat(p).st_mtime,
-        )
-        now = time.time()
-        for old in others[: max(0, len(others) - (_KEEP - 1))]:
-            if now - os.stat(old).st_mtime > 3600:  # not one another process may be using
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError:
-        return  # unwritable home: numba falls back to __pycache__
-    os.environ["NUMBA_CACHE_DIR"] = path
-    import sys
-
+    """Point NUMBA_CACHE_DIR at dataplane's cache (unless the user set it) and
+    stamp cache entries with their import closure."""
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dataplane-numba")
+        path = os.path.join(base, _CACHE_SUBDIR)
+        try:
+            os.makedirs(path, exist_ok=True)
+            os.utime(path)
+            _prune(base, path)
+            os.environ["NUMBA_CACHE_DIR"] = path
+        except OSError:
+            pass  # unwritable home: numba falls back to __pycache__
     if "numba" in sys.modules:  # imported before us: make it re-read the environment
         from numba.core import config
 
         config.reload_config()
+    _install_locator()

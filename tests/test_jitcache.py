@@ -1,0 +1,71 @@
+"""The numba cache stamp: a kernel's entry goes stale exactly when a module it can see changes."""
+
+import os
+import textwrap
+
+import pytest
+
+import dataplane
+from dataplane import _jitcache
+
+ROOT = os.path.dirname(dataplane.__file__)
+
+
+def rel(paths):
+    return {os.path.relpath(p, ROOT) for p in paths}
+
+
+def test_closure_follows_imports_but_not_the_package_facade():
+    files = rel(_jitcache.closure_files(os.path.join(ROOT, "rings", "split.py")))
+    assert {"rings/split.py", "rings/virtqueue.py", "rings/atomics.py", "rings/jit.py"} <= files
+    # dataplane/__init__.py imports the whole engine; following it would make every edit global
+    assert "__init__.py" not in files
+    assert not any(f.startswith(("apps/", "vhost/", "virtio/")) for f in files)
+
+
+@pytest.fixture
+def scratch_pkg():
+    """A throwaway subpackage of dataplane, removed afterwards."""
+    d = os.path.join(ROOT, "_scratch_jitcache_test")
+    os.makedirs(d)
+    open(os.path.join(d, "__init__.py"), "w").close()
+    try:
+        yield d
+    finally:
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+
+
+def test_stamp_changes_with_a_dependency_and_only_with_one(scratch_pkg):
+    a, b, c = (os.path.join(scratch_pkg, n + ".py") for n in "abc")
+    write(a, """
+        from . import b
+        def f():
+            from dataplane._scratch_jitcache_test.c import g  # an import inside a function counts
+            return g
+    """)
+    write(b, "X = 1\n")
+    write(c, "def g(): return 1\n")
+    unrelated = os.path.join(scratch_pkg, "d.py")
+    write(unrelated, "Y = 1\n")
+
+    assert rel(_jitcache.closure_files(a)) >= {"_scratch_jitcache_test/b.py", "_scratch_jitcache_test/c.py"}
+    before = _jitcache.closure_stamp(a)
+    write(unrelated, "Y = 2\n")
+    assert _jitcache.closure_stamp(a) == before
+    write(c, "def g(): return 2\n")
+    assert _jitcache.closure_stamp(a) != before
+
+
+def test_numba_uses_the_closure_stamp():
+    from numba.core import caching
+
+    locator = caching.CacheImpl._locator_classes[0]
+    assert locator.get_source_stamp is not caching.UserProvidedCacheLocator.get_source_stamp
+    assert os.environ["NUMBA_CACHE_DIR"].endswith(_jitcache._CACHE_SUBDIR)
