@@ -219,6 +219,10 @@ class VhostPort:
     def _vring_state_changed(self, vid: int, qid: int, enable: int) -> None:
         if qid < len(self.queue_state):
             self.queue_state[qid] = bool(enable)
+        if enable:
+            # lcores poll every ring: ask the guest not to kick (DPDK's vhost PMD does the same at
+            # new_device); otherwise a busy driver makes an eventfd write after every burst
+            self.library.enable_guest_notification(vid, qid, False)
 
     # -- link --------------------------------------------------------------------
     def _set_link(self, up: bool) -> None:

@@ -181,13 +181,17 @@ class _VhostSocket:
 
 
 class VhostLibrary:
-    """All vhost-user sockets and devices of one process (or one test)."""
+    """All vhost-user sockets and devices of one process (or one test).
 
-    def __init__(self) -> None:
+    ``loop``: the :class:`~dataplane.vhost.transport.EventLoop` to run on (e.g. one
+    with an injected clock); by default one is created on first use.
+    """
+
+    def __init__(self, loop: EventLoop | None = None) -> None:
         self._lock = threading.RLock()
         self._sockets: dict[str, _VhostSocket] = {}
         self._devices: dict[int, tuple[_VhostSocket, VhostUserDevice, Connection]] = {}
-        self._loop: EventLoop | None = None
+        self._loop: EventLoop | None = loop  # created on first use unless given; stopped by close()
 
     # -- internals ---------------------------------------------------------------
 

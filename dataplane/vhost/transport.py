@@ -74,8 +74,9 @@ class EventLoop:
     callbacks are logged and the loop goes on.
     """
 
-    def __init__(self, name: str = "vhost-events"):
+    def __init__(self, name: str = "vhost-events", clock: Callable[[], float] = time.monotonic):
         self.name = name
+        self.clock = clock  # seconds; timers run by it (tests inject a clock they move by hand)
         self._sel = selectors.DefaultSelector()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake_fd, selectors.EVENT_READ, None)
@@ -107,6 +108,10 @@ class EventLoop:
         self._wake()
         return fut.result(timeout) if fut is not None else None
 
+    def turn(self, timeout: float | None = 30.0) -> None:
+        """Return after one full turn of the loop: every timer due by :attr:`clock` has run."""
+        self.call(lambda: None, timeout=timeout)
+
     def add_reader(self, fileobj: Any, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` in the loop whenever ``fileobj`` is readable (loop thread only)."""
         self._sel.register(fileobj, selectors.EVENT_READ, callback)
@@ -119,7 +124,7 @@ class EventLoop:
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> _Timer:
         """Run ``fn()`` in the loop after ``delay`` seconds (loop thread only); returns a cancellable handle."""
-        t = _Timer(time.monotonic() + delay, fn)
+        t = _Timer(self.clock() + delay, fn)
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
 
@@ -146,7 +151,7 @@ class EventLoop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        return max(0.0, self._timers[0][0] - self.clock())
 
     def _run(self) -> None:
         try:
