@@ -37,12 +37,12 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
 from dataplane.ethdev import EthdevError
-from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues, vhost_rx_burst, vhost_tx_burst
+from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues
 from dataplane.lcores import launch
 from dataplane.memory.mempool import mempool_create, mempool_lookup, pktmbuf_free, pktmbuf_free_bulk, seg_addr
 from dataplane.rings.atomics import load_acquire
 from dataplane.rings.jit import inline_kernel, loop_kernel
-from dataplane.vhost.handoff import vrings_changed
+from dataplane.vhost.handoff import vhost_rx_burst, vhost_tx_burst, vrings_changed
 from dataplane.rings.mem import be16, ld8
 
 log = dplog.get_logger("dataplane.apps")
@@ -158,10 +158,10 @@ def _lcore_main(arg):
 
 def _warm_up(mp, queue_counts, opts) -> None:
     """Compile the loop for each tuple size here, once (workers then load it from the disk cache)."""
-    from dataplane.vhost.handoff import _disabled_queue, warm_up
+    from dataplane.vhost.handoff import dummy_ctx, warm_up
 
     warm_up()
-    ctx = _disabled_queue().ctx
+    ctx = dummy_ctx()
     stop = np.ones(16, np.uint32)
     for nq in sorted(queue_counts):
         echo_loop(tuple(ctx for _ in range(2 * nq)), mp.arrays, 0, stop, np.zeros(8, np.int64),

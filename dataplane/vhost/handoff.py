@@ -9,7 +9,9 @@ returns what the lcore really consumed).
 
 Lcore side, :class:`LcoreVrings`: maps the guest memory itself from the fds it
 was sent and builds a :class:`~dataplane.vhost.virtio_net.VhostQueueCtx` per
-vring (a disabled dummy while the ring is not running).
+vring (a disabled dummy, :func:`dummy_ctx`, while the ring is not running);
+:func:`vhost_rx_burst` / :func:`vhost_tx_burst` run the data path on them
+(the vhost PMD's ``eth_vhost_rx`` / ``eth_vhost_tx``).
 
 Per-vring counters (the data path's ``C_*`` slots) and the device's
 SEND_RARP array live in memzone ``vhost_<name>``, so the main process reads
@@ -21,17 +23,19 @@ from __future__ import annotations
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.memory.mempool import pktmbuf_free_bulk
 from dataplane.net.ether import mac_to_int
 from dataplane.rings import handoff as H
 from dataplane.rings.atomics import py_store_release
 from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, queues_changed
+from dataplane.rings.jit import kernel
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
 from dataplane.vhost_user.payloads import MemoryRegion
-from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue
+from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, dequeue_burst, enqueue_burst
 
 __all__ = [
     "CTL_SLOTS",
@@ -44,6 +48,9 @@ __all__ = [
     "map_vring",
     "vring_spec",
     "restore_indices",
+    "dummy_ctx",
+    "vhost_rx_burst",
+    "vhost_tx_burst",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -119,7 +126,7 @@ class LcoreVrings(H.LcoreQueues):
     :class:`~dataplane.vhost.virtio_net.VhostQueueCtx` contexts (``ctxs``)."""
 
     def __init__(self, name: str, qids, *, memory=None, nvrings: int | None = None, port: int = 0xFFFF):
-        self.dummy_ctx = _disabled_queue().ctx
+        self.dummy_ctx = dummy_ctx()
         super().__init__(name, qids, memory=memory)
         mz = self.memory.memzone_lookup(memzone_name(name))
         if nvrings is None:
@@ -317,3 +324,27 @@ def _disabled_queue() -> VhostQueue:
         q = VhostQueue(a, a + 64, a + 128, 1, regions=np.zeros((1, 3), np.uint64), enabled=False, keepalive=buf)
         _DISABLED.append(q)
     return _DISABLED[0]
+
+
+def dummy_ctx():
+    """The context of a vring that is not running: bursts on it do nothing."""
+    return _disabled_queue().ctx
+
+
+@kernel
+def vhost_rx_burst(ctx, mp, lcore, pkts, n):
+    """``rte_eth_rx_burst``: up to ``n`` packets from the guest's Tx vring into ``pkts``; returns the count."""
+    return dequeue_burst(ctx, mp, lcore, pkts, n)
+
+
+@kernel
+def vhost_tx_burst(ctx, mp, lcore, pkts, n):
+    """``rte_eth_tx_burst``: copy ``pkts[:n]`` into the guest's Rx vring; returns how many went.
+
+    The mbufs that went are freed (the copy is in the guest); ``pkts[sent:n]``
+    stay with the caller (free or retry them).
+    """
+    sent = enqueue_burst(ctx, mp, pkts, n)
+    if sent > 0:
+        pktmbuf_free_bulk(mp, lcore, pkts, sent)
+    return sent
