@@ -196,7 +196,7 @@ class EventLoop:
                             pass
                         continue
                     self._guard(key.data)
-                now = time.monotonic()
+                now = self.clock()
                 while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
                     t = heapq.heappop(self._timers)[2]
                     if not t.cancelled:
