@@ -64,13 +64,6 @@ LAYERS = [
 
 #: (importing module, imported module) pairs that break the order today, and why they may, for now.
 ALLOWED = {
-    # The vhost-user protocol still lives in the back-end's package: the `proto` helper is moving it
-    # into dataplane/vhost_user/ (layer 5), after which these imports point down and leave this list.
-    ("dataplane.virtio.vhost_user", "dataplane.vhost.protocol"): "vhost-user protocol, moving to vhost_user/",
-    ("dataplane.virtio.vhost_user", "dataplane.vhost.transport"): "vhost-user framing, moving to vhost_user/",
-    ("dataplane.virtio.virtio_user", "dataplane.vhost.protocol"): "VirtioFeature table, moving to vhost_user/",
-    ("dataplane.virtio.virtio_user", "dataplane.vhost.transport"): "socket path helper, moving to vhost_user/",
-    ("dataplane.virtio.paths", "dataplane.vhost.protocol"): "VirtioFeature table, moving to vhost_user/",
     # The virtio-net header is one definition both sides use (issue 10 item 4 keeps it, with its
     # offloads, in vhost/net_hdr.py); the front-end takes only its length.  It goes below both
     # sides when the offload work (the `guest` helper) settles where the header lives.

@@ -46,7 +46,7 @@ class Engine:
     # -- control -------------------------------------------------------------------
     def start(self, tx_first: int | None = None) -> None:
         """Start forwarding on every forwarding lcore (``tx_first``: bursts each stream sends first;
-        default from ``[forward] tx_first``)."""
+        default from ``[forward] tx_first``).  Returns once every lcore forwards, its tx_first sent."""
         if tx_first is None:
             tx_first = 1 if self.config.forward.tx_first else 0
         self._engine.start(tx_first=tx_first)

@@ -37,7 +37,9 @@ from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
 from dataplane.ethdev.queue import KIND_NONE, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.lcores import launch
+from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
+from dataplane.rings.atomics import py_load_acquire
 from dataplane.net.ether import mac_to_int
 
 __all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd"]
@@ -50,6 +52,9 @@ _FSTATS = "engine_fstats"
 _RUN = "engine_run"
 _PORTS = "engine_port_up"
 MAX_QUEUES = 64
+#: How long ``start`` waits for the forwarding lcores to be in their loops (they may
+#: first load, or with a custom forwarding function compile, their numba code).
+START_TIMEOUT = 300.0
 
 
 def mac_str(v: int) -> str:
@@ -116,7 +121,7 @@ class Engine:
             self.qstats = self._zone(_QSTATS, self.nb_ports * maxq * Q_SLOTS).reshape(self.nb_ports, maxq, Q_SLOTS)
             self.streams = self._plan()
             self.fstats = self._zone(_FSTATS, max(1, len(self.streams)) * FL.S_SLOTS).reshape(-1, FL.S_SLOTS)
-            self.run_flag = self.memory.memzone_reserve(_RUN, 64).view(np.uint32)
+            self.run_flag = self.memory.memzone_reserve(_RUN, 4 * (FL.RUN_FORWARDING + MAX_LCORE)).view(np.uint32)
             self.run_flag[:] = 0
             self.port_up = self._zone(_PORTS, self.nb_ports)
             self.port_up[:] = 1
@@ -189,7 +194,8 @@ class Engine:
         if len(self.fwd.txpkts) > 255 or sum(self.fwd.txpkts) > 0xFFFF:
             raise ValueError(f"txpkts {self.fwd.txpkts}: at most 255 segments and 65535 bytes")
         self._fstats_base = self.fstats.copy()
-        self.run_flag[0] = 1
+        self.run_flag[FL.RUN_FORWARDING:] = 0
+        self.run_flag[FL.RUN_SWITCH] = 1
         cfg = np.zeros(FL.CFG_SLOTS, np.int64)
         cfg[FL.CFG_MODE] = FL.MODES.get(self.fwd.mode, FL.MODE_IO)
         cfg[FL.CFG_BURST] = self.fwd.burst
@@ -207,13 +213,31 @@ class Engine:
             self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, seg_lens, self.qstats.shape[1], self.fwd_fn), lc)
         self.running = True
         self._started_at = time.monotonic()
+        self._wait_forwarding(sorted(by_lcore))
         log.info("forwarding started", mode=self.fwd.mode if self.fwd_fn is None else "custom", streams=len(self.streams), lcores=sorted(by_lcore))
+
+    def _wait_forwarding(self, lcores: list[int]) -> None:
+        """Return once every lcore in ``lcores`` runs its loop, tx_first sent (testpmd's ``start``:
+        traffic flows when the prompt is back).  An lcore that ends first is an error."""
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = list(lcores)
+        while pending:
+            pending = [lc for lc in pending if not py_load_acquire(self.run_flag, FL.RUN_FORWARDING + lc)]
+            ended = [lc for lc in pending if self.launcher.get_state(lc) is not launch.LcoreState.RUNNING]
+            if ended:
+                self.stop()  # raises the failure of an lcore that failed
+                raise RuntimeError(f"forwarding lcore(s) {ended} ended before forwarding")
+            if pending and time.monotonic() > deadline:
+                log.warning("forwarding lcores are not forwarding yet", lcores=pending, waited=START_TIMEOUT)
+                return
+            if pending:
+                time.sleep(0.001)
 
     def stop(self) -> dict:
         """testpmd ``stop``: stop the loops, wait for them; returns the forward statistics."""
         if not self.running:
             return self.forward_stats()
-        self.run_flag[0] = 0
+        self.run_flag[FL.RUN_SWITCH] = 0
         try:
             self.launcher.mp_wait_lcore(timeout=60)
         finally:
@@ -377,8 +401,10 @@ def _lcore_main(arg):
         return tuple(out), watches
 
     _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
-    deadline = time.monotonic() + 1.0
-    for lp in lps.values():  # attach the queues already handed over (tx_first must find them)
+    # attach the queues already handed over (tx_first must find them); their messages were sent
+    # before their requests were published, so this waits only for this process (a safety net)
+    deadline = time.monotonic() + 30.0
+    for lp in lps.values():
         while lp.changed() and time.monotonic() < deadline:
             lp.service(wait=0.01)
     streams, watches = build()

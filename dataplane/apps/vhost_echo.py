@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
 from dataplane.ethdev import EthdevError
 from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues
 from dataplane.lcores import launch
@@ -230,17 +231,8 @@ def run(eal, opts) -> int:
         for p in ports:
             p.start()
         print(f"vhost_echo: {len(ports)} port(s) up, mode {opts.mode}", flush=True)
-        deadline = time.monotonic() + opts.duration if opts.duration > 0 else None
-        stop = eal.launcher.stop_flag
-        while not stop[0]:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if eal.launcher.failures:
-                log.error("an lcore failed", errors=[str(e) for e in eal.launcher.failures])
-                break
-            if opts.stats_file:
-                _write_json(opts.stats_file, snapshot(ports, checks))
-            time.sleep(0.2)
+        tick = (lambda: _write_json(opts.stats_file, snapshot(ports, checks))) if opts.stats_file else None
+        wait_for_stop(eal, opts.duration, every=0.2, tick=tick)
     except KeyboardInterrupt:
         pass
     except EthdevError as e:
@@ -249,11 +241,7 @@ def run(eal, opts) -> int:
     finally:
         for p in ports:
             p.stop()  # lcores give their rings back (they are still polling)
-        eal.launcher.request_stop()
-        try:
-            eal.launcher.mp_wait_lcore(timeout=10)
-        except Exception as e:
-            log.error("lcore ended badly", error=str(e))
+        stop_lcores(eal)
         final = snapshot(ports, checks)
         if opts.stats_file:
             _write_json(opts.stats_file, final)
@@ -264,20 +252,7 @@ def run(eal, opts) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataplane.lcores.eal import Eal
-    from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = parse_eal_args(argv)
-        opts = _parser().parse_args(cfg.app_args)
-    except EalArgsError as e:
-        print(f"vhost_echo: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:
-        return int(e.code or 0)
-    with Eal(cfg) as eal:
-        return run(eal, opts)
+    return eal_main("vhost_echo", _parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ lcore; the lcore's loop builds its contexts with :func:`lcore_queues`
 :func:`~dataplane.vhost.handoff.vhost_tx_burst` from numba.  In the engine,
 :class:`VhostLcorePort` does that (the driver is registered as ``net_vhost``).
 
+Offloads: a guest's checksum or GSO request (virtio-net header) becomes Tx
+offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
+uses the compliant Rx flags and completes checksums in software), so the port
+that sends the packet on hands the request to its own peer, or completes the
+checksum in software when that peer did not negotiate GUEST_CSUM. HOST_TSO4/6
+are offered only with ``tso=1``.
+
 Link: up while a device is running on the socket (``new_device`` ..
 ``destroy_device``); :meth:`VhostPort.on_link_change` registers a callback
 (DPDK's LSC event).  Statistics live in shared memory (written by the
@@ -46,10 +53,11 @@ from dataplane.ethdev.queue import KIND_VHOST
 from dataplane.ethdev.registry import Driver, register
 from dataplane.lcores.eal_args import Devargs
 from dataplane.vhost import library as vhost_lib
-from dataplane.vhost.device import VHOST_MAX_QUEUE_PAIRS, VhostDeviceOps
+from dataplane.vhost.device import VhostDeviceOps
 from dataplane.vhost import handoff as vhost_handoff
 from dataplane.vhost.handoff import LcoreVrings, VringHandoff
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost.net import VHOST_MAX_QUEUE_PAIRS
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import C_BYTES, C_DROPS, C_ERRORS, C_NO_MBUF, C_PACKETS, COUNTER_NAMES
 
 __all__ = ["VhostPort", "VhostPortArgs", "VhostLcorePort", "lcore_queues", "DRIVER_NAME"]
@@ -96,7 +104,10 @@ class VhostPortArgs:
             setattr(self, key.replace("-", "_"), v == "1")
 
     def flags(self) -> int:
-        f = vhost_lib.RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+        # Legacy (Tx) offload flags, unlike DPDK's vhost PMD: a guest's checksum or GSO
+        # request stays a Tx request on the mbuf, so the port that sends the packet on
+        # hands it to its peer (or completes it in software) instead of losing it.
+        f = 0
         if self.client:
             f |= vhost_lib.CLIENT
         if self.linear_buffer:
@@ -218,6 +229,10 @@ class VhostPort(HandoffPort):
     def _vring_state_changed(self, vid: int, qid: int, enable: int) -> None:
         if qid < len(self.queue_state):
             self.queue_state[qid] = bool(enable)
+        if enable:
+            # lcores poll every ring: ask the guest not to kick (DPDK's vhost PMD does the same at
+            # new_device); otherwise a busy driver makes an eventfd write after every burst
+            self.library.enable_guest_notification(vid, qid, False)
 
     # -- link --------------------------------------------------------------------
     def _set_link(self, up: bool) -> None:

@@ -129,6 +129,8 @@ class Eal:
     def close(self) -> None:
         """Stop and reap every worker, release memory and the runtime directory."""
         global _CURRENT
+        if self.memory is not None and self.memory.runtime is not None:
+            self.memory.runtime.mark_exiting()  # a successor with our prefix waits for us
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()

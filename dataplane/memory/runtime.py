@@ -3,7 +3,12 @@
 The primary process of a prefix holds an exclusive flock on ``<dir>/lock``
 (which contains its pid) for its whole life; forked workers share that lock
 through the inherited open file description. A second instance with the same
-prefix is refused with :class:`RuntimeDirBusy`.
+prefix is refused with :class:`RuntimeDirBusy`, unless the owner is on its way
+out: an instance that is closing marks its lock file ``<pid> exiting``
+(:meth:`RuntimeDir.mark_exiting`), and when the recorded owner is dead the
+lock can only be held by its lcore workers, which die with it. In both cases
+the newcomer waits for the lock (up to :data:`EXIT_WAIT` seconds), so a
+back-end restarted right after ``quit`` with the same prefix starts.
 
 A run that was killed leaves its lock file behind, unlocked. The next start
 with the same prefix detects it, logs it and removes the old directory
@@ -22,6 +27,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 
 from dataplane import log as dplog
 
@@ -34,6 +40,9 @@ DEFAULT_RUNTIME_PARENT = "/var/run/dataplane"
 RUNTIME_DIR_ENV = "DATAPLANE_RUNTIME_DIR"
 LOCK_NAME = "lock"
 HUGE_DIRS_NAME = "huge_dirs"
+EXITING = "exiting"
+#: seconds a new instance waits for an owner that is exiting (or dead, its workers dying)
+EXIT_WAIT = 30.0
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -99,11 +108,9 @@ class RuntimeDir:
             except FileNotFoundError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
+                self._lock(fd)
+            except BaseException:
                 os.close(fd)
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise self._busy_error() from None
                 raise
             if os.fstat(fd).st_nlink == 0:  # the owner unlinked it while we opened it
                 os.close(fd)
@@ -124,20 +131,62 @@ class RuntimeDir:
         log.debug("runtime directory acquired", prefix=self.prefix, path=self.path)
         return self
 
-    def _busy_error(self) -> RuntimeDirBusy:
+    def _lock(self, fd: int) -> None:
+        """Take the exclusive lock on ``fd``; wait while the owner is exiting or dead."""
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            pid, exiting = self._owner()
+            leaving = exiting or (pid is not None and not _alive(pid))
+            if not leaving:
+                raise self._busy_error()
+            if deadline is None:
+                log.info("waiting for the previous owner of the file prefix to exit", prefix=self.prefix,
+                         old_pid=pid, exiting=exiting)
+                deadline = time.monotonic() + EXIT_WAIT
+            elif time.monotonic() > deadline:
+                raise self._busy_error(f"; it has been exiting for more than {EXIT_WAIT:g} s")
+            time.sleep(0.02)
+
+    def mark_exiting(self) -> None:
+        """Record in the lock file that this instance is closing (see the module docstring).
+
+        Only the acquiring process does it; the lock is still held until :meth:`release`.
+        """
+        if self._lock_fd is None or os.getpid() != self._owner_pid:
+            return
+        line = f"{os.getpid()} {EXITING}\n".encode()
+        os.pwrite(self._lock_fd, line, 0)
+        os.ftruncate(self._lock_fd, len(line))
+
+    def _busy_error(self, more: str = "") -> RuntimeDirBusy:
         pid = self._read_pid()
         who = f"pid {pid}" if pid else "another process"
         return RuntimeDirBusy(
-            f"file prefix {self.prefix!r} is in use by {who} (lock {self.lock_path}); "
+            f"file prefix {self.prefix!r} is in use by {who} (lock {self.lock_path}){more}; "
             f"use another --file-prefix or stop that process"
         )
 
-    def _read_pid(self) -> int | None:
+    def _owner(self) -> tuple[int | None, bool]:
+        """The pid in the lock file, and whether it is marked exiting."""
         try:
             with open(self.lock_path) as f:
-                return int(f.read().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
+                words = f.read().split()
+        except OSError:
+            return None, False
+        try:
+            pid = int(words[0]) if words else None
+        except ValueError:
+            return None, False
+        return pid or None, words[1:2] == [EXITING]
+
+    def _read_pid(self) -> int | None:
+        return self._owner()[0]
 
     def _clean_stale(self) -> None:
         """Remove what a dead previous owner left (we hold the lock now)."""
@@ -200,6 +249,16 @@ class RuntimeDir:
 
     def __repr__(self) -> str:
         return f"<RuntimeDir {self.path}{' locked' if self.acquired else ''}>"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: str) -> None:

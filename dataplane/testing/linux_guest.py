@@ -26,7 +26,9 @@ The image (:func:`guest_image`)
     (``virtio_pci``, ``virtio_net``, ``virtio_blk`` and their dependencies, in
     the order ``modprobe --show-depends`` gives after ``depmod -b``) and a
     scripted ``/init``. Cached in ``$DATAPLANE_GUEST_CACHE`` or
-    ``~/.cache/dataplane-guest/<kernel version>/``, rebuilt when missing; a
+    ``~/.cache/dataplane-guest/<kernel version>/<recipe>/`` (``recipe``: a
+    hash of ``/init``, the helpers and the module list, so an edit of them
+    builds a new image), rebuilt when missing; a
     build goes to a temporary directory renamed into place, so concurrent
     builders are safe (the loser discards its copy). Needs the Debian packages
     ``busybox-static``, ``kmod`` and ``qemu-system-x86`` (``.ci/setup``).
@@ -35,8 +37,9 @@ The guest's ``/init``
     mounts proc, sys, devtmpfs; inserts the modules one ``insmod`` each;
     brings ``lo`` up; sources ``/params`` (the ``params`` dict as shell
     variables: keys are shell names, values any text) and then runs the test
-    script in a subshell with ``set -e``, in ``/tmp`` (a tmpfs). Helpers the
-    script can call (from ``/lib/guest.sh``):
+    script in a shell with ``set -e``, in ``/tmp`` (a tmpfs), killed after
+    ``script_timeout`` seconds (``FAIL timeout: ...``). Helpers the script
+    can call (from ``/lib/guest.sh``):
 
     * ``fail MESSAGE...`` — end the test now with ``FAIL MESSAGE``;
     * ``result KEY=VALUE`` — add ``KEY=VALUE`` to the result line (no spaces
@@ -46,7 +49,10 @@ The guest's ``/init``
     * ``nc_listen PORT FILE`` — receive one TCP connection's bytes into FILE
       in the background (busybox ``nc -l``, its stdin held open on a FIFO:
       busybox nc half-closes its side when its stdin reaches EOF); the pid of
-      the listener is in ``$NC_PID``; ``wait_pid SECONDS PID`` waits for it.
+      the listener is in ``$NC_PID``; ``wait_pid SECONDS PID`` waits for it;
+    * ``barrier PEER PORT`` — returns once the guest at address PEER called
+      ``barrier`` with the same PORT too (so neither powers off while the
+      other still needs it), 1 after a minute without the peer.
 
     The script's exit status decides: 0 prints ``PASS`` plus the ``result``
     values, anything else ``FAIL exit N`` (the console above it shows what
@@ -75,6 +81,7 @@ QEMU (:class:`Guest`)
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import lzma
 import os
@@ -93,6 +100,7 @@ BUSYBOX = "/bin/busybox"
 KERNEL_PACKAGE = "linux-image-amd64"
 MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
 CACHE_ENV = "DATAPLANE_GUEST_CACHE"
+BOOT_ALLOWANCE = 120.0  # seconds a guest may take to boot and power off, beyond its script
 RESULT_RE = re.compile(r"^(PASS|FAIL)\b[^\r\n]*", re.MULTILINE)
 
 _SEQ = itertools.count()
@@ -123,10 +131,18 @@ mount -t tmpfs tmpfs /tmp
 while read m; do insmod "/lib/modules/$m" || echo "init: insmod $m failed"; done < /lib/modules/order
 ip link set lo up
 cd /tmp
-( set -e; . /lib/guest.sh; . /params; . /test.sh )
+limit=$(cat /timeout)
+sh -c '. /lib/guest.sh; . /params; set -e; . /test.sh' &
+test=$!
+(sleep $limit; kill -9 $test) 2>/dev/null &
+watchdog=$!
+wait $test
 rc=$?
+kill $watchdog
 if [ -e /tmp/.fail ]; then
     echo "FAIL $(cat /tmp/.fail)"
+elif [ $rc -eq 137 ]; then
+    echo "FAIL timeout: the script ran longer than $limit s"
 elif [ $rc -ne 0 ]; then
     echo "FAIL exit $rc"
 else
@@ -160,6 +176,11 @@ nc_listen() {
     sleep 100000 > $_fifo &
     nc -l -p "$1" < $_fifo > "$2" &
     NC_PID=$!
+}
+barrier() {
+    nc_listen $2 /tmp/.barrier_$2
+    wait_until 60 sh -c "echo x | nc -w 5 $1 $2" || return 1
+    wait_pid 60 $NC_PID
 }
 """
 
@@ -213,12 +234,13 @@ def guest_image(root: str | None = None) -> GuestImage:
     root = root or cache_root()
     package = _kernel_package()
     version = package.removeprefix("linux-image-")
-    final = os.path.join(root, version)
+    recipe = hashlib.sha256(repr((_INIT, _GUEST_SH, MODULES)).encode()).hexdigest()[:12]
+    final = os.path.join(root, version, recipe)
     image = GuestImage(version, os.path.join(final, "vmlinuz"), os.path.join(final, "initrd.gz"))
     if os.path.exists(image.initrd):
         return image
-    os.makedirs(root, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".build-{version}-", dir=root)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(final))
     try:
         _build(package, version, work)
         try:
@@ -325,20 +347,22 @@ class Guest:
 
     ``params`` become shell variables in the script; ``nics`` and ``disks``
     are :class:`Nic` / :class:`Disk`; ``memory_mb`` is guest RAM (memfd,
-    shared); ``smp`` vCPUs; ``extra`` more QEMU arguments. ``start()``
-    launches QEMU, ``wait()`` returns the :class:`GuestResult`, ``close()``
+    shared); ``smp`` vCPUs; ``extra`` more QEMU arguments; ``append`` more
+    kernel parameters; ``script_timeout`` bounds the script inside the guest.
+    ``start()`` launches QEMU, ``wait()`` returns the :class:`GuestResult`, ``close()``
     kills QEMU (by its pid) and removes the guest's files; a context manager
     starts and closes.
     """
 
     def __init__(self, image: GuestImage, script: str, *, params: dict | None = None, nics=(), disks=(),
                  memory_mb: int = 256, smp: int = 1, name: str = "guest", extra: list[str] = (),
-                 append: str = ""):
+                 append: str = "", script_timeout: int = 180):
         if QEMU is None:
             raise GuestError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
         self.image, self.script, self.params = image, script, dict(params or {})
         self.nics, self.disks = list(nics), list(disks)
         self.memory_mb, self.smp, self.name, self.extra, self.append = memory_mb, smp, name, list(extra), append
+        self.script_timeout = int(script_timeout)
         self.seq = next(_SEQ)
         self.dir: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -363,7 +387,8 @@ class Guest:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"guest param {key!r} is not a shell variable name")
         params = "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in self.params.items())
-        extra = _cpio_newc([_file("test.sh", self.script.encode()), _file("params", params.encode())])
+        extra = _cpio_newc([_file("test.sh", self.script.encode()), _file("params", params.encode()),
+                            _file("timeout", f"{self.script_timeout}\n".encode())])
         path = os.path.join(self.dir, "initrd.gz")
         with open(path, "wb") as out, open(self.image.initrd, "rb") as base:
             shutil.copyfileobj(base, out)
@@ -403,14 +428,17 @@ class Guest:
                                      stderr=subprocess.STDOUT)
         return self
 
-    def wait(self, timeout: float = 240.0) -> GuestResult:
-        """Wait for the PASS/FAIL line (or QEMU's exit, or ``timeout``) and return the result.
+    def wait(self, timeout: float | None = None) -> GuestResult:
+        """Wait for the PASS/FAIL line (or QEMU's exit, or ``timeout``: by default the
+        script's own limit plus 2 minutes to boot under load) and return the result.
 
         Raises :class:`GuestError` with the console's tail and QEMU's own output
         when no result line came.
         """
         if self.result is not None:
             return self.result
+        if timeout is None:
+            timeout = self.script_timeout + BOOT_ALLOWANCE
         deadline = time.monotonic() + timeout
         while True:
             text = self.console
@@ -461,13 +489,17 @@ class Guest:
         self.close()
 
 
-def run_guests(*guests: Guest, timeout: float = 240.0) -> list[GuestResult]:
+def run_guests(*guests: Guest, timeout: float | None = None) -> list[GuestResult]:
     """Start every guest not started yet, wait for all, and return their results (in order).
+
+    ``timeout`` bounds the whole wait (default: the longest script limit plus the boot allowance).
 
     The guests are not closed: use them as context managers or call ``close()``.
     """
     for g in guests:
         if g.proc is None:
             g.start()
+    if timeout is None:
+        timeout = max(g.script_timeout for g in guests) + BOOT_ALLOWANCE
     deadline = time.monotonic() + timeout
     return [g.wait(max(1.0, deadline - time.monotonic())) for g in guests]

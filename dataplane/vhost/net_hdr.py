@@ -71,7 +71,7 @@ from dataplane.net.l4 import SCTP_CKSUM_OFF, TCP_CKSUM_OFF, UDP_CKSUM_OFF
 from dataplane.net.ptype import parse_headers
 from dataplane.rings.jit import inline_kernel, kernel
 from dataplane.rings.mem import ld8, st16
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 
 __all__ = [
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
@@ -300,12 +300,30 @@ def mbuf_to_hdr(mp, m, guest_csum):
 # =============================================================================
 
 
+@inline_kernel
+def _complete_csum(mp, m, base, cs_start, cs_off):
+    """Finish a NEEDS_CSUM request in software: the ones' complement of the sum from
+    ``cs_start`` to the end (the guest left the pseudo-header sum in the field) goes
+    to ``cs_start + cs_off``. Out-of-range offsets leave the packet as it is."""
+    plen = np.int64(mp.mbufs[m].pkt_len)
+    off = cs_start + cs_off
+    if cs_start < plen and off + 2 <= np.int64(mp.mbufs[m].data_len):
+        c = mbuf_cksum(mp, m, cs_start, plen - cs_start)
+        if c >= 0:
+            c = np.int64(c)
+            if c != 0xFFFF:
+                c = ~c & 0xFFFF
+            st16(base + _U64(off), c)
+
+
 @kernel
 def hdr_to_mbuf(mp, m, lo, hi, legacy):
     """Apply a guest's Tx header (``lo``/``hi`` words) to the new packet ``m``.
 
     Returns False when the header was inconsistent with the packet (legacy
-    mode: offload fields cleared, as DPDK does; the packet still goes on).
+    mode: offload fields cleared, as DPDK does, but a checksum request that
+    cannot be expressed as Tx flags is completed in software first, so the
+    packet that goes on is valid).
     """
     lo = _U64(lo)
     hi = _U64(hi)
@@ -322,6 +340,8 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
     gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
     if legacy:
         if not ok:
+            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                _complete_csum(mp, m, base, cs_start, cs_off)
             mb.l2_len = 0
             mb.l3_len = 0
             mb.ol_flags = _U64(0)
@@ -349,6 +369,8 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
             else:
                 good = False
         if not good:
+            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                _complete_csum(mp, m, base, cs_start, cs_off)
             mb.l2_len = 0
             mb.l3_len = 0
             mb.ol_flags = _U64(0)
@@ -366,16 +388,7 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
             ol |= _U64(RTE_MBUF_F_RX_L4_CKSUM_NONE)
         else:
             # unknown protocol or tunnel: complete the checksum in software
-            plen = np.int64(mb.pkt_len)
-            if cs_start < plen:
-                c = mbuf_cksum(mp, m, cs_start, plen - cs_start)
-                if c >= 0:
-                    c = np.int64(c)
-                    if c != 0xFFFF:
-                        c = ~c & 0xFFFF
-                    off = cs_start + cs_off
-                    if off + 2 <= np.int64(mb.data_len):
-                        st16(base + _U64(off), c)
+            _complete_csum(mp, m, base, cs_start, cs_off)
     if gso_type != VIRTIO_NET_HDR_GSO_NONE and gso_size != 0:
         if (gso == VIRTIO_NET_HDR_GSO_TCPV4 or gso == VIRTIO_NET_HDR_GSO_TCPV6) and proto == IPPROTO_TCP and ok:
             ol |= _U64(RTE_MBUF_F_RX_LRO | RTE_MBUF_F_RX_L4_CKSUM_NONE)

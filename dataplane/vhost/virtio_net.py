@@ -80,30 +80,10 @@ from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk, 
 from dataplane.rings.atomics import cas, load_relaxed, store_release
 from dataplane.rings.jit import always_inline, eventfd_signal, inline_kernel, kernel
 from dataplane.rings.packed import (
-    WRAP_BIT,
-    packed_dev_enable_notify,
-    packed_dev_fetch,
-    packed_dev_flush_used,
-    packed_dev_get_base,
-    packed_dev_init,
-    packed_dev_push_used,
     packed_dev_push_used_inorder,
-    packed_dev_set_base,
-    packed_vring_alloc,
-    packed_vring_from_addrs,
 )
 from dataplane.rings.split import (
-    split_dev_enable_notify,
-    split_dev_fetch,
-    split_dev_flush_used,
-    split_dev_get_base,
-    split_dev_init,
-    split_dev_push_used,
     split_dev_push_used_inorder,
-    split_dev_state_size,
-    split_layout,
-    split_vring_from_addrs,
-    split_vring_from_buffer,
 )
 from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
@@ -117,11 +97,18 @@ from dataplane.rings.virtqueue import (
     STATE_ERRORS,
     STATE_LAST_AVAIL,
     STATE_SIZE,
-    STATE_SLOTS,
     make_chains,
 )
 from dataplane.net.ether import mac_to_int
 from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
+from dataplane.vhost.dev_ring import (
+    queue_rings,
+    ring_enable_notify,
+    ring_fetch,
+    ring_flush_used,
+    ring_get_base,
+    ring_push_used,
+)
 from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
     F_EVENT_IDX,
@@ -243,17 +230,12 @@ _NONE = MBUF_NEXT_NONE
 
 @_inline
 def _fetch(q, want):
-    if q.cfg[CFG_PACKED] != 0:
-        return packed_dev_fetch(q.packed, q.state, q.regions, q.chains, want)
-    return split_dev_fetch(q.split, q.state, q.regions, q.chains, want)
+    return ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, want)
 
 
 @_inline
 def _push(q, head, length, ndesc):
-    if q.cfg[CFG_PACKED] != 0:
-        packed_dev_push_used(q.packed, q.state, head, length, ndesc)
-    else:
-        split_dev_push_used(q.split, q.state, head, length)
+    ring_push_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, head, length, ndesc)
 
 
 @_kernel
@@ -290,10 +272,7 @@ def _unfetch(q, frm, nc):
 @_kernel
 def _flush(q):
     """Publish the used entries; signal the call fd when the guest wants it.  Returns that decision."""
-    if q.cfg[CFG_PACKED] != 0:
-        need = packed_dev_flush_used(q.packed, q.state)
-    else:
-        need = split_dev_flush_used(q.split, q.state)
+    need = ring_flush_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state)
     if need:
         q.counters[C_INTERRUPTS] += 1
         fd = q.cfg[CFG_CALLFD]
@@ -761,20 +740,6 @@ def make_rarp(mac=None) -> np.ndarray:
     return a
 
 
-_DUMMY = {}
-
-
-def _dummies():
-    if not _DUMMY:
-        lay = split_layout(1)
-        raw = np.zeros(lay.total_size + 64, np.uint8)
-        off = (-raw.ctypes.data) % 16
-        _DUMMY["split"] = split_vring_from_buffer(raw[off : off + lay.total_size], 1)
-        _DUMMY["split_buf"] = raw
-        buf, vr = packed_vring_alloc(1)
-        _DUMMY["packed"] = vr
-        _DUMMY["packed_buf"] = buf
-    return _DUMMY["split"], _DUMMY["packed"]
 
 
 class VhostQueue:
@@ -828,22 +793,9 @@ class VhostQueue:
         self.features = features
         self.keepalive = keepalive
         feat = ring_feat_mask(features) | (FEAT_READ_ONLY if read_only else 0)
-        dsplit, dpacked = _dummies()
-        if self.packed:
-            vr_packed = packed_vring_from_addrs(desc, avail, used, self.size)
-            vr_split = dsplit
-            if state is None:
-                state = np.zeros(STATE_SLOTS, np.int64)
-            base = WRAP_BIT if last_avail_idx is None else int(last_avail_idx)
-            packed_dev_init(state, self.size, feat, base)
-            if last_used_idx is not None:
-                packed_dev_set_base(state, base, int(last_used_idx))
-        else:
-            vr_split = split_vring_from_addrs(desc, avail, used, self.size)
-            vr_packed = dpacked
-            if state is None:
-                state = np.zeros(split_dev_state_size(self.size), np.int64)
-            split_dev_init(state, self.size, feat, 0 if last_avail_idx is None else int(last_avail_idx))
+        vr_split, vr_packed, state = queue_rings(desc, avail, used, self.size, packed=self.packed, feat=feat,
+                                                 last_avail_idx=last_avail_idx, last_used_idx=last_used_idx,
+                                                 state=state)
         cfg = np.zeros(CFG_SLOTS, np.int64)
         cfg[CFG_PACKED] = int(self.packed)
         cfg[CFG_MRG] = int(bool(features & F_MRG_RXBUF))
@@ -909,15 +861,11 @@ class VhostQueue:
 
     def get_base(self) -> int:
         """GET_VRING_BASE value (packed: bit 15 = wrap counter)."""
-        if self.packed:
-            return int(packed_dev_get_base(self.ctx.state))
-        return int(split_dev_get_base(self.ctx.state))
+        return ring_get_base(self.packed, self.ctx.state)
 
     def enable_notify(self, enable: bool) -> bool:
         """Ask the guest for kicks or not; True when chains are pending (keep polling)."""
-        if self.packed:
-            return bool(packed_dev_enable_notify(self.ctx.packed, self.ctx.state, bool(enable)))
-        return bool(split_dev_enable_notify(self.ctx.split, self.ctx.state, bool(enable)))
+        return bool(ring_enable_notify(self.packed, self.ctx.split, self.ctx.packed, self.ctx.state, bool(enable)))
 
     def send_rarp(self, mac) -> None:
         """SEND_RARP: the next dequeue (of any queue sharing ``ctx.rarp``) injects a RARP frame."""

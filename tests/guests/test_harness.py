@@ -1,8 +1,13 @@
 """The guest harness itself: a Debian kernel boots our initramfs, runs a script and reports one line."""
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
-from dataplane.testing.linux_guest import Guest, GuestError
+from dataplane.testing.linux_guest import Disk, Guest, GuestError
+from dataplane.testing.storage_daemon import QSD, StorageDaemon
 
 
 def test_guest_boots_runs_its_script_and_reports_pass(image):
@@ -30,7 +35,35 @@ def test_failing_command_fails_the_script(image):
     assert r.line == "FAIL exit 1", r.console[-3000:]
 
 
+def test_script_running_over_its_limit_is_killed_and_reported(image):
+    with Guest(image, "sleep 600", script_timeout=3) as g:
+        r = g.wait()
+    assert r.line == "FAIL timeout: the script ran longer than 3 s", r.console[-3000:]
+
+
 def test_qemu_that_cannot_start_is_reported(image):
     g = Guest(image, "true", extra=["-no-such-option"])
     with g, pytest.raises(GuestError, match="without a result"):
         g.wait()
+
+
+@pytest.mark.skipif(QSD is None, reason="qemu-storage-daemon is not installed (qemu-system-common)")
+def test_guest_disk_on_a_vhost_user_blk_back_end(image, tmp_path):
+    """The Disk path of the harness, against the reference back-end: the guest sees the
+    capacity and what it writes reaches the image file."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(8 << 20))
+    d = tempfile.mkdtemp(prefix="qsd", dir="/tmp")  # socket paths must stay short
+    script = """
+        [ "$(cat /sys/block/vda/size)" = 16384 ] || fail "vda has $(cat /sys/block/vda/size) sectors"
+        echo hello-from-the-guest | dd of=/dev/vda bs=512 seek=5 conv=sync 2>/dev/null
+        sync
+    """
+    try:
+        with StorageDaemon(str(disk), os.path.join(d, "blk.sock")) as qsd, \
+                Guest(image, script, disks=[Disk(qsd.socket)]) as g:
+            r = g.wait()
+        assert r.passed, r.console[-3000:]
+        assert disk.read_bytes()[5 * 512:5 * 512 + 21] == b"hello-from-the-guest\n"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -91,6 +92,92 @@ def test_second_instance_in_other_process_refused(fork, no_leaks):
     assert child.join()
     with Memory(1 * MiB, huge=False, file_prefix="shared"):
         pass  # free again once the holder exited
+
+
+def _acquire_in_thread(prefix):
+    """Memory(prefix) in a thread; returns (thread, box) with box["mem"] or box["error"] when done."""
+    box = {}
+
+    def run():
+        try:
+            box["mem"] = Memory(1 * MiB, huge=False, file_prefix=prefix)
+        except Exception as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
+def _await_event(logs, event, thread, box, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == event for e in logs):
+        assert thread.is_alive(), f"the successor returned without waiting: {box}"
+        assert time.monotonic() < deadline, f"no {event!r} within {timeout} s"
+        time.sleep(0.01)
+    return next(e for e in logs if e["event"] == event)
+
+
+_WAITING = "waiting for the previous owner of the file prefix to exit"
+
+
+def _hold_prefix_exiting(conn, prefix):
+    with Memory(1 * MiB, huge=False, file_prefix=prefix) as mem:
+        mem.runtime.mark_exiting()  # what Eal.close() does first on quit
+        conn.send("exiting")
+        conn.recv()  # still tearing down until told to go
+    return True
+
+
+def test_successor_waits_for_an_owner_that_is_exiting(fork, no_leaks):
+    """A back-end restarted right after ``quit`` with the same prefix starts: it waits
+    for the old instance, which marked its lock ``exiting``, instead of being refused."""
+    child = fork(_hold_prefix_exiting, "relay")
+    assert child.recv() == "exiting"
+    assert (no_leaks / "relay" / "lock").read_text() == f"{child.pid} exiting\n"
+    with capture_logs() as logs:
+        thread, box = _acquire_in_thread("relay")
+        waiting = _await_event(logs, _WAITING, thread, box)
+        assert (waiting["old_pid"], waiting["exiting"]) == (child.pid, True)
+        child.send("go")
+        assert child.join()
+        thread.join(60)
+    assert "error" not in box, box
+    with box["mem"] as mem:
+        assert (no_leaks / "relay" / "lock").read_text().strip() == str(os.getpid())
+        assert mem.runtime.acquired
+
+
+def test_successor_waits_for_the_workers_of_a_dead_owner(no_leaks):
+    """The owner died (SIGKILL, or it exited without reaping) and its forked lcore
+    workers, which share its lock, are dying with it: the successor waits for them."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the owner: takes the prefix, forks a "worker", dies without releasing
+        try:
+            os.close(w)
+            mem = Memory(1 * MiB, huge=False, file_prefix="orphan")  # noqa: F841 (kept: its lock)
+            if os.fork() == 0:
+                os.read(r, 1)  # the worker holds the inherited lock until the test lets it go
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(r)
+    try:
+        assert os.waitpid(pid, 0)[1] == 0
+        with capture_logs() as logs:
+            thread, box = _acquire_in_thread("orphan")
+            waiting = _await_event(logs, _WAITING, thread, box)
+            assert (waiting["old_pid"], waiting["exiting"]) == (pid, False)
+            os.close(w)
+            w = None
+            thread.join(60)
+        assert "error" not in box, box
+        assert any(e["event"] == "removing stale files of a dead run" for e in logs)
+        box["mem"].close()
+    finally:
+        if w is not None:
+            os.close(w)
 
 
 def test_in_memory_creates_no_runtime_dir(no_leaks):

@@ -44,7 +44,7 @@ from dataplane.vhost.net_hdr import (
     F_MRG_RXBUF,
     F_VERSION_1,
 )
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import dequeue_burst, enqueue_burst
 
 SIZES = [64, 128, 256, 512, 1024, 1518, 8000]
@@ -296,6 +296,45 @@ def test_offload_round_trip(pool, packed):
         mp.free(m)
         m = _tx_one(g, qtx, mp, udp_packet(b"y" * 10), NetHdr(flags=1, csum_start=34, csum_offset=16))
         assert int(mp.mbufs[m]["ol_flags"]) == 0  # TCP offset on a UDP packet
+        mp.free(m)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_offload_kept_from_one_guest_to_another(pool, packed):
+    """A guest's NEEDS_CSUM request survives dequeue -> mbuf -> enqueue into a second
+    guest: handed on as NEEDS_CSUM to a guest with GUEST_CSUM, completed in software
+    for one without (two vhost ports forwarding, as the engine's io mode does)."""
+    mp = pool
+    with guest(packed, extra=F_CSUM) as a, guest(packed, extra=OFFLOAD) as b, guest(packed) as c:
+        qtx = a.vhost_queue("tx")  # legacy (Tx) flags, as the net_vhost port dequeues
+        qb, qc = b.vhost_queue("rx"), c.vhost_queue("rx")
+        for pkt, hdr in (
+            (tcp_packet(b"t" * 1400, csum="partial"), NetHdr(flags=1, csum_start=34, csum_offset=16)),
+            (udp_packet(b"u" * 501, csum="partial", vlan=7), NetHdr(flags=1, csum_start=38, csum_offset=6)),
+        ):
+            full = tcp_packet(b"t" * 1400) if len(pkt) > 1000 else udp_packet(b"u" * 501, vlan=7)
+            m = _tx_one(a, qtx, mp, pkt, hdr)
+            rb = _rx_one(b, qb, mp, m)
+            assert (rb.hdr.flags, rb.hdr.csum_start, rb.hdr.csum_offset) == (1, hdr.csum_start, hdr.csum_offset)
+            assert rb.data == pkt  # still partial: b completes it
+            rc = _rx_one(c, qc, mp, m)
+            assert (rc.hdr.flags, rc.hdr.csum_start, rc.hdr.csum_offset) == (0, 0, 0)
+            assert rc.data == full and l4_checksum_ok(rc.data)
+            mp.free(m)
+
+
+def test_offload_legacy_inexpressible_checksum_completed_at_dequeue(pool):
+    """A NEEDS_CSUM the Tx flags cannot express (here: an L4 protocol they do not know)
+    is completed in software before the offload fields are cleared: the packet that
+    goes on is valid, not one with a partial checksum nobody will finish."""
+    mp = pool
+    with guest(extra=F_CSUM) as g:
+        qtx = g.vhost_queue("tx")
+        ip = H_ipv4(proto=253, payload=b"\x00\x00" + b"q" * 41)
+        m = _tx_one(g, qtx, mp, ether_frame(MAC_B, MAC_A, 0x0800, ip), NetHdr(flags=1, csum_start=34, csum_offset=0))
+        rec = mp.mbufs[m]
+        assert (int(rec["ol_flags"]), rec["l2_len"], rec["l3_len"]) == (0, 0, 0)
+        assert inet_checksum(mp.to_bytes(m)[34:]) == 0xFFFF
         mp.free(m)
 
 
