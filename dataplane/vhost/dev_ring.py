@@ -40,8 +40,16 @@ from dataplane.rings.split import (
 )
 from dataplane.rings.virtqueue import STATE_SLOTS
 
-__all__ = ["ring_fetch", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
+__all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
            "queue_rings"]
+
+
+#: The fields every vhost queue context starts with (a device type's own follow):
+#: ``split`` (SplitVring; a 1-entry dummy for a packed queue), ``packed`` (PackedVring;
+#: a dummy for a split queue), ``state`` (int64 device ring state, the rings' STATE_*
+#: slots), ``regions`` (uint64[R, 3] region table: gpa, len, hva), ``chains`` (the Chains
+#: scratch of one burst), ``cfg`` (int64 config slots), ``counters`` (int64 counters).
+QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters")
 
 
 @inline_kernel

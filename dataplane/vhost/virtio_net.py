@@ -102,6 +102,7 @@ from dataplane.rings.virtqueue import (
 from dataplane.net.ether import mac_to_int
 from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
 from dataplane.vhost.dev_ring import (
+    QUEUE_CTX_FIELDS,
     queue_rings,
     ring_enable_notify,
     ring_fetch,
@@ -204,13 +205,7 @@ RARP_FRAME_LEN = 60  # RTE_ETHER_MIN_LEN - CRC
 VhostQueueCtx = namedtuple(
     "VhostQueueCtx",
     [
-        "split",  # SplitVring (a 1-entry dummy for a packed queue)
-        "packed",  # PackedVring (a 1-entry dummy for a split queue)
-        "state",  # int64 device ring state (dataplane.rings STATE_* slots)
-        "regions",  # uint64[R, 3] region table (gpa, len, hva)
-        "chains",  # Chains scratch of one burst
-        "cfg",  # int64[CFG_SLOTS]
-        "counters",  # int64[N_COUNTERS]
+        *QUEUE_CTX_FIELDS,  # cfg: int64[CFG_SLOTS], counters: int64[N_COUNTERS]
         "mbuf_scratch",  # uint32[k]: mbufs of one dequeue burst
         "chain_scratch",  # int64[2 * max_chains]: per-chain sizes of one dequeue burst
         "rarp",  # int64[2]: SEND_RARP flag and MAC (shared by a device's queues)

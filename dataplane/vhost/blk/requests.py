@@ -50,6 +50,7 @@ from dataplane.rings.mem import copy_bytes, ld8, load_u32, load_u64, st8
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import STATE_BROKEN, make_chains
 from dataplane.vhost.dev_ring import (
+    QUEUE_CTX_FIELDS,
     queue_rings,
     ring_enable_notify,
     ring_fetch,
@@ -141,13 +142,7 @@ N_COUNTERS = len(COUNTER_NAMES)
 BlkQueueCtx = namedtuple(
     "BlkQueueCtx",
     [
-        "split",  # SplitVring (a 1-entry dummy for a packed queue)
-        "packed",  # PackedVring (a 1-entry dummy for a split queue)
-        "state",  # int64 device ring state (dataplane.rings STATE_* slots)
-        "regions",  # uint64[R, 3] region table (gpa, len, hva)
-        "chains",  # Chains scratch of one burst
-        "cfg",  # int64[CFG_SLOTS]
-        "counters",  # int64[N_COUNTERS]
+        *QUEUE_CTX_FIELDS,  # cfg: int64[CFG_SLOTS], counters: int64[N_COUNTERS]
         "disk",  # uint8[capacity * 512]: the disk in this process
         "serial",  # uint8[20]: what GET_ID returns
     ],
