@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,12 @@ import time
 from dataplane.memory.units import parse_size
 from dataplane.rings.split import split_drv_enable_interrupt
 from dataplane.testing.blk_driver import BlkDriver, RequestStream
+from dataplane.testing.storage_daemon import QSD, StorageDaemon
 from dataplane.testing.vhost_blk_proc import BlkProcess
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
 from dataplane.vhost.blk.spec import VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT
-from dataplane.vhost_user.features import VirtioFeature as VF
+from dataplane.vhost_user import VirtioFeature as VF
 
-QSD = shutil.which("qemu-storage-daemon")
 RING = 128
 MAX_DATA = 128 << 10
 WORKLOADS = [  # name, request type, bytes, sequential, unit
@@ -99,19 +98,6 @@ class Frontend:
         self.mem.close()
 
 
-def _qsd(img: str, sock: str) -> subprocess.Popen:
-    cmd = [QSD, "--blockdev", f"driver=file,node-name=d,filename={img}",
-           "--export", f"type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={sock},writable=on"]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        if p.poll() is not None or time.monotonic() > deadline:
-            p.kill()
-            raise RuntimeError(f"qemu-storage-daemon did not start: {p.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    return p
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per workload and back-end")
@@ -136,7 +122,7 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, float]] = {}
     try:
         ours = BlkProcess(os.path.join(work, "ours.sock"), file=img, lcores="0-1")
-        qsd = _qsd(img, os.path.join(work, "qsd.sock"))
+        qsd = StorageDaemon(img, os.path.join(work, "qsd.sock"))
         if os.cpu_count() and os.cpu_count() > 1:
             os.sched_setaffinity(0, {0})  # the front-end; the back-ends poll on cpu 1
         fe_ours = Frontend(os.path.join(work, "ours.sock"), args.depth)
@@ -155,12 +141,7 @@ def main(argv=None) -> int:
             if fe is not None:
                 fe.close()
         if qsd is not None:
-            qsd.terminate()
-            try:
-                qsd.wait(10)
-            except subprocess.TimeoutExpired:
-                qsd.kill()
-                qsd.wait()
+            qsd.close()
         if ours is not None:
             ours.close()
         shutil.rmtree(work, ignore_errors=True)

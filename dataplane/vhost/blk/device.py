@@ -23,7 +23,7 @@ from typing import Any
 
 from dataplane.vhost.device import DataPathHooks, RequestError
 from dataplane.vhost.device_class import DeviceClass
-from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
+from dataplane.vhost_user import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
 
 from .requests import BlkLimits
 from .spec import SECTOR_SIZE, VirtioBlkFeature as BF, config_space

@@ -2,7 +2,7 @@
 
 from dataplane.vhost.blk.requests import BlkLimits
 from dataplane.vhost.blk.spec import VirtioBlkFeature as BF
-from dataplane.vhost_user.features import VirtioFeature as VF
+from dataplane.vhost_user import VirtioFeature as VF
 
 DISK_SIZE = 1 << 20
 SERIAL = b"dataplane-blk-0001"

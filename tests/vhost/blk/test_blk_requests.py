@@ -19,7 +19,7 @@ from dataplane.vhost.blk.spec import (
     VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
 )
-from dataplane.vhost_user.features import VirtioFeature as VF
+from dataplane.vhost_user import VirtioFeature as VF
 
 from _blk_support import ALL_FEATURES, DISK_SIZE, SERIAL
 
