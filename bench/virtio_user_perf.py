@@ -60,9 +60,9 @@ CHUNK = 4096  # bursts per numba call of the txonly loop
 
 
 def _txonly_kernels():
-    from dataplane.memory.mempool import pktmbuf_alloc_bulk, pktmbuf_free_bulk
+    from dataplane.memory.mempool import pktmbuf_alloc_bulk, pktmbuf_free_bulk, seg_addr
     from dataplane.rings.jit import kernel
-    from dataplane.vhost.net_hdr import copy_bytes, seg_addr
+    from dataplane.rings.mem import copy_bytes
     from dataplane.virtio.rxtx import tx_burst_kernel
 
     @kernel

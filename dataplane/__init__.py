@@ -1,6 +1,7 @@
 """dataplane: a multiprocess, shared-memory packet dataplane in Python.
 
-Layers call only downward: lcores/memory -> rings -> vhost, virtio, vdpa -> ethdev -> apps.
+Layers call only downward: core -> memory -> lcores -> rings -> net -> vhost, virtio -> ethdev -> config
+-> apps -> api (the table, enforced: tests/test_layers.py).
 """
 
 __version__ = "0.1.0"

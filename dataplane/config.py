@@ -521,8 +521,20 @@ EAL_TABLE = Table(
 
 #: testpmd's forwarding modes (the engine implements them; names are defined here once).
 FORWARD_MODES = ("io", "mac", "macswap", "rxonly", "txonly", "csum", "flowgen", "icmpecho")
-#: Port kinds a ``[[port]]`` may name (``--vdev`` driver names).
-PORT_KINDS = ("net_vhost", "net_virtio_user", "net_ring")
+
+
+def __getattr__(name: str):
+    # PORT_KINDS: the port kinds a ``[[port]]`` may name (``--vdev`` driver names), read from the
+    # driver registry when asked (it imports every driver, which a config check alone does not need)
+    if name == "PORT_KINDS":
+        return _registry().port_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _registry():
+    from dataplane.ethdev import registry
+
+    return registry
 
 
 @dataclass
@@ -536,13 +548,15 @@ def _port_vdev(value: str):
     """A ``--vdev`` string of a known kind; a vhost server socket must be creatable."""
     d = parse_devargs(value)
     kind = d.name.rstrip("0123456789")
-    if kind not in PORT_KINDS or kind == d.name:
-        raise ValueError(f"unknown port {d.name!r}; ports are {', '.join(k + 'N' for k in PORT_KINDS)}")
-    path = d.args.get("iface" if kind == "net_vhost" else "path")
-    if kind in ("net_vhost", "net_virtio_user") and not path:
-        raise ValueError(f"{d.name} needs {'iface' if kind == 'net_vhost' else 'path'}=SOCKET")
-    listens = d.args.get("client", "0") != "1" if kind == "net_vhost" else d.args.get("server", "0") == "1"
-    if path and listens:
+    registry = _registry()
+    kinds = registry.port_kinds()
+    if kind not in kinds or kind == d.name:
+        raise ValueError(f"unknown port {d.name!r}; ports are {', '.join(k + 'N' for k in kinds)}")
+    port = registry.find_driver(d.name).port_class
+    path = d.args.get(port.socket_devarg) if port.socket_devarg else None
+    if port.socket_devarg and not path:
+        raise ValueError(f"{d.name} needs {port.socket_devarg}=SOCKET")
+    if path and port.listens(d.args):
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
             raise ValueError(f"socket path {path!r} is not writable (directory {parent!r})")

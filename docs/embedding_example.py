@@ -9,8 +9,8 @@ import numba
 import numpy as np
 
 from dataplane import Engine
-from dataplane.memory.mempool import pktmbuf_free
-from dataplane.vhost.net_hdr import ld8, seg_addr, st8
+from dataplane.memory.mempool import pktmbuf_free, seg_addr
+from dataplane.rings.mem import ld8, st8
 
 CONFIG = """
 [eal]

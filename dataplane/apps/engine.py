@@ -2,9 +2,10 @@
 
 It does what testpmd's core does:
 
-* **ports** from the EAL's ``--vdev`` list, numbered in order: ``net_vhost*``
-  (:class:`~dataplane.ethdev.vhost.VhostPort`) and ``net_ring*``
-  (:class:`~dataplane.ethdev.ring.RingPort`);
+* **ports** from the EAL's ``--vdev`` list, numbered in order, each built by
+  the driver its name selects (:mod:`dataplane.ethdev.registry`: ``net_vhost*``,
+  ``net_virtio_user*``, ``net_ring*``, ...), through the port interface of
+  :mod:`dataplane.ethdev.port` only;
 * **paired topology**: port 0 forwards to 1 and 1 to 0, 2 to 3, ...; an odd
   last port forwards to itself;
 * **streams**: one per (port, Rx queue), transmitting on the same queue
@@ -16,9 +17,9 @@ It does what testpmd's core does:
 
 Counters are shared memory: per stream (rx, tx, dropped) and per port queue
 (packets and bytes each way), so :meth:`Engine.port_stats` reads them while
-lcores forward.  Vhost rings reach the lcores through
-:mod:`dataplane.vhost.handoff`; each vring is placed on the lcore of the
-stream that uses it.
+lcores forward.  Each port queue is placed on the lcore of the stream that
+uses it (:meth:`~dataplane.ethdev.port.Port.place_queue`); in that lcore the
+driver's :class:`~dataplane.ethdev.port.LcorePort` hands it to the loop.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from dataplane import log as dplog
 from dataplane.apps import fwd_loop as FL
 from dataplane.apps.fwd_modes import FLOWGEN_DEFAULT_FLOWS, csum_counters
 from dataplane.config import FORWARD_MODES, ForwardConfig
-from dataplane.ethdev import EthdevError
-from dataplane.ethdev.queue import KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
-from dataplane.ethdev.ring import DRIVER_NAME as RING_DRIVER, RingPort
-from dataplane.ethdev.vhost import DRIVER_NAME as VHOST_DRIVER, VhostPort
-from dataplane.ethdev.virtio_user import DRIVER_NAME as VIRTIO_DRIVER, VirtioUserPort
+from dataplane.ethdev import EthdevError, registry
+from dataplane.ethdev.port import RX, TX, PortEnv
+from dataplane.ethdev.queue import KIND_NONE, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.lcores import launch
+from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
+from dataplane.rings.atomics import py_load_acquire
+from dataplane.net.ether import mac_to_int
 
 __all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd"]
 
@@ -50,16 +52,13 @@ _FSTATS = "engine_fstats"
 _RUN = "engine_run"
 _PORTS = "engine_port_up"
 MAX_QUEUES = 64
-
-
-def mac_int(mac: str) -> int:
-    parts = mac.split(":")
-    if len(parts) != 6:
-        raise ValueError(f"bad MAC address {mac!r}")
-    return int("".join(f"{int(p, 16):02x}" for p in parts), 16)
+#: How long ``start`` waits for the forwarding lcores to be in their loops (they may
+#: first load, or with a custom forwarding function compile, their numba code).
+START_TIMEOUT = 300.0
 
 
 def mac_str(v: int) -> str:
+    """testpmd's way to print a MAC address: ``52:54:00:12:34:56`` in capitals."""
     return ":".join(f"{(v >> (40 - 8 * i)) & 0xFF:02X}" for i in range(6))
 
 
@@ -110,24 +109,28 @@ class Engine:
         self.pool = mempool_create(self.memory, _POOL, fwd.total_num_mbufs, cache_size=256)
         self.ports: list = []
         try:
+            env = PortEnv(memory=self.memory, mempool=self.pool, launcher=self.launcher,
+                          max_rx_pkt_len=max(1518, sum(fwd.txpkts)))
             for pid, d in enumerate(vdevs):
-                self.ports.append(self._make_port(d, pid))
-            self._link_ring_peers()
+                self.ports.append(self._make_port(d, pid, env))
+            by_name = {p.name: p for p in self.ports}
+            for p in self.ports:
+                p.bind(by_name)
             self.nb_ports = len(self.ports)
             maxq = max(fwd.rxq, fwd.txq)
             self.qstats = self._zone(_QSTATS, self.nb_ports * maxq * Q_SLOTS).reshape(self.nb_ports, maxq, Q_SLOTS)
             self.streams = self._plan()
             self.fstats = self._zone(_FSTATS, max(1, len(self.streams)) * FL.S_SLOTS).reshape(-1, FL.S_SLOTS)
-            self.run_flag = self.memory.memzone_reserve(_RUN, 64).view(np.uint32)
+            self.run_flag = self.memory.memzone_reserve(_RUN, 4 * (FL.RUN_FORWARDING + MAX_LCORE)).view(np.uint32)
             self.run_flag[:] = 0
             self.port_up = self._zone(_PORTS, self.nb_ports)
             self.port_up[:] = 1
             if fwd_fn is None:  # compile before any port is up (a second start loads the cache)
-                kinds = [p.kind for p in self.ports]
-                _warm_up([_loop_shapes([s for s in self.streams if s.lcore == lc], kinds)
+                watched = [_watched(p.name) for p in self.ports]
+                _warm_up([_loop_shapes([s for s in self.streams if s.lcore == lc], watched)
                           for lc in {s.lcore for s in self.streams}])
-            # listening sockets first: a virtio-user of this engine may connect to a vhost port of it
-            for p in sorted(self.ports, key=lambda p: not isinstance(p, VhostPort)):
+            # listening sockets first: a port of this engine may connect to another port of it
+            for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()
         except BaseException:
             self.close()
@@ -143,31 +146,14 @@ class Engine:
         a[:] = 0
         return a
 
-    def _make_port(self, d, pid: int):
-        if d.name.startswith(VHOST_DRIVER):
-            port = VhostPort(d, pid, memory=self.memory, launcher=self.launcher)
-        elif d.name.startswith(VIRTIO_DRIVER):
-            port = VirtioUserPort(d, pid, memory=self.memory, mempool=self.pool, launcher=self.launcher,
-                                  max_rx_pkt_len=max(1518, sum(self.fwd.txpkts)))
-        elif d.name.startswith(RING_DRIVER):
-            port = RingPort(d, pid, memory=self.memory)
-        else:
-            raise EthdevError(f"{d.name}: unknown device (known: {VHOST_DRIVER}N, {VIRTIO_DRIVER}N, {RING_DRIVER}N)")
-        want = max(self.fwd.rxq, self.fwd.txq)
-        if port.nb_queues < want:
+    def _make_port(self, d, pid: int, env: PortEnv):
+        port = registry.probe(d, pid, env)
+        try:
+            port.configure(self.fwd.rxq, self.fwd.txq)
+        except BaseException:
             port.close()
-            raise EthdevError(f"{d.name}: queues={port.nb_queues} but --rxq/--txq ask for {want}")
+            raise
         return port
-
-    def _link_ring_peers(self) -> None:
-        names = {p.name: p for p in self.ports}
-        for p in self.ports:
-            if isinstance(p, RingPort) and p.peer != p.name:
-                if p.peer not in names:
-                    raise EthdevError(f"{p.name}: peer {p.peer!r} is not a port")
-                other = names[p.peer]
-                if other.peer == other.name:
-                    other.peer = p.name
 
     def fwd_peer(self, pid: int) -> int:
         """testpmd's paired topology: 0<->1, 2<->3, an odd last port with itself."""
@@ -192,12 +178,9 @@ class Engine:
             for p, q in pairs[i : i + take]:
                 out.append(StreamSpec(len(out), p, q, self.fwd_peer(p), q % self.fwd.txq, lc))
             i += take
-        for s in out:  # a vhost vring is polled by the lcore of the stream using it
-            rx, tx = self.ports[s.rx_port], self.ports[s.tx_port]
-            if isinstance(rx, (VhostPort, VirtioUserPort)):
-                rx.handoff.place(_vring(rx.kind, s.rx_queue, "rx"), s.lcore)
-            if isinstance(tx, (VhostPort, VirtioUserPort)):
-                tx.handoff.place(_vring(tx.kind, s.tx_queue, "tx"), s.lcore)
+        for s in out:  # a port queue is polled by the lcore of the stream using it
+            self.ports[s.rx_port].place_queue(s.rx_queue, RX, s.lcore)
+            self.ports[s.tx_port].place_queue(s.tx_queue, TX, s.lcore)
         return out
 
     # -- forwarding -----------------------------------------------------------------
@@ -211,7 +194,8 @@ class Engine:
         if len(self.fwd.txpkts) > 255 or sum(self.fwd.txpkts) > 0xFFFF:
             raise ValueError(f"txpkts {self.fwd.txpkts}: at most 255 segments and 65535 bytes")
         self._fstats_base = self.fstats.copy()
-        self.run_flag[0] = 1
+        self.run_flag[FL.RUN_FORWARDING:] = 0
+        self.run_flag[FL.RUN_SWITCH] = 1
         cfg = np.zeros(FL.CFG_SLOTS, np.int64)
         cfg[FL.CFG_MODE] = FL.MODES.get(self.fwd.mode, FL.MODE_IO)
         cfg[FL.CFG_BURST] = self.fwd.burst
@@ -221,8 +205,7 @@ class Engine:
         cfg[FL.CFG_NB_FLOWS] = FLOWGEN_DEFAULT_FLOWS
         cfg[FL.CFG_TX_PKT_LEN] = sum(self.fwd.txpkts)
         seg_lens = np.array(self.fwd.txpkts, np.int64)
-        port_info = [dict(name=p.name, kind=p.kind, mac=p.mac, peer_mac=self._peer_mac(p.port_id),
-                          peer=getattr(p, "peer", None)) for p in self.ports]
+        port_info = [dict(p.lcore_info(), mac=p.mac, peer_mac=self._peer_mac(p.port_id)) for p in self.ports]
         by_lcore: dict[int, list[StreamSpec]] = {}
         for s in self.streams:
             by_lcore.setdefault(s.lcore, []).append(s)
@@ -230,13 +213,31 @@ class Engine:
             self.launcher.remote_launch(_lcore_main, (specs, port_info, cfg, seg_lens, self.qstats.shape[1], self.fwd_fn), lc)
         self.running = True
         self._started_at = time.monotonic()
+        self._wait_forwarding(sorted(by_lcore))
         log.info("forwarding started", mode=self.fwd.mode if self.fwd_fn is None else "custom", streams=len(self.streams), lcores=sorted(by_lcore))
+
+    def _wait_forwarding(self, lcores: list[int]) -> None:
+        """Return once every lcore in ``lcores`` runs its loop, tx_first sent (testpmd's ``start``:
+        traffic flows when the prompt is back).  An lcore that ends first is an error."""
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = list(lcores)
+        while pending:
+            pending = [lc for lc in pending if not py_load_acquire(self.run_flag, FL.RUN_FORWARDING + lc)]
+            ended = [lc for lc in pending if self.launcher.get_state(lc) is not launch.LcoreState.RUNNING]
+            if ended:
+                self.stop()  # raises the failure of an lcore that failed
+                raise RuntimeError(f"forwarding lcore(s) {ended} ended before forwarding")
+            if pending and time.monotonic() > deadline:
+                log.warning("forwarding lcores are not forwarding yet", lcores=pending, waited=START_TIMEOUT)
+                return
+            if pending:
+                time.sleep(0.001)
 
     def stop(self) -> dict:
         """testpmd ``stop``: stop the loops, wait for them; returns the forward statistics."""
         if not self.running:
             return self.forward_stats()
-        self.run_flag[0] = 0
+        self.run_flag[FL.RUN_SWITCH] = 0
         try:
             self.launcher.mp_wait_lcore(timeout=60)
         finally:
@@ -245,7 +246,7 @@ class Engine:
 
     def _peer_mac(self, pid: int) -> int:
         peer = self.fwd.eth_peer.get(pid)
-        return mac_int(peer) if peer else mac_int("02:00:00:00:00:00") + pid
+        return mac_to_int(peer) if peer else mac_to_int("02:00:00:00:00:00") + pid
 
     # -- statistics ---------------------------------------------------------------------
     def forward_stats(self) -> dict:
@@ -263,21 +264,20 @@ class Engine:
                    opackets=int(q[:, Q_TX_PACKETS].sum()), obytes=int(q[:, Q_TX_BYTES].sum()),
                    imissed=0, ierrors=0, oerrors=int(q[:, Q_TX_DROPPED].sum()), rx_nombuf=0)
         port = self.ports[pid]
-        if isinstance(port, VhostPort):
-            v = port.stats()
-            out.update(ierrors=v["ierrors"], rx_nombuf=v["rx_nombuf"])
+        if port.stats_fields:
+            own = port.stats()
+            out.update({k: own[k] for k in port.stats_fields})
         return out
 
     def clear_port_stats(self, pid: int | None = None) -> None:
         for p in range(self.nb_ports) if pid is None else [pid]:
             self._qstats_base[p] = self.qstats[p]
-            if isinstance(self.ports[p], VhostPort):
-                self.ports[p].reset_stats()
+            self.ports[p].reset_stats()
 
     def xstats(self, pid: int) -> dict:
-        port = self.ports[pid]
-        if isinstance(port, VhostPort):
-            return port.xstats()
+        x = self.ports[pid].xstats()
+        if x:
+            return x
         s = self.port_stats(pid)
         return {"rx_good_packets": s["ipackets"], "tx_good_packets": s["opackets"],
                 "rx_good_bytes": s["ibytes"], "tx_good_bytes": s["obytes"]}
@@ -321,18 +321,22 @@ class Engine:
         self.close()
 
 
-def _loop_shapes(specs: list[StreamSpec], kinds: list[str]) -> tuple[int, int]:
+def _watched(name: str) -> bool:
+    """Whether the loop watches port ``name`` for hand-overs (its lcore side has a control block)."""
+    return registry.find_driver(name).lcore_port.watch_handoffs
+
+
+def _loop_shapes(specs: list[StreamSpec], watched: list[bool]) -> tuple[int, int]:
     """(streams, watched ports) of one lcore: the loop's tuple sizes, which its numba type depends on."""
-    watched = {p for s in specs for p in (s.rx_port, s.tx_port) if kinds[p] in ("vhost", "virtio")}
-    return len(specs), max(1, len(watched))
+    ports = {p for s in specs for p in (s.rx_port, s.tx_port) if watched[p]}
+    return len(specs), max(1, len(ports))
 
 
 def _warm_up(shapes, loop=None) -> None:
     """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it, or loads it
     from the disk cache, here and now rather than while rings are attached."""
-    from dataplane.vhost.handoff import warm_up
-
-    warm_up()
+    for drv in registry.drivers():
+        drv.lcore_port.warm_up()
     loop = loop or FL.fwd_loop
     mp = mempool_lookup(_memory(), _POOL)
     q = make_port_queue(KIND_NONE)
@@ -354,7 +358,7 @@ def _memory():
 
 
 def _lcore_main(arg):
-    """A forwarding lcore: build its streams' port queues, run the loop, service vhost hand-overs."""
+    """A forwarding lcore: build its streams' port queues, run the loop, service queue hand-overs."""
     specs, ports, cfg, seg_lens, maxq, fwd_fn = arg
     loop = FL.fwd_loop if fwd_fn is None else FL.make_custom_loop(fwd_fn)
     mem = _memory()
@@ -365,30 +369,15 @@ def _lcore_main(arg):
     fstats = mem.memzone_lookup(_FSTATS).view(np.int64).reshape(-1, FL.S_SLOTS)
     run = mem.memzone_lookup(_RUN).view(np.uint32)
     stop = launch.stop_flag()
-    # vrings this lcore uses, per vhost / virtio-user port (see _vring)
-    vq: dict[int, list[int]] = {}
+    # the (queue, role) pairs this lcore uses, per port; each port's driver hands them to the loop
+    uses: dict[int, list[tuple[int, str]]] = {}
     for s in specs:
-        for p, q, role in ((s.rx_port, s.rx_queue, "rx"), (s.tx_port, s.tx_queue, "tx")):
-            if ports[p]["kind"] in ("vhost", "virtio"):
-                vq.setdefault(p, []).append(_vring(ports[p]["kind"], q, role))
-    from dataplane.vhost.handoff import LcoreVrings
-    from dataplane.virtio.handoff import LcoreVirtioQueues
-
-    lvs = {}
-    for p, q in vq.items():
-        if ports[p]["kind"] == "vhost":
-            lvs[p] = LcoreVrings(ports[p]["name"], sorted(set(q)), memory=mem, port=p)
-        else:
-            lvs[p] = LcoreVirtioQueues(ports[p]["name"], sorted(set(q)), memory=mem)
-    rings = {}
-    for s in specs:
-        for p, q, role in ((s.rx_port, s.rx_queue, "rx"), (s.tx_port, s.tx_queue, "tx")):
-            if ports[p]["kind"] == "ring":
-                from dataplane.rings.ring import ring_lookup
-
-                # Rx: the port's own ring; Tx: its peer's Rx ring (the other end of the cable)
-                owner = ports[p]["name"] if role == "rx" else ports[p]["peer"]
-                rings[(p, q, role)] = ring_lookup(mem, RingPort.ring_name(owner, q))
+        for p, q, role in ((s.rx_port, s.rx_queue, RX), (s.tx_port, s.tx_queue, TX)):
+            uses.setdefault(p, []).append((q, role))
+    lps = {}
+    for p, u in uses.items():
+        drv = registry.find_driver(ports[p]["name"])
+        lps[p] = drv.lcore_port(drv, ports[p], u, mem)
     pkts = np.zeros(1024, np.uint32)
     csum = csum_counters()
     flows = {s.index: np.zeros(2, np.int64) for s in specs}
@@ -396,61 +385,42 @@ def _lcore_main(arg):
     def build():
         out = []
         for s in specs:
-            rp, tp = ports[s.rx_port], ports[s.tx_port]
-            rxq = _queue(rp, s.rx_port, s.rx_queue, "rx", lvs, rings, qstats, port_up)
-            txq = _queue(tp, s.tx_port, s.tx_queue, "tx", lvs, rings, qstats, port_up)
+            rxq = lps[s.rx_port].port_queue(s.rx_queue, RX, counters=qstats[s.rx_port, s.rx_queue],
+                                            port_id=s.rx_port, port_up=port_up)
+            txq = lps[s.tx_port].port_queue(s.tx_queue, TX, counters=qstats[s.tx_port, s.tx_queue],
+                                            port_id=s.tx_port, port_up=port_up)
+            tp = ports[s.tx_port]
             params = np.zeros(FL.P_SLOTS, np.int64)
             params[FL.P_SRC_MAC] = tp["mac"]
             params[FL.P_DST_MAC] = tp["peer_mac"]
             out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params, flow=flows[s.index]))
-        watches = tuple(FL.RingWatch(ctl=lv.ctl, qids=lv.qids_arr, gens=lv.gens) for lv in lvs.values())
+        watches = tuple(FL.RingWatch(ctl=lp.watch[0], qids=lp.watch[1], gens=lp.watch[2])
+                        for lp in lps.values() if lp.watch is not None)
         if not watches:
             watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
         return tuple(out), watches
 
-    _warm_up([_loop_shapes(specs, [p["kind"] for p in ports])], loop)  # before any ring is attached
-    deadline = time.monotonic() + 1.0
-    for lv in lvs.values():  # attach the rings already handed over (tx_first must find them)
-        while lv.changed() and time.monotonic() < deadline:
-            lv.service(wait=0.01)
+    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
+    # attach the queues already handed over (tx_first must find them); their messages were sent
+    # before their requests were published, so this waits only for this process (a safety net)
+    deadline = time.monotonic() + 30.0
+    for lp in lps.values():
+        while lp.changed() and time.monotonic() < deadline:
+            lp.service(wait=0.01)
     streams, watches = build()
     try:
         while True:
             rc = loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
             if rc == FL.LOOP_STOP:
                 return True
-            for lv in lvs.values():
-                lv.report_errors()
+            for lp in lps.values():
+                lp.report_errors()
             if rc == FL.LOOP_RINGS:
                 changed = False
-                for lv in lvs.values():
-                    changed |= lv.service(wait=0.001)
+                for lp in lps.values():
+                    changed |= lp.service(wait=0.001)
                 if changed:
                     streams, watches = build()
     finally:
-        for lv in lvs.values():
-            lv.close()
-
-
-def _vring(kind: str, q: int, role: str) -> int:
-    """The vring of port queue ``q`` in direction ``role``: a vhost port receives from the guest's
-    Tx vring 2q+1 and sends into its Rx vring 2q; a virtio-user port is the guest (Rx 2q, Tx 2q+1)."""
-    if kind == "vhost":
-        return 2 * q + 1 if role == "rx" else 2 * q
-    return 2 * q if role == "rx" else 2 * q + 1
-
-
-def _queue(port: dict, pid: int, q: int, role: str, lvs, rings, qstats, port_up):
-    common = dict(counters=qstats[pid, q], port_id=pid, port_up=port_up)
-    if port["kind"] in ("vhost", "virtio"):
-        lv = lvs[pid]
-        i = lv.qids.index(_vring(port["kind"], q, role))
-        if not lv.attached[i]:
-            return make_port_queue(KIND_NONE, **common)
-        if port["kind"] == "vhost":
-            return make_port_queue(KIND_VHOST, vhost=lv.ctxs[i], **common)
-        return make_port_queue(KIND_VIRTIO, virtio=lv.ctxs[i], **common)
-    r = rings[(pid, q, role)]
-    if role == "rx":
-        return make_port_queue(KIND_RING, ring_rx=r, **common)
-    return make_port_queue(KIND_RING, ring_tx=r, **common)
+        for lp in lps.values():
+            lp.close()

@@ -38,7 +38,7 @@ import numpy as np
 from dataplane.config import FORWARD_MODES
 from dataplane.ethdev.queue import port_rx_burst, port_tx_burst
 from dataplane.memory.mempool import pktmbuf_free, pktmbuf_free_bulk
-from dataplane.rings.atomics import load_acquire
+from dataplane.rings.atomics import load_acquire, store_release
 from dataplane.rings.jit import inline_kernel, loop_kernel
 from dataplane.vhost.handoff import vrings_changed
 from dataplane.apps.fwd_modes import (
@@ -63,6 +63,8 @@ __all__ = [
     "LOOP_STOP",
     "LOOP_RINGS",
     "LOOP_TICK",
+    "RUN_SWITCH",
+    "RUN_FORWARDING",
     "S_NAMES",
     "S_SLOTS",
 ]
@@ -94,6 +96,12 @@ P_DST_MAC = 1  # the Tx port's peer MAC (--eth-peer)
 P_SLOTS = 8
 
 LOOP_STOP, LOOP_RINGS, LOOP_TICK = 1, 2, 3
+
+# the ``run`` array (uint32, shared): [RUN_SWITCH] is the engine's start/stop switch; a loop
+# sets [RUN_FORWARDING + lcore] once it forwards (its tx_first bursts sent), so a start
+# returns with forwarding on, as testpmd's does
+RUN_SWITCH = 0
+RUN_FORWARDING = 1
 
 Stream = namedtuple("Stream", ["rx", "tx", "stats", "params", "flow"])  # flow: int64[2] generator state
 #: The hand-over control of one vhost port for this lcore: (ctl, qids, gens) of a
@@ -134,10 +142,17 @@ def _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg):
 
 
 @inline_kernel
+def _forwarding(run, lcore):
+    """Tell the engine this lcore forwards (after its tx_first bursts)."""
+    if 0 <= RUN_FORWARDING + lcore < run.shape[0]:
+        store_release(run, RUN_FORWARDING + lcore, 1)
+
+
+@inline_kernel
 def _loop_control(turn, stop, run, watches):
     """Every 16 turns: LOOP_STOP / LOOP_RINGS / LOOP_TICK when due, else 0."""
     if (turn & 15) == 0:
-        if load_acquire(stop, 0) != 0 or load_acquire(run, 0) == 0:
+        if load_acquire(stop, 0) != 0 or load_acquire(run, RUN_SWITCH) == 0:
             return LOOP_STOP
         for w in range(len(watches)):
             if vrings_changed(watches[w].ctl, watches[w].qids, watches[w].gens):
@@ -151,14 +166,16 @@ def _loop_control(turn, stop, run, watches):
 def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """Forward on every stream until stop / ring change / tick (returns ``LOOP_*``).
 
-    ``run`` (uint32[1+]) is the engine's start/stop switch (0: stop
-    forwarding), ``stop`` the EAL's shared stop flag.  ``seg_lens`` holds
+    ``run`` (uint32, :data:`RUN_SWITCH` / :data:`RUN_FORWARDING` slots) is the
+    engine's start/stop switch (0: stop forwarding) and where the loop says it
+    forwards; ``stop`` the EAL's shared stop flag.  ``seg_lens`` holds
     ``--txpkts``; ``csum`` is the csum engine's scratch counters.  A pending
     ``cfg[CFG_TX_FIRST]`` is sent first and then cleared.
     """
     mode = cfg[CFG_MODE]
     burst = cfg[CFG_BURST]
     _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
+    _forwarding(run, lcore)
     turn = 0
     while True:
         turn += 1
@@ -226,6 +243,7 @@ def make_custom_loop(user_fn):
     def custom_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
         burst = cfg[CFG_BURST]
         _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
+        _forwarding(run, lcore)
         turn = 0
         while True:
             turn += 1

@@ -25,17 +25,16 @@ testpmd engine    kernel
 
 Conventions: MAC addresses are int64 holding the 48-bit address with the
 first wire byte highest (``0x525400000001`` is ``52:54:00:00:00:01``;
-:func:`mac_to_int` converts); IPv4 addresses are host-order ints
-(:func:`ipv4`).  Headers must be in the first segment (DPDK's assumption);
-payloads may span segments.  Wire-format constants and testpmd's default
-addresses are the named data below, defined once (the ethertypes and IP
-protocol numbers shared with the vhost offload code come from
-:mod:`dataplane.vhost.net_hdr`).
+:func:`dataplane.net.ether.mac_to_int` converts); IPv4 addresses are
+host-order ints (:func:`dataplane.net.ip.ipv4`).  Headers must be in the
+first segment (DPDK's assumption); payloads may span segments.  Header
+layouts come from :mod:`dataplane.net`; testpmd's default addresses are the
+named data below.
 
 Kernels follow :mod:`dataplane.rings.jit`: ``_nrt=False``, no allocation
-(scratch space from ``stack_array_u32``), packet bytes through raw-address
-loads and stores, ones' complement sums with the helpers of
-:mod:`dataplane.vhost.net_hdr` (``raw_sum``, ``mbuf_cksum``).
+(scratch space from ``stack_array_u32``), packet bytes through the
+raw-address loads and stores of :mod:`dataplane.rings.mem`, ones' complement
+sums with :mod:`dataplane.net.cksum` (``raw_sum``, ``mbuf_cksum``).
 """
 
 from __future__ import annotations
@@ -64,34 +63,81 @@ from dataplane.memory.mempool import (
     pktmbuf_alloc,
     pktmbuf_alloc_bulk,
     pktmbuf_free,
+    seg_addr,
 )
-from dataplane.rings.jit import always_inline, inline_kernel, kernel, stack_array_u32
-from dataplane.vhost.net_hdr import (
+from dataplane.net.arp import (
+    ARP_HDR_LEN,
+    ARP_HLN_OFF,
+    ARP_HRD_ETHER,
+    ARP_HRD_OFF,
+    ARP_OP_OFF,
+    ARP_OP_REPLY,
+    ARP_OP_REQUEST,
+    ARP_PLN_OFF,
+    ARP_PRO_OFF,
+    ARP_SHA_OFF,
+    ARP_SIP_OFF,
+    ARP_THA_OFF,
+    ARP_TIP_OFF,
+)
+from dataplane.net.cksum import fold, mbuf_cksum, phdr_sum_v4, phdr_sum_v6, raw_sum
+from dataplane.net.ether import (
+    ETH_DST_OFF,
+    ETH_SRC_OFF,
+    ETH_TYPE_OFF,
+    ETHER_ADDR_LEN,
+    ETHER_CRC_LEN,
+    ETHER_HDR_LEN,
+    ETHER_TYPE_ARP,
     ETHER_TYPE_IPV4,
     ETHER_TYPE_IPV6,
     ETHER_TYPE_QINQ,
     ETHER_TYPE_VLAN,
+    VLAN_HDR_LEN,
+    VLAN_PROTO_OFF,
+    copy_mac,
+    ld_mac,
+    mac_le,
+    st_mac,
+)
+from dataplane.net.ip import (
     IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
-    TCP_CKSUM_OFF,
-    UDP_CKSUM_OFF,
-    _fold,
-    _phdr_sum_v4,
-    _phdr_sum_v6,
-    be16,
-    bswap16,
-    copy_bytes,
-    ld8,
-    ld16,
-    ld32,
-    mbuf_cksum,
-    raw_sum,
-    seg_addr,
-    st8,
-    st16,
-    st32,
+    IPV4_ADDR_LEN,
+    IPV4_CKSUM_OFF,
+    IPV4_DST_OFF,
+    IPV4_FRAG_MASK,
+    IPV4_FRAG_OFF,
+    IPV4_MCAST_MASK,
+    IPV4_MCAST_NET,
+    IPV4_MIN_HDR_LEN,
+    IPV4_PROTO_OFF,
+    IPV4_SRC_OFF,
+    IPV4_TOTLEN_OFF,
+    IPV4_TTL_OFF,
+    IPV4_VHL_DEF,
+    IPV6_HDR_LEN,
+    IPV6_NXT_OFF,
+    IPV6_PLEN_OFF,
+    ipv4,
 )
+from dataplane.net.l4 import (
+    ICMP_CKSUM_OFF,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_HDR_LEN,
+    TCP_CKSUM_OFF,
+    TCP_DOFF_OFF,
+    TCP_MIN_HDR_LEN,
+    UDP_CKSUM_OFF,
+    UDP_DPORT_OFF,
+    UDP_HDR_LEN,
+    UDP_LEN_OFF,
+    UDP_SPORT_OFF,
+)
+from dataplane.rings.jit import always_inline, inline_kernel, kernel, stack_array_u32
+from dataplane.rings.mem import be16, be32, bswap32, copy_bytes, ld8, ld16, ld32, st8, st16, st32, st_be16, st_be32
 
 __all__ = [
     "fwd_mac",
@@ -112,94 +158,14 @@ __all__ = [
     "CSUM_NOT_PARSED",
     "CSUM_NB_COUNTERS",
     "CSUM_COUNTER_NAMES",
-    "mac_to_int",
-    "int_to_mac",
-    "ipv4",
 ]
 
 
-def ipv4(a: int, b: int, c: int, d: int) -> int:
-    """The host-order int of IPv4 address a.b.c.d (RTE_IPV4)."""
-    return (a << 24) | (b << 16) | (c << 8) | d
-
-
-def mac_to_int(mac) -> int:
-    """``"52:54:00:00:00:01"`` or 6 bytes -> ``0x525400000001`` (first byte highest)."""
-    if isinstance(mac, str):
-        parts = mac.replace("-", ":").split(":")
-        if len(parts) != 6:
-            raise ValueError(f"not a MAC address: {mac!r}")
-        return int("".join(f"{int(p, 16):02x}" for p in parts), 16)
-    b = bytes(mac)
-    if len(b) != 6:
-        raise ValueError(f"a MAC address has 6 bytes, got {len(b)}")
-    return int.from_bytes(b, "big")
-
-
-def int_to_mac(v: int) -> str:
-    """``0x525400000001`` -> ``"52:54:00:00:00:01"``."""
-    return ":".join(f"{b:02x}" for b in int(v).to_bytes(6, "big"))
-
-
 # =============================================================================
-# wire formats (offsets are from the start of their header)
+# the frames txonly and flowgen build (header layouts: dataplane.net)
 # =============================================================================
 
-ETHER_ADDR_LEN = 6
-ETHER_HDR_LEN = 14  # dst, src, ethertype
-ETHER_CRC_LEN = 4  # the FCS testpmd's flowgen subtracts from the frame size
-ETH_DST_OFF = 0
-ETH_SRC_OFF = 6
-ETH_TYPE_OFF = 12
-VLAN_HDR_LEN = 4  # TCI, then the inner ethertype at +2
-VLAN_PROTO_OFF = 2
-ETHER_TYPE_ARP = 0x0806
-
-IPV4_MIN_HDR_LEN = 20
-IPV4_VHL_DEF = 0x45  # version 4, 5 words (RTE_IPV4_VHL_DEF)
-IPV4_TOTLEN_OFF = 2
-IPV4_FRAG_OFF = 6
-IPV4_FRAG_MASK = 0x3FFF  # MF flag and fragment offset
-IPV4_TTL_OFF = 8
-IPV4_PROTO_OFF = 9
-IPV4_CKSUM_OFF = 10
-IPV4_SRC_OFF = 12
-IPV4_DST_OFF = 16
 IP_DEFTTL = 64  # testpmd's IP_DEFTTL (RFC 1340)
-IPV4_MCAST_MASK = 0xF0000000  # 224.0.0.0/4
-IPV4_MCAST_NET = 0xE0000000
-
-IPV6_HDR_LEN = 40
-IPV6_PLEN_OFF = 4
-IPV6_NXT_OFF = 6
-
-UDP_HDR_LEN = 8
-UDP_SPORT_OFF = 0
-UDP_DPORT_OFF = 2
-UDP_LEN_OFF = 4
-TCP_MIN_HDR_LEN = 20
-TCP_DOFF_OFF = 12
-
-ICMP_HDR_LEN = 8  # type, code, checksum, identifier, sequence
-ICMP_CKSUM_OFF = 2
-ICMP_ECHO_REQUEST = 8
-ICMP_ECHO_REPLY = 0
-
-ARP_HDR_LEN = 28  # Ethernet / IPv4 ARP
-ARP_HRD_OFF = 0
-ARP_PRO_OFF = 2
-ARP_HLN_OFF = 4
-ARP_PLN_OFF = 5
-ARP_OP_OFF = 6
-ARP_SHA_OFF = 8
-ARP_SIP_OFF = 14
-ARP_THA_OFF = 18
-ARP_TIP_OFF = 24
-ARP_HRD_ETHER = 1
-ARP_OP_REQUEST = 1
-ARP_OP_REPLY = 2
-IPV4_ADDR_LEN = 4
-
 #: Ether + IPv4 + UDP: the headers txonly and flowgen write
 GEN_HDR_LEN = ETHER_HDR_LEN + IPV4_MIN_HDR_LEN + UDP_HDR_LEN  # 42
 GEN_IP_OFF = ETHER_HDR_LEN
@@ -270,64 +236,15 @@ _TX_IPV6 = _U64(RTE_MBUF_F_TX_IPV6)
 
 
 @inline_kernel
-def _bswap32(v):
-    v = np.int64(v) & 0xFFFFFFFF
-    return ((v & 0xFF) << 24) | ((v & 0xFF00) << 8) | ((v >> 8) & 0xFF00) | (v >> 24)
-
-
-@inline_kernel
-def _mac_le(mac):
-    """A 48-bit MAC (first byte highest) as the little-endian word whose bytes are its wire bytes."""
-    mac = np.int64(mac)
-    le = np.int64(0)
-    for k in range(ETHER_ADDR_LEN):
-        le |= ((mac >> (8 * (ETHER_ADDR_LEN - 1 - k))) & 0xFF) << (8 * k)
-    return le
-
-
-@inline_kernel
-def _st_mac(addr, le):
-    """Store a MAC given as :func:`_mac_le` at ``addr``."""
-    st32(addr, le & 0xFFFFFFFF)
-    st16(addr + _U64(4), (le >> 32) & 0xFFFF)
-
-
-@inline_kernel
-def _ld_mac(addr):
-    """The 6 bytes at ``addr`` as a little-endian word (inverse of :func:`_st_mac`)."""
-    return np.int64(ld32(addr)) | (np.int64(ld16(addr + _U64(4))) << 32)
-
-
-@inline_kernel
-def _copy_mac(dst, src):
-    _st_mac(dst, _ld_mac(src))
-
-
-@inline_kernel
-def _st_be16(addr, v):
-    st16(addr, bswap16(v))
-
-
-@inline_kernel
-def _st_be32(addr, v):
-    st32(addr, _bswap32(v))
-
-
-@inline_kernel
-def _be32(addr):
-    return _bswap32(ld32(addr))
-
-
-@inline_kernel
 def _ipv4_cksum_rewrite(ip, ihl):
     """Rewrite the IPv4 header checksum (rte_ipv4_cksum); True if the old one verified.
 
     One pass: the sum with the old checksum in place verifies it, and that
     sum minus the old field (ones' complement) is the sum a zeroed field gives.
     """
-    s = _fold(raw_sum(ip, ihl))
+    s = fold(raw_sum(ip, ihl))
     old = _U64(ld16(ip + _U64(IPV4_CKSUM_OFF)))
-    st16(ip + _U64(IPV4_CKSUM_OFF), ~_fold(s + (~old & _M16)) & _M16)
+    st16(ip + _U64(IPV4_CKSUM_OFF), ~fold(s + (~old & _M16)) & _M16)
     return s == _M16
 
 
@@ -336,10 +253,10 @@ def _ipv4_set_addr(ip, off, addr, base):
     """Write IPv4 address ``addr`` (host order) at ``ip + off`` and the header
     checksum, from ``base`` = the unfolded sum of the header with that address
     and the checksum zeroed (one template sum per burst, not per packet)."""
-    a = _U64(_bswap32(addr))
+    a = _U64(bswap32(addr))
     st32(ip + _U64(off), a)
     s = base + (a & _M16) + (a >> _U64(16))
-    st16(ip + _U64(IPV4_CKSUM_OFF), ~_fold(s) & _M16)
+    st16(ip + _U64(IPV4_CKSUM_OFF), ~fold(s) & _M16)
 
 
 # =============================================================================
@@ -357,15 +274,15 @@ def fwd_mac(mp, pkts, n, dst_mac, src_mac):
     offloads, none here), so a checksum request a guest made still reaches
     the next port.
     """
-    d = _mac_le(dst_mac)
-    s = _mac_le(src_mac)
+    d = mac_le(dst_mac)
+    s = mac_le(src_mac)
     for i in range(n):
         m = np.int64(pkts[i])
         if np.int64(mp.mbufs[m].data_len) < ETHER_HDR_LEN:
             continue
         eth = seg_addr(mp, m)
-        _st_mac(eth + _U64(ETH_DST_OFF), d)
-        _st_mac(eth + _U64(ETH_SRC_OFF), s)
+        st_mac(eth + _U64(ETH_DST_OFF), d)
+        st_mac(eth + _U64(ETH_SRC_OFF), s)
 
 
 @kernel
@@ -380,10 +297,10 @@ def fwd_macswap(mp, pkts, n):
         if np.int64(mp.mbufs[m].data_len) < ETHER_HDR_LEN:
             continue
         eth = seg_addr(mp, m)
-        d = _ld_mac(eth + _U64(ETH_DST_OFF))
-        s = _ld_mac(eth + _U64(ETH_SRC_OFF))
-        _st_mac(eth + _U64(ETH_DST_OFF), s)
-        _st_mac(eth + _U64(ETH_SRC_OFF), d)
+        d = ld_mac(eth + _U64(ETH_DST_OFF))
+        s = ld_mac(eth + _U64(ETH_SRC_OFF))
+        st_mac(eth + _U64(ETH_DST_OFF), s)
+        st_mac(eth + _U64(ETH_SRC_OFF), d)
 
 
 # =============================================================================
@@ -407,7 +324,7 @@ def _l4_cksum_rewrite(mp, m, ol, l4_off, l4_len, phdr, field, is_udp, is_v6, cou
     if data < 0:
         counters[CSUM_NOT_PARSED] += 1
         return
-    total = _fold(_U64(data) + phdr)
+    total = fold(_U64(data) + phdr)
     rx = ol & _L4_RX_MASK
     if rx == _L4_RX_BAD:
         counters[CSUM_BAD_L4] += 1
@@ -416,7 +333,7 @@ def _l4_cksum_rewrite(mp, m, ol, l4_off, l4_len, phdr, field, is_udp, is_v6, cou
         # (a zero field can be right for TCP, whose sum may be -0; not for UDP)
         if total != _M16 or (is_udp and old == _U64(0)):
             counters[CSUM_BAD_L4] += 1
-    c = ~_fold(total + (~old & _M16)) & _M16
+    c = ~fold(total + (~old & _M16)) & _M16
     if is_udp and c == _U64(0):
         c = _M16  # 0 means "no checksum" in UDP (rte_ipv4_udptcp_cksum)
     st16(field, c)
@@ -506,9 +423,9 @@ def _csum_one(mp, m, counters):
     else:
         mb.l4_len = UDP_HDR_LEN
     if v6:
-        phdr = _phdr_sum_v6(ip, l4_len, proto)
+        phdr = phdr_sum_v6(ip, l4_len, proto)
     else:
-        phdr = _phdr_sum_v4(ip, l4_len)
+        phdr = phdr_sum_v4(ip, l4_len)
     _l4_cksum_rewrite(mp, m, ol, l4_off, l4_len, phdr, field, proto == IPPROTO_UDP, v6, counters)
 
 
@@ -560,12 +477,12 @@ def _arp_reply(mp, eth, arp, dl, port_le):
     if be16(arp + _U64(ARP_OP_OFF)) != ARP_OP_REQUEST:
         return False
     # Ethernet: back to the asker, from the port
-    _copy_mac(eth + _U64(ETH_DST_OFF), eth + _U64(ETH_SRC_OFF))
-    _st_mac(eth + _U64(ETH_SRC_OFF), port_le)
+    copy_mac(eth + _U64(ETH_DST_OFF), eth + _U64(ETH_SRC_OFF))
+    st_mac(eth + _U64(ETH_SRC_OFF), port_le)
     # ARP: whatever IP was asked for is "ours" (testpmd answers any target)
-    _st_be16(arp + _U64(ARP_OP_OFF), ARP_OP_REPLY)
-    _copy_mac(arp + _U64(ARP_THA_OFF), arp + _U64(ARP_SHA_OFF))
-    _st_mac(arp + _U64(ARP_SHA_OFF), port_le)
+    st_be16(arp + _U64(ARP_OP_OFF), ARP_OP_REPLY)
+    copy_mac(arp + _U64(ARP_THA_OFF), arp + _U64(ARP_SHA_OFF))
+    st_mac(arp + _U64(ARP_SHA_OFF), port_le)
     sip = ld32(arp + _U64(ARP_SIP_OFF))
     st32(arp + _U64(ARP_SIP_OFF), ld32(arp + _U64(ARP_TIP_OFF)))
     st32(arp + _U64(ARP_TIP_OFF), sip)
@@ -586,11 +503,11 @@ def _icmp_echo_reply(mp, eth, ip, dl, l2):
     if w_old != _U64(ICMP_ECHO_REQUEST):  # type 8, code 0
         return False
     # swap the Ethernet addresses
-    d = _ld_mac(eth + _U64(ETH_DST_OFF))
-    _copy_mac(eth + _U64(ETH_DST_OFF), eth + _U64(ETH_SRC_OFF))
-    _st_mac(eth + _U64(ETH_SRC_OFF), d)
-    src = _be32(ip + _U64(IPV4_SRC_OFF))
-    dst = _be32(ip + _U64(IPV4_DST_OFF))
+    d = ld_mac(eth + _U64(ETH_DST_OFF))
+    copy_mac(eth + _U64(ETH_DST_OFF), eth + _U64(ETH_SRC_OFF))
+    st_mac(eth + _U64(ETH_SRC_OFF), d)
+    src = be32(ip + _U64(IPV4_SRC_OFF))
+    dst = be32(ip + _U64(IPV4_DST_OFF))
     if (dst & IPV4_MCAST_MASK) == IPV4_MCAST_NET:
         # to a multicast group: reply from a unicast neighbour of the asker
         # (testpmd's rule), and the header checksum changes
@@ -598,18 +515,18 @@ def _icmp_echo_reply(mp, eth, ip, dl, l2):
             new_src = (src & 0xFFFFFFFC) | 2
         else:
             new_src = (src & 0xFFFFFFFC) | 1
-        _st_be32(ip + _U64(IPV4_SRC_OFF), new_src)
-        _st_be32(ip + _U64(IPV4_DST_OFF), src)
+        st_be32(ip + _U64(IPV4_SRC_OFF), new_src)
+        st_be32(ip + _U64(IPV4_DST_OFF), src)
         _ipv4_cksum_rewrite(ip, ihl)
     else:
         # a swap leaves the header checksum as it is
-        _st_be32(ip + _U64(IPV4_SRC_OFF), dst)
-        _st_be32(ip + _U64(IPV4_DST_OFF), src)
+        st_be32(ip + _U64(IPV4_SRC_OFF), dst)
+        st_be32(ip + _U64(IPV4_DST_OFF), src)
     # type 8 -> 0: incremental checksum update (RFC 1624), echo data untouched
     w_new = (w_old & _U64(0xFF00)) | _U64(ICMP_ECHO_REPLY)
     c = ~_U64(ld16(icmp + _U64(ICMP_CKSUM_OFF))) & _M16
     c += (~w_old & _M16) + w_new
-    c = ~_fold(c) & _M16
+    c = ~fold(c) & _M16
     if c == _U64(0):
         # the update cannot tell a +0 sum (an all-zero message: only 0xFFFF
         # verifies) from -0 (both verify): 0xFFFF is right either way
@@ -634,7 +551,7 @@ def fwd_icmpecho(mp, lcore, pkts, n, port_mac):
     * Everything else (other ARP, other ICMP, other IP, IPv6, non-IP,
       truncated) is freed with ``pktmbuf_free`` to ``lcore``'s cache.
     """
-    port_le = _mac_le(port_mac)
+    port_le = mac_le(port_mac)
     k = 0
     for i in range(n):
         m = np.int64(pkts[i])
@@ -669,24 +586,24 @@ def fwd_icmpecho(mp, lcore, pkts, n, port_mac):
 @inline_kernel
 def _gen_template(t, src_le, dst_le, ip_src, ip_dst, ip_len, sport, dport):
     """Write Ether/IPv4/UDP headers (checksums 0) at host address ``t``."""
-    _st_mac(t + _U64(ETH_DST_OFF), dst_le)
-    _st_mac(t + _U64(ETH_SRC_OFF), src_le)
-    _st_be16(t + _U64(ETH_TYPE_OFF), ETHER_TYPE_IPV4)
+    st_mac(t + _U64(ETH_DST_OFF), dst_le)
+    st_mac(t + _U64(ETH_SRC_OFF), src_le)
+    st_be16(t + _U64(ETH_TYPE_OFF), ETHER_TYPE_IPV4)
     ip = t + _U64(GEN_IP_OFF)
     st8(ip, IPV4_VHL_DEF)
     st8(ip + _U64(1), 0)  # type of service
-    _st_be16(ip + _U64(IPV4_TOTLEN_OFF), ip_len)
+    st_be16(ip + _U64(IPV4_TOTLEN_OFF), ip_len)
     st16(ip + _U64(4), 0)  # packet id
     st16(ip + _U64(IPV4_FRAG_OFF), 0)
     st8(ip + _U64(IPV4_TTL_OFF), IP_DEFTTL)
     st8(ip + _U64(IPV4_PROTO_OFF), IPPROTO_UDP)
     st16(ip + _U64(IPV4_CKSUM_OFF), 0)
-    _st_be32(ip + _U64(IPV4_SRC_OFF), ip_src)
-    _st_be32(ip + _U64(IPV4_DST_OFF), ip_dst)
+    st_be32(ip + _U64(IPV4_SRC_OFF), ip_src)
+    st_be32(ip + _U64(IPV4_DST_OFF), ip_dst)
     udp = t + _U64(GEN_UDP_OFF)
-    _st_be16(udp + _U64(UDP_SPORT_OFF), sport)
-    _st_be16(udp + _U64(UDP_DPORT_OFF), dport)
-    _st_be16(udp + _U64(UDP_LEN_OFF), ip_len - IPV4_MIN_HDR_LEN)
+    st_be16(udp + _U64(UDP_SPORT_OFF), sport)
+    st_be16(udp + _U64(UDP_DPORT_OFF), dport)
+    st_be16(udp + _U64(UDP_LEN_OFF), ip_len - IPV4_MIN_HDR_LEN)
     st16(udp + _U64(UDP_CKSUM_OFF), 0)
 
 
@@ -761,7 +678,7 @@ def build_txonly(mp, lcore, pkts, n, seg_lens, nseg, src_mac, dst_mac, multi_flo
     tmpl_words = stack_array_u32(12)  # 48 bytes >= GEN_HDR_LEN
     t = _U64(tmpl_words.ctypes.data)
     _gen_template(
-        t, _mac_le(src_mac), _mac_le(dst_mac), TXONLY_IP_SRC, TXONLY_IP_DST, ip_len,
+        t, mac_le(src_mac), mac_le(dst_mac), TXONLY_IP_SRC, TXONLY_IP_DST, ip_len,
         TXONLY_UDP_SRC_PORT, TXONLY_UDP_DST_PORT,
     )
     tip = t + _U64(GEN_IP_OFF)
@@ -830,7 +747,7 @@ def build_flowgen(mp, lcore, pkts, n, tx_pkt_length, src_mac, dst_mac, nb_flows,
     tmpl_words = stack_array_u32(12)
     t = _U64(tmpl_words.ctypes.data)
     _gen_template(
-        t, _mac_le(src_mac), _mac_le(dst_mac), FLOWGEN_IP_SRC, FLOWGEN_IP_DST, ip_len,
+        t, mac_le(src_mac), mac_le(dst_mac), FLOWGEN_IP_SRC, FLOWGEN_IP_DST, ip_len,
         FLOWGEN_UDP_SRC_PORT, FLOWGEN_UDP_DST_PORT,
     )
     tip = t + _U64(GEN_IP_OFF)
@@ -853,7 +770,7 @@ def build_flowgen(mp, lcore, pkts, n, tx_pkt_length, src_mac, dst_mac, nb_flows,
         if udp_csum:
             ipp = p + _U64(GEN_IP_OFF)
             ul = ip_len - IPV4_MIN_HDR_LEN
-            c = ~_fold(raw_sum(p + _U64(GEN_UDP_OFF), ul) + _phdr_sum_v4(ipp, ul)) & _M16
+            c = ~fold(raw_sum(p + _U64(GEN_UDP_OFF), ul) + phdr_sum_v4(ipp, ul)) & _M16
             if c == _U64(0):
                 c = _M16
             st16(p + _U64(GEN_UDP_OFF + UDP_CKSUM_OFF), c)

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         print(f"dataplane: {opts.config}: {e.strerror}", file=sys.stderr)
         return 2
-    from dataplane.api import Engine
+    from dataplane.apps.embedded import Engine
     from dataplane.ethdev import EthdevError
     from dataplane.memory.errors import MemoryLayerError
 

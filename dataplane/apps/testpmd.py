@@ -144,7 +144,7 @@ def format_forward_stats(eng: Engine, fs: dict) -> str:
 
 def format_port_info(eng: Engine, pid: int) -> str:
     p = eng.ports[pid]
-    ls = p.link_status() if hasattr(p, "link_status") else {}
+    ls = p.link_status()
     up = eng.link_up(pid)
     return (
         f"\n********************* Infos for port {pid}  *********************\n"

@@ -35,14 +35,15 @@ import time
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
 from dataplane.ethdev import EthdevError
-from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues, vhost_rx_burst, vhost_tx_burst
+from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues
 from dataplane.lcores import launch
-from dataplane.memory.mempool import mempool_create, mempool_lookup, pktmbuf_free, pktmbuf_free_bulk
+from dataplane.memory.mempool import mempool_create, mempool_lookup, pktmbuf_free, pktmbuf_free_bulk, seg_addr
 from dataplane.rings.atomics import load_acquire
 from dataplane.rings.jit import inline_kernel, loop_kernel
-from dataplane.vhost.handoff import vrings_changed
-from dataplane.vhost.net_hdr import ld8, ld16, seg_addr
+from dataplane.vhost.handoff import vhost_rx_burst, vhost_tx_burst, vrings_changed
+from dataplane.rings.mem import be16, ld8
 
 log = dplog.get_logger("dataplane.apps")
 
@@ -57,11 +58,6 @@ _STATS_ZONE = "vhost_echo_checks"
 _POOL = "vhost_echo_pool"
 
 _U64 = np.uint64
-
-
-@inline_kernel
-def _be16(a):
-    return (np.int64(ld8(a)) << 8) | np.int64(ld8(a + _U64(1)))
 
 
 @inline_kernel
@@ -88,13 +84,13 @@ def _check_txonly(mp, m):
     if np.int64(mp.mbufs[m].data_len) < 42 or plen < 42:
         return False
     a = seg_addr(mp, m)
-    if _be16(a + _U64(12)) != 0x0800 or ld8(a + _U64(14)) != 0x45 or ld8(a + _U64(23)) != 17:
+    if be16(a + _U64(12)) != 0x0800 or ld8(a + _U64(14)) != 0x45 or ld8(a + _U64(23)) != 17:
         return False
-    if _be16(a + _U64(16)) != plen - 14 or _be16(a + _U64(38)) != plen - 34:
+    if be16(a + _U64(16)) != plen - 14 or be16(a + _U64(38)) != plen - 34:
         return False
     s = np.int64(0)
     for i in range(10):
-        s += _be16(a + _U64(14 + 2 * i))
+        s += be16(a + _U64(14 + 2 * i))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s == 0xFFFF
@@ -162,10 +158,10 @@ def _lcore_main(arg):
 
 def _warm_up(mp, queue_counts, opts) -> None:
     """Compile the loop for each tuple size here, once (workers then load it from the disk cache)."""
-    from dataplane.vhost.handoff import _disabled_queue, warm_up
+    from dataplane.vhost.handoff import dummy_ctx, warm_up
 
     warm_up()
-    ctx = _disabled_queue().ctx
+    ctx = dummy_ctx()
     stop = np.ones(16, np.uint32)
     for nq in sorted(queue_counts):
         echo_loop(tuple(ctx for _ in range(2 * nq)), mp.arrays, 0, stop, np.zeros(8, np.int64),
@@ -235,17 +231,8 @@ def run(eal, opts) -> int:
         for p in ports:
             p.start()
         print(f"vhost_echo: {len(ports)} port(s) up, mode {opts.mode}", flush=True)
-        deadline = time.monotonic() + opts.duration if opts.duration > 0 else None
-        stop = eal.launcher.stop_flag
-        while not stop[0]:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if eal.launcher.failures:
-                log.error("an lcore failed", errors=[str(e) for e in eal.launcher.failures])
-                break
-            if opts.stats_file:
-                _write_json(opts.stats_file, snapshot(ports, checks))
-            time.sleep(0.2)
+        tick = (lambda: _write_json(opts.stats_file, snapshot(ports, checks))) if opts.stats_file else None
+        wait_for_stop(eal, opts.duration, every=0.2, tick=tick)
     except KeyboardInterrupt:
         pass
     except EthdevError as e:
@@ -254,11 +241,7 @@ def run(eal, opts) -> int:
     finally:
         for p in ports:
             p.stop()  # lcores give their rings back (they are still polling)
-        eal.launcher.request_stop()
-        try:
-            eal.launcher.mp_wait_lcore(timeout=10)
-        except Exception as e:
-            log.error("lcore ended badly", error=str(e))
+        stop_lcores(eal)
         final = snapshot(ports, checks)
         if opts.stats_file:
             _write_json(opts.stats_file, final)
@@ -269,20 +252,7 @@ def run(eal, opts) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataplane.lcores.eal import Eal
-    from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = parse_eal_args(argv)
-        opts = _parser().parse_args(cfg.app_args)
-    except EalArgsError as e:
-        print(f"vhost_echo: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:
-        return int(e.code or 0)
-    with Eal(cfg) as eal:
-        return run(eal, opts)
+    return eal_main("vhost_echo", _parser(), run, argv)
 
 
 if __name__ == "__main__":

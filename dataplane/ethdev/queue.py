@@ -13,6 +13,10 @@ for every kind (the unused ones hold small dummies) and a ``kind`` tag that
 * :data:`KIND_VIRTIO` -- ``virtio``: a :data:`~dataplane.virtio.handoff.VirtioQueueCtx`
   (a virtio-user port's Rx or Tx queue).
 
+Each driver of :mod:`dataplane.ethdev.registry` names its tag, and its
+:class:`~dataplane.ethdev.port.LcorePort` builds its queues with
+:func:`make_port_queue`.
+
 ``counters`` (int64, :data:`Q_*` slots, usually shared memory) is counted
 here for every kind, so port statistics do not depend on the kind:
 packets and bytes each way, Tx packets the port could not take (freed by the
@@ -25,9 +29,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from dataplane.ethdev.vhost import vhost_rx_burst, vhost_tx_burst
 from dataplane.rings.jit import inline_kernel
 from dataplane.rings.ring import ring_dequeue_burst, ring_enqueue_burst
+from dataplane.vhost.handoff import dummy_ctx as vhost_dummy_ctx, vhost_rx_burst, vhost_tx_burst
 from dataplane.virtio.handoff import dummy_ctx as virtio_dummy_ctx, virtio_rx_burst, virtio_tx_burst
 
 __all__ = [
@@ -78,9 +82,7 @@ _DUMMY: dict = {}
 
 def _dummies():
     if not _DUMMY:
-        from dataplane.vhost.handoff import _disabled_queue
-
-        _DUMMY["vhost"] = _disabled_queue().ctx
+        _DUMMY["vhost"] = vhost_dummy_ctx()
         _DUMMY["virtio"] = virtio_dummy_ctx()
         _DUMMY["hdr"] = np.zeros(128, np.uint32)
         _DUMMY["slots"] = np.zeros(1, np.uint64)

@@ -15,23 +15,26 @@ both ends must use the same mempool (one engine does).
 from __future__ import annotations
 
 from dataplane.ethdev.errors import EthdevError
-from dataplane.lcores.eal_args import Devargs, parse_devargs
+from dataplane.ethdev.port import RX, LcorePort, Port, PortEnv, devargs_of
+from dataplane.ethdev.queue import KIND_RING, PortQueue, make_port_queue
+from dataplane.ethdev.registry import Driver, register
+from dataplane.lcores.eal_args import Devargs
 from dataplane.rings.ring import RING_F_SC_DEQ, RING_F_SP_ENQ, ring_create, ring_lookup
 
-__all__ = ["RingPort", "DRIVER_NAME"]
+__all__ = ["RingPort", "RingLcorePort", "DRIVER_NAME"]
 
 DRIVER_NAME = "net_ring"
 _KEYS = ("queues", "size", "peer")
 
 
-class RingPort:
+class RingPort(Port):
     """A ``net_ring`` port: creates its Rx rings in shared memory."""
 
     kind = "ring"
+    link_up = True  # a cable that is always plugged in
 
     def __init__(self, devargs: Devargs | str, port_id: int = 0, *, memory=None):
-        if isinstance(devargs, str):
-            devargs = parse_devargs(devargs)
+        devargs = self.devargs = devargs_of(devargs)
         self.name = devargs.name
         self.port_id = int(port_id)
         self.mac = 0x027063617000 + self.port_id  # locally administered, per port
@@ -55,7 +58,23 @@ class RingPort:
         self.memory = memory
         self.rings = [ring_create(memory, self.ring_name(self.name, q), self.size, RING_F_SP_ENQ | RING_F_SC_DEQ)
                       for q in range(self.nb_queues)]
-        self.link_up = True
+
+    @classmethod
+    def probe(cls, devargs, port_id: int, env: PortEnv) -> "RingPort":
+        return cls(devargs, port_id, memory=env.memory)
+
+    def bind(self, ports) -> None:
+        """A peer that names no peer itself is cabled back to this port."""
+        if self.peer == self.name:
+            return
+        other = ports.get(self.peer)
+        if not isinstance(other, RingPort):
+            raise EthdevError(f"{self.name}: peer {self.peer!r} is not a {DRIVER_NAME} port")
+        if other.peer == other.name:
+            other.peer = self.name
+
+    def lcore_info(self) -> dict:
+        return dict(super().lcore_info(), peer=self.peer)
 
     @staticmethod
     def ring_name(port: str, queue: int) -> str:
@@ -88,3 +107,22 @@ class RingPort:
 
     def link_status(self) -> dict:
         return dict(link_status="up", link_speed=10000, link_duplex="full-duplex", link_autoneg="fixed")
+
+
+class RingLcorePort(LcorePort):
+    """A ``net_ring`` port in a forwarding lcore: Rx from its own rings, Tx into its peer's."""
+
+    def __init__(self, driver, info: dict, uses, memory):
+        super().__init__(driver, info, uses, memory)
+        # Rx: the port's own ring; Tx: its peer's Rx ring (the other end of the cable)
+        self.rings = {(q, role): ring_lookup(memory, RingPort.ring_name(info["name"] if role == RX else info["peer"], q))
+                      for q, role in self.uses}
+
+    def port_queue(self, queue: int, role: str, **common) -> PortQueue:
+        r = self.rings[(queue, role)]
+        if role == RX:
+            return make_port_queue(self.driver.queue_kind, ring_rx=r, **common)
+        return make_port_queue(self.driver.queue_kind, ring_tx=r, **common)
+
+
+register(Driver(DRIVER_NAME, RingPort, KIND_RING, RingLcorePort))

@@ -20,7 +20,9 @@ from vring ``2q+1`` (guest Tx) and transmits into vring ``2q`` (guest Rx).
 Queues are polled by lcores: :meth:`VhostPort.place` puts a queue on an
 lcore; the lcore's loop builds its contexts with :func:`lcore_queues`
 (a :class:`~dataplane.vhost.handoff.LcoreVrings`) and calls
-:func:`vhost_rx_burst` / :func:`vhost_tx_burst` from numba.
+:func:`~dataplane.vhost.handoff.vhost_rx_burst` /
+:func:`~dataplane.vhost.handoff.vhost_tx_burst` from numba.  In the engine,
+:class:`VhostLcorePort` does that (the driver is registered as ``net_vhost``).
 
 Offloads: a guest's checksum or GSO request (virtio-net header) becomes Tx
 offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
@@ -46,26 +48,20 @@ from typing import Callable
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.lcores.eal_args import Devargs, parse_devargs
-from dataplane.memory.mempool import pktmbuf_free_bulk
-from dataplane.rings.jit import kernel
-from dataplane.vhost import library as vhost_lib
-from dataplane.vhost.device import VHOST_MAX_QUEUE_PAIRS, VhostDeviceOps
-from dataplane.vhost.handoff import LcoreVrings, VringHandoff
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
-from dataplane.vhost.virtio_net import (
-    C_BYTES,
-    C_DROPS,
-    C_ERRORS,
-    C_NO_MBUF,
-    C_PACKETS,
-    COUNTER_NAMES,
-    dequeue_burst,
-    enqueue_burst,
-)
 from dataplane.ethdev.errors import EthdevError
+from dataplane.ethdev.port import RX, HandoffLcorePort, HandoffPort, PortEnv, devargs_of
+from dataplane.ethdev.queue import KIND_VHOST
+from dataplane.ethdev.registry import Driver, register
+from dataplane.lcores.eal_args import Devargs
+from dataplane.vhost import library as vhost_lib
+from dataplane.vhost.device import VhostDeviceOps
+from dataplane.vhost import handoff as vhost_handoff
+from dataplane.vhost.handoff import LcoreVrings, VringHandoff
+from dataplane.vhost.net import VHOST_MAX_QUEUE_PAIRS
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
+from dataplane.vhost.virtio_net import C_BYTES, C_DROPS, C_ERRORS, C_NO_MBUF, C_PACKETS, COUNTER_NAMES
 
-__all__ = ["VhostPort", "VhostPortArgs", "lcore_queues", "vhost_rx_burst", "vhost_tx_burst", "DRIVER_NAME"]
+__all__ = ["VhostPort", "VhostPortArgs", "VhostLcorePort", "lcore_queues", "DRIVER_NAME"]
 
 log = dplog.get_logger("dataplane.ethdev")
 
@@ -82,8 +78,7 @@ class VhostPortArgs:
     """Parsed, validated ``net_vhost`` devargs."""
 
     def __init__(self, devargs: Devargs | str):
-        if isinstance(devargs, str):
-            devargs = parse_devargs(devargs)
+        devargs = devargs_of(devargs)
         self.name = devargs.name
         if not self.name.startswith(DRIVER_NAME):
             raise EthdevError(f"{self.name}: not a {DRIVER_NAME} device name")
@@ -127,13 +122,16 @@ class VhostPortArgs:
         return f
 
 
-class VhostPort:
+class VhostPort(HandoffPort):
     """A ``net_vhost`` port in the main process: the socket, its device, link state and statistics."""
 
     kind = "vhost"
+    socket_devarg = "iface"
+    stats_fields = ("ierrors", "rx_nombuf")
 
     def __init__(self, devargs: Devargs | str, port_id: int = 0, *, library=None, memory=None, launcher=None):
-        self.args = VhostPortArgs(devargs)
+        self.devargs = devargs_of(devargs)
+        self.args = VhostPortArgs(self.devargs)
         self.name = self.args.name
         self.port_id = int(port_id)
         self.mac = VHOST_PMD_MAC + self.port_id  # DPDK's vhost PMD address, per port
@@ -146,6 +144,19 @@ class VhostPort:
         self._stats_base = np.zeros_like(self.handoff.counters)
         self._registered = False
         self.queue_state = [False] * (2 * self.nb_queues)
+
+    @classmethod
+    def probe(cls, devargs, port_id: int, env: PortEnv) -> "VhostPort":
+        return cls(devargs, port_id, memory=env.memory, launcher=env.launcher)
+
+    @staticmethod
+    def listens(args) -> bool:
+        return args.get("client", "0") != "1"
+
+    @staticmethod
+    def vring(queue: int, role: str) -> int:
+        """The port receives from the guest's Tx vring ``2q+1`` and sends into its Rx vring ``2q``."""
+        return 2 * queue + 1 if role == RX else 2 * queue
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -219,6 +230,10 @@ class VhostPort:
     def _vring_state_changed(self, vid: int, qid: int, enable: int) -> None:
         if qid < len(self.queue_state):
             self.queue_state[qid] = bool(enable)
+        if enable:
+            # lcores poll every ring: ask the guest not to kick (DPDK's vhost PMD does the same at
+            # new_device); otherwise a busy driver makes an eventfd write after every burst
+            self.library.enable_guest_notification(vid, qid, False)
 
     # -- link --------------------------------------------------------------------
     def _set_link(self, up: bool) -> None:
@@ -330,8 +345,8 @@ def _pmd_xstats(row: np.ndarray):
 def lcore_queues(name: str, queues, port_id: int = 0xFFFF, memory=None) -> LcoreVrings:
     """In the lcore polling ``queues`` of port ``name``: their vrings.
 
-    ``ctxs[2*i+1]`` is the Rx context of ``queues[i]`` (:func:`vhost_rx_burst`),
-    ``ctxs[2*i]`` its Tx context (:func:`vhost_tx_burst`).
+    ``ctxs[2*i+1]`` is the Rx context of ``queues[i]`` (:func:`~dataplane.vhost.handoff.vhost_rx_burst`),
+    ``ctxs[2*i]`` its Tx context (:func:`~dataplane.vhost.handoff.vhost_tx_burst`).
     """
     qids = []
     for q in queues:
@@ -339,20 +354,17 @@ def lcore_queues(name: str, queues, port_id: int = 0xFFFF, memory=None) -> Lcore
     return LcoreVrings(name, qids, memory=memory, port=port_id)
 
 
-@kernel
-def vhost_rx_burst(ctx, mp, lcore, pkts, n):
-    """``rte_eth_rx_burst``: up to ``n`` packets from the guest's Tx vring into ``pkts``; returns the count."""
-    return dequeue_burst(ctx, mp, lcore, pkts, n)
+class VhostLcorePort(HandoffLcorePort):
+    """A ``net_vhost`` port in a forwarding lcore: its vrings (:class:`~dataplane.vhost.handoff.LcoreVrings`)."""
+
+    ctx_field = "vhost"
+
+    @classmethod
+    def warm_up(cls) -> None:
+        vhost_handoff.warm_up()
+
+    def open_queues(self, info: dict, qids: list[int], memory) -> LcoreVrings:
+        return LcoreVrings(info["name"], qids, memory=memory, port=info["port_id"])
 
 
-@kernel
-def vhost_tx_burst(ctx, mp, lcore, pkts, n):
-    """``rte_eth_tx_burst``: copy ``pkts[:n]`` into the guest's Rx vring; returns how many went.
-
-    The mbufs that went are freed (the copy is in the guest); ``pkts[sent:n]``
-    stay with the caller (free or retry them).
-    """
-    sent = enqueue_burst(ctx, mp, pkts, n)
-    if sent > 0:
-        pktmbuf_free_bulk(mp, lcore, pkts, sent)
-    return sent
+register(Driver(DRIVER_NAME, VhostPort, KIND_VHOST, VhostLcorePort))

@@ -16,26 +16,31 @@ link comes up when a back-end connects.
 from __future__ import annotations
 
 from dataplane.ethdev.errors import EthdevError
+from dataplane.ethdev.port import RX, HandoffLcorePort, HandoffPort, PortEnv, devargs_of
+from dataplane.ethdev.queue import KIND_VIRTIO
+from dataplane.ethdev.registry import Driver, register
 from dataplane.lcores.eal_args import Devargs
 from dataplane.virtio import VirtioUser, VirtioUserError
 from dataplane.virtio.devargs import DevargsError
-from dataplane.virtio.handoff import VirtioHandoff
+from dataplane.virtio.handoff import LcoreVirtioQueues, VirtioHandoff
 
-__all__ = ["VirtioUserPort", "DRIVER_NAME"]
+__all__ = ["VirtioUserPort", "VirtioUserLcorePort", "DRIVER_NAME"]
 
 DRIVER_NAME = "net_virtio_user"
 
 
-class VirtioUserPort:
+class VirtioUserPort(HandoffPort):
     """A ``net_virtio_user`` port of an engine (mbufs come from, and go back to, ``mempool``)."""
 
     kind = "virtio"
+    socket_devarg = "path"
 
     def __init__(self, devargs: Devargs | str, port_id: int, *, memory, mempool, launcher=None,
                  max_rx_pkt_len: int = 1518):
-        text = str(devargs)
+        self.devargs = devargs_of(devargs)
         try:
-            self.vu = VirtioUser.probe(text, memory, mempool, port_id=port_id, max_rx_pkt_len=max_rx_pkt_len)
+            self.vu = VirtioUser.probe(str(self.devargs), memory, mempool, port_id=port_id,
+                                       max_rx_pkt_len=max_rx_pkt_len)
         except (DevargsError, VirtioUserError, ValueError) as e:
             raise EthdevError(str(e)) from None
         self.name = self.vu.args.name
@@ -46,9 +51,19 @@ class VirtioUserPort:
         self.vu.datapath = self.handoff
         self.mac = int.from_bytes(bytes(self.vu.mac), "big")
 
-    def place(self, qid: int, lcore: int | None) -> None:
-        """Put vring ``qid`` (Rx ``2q``, Tx ``2q+1``) on ``lcore``."""
-        self.handoff.place(qid, lcore)
+    @classmethod
+    def probe(cls, devargs, port_id: int, env: PortEnv) -> "VirtioUserPort":
+        return cls(devargs, port_id, memory=env.memory, mempool=env.mempool, launcher=env.launcher,
+                   max_rx_pkt_len=env.max_rx_pkt_len)
+
+    @staticmethod
+    def listens(args) -> bool:
+        return args.get("server", "0") == "1"
+
+    @staticmethod
+    def vring(queue: int, role: str) -> int:
+        """The port is the guest: it receives on vring ``2q`` and sends on ``2q+1``."""
+        return 2 * queue if role == RX else 2 * queue + 1
 
     def start(self) -> None:
         try:
@@ -76,3 +91,15 @@ class VirtioUserPort:
             self.vu.close()
         finally:
             self.handoff.close()
+
+
+class VirtioUserLcorePort(HandoffLcorePort):
+    """A ``net_virtio_user`` port in a forwarding lcore: its queues (:class:`~dataplane.virtio.handoff.LcoreVirtioQueues`)."""
+
+    ctx_field = "virtio"
+
+    def open_queues(self, info: dict, qids: list[int], memory) -> LcoreVirtioQueues:
+        return LcoreVirtioQueues(info["name"], qids, memory=memory)
+
+
+register(Driver(DRIVER_NAME, VirtioUserPort, KIND_VIRTIO, VirtioUserLcorePort))

@@ -104,6 +104,11 @@ def stop_flag() -> np.ndarray | None:
     return _STOP_FLAG
 
 
+def in_worker() -> bool:
+    """True in a worker lcore process (one with a mailbox), False in the main process."""
+    return _WORKER is not None
+
+
 def mailbox_recv(timeout: float | None = 0.0):
     """In a worker: the next ``(obj, fds)`` posted to this lcore, or None."""
     if _WORKER is None:

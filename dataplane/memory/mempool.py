@@ -47,7 +47,7 @@ The numba kernels (all ``njit(cache=True)``):
   :func:`pktmbuf_free_bulk`, :func:`pktmbuf_refcnt_read`,
   :func:`pktmbuf_refcnt_update`, :func:`pktmbuf_clone`,
   :func:`pktmbuf_attach`, :func:`pktmbuf_detach`
-* data: :func:`mbuf_data`, :func:`mbuf_buf`, :func:`mbuf_data_offset`,
+* data: :func:`mbuf_data`, :func:`mbuf_buf`, :func:`mbuf_data_offset`, :func:`seg_addr`,
   :func:`mbuf_data_iova`, :func:`pktmbuf_headroom`,
   :func:`pktmbuf_tailroom`, :func:`pktmbuf_lastseg`, :func:`pktmbuf_append`,
   :func:`pktmbuf_prepend`, :func:`pktmbuf_adj`, :func:`pktmbuf_trim`,
@@ -73,7 +73,7 @@ import numpy as np
 from numba import njit
 
 from dataplane.rings.atomics import fetch_add, load_relaxed
-from dataplane.rings.jit import always_inline, kernel, stack_array_u32
+from dataplane.rings.jit import always_inline, inline_kernel, kernel, stack_array_u32
 from dataplane.rings.ring import (
     HDR_CONS_HEAD,
     HDR_CONS_TAIL,
@@ -136,6 +136,7 @@ __all__ = [
     "mbuf_data",
     "mbuf_buf",
     "mbuf_data_offset",
+    "seg_addr",
     "mbuf_data_iova",
     "pktmbuf_headroom",
     "pktmbuf_tailroom",
@@ -678,6 +679,13 @@ def mbuf_data_offset(mp, m):
     always_inline()
     mb = mp.mbufs[m]
     return np.int64(mb.buf_off) + np.int64(mb.data_off)
+
+
+@inline_kernel
+def seg_addr(mp, m):
+    """Host address of segment ``m``'s first data byte (rte_pktmbuf_mtod)."""
+    mb = mp.mbufs[m]
+    return np.uint64(mp.data.ctypes.data) + np.uint64(mb.buf_off) + np.uint64(mb.data_off)
 
 
 @njit(cache=True)

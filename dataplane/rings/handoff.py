@@ -137,7 +137,7 @@ def _drain_inbox(wait: float = 0.0) -> None:
         except IndexError:
             break
         _stash(("queue", name, qid, gen, spec), fds)
-    if launch._WORKER is None:
+    if not launch.in_worker():
         return
     first = True
     while True:

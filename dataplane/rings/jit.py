@@ -19,7 +19,7 @@ numba emits no reference counting at all, which is sound only because these
 kernels never allocate and never return an array (a caller compiled with
 NRT would drop a reference it does not own); scratch memory comes from the
 stack (:func:`stack_array_u32`) and memory found at run time is read through
-raw addresses (:func:`load_u64` ...).  A kernel that needs either keeps
+raw addresses (:mod:`dataplane.rings.mem`).  A kernel that needs either keeps
 plain ``njit(cache=True)``.  Callees inherit the caller's NRT setting, so
 nothing a kernel calls may allocate either.
 
@@ -40,15 +40,12 @@ literal flags (``single``, ``is_bulk``) constant-fold away.  Unlike
 
 Intrinsics (all cacheable, NRT-free)
 ------------------------------------
+Loads and stores at raw addresses live beside this module, in
+:mod:`dataplane.rings.mem`.
+
 * :func:`sched_yield` -- libc ``sched_yield()`` for long spin waits.
-* :func:`load_u16` / :func:`load_u32` / :func:`load_u64` ``(addr, idx)`` and
-  :func:`store_u16` / :func:`store_u32` / :func:`store_u64` ``(addr, idx, val)``:
-  plain (non-atomic) access to element ``idx`` of the array of that width
-  starting at integer address ``addr`` (``addr + idx * size``), with
-  ``align 1`` so an unaligned address is safe.  For memory found at run time
-  (indirect tables in guest memory): without NRT a kernel cannot build an
-  array view (``carray``) of it.  Ordering comes from the caller's
-  acquire/release operations.
+* :func:`eventfd_signal` -- libc ``write(fd, &1, 8)``: signal an eventfd
+  (a kick or an interrupt) from a kernel.
 * :func:`stack_array_u32` ``(n)``: a ``uint32[n]`` array on the calling
   function's stack (``n`` a compile-time constant).
 """
@@ -66,12 +63,7 @@ __all__ = [
     "loop_kernel",
     "always_inline",
     "sched_yield",
-    "load_u16",
-    "load_u32",
-    "load_u64",
-    "store_u16",
-    "store_u32",
-    "store_u64",
+    "eventfd_signal",
     "stack_array_u32",
 ]
 
@@ -107,48 +99,29 @@ def sched_yield(typingctx):
     return types.void(), codegen
 
 
-def _element_ptr(context, builder, sig, args, bits):
-    """``(uintN*) addr + idx`` from the first two arguments."""
-    base = context.cast(builder, args[0], sig.args[0], types.uint64)
-    i = context.cast(builder, args[1], sig.args[1], types.intp)
-    ptr = builder.inttoptr(base, ir.IntType(bits).as_pointer())
-    return builder.gep(ptr, [i])
+@intrinsic
+def eventfd_signal(typingctx, fd):
+    """libc ``write(fd, &(u64)1, 8)``: signal an eventfd; returns write's result.
 
+    Declared as an external symbol (not a ctypes pointer), so functions that
+    call it can be cached (DESIGN §5: ~210 ns a call).
+    """
+    if not isinstance(fd, types.Integer):
+        return None
 
-def _mem_access(nbt):
-    """The load and store intrinsics of unsigned numba type ``nbt``."""
-    bits = nbt.bitwidth
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(i64, [i32, i8p, i64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "write")
+        buf = cgutils.alloca_once(builder, i64)
+        builder.store(ir.Constant(i64, 1), buf)
+        fdv = builder.trunc(context.cast(builder, args[0], sig.args[0], types.int64), i32)
+        return builder.call(fn, [fdv, builder.bitcast(buf, i8p), ir.Constant(i64, 8)])
 
-    @intrinsic
-    def load(typingctx, addr, idx):
-        if not isinstance(addr, types.Integer) or not isinstance(idx, types.Integer):
-            return None
+    return types.int64(fd), codegen
 
-        def codegen(context, builder, sig, args):
-            return builder.load(_element_ptr(context, builder, sig, args, bits), align=1)
-
-        return nbt(addr, idx), codegen
-
-    @intrinsic
-    def store(typingctx, addr, idx, val):
-        if not all(isinstance(a, types.Integer) for a in (addr, idx, val)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            v = context.cast(builder, args[2], sig.args[2], nbt)
-            builder.store(v, _element_ptr(context, builder, sig, args, bits), align=1)
-            return context.get_dummy_value()
-
-        return types.void(addr, idx, val), codegen
-
-    load.__doc__ = f"``uint{bits}`` element ``idx`` at integer address ``addr`` (plain load, align 1)."
-    store.__doc__ = f"Store ``val`` as ``uint{bits}`` element ``idx`` at integer address ``addr`` (plain, align 1)."
-    return load, store
-
-
-load_u16, store_u16 = _mem_access(types.uint16)
-load_u32, store_u32 = _mem_access(types.uint32)
-load_u64, store_u64 = _mem_access(types.uint64)
 
 _U32_ARRAY = types.Array(types.uint32, 1, "C")
 

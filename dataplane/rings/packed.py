@@ -93,17 +93,8 @@ import numpy as np
 from numba import njit
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
-from dataplane.rings.jit import (
-    always_inline,
-    inline_kernel,
-    kernel,
-    load_u16,
-    load_u32,
-    load_u64,
-    store_u16,
-    store_u32,
-    store_u64,
-)
+from dataplane.rings.jit import always_inline, inline_kernel, kernel
+from dataplane.rings.mem import load_u16, load_u32, load_u64, store_u16, store_u32, store_u64
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,
@@ -222,7 +213,7 @@ EVENT_FLAGS_MASK = 3  # desc_event_flags is 2 bits; the rest is reserved
 # packed_dev_fetch — which measured 0.1-0.6 us per call here (add1 56 ns,
 # get_used 236 ns, fetch 600 ns on an empty ring; 5, 23 and ~30 ns without).
 # Indirect tables (found at run time in guest memory) are read and written
-# with the raw ``load_uNN`` / ``store_uNN`` of jit.py; their ordering comes
+# with the raw ``load_uNN`` / ``store_uNN`` of mem.py; their ordering comes
 # from the acquire load of the ring descriptor.
 
 # ---------------------------------------------------------------------------

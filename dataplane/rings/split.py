@@ -79,7 +79,8 @@ from collections import namedtuple
 import numpy as np
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
-from dataplane.rings.jit import always_inline, inline_kernel, kernel, load_u64, store_u64
+from dataplane.rings.jit import always_inline, inline_kernel, kernel
+from dataplane.rings.mem import load_u64, store_u64
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,

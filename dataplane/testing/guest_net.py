@@ -63,6 +63,7 @@ from dataplane.rings.split import (
     split_layout,
     split_vring_from_buffer,
 )
+from dataplane.net.cksum import inet_checksum
 from dataplane.vhost.net_hdr import (
     F_EVENT_IDX,
     F_IN_ORDER,
@@ -71,7 +72,6 @@ from dataplane.vhost.net_hdr import (
     F_RING_PACKED,
     F_VERSION_1,
     NetHdr,
-    inet_checksum,
     net_hdr_len,
 )
 

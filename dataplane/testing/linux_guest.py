@@ -445,7 +445,7 @@ class Guest:
         while True:
             text = self.console
             m = RESULT_RE.search(text)
-            if m:
+            if m and text[m.end() : m.end() + 1] in ("\r", "\n"):  # the whole line, not one being written
                 break
             if self.proc.poll() is not None:
                 m = RESULT_RE.search(self.console)  # the last line may land as QEMU exits

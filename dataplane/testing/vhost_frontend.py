@@ -16,7 +16,8 @@ flags)::
     fe.close(); mem.close()
 
 Replies are checked (reply flag, request number); a back-end closing the
-connection shows as :class:`BackendClosed`.  The same class serves a
+connection shows as :class:`~dataplane.vhost_user.errors.PeerClosed`.  All
+framing is an :class:`~dataplane.vhost_user.endpoint.Endpoint`'s.  The same class serves a
 back-end in client mode: :meth:`VhostUserFrontend.listen` then
 :meth:`VhostUserListener.accept`.
 
@@ -29,30 +30,28 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from dataplane.vhost import protocol as P
 from dataplane.vhost.guest_memory import map_shared, unmap
-from dataplane.vhost.protocol import (
-    VHOST_USER_NEED_REPLY_MASK,
+from dataplane.vhost_user import payloads as P
+from dataplane.vhost_user.endpoint import Endpoint
+from dataplane.vhost_user.errors import EndpointTimeout, PeerClosed
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioDeviceStatus, VirtioFeature as VF, bit
+from dataplane.vhost_user.messages import (
     VHOST_USER_REPLY_MASK,
     VHOST_USER_VERSION,
-    VHOST_USER_VRING_NOFD_MASK,
+    Header,
     Message,
-    VhostUserProtocolFeature as PF,
     VhostUserRequest as R,
-    VirtioFeature as VF,
-    bit,
+    request_name,
 )
-from dataplane.vhost.transport import send_message
+from dataplane.vhost_user.payloads import VHOST_USER_VRING_NOFD_MASK
 
 __all__ = [
-    "BackendClosed",
     "GuestRegion",
     "GuestMemoryLayout",
     "FrontendVring",
@@ -63,10 +62,6 @@ __all__ = [
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEFAULT_QVA_BASE = 0x7F00_0000_0000
-
-
-class BackendClosed(ConnectionError):
-    """The back-end closed the connection."""
 
 
 def _align(v: int, a: int) -> int:
@@ -242,7 +237,7 @@ class VhostUserFrontend:
 
     def __init__(self, sock: socket.socket, memory: GuestMemoryLayout | None = None, timeout: float = 5.0):
         self.sock = sock
-        self.sock.settimeout(timeout)
+        self.endpoint = Endpoint(sock, timeout=timeout)
         self.timeout = timeout
         self.memory = memory
         self.features = 0
@@ -281,57 +276,25 @@ class VhostUserFrontend:
                  flags: int = VHOST_USER_VERSION, size: int | None = None) -> None:
         """Send exactly this message; ``size`` overrides the header's size field (malformed on purpose)."""
         data = payload if isinstance(payload, (bytes, bytearray)) else payload.pack()
-        header = struct.pack("=III", int(request), flags, len(data) if size is None else size)
-        fds = list(fds)
-        if fds:
-            socket.send_fds(self.sock, [header + bytes(data)], fds)
-        else:
-            self.sock.sendall(header + bytes(data))
+        header = Header(int(request), flags, len(data) if size is None else size)
+        self.endpoint.send_bytes(header.pack() + bytes(data), list(fds))
 
-    def send_bytes(self, data: bytes) -> None:
-        """Send arbitrary bytes (garbage) on the stream."""
-        self.sock.sendall(data)
+    def send_bytes(self, data: bytes, fds: Iterable[int] = ()) -> None:
+        """Send arbitrary bytes (garbage, or a message in pieces) on the stream; fds with the first byte."""
+        self.endpoint.send_bytes(data, list(fds))
 
     def send(self, request: int, payload: bytes | P.Payload = b"", fds: Iterable[int] = (), need_reply: bool = False) -> None:
-        flags = VHOST_USER_VERSION | (VHOST_USER_NEED_REPLY_MASK if need_reply else 0)
-        msg = Message(int(request), flags, payload if isinstance(payload, bytes) else payload.pack(), list(fds))
-        send_message(self.sock, msg)
+        self.endpoint.send(Message.build(request, payload, fds, need_reply=need_reply))
 
     def recv(self, timeout: float | None = None) -> Message:
-        """Receive one message (a reply); raises :class:`BackendClosed` on EOF."""
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
-        try:
-            hdr, fds = self._recv_exact(P.VHOST_USER_HDR_SIZE, with_fds=True)
-            request, flags, size = struct.unpack("=III", hdr)
-            payload, _ = self._recv_exact(size) if size else (b"", [])
-        finally:
-            self.sock.settimeout(self.timeout)
-        return Message(request, flags, payload, fds)
-
-    def _recv_exact(self, n: int, with_fds: bool = False) -> tuple[bytes, list[int]]:
-        buf = b""
-        fds: list[int] = []
-        while len(buf) < n:
-            try:
-                if with_fds:
-                    data, got, _, _ = socket.recv_fds(self.sock, n - len(buf), 8)
-                    fds += got
-                else:
-                    data = self.sock.recv(n - len(buf))
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                for fd in fds:
-                    os.close(fd)
-                raise BackendClosed("back-end closed the connection")
-            buf += data
-        return buf, fds
+        """Receive one message (a reply); raises :class:`PeerClosed` when the back-end closed."""
+        return self.endpoint.recv(timeout)
 
     def reply(self, request: int, timeout: float | None = None) -> Message:
         """Receive the reply to ``request`` and check its header."""
         msg = self.recv(timeout)
         if msg.request != int(request):
-            raise AssertionError(f"reply to {P.request_name(msg.request)}, expected {P.request_name(request)}")
+            raise AssertionError(f"reply to {request_name(msg.request)}, expected {request_name(request)}")
         if msg.flags != VHOST_USER_VERSION | VHOST_USER_REPLY_MASK:
             raise AssertionError(f"reply flags {msg.flags:#x}, expected {VHOST_USER_VERSION | VHOST_USER_REPLY_MASK:#x}")
         return msg
@@ -347,20 +310,13 @@ class VhostUserFrontend:
     def wait_closed(self, timeout: float = 2.0) -> bool:
         """True once the back-end has closed the connection (anything it sends meanwhile is dropped)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.sock, 4096, 8)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
+                self.recv(max(0.0, deadline - time.monotonic())).close_fds()
+            except PeerClosed:
                 return True
-            for fd in fds:
-                os.close(fd)
-            if not data:
-                return True
-        self.sock.settimeout(self.timeout)
-        return False
+            except EndpointTimeout:
+                return False
 
     @property
     def reply_ack(self) -> bool:
@@ -536,14 +492,17 @@ class VhostUserFrontend:
         return vr
 
     def start(self, num_queues: int = 1, queue_size: int = 256, features: int | None = None,
-              protocol_features: int | None = None, driver_ok: bool = True) -> None:
-        """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK."""
+              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None) -> None:
+        """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK.
+
+        ``nvrings``: set up that many rings instead (a device with one vring per queue, e.g. blk).
+        """
         self.negotiate(features, protocol_features)
-        status = P.VirtioDeviceStatus
+        status = VirtioDeviceStatus
         if self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK)
         self.set_mem_table()
-        for q in range(2 * num_queues):
+        for q in range(2 * num_queues if nvrings is None else nvrings):
             self.setup_vring(q, queue_size)
         if driver_ok and self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK | status.DRIVER_OK)
@@ -556,7 +515,7 @@ class VhostUserFrontend:
         if self.closed:
             return
         self.closed = True
-        self.sock.close()
+        self.endpoint.close()
         for vr in self.vrings.values():
             vr.close_fds()
 

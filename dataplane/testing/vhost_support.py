@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from dataplane.vhost.device import DataPathHooks
+from dataplane.vhost.net import NetDataPathHooks
 
 
 class Recorder:
@@ -55,7 +55,7 @@ class Recorder:
             self.events.clear()
 
 
-class RecordingDataPath(DataPathHooks):
+class RecordingDataPath(NetDataPathHooks):
     """Data-path hooks that record calls and, on stop, write back indices from ``progress``."""
 
     def __init__(self):
@@ -78,7 +78,7 @@ class RecordingDataPath(DataPathHooks):
             setattr(dev.vrings[qid], name, value)
 
     def on_send_rarp(self, dev):
-        self.calls.append(("rarp", dev.vid, dev.mac))
+        self.calls.append(("rarp", dev.vid, dev.device_state.mac))
 
     def on_guest_notification(self, dev, qid, enable):
         self.calls.append(("notify", dev.vid, qid, enable))

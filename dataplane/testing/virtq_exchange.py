@@ -76,13 +76,11 @@ import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from dataplane.memory.memory import Memory
 from dataplane.rings.atomics import cpu_relax, load_acquire
+from dataplane.rings.mem import memcpy, prefetch, prefetchw
 from dataplane.rings.packed import DRV_BROKEN as PACKED_DRV_BROKEN
 from dataplane.rings.packed import (
     PACKED_DEV_BATCHED,
@@ -191,47 +189,6 @@ _INLINE = dict(cache=True, _nrt=False, inline="always")
 # the copy
 
 
-@intrinsic
-def _memcpy(typingctx, dst_addr, src_addr, n):
-    """``llvm.memcpy(dst, src, n)`` between integer addresses (non-overlapping)."""
-    if not all(isinstance(a, types.Integer) for a in (dst_addr, src_addr, n)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i8p = ir.IntType(8).as_pointer()
-        d = builder.inttoptr(context.cast(builder, args[0], sig.args[0], types.uint64), i8p)
-        s = builder.inttoptr(context.cast(builder, args[1], sig.args[1], types.uint64), i8p)
-        k = context.cast(builder, args[2], sig.args[2], types.uint64)
-        cgutils.raw_memcpy(builder, d, s, k, 1)
-        return context.get_dummy_value()
-
-    return types.void(dst_addr, src_addr, n), codegen
-
-
-def _prefetch_intrinsic(rw):
-    @intrinsic
-    def _pf(typingctx, addr):
-        if not isinstance(addr, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-            ptr = builder.inttoptr(context.cast(builder, args[0], sig.args[0], types.uint64), i8p)
-            builder.call(fn, [ptr, i32(rw), i32(3), i32(1)])
-            return context.get_dummy_value()
-
-        return types.void(addr), codegen
-
-    return _pf
-
-
-prefetch = _prefetch_intrinsic(0)  # llvm.prefetch for reading, all cache levels (prefetcht0)
-prefetchw = _prefetch_intrinsic(1)  # ... for writing (prefetchw: fetch the line exclusive)
-
-
 @njit(**_INLINE)
 def _prefetch_burst(chains, n, lines):
     """Prefetches the first ``lines`` cache lines of each fetched chain's first segment.
@@ -260,7 +217,7 @@ def copy_bytes(dst, doff, src, soff, n):
         for j in range(k):
             dst[d + j] = src[s + j]
     else:
-        _memcpy(np.uint64(dst.ctypes.data) + d, np.uint64(src.ctypes.data) + s, k)
+        memcpy(np.uint64(dst.ctypes.data) + d, np.uint64(src.ctypes.data) + s, k)
 
 
 @njit(**_INLINE)

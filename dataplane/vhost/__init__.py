@@ -2,12 +2,13 @@
 
 The control plane, one concern per module:
 
-* :mod:`~dataplane.vhost.protocol` -- the protocol as data (requests, feature bits, payloads, framing)
+* :mod:`dataplane.vhost_user` (its own package, shared with the front-end) -- the wire protocol
 * :mod:`~dataplane.vhost.transport` -- unix sockets: the vhost-events thread, server/client endpoints
 * :mod:`~dataplane.vhost.guest_memory` -- mapping mem tables, address translation
-* :mod:`~dataplane.vhost.device` -- the per-connection state machine and the data-path hooks
+* :mod:`~dataplane.vhost.device` -- the per-connection state machine (device-generic) and the data-path hooks
+* :mod:`~dataplane.vhost.device_class` -- what a device type adds (the interface); :mod:`~dataplane.vhost.net` -- the net device
 * :mod:`~dataplane.vhost.library` -- the public API (``driver_register``, ``driver_start``, ...)
 
 The data path (:mod:`~dataplane.vhost.virtio_net`, :mod:`~dataplane.vhost.net_hdr`) plugs into the
-control plane through :class:`~dataplane.vhost.device.DataPathHooks`.
+control plane through the net device class's :class:`~dataplane.vhost.net.NetDataPathHooks`.
 """

@@ -1,9 +1,9 @@
 """The per-connection vhost-user device: the back-end's state machine.
 
 One :class:`VhostUserDevice` per connection (a *vid*).  The transport hands
-it every received :class:`~dataplane.vhost.protocol.Message`
+it every received :class:`~dataplane.vhost_user.messages.Message`
 (:meth:`VhostUserDevice.handle`); it validates the message against the
-protocol table, applies the spec's semantics, replies, and tells the
+message table, applies the spec's semantics, replies, and tells the
 application (DPDK-style callbacks, :class:`VhostDeviceOps`) and the data path
 (:class:`DataPathHooks`) what changed.
 
@@ -17,7 +17,8 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
   is enabled.  Every change of readiness is reported with
   ``vring_state_changed(vid, qid, enable)``.
 * The device becomes **running** (``new_device(vid)``) when features are set,
-  a mem table is mapped, vrings 0 and 1 are ready and, if
+  a mem table is mapped, the first ``ready_vrings`` vrings of its device
+  class are ready (net: vrings 0 and 1) and, if
   ``VHOST_USER_PROTOCOL_F_STATUS`` is negotiated, the status has DRIVER_OK.
   ``GET_VRING_BASE``, ``RESET_OWNER``/``RESET_DEVICE`` and disconnection
   end it (``destroy_device(vid)``).
@@ -32,6 +33,13 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
 * ``SET_FEATURES`` with bits never offered is refused; while running only
   ``VHOST_F_LOG_ALL`` may change (``features_changed``).
 
+**The message table.**  Each request is checked against its row
+(:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`): payload and fds
+first, then it is refused if the row marks it unsupported (with the row's
+reason), if it is a device request the device class has no handler for, or
+if the protocol feature that gates it is not negotiated.
+:data:`REQUEST_HANDLERS` binds the rows the state machine serves.
+
 **Errors.**  A refused request (:class:`RequestError`) is logged with the
 device's path, vid, the request's name and the reason, counted in
 :attr:`VhostUserDevice.stats`, and then, as DPDK does: with NEED_REPLY the
@@ -40,7 +48,14 @@ connection is closed.  Ring problems (:class:`QueueError`: addresses outside
 the mem table, misaligned rings) only make that ring unusable: logged,
 counted, ``1`` with NEED_REPLY, connection kept.
 
-**The data path** (built on top of this) plugs in through
+**Device classes.**  Nothing here depends on the device type: the socket's
+:class:`~dataplane.vhost.device_class.DeviceClass` (net:
+:class:`~dataplane.vhost.net.NetDevice`) supplies the offered features, its
+protocol features, the queue count, the config space, its own requests and
+the per-queue data path; :mod:`~dataplane.vhost.device_class` documents
+that interface.
+
+**The data path** (built on top of this) plugs in through the device class's
 :class:`DataPathHooks` and reads :class:`Vring` and the device's public
 attributes; see their docstrings.  Every hook and callback runs on the
 vhost-events thread, with the library lock held.
@@ -51,42 +66,55 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.vhost import protocol as P
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.protocol import (
-    VHOST_USER_MAX_CONFIG_SIZE,
-    VHOST_USER_MAX_RAM_SLOTS,
-    VHOST_USER_NEED_REPLY_MASK,
-    VHOST_USER_REPLY_MASK,
-    VHOST_USER_VERSION,
-    VHOST_USER_VRING_IDX_MASK,
-    VHOST_USER_VRING_NOFD_MASK,
-    Message,
-    Payload,
-    ProtocolError,
+from dataplane.vhost_user import payloads as P
+from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
+from dataplane.vhost_user.features import (
     VhostUserProtocolFeature as PF,
-    VhostUserRequest as R,
     VirtioDeviceStatus,
     VirtioFeature as VF,
     bit,
     features_str,
+)
+from dataplane.vhost_user.messages import (
+    Handler,
+    Message,
+    MessageSpec,
+    VhostUserRequest as R,
     parse_request,
     request_name,
+)
+from dataplane.vhost_user.payloads import (
+    VHOST_USER_MAX_CONFIG_SIZE,
+    VHOST_USER_VRING_IDX_MASK,
+    VHOST_USER_VRING_NOFD_MASK,
+    Payload,
 )
 
 __all__ = [
     "VIRTIO_UNINITIALIZED_EVENTFD",
     "VIRTIO_INVALID_EVENTFD",
-    "VHOST_MAX_QUEUE_PAIRS",
     "VHOST_MAX_VRING",
     "VIRTIO_MAX_QUEUE_SIZE",
+    "GENERIC_PROTOCOL_FEATURES",
+    "RTE_VHOST_USER_CLIENT",
+    "RTE_VHOST_USER_NO_RECONNECT",
+    "RTE_VHOST_USER_RESERVED_1",
+    "RTE_VHOST_USER_IOMMU_SUPPORT",
+    "RTE_VHOST_USER_POSTCOPY_SUPPORT",
+    "RTE_VHOST_USER_EXTBUF_SUPPORT",
+    "RTE_VHOST_USER_LINEARBUF_SUPPORT",
+    "RTE_VHOST_USER_ASYNC_COPY",
+    "RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS",
+    "RTE_VHOST_USER_NET_STATS_ENABLE",
+    "VHOST_USER_MAX_RAM_SLOTS",
+    "REQUEST_HANDLERS",
     "RequestError",
     "QueueError",
     "DataPathHooks",
@@ -94,7 +122,6 @@ __all__ = [
     "DeviceConfig",
     "Vring",
     "VhostUserDevice",
-    "net_hdr_len",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -104,39 +131,49 @@ VIRTIO_UNINITIALIZED_EVENTFD = -2
 #: kick/call/err set with the NOFD flag: no fd, poll.
 VIRTIO_INVALID_EVENTFD = -1
 
-#: DPDK's limit for the builtin net device: 128 queue pairs, 256 vrings.
-VHOST_MAX_QUEUE_PAIRS = 128
 #: DPDK's VHOST_MAX_VRING: no vring index beyond 255.
 VHOST_MAX_VRING = 256
 #: Largest queue size (split rings must also be a power of two).
 VIRTIO_MAX_QUEUE_SIZE = 32768
-VIRTIO_MIN_MTU = 68
-VIRTIO_MAX_MTU = 65535
+#: What GET_MAX_MEM_SLOTS answers (regions added one by one with ADD_MEM_REG).
+VHOST_USER_MAX_RAM_SLOTS = 32
 
-#: virtio-net config space status bit.
-VIRTIO_NET_S_LINK_UP = 1
+#: Protocol features the state machine implements for every device type
+#: (a device class adds its own: ``DeviceClass.protocol_features``).
+GENERIC_PROTOCOL_FEATURES = sum(
+    bit(f)
+    for f in (
+        PF.VHOST_USER_PROTOCOL_F_REPLY_ACK,
+        PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
+        PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
+        PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
+        PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
+        PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+        PF.VHOST_USER_PROTOCOL_F_STATUS,
+    )
+)
 
-
-def net_hdr_len(features: int) -> int:
-    """The virtio-net header length: 12 with MRG_RXBUF, VERSION_1 or RING_PACKED, else 10."""
-    if features & (bit(VF.VIRTIO_NET_F_MRG_RXBUF) | bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VIRTIO_F_RING_PACKED)):
-        return 12
-    return 10
-
-
-class RequestError(Exception):
-    """A request is refused.  With NEED_REPLY: reply 1 and keep going; else close the connection."""
-
-
-class QueueError(RequestError):
-    """A request leaves one vring unusable; the connection is kept either way."""
+# -- socket registration flags (rte_vhost.h, DPDK 22.11), kept in DeviceConfig.flags --
+RTE_VHOST_USER_CLIENT = 1 << 0
+RTE_VHOST_USER_NO_RECONNECT = 1 << 1
+RTE_VHOST_USER_RESERVED_1 = 1 << 2
+RTE_VHOST_USER_IOMMU_SUPPORT = 1 << 3
+RTE_VHOST_USER_POSTCOPY_SUPPORT = 1 << 4
+RTE_VHOST_USER_EXTBUF_SUPPORT = 1 << 5
+RTE_VHOST_USER_LINEARBUF_SUPPORT = 1 << 6
+RTE_VHOST_USER_ASYNC_COPY = 1 << 7
+RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS = 1 << 8
+RTE_VHOST_USER_NET_STATS_ENABLE = 1 << 9
 
 
 class DataPathHooks:
     """Where the data path plugs into the control plane.  Override what you need.
 
-    Every method runs on the vhost-events thread with the library lock held,
-    and must not wait for a thread that calls the vhost library.
+    The device class holds them (``DeviceClass.datapath``).  Every method
+    runs on the vhost-events thread with the library lock held, and must not
+    wait for a thread that calls the vhost library.  A device class may
+    extend them with hooks of its own (net: ``on_send_rarp``), called with
+    :meth:`VhostUserDevice.hook`.
 
     * :meth:`on_queue_start` -- vring ``qid`` of a running device is ready:
       the data path may start using it (hand it to an lcore).  Read the ring
@@ -145,8 +182,8 @@ class DataPathHooks:
       ``desc_gpa/avail_gpa/used_gpa`` (for a process that maps the regions
       of ``dev.memory.describe()`` itself), ``last_avail_idx``,
       ``last_used_idx``, wrap counters, ``kick_fd``, ``call_fd``;
-      ``dev.region_table`` translates buffer GPAs; ``dev.vhost_hlen`` and
-      ``dev.features`` say how to parse.
+      ``dev.region_table`` translates buffer GPAs; ``dev.features`` says
+      how to parse.
     * :meth:`on_queue_stop` -- synchronous: must return only once no lcore
       touches the ring or guest memory any more, after writing the ring's
       device-side indices back into the :class:`Vring` (``last_avail_idx``,
@@ -156,9 +193,6 @@ class DataPathHooks:
       kick or call fd, when the ring is disabled, and before disconnect
       cleanup.  A stopped ring is started again (``on_queue_start``) when
       it is ready again.
-    * :meth:`on_send_rarp` -- ``SEND_RARP`` arrived: ``dev.broadcast_rarp``
-      is set and ``dev.mac`` holds the guest MAC; the next dequeue should
-      inject a RARP and clear the flag.
     * :meth:`on_guest_notification` -- the application asked (via
       ``enable_guest_notification``) to enable or disable guest
       notifications on a ring; the intent is also in ``Vring.guest_notification``.
@@ -168,9 +202,6 @@ class DataPathHooks:
         pass
 
     def on_queue_stop(self, dev: "VhostUserDevice", qid: int) -> None:
-        pass
-
-    def on_send_rarp(self, dev: "VhostUserDevice") -> None:
         pass
 
     def on_guest_notification(self, dev: "VhostUserDevice", qid: int, enable: bool) -> None:
@@ -197,17 +228,25 @@ class VhostDeviceOps:
 
 @dataclass
 class DeviceConfig:
-    """What a registered socket offers; shared (live) by the devices of its connections."""
+    """What a registered socket offers; shared (live) by the devices of its connections.
+
+    ``device`` is the socket's device class (a
+    :class:`~dataplane.vhost.device_class.DeviceClass`); ``flags`` the
+    ``RTE_VHOST_USER_*`` registration flags; ``features`` /
+    ``protocol_features`` what GET_FEATURES / GET_PROTOCOL_FEATURES answer;
+    ``supported_features`` what may be offered again; ``queue_num`` the
+    queue count set with ``driver_set_max_queue_num`` (net: queue pairs);
+    ``ops`` the application callbacks.
+    """
 
     path: str
+    device: Any
     flags: int = 0
     features: int = 0
     supported_features: int = 0
     protocol_features: int = 0
-    max_queue_pairs: int = VHOST_MAX_QUEUE_PAIRS
+    queue_num: int = 1
     ops: Any = None
-    datapath: DataPathHooks | None = None
-    mac: bytes = bytes(6)
 
 
 class Vring:
@@ -334,23 +373,35 @@ def _read_u16(addr: int) -> int:
     return ctypes.c_uint16.from_address(addr).value
 
 
-# Known requests we refuse, and why (the log line says so).
-_UNSUPPORTED = {
-    R.VHOST_USER_SET_LOG_BASE: "dirty logging is not implemented (LOG_SHMFD not offered)",
-    R.VHOST_USER_IOTLB_MSG: "IOTLB is not implemented (ACCESS_PLATFORM not offered)",
-    R.VHOST_USER_SET_VRING_ENDIAN: "CROSS_ENDIAN not offered",
-    R.VHOST_USER_CREATE_CRYPTO_SESSION: "not a crypto device",
-    R.VHOST_USER_CLOSE_CRYPTO_SESSION: "not a crypto device",
-    R.VHOST_USER_POSTCOPY_ADVISE: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_POSTCOPY_LISTEN: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_POSTCOPY_END: "postcopy is not implemented (PAGEFAULT not offered)",
-    R.VHOST_USER_GET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
-    R.VHOST_USER_SET_INFLIGHT_FD: "inflight tracking is not implemented (INFLIGHT_SHMFD not offered)",
-    R.VHOST_USER_GPU_SET_SOCKET: "not a GPU device",
-    R.VHOST_USER_VRING_KICK: "in-band notifications not offered",
-    R.VHOST_USER_GET_SHARED_OBJECT: "SHARED_OBJECT not offered",
-    R.VHOST_USER_SET_DEVICE_STATE_FD: "DEVICE_STATE not offered",
-    R.VHOST_USER_CHECK_DEVICE_STATE: "DEVICE_STATE not offered",
+#: The state machine's handler (a method name) of every request the message table gives
+#: to the back-end (``Handler.BACKEND``); device classes add theirs (``Handler.DEVICE``).
+REQUEST_HANDLERS: dict[int, str] = {
+    R.VHOST_USER_GET_FEATURES: "_get_features",
+    R.VHOST_USER_SET_FEATURES: "_set_features",
+    R.VHOST_USER_SET_OWNER: "_set_owner",
+    R.VHOST_USER_RESET_OWNER: "_reset_owner",
+    R.VHOST_USER_SET_MEM_TABLE: "_set_mem_table",
+    R.VHOST_USER_SET_LOG_FD: "_set_log_fd",
+    R.VHOST_USER_SET_VRING_NUM: "_set_vring_num",
+    R.VHOST_USER_SET_VRING_ADDR: "_set_vring_addr",
+    R.VHOST_USER_SET_VRING_BASE: "_set_vring_base",
+    R.VHOST_USER_GET_VRING_BASE: "_get_vring_base",
+    R.VHOST_USER_SET_VRING_KICK: "_set_vring_kick",
+    R.VHOST_USER_SET_VRING_CALL: "_set_vring_call",
+    R.VHOST_USER_SET_VRING_ERR: "_set_vring_err",
+    R.VHOST_USER_GET_PROTOCOL_FEATURES: "_get_protocol_features",
+    R.VHOST_USER_SET_PROTOCOL_FEATURES: "_set_protocol_features",
+    R.VHOST_USER_GET_QUEUE_NUM: "_get_queue_num",
+    R.VHOST_USER_SET_VRING_ENABLE: "_set_vring_enable",
+    R.VHOST_USER_SET_BACKEND_REQ_FD: "_set_backend_req_fd",
+    R.VHOST_USER_GET_CONFIG: "_get_config",
+    R.VHOST_USER_SET_CONFIG: "_set_config",
+    R.VHOST_USER_RESET_DEVICE: "_reset_device",
+    R.VHOST_USER_GET_MAX_MEM_SLOTS: "_get_max_mem_slots",
+    R.VHOST_USER_ADD_MEM_REG: "_add_mem_reg",
+    R.VHOST_USER_REM_MEM_REG: "_rem_mem_reg",
+    R.VHOST_USER_SET_STATUS: "_set_status",
+    R.VHOST_USER_GET_STATUS: "_get_status",
 }
 
 
@@ -359,13 +410,14 @@ class VhostUserDevice:
 
     Public attributes for the data path and the library:
 
-    ``vid``, ``ifname`` (the socket path), ``features`` (negotiated),
-    ``protocol_features`` (negotiated), ``features_set``, ``status`` (virtio
-    status byte), ``mtu``, ``mac`` (6 bytes), ``broadcast_rarp``, ``memory``
+    ``vid``, ``ifname`` (the socket path), ``config`` (the socket's
+    :class:`DeviceConfig`), ``device_class`` (its device class),
+    ``device_state`` (the device class's per-connection state), ``features``
+    (negotiated), ``protocol_features`` (negotiated), ``features_set``,
+    ``status`` (virtio status byte), ``memory``
     (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
     ``region_table`` (``uint64[R, 3]``), ``vrings`` (list of :class:`Vring`,
-    index = queue id; rx of pair ``n`` is ``2n``, tx ``2n + 1``),
-    ``nr_vring``, ``vhost_hlen``, ``running``, ``backend_req_fd``,
+    index = queue id), ``nr_vring``, ``running``, ``backend_req_fd``,
     ``stats`` (counters: ``messages``, ``replies``, ``errors`` and
     ``errors:<REQUEST>``), ``last_error``.
     """
@@ -373,41 +425,17 @@ class VhostUserDevice:
     def __init__(self, vid: int, config: DeviceConfig, send: Callable[[Message], None]):
         self.vid = vid
         self.config = config
+        self.device_class = config.device
         self.ifname = config.path
         self._send = send
         self.stats: collections.Counter[str] = collections.Counter()
         self.last_error: str | None = None
         self.closed = False
         self._handlers: dict[int, Callable[[Message, Any], Payload | bytes | None]] = {
-            R.VHOST_USER_GET_FEATURES: self._get_features,
-            R.VHOST_USER_SET_FEATURES: self._set_features,
-            R.VHOST_USER_SET_OWNER: self._set_owner,
-            R.VHOST_USER_RESET_OWNER: self._reset_owner,
-            R.VHOST_USER_SET_MEM_TABLE: self._set_mem_table,
-            R.VHOST_USER_SET_LOG_FD: self._set_log_fd,
-            R.VHOST_USER_SET_VRING_NUM: self._set_vring_num,
-            R.VHOST_USER_SET_VRING_ADDR: self._set_vring_addr,
-            R.VHOST_USER_SET_VRING_BASE: self._set_vring_base,
-            R.VHOST_USER_GET_VRING_BASE: self._get_vring_base,
-            R.VHOST_USER_SET_VRING_KICK: self._set_vring_kick,
-            R.VHOST_USER_SET_VRING_CALL: self._set_vring_call,
-            R.VHOST_USER_SET_VRING_ERR: self._set_vring_err,
-            R.VHOST_USER_GET_PROTOCOL_FEATURES: self._get_protocol_features,
-            R.VHOST_USER_SET_PROTOCOL_FEATURES: self._set_protocol_features,
-            R.VHOST_USER_GET_QUEUE_NUM: self._get_queue_num,
-            R.VHOST_USER_SET_VRING_ENABLE: self._set_vring_enable,
-            R.VHOST_USER_SEND_RARP: self._send_rarp,
-            R.VHOST_USER_NET_SET_MTU: self._net_set_mtu,
-            R.VHOST_USER_SET_BACKEND_REQ_FD: self._set_backend_req_fd,
-            R.VHOST_USER_GET_CONFIG: self._get_config,
-            R.VHOST_USER_SET_CONFIG: self._set_config,
-            R.VHOST_USER_RESET_DEVICE: self._reset_device,
-            R.VHOST_USER_GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
-            R.VHOST_USER_ADD_MEM_REG: self._add_mem_reg,
-            R.VHOST_USER_REM_MEM_REG: self._rem_mem_reg,
-            R.VHOST_USER_SET_STATUS: self._set_status,
-            R.VHOST_USER_GET_STATUS: self._get_status,
+            request: getattr(self, method) for request, method in REQUEST_HANDLERS.items()
         }
+        for request, handler in self.device_class.requests().items():
+            self._handlers[request] = lambda msg, p, handler=handler: handler(self, msg, p)
         self.owner = False
         self.backend_req_fd = -1
         self.memory: GuestMemory | None = None
@@ -420,9 +448,7 @@ class VhostUserDevice:
         if not keep_protocol:
             self.protocol_features = 0
         self.status = 0
-        self.mtu = 0
-        self.mac = bytes(self.config.mac)
-        self.broadcast_rarp = False
+        self.device_state = self.device_class.new_state()
         self.vrings: list[Vring] = []
         self.running = False
 
@@ -430,7 +456,7 @@ class VhostUserDevice:
 
     @property
     def datapath(self) -> DataPathHooks:
-        return self.config.datapath or _NO_DATAPATH
+        return self.device_class.datapath or _NO_DATAPATH
 
     @property
     def nr_vring(self) -> int:
@@ -438,14 +464,8 @@ class VhostUserDevice:
 
     @property
     def max_vrings(self) -> int:
-        """Vrings a front-end may use: the queue pairs, plus the control queue after them when
-        CTRL_VQ is offered, within DPDK's VHOST_MAX_VRING (256)."""
-        n = 2 * self.config.max_queue_pairs + (1 if self.config.features >> VF.VIRTIO_NET_F_CTRL_VQ & 1 else 0)
-        return min(n, VHOST_MAX_VRING)
-
-    @property
-    def vhost_hlen(self) -> int:
-        return net_hdr_len(self.features)
+        """Vrings a front-end may use (the device class says how many)."""
+        return self.device_class.max_vrings(self.config)
 
     @property
     def packed(self) -> bool:
@@ -479,18 +499,13 @@ class VhostUserDevice:
         failed = queue_only = False
         reply: Payload | bytes | None = None
         try:
-            if getattr(msg, "fds_truncated", False):
-                raise RequestError("too many fds in the ancillary data (truncated)")
             spec, payload = parse_request(msg)
             log.debug("vhost-user request", path=self.ifname, vid=self.vid, request=name, size=len(msg.payload), fds=len(msg.fds))
-            handler = self._handlers.get(spec.number)
-            if handler is None:
-                raise RequestError(f"not supported: {_UNSUPPORTED.get(spec.number, 'no handler')}")
-            reply = handler(msg, payload)
-        except (ProtocolError, RequestError, GuestMemoryError) as e:
+            reply = self._handler(spec)(msg, payload)
+        except (VhostUserError, GuestMemoryError) as e:
             failed = True
             queue_only = isinstance(e, QueueError)
-            self._refuse(name, e.reason if isinstance(e, ProtocolError) else str(e))
+            self._refuse(name, e.reason if isinstance(e, VhostUserError) else str(e))
         except Exception as e:  # a bug, here or in a callback: refuse, keep the process serving
             failed = True
             self._refuse(name, f"internal error: {e!r}")
@@ -502,7 +517,7 @@ class VhostUserDevice:
             return False
         if reply is not None and not failed:
             self.send_reply(msg.request, reply)
-        elif msg.flags & VHOST_USER_NEED_REPLY_MASK:
+        elif msg.need_reply:
             self.send_reply(msg.request, P.U64(1 if failed else 0))
         elif failed and not queue_only:
             return False
@@ -511,10 +526,21 @@ class VhostUserDevice:
         self._update_readiness()
         return not self.closed
 
+    def _handler(self, spec: MessageSpec) -> Callable[[Message, Any], Payload | bytes | None]:
+        """The handler of a parsed request, per its row: refused when unsupported, when the device
+        class has none, or when the protocol feature that gates it is not negotiated."""
+        if spec.handler is Handler.UNSUPPORTED:
+            raise RequestError(f"not supported: {spec.why}")
+        handler = self._handlers.get(spec.number)
+        if handler is None:
+            raise RequestError(f"not supported by the {self.device_class.name} device")
+        if spec.gate is not None and not self.has_protocol_feature(spec.gate):
+            raise RequestError(f"{spec.gate.name.removeprefix('VHOST_USER_PROTOCOL_F_')} protocol feature not negotiated")
+        return handler
+
     def send_reply(self, request: int, payload: Payload | bytes, fds: list[int] | None = None) -> None:
-        data = payload if isinstance(payload, (bytes, bytearray)) else payload.pack()
         self.stats["replies"] += 1
-        self._send(Message(request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, bytes(data), list(fds or [])))
+        self._send(Message.build(request, payload, fds or [], reply=True))
 
     def _refuse(self, request: str, reason: str) -> None:
         self.stats["errors"] += 1
@@ -576,6 +602,14 @@ class VhostUserDevice:
                 )
                 vq.last_used_idx = vq.last_avail_idx = used_idx
 
+    def truncate_vrings(self, n: int) -> None:
+        """Drop the vrings from index ``n`` on (stopped, fds closed): a device class
+        keeps only what the negotiated features allow."""
+        for vq in self.vrings[n:]:
+            self._unready(vq)
+            vq.close_fds()
+        del self.vrings[n:]
+
     def _retranslate_all(self) -> None:
         """After the mem table changed: translate every ring that has addresses; failures are logged."""
         for vq in self.vrings:
@@ -596,12 +630,12 @@ class VhostUserDevice:
     def _start_queue(self, vq: Vring) -> None:
         if not vq.started:
             vq.started = True
-            self._hook("on_queue_start", vq.index)
+            self.hook("on_queue_start", vq.index)
 
     def _stop_queue(self, vq: Vring) -> None:
         if vq.started:
             vq.started = False
-            self._hook("on_queue_stop", vq.index)
+            self.hook("on_queue_stop", vq.index)
 
     def _quiesce(self) -> None:
         """Take every ring back from the data path (they restart when ready again)."""
@@ -617,9 +651,10 @@ class VhostUserDevice:
         )
 
     def _virtio_is_ready(self) -> bool:
-        if not self.features_set or self.memory is None or len(self.vrings) < 2:
+        n = self.device_class.ready_vrings
+        if not self.features_set or self.memory is None or len(self.vrings) < n:
             return False
-        if not (self.vrings[0].ready and self.vrings[1].ready):
+        if not all(vq.ready for vq in self.vrings[:n]):
             return False
         if self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_STATUS) and not self.status & VirtioDeviceStatus.DRIVER_OK:
             return False
@@ -668,7 +703,8 @@ class VhostUserDevice:
             log.exception("vhost callback raised", callback=name, path=self.ifname, vid=self.vid)
             return -1
 
-    def _hook(self, name: str, *args: Any) -> None:
+    def hook(self, name: str, *args: Any) -> None:
+        """Call the data path's hook ``name(self, *args)``; what it raises is logged, never raised."""
         try:
             getattr(self.datapath, name)(self, *args)
         except Exception:
@@ -702,12 +738,8 @@ class VhostUserDevice:
         self.features_set = True
         self.features_failed = False
         log.info("negotiated virtio features", path=self.ifname, vid=self.vid, features=hex(features),
-                 names=features_str(features), hdr_len=self.vhost_hlen)
-        if not self.has_feature(VF.VIRTIO_NET_F_MQ) and len(self.vrings) > 2:
-            for vq in self.vrings[2:]:  # only the first pair without MQ (DPDK)
-                self._unready(vq)
-                vq.close_fds()
-            del self.vrings[2:]
+                 names=features_str(features))
+        self.device_class.features_negotiated(self)
         for vq in self.vrings:
             if vq.ready:
                 continue
@@ -752,13 +784,11 @@ class VhostUserDevice:
         return None
 
     def _reset_device(self, msg: Message, p: Any) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE):
-            raise RequestError("RESET_DEVICE protocol feature not negotiated")
         self._reset(keep_protocol=True)
         return None
 
     def _get_queue_num(self, msg: Message, p: Any) -> Payload:
-        return P.U64(self.config.max_queue_pairs)
+        return P.U64(self.device_class.queue_num(self.config))
 
     # -- memory --------------------------------------------------------------
 
@@ -783,16 +813,10 @@ class VhostUserDevice:
                      mmap_offset=hex(m.mmap_offset), mmap_size=hex(m.mmap_size), block_size=m.block_size)
         return None
 
-    def _require_mem_slots(self) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS):
-            raise RequestError("CONFIGURE_MEM_SLOTS protocol feature not negotiated")
-
     def _get_max_mem_slots(self, msg: Message, p: Any) -> Payload:
-        self._require_mem_slots()
         return P.U64(VHOST_USER_MAX_RAM_SLOTS)
 
     def _add_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
-        self._require_mem_slots()
         if self.memory is None:
             self.memory = GuestMemory()
         self.memory.add_region(p.region, msg.take_fd(0), VHOST_USER_MAX_RAM_SLOTS)
@@ -805,7 +829,6 @@ class VhostUserDevice:
         return None
 
     def _rem_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
-        self._require_mem_slots()
         if self.memory is None:
             raise RequestError("no memory region is mapped")
         self._quiesce()
@@ -925,20 +948,7 @@ class VhostUserDevice:
         log.info("vring enable", path=self.ifname, vid=self.vid, vring=p.index, enable=vq.enabled)
         return None
 
-    # -- net specifics, status, config ------------------------------------------
-
-    def _send_rarp(self, msg: Message, p: P.U64) -> None:
-        self.mac = struct.pack("<Q", p.u64)[:6]
-        self.broadcast_rarp = True
-        log.info("RARP requested", path=self.ifname, vid=self.vid, mac=self.mac.hex(":"))
-        self._hook("on_send_rarp")
-        return None
-
-    def _net_set_mtu(self, msg: Message, p: P.U64) -> None:
-        if not VIRTIO_MIN_MTU <= p.u64 <= VIRTIO_MAX_MTU:
-            raise RequestError(f"invalid MTU {p.u64} ({VIRTIO_MIN_MTU}..{VIRTIO_MAX_MTU})")
-        self.mtu = p.u64
-        return None
+    # -- back-end channel, status, config ----------------------------------------
 
     def _set_backend_req_fd(self, msg: Message, p: Any) -> None:
         fd = msg.take_fd(0)
@@ -962,41 +972,28 @@ class VhostUserDevice:
     def _get_status(self, msg: Message, p: Any) -> Payload:
         return P.U64(self.status)
 
-    def net_config(self) -> bytes:
-        """The virtio-net config space: mac, status, max_virtqueue_pairs, mtu, speed, duplex."""
-        status = VIRTIO_NET_S_LINK_UP if self.running else 0
-        return (
-            bytes(self.mac)
-            + struct.pack("<HHH", status, self.config.max_queue_pairs, self.mtu)
-            + struct.pack("<IB", 0xFFFFFFFF, 0xFF)  # speed, duplex: unknown
-        )
-
-    def _require_config(self) -> None:
-        if not self.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIG):
-            raise RequestError("CONFIG protocol feature not negotiated")
+    def _config_space(self) -> bytes:
+        space = self.device_class.config_space(self)
+        if space is None:
+            raise RequestError(f"the {self.device_class.name} device has no config space")
+        return space
 
     def _get_config(self, msg: Message, p: P.Config) -> Payload | bytes:
-        self._require_config()
+        space = self._config_space()
         if p.offset + p.size > VHOST_USER_MAX_CONFIG_SIZE:
             self._refuse("VHOST_USER_GET_CONFIG", f"offset {p.offset} + size {p.size} beyond the config space")
             return b""  # the spec's error reply: an empty payload
-        space = self.net_config().ljust(VHOST_USER_MAX_CONFIG_SIZE, b"\0")
+        space = space.ljust(VHOST_USER_MAX_CONFIG_SIZE, b"\0")
         return P.Config(p.offset, p.size, p.flags, space[p.offset : p.offset + p.size])
 
     def _set_config(self, msg: Message, p: P.Config) -> None:
-        self._require_config()
+        space = self._config_space()
         end = p.offset + p.size
-        space = bytearray(self.net_config())
         if end > len(space):
             raise RequestError(f"offset {p.offset} + size {p.size} beyond the {len(space)}-byte config space")
-        if p.flags == P.Config.WRITABLE_FIELDS and end > 6:
-            raise RequestError(f"config bytes {p.offset}..{end} are read-only (only the mac is writable)")
         if p.flags not in (P.Config.WRITABLE_FIELDS, P.Config.MIGRATION):
             raise RequestError(f"undefined config flags {p.flags:#x}")
-        space[p.offset : end] = p.payload
-        self.mac = bytes(space[:6])
-        if p.flags == P.Config.MIGRATION:
-            self.mtu = struct.unpack_from("<H", space, 10)[0]
+        self.device_class.set_config(self, p.offset, p.payload, p.flags)
         return None
 
     # -- API helpers and teardown ------------------------------------------------
@@ -1004,7 +1001,7 @@ class VhostUserDevice:
     def set_guest_notification(self, qid: int, enable: bool) -> None:
         vq = self.vrings[qid]
         vq.guest_notification = bool(enable)
-        self._hook("on_guest_notification", qid, bool(enable))
+        self.hook("on_guest_notification", qid, bool(enable))
 
     def close(self) -> None:
         """Connection gone: stop the data path, destroy_device, destroy_connection, release everything."""

@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from dataplane.rings.regions import make_regions
-from dataplane.vhost.protocol import VHOST_MEMORY_BASELINE_NREGIONS, MemoryRegion
+from dataplane.vhost_user.payloads import VHOST_MEMORY_BASELINE_NREGIONS, MemoryRegion
 
 __all__ = [
     "GuestMemoryError",

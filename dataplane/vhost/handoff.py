@@ -1,6 +1,6 @@
 """Handing a vhost device's vrings to the lcore processes that poll them (see :mod:`dataplane.rings.handoff`).
 
-Main side, :class:`VringHandoff` (a :class:`~dataplane.vhost.device.DataPathHooks`):
+Main side, :class:`VringHandoff` (a :class:`~dataplane.vhost.net.NetDataPathHooks`):
 ``on_queue_start`` posts the ring's description (region fds and layout, ring
 GPAs, size, features, indices, call fd) to the lcore placed on that vring;
 ``on_queue_stop`` takes it back and copies the indices the lcore reached
@@ -9,7 +9,9 @@ returns what the lcore really consumed).
 
 Lcore side, :class:`LcoreVrings`: maps the guest memory itself from the fds it
 was sent and builds a :class:`~dataplane.vhost.virtio_net.VhostQueueCtx` per
-vring (a disabled dummy while the ring is not running).
+vring (a disabled dummy, :func:`dummy_ctx`, while the ring is not running);
+:func:`vhost_rx_burst` / :func:`vhost_tx_burst` run the data path on them
+(the vhost PMD's ``eth_vhost_rx`` / ``eth_vhost_tx``).
 
 Per-vring counters (the data path's ``C_*`` slots) and the device's
 SEND_RARP array live in memzone ``vhost_<name>``, so the main process reads
@@ -21,16 +23,19 @@ from __future__ import annotations
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.memory.mempool import pktmbuf_free_bulk
+from dataplane.net.ether import mac_to_int
 from dataplane.rings import handoff as H
 from dataplane.rings.atomics import py_store_release
 from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, queues_changed
+from dataplane.rings.jit import kernel
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
-from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.library import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
-from dataplane.vhost.protocol import MemoryRegion
-from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, _mac_int
+from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
+from dataplane.vhost.net import NetDataPathHooks
+from dataplane.vhost_user.payloads import MemoryRegion
+from dataplane.vhost.virtio_net import N_COUNTERS, RARP_FLAG, RARP_MAC, VhostQueue, dequeue_burst, enqueue_burst
 
 __all__ = [
     "CTL_SLOTS",
@@ -40,6 +45,12 @@ __all__ = [
     "LcoreVrings",
     "vrings_changed",
     "memzone_name",
+    "map_vring",
+    "vring_spec",
+    "restore_indices",
+    "dummy_ctx",
+    "vhost_rx_burst",
+    "vhost_tx_burst",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -59,7 +70,7 @@ def _views(buf: np.ndarray, nvrings: int):
     return counters, rarp
 
 
-class VringHandoff(H.QueueHandoff, DataPathHooks):
+class VringHandoff(H.QueueHandoff, NetDataPathHooks):
     """Main-process side: hands a device's ready vrings to their lcores and takes them back.
 
     ``name`` names the port (its memzones); ``nvrings`` is the number of
@@ -83,41 +94,17 @@ class VringHandoff(H.QueueHandoff, DataPathHooks):
         if qid >= self.nvrings:
             log.warning("vring beyond the port's queues is not polled", port=self.name, vid=dev.vid, qid=qid)
             return
-        vq = dev.vrings[qid]
-        regions = dev.memory.describe()
-        spec = dict(
-            vid=dev.vid,
-            size=vq.size,
-            packed=vq.packed,
-            features=int(dev.features),
-            desc_gpa=vq.desc_gpa,
-            avail_gpa=vq.avail_gpa,
-            used_gpa=vq.used_gpa,
-            base=vq.base_value() & 0xFFFF,
-            used_base=((vq.last_used_idx & 0x7FFF) | (vq.used_wrap_counter & 1) << 15) if vq.packed else -1,
-            regions=[(r["guest_phys_addr"], r["size"], r["userspace_addr"], r["mmap_offset"]) for r in regions],
-            has_call=vq.call_fd >= 0,
-            guest_notification=vq.guest_notification,
-            legacy_ol_flags=not (dev.config.flags & RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS),
-        )
-        fds = [r["fd"] for r in regions] + ([vq.call_fd] if vq.call_fd >= 0 else [])
+        spec, fds = vring_spec(dev, qid)
+        spec["legacy_ol_flags"] = not (dev.config.flags & RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS)
         self.start_queue(qid, spec, fds)
 
     def on_queue_stop(self, dev, qid: int) -> None:
         if qid >= self.nvrings:
             return
-        idx = self.stop_queue(qid)
-        if idx is not None:
-            vq = dev.vrings[qid]
-            base, used = idx
-            if vq.packed:
-                vq.last_avail_idx, vq.avail_wrap_counter = base & 0x7FFF, base >> 15 & 1
-                vq.last_used_idx, vq.used_wrap_counter = used & 0x7FFF, used >> 15 & 1
-            else:
-                vq.last_avail_idx, vq.last_used_idx = base & 0xFFFF, used & 0xFFFF
+        restore_indices(dev.vrings[qid], self.stop_queue(qid))
 
     def on_send_rarp(self, dev) -> None:
-        self.rarp[RARP_MAC] = _mac_int(dev.mac)
+        self.rarp[RARP_MAC] = mac_to_int(dev.device_state.mac)
         py_store_release(self.rarp, RARP_FLAG, 1)
 
     def on_guest_notification(self, dev, qid: int, enable: bool) -> None:
@@ -139,7 +126,7 @@ class LcoreVrings(H.LcoreQueues):
     :class:`~dataplane.vhost.virtio_net.VhostQueueCtx` contexts (``ctxs``)."""
 
     def __init__(self, name: str, qids, *, memory=None, nvrings: int | None = None, port: int = 0xFFFF):
-        self.dummy_ctx = _disabled_queue().ctx
+        self.dummy_ctx = dummy_ctx()
         super().__init__(name, qids, memory=memory)
         mz = self.memory.memzone_lookup(memzone_name(name))
         if nvrings is None:
@@ -182,25 +169,14 @@ class LcoreVrings(H.LcoreQueues):
         if resume is not None:  # this run was attached before (an earlier loop): resume where it stopped
             spec = dict(spec, base=resume[0], used_base=resume[1] if spec["packed"] else -1)
         nreg = len(spec["regions"])
-        region_fds, extra = fds[:nreg], fds[nreg:]
+        extra = fds[nreg:]
         callfd = extra[0] if spec["has_call"] and extra else -1
         try:
-            mem = GuestMemory.map_table([MemoryRegion(*r) for r in spec["regions"]], region_fds,
-                                        max_regions=max(nreg, 1))
-        except GuestMemoryError as e:
-            close_fds(extra)
-            raise ValueError(str(e)) from None
+            mem, addrs = map_vring(spec, fds[:nreg])
         except BaseException:
             close_fds(extra)
             raise
         try:
-            sizes = _ring_sizes(spec)
-            addrs = []
-            for gpa, ln in zip((spec["desc_gpa"], spec["avail_gpa"], spec["used_gpa"]), sizes):
-                hva = mem.gpa_to_hva(gpa, ln)
-                if not hva:
-                    raise ValueError(f"ring area {gpa:#x}+{ln:#x} is outside the guest memory")
-                addrs.append(hva)
             q = VhostQueue(
                 *addrs,
                 spec["size"],
@@ -249,6 +225,70 @@ class LcoreVrings(H.LcoreQueues):
         return base, used
 
 
+def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
+    """The device-generic part of vring ``qid``'s hand-over: ``(spec, fds)``.
+
+    ``spec``: vid, size, packed, features, the ring GPAs, ``base`` /
+    ``used_base`` (packed: index | wrap << 15; split ``used_base`` -1), the
+    regions (gpa, size, user address, mmap offset), ``has_call``,
+    ``guest_notification``.  ``fds``: one per region, then the call fd if any.
+    A device class adds its own entries (and fds after these).
+    """
+    vq = dev.vrings[qid]
+    regions = dev.memory.describe()
+    spec = dict(
+        vid=dev.vid,
+        size=vq.size,
+        packed=vq.packed,
+        features=int(dev.features),
+        desc_gpa=vq.desc_gpa,
+        avail_gpa=vq.avail_gpa,
+        used_gpa=vq.used_gpa,
+        base=vq.base_value() & 0xFFFF,
+        used_base=((vq.last_used_idx & 0x7FFF) | (vq.used_wrap_counter & 1) << 15) if vq.packed else -1,
+        regions=[(r["guest_phys_addr"], r["size"], r["userspace_addr"], r["mmap_offset"]) for r in regions],
+        has_call=vq.call_fd >= 0,
+        guest_notification=vq.guest_notification,
+    )
+    return spec, [r["fd"] for r in regions] + ([vq.call_fd] if vq.call_fd >= 0 else [])
+
+
+def restore_indices(vq, idx: tuple[int, int] | None) -> None:
+    """Write the indices an lcore handed back (:meth:`QueueHandoff.stop_queue`) into the :class:`Vring`."""
+    if idx is None:
+        return
+    base, used = idx
+    if vq.packed:
+        vq.last_avail_idx, vq.avail_wrap_counter = base & 0x7FFF, base >> 15 & 1
+        vq.last_used_idx, vq.used_wrap_counter = used & 0x7FFF, used >> 15 & 1
+    else:
+        vq.last_avail_idx, vq.last_used_idx = base & 0xFFFF, used & 0xFFFF
+
+
+def map_vring(spec: dict, region_fds: list[int]) -> tuple[GuestMemory, list[int]]:
+    """Map the guest memory of a vring's hand-over ``spec`` from its region fds (taken over) and
+    translate the ring's three areas; returns ``(memory, [desc, avail, used] host addresses)``.
+
+    Raises ValueError when the table cannot be mapped or a ring area is outside it.
+    """
+    nreg = len(spec["regions"])
+    try:
+        mem = GuestMemory.map_table([MemoryRegion(*r) for r in spec["regions"]], region_fds, max_regions=max(nreg, 1))
+    except GuestMemoryError as e:
+        raise ValueError(str(e)) from None
+    try:
+        addrs = []
+        for gpa, ln in zip((spec["desc_gpa"], spec["avail_gpa"], spec["used_gpa"]), _ring_sizes(spec)):
+            hva = mem.gpa_to_hva(gpa, ln)
+            if not hva:
+                raise ValueError(f"ring area {gpa:#x}+{ln:#x} is outside the guest memory")
+            addrs.append(hva)
+    except BaseException:
+        mem.unmap()
+        raise
+    return mem, addrs
+
+
 def _ring_sizes(spec: dict) -> tuple[int, int, int]:
     n = spec["size"]
     if spec["packed"]:
@@ -284,3 +324,27 @@ def _disabled_queue() -> VhostQueue:
         q = VhostQueue(a, a + 64, a + 128, 1, regions=np.zeros((1, 3), np.uint64), enabled=False, keepalive=buf)
         _DISABLED.append(q)
     return _DISABLED[0]
+
+
+def dummy_ctx():
+    """The context of a vring that is not running: bursts on it do nothing."""
+    return _disabled_queue().ctx
+
+
+@kernel
+def vhost_rx_burst(ctx, mp, lcore, pkts, n):
+    """``rte_eth_rx_burst``: up to ``n`` packets from the guest's Tx vring into ``pkts``; returns the count."""
+    return dequeue_burst(ctx, mp, lcore, pkts, n)
+
+
+@kernel
+def vhost_tx_burst(ctx, mp, lcore, pkts, n):
+    """``rte_eth_tx_burst``: copy ``pkts[:n]`` into the guest's Rx vring; returns how many went.
+
+    The mbufs that went are freed (the copy is in the guest); ``pkts[sent:n]``
+    stay with the caller (free or retry them).
+    """
+    sent = enqueue_burst(ctx, mp, pkts, n)
+    if sent > 0:
+        pktmbuf_free_bulk(mp, lcore, pkts, sent)
+    return sent

@@ -34,31 +34,37 @@ import threading
 from typing import Any
 
 from dataplane import log as dplog
-from dataplane.vhost import protocol as P
+from dataplane.vhost import device
 from dataplane.vhost.device import (
-    VHOST_MAX_QUEUE_PAIRS,
+    GENERIC_PROTOCOL_FEATURES,
+    RTE_VHOST_USER_ASYNC_COPY,
+    RTE_VHOST_USER_CLIENT,
+    RTE_VHOST_USER_EXTBUF_SUPPORT,
+    RTE_VHOST_USER_IOMMU_SUPPORT,
+    RTE_VHOST_USER_LINEARBUF_SUPPORT,
+    RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS,
+    RTE_VHOST_USER_NET_STATS_ENABLE,
+    RTE_VHOST_USER_NO_RECONNECT,
+    RTE_VHOST_USER_POSTCOPY_SUPPORT,
+    RTE_VHOST_USER_RESERVED_1,
     DataPathHooks,
     DeviceConfig,
     VhostDeviceOps,
     VhostUserDevice,
     Vring,
 )
-from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
-from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint, TransportError
+from dataplane.vhost.device_class import DeviceClass
+from dataplane.vhost.net import NetDevice, NetState
+from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
+from dataplane.vhost_user.errors import TransportError
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit, features_str
+from dataplane.vhost_user.messages import Message
 
-__all__ = [
-    "RTE_VHOST_USER_CLIENT",
-    "RTE_VHOST_USER_NO_RECONNECT",
-    "RTE_VHOST_USER_IOMMU_SUPPORT",
-    "RTE_VHOST_USER_POSTCOPY_SUPPORT",
-    "RTE_VHOST_USER_EXTBUF_SUPPORT",
-    "RTE_VHOST_USER_LINEARBUF_SUPPORT",
-    "RTE_VHOST_USER_ASYNC_COPY",
-    "RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS",
-    "RTE_VHOST_USER_NET_STATS_ENABLE",
+__all__ = [name for name in device.__all__ if name.startswith("RTE_VHOST_USER_")] + [
     "DEFAULT_FEATURES",
     "DEFAULT_PROTOCOL_FEATURES",
     "IMPLEMENTED_PROTOCOL_FEATURES",
+    "implemented_protocol_features",
     "VhostError",
     "VhostNoDevice",
     "VhostNotSupported",
@@ -72,18 +78,7 @@ __all__ = [
 
 log = dplog.get_logger("dataplane.vhost")
 
-# -- registration flags (rte_vhost.h, DPDK 22.11) ------------------------------
-RTE_VHOST_USER_CLIENT = 1 << 0
-RTE_VHOST_USER_NO_RECONNECT = 1 << 1
-RTE_VHOST_USER_RESERVED_1 = 1 << 2
-RTE_VHOST_USER_IOMMU_SUPPORT = 1 << 3
-RTE_VHOST_USER_POSTCOPY_SUPPORT = 1 << 4
-RTE_VHOST_USER_EXTBUF_SUPPORT = 1 << 5
-RTE_VHOST_USER_LINEARBUF_SUPPORT = 1 << 6
-RTE_VHOST_USER_ASYNC_COPY = 1 << 7
-RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS = 1 << 8
-RTE_VHOST_USER_NET_STATS_ENABLE = 1 << 9
-# short names
+# -- registration flags (rte_vhost.h, defined in device.py): short names
 CLIENT = RTE_VHOST_USER_CLIENT
 NO_RECONNECT = RTE_VHOST_USER_NO_RECONNECT
 IOMMU_SUPPORT = RTE_VHOST_USER_IOMMU_SUPPORT
@@ -109,60 +104,26 @@ _REFUSED_FLAGS = {
 }
 
 # -- what a socket offers by default ---------------------------------------------
-#: DPDK's VHOST_USER_NET_SUPPORTED_FEATURES (without ACCESS_PLATFORM: no IOMMU support).
-DEFAULT_FEATURES = sum(
-    bit(f)
-    for f in (
-        VF.VIRTIO_NET_F_MRG_RXBUF,
-        VF.VIRTIO_F_ANY_LAYOUT,
-        VF.VIRTIO_NET_F_CTRL_VQ,
-        VF.VIRTIO_NET_F_CTRL_RX,
-        VF.VIRTIO_NET_F_GUEST_ANNOUNCE,
-        VF.VIRTIO_NET_F_MQ,
-        VF.VIRTIO_F_VERSION_1,
-        VF.VHOST_F_LOG_ALL,
-        VF.VHOST_USER_F_PROTOCOL_FEATURES,
-        VF.VIRTIO_NET_F_GSO,
-        VF.VIRTIO_NET_F_HOST_TSO4,
-        VF.VIRTIO_NET_F_HOST_TSO6,
-        VF.VIRTIO_NET_F_HOST_UFO,
-        VF.VIRTIO_NET_F_HOST_ECN,
-        VF.VIRTIO_NET_F_CSUM,
-        VF.VIRTIO_NET_F_GUEST_CSUM,
-        VF.VIRTIO_NET_F_GUEST_TSO4,
-        VF.VIRTIO_NET_F_GUEST_TSO6,
-        VF.VIRTIO_NET_F_GUEST_UFO,
-        VF.VIRTIO_NET_F_GUEST_ECN,
-        VF.VIRTIO_RING_F_INDIRECT_DESC,
-        VF.VIRTIO_RING_F_EVENT_IDX,
-        VF.VIRTIO_F_IN_ORDER,
-        VF.VIRTIO_F_RING_PACKED,
-        VF.VIRTIO_NET_F_MTU,
-    )
-)
-_SEG_OFFLOADS = bit(VF.VIRTIO_NET_F_HOST_TSO4) | bit(VF.VIRTIO_NET_F_HOST_TSO6) | bit(VF.VIRTIO_NET_F_HOST_UFO)
 
-#: Protocol features this control plane implements.
-IMPLEMENTED_PROTOCOL_FEATURES = sum(
-    bit(f)
-    for f in (
-        PF.VHOST_USER_PROTOCOL_F_MQ,
-        PF.VHOST_USER_PROTOCOL_F_RARP,
-        PF.VHOST_USER_PROTOCOL_F_REPLY_ACK,
-        PF.VHOST_USER_PROTOCOL_F_MTU,
-        PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
-        PF.VHOST_USER_PROTOCOL_F_CONFIG,
-        PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
-        PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
-        PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
-        PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
-        PF.VHOST_USER_PROTOCOL_F_STATUS,
-    )
-)
-#: DPDK's default set minus what is not implemented here (LOG_SHMFD, PAGEFAULT,
-#: CRYPTO_SESSION), plus CONFIG and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is
-#: implemented but, as in DPDK 22.11, not offered unless enabled.
-DEFAULT_PROTOCOL_FEATURES = IMPLEMENTED_PROTOCOL_FEATURES & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+
+def implemented_protocol_features(device: DeviceClass) -> int:
+    """Protocol features a socket of ``device`` may offer: the generic ones plus the device class's."""
+    return GENERIC_PROTOCOL_FEATURES | device.protocol_features
+
+
+def default_protocol_features(device: DeviceClass) -> int:
+    """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
+    what is not implemented here (LOG_SHMFD, PAGEFAULT, CRYPTO_SESSION), plus CONFIG
+    and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK 22.11, not
+    offered unless enabled."""
+    return implemented_protocol_features(device) & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+
+
+#: The net device's offers (the default device class): virtio features of a
+#: socket registered without flags, implemented and default protocol features.
+DEFAULT_FEATURES = NetDevice().offered_features(0)
+IMPLEMENTED_PROTOCOL_FEATURES = implemented_protocol_features(NetDevice())
+DEFAULT_PROTOCOL_FEATURES = default_protocol_features(NetDevice())
 
 
 # -- errors ---------------------------------------------------------------------
@@ -196,20 +157,19 @@ class VhostTryAgain(VhostError):
 class _VhostSocket:
     """One registered path: its offer (DeviceConfig), endpoint and connections."""
 
-    def __init__(self, path: str, flags: int):
+    def __init__(self, path: str, flags: int, device: DeviceClass):
         self.path = path
         self.flags = flags
-        features = DEFAULT_FEATURES
-        if flags & RTE_VHOST_USER_LINEARBUF_SUPPORT and not flags & RTE_VHOST_USER_EXTBUF_SUPPORT:
-            features &= ~_SEG_OFFLOADS  # DPDK: large TSO/UFO frames would not fit a linear mbuf
+        features = device.offered_features(flags)
         self.config = DeviceConfig(
             path=path,
+            device=device,
             flags=flags,
             features=features,
             supported_features=features,
-            protocol_features=DEFAULT_PROTOCOL_FEATURES,
+            protocol_features=default_protocol_features(device),
+            queue_num=device.max_queues,
             ops=VhostDeviceOps(),
-            datapath=None,
         )
         self.endpoint: ServerEndpoint | ClientEndpoint | None = None
         self.connections: dict[int, Connection] = {}
@@ -221,13 +181,17 @@ class _VhostSocket:
 
 
 class VhostLibrary:
-    """All vhost-user sockets and devices of one process (or one test)."""
+    """All vhost-user sockets and devices of one process (or one test).
 
-    def __init__(self) -> None:
+    ``loop``: the :class:`~dataplane.vhost.transport.EventLoop` to run on (e.g. one
+    with an injected clock); by default one is created on first use.
+    """
+
+    def __init__(self, loop: EventLoop | None = None) -> None:
         self._lock = threading.RLock()
         self._sockets: dict[str, _VhostSocket] = {}
         self._devices: dict[int, tuple[_VhostSocket, VhostUserDevice, Connection]] = {}
-        self._loop: EventLoop | None = None
+        self._loop: EventLoop | None = loop  # created on first use unless given; stopped by close()
 
     # -- internals ---------------------------------------------------------------
 
@@ -280,7 +244,7 @@ class VhostLibrary:
                 log.warning("new_connection refused the connection", path=vsock.path, vid=vid, result=result)
                 conn.close("refused by new_connection")
 
-    def _on_message(self, conn: Connection, msg: P.Message) -> bool:
+    def _on_message(self, conn: Connection, msg: Message) -> bool:
         with self._lock:
             return conn.device.handle(msg)  # type: ignore[attr-defined]
 
@@ -305,8 +269,12 @@ class VhostLibrary:
 
     # -- driver (socket) API --------------------------------------------------------
 
-    def driver_register(self, path: str, flags: int = 0) -> None:
+    def driver_register(self, path: str, flags: int = 0, device: DeviceClass | None = None) -> None:
         """Register a vhost-user socket ``path`` with ``RTE_VHOST_USER_*`` ``flags``.
+
+        ``device`` is the socket's device class (see
+        :mod:`~dataplane.vhost.device_class`); the default is a virtio-net
+        device (:class:`~dataplane.vhost.net.NetDevice`), DPDK's builtin one.
 
         CLIENT: connect to ``path`` instead of listening; NO_RECONNECT: do not
         retry connecting.  EXTBUF_SUPPORT / LINEARBUF_SUPPORT /
@@ -327,7 +295,7 @@ class VhostLibrary:
         with self._lock:
             if path in self._sockets:
                 raise VhostBusy(f"{path}: already registered")
-            self._sockets[path] = _VhostSocket(path, flags)
+            self._sockets[path] = _VhostSocket(path, flags, device if device is not None else NetDevice())
         log.info("vhost-user socket registered", path=path, flags=hex(flags), client=bool(flags & CLIENT))
 
     def driver_unregister(self, path: str) -> None:
@@ -408,7 +376,7 @@ class VhostLibrary:
             cfg = self._socket(path).config
             extra = features & ~cfg.supported_features
             if extra:
-                raise VhostNotSupported(f"{path}: cannot enable unsupported features {P.features_str(extra)}")
+                raise VhostNotSupported(f"{path}: cannot enable unsupported features {features_str(extra)}")
             cfg.features |= features
 
     def driver_disable_features(self, path: str, features: int) -> None:
@@ -418,36 +386,42 @@ class VhostLibrary:
 
     def driver_set_protocol_features(self, path: str, protocol_features: int) -> None:
         """Set the protocol features ``path`` offers; unimplemented ones are refused."""
-        missing = protocol_features & ~IMPLEMENTED_PROTOCOL_FEATURES
-        if missing:
-            raise VhostNotSupported(f"{path}: protocol features not implemented: {P.features_str(missing, PF)}")
         with self._lock:
-            self._socket(path).config.protocol_features = int(protocol_features)
+            cfg = self._socket(path).config
+            missing = protocol_features & ~implemented_protocol_features(cfg.device)
+            if missing:
+                raise VhostNotSupported(f"{path}: protocol features not implemented: {features_str(missing, PF)}")
+            cfg.protocol_features = int(protocol_features)
 
     def driver_get_protocol_features(self, path: str) -> int:
         """The protocol features ``path`` offers in GET_PROTOCOL_FEATURES."""
         with self._lock:
             return self._socket(path).config.protocol_features
 
-    def driver_set_max_queue_num(self, path: str, max_queue_pairs: int) -> None:
-        """Queue pairs answered to GET_QUEUE_NUM (1..128); vrings beyond ``2 * n`` are refused."""
-        if not 1 <= max_queue_pairs <= VHOST_MAX_QUEUE_PAIRS:
-            raise VhostError(f"{path}: max queue pairs {max_queue_pairs} not in 1..{VHOST_MAX_QUEUE_PAIRS}")
+    def driver_set_max_queue_num(self, path: str, max_queue_num: int) -> None:
+        """Queues answered to GET_QUEUE_NUM (net: queue pairs, 1..128; vrings beyond ``2 * n`` are refused)."""
         with self._lock:
-            self._socket(path).config.max_queue_pairs = int(max_queue_pairs)
+            cfg = self._socket(path).config
+            limit = cfg.device.max_queues
+            if not 1 <= max_queue_num <= limit:
+                raise VhostError(f"{path}: max queue num {max_queue_num} not in 1..{limit}")
+            cfg.queue_num = int(max_queue_num)
 
     def driver_get_queue_num(self, path: str) -> int:
-        """Queue pairs ``path`` supports."""
+        """Queues (net: queue pairs) ``path`` supports."""
         with self._lock:
-            return self._socket(path).config.max_queue_pairs
+            return self._socket(path).config.queue_num
 
     def driver_set_mac(self, path: str, mac: bytes | str) -> None:
-        """The MAC address in the virtio-net config space (GET_CONFIG) of new devices."""
+        """The MAC address in the virtio-net config space (GET_CONFIG) of new devices (net sockets only)."""
         raw = bytes.fromhex(mac.replace(":", "")) if isinstance(mac, str) else bytes(mac)
         if len(raw) != 6:
             raise VhostError(f"{path}: MAC must be 6 bytes")
         with self._lock:
-            self._socket(path).config.mac = raw
+            device = self._socket(path).config.device
+            if not isinstance(device, NetDevice):
+                raise VhostNotSupported(f"{path}: a {device.name} device has no MAC address")
+            device.mac = raw
 
     def driver_callback_register(self, path: str, ops: Any) -> None:
         """Register application callbacks: a :class:`VhostDeviceOps`, a dict or any object
@@ -457,9 +431,10 @@ class VhostLibrary:
             self._socket(path).config.ops = ops
 
     def driver_datapath_register(self, path: str, hooks: DataPathHooks | None) -> None:
-        """Attach the data path (see :class:`~dataplane.vhost.device.DataPathHooks`) to ``path``'s devices."""
+        """Attach the data path (see :class:`~dataplane.vhost.device.DataPathHooks`) to ``path``'s
+        device class, for its devices."""
         with self._lock:
-            self._socket(path).config.datapath = hooks
+            self._socket(path).config.device.datapath = hooks
 
     def driver_stats(self, path: str) -> dict[str, int]:
         """Counters of every connection ``path`` has served (live and closed): ``messages``,
@@ -500,11 +475,12 @@ class VhostLibrary:
         VhostTryAgain if the front-end has not set it yet."""
         with self._lock:
             dev = self._device(vid)
-            if not dev.has_feature(VF.VIRTIO_NET_F_MTU):
+            state = dev.device_state
+            if not isinstance(state, NetState) or not dev.has_feature(VF.VIRTIO_NET_F_MTU):
                 raise VhostNotSupported(f"vid {vid}: VIRTIO_NET_F_MTU not negotiated")
-            if dev.mtu == 0:
+            if state.mtu == 0:
                 raise VhostTryAgain(f"vid {vid}: MTU not set yet")
-            return dev.mtu
+            return state.mtu
 
     def get_vring_num(self, vid: int) -> int:
         """Number of vrings the device has (the highest index the front-end used + 1)."""

@@ -39,10 +39,9 @@ Offloads, after DPDK's lib/vhost (``virtio_enqueue_offload``,
   next hop, or the checksum completed in software when the L4 protocol is
   unknown; GSO → ``RX_LRO`` + ``tso_segsz``.
 
-The module also holds the raw-address helpers the data path uses on top of
-:mod:`dataplane.rings.jit` (byte loads/stores, ``llvm.memcpy``, an eventfd
-``write`` intrinsic, ``copy_bytes``), usable from NRT-free kernels; Python helpers
-(:class:`NetHdr`, :func:`inet_checksum`) serve tests and control code.
+Packet formats, checksums and the header walk come from :mod:`dataplane.net`,
+raw-address access from :mod:`dataplane.rings.mem`; :class:`NetHdr` serves
+tests and control code.
 """
 
 from __future__ import annotations
@@ -51,13 +50,8 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from dataplane.memory.mbuf import (
-    MBUF_NEXT_NONE,
     RTE_MBUF_F_RX_L4_CKSUM_NONE,
     RTE_MBUF_F_RX_LRO,
     RTE_MBUF_F_TX_IP_CKSUM,
@@ -69,27 +63,23 @@ from dataplane.memory.mbuf import (
     RTE_MBUF_F_TX_TCP_SEG,
     RTE_MBUF_F_TX_UDP_CKSUM,
     RTE_MBUF_F_TX_UDP_SEG,
-    RTE_PTYPE_L2_ETHER,
-    RTE_PTYPE_L2_ETHER_VLAN,
-    RTE_PTYPE_L3_IPV4,
-    RTE_PTYPE_L3_IPV4_EXT,
-    RTE_PTYPE_L3_IPV6,
-    RTE_PTYPE_L4_FRAG,
-    RTE_PTYPE_L4_ICMP,
-    RTE_PTYPE_L4_SCTP,
-    RTE_PTYPE_L4_TCP,
-    RTE_PTYPE_L4_UDP,
 )
-from dataplane.rings.jit import (
-    inline_kernel,
-    kernel,
-    load_u16,
-    load_u32,
-    load_u64,
-    store_u16,
-    store_u32,
-    store_u64,
+from dataplane.memory.mempool import seg_addr
+from dataplane.net.cksum import fold, ipv4_hdr_cksum, mbuf_cksum, phdr_sum_v4, phdr_sum_v6
+from dataplane.net.ip import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+from dataplane.net.l4 import (
+    SCTP_CKSUM_OFF,
+    TCP_CKSUM_OFF,
+    TCP_CWR,
+    TCP_FIN,
+    TCP_FLAGS_OFF,
+    TCP_PSH,
+    UDP_CKSUM_OFF,
 )
+from dataplane.net.ptype import parse_headers
+from dataplane.rings.jit import inline_kernel, kernel
+from dataplane.rings.mem import be16, be32, bswap16, ld8, st8, st16, st_be32
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 
 __all__ = [
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
@@ -103,7 +93,6 @@ __all__ = [
     "VIRTIO_NET_HDR_GSO_ECN",
     "NET_HDR_LEN",
     "NET_HDR_MRG_LEN",
-    "VIRTIO_NET_F",
     "F_CSUM",
     "F_GUEST_CSUM",
     "F_GUEST_TSO4",
@@ -121,16 +110,15 @@ __all__ = [
     "F_HOST_OFFLOAD",
     "net_hdr_len",
     "NetHdr",
-    "inet_checksum",
     "hdr_words",
     "mbuf_to_hdr",
     "hdr_to_mbuf",
-    "parse_headers",
-    "mbuf_cksum",
     "tso_frames",
     "tso_first",
     "tso_frame_hdr",
 ]
+
+_U64 = np.uint64
 
 # -- header values ------------------------------------------------------------
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -146,54 +134,21 @@ VIRTIO_NET_HDR_GSO_ECN = 0x80
 NET_HDR_LEN = 10  # struct virtio_net_hdr
 NET_HDR_MRG_LEN = 12  # struct virtio_net_hdr_mrg_rxbuf (num_buffers)
 
-# -- virtio-net feature bit numbers (DESIGN §3) --------------------------------
-VIRTIO_NET_F = {
-    "CSUM": 0,
-    "GUEST_CSUM": 1,
-    "MTU": 3,
-    "MAC": 5,
-    "GSO": 6,
-    "GUEST_TSO4": 7,
-    "GUEST_TSO6": 8,
-    "GUEST_ECN": 9,
-    "GUEST_UFO": 10,
-    "HOST_TSO4": 11,
-    "HOST_TSO6": 12,
-    "HOST_ECN": 13,
-    "HOST_UFO": 14,
-    "MRG_RXBUF": 15,
-    "STATUS": 16,
-    "CTRL_VQ": 17,
-    "CTRL_RX": 18,
-    "CTRL_VLAN": 19,
-    "GUEST_ANNOUNCE": 21,
-    "MQ": 22,
-    "CTRL_MAC_ADDR": 23,
-    "LOG_ALL": 26,
-    "ANY_LAYOUT": 27,
-    "INDIRECT_DESC": 28,
-    "EVENT_IDX": 29,
-    "PROTOCOL_FEATURES": 30,
-    "VERSION_1": 32,
-    "ACCESS_PLATFORM": 33,
-    "RING_PACKED": 34,
-    "IN_ORDER": 35,
-    "ORDER_PLATFORM": 36,
-}
-F_CSUM = 1 << VIRTIO_NET_F["CSUM"]
-F_GUEST_CSUM = 1 << VIRTIO_NET_F["GUEST_CSUM"]
-F_GUEST_TSO4 = 1 << VIRTIO_NET_F["GUEST_TSO4"]
-F_GUEST_TSO6 = 1 << VIRTIO_NET_F["GUEST_TSO6"]
-F_HOST_TSO4 = 1 << VIRTIO_NET_F["HOST_TSO4"]
-F_HOST_TSO6 = 1 << VIRTIO_NET_F["HOST_TSO6"]
-F_HOST_ECN = 1 << VIRTIO_NET_F["HOST_ECN"]
-F_HOST_UFO = 1 << VIRTIO_NET_F["HOST_UFO"]
-F_MRG_RXBUF = 1 << VIRTIO_NET_F["MRG_RXBUF"]
-F_INDIRECT_DESC = 1 << VIRTIO_NET_F["INDIRECT_DESC"]
-F_EVENT_IDX = 1 << VIRTIO_NET_F["EVENT_IDX"]
-F_VERSION_1 = 1 << VIRTIO_NET_F["VERSION_1"]
-F_RING_PACKED = 1 << VIRTIO_NET_F["RING_PACKED"]
-F_IN_ORDER = 1 << VIRTIO_NET_F["IN_ORDER"]
+# -- virtio feature bits (bit numbers: VirtioFeature) ----------------------------
+F_CSUM = bit(VF.VIRTIO_NET_F_CSUM)
+F_GUEST_CSUM = bit(VF.VIRTIO_NET_F_GUEST_CSUM)
+F_GUEST_TSO4 = bit(VF.VIRTIO_NET_F_GUEST_TSO4)
+F_GUEST_TSO6 = bit(VF.VIRTIO_NET_F_GUEST_TSO6)
+F_HOST_TSO4 = bit(VF.VIRTIO_NET_F_HOST_TSO4)
+F_HOST_TSO6 = bit(VF.VIRTIO_NET_F_HOST_TSO6)
+F_HOST_ECN = bit(VF.VIRTIO_NET_F_HOST_ECN)
+F_HOST_UFO = bit(VF.VIRTIO_NET_F_HOST_UFO)
+F_MRG_RXBUF = bit(VF.VIRTIO_NET_F_MRG_RXBUF)
+F_INDIRECT_DESC = bit(VF.VIRTIO_RING_F_INDIRECT_DESC)
+F_EVENT_IDX = bit(VF.VIRTIO_RING_F_EVENT_IDX)
+F_VERSION_1 = bit(VF.VIRTIO_F_VERSION_1)
+F_RING_PACKED = bit(VF.VIRTIO_F_RING_PACKED)
+F_IN_ORDER = bit(VF.VIRTIO_F_IN_ORDER)
 #: DPDK's virtio_net_with_host_offload(): the guest may send offload requests
 F_HOST_OFFLOAD = F_CSUM | F_HOST_ECN | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO
 
@@ -204,7 +159,7 @@ def net_hdr_len(features: int) -> int:
 
 
 # =============================================================================
-# Python side: the header as an object, the Internet checksum
+# Python side: the header as an object
 # =============================================================================
 
 
@@ -237,263 +192,12 @@ class NetHdr:
         return cls(*struct.unpack("<BBHHHHH", b))
 
 
-def inet_checksum(data: bytes, initial: int = 0) -> int:
-    """RFC 1071 ones' complement sum of ``data`` folded to 16 bits (NOT inverted)."""
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    s = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-# =============================================================================
-# raw memory intrinsics (host virtual addresses; no NRT needed)
-# =============================================================================
-
-
-def _mem_access_u8():
-    @intrinsic
-    def _load(typingctx, addr):
-        if not isinstance(addr, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = context.cast(builder, args[0], sig.args[0], types.uint64)
-            return builder.load(builder.inttoptr(a, ir.IntType(8).as_pointer()), align=1)
-
-        return types.uint8(addr), codegen
-
-    @intrinsic
-    def _store(typingctx, addr, val):
-        if not isinstance(addr, types.Integer) or not isinstance(val, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = context.cast(builder, args[0], sig.args[0], types.uint64)
-            v = context.cast(builder, args[1], sig.args[1], types.uint8)
-            builder.store(v, builder.inttoptr(a, ir.IntType(8).as_pointer()), align=1)
-            return context.get_dummy_value()
-
-        return types.void(addr, val), codegen
-
-    return _load, _store
-
-
-ld8, st8 = _mem_access_u8()
-
-
-# Wider accesses come from dataplane.rings.jit (element idx 0 at an address).
-@inline_kernel
-def ld16(addr):
-    return load_u16(addr, 0)
-
-
-@inline_kernel
-def ld32(addr):
-    return load_u32(addr, 0)
-
-
-@inline_kernel
-def ld64(addr):
-    return load_u64(addr, 0)
-
-
-@inline_kernel
-def st16(addr, v):
-    store_u16(addr, 0, v)
-
-
-@inline_kernel
-def st32(addr, v):
-    store_u32(addr, 0, v)
-
-
-@inline_kernel
-def st64(addr, v):
-    store_u64(addr, 0, v)
-
-
-@intrinsic
-def memcpy(typingctx, dst, src, n):
-    """``llvm.memcpy(dst, src, n)`` between integer addresses (must not overlap)."""
-    if not all(isinstance(a, types.Integer) for a in (dst, src, n)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i8p = ir.IntType(8).as_pointer()
-        d = builder.inttoptr(context.cast(builder, args[0], sig.args[0], types.uint64), i8p)
-        s = builder.inttoptr(context.cast(builder, args[1], sig.args[1], types.uint64), i8p)
-        k = context.cast(builder, args[2], sig.args[2], types.uint64)
-        cgutils.raw_memcpy(builder, d, s, k, 1)
-        return context.get_dummy_value()
-
-    return types.void(dst, src, n), codegen
-
-
-@intrinsic
-def eventfd_signal(typingctx, fd):
-    """libc ``write(fd, &(u64)1, 8)``: signal an eventfd; returns write's result.
-
-    Declared as an external symbol (not a ctypes pointer), so functions that
-    call it can be cached (DESIGN §5: ~210 ns a call).
-    """
-    if not isinstance(fd, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        i32 = ir.IntType(32)
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(i64, [i32, i8p, i64])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "write")
-        buf = cgutils.alloca_once(builder, i64)
-        builder.store(ir.Constant(i64, 1), buf)
-        fdv = builder.trunc(context.cast(builder, args[0], sig.args[0], types.int64), i32)
-        return builder.call(fn, [fdv, builder.bitcast(buf, i8p), ir.Constant(i64, 8)])
-
-    return types.int64(fd), codegen
-
-
-_kernel = kernel
-_inline = inline_kernel
-
-_U64 = np.uint64
-
-
-@_inline
-def copy_bytes(dst, src, n):
-    """Copy ``n`` bytes between host addresses: 8-byte words inline up to 64 bytes, memcpy above."""
-    n = _U64(n)
-    if n <= _U64(64):
-        k = _U64(0)
-        while k + _U64(8) <= n:
-            st64(dst + k, ld64(src + k))
-            k += _U64(8)
-        while k < n:
-            st8(dst + k, ld8(src + k))
-            k += _U64(1)
-    else:
-        memcpy(dst, src, n)
-
-
-@_inline
-def bswap16(v):
-    v = np.int64(v) & 0xFFFF
-    return ((v & 0xFF) << 8) | (v >> 8)
-
-
-@_inline
-def be16(addr):
-    """Big-endian u16 at a host address (as int64)."""
-    return bswap16(ld16(addr))
-
-
-# =============================================================================
-# checksums (ones' complement sums of little-endian words; byte-order neutral)
-# =============================================================================
-
-
-@_inline
-def _fold(s):
-    s = _U64(s)
-    s = (s & _U64(0xFFFFFFFF)) + (s >> _U64(32))
-    s = (s & _U64(0xFFFFFFFF)) + (s >> _U64(32))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    return s
-
-
-@_kernel
-def raw_sum(addr, n):
-    """Sum of the little-endian u16 words of ``[addr, addr+n)`` (odd tail byte = low byte), unfolded."""
-    addr = _U64(addr)
-    n = _U64(n)
-    s = _U64(0)
-    k = _U64(0)
-    while k + _U64(4) <= n:
-        s += _U64(ld32(addr + k))
-        k += _U64(4)
-    if k + _U64(2) <= n:
-        s += _U64(ld16(addr + k))
-        k += _U64(2)
-    if k < n:
-        s += _U64(ld8(addr + k))
-    return s
-
-
-@_inline
-def _swap_sum(s):
-    """A folded 16-bit sum as seen from the other byte parity."""
-    s = _fold(s)
-    return ((s & _U64(0xFF)) << _U64(8)) | (s >> _U64(8))
-
-
-@_inline
-def seg_addr(mp, m):
-    """Host address of segment ``m``'s first data byte."""
-    mb = mp.mbufs[m]
-    return _U64(mp.data.ctypes.data) + _U64(mb.buf_off) + _U64(mb.data_off)
-
-
-@_kernel
-def mbuf_cksum(mp, m, off, length):
-    """Folded (not inverted) ones' complement sum of packet bytes ``[off, off+length)``
-    across the segments of packet ``m``; -1 when the range is outside the packet."""
-    off = np.int64(off)
-    length = np.int64(length)
-    if off < 0 or length < 0 or off + length > np.int64(mp.mbufs[m].pkt_len):
-        return np.int64(-1)
-    seg = np.int64(m)
-    pos = np.int64(0)  # packet offset of seg's first byte
-    done = np.int64(0)
-    s = _U64(0)
-    while done < length and seg != MBUF_NEXT_NONE:
-        mb = mp.mbufs[seg]
-        dl = np.int64(mb.data_len)
-        start = off + done - pos
-        if start < dl:
-            k = min(dl - start, length - done)
-            part = raw_sum(seg_addr(mp, seg) + _U64(start), k)
-            if done & 1:
-                s += _swap_sum(part)
-            else:
-                s += part
-            done += k
-        pos += dl
-        seg = np.int64(mb.next)
-    if done != length:
-        return np.int64(-1)
-    return np.int64(_fold(s))
-
-
-@_inline
-def _phdr_sum_v4(ip, l4_len):
-    """IPv4 pseudo-header sum (LE words): addresses, protocol, L4 length."""
-    s = _U64(ld32(ip + _U64(12))) + _U64(ld32(ip + _U64(16)))
-    s += _U64(np.int64(ld8(ip + _U64(9))) << 8)
-    s += _U64(bswap16(l4_len))
-    return s
-
-
-@_inline
-def _phdr_sum_v6(ip, l4_len, proto):
-    s = _U64(0)
-    for k in range(8):
-        s += _U64(ld32(ip + _U64(8 + 4 * k)))
-    # 32-bit upper-layer length and next header, big endian
-    s += _U64(bswap16((np.int64(l4_len) >> 16) & 0xFFFF)) + _U64(bswap16(np.int64(l4_len) & 0xFFFF))
-    s += _U64(np.int64(proto) << 8)
-    return s
-
-
 # =============================================================================
 # header words
 # =============================================================================
 
 
-@_inline
+@inline_kernel
 def hdr_words(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers):
     """(lo, hi) words of a header: lo = bytes 0..7, hi = bytes 8..11."""
     lo = (
@@ -505,103 +209,6 @@ def hdr_words(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_b
     )
     hi = (_U64(csum_offset) & _U64(0xFFFF)) | ((_U64(num_buffers) & _U64(0xFFFF)) << _U64(16))
     return lo, hi
-
-
-# =============================================================================
-# header parsing (Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / SCTP)
-# =============================================================================
-
-ETHER_TYPE_IPV4 = 0x0800
-ETHER_TYPE_IPV6 = 0x86DD
-ETHER_TYPE_VLAN = 0x8100
-ETHER_TYPE_QINQ = 0x88A8
-ETHER_TYPE_RARP = 0x8035
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_SCTP = 132
-IPPROTO_ICMP = 1
-IPPROTO_ICMPV6 = 58
-IPPROTO_FRAGMENT = 44
-TCP_CKSUM_OFF = 16
-TCP_FIN = 0x01
-TCP_PSH = 0x08
-TCP_CWR = 0x80
-UDP_CKSUM_OFF = 6
-SCTP_CKSUM_OFF = 8
-
-
-@_kernel
-def parse_headers(addr, data_len):
-    """Parse the headers at ``addr`` (``data_len`` contiguous bytes).
-
-    Returns ``(ok, l2_len, l3_len, l4_len, l4_proto, is_ipv6, ptype)``;
-    ``ok`` is False when there is no complete L2/L3/L4 (TCP, UDP, SCTP) header
-    chain, as DPDK's ``parse_headers`` requires for any offload.  ``ptype``
-    is the ``RTE_PTYPE_*`` value of what was recognised (even when not ok).
-    """
-    addr = _U64(addr)
-    dl = np.int64(data_len)
-    l2 = np.int64(14)
-    l3 = np.int64(0)
-    l4 = np.int64(0)
-    proto = np.int64(0)
-    v6 = False
-    if dl < 14:
-        return False, np.int64(0), l3, l4, proto, v6, np.int64(0)
-    ptype = np.int64(RTE_PTYPE_L2_ETHER)
-    et = be16(addr + _U64(12))
-    if et == ETHER_TYPE_VLAN or et == ETHER_TYPE_QINQ:
-        if dl < 18:
-            return False, np.int64(0), l3, l4, proto, v6, ptype
-        l2 = 18
-        ptype = np.int64(RTE_PTYPE_L2_ETHER_VLAN)
-        et = be16(addr + _U64(16))
-    ip = addr + _U64(l2)
-    if et == ETHER_TYPE_IPV4:
-        if dl < l2 + 20:
-            return False, np.int64(0), l3, l4, proto, v6, ptype
-        l3 = (np.int64(ld8(ip)) & 0xF) * 4
-        if l3 < 20 or dl < l2 + l3:
-            return False, np.int64(0), np.int64(0), l4, proto, v6, ptype
-        ptype |= RTE_PTYPE_L3_IPV4 if l3 == 20 else RTE_PTYPE_L3_IPV4_EXT
-        proto = np.int64(ld8(ip + _U64(9)))
-        frag = be16(ip + _U64(6)) & 0x3FFF
-        if frag != 0:
-            ptype |= RTE_PTYPE_L4_FRAG
-            return False, l2, l3, l4, proto, v6, ptype
-    elif et == ETHER_TYPE_IPV6:
-        if dl < l2 + 40:
-            return False, np.int64(0), l3, l4, proto, v6, ptype
-        l3 = np.int64(40)
-        v6 = True
-        ptype |= RTE_PTYPE_L3_IPV6
-        proto = np.int64(ld8(ip + _U64(6)))
-        if proto == IPPROTO_FRAGMENT:
-            ptype |= RTE_PTYPE_L4_FRAG
-            return False, l2, l3, l4, proto, v6, ptype
-    else:
-        return False, np.int64(0), np.int64(0), l4, proto, v6, ptype
-    th = ip + _U64(l3)
-    if proto == IPPROTO_TCP:
-        if dl < l2 + l3 + 20:
-            return False, l2, l3, l4, proto, v6, ptype
-        l4 = (np.int64(ld8(th + _U64(12))) & 0xF0) >> 2
-        ptype |= RTE_PTYPE_L4_TCP
-    elif proto == IPPROTO_UDP:
-        if dl < l2 + l3 + 8:
-            return False, l2, l3, l4, proto, v6, ptype
-        l4 = np.int64(8)
-        ptype |= RTE_PTYPE_L4_UDP
-    elif proto == IPPROTO_SCTP:
-        if dl < l2 + l3 + 12:
-            return False, l2, l3, l4, proto, v6, ptype
-        l4 = np.int64(12)
-        ptype |= RTE_PTYPE_L4_SCTP
-    else:
-        if proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:
-            ptype |= RTE_PTYPE_L4_ICMP
-        return False, l2, l3, l4, proto, v6, ptype
-    return True, l2, l3, l4, proto, v6, ptype
 
 
 # =============================================================================
@@ -620,17 +227,7 @@ _IPV6 = _U64(RTE_MBUF_F_TX_IPV6)
 _IPCK = _U64(RTE_MBUF_F_TX_IP_CKSUM)
 
 
-@_kernel
-def _ipv4_hdr_cksum(ip):
-    """Recompute the IPv4 header checksum in place (rte_ipv4_cksum)."""
-    ihl = (np.int64(ld8(ip)) & 0xF) * 4
-    st16(ip + _U64(10), 0)
-    c = _fold(raw_sum(ip, ihl))
-    c = ~c & _U64(0xFFFF)
-    st16(ip + _U64(10), c)
-
-
-@_kernel
+@kernel
 def mbuf_to_hdr(mp, m, guest_csum):
     """The virtio-net header (lo, hi without num_buffers) for sending packet ``m`` to a guest.
 
@@ -657,7 +254,7 @@ def mbuf_to_hdr(mp, m, guest_csum):
         csum_l4 = _L4_UDP
     hdr_ok = l2 + l3 + 8 <= dl and l3 >= 20
     if (ol & _IPCK) != _U64(0) and (ol & _IPV4) != _U64(0) and hdr_ok:
-        _ipv4_hdr_cksum(ip)
+        ipv4_hdr_cksum(ip)
     flags = 0
     gso_type = 0
     hdr_len = 0
@@ -679,15 +276,15 @@ def mbuf_to_hdr(mp, m, guest_csum):
             pkt_l4_len = np.int64(mb.pkt_len) - cs_start
             plen = 0 if tso else pkt_l4_len
             if is4:
-                ph = _phdr_sum_v4(ip, plen)
+                ph = phdr_sum_v4(ip, plen)
             else:
-                ph = _phdr_sum_v6(ip, plen, ld8(ip + _U64(6)))
+                ph = phdr_sum_v6(ip, plen, ld8(ip + _U64(6)))
             if not guest_csum and not tso:
                 # the guest cannot take a partial checksum: complete it here
                 st16(l4 + _U64(cs_off), 0)
                 full = mbuf_cksum(mp, m, cs_start, pkt_l4_len)
                 if full >= 0:
-                    c = ~_fold(_U64(full) + ph) & _U64(0xFFFF)
+                    c = ~fold(_U64(full) + ph) & _U64(0xFFFF)
                     if c == _U64(0) and csum_l4 == _L4_UDP:
                         c = _U64(0xFFFF)
                     st16(l4 + _U64(cs_off), c)
@@ -695,7 +292,7 @@ def mbuf_to_hdr(mp, m, guest_csum):
                 cs_start = 0
                 cs_off = 0
             else:
-                st16(l4 + _U64(cs_off), _fold(ph))
+                st16(l4 + _U64(cs_off), fold(ph))
                 flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
         elif guest_csum or tso:
             flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
@@ -718,7 +315,7 @@ def mbuf_to_hdr(mp, m, guest_csum):
 # =============================================================================
 
 
-@_kernel
+@kernel
 def tso_frames(mp, m):
     """How many frames software segmentation cuts the TSO packet ``m`` into (0: it cannot:
     headers not in the first segment, not TCP over IPv4/IPv6, no MSS, or nothing to cut)."""
@@ -738,7 +335,7 @@ def tso_frames(mp, m):
     return (payload + mss - 1) // mss
 
 
-@_kernel
+@kernel
 def tso_frame_hdr(mp, m, f, nframes, seq0, id0, flags0, guest_csum):
     """Rewrite the headers of TSO packet ``m`` (in its first segment) as those of frame ``f``
     of ``nframes`` and return the frame's virtio-net header words (lo, hi).
@@ -763,40 +360,40 @@ def tso_frame_hdr(mp, m, f, nframes, seq0, id0, flags0, guest_csum):
     if v4:
         st16(ip + _U64(2), bswap16(l3 + l4 + sl))
         st16(ip + _U64(4), bswap16((np.int64(id0) + f) & 0xFFFF))
-        _ipv4_hdr_cksum(ip)
+        ipv4_hdr_cksum(ip)
     else:
         st16(ip + _U64(4), bswap16(l3 - 40 + l4 + sl))
     seq = (np.int64(seq0) + f * mss) & 0xFFFFFFFF
-    st32(tcp + _U64(4), _U64(bswap16(seq >> 16) | (bswap16(seq & 0xFFFF) << 16)))
+    st_be32(tcp + _U64(4), seq)
     fl = np.int64(flags0)
     if f != nframes - 1:
         fl &= ~(TCP_FIN | TCP_PSH)
     if f != 0:
         fl &= ~TCP_CWR
-    st8(tcp + _U64(13), fl)
+    st8(tcp + _U64(TCP_FLAGS_OFF), fl)
     if v4:
-        ph = _phdr_sum_v4(ip, l4 + sl)
+        ph = phdr_sum_v4(ip, l4 + sl)
     else:
-        ph = _phdr_sum_v6(ip, l4 + sl, IPPROTO_TCP)
+        ph = phdr_sum_v6(ip, l4 + sl, IPPROTO_TCP)
     if guest_csum:
-        st16(tcp + _U64(TCP_CKSUM_OFF), _fold(ph))
+        st16(tcp + _U64(TCP_CKSUM_OFF), fold(ph))
         return hdr_words(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, l2 + l3, TCP_CKSUM_OFF, 0)
     st16(tcp + _U64(TCP_CKSUM_OFF), 0)
     # the TCP header is 4-byte aligned in length: its sum and the payload's add as they are
     c = _U64(mbuf_cksum(mp, m, l2 + l3, l4)) + _U64(mbuf_cksum(mp, m, poff, sl)) + ph
-    st16(tcp + _U64(TCP_CKSUM_OFF), ~_fold(c) & _U64(0xFFFF))
+    st16(tcp + _U64(TCP_CKSUM_OFF), ~fold(c) & _U64(0xFFFF))
     return hdr_words(0, 0, 0, 0, 0, 0, 0)
 
 
-@_kernel
+@kernel
 def tso_first(mp, m):
     """The original (TCP sequence number, IPv4 id, TCP flags) of TSO packet ``m``, for :func:`tso_frame_hdr`."""
     mb = mp.mbufs[m]
     ip = seg_addr(mp, m) + _U64(mb.l2_len)
     tcp = ip + _U64(mb.l3_len)
-    seq = (np.int64(be16(tcp + _U64(4))) << 16) | np.int64(be16(tcp + _U64(6)))
+    seq = np.int64(be32(tcp + _U64(4)))
     ident = np.int64(be16(ip + _U64(4))) if (_U64(mb.ol_flags) & _IPV4) != _U64(0) else np.int64(0)
-    return seq, ident, np.int64(ld8(tcp + _U64(13)))
+    return seq, ident, np.int64(ld8(tcp + _U64(TCP_FLAGS_OFF)))
 
 
 # =============================================================================
@@ -804,7 +401,7 @@ def tso_first(mp, m):
 # =============================================================================
 
 
-@_inline
+@inline_kernel
 def _complete_csum(mp, m, base, cs_start, cs_off):
     """Finish a NEEDS_CSUM request in software: the ones' complement of the sum from
     ``cs_start`` to the end (the guest left the pseudo-header sum in the field) goes
@@ -820,7 +417,7 @@ def _complete_csum(mp, m, base, cs_start, cs_off):
             st16(base + _U64(off), c)
 
 
-@_kernel
+@kernel
 def hdr_to_mbuf(mp, m, lo, hi, legacy):
     """Apply a guest's Tx header (``lo``/``hi`` words) to the new packet ``m``.
 

@@ -4,12 +4,9 @@
   one too): a selector over every listening socket and connection, plus
   timers (client reconnects).  Other threads run code in it with
   :meth:`EventLoop.call`.
-* :class:`MessageReader` -- reassembles messages from a non-blocking stream
-  socket: never reads past the end of the current message (so the fds sent
-  with a message stay with it), tolerates partial reads, rejects garbage
-  (bad version bits, oversized payloads).
-* :class:`Connection` -- one accepted or connected socket: feeds complete
-  messages to a handler, sends replies (with fds), closes once.
+* :class:`Connection` -- one accepted or connected socket, framed by a
+  :class:`~dataplane.vhost_user.endpoint.Endpoint`: feeds complete messages
+  to a handler, sends replies (with fds), closes once.
 * :class:`ServerEndpoint` -- listens on a path (a stale socket file left by a
   dead process is removed; a live one or a non-socket file is an error), one
   :class:`Connection` per accepted front-end, the file unlinked on stop.
@@ -25,60 +22,31 @@ import errno
 import heapq
 import itertools
 import os
-import select
 import selectors
 import socket
-import stat
 import threading
 import time
 from typing import Any, Callable
 
 from dataplane import log as dplog
-from dataplane.vhost.protocol import (
-    VHOST_USER_HDR_SIZE,
-    VHOST_USER_MAX_FDS,
-    VHOST_USER_MAX_PAYLOAD,
-    VHOST_USER_VERSION,
-    Header,
-    Message,
-    request_name,
-)
+from dataplane.vhost_user.endpoint import Endpoint, prepare_server_path
+from dataplane.vhost_user.errors import FramingError, PeerClosed, TransportError, VhostUserError
+from dataplane.vhost_user.messages import Message, request_name
 
 __all__ = [
     "RECONNECT_INTERVAL",
-    "TransportError",
-    "PeerClosed",
-    "FramingError",
     "EventLoop",
-    "MessageReader",
     "Connection",
     "ServerEndpoint",
     "ClientEndpoint",
-    "send_message",
-    "prepare_server_path",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
 
 #: Seconds between two connection attempts of a client socket.
 RECONNECT_INTERVAL = 1.0
-#: fds accepted with one message; more than the protocol's maximum so that
-#: extra fds are seen (and refused) rather than silently truncated.
-RECV_MAX_FDS = VHOST_USER_MAX_FDS + 2
 #: How long a send may wait for a full socket buffer before the connection is dropped.
 SEND_TIMEOUT = 5.0
-
-
-class TransportError(Exception):
-    """Base of transport failures."""
-
-
-class PeerClosed(TransportError):
-    """The peer closed the connection (or reset it)."""
-
-
-class FramingError(TransportError):
-    """The byte stream is not vhost-user: the connection cannot be trusted any more."""
 
 
 # ---------------------------------------------------------------------------
@@ -106,8 +74,9 @@ class EventLoop:
     callbacks are logged and the loop goes on.
     """
 
-    def __init__(self, name: str = "vhost-events"):
+    def __init__(self, name: str = "vhost-events", clock: Callable[[], float] = time.monotonic):
         self.name = name
+        self.clock = clock  # seconds; timers run by it (tests inject a clock they move by hand)
         self._sel = selectors.DefaultSelector()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake_fd, selectors.EVENT_READ, None)
@@ -139,6 +108,10 @@ class EventLoop:
         self._wake()
         return fut.result(timeout) if fut is not None else None
 
+    def turn(self, timeout: float | None = 30.0) -> None:
+        """Return after one full turn of the loop: every timer due by :attr:`clock` has run."""
+        self.call(lambda: None, timeout=timeout)
+
     def add_reader(self, fileobj: Any, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` in the loop whenever ``fileobj`` is readable (loop thread only)."""
         self._sel.register(fileobj, selectors.EVENT_READ, callback)
@@ -151,7 +124,7 @@ class EventLoop:
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> _Timer:
         """Run ``fn()`` in the loop after ``delay`` seconds (loop thread only); returns a cancellable handle."""
-        t = _Timer(time.monotonic() + delay, fn)
+        t = _Timer(self.clock() + delay, fn)
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
 
@@ -178,7 +151,7 @@ class EventLoop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        return max(0.0, self._timers[0][0] - self.clock())
 
     def _run(self) -> None:
         try:
@@ -191,7 +164,7 @@ class EventLoop:
                             pass
                         continue
                     self._guard(key.data)
-                now = time.monotonic()
+                now = self.clock()
                 while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
                     t = heapq.heappop(self._timers)[2]
                     if not t.cancelled:
@@ -227,108 +200,6 @@ class EventLoop:
 
 
 # ---------------------------------------------------------------------------
-# Framing
-# ---------------------------------------------------------------------------
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    fds.clear()
-
-
-class MessageReader:
-    """Reassembles one message at a time from a non-blocking stream socket.
-
-    :meth:`read` reads at most the bytes still missing from the current
-    message, so fds (which arrive with the first byte of their message's
-    header) are attached to the right message.  It returns the message once
-    complete, or None when the socket has no more data for now.
-    """
-
-    def __init__(self, max_payload: int = VHOST_USER_MAX_PAYLOAD):
-        self.max_payload = max_payload
-        self._buf = bytearray()
-        self._header: Header | None = None
-        self._fds: list[int] = []
-        self._truncated = False
-
-    def read(self, sock: socket.socket) -> Message | None:
-        """Raises :class:`PeerClosed` on EOF/reset and :class:`FramingError` on garbage (fds closed)."""
-        while True:
-            need = (VHOST_USER_HDR_SIZE if self._header is None else self._header.size) - len(self._buf)
-            if need == 0 and self._header is not None:
-                return self._complete()
-            try:
-                data, fds, flags, _ = socket.recv_fds(sock, need, RECV_MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                return None
-            except (ConnectionResetError, BrokenPipeError) as e:
-                self.discard()
-                raise PeerClosed(str(e)) from None
-            self._fds.extend(fds)
-            if flags & socket.MSG_CTRUNC:
-                self._truncated = True
-            if not data:
-                pending = bool(self._buf) or self._header is not None
-                self.discard()
-                raise PeerClosed("peer closed the connection" + (" in the middle of a message" if pending else ""))
-            self._buf += data
-            if self._header is None and len(self._buf) == VHOST_USER_HDR_SIZE:
-                header = Header.parse(bytes(self._buf))
-                if header.version != VHOST_USER_VERSION:
-                    self.discard()
-                    raise FramingError(
-                        f"bad protocol version {header.version} in flags {header.flags:#x} "
-                        f"({request_name(header.request)}, size {header.size})"
-                    )
-                if header.size > self.max_payload:
-                    self.discard()
-                    raise FramingError(
-                        f"{request_name(header.request)}: payload size {header.size} > {self.max_payload}"
-                    )
-                self._header = header
-                self._buf = bytearray()
-
-    def _complete(self) -> Message:
-        assert self._header is not None
-        msg = Message(self._header.request, self._header.flags, bytes(self._buf), self._fds)
-        msg.fds_truncated = self._truncated  # type: ignore[attr-defined]
-        self._buf, self._header, self._fds, self._truncated = bytearray(), None, [], False
-        return msg
-
-    def discard(self) -> None:
-        """Drop a partial message and close its fds."""
-        _close_all(self._fds)
-        self._buf, self._header, self._truncated = bytearray(), None, False
-
-
-def _wait_writable(sock: socket.socket, deadline: float) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("send timed out: peer does not read")
-    select.select([], [sock], [], left)
-
-
-def send_message(sock: socket.socket, msg: Message, timeout: float = SEND_TIMEOUT) -> None:
-    """Send a whole message (fds with its first byte) on a blocking or non-blocking socket."""
-    data = memoryview(msg.encode())
-    fds = [fd for fd in msg.fds if fd >= 0]
-    deadline = time.monotonic() + timeout
-    while data:
-        try:
-            n = socket.send_fds(sock, [data], fds) if fds else sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            _wait_writable(sock, deadline)
-            continue
-        fds = []
-        data = data[n:]
-
-
-# ---------------------------------------------------------------------------
 # Connections
 # ---------------------------------------------------------------------------
 
@@ -360,8 +231,7 @@ class Connection:
         self.on_message = on_message
         self.on_closed = on_closed
         self.on_framing_error = on_framing_error
-        self._reader = MessageReader()
-        sock.setblocking(False)
+        self.endpoint = Endpoint(sock, timeout=SEND_TIMEOUT)
         loop.add_reader(sock, self._readable)
 
     def _readable(self) -> None:
@@ -369,7 +239,7 @@ class Connection:
             if self.closed:
                 return
             try:
-                msg = self._reader.read(self.sock)
+                msg = self.endpoint.read()
             except PeerClosed as e:
                 self.close(str(e))
                 return
@@ -393,8 +263,8 @@ class Connection:
         if self.closed:
             return
         try:
-            send_message(self.sock, msg)
-        except (OSError, TimeoutError) as e:
+            self.endpoint.send(msg)
+        except VhostUserError as e:
             log.warning("vhost-user send failed", path=self.path, error=str(e))
             self.close(f"send failed: {e}")
 
@@ -403,9 +273,8 @@ class Connection:
             return
         self.closed = True
         self.loop.remove_reader(self.sock)
-        self._reader.discard()
         try:
-            self.sock.close()
+            self.endpoint.close()
         finally:
             self.on_closed(self, reason)
 
@@ -413,29 +282,6 @@ class Connection:
 # ---------------------------------------------------------------------------
 # Endpoints
 # ---------------------------------------------------------------------------
-
-
-def prepare_server_path(path: str) -> None:
-    """Make ``path`` bindable: remove a stale socket file; refuse a live socket or any other file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise TransportError(f"{path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)
-        log.info("removed stale vhost-user socket file", path=path)
-        return
-    except OSError as e:
-        raise TransportError(f"{path}: cannot check the existing socket: {e.strerror or e}") from None
-    finally:
-        probe.close()
-    raise TransportError(f"{path} is in use by a live server")
 
 
 class ServerEndpoint:

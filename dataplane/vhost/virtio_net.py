@@ -84,34 +84,14 @@ from collections import namedtuple
 
 import numpy as np
 from dataplane.memory.mbuf import MBUF_NEXT_NONE, MBUF_PORT_INVALID, RTE_MBUF_F_TX_IPV4, RTE_MBUF_F_TX_TCP_SEG
-from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk
+from dataplane.memory.mempool import I_BUF_LEN, I_HEADROOM, pktmbuf_alloc_bulk, seg_addr
 from dataplane.rings.atomics import cas, load_relaxed, store_release
-from dataplane.rings.jit import always_inline, inline_kernel, kernel
+from dataplane.rings.jit import always_inline, eventfd_signal, inline_kernel, kernel
 from dataplane.rings.packed import (
-    WRAP_BIT,
-    packed_dev_enable_notify,
-    packed_dev_fetch,
-    packed_dev_flush_used,
-    packed_dev_get_base,
-    packed_dev_init,
-    packed_dev_push_used,
     packed_dev_push_used_inorder,
-    packed_dev_set_base,
-    packed_vring_alloc,
-    packed_vring_from_addrs,
 )
 from dataplane.rings.split import (
-    split_dev_enable_notify,
-    split_dev_fetch,
-    split_dev_flush_used,
-    split_dev_get_base,
-    split_dev_init,
-    split_dev_push_used,
     split_dev_push_used_inorder,
-    split_dev_state_size,
-    split_layout,
-    split_vring_from_addrs,
-    split_vring_from_buffer,
 )
 from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
@@ -125,8 +105,18 @@ from dataplane.rings.virtqueue import (
     STATE_ERRORS,
     STATE_LAST_AVAIL,
     STATE_SIZE,
-    STATE_SLOTS,
     make_chains,
+)
+from dataplane.net.ether import mac_to_int
+from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
+from dataplane.vhost.dev_ring import (
+    QUEUE_CTX_FIELDS,
+    queue_rings,
+    ring_enable_notify,
+    ring_fetch,
+    ring_flush_used,
+    ring_get_base,
+    ring_push_used,
 )
 from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
@@ -139,20 +129,9 @@ from dataplane.vhost.net_hdr import (
     F_INDIRECT_DESC,
     F_MRG_RXBUF,
     F_RING_PACKED,
-    copy_bytes,
-    eventfd_signal,
     hdr_to_mbuf,
-    ld8,
-    ld16,
-    ld32,
-    ld64,
     mbuf_to_hdr,
     net_hdr_len,
-    seg_addr,
-    st8,
-    st16,
-    st32,
-    st64,
     tso_first,
     tso_frame_hdr,
     tso_frames,
@@ -240,13 +219,7 @@ RARP_FRAME_LEN = 60  # RTE_ETHER_MIN_LEN - CRC
 VhostQueueCtx = namedtuple(
     "VhostQueueCtx",
     [
-        "split",  # SplitVring (a 1-entry dummy for a packed queue)
-        "packed",  # PackedVring (a 1-entry dummy for a split queue)
-        "state",  # int64 device ring state (dataplane.rings STATE_* slots)
-        "regions",  # uint64[R, 3] region table (gpa, len, hva)
-        "chains",  # Chains scratch of one burst
-        "cfg",  # int64[CFG_SLOTS]
-        "counters",  # int64[N_COUNTERS]
+        *QUEUE_CTX_FIELDS,  # cfg: int64[CFG_SLOTS], counters: int64[N_COUNTERS]
         "mbuf_scratch",  # uint32[k]: mbufs of one dequeue burst
         "chain_scratch",  # int64[2 * max_chains]: per-chain sizes of one dequeue burst
         "rarp",  # int64[2]: SEND_RARP flag and MAC (shared by a device's queues)
@@ -268,17 +241,12 @@ _IPV4 = _U64(RTE_MBUF_F_TX_IPV4)
 
 @_inline
 def _fetch(q, want):
-    if q.cfg[CFG_PACKED] != 0:
-        return packed_dev_fetch(q.packed, q.state, q.regions, q.chains, want)
-    return split_dev_fetch(q.split, q.state, q.regions, q.chains, want)
+    return ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, want)
 
 
 @_inline
 def _push(q, head, length, ndesc):
-    if q.cfg[CFG_PACKED] != 0:
-        packed_dev_push_used(q.packed, q.state, head, length, ndesc)
-    else:
-        split_dev_push_used(q.split, q.state, head, length)
+    ring_push_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, head, length, ndesc)
 
 
 @_kernel
@@ -315,10 +283,7 @@ def _unfetch(q, frm, nc):
 @_kernel
 def _flush(q):
     """Publish the used entries; signal the call fd when the guest wants it.  Returns that decision."""
-    if q.cfg[CFG_PACKED] != 0:
-        need = packed_dev_flush_used(q.packed, q.state)
-    else:
-        need = split_dev_flush_used(q.split, q.state)
+    need = ring_flush_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state)
     if need:
         q.counters[C_INTERRUPTS] += 1
         fd = q.cfg[CFG_CALLFD]
@@ -840,33 +805,10 @@ def make_rarp(mac=None) -> np.ndarray:
     """The SEND_RARP array a device's queues share: ``[flag, mac]``."""
     a = np.zeros(2, np.int64)
     if mac is not None:
-        a[RARP_MAC] = _mac_int(mac)
+        a[RARP_MAC] = mac_to_int(mac)
     return a
 
 
-def _mac_int(mac) -> int:
-    if isinstance(mac, str):
-        mac = bytes(int(x, 16) for x in mac.split(":"))
-    mac = bytes(mac)
-    if len(mac) != 6:
-        raise ValueError(f"MAC must be 6 bytes, got {mac!r}")
-    return int.from_bytes(mac, "big")
-
-
-_DUMMY = {}
-
-
-def _dummies():
-    if not _DUMMY:
-        lay = split_layout(1)
-        raw = np.zeros(lay.total_size + 64, np.uint8)
-        off = (-raw.ctypes.data) % 16
-        _DUMMY["split"] = split_vring_from_buffer(raw[off : off + lay.total_size], 1)
-        _DUMMY["split_buf"] = raw
-        buf, vr = packed_vring_alloc(1)
-        _DUMMY["packed"] = vr
-        _DUMMY["packed_buf"] = buf
-    return _DUMMY["split"], _DUMMY["packed"]
 
 
 class VhostQueue:
@@ -920,22 +862,9 @@ class VhostQueue:
         self.features = features
         self.keepalive = keepalive
         feat = ring_feat_mask(features) | (FEAT_READ_ONLY if read_only else 0)
-        dsplit, dpacked = _dummies()
-        if self.packed:
-            vr_packed = packed_vring_from_addrs(desc, avail, used, self.size)
-            vr_split = dsplit
-            if state is None:
-                state = np.zeros(STATE_SLOTS, np.int64)
-            base = WRAP_BIT if last_avail_idx is None else int(last_avail_idx)
-            packed_dev_init(state, self.size, feat, base)
-            if last_used_idx is not None:
-                packed_dev_set_base(state, base, int(last_used_idx))
-        else:
-            vr_split = split_vring_from_addrs(desc, avail, used, self.size)
-            vr_packed = dpacked
-            if state is None:
-                state = np.zeros(split_dev_state_size(self.size), np.int64)
-            split_dev_init(state, self.size, feat, 0 if last_avail_idx is None else int(last_avail_idx))
+        vr_split, vr_packed, state = queue_rings(desc, avail, used, self.size, packed=self.packed, feat=feat,
+                                                 last_avail_idx=last_avail_idx, last_used_idx=last_used_idx,
+                                                 state=state)
         cfg = np.zeros(CFG_SLOTS, np.int64)
         cfg[CFG_PACKED] = int(self.packed)
         cfg[CFG_MRG] = int(bool(features & F_MRG_RXBUF))
@@ -1002,20 +931,16 @@ class VhostQueue:
 
     def get_base(self) -> int:
         """GET_VRING_BASE value (packed: bit 15 = wrap counter)."""
-        if self.packed:
-            return int(packed_dev_get_base(self.ctx.state))
-        return int(split_dev_get_base(self.ctx.state))
+        return ring_get_base(self.packed, self.ctx.state)
 
     def enable_notify(self, enable: bool) -> bool:
         """Ask the guest for kicks or not; True when chains are pending (keep polling)."""
-        if self.packed:
-            return bool(packed_dev_enable_notify(self.ctx.packed, self.ctx.state, bool(enable)))
-        return bool(split_dev_enable_notify(self.ctx.split, self.ctx.state, bool(enable)))
+        return bool(ring_enable_notify(self.packed, self.ctx.split, self.ctx.packed, self.ctx.state, bool(enable)))
 
     def send_rarp(self, mac) -> None:
         """SEND_RARP: the next dequeue (of any queue sharing ``ctx.rarp``) injects a RARP frame."""
         r = self.ctx.rarp
-        r[RARP_MAC] = _mac_int(mac)
+        r[RARP_MAC] = mac_to_int(mac)
         _store_release_py(r, RARP_FLAG, 1)
 
     def stats(self) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
 
 __all__ = ["RxTxPaths", "select_paths", "RX_PATHS", "TX_PATHS"]
 

@@ -50,8 +50,9 @@ from dataplane.memory.mbuf import (
 from dataplane.memory.mempool import I_HEADROOM, pktmbuf_alloc_bulk, pktmbuf_free, pktmbuf_free_bulk
 from dataplane.rings import packed as _pk
 from dataplane.rings import split as _sp
-from dataplane.rings.jit import inline_kernel, kernel, stack_array_u32
-from dataplane.vhost.net_hdr import be16, bswap16, eventfd_signal, ld16, ld32, ld64, st16, st32, st64
+from dataplane.net.ether import ETHER_TYPE_VLAN
+from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel, stack_array_u32
+from dataplane.rings.mem import be16, bswap16, ld16, ld32, ld64, st16, st32, st64
 
 __all__ = [
     "Q_PACKETS",
@@ -86,7 +87,6 @@ _NONE = MBUF_NEXT_NONE
 _NOT_DIRECT = np.uint64(RTE_MBUF_F_EXTERNAL | RTE_MBUF_F_INDIRECT)
 _RX_VLAN_FLAGS = np.uint64(RTE_MBUF_F_RX_VLAN | RTE_MBUF_F_RX_VLAN_STRIPPED)
 _TX_VLAN = np.uint64(RTE_MBUF_F_TX_VLAN)
-ETHER_TYPE_VLAN = 0x8100
 _U64 = np.uint64
 SCRATCH = 64  # mbufs allocated per refill step (stack array)
 

@@ -49,13 +49,14 @@ from dataplane.rings import packed as pk
 from dataplane.rings import split as sp
 from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_IN_ORDER
 from dataplane.vhost.net_hdr import net_hdr_len
-from dataplane.vhost.protocol import VirtioFeature as VF, bit, features_str
-from dataplane.vhost.transport import TransportError, prepare_server_path
+from dataplane.vhost_user.endpoint import prepare_server_path
+from dataplane.vhost_user.errors import TransportError, VhostUserError
+from dataplane.vhost_user.features import VirtioFeature as VF, bit, features_str
 from dataplane.virtio import rxtx
 from dataplane.virtio.devargs import DevargsError, VirtioUserArgs, parse_virtio_user_devargs
 from dataplane.virtio.paths import RxTxPaths, select_paths
 from dataplane.virtio.queue import VirtQueue
-from dataplane.virtio.vhost_user import BackendError, VhostUserChannel
+from dataplane.virtio.vhost_user import VhostUserChannel
 
 log = dplog.get_logger("dataplane.virtio")
 
@@ -308,12 +309,11 @@ class VirtioUser:
                 room = self.mempool.data_room
                 self.rx_segs = 1 if paths.mergeable else max(1, -(-self.max_rx_pkt_len // room))
                 if self.rx_segs > self.args.queue_size or self.rx_segs > 64:
-                    raise BackendError("setup", f"max_rx_pkt_len {self.max_rx_pkt_len} needs {self.rx_segs} mbufs per Rx buffer")
+                    raise VirtioUserError(f"max_rx_pkt_len {self.max_rx_pkt_len} needs {self.rx_segs} mbufs per Rx buffer")
                 if packed and self.rx_segs > 1:
                     # DPDK's vhost (22.11) enqueues into packed rings 4 descriptors at a time
                     # ignoring NEXT, so chained Rx buffers get corrupted: refuse them.
-                    raise BackendError(
-                        "setup",
+                    raise VirtioUserError(
                         f"packed ring without mergeable buffers: max_rx_pkt_len {self.max_rx_pkt_len} does not fit one "
                         f"mbuf (data room {room}); use mrg_rxbuf=1 or a mempool with a larger data room",
                     )
@@ -329,8 +329,8 @@ class VirtioUser:
                 chan.start(self.memory.segments_table(), [q.setup() for q in self._ring_order()])
                 if self.active_pairs < self.args.queues:
                     self._apply_pairs(chan)
-            except Exception as e:  # BackendError, or our own failure (no memory for rings): link stays down
-                if isinstance(e, BackendError):
+            except Exception as e:  # the back-end's fault, or our own (no memory for rings): link stays down
+                if isinstance(e, VhostUserError):
                     log.error("virtio_user: back-end set-up failed", port=self.args.name, request=e.request, reason=e.reason)
                 else:
                     log.error("virtio_user: back-end set-up failed", port=self.args.name, request="setup",
@@ -489,7 +489,7 @@ class VirtioUser:
             if self._chan is not None:
                 try:
                     self._apply_pairs(self._chan)
-                except BackendError as e:
+                except VhostUserError as e:
                     log.error("virtio_user: SET_VRING_ENABLE failed", port=self.args.name, reason=e.reason)
                     raise VirtioUserError(f"virtio_user {self.args.name}: {e}") from None
 

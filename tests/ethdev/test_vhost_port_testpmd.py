@@ -18,11 +18,17 @@ import time
 import numpy as np
 import pytest
 
-from dataplane.rings.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
+from dataplane.rings.virtqueue import (
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_PACKED_EVENT_FLAG_DISABLE,
+    VRING_USED_F_NO_NOTIFY,
+)
 from dataplane.testing.testpmd import TESTPMD, Testpmd
 from dataplane.testing.vhost_echo_proc import EchoProcess
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.testing.vhost_support import wait_until
+from dataplane.vhost_user import VirtioFeature as VF, bit
 
 pytestmark = pytest.mark.skipif(TESTPMD is None, reason="dpdk-testpmd is not installed")
 
@@ -274,6 +280,29 @@ def test_hostile_live_ring_is_logged_counted_and_the_port_keeps_serving(echo1):
     with _virtio_user(echo1.sock, "mrg_rxbuf=1,in_order=0", app=["--enable-scatter"]) as tp:
         tp.wait_link(0)
         _rxonly_round(tp)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_polled_rings_ask_the_guest_not_to_kick(echo1, packed):
+    """The port's lcores poll every ring, so the guest is asked not to kick on any of them (split:
+    VRING_USED_F_NO_NOTIFY in the used ring; packed: the device event flags DISABLE), as DPDK's
+    vhost PMD does; otherwise a busy driver makes an eventfd write after every burst."""
+    mem = GuestMemoryLayout.simple()
+    fe = VhostUserFrontend.connect(echo1.sock, memory=mem)
+    try:
+        features = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
+        fe.start(num_queues=1, queue_size=256, features=features | (bit(VF.VIRTIO_F_RING_PACKED) if packed else 0))
+        echo1.wait_stats(lambda s: s["ports"]["net_vhost0"]["link"])
+        no_kick = VRING_PACKED_EVENT_FLAG_DISABLE if packed else VRING_USED_F_NO_NOTIFY
+
+        def flags():  # the flags word of each ring's used ring / device event area
+            return [int(vq.used.view(np.uint16)[1 if packed else 0]) for vq in (fe.vrings[0], fe.vrings[1])]
+
+        assert wait_until(lambda: flags() == [no_kick, no_kick], timeout=30.0), flags()  # once the lcore has them
+    finally:
+        fe.close()
+        mem.close()
+    echo1.wait_stats(lambda s: not s["ports"]["net_vhost0"]["link"])
 
 
 def test_get_vring_base_returns_what_the_lcore_consumed_and_unmaps(echo1):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, GuestRegion, eventfd_count
-from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD, net_hdr_len
+from dataplane.vhost.device import VIRTIO_INVALID_EVENTFD, VIRTIO_UNINITIALIZED_EVENTFD
+from dataplane.vhost.net_hdr import net_hdr_len
 from dataplane.vhost.library import IMPLEMENTED_PROTOCOL_FEATURES, VhostNotSupported, VhostTryAgain
-from dataplane.vhost.protocol import (
+from dataplane.vhost_user import (
     MemoryRegion,
     MemRegMsg,
     U64,
@@ -297,10 +298,10 @@ def test_header_length_follows_negotiation(lib, server, connect, guest):
     fe = connect(guest)
     fe.negotiate(PROTO)
     fe.sync()
-    assert lib.get_device(0).vhost_hlen == 10
+    assert net_hdr_len(lib.get_device(0).features) == 10
     fe.set_features(PROTO | V1)
     fe.sync()
-    assert lib.get_device(0).vhost_hlen == 12
+    assert net_hdr_len(lib.get_device(0).features) == 12
 
 
 def test_without_mq_only_the_first_pair_is_kept(lib, server, connect, guest):
@@ -392,7 +393,7 @@ def test_rarp_mtu_config_and_notification_intent(lib, server, sock_path, connect
     # SEND_RARP: MAC recorded, flag for the next dequeue, data path told
     fe.send_rarp(bytes.fromhex("52540012abcd"))
     fe.sync()
-    assert dev.broadcast_rarp and dev.mac == bytes.fromhex("52540012abcd")
+    assert dev.device_state.broadcast_rarp and dev.device_state.mac == bytes.fromhex("52540012abcd")
     assert datapath.calls[-1] == ("rarp", 0, bytes.fromhex("52540012abcd"))
     lib.enable_guest_notification(0, 1, False)
     assert dev.vrings[1].guest_notification is False and datapath.calls[-1] == ("notify", 0, 1, False)
@@ -518,18 +519,18 @@ def test_reset_device_needs_the_protocol_feature(lib, server, connect, guest):
 
 
 def test_config_space_access_rules(lib, server, connect, guest):
-    from dataplane.vhost.protocol import Config
+    from dataplane.vhost_user import Config
 
     fe, dev = _running(lib, connect, guest)
     assert fe.get_config(250, 10) == b""  # beyond the 256-byte space: the spec's empty error reply
     assert dev.stats["errors:VHOST_USER_GET_CONFIG"] == 1
     mac = bytes.fromhex("020000abcdef")
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(0, 6, Config.WRITABLE_FIELDS, mac), ack=True) == 0
-    assert dev.mac == mac and fe.get_config(0, 6) == mac
+    assert dev.device_state.mac == mac and fe.get_config(0, 6) == mac
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(10, 2, Config.WRITABLE_FIELDS, b"\x00\x10"), ack=True) == 1
     assert "read-only" in dev.last_error
     assert fe.request(R.VHOST_USER_SET_CONFIG, Config(10, 2, Config.MIGRATION, b"\xdc\x05"), ack=True) == 0
-    assert dev.mtu == 1500
+    assert dev.device_state.mtu == 1500
 
 
 def test_control_queue_follows_the_queue_pairs(lib, server, sock_path, connect, guest):
@@ -542,3 +543,28 @@ def test_control_queue_follows_the_queue_pairs(lib, server, sock_path, connect, 
     assert "vring index 3 out of range (device has 3 vrings)" in lib.get_device(0).last_error
     lib.driver_disable_features(sock_path, bit(VF.VIRTIO_NET_F_CTRL_VQ))
     assert fe.set_vring_num(2, 64, ack=True) == 1
+
+
+# -- the message table -----------------------------------------------------------------
+
+
+def test_the_message_table_says_which_requests_the_back_end_serves():
+    from dataplane.vhost.device import REQUEST_HANDLERS
+    from dataplane.vhost.net import NetDevice
+    from dataplane.vhost_user.messages import FRONTEND_REQUESTS, Handler
+
+    rows = FRONTEND_REQUESTS.values()
+    assert set(REQUEST_HANDLERS) == {s.number for s in rows if s.handler is Handler.BACKEND}
+    assert set(NetDevice().requests()) == {s.number for s in rows if s.handler is Handler.DEVICE}
+    assert all(s.why for s in rows if s.handler is Handler.UNSUPPORTED)
+
+
+def test_gated_requests_need_their_protocol_feature(lib, server, connect, guest):
+    fe = connect(guest)
+    fe.negotiate(BASE_FEATURES, protocol_features=REPLY_ACK)
+    dev = lib.get_device(0)
+    assert fe.net_set_mtu(1500, ack=True) == 1
+    assert dev.last_error == "VHOST_USER_NET_SET_MTU: MTU protocol feature not negotiated"
+    assert fe.set_status(S.ACKNOWLEDGE, ack=True) == 1
+    assert dev.last_error == "VHOST_USER_SET_STATUS: STATUS protocol feature not negotiated"
+    assert dev.status == 0 and dev.device_state.mtu == 0

@@ -9,7 +9,7 @@ import pytest
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, GuestRegion
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.protocol import MemoryRegion
+from dataplane.vhost_user import MemoryRegion
 
 MiB = 1 << 20
 

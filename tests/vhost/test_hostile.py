@@ -10,7 +10,8 @@ import pytest
 import structlog
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
-from dataplane.vhost.protocol import (
+from dataplane.vhost_user import (
+    Message,
     Memory,
     MemoryRegion,
     U64,
@@ -22,6 +23,7 @@ from dataplane.vhost.protocol import (
     VirtioFeature as VF,
     bit,
 )
+from dataplane.vhost_user.messages import Header
 
 BASE = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
 
@@ -293,7 +295,7 @@ def test_peer_hangup_in_the_middle_of_a_message(lib, server, sock_path, recorder
     with structlog.testing.capture_logs() as logs:
         fe = VhostUserFrontend.connect(sock_path)
         recorder.wait(("new_connection", 0))
-        fe.send_bytes(struct.pack("=II", R.VHOST_USER_SET_FEATURES, 1))  # 8 of 12 header bytes
+        fe.send_bytes(Header(R.VHOST_USER_SET_FEATURES, 1, 8).pack()[:8])  # 8 of 12 header bytes
         fe.close()
         recorder.wait(("destroy_connection", 0))
     closed = [e for e in logs if e["event"] == "vhost-user connection closed"]
@@ -306,13 +308,12 @@ def test_message_split_into_single_bytes_is_reassembled(lib, server, sock_path, 
     fe = VhostUserFrontend.connect(sock_path, memory=guest)
     try:
         fe.negotiate(BASE)
-        import socket as _socket
         import time
 
-        data = struct.pack("=III", R.VHOST_USER_SET_MEM_TABLE, 1, 8 + 32) + Memory(guest.table()).pack()
-        _socket.send_fds(fe.sock, [data[:1]], guest.fds())
+        data = Message.build(R.VHOST_USER_SET_MEM_TABLE, Memory(guest.table())).encode()
+        fe.send_bytes(data[:1], guest.fds())
         for b in data[1:]:
-            fe.sock.sendall(bytes([b]))
+            fe.send_bytes(bytes([b]))
             time.sleep(0.001)
         fe.sync()
         assert len(lib.get_mem_table(0)) == 1

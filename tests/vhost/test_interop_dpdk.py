@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
+from dataplane.vhost.net import net_hdr_len
 
 TESTPMD = shutil.which("dpdk-testpmd")
 pytestmark = pytest.mark.skipif(TESTPMD is None, reason="dpdk-testpmd is not installed")
@@ -47,7 +48,7 @@ def test_dpdk_virtio_user_reaches_ready_and_goes_away_cleanly(lib, server, sock_
         dev = lib.get_device(0)
         assert dev.running and dev.features & bit(VF.VIRTIO_F_VERSION_1)
         assert bool(dev.features & bit(VF.VIRTIO_F_RING_PACKED)) == packed and dev.packed == packed
-        assert dev.vhost_hlen == 12
+        assert net_hdr_len(dev.features) == 12
         regions = lib.get_mem_table(0)
         assert regions and all(r["host_user_addr"] and r["size"] >= 256 << 20 for r in regions)
         assert len(dev.vrings) == 2

@@ -13,7 +13,7 @@ from dataplane.vhost.library import (
     VhostNoDevice,
     VhostNotSupported,
 )
-from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
+from dataplane.vhost_user import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
 
 BASE = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
 

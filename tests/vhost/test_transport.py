@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 
 import pytest
 import structlog
 
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
-from dataplane.vhost.library import CLIENT, NO_RECONNECT, VhostBusy, VhostDeviceOps, VhostError
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
-from dataplane.vhost.transport import RECONNECT_INTERVAL
+from dataplane.vhost.library import CLIENT, NO_RECONNECT, VhostBusy, VhostDeviceOps, VhostError, VhostLibrary
+from dataplane.vhost_user import VirtioFeature as VF, bit
+from dataplane.testing.clock import ManualClock
+from dataplane.vhost.transport import RECONNECT_INTERVAL, EventLoop
 
 from dataplane.testing.vhost_support import wait_until
 
@@ -25,30 +25,45 @@ def _client(lib, path, recorder, flags=0):
     lib.driver_callback_register(path, recorder)
 
 
-def test_client_retries_every_second_until_the_server_appears(lib, sock_path, recorder):
-    _client(lib, sock_path, recorder)
-    with structlog.testing.capture_logs() as logs:
-        t0 = time.monotonic()
-        lib.driver_start(sock_path)  # nobody listens yet: returns, retries in the background
-        time.sleep(1.6)
-        listener = VhostUserFrontend.listen(sock_path)
-        try:
-            fe = listener.accept(timeout=3.0)
-            elapsed = time.monotonic() - t0
-            recorder.wait(("new_connection", 0))
-            # Read before the hang-up below: the client then starts reconnecting and counts on.
-            attempts = lib._sockets[sock_path].endpoint.attempts
-            fe.get_features()  # the connection works
-            fe.close()
-            recorder.wait(("destroy_connection", 0))
-        finally:
-            listener.close()
-    # attempts at ~0, 1, 2 s: connected on the third, about a second after the server appeared
-    assert 2.0 - 0.2 <= elapsed <= 3.0 + 0.5, elapsed
-    assert attempts in (3, 4)
-    waiting = [e for e in logs if e["event"].startswith("vhost-user client waiting")]
-    assert len(waiting) == 1  # logged once, not every second
-    assert RECONNECT_INTERVAL == 1.0
+def test_client_retries_every_second_until_the_server_appears(sock_path, recorder):
+    """Client mode: one connect attempt per RECONNECT_INTERVAL of the loop's clock (a manual
+    clock here, so the interval is checked exactly), "waiting" logged once, none after connecting."""
+    assert RECONNECT_INTERVAL == 1.0  # DPDK's vhost-user client retries every second
+    clock = ManualClock()
+    loop = EventLoop(clock=clock)
+    lib = VhostLibrary(loop)
+    eps = 2.0**-10  # exact in binary: the timers' sums stay exact
+
+    def after(seconds):
+        clock.advance(seconds)
+        loop.turn()  # the timers due by now have run
+        return lib._sockets[sock_path].endpoint.attempts
+
+    try:
+        _client(lib, sock_path, recorder)
+        with structlog.testing.capture_logs() as logs:
+            lib.driver_start(sock_path)  # nobody listens yet: returns, retries in the background
+            assert lib._sockets[sock_path].endpoint.attempts == 1
+            for attempt in (2, 3):
+                assert after(RECONNECT_INTERVAL - eps) == attempt - 1  # not before a second
+                assert after(eps) == attempt  # but at the second
+            listener = VhostUserFrontend.listen(sock_path)
+            try:
+                assert after(RECONNECT_INTERVAL - eps) == 3
+                assert "new_connection" not in recorder.names()
+                assert after(eps) == 4  # the server is there: this attempt connects
+                fe = listener.accept(timeout=10.0)
+                recorder.wait(("new_connection", 0))
+                assert after(10 * RECONNECT_INTERVAL) == 4  # connected: no more attempts
+                waiting = [e for e in logs if e["event"].startswith("vhost-user client waiting")]
+                fe.get_features()  # the connection works
+                fe.close()
+                recorder.wait(("destroy_connection", 0))
+            finally:
+                listener.close()
+    finally:
+        lib.close()
+    assert len(waiting) == 1  # logged once, not at every attempt
 
 
 def test_no_reconnect_gives_up(lib, sock_path, recorder):

@@ -11,10 +11,10 @@ import pytest
 from dataplane.memory import Memory
 from dataplane.memory.mempool import mempool_create
 from dataplane.memory.units import MiB
-from dataplane.vhost.protocol import VhostUserProtocolFeature as PF, VhostUserRequest as R, bit
+from dataplane.vhost_user import VhostUserProtocolFeature as PF, VhostUserRequest as R, bit
 from dataplane.virtio import DevargsError, VirtioUser, VirtioUserError
 
-from _fake_backend import FakeBackend, reply
+from dataplane.testing.vhost_backend import ScriptedBackend, reply
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def warm_kernels(tmp_path_factory):
     """One polite set-up first, so the Rx refill kernel is compiled before the tests time anything."""
     with Memory(32 * MiB, huge=False, file_prefix=f"vuw{os.getpid()}") as mem:
         pool = mempool_create(mem, "vuw", 1024, cache_size=0)
-        be = FakeBackend(str(tmp_path_factory.mktemp("warm") / "be.sock"))
+        be = ScriptedBackend(str(tmp_path_factory.mktemp("warm") / "be.sock"))
         vu = VirtioUser.probe(f"net_virtio_user0,path={be.path}", mem, pool)
         try:
             vu.start()
@@ -51,7 +51,7 @@ def _probe(path, memory, mp, extra=""):
 
 
 def test_polite_backend_sees_the_whole_sequence(tmp_path, memory, mp):
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp, ",queues=2")
     try:
         vu.start()
@@ -91,7 +91,7 @@ def test_polite_backend_sees_the_whole_sequence(tmp_path, memory, mp):
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_bad_backend_gives_a_clear_error(tmp_path, memory, mp, request_, action, reason, capsys):
-    be = FakeBackend(str(tmp_path / "be.sock"), misbehave=lambda req: action if req == request_ else None)
+    be = ScriptedBackend(str(tmp_path / "be.sock"), misbehave=lambda req: action if req == request_ else None)
     before = _open_fds()
     vu = _probe(be.path, memory, mp)
     try:
@@ -110,7 +110,7 @@ def test_bad_backend_gives_a_clear_error(tmp_path, memory, mp, request_, action,
 
 
 def test_multiqueue_needs_backend_support(tmp_path, memory, mp, capsys):
-    be = FakeBackend(str(tmp_path / "be.sock"), queue_num=1)
+    be = ScriptedBackend(str(tmp_path / "be.sock"), queue_num=1)
     vu = _probe(be.path, memory, mp, ",queues=2")
     try:
         with pytest.raises(VirtioUserError):
@@ -119,7 +119,7 @@ def test_multiqueue_needs_backend_support(tmp_path, memory, mp, capsys):
     finally:
         vu.close()
         be.close()
-    be = FakeBackend(str(tmp_path / "be2.sock"), protocol_features=bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK))
+    be = ScriptedBackend(str(tmp_path / "be2.sock"), protocol_features=bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK))
     vu = _probe(be.path, memory, mp, ",queues=2")
     try:
         with pytest.raises(VirtioUserError):
@@ -135,7 +135,7 @@ def test_no_backend_and_busy_server_path(tmp_path, memory, mp):
     with pytest.raises(VirtioUserError, match="cannot connect"):
         vu.start()
     vu.close()
-    be = FakeBackend(str(tmp_path / "live.sock"))
+    be = ScriptedBackend(str(tmp_path / "live.sock"))
     vu = _probe(be.path, memory, mp, ",server=1")
     try:
         with pytest.raises(VirtioUserError, match="in use"):
@@ -168,7 +168,7 @@ def _set_num_buffers(mp, m: int, hdr_len: int, value: int) -> None:
 
 
 def test_lying_device_on_the_rx_ring(tmp_path, memory, mp, capsys):
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp, ",in_order=0")
     try:
         vu.start()
@@ -209,7 +209,7 @@ def test_queue_state_lives_in_shared_memzones(tmp_path, memory, mp):
     """Another process sharing the memory can attach to every queue: ring, driver state and counters."""
     from dataplane.virtio.queue import VirtQueue
 
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp, ",queues=2,packed_vq=1")
     try:
         vu.start()
@@ -235,7 +235,7 @@ def test_tx_of_a_chain_longer_than_a_packet_may_be(tmp_path, memory, mp):
     """A packet of more segments than a Tx chain may have is consumed, freed and counted, not sent."""
     from dataplane.memory.mempool import pktmbuf_from_bytes
 
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp)
     try:
         vu.start()
@@ -253,9 +253,9 @@ def test_tx_of_a_chain_longer_than_a_packet_may_be(tmp_path, memory, mp):
 
 def test_control_queue_is_emulated_locally(tmp_path, memory, mp):
     """cq=1: MQ_VQ_PAIRS_SET becomes SET_VRING_ENABLE (also after a reconnection); RX mode and MAC are local."""
-    from dataplane.vhost.protocol import VringState
+    from dataplane.vhost_user import VringState
 
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp, ",queues=2")
     try:
         vu.start()
@@ -266,7 +266,7 @@ def test_control_queue_is_emulated_locally(tmp_path, memory, mp):
     finally:
         vu.close()
         be.close()
-    be = FakeBackend(str(tmp_path / "be2.sock"))
+    be = ScriptedBackend(str(tmp_path / "be2.sock"))
     vu = _probe(be.path, memory, mp, ",queues=2,cq=1,server=0")
     try:
         vu.start()
@@ -300,7 +300,7 @@ def test_tx_of_a_looping_mbuf_chain_does_not_hang(tmp_path, memory, mp):
     """Corrupt application mbufs (a chain whose next points back): counted, skipped, never spun on."""
     from dataplane.memory.mempool import pktmbuf_from_bytes
 
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     vu = _probe(be.path, memory, mp)
     try:
         vu.start()

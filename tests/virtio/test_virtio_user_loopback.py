@@ -1,7 +1,7 @@
 """The driver against an in-process device double: our vhost data path (``dataplane.vhost.virtio_net``)
 over the very rings the driver built, looping Tx back to Rx.
 
-The control plane is the scripted :class:`FakeBackend`, so the feature set is
+The control plane is the scripted :class:`~dataplane.testing.vhost_backend.ScriptedBackend`, so the feature set is
 ours to choose: this is where the legacy 10-byte header (no VERSION_1, no
 MRG_RXBUF) and the other layouts DPDK's back-end always upgrades are proven.
 DPDK's back-end (test_virtio_user_dpdk.py) remains the reference.
@@ -19,11 +19,11 @@ from dataplane.memory import Memory
 from dataplane.memory.mempool import mempool_create, pktmbuf_from_bytes, pktmbuf_to_bytes
 from dataplane.memory.units import MiB
 from dataplane.rings.regions import make_regions
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
 from dataplane.vhost.virtio_net import VhostQueue
 from dataplane.virtio import VirtioUser
 
-from _fake_backend import DEFAULT_PF, FakeBackend
+from dataplane.testing.vhost_backend import DEFAULT_PF, ScriptedBackend
 from _virtio_support import make_packet
 
 PF_FEAT = bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
@@ -54,7 +54,7 @@ def memory():
 
 @pytest.mark.parametrize("offered,hdr_len,rx_path,tx_path", CASES, ids=[f"{c[0]:#x}" for c in CASES])
 def test_loopback_through_our_vhost_data_path(tmp_path, memory, offered, hdr_len, rx_path, tx_path):
-    be = FakeBackend(str(tmp_path / "be.sock"), features=offered, protocol_features=DEFAULT_PF)
+    be = ScriptedBackend(str(tmp_path / "be.sock"), features=offered, protocol_features=DEFAULT_PF)
     packed = bool(offered & PK)
     mp = mempool_create(memory, "vul", 4096, cache_size=0)
     dev_mp = mempool_create(memory, "vuldev", 2048, cache_size=0)
@@ -106,7 +106,7 @@ def test_software_vlan_insert_and_strip(tmp_path, memory, packed):
     """TX_VLAN mbufs leave with an 802.1Q tag; with VLAN strip on, Rx moves it into vlan_tci."""
     from dataplane.memory.mbuf import RTE_MBUF_F_RX_VLAN, RTE_MBUF_F_RX_VLAN_STRIPPED, RTE_MBUF_F_TX_VLAN
 
-    be = FakeBackend(str(tmp_path / "be.sock"))
+    be = ScriptedBackend(str(tmp_path / "be.sock"))
     mp = mempool_create(memory, "vuv", 1024, cache_size=0)
     dev_mp = mempool_create(memory, "vuvdev", 1024, cache_size=0)
     vu = VirtioUser.probe(f"net_virtio_user0,path={be.path}" + (",packed_vq=1" if packed else ""), memory, mp)
@@ -174,7 +174,7 @@ def test_kicks_follow_the_device_s_notification_requests(tmp_path, memory, packe
     """Tx kicks the back-end exactly when the ring says so: EVENT_IDX (avail_event / off_wrap)
     or the NO_NOTIFY / event flags the device sets."""
     offered = PF_FEAT | V1 | MRG | (PK if packed else 0) | (EV if event_idx else 0)
-    be = FakeBackend(str(tmp_path / "be.sock"), features=offered)
+    be = ScriptedBackend(str(tmp_path / "be.sock"), features=offered)
     mp = mempool_create(memory, "vuk", 1024, cache_size=0)
     dev_mp = mempool_create(memory, "vukdev", 1024, cache_size=0)
     vu = VirtioUser.probe(f"net_virtio_user0,path={be.path}" + (",packed_vq=1" if packed else ""), memory, mp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.vhost.protocol import VirtioFeature as VF, bit
+from dataplane.vhost_user import VirtioFeature as VF, bit
 from dataplane.virtio.paths import RX_PATHS, TX_PATHS, select_paths
 
 MRG = bit(VF.VIRTIO_NET_F_MRG_RXBUF)

@@ -1,4 +1,4 @@
-"""The protocol table against DESIGN.md §3, payload round trips and parse errors."""
+"""The message table against DESIGN.md §3, payload round trips and parse errors."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import struct
 
 import pytest
 
-from dataplane.vhost import protocol as P
-from dataplane.vhost.protocol import (
+from dataplane.vhost_user import features as F, messages as M, payloads as P
+from dataplane.vhost_user.errors import ProtocolError
+from dataplane.vhost_user.features import VhostUserProtocolFeature, VirtioFeature
+from dataplane.vhost_user.messages import (
     BACKEND_REQUESTS,
     FRONTEND_REQUESTS,
     FdRule,
     Message,
-    ProtocolError,
-    VhostUserProtocolFeature,
     VhostUserRequest as R,
-    VirtioFeature,
     parse_request,
 )
 
@@ -56,7 +55,7 @@ def test_frontend_requests_match_design():
         assert FRONTEND_REQUESTS[number].name == f"VHOST_USER_{name}"
     assert sorted(FRONTEND_REQUESTS) == list(range(1, 44))
     # the spec names are module constants too
-    assert P.VHOST_USER_SET_VRING_ADDR == 9 and P.VHOST_USER_GET_VRING_BASE == 11
+    assert M.VHOST_USER_SET_VRING_ADDR == 9 and M.VHOST_USER_GET_VRING_BASE == 11
 
 
 def test_backend_requests_match_design():
@@ -99,13 +98,13 @@ def test_virtio_feature_bits_match_design():
 
 
 def test_header_constants():
-    assert P.VHOST_USER_HDR_SIZE == 12
-    assert (P.VHOST_USER_VERSION, P.VHOST_USER_VERSION_MASK) == (0x1, 0x3)
-    assert (P.VHOST_USER_REPLY_MASK, P.VHOST_USER_NEED_REPLY_MASK) == (0x4, 0x8)
+    assert M.VHOST_USER_HDR_SIZE == 12
+    assert (M.VHOST_USER_VERSION, M.VHOST_USER_VERSION_MASK) == (0x1, 0x3)
+    assert (M.VHOST_USER_REPLY_MASK, M.VHOST_USER_NEED_REPLY_MASK) == (0x4, 0x8)
     assert (P.VHOST_USER_VRING_NOFD_MASK, P.VHOST_USER_VRING_IDX_MASK) == (0x100, 0xFF)
     assert P.VHOST_MEMORY_BASELINE_NREGIONS == 8
-    h = P.Header(5, 0x9, 40)
-    assert P.Header.parse(h.pack()) == h and h.need_reply and h.version == 1 and not h.is_reply
+    h = M.Header(5, 0x9, 40)
+    assert M.Header.parse(h.pack()) == h and h.need_reply and h.version == 1 and not h.is_reply
 
 
 def test_fd_rules_of_the_table():
@@ -233,6 +232,37 @@ def test_message_take_and_close_fds():
 
 
 def test_features_str():
-    assert P.features_str(P.bit(32) | P.bit(15)) == "VIRTIO_NET_F_MRG_RXBUF|VIRTIO_F_VERSION_1"
-    assert P.features_str(P.bit(40)) == "bit40"
-    assert P.features_str(0) == "0"
+    assert F.features_str(F.bit(32) | F.bit(15)) == "VIRTIO_NET_F_MRG_RXBUF|VIRTIO_F_VERSION_1"
+    assert F.features_str(F.bit(40)) == "bit40"
+    assert F.features_str(0) == "0"
+
+
+def test_gates_and_handlers_of_the_table():
+    gate = {s.name.removeprefix("VHOST_USER_"): s.gate for s in FRONTEND_REQUESTS.values()}
+    PF = VhostUserProtocolFeature
+    assert gate["GET_QUEUE_NUM"] is PF.VHOST_USER_PROTOCOL_F_MQ
+    assert gate["SEND_RARP"] is PF.VHOST_USER_PROTOCOL_F_RARP and gate["NET_SET_MTU"] is PF.VHOST_USER_PROTOCOL_F_MTU
+    assert gate["GET_CONFIG"] is gate["SET_CONFIG"] is PF.VHOST_USER_PROTOCOL_F_CONFIG
+    assert gate["SET_STATUS"] is gate["GET_STATUS"] is PF.VHOST_USER_PROTOCOL_F_STATUS
+    for name in ("GET_MAX_MEM_SLOTS", "ADD_MEM_REG", "REM_MEM_REG"):
+        assert gate[name] is PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS
+    for name in ("GET_FEATURES", "SET_FEATURES", "SET_OWNER", "SET_MEM_TABLE", "SET_VRING_KICK", "GET_PROTOCOL_FEATURES"):
+        assert gate[name] is None, name
+    # who serves what: net's own requests are the device class's; every refusal says why
+    handler = {s.name.removeprefix("VHOST_USER_"): s.handler for s in FRONTEND_REQUESTS.values()}
+    assert {n for n, h in handler.items() if h is M.Handler.DEVICE} == {"SEND_RARP", "NET_SET_MTU"}
+    assert handler["SET_LOG_BASE"] is M.Handler.UNSUPPORTED and "dirty logging" in M.SPEC_BY_NAME["VHOST_USER_SET_LOG_BASE"].why
+    for s in list(FRONTEND_REQUESTS.values()) + list(BACKEND_REQUESTS.values()):
+        assert (s.handler is M.Handler.UNSUPPORTED) == bool(s.why), s.name
+
+
+def test_parse_reply_checks_request_flags_and_payload():
+    assert M.parse_reply(Message.build(R.VHOST_USER_GET_FEATURES, P.U64(5), reply=True), R.VHOST_USER_GET_FEATURES) == P.U64(5)
+    # a request without a reply body is answered with the REPLY_ACK u64
+    assert M.parse_reply(Message.build(R.VHOST_USER_SET_OWNER, P.U64(1), reply=True), R.VHOST_USER_SET_OWNER).u64 == 1
+    with pytest.raises(ProtocolError, match="VHOST_USER_GET_FEATURES: reply is for VHOST_USER_GET_STATUS"):
+        M.parse_reply(Message.build(R.VHOST_USER_GET_STATUS, P.U64(0), reply=True), R.VHOST_USER_GET_FEATURES)
+    with pytest.raises(ProtocolError, match="lack REPLY"):
+        M.parse_reply(Message.build(R.VHOST_USER_GET_FEATURES, P.U64(0)), R.VHOST_USER_GET_FEATURES)
+    with pytest.raises(ProtocolError, match="bad reply: payload size 4"):
+        M.parse_reply(Message(R.VHOST_USER_GET_FEATURES, 0x5, bytes(4)), R.VHOST_USER_GET_FEATURES)

@@ -1,0 +1,131 @@
+"""The device side of a vring whose kind, split or packed, is known only at run time.
+
+A vhost queue context (net's :class:`~dataplane.vhost.virtio_net.VhostQueueCtx`,
+blk's :class:`~dataplane.vhost.blk.requests.BlkQueueCtx`) carries both ring
+views -- the kind not in use is a 1-entry dummy (:func:`dummy_vrings`) -- so
+every queue context has one numba type and one lcore loop serves split and
+packed queues alike.  These helpers pick the ring kernels of
+:mod:`dataplane.rings.split` / :mod:`dataplane.rings.packed` by the
+``is_packed`` flag; they are inlined into the callers' bursts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataplane.rings.jit import inline_kernel, kernel
+from dataplane.rings.packed import (
+    WRAP_BIT,
+    packed_dev_enable_notify,
+    packed_dev_fetch,
+    packed_dev_flush_used,
+    packed_dev_get_base,
+    packed_dev_init,
+    packed_dev_push_used,
+    packed_dev_set_base,
+    packed_vring_alloc,
+    packed_vring_from_addrs,
+)
+from dataplane.rings.split import (
+    split_dev_enable_notify,
+    split_dev_fetch,
+    split_dev_flush_used,
+    split_dev_get_base,
+    split_dev_init,
+    split_dev_push_used,
+    split_dev_state_size,
+    split_layout,
+    split_vring_from_addrs,
+    split_vring_from_buffer,
+)
+from dataplane.rings.virtqueue import STATE_SLOTS
+
+__all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
+           "queue_rings"]
+
+
+#: The fields every vhost queue context starts with (a device type's own follow):
+#: ``split`` (SplitVring; a 1-entry dummy for a packed queue), ``packed`` (PackedVring;
+#: a dummy for a split queue), ``state`` (int64 device ring state, the rings' STATE_*
+#: slots), ``regions`` (uint64[R, 3] region table: gpa, len, hva), ``chains`` (the Chains
+#: scratch of one burst), ``cfg`` (int64 config slots), ``counters`` (int64 counters).
+QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters")
+
+
+@inline_kernel
+def ring_fetch(is_packed, split, packed, state, regions, chains, want):
+    """Fetch up to ``want`` chains into ``chains``; returns how many."""
+    if is_packed:
+        return packed_dev_fetch(packed, state, regions, chains, want)
+    return split_dev_fetch(split, state, regions, chains, want)
+
+
+@inline_kernel
+def ring_push_used(is_packed, split, packed, state, head, length, ndesc):
+    """Queue the used entry of a chain (published by :func:`ring_flush_used`)."""
+    if is_packed:
+        packed_dev_push_used(packed, state, head, length, ndesc)
+    else:
+        split_dev_push_used(split, state, head, length)
+
+
+@inline_kernel
+def ring_flush_used(is_packed, split, packed, state):
+    """Publish the queued used entries; returns whether the driver wants an interrupt."""
+    if is_packed:
+        return packed_dev_flush_used(packed, state)
+    return split_dev_flush_used(split, state)
+
+
+@kernel
+def ring_enable_notify(is_packed, split, packed, state, enable):
+    """Ask the driver for kicks (``enable``) or not; True when chains are pending (keep polling)."""
+    if is_packed:
+        return packed_dev_enable_notify(packed, state, enable)
+    return split_dev_enable_notify(split, state, enable)
+
+
+_DUMMY: dict = {}
+
+
+def dummy_vrings():
+    """``(split, packed)``: 1-entry rings over private memory, for the ring kind a queue does not use."""
+    if not _DUMMY:
+        lay = split_layout(1)
+        raw = np.zeros(lay.total_size + 64, np.uint8)
+        off = (-raw.ctypes.data) % 16
+        _DUMMY["split"] = split_vring_from_buffer(raw[off : off + lay.total_size], 1)
+        _DUMMY["split_buf"] = raw
+        buf, vr = packed_vring_alloc(1)
+        _DUMMY["packed"] = vr
+        _DUMMY["packed_buf"] = buf
+    return _DUMMY["split"], _DUMMY["packed"]
+
+
+def queue_rings(desc: int, avail: int, used: int, size: int, *, packed: bool, feat: int,
+                last_avail_idx: int | None = None, last_used_idx: int | None = None, state: np.ndarray | None = None):
+    """``(split, packed, state)`` of a queue whose ring areas are at host addresses ``desc``, ``avail``, ``used``.
+
+    The kind not in use is a dummy; ``state`` (allocated if None) is
+    initialised with the compact ``feat`` mask and the SET_VRING_BASE value
+    ``last_avail_idx`` (packed: bit 15 = wrap counter; ``last_used_idx``
+    likewise, default = avail).
+    """
+    dsplit, dpacked = dummy_vrings()
+    if packed:
+        if state is None:
+            state = np.zeros(STATE_SLOTS, np.int64)
+        base = WRAP_BIT if last_avail_idx is None else int(last_avail_idx)
+        packed_dev_init(state, size, feat, base)
+        if last_used_idx is not None:
+            packed_dev_set_base(state, base, int(last_used_idx))
+        return dsplit, packed_vring_from_addrs(desc, avail, used, size), state
+    if state is None:
+        state = np.zeros(split_dev_state_size(size), np.int64)
+    split_dev_init(state, size, feat, 0 if last_avail_idx is None else int(last_avail_idx))
+    return split_vring_from_addrs(desc, avail, used, size), dpacked, state
+
+
+def ring_get_base(packed: bool, state: np.ndarray) -> int:
+    """GET_VRING_BASE value of a queue's device state (packed: bit 15 = wrap counter)."""
+    return int(packed_dev_get_base(state)) if packed else int(split_dev_get_base(state))

@@ -1,0 +1,199 @@
+"""``dataplane-vhost-blk`` as a process, driven over its socket by the scripted front-end and a blk driver.
+
+The front-end (:class:`VhostUserFrontend`) negotiates and sets up the rings
+in its guest memory; :class:`BlkDriver` puts requests in them; the back-end's
+lcore serves them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from dataplane.testing.blk_driver import BlkDriver
+from dataplane.testing.vhost_blk_proc import BlkProcess
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
+from dataplane.vhost.blk.device import DEFAULT_LIMITS, DEFAULT_SEG_MAX
+from dataplane.vhost.blk.spec import (
+    VIRTIO_BLK_CONFIG,
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VirtioBlkFeature as BF,
+)
+from dataplane.vhost_user import Config, VhostUserProtocolFeature as PF, VhostUserRequest as R, VirtioFeature as VF
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def sock(tmp_path):
+    return str(tmp_path / "blk.sock")
+
+
+@pytest.fixture
+def guest():
+    mem = GuestMemoryLayout.simple(16 << 20)
+    yield mem
+    mem.close()
+
+
+def _connect(sock, guest, *, packed=False, queues=1):
+    fe = VhostUserFrontend.connect(sock, memory=guest, timeout=30)
+    want = fe.get_features() & ~(1 << VF.VHOST_F_LOG_ALL)
+    if not packed:
+        want &= ~(1 << VF.VIRTIO_F_RING_PACKED)
+    fe.start(queue_size=64, features=want, nvrings=queues)
+    return fe, [BlkDriver(guest, vring=fe.vrings[q], features=fe.features) for q in range(queues)]
+
+
+def _wait_used(drv, n, timeout=60.0):
+    done, deadline = [], time.monotonic() + timeout
+    while len(done) < n:
+        done += drv.harvest()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(done)} of {n} requests completed")
+        time.sleep(0.001)
+    return done
+
+
+def test_features_queue_count_and_config_space(sock, guest):
+    with BlkProcess(sock, size="4M", queues=2, serial="sn-1") as p:
+        fe = VhostUserFrontend.connect(sock, memory=guest, timeout=30)
+        try:
+            offered = fe.get_features()
+            for b in (BF.VIRTIO_BLK_F_SEG_MAX, BF.VIRTIO_BLK_F_BLK_SIZE, BF.VIRTIO_BLK_F_FLUSH, BF.VIRTIO_BLK_F_MQ,
+                      BF.VIRTIO_BLK_F_DISCARD, BF.VIRTIO_BLK_F_WRITE_ZEROES, VF.VIRTIO_F_VERSION_1,
+                      VF.VIRTIO_F_RING_PACKED, VF.VHOST_USER_F_PROTOCOL_FEATURES):
+                assert offered >> b & 1, b
+            for b in (BF.VIRTIO_BLK_F_RO, BF.VIRTIO_BLK_F_SIZE_MAX, BF.VIRTIO_BLK_F_GEOMETRY, BF.VIRTIO_BLK_F_TOPOLOGY,
+                      BF.VIRTIO_BLK_F_CONFIG_WCE, VF.VHOST_F_LOG_ALL):
+                assert not offered >> b & 1, b
+            fe.negotiate()
+            assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_CONFIG & 1
+            assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_MQ & 1
+            assert fe.get_queue_num() == 2
+            cfg = np.frombuffer(fe.get_config(0, VIRTIO_BLK_CONFIG.itemsize), VIRTIO_BLK_CONFIG)[0]
+            assert cfg["capacity"] == (4 << 20) // 512
+            assert (cfg["num_queues"], cfg["blk_size"], cfg["seg_max"]) == (2, 512, DEFAULT_SEG_MAX)
+            assert cfg["max_discard_sectors"] == DEFAULT_LIMITS.max_discard_sectors
+            assert cfg["max_write_zeroes_seg"] == DEFAULT_LIMITS.max_write_zeroes_seg
+            # nothing is writable without CONFIG_WCE: refused, the connection stays
+            assert fe.request(R.VHOST_USER_SET_CONFIG, Config(32, 1, 0, b"\x01"), ack=True) == 1
+            assert fe.get_queue_num() == 2
+        finally:
+            fe.close()
+        assert "vhost-blk: ready" in p.output
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_requests_served_by_the_lcore(sock, guest, packed):
+    with BlkProcess(sock, size="4M", serial="disk-serial-7") as p:
+        fe, (drv,) = _connect(sock, guest, packed=packed)
+        try:
+            data = np.random.default_rng(1).integers(0, 256, 65536, dtype=np.uint8).tobytes()
+            w = [drv.submit(VIRTIO_BLK_T_OUT, 128 * i, data=data[i * 16384 : (i + 1) * 16384], nsegs=4)
+                 for i in range(4)]
+            drv.kick()
+            _wait_used(drv, 4)
+            assert [drv.status(s) for s in w] == [VIRTIO_BLK_S_OK] * 4
+            r = drv.submit(VIRTIO_BLK_T_IN, 0, read_len=16384)
+            i = drv.submit(VIRTIO_BLK_T_GET_ID, 0, read_len=20)
+            f = drv.submit(VIRTIO_BLK_T_FLUSH, 0)
+            e = drv.submit(VIRTIO_BLK_T_IN, (4 << 20) // 512, read_len=512)
+            drv.kick()
+            _wait_used(drv, 4)
+            assert drv.data(r, 16384) == data[:16384]
+            assert drv.read_id(i) == b"disk-serial-7".ljust(20, b"\0")
+            assert (drv.status(r), drv.status(i), drv.status(f), drv.status(e)) == (0, 0, 0, VIRTIO_BLK_S_IOERR)
+            # GET_VRING_BASE: what the lcore consumed (packed: descriptors, 4 x 6 + 3 + 3 + 2 + 3)
+            assert fe.get_vring_base(0) & 0x7FFF == (35 if packed else 8)
+        finally:
+            fe.close()
+        stats = p.stop()["queues"][0]
+        assert (stats["writes"], stats["reads"], stats["get_ids"], stats["flushes"], stats["ioerr"]) == (4, 1, 1, 1, 1)
+        assert stats["written_bytes"] == 65536
+
+
+def test_file_disk_readonly(sock, guest, tmp_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\x42" * (1 << 20))
+    with BlkProcess(sock, file=str(img), readonly=True) as p:
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            assert fe.features >> BF.VIRTIO_BLK_F_RO & 1
+            w = drv.submit(VIRTIO_BLK_T_OUT, 0, data=bytes(4096))
+            r = drv.submit(VIRTIO_BLK_T_IN, 8, read_len=4096)
+            drv.kick()
+            _wait_used(drv, 2)
+            assert (drv.status(w), drv.status(r)) == (VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK)
+            assert drv.data(r, 4096) == b"\x42" * 4096
+        finally:
+            fe.close()
+        p.stop()
+    assert img.read_bytes() == b"\x42" * (1 << 20)
+
+
+def test_file_disk_keeps_what_was_written(sock, guest, tmp_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    with BlkProcess(sock, file=str(img)) as p:
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            drv.submit(VIRTIO_BLK_T_OUT, 2040, data=b"\x99" * 4096)  # the last 8 sectors
+            drv.submit(VIRTIO_BLK_T_FLUSH, 0)
+            drv.kick()
+            assert [drv.status(s) for s, _ in _wait_used(drv, 2)] == [VIRTIO_BLK_S_OK] * 2
+        finally:
+            fe.close()
+        p.stop()
+    raw = img.read_bytes()
+    assert raw[-4096:] == b"\x99" * 4096 and not any(raw[:-4096])
+
+
+def test_hostile_chain_stops_the_queue_not_the_backend(sock, guest):
+    with BlkProcess(sock, size="1M") as p:
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            slot = drv.alloc_slot()
+            drv.add([(0x7000_0000_0000, 16, False), (drv.status_gpa(slot), 1, True)], slot)
+            drv.kick()
+            deadline = time.monotonic() + 60
+            while "virtio-blk queue stopped" not in p.output:
+                assert time.monotonic() < deadline, p.output[-3000:]
+                time.sleep(0.05)
+            assert drv.harvest() == []
+        finally:
+            fe.close()
+        # the back-end serves the next connection
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            s = drv.submit(VIRTIO_BLK_T_IN, 0, read_len=512)
+            drv.kick()
+            _wait_used(drv, 1)
+            assert drv.status(s) == VIRTIO_BLK_S_OK
+        finally:
+            fe.close()
+        stats = p.stop()["queues"][0]
+        assert stats["bad_chains"] == 1 and stats["reads"] == 1
+
+
+def test_client_mode_connects_to_the_front_end(sock, guest):
+    with VhostUserFrontend.listen(sock) as listener, BlkProcess(sock, size="1M", client=True) as p:
+        fe = listener.accept(memory=guest, timeout=60)
+        try:
+            fe.timeout = 30
+            fe.start(queue_size=64, features=fe.get_features() & ~(1 << VF.VHOST_F_LOG_ALL), nvrings=1)
+            drv = BlkDriver(guest, vring=fe.vrings[0], features=fe.features)
+            s = drv.submit(VIRTIO_BLK_T_GET_ID, 0, read_len=20)
+            drv.kick()
+            _wait_used(drv, 1)
+            assert drv.status(s) == VIRTIO_BLK_S_OK
+        finally:
+            fe.close()
+        assert p.stop()["queues"][0]["get_ids"] == 1
