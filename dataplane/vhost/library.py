@@ -113,7 +113,7 @@ def implemented_protocol_features(device: DeviceClass) -> int:
 
 def default_protocol_features(device: DeviceClass) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (LOG_SHMFD, PAGEFAULT, CRYPTO_SESSION), plus CONFIG
+    what is not implemented here (PAGEFAULT, CRYPTO_SESSION), plus CONFIG
     and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK 22.11, not
     offered unless enabled."""
     return implemented_protocol_features(device) & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)

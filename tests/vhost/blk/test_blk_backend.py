@@ -69,10 +69,10 @@ def test_features_queue_count_and_config_space(sock, guest):
             offered = fe.get_features()
             for b in (BF.VIRTIO_BLK_F_SEG_MAX, BF.VIRTIO_BLK_F_BLK_SIZE, BF.VIRTIO_BLK_F_FLUSH, BF.VIRTIO_BLK_F_MQ,
                       BF.VIRTIO_BLK_F_DISCARD, BF.VIRTIO_BLK_F_WRITE_ZEROES, VF.VIRTIO_F_VERSION_1,
-                      VF.VIRTIO_F_RING_PACKED, VF.VHOST_USER_F_PROTOCOL_FEATURES):
+                      VF.VIRTIO_F_RING_PACKED, VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VHOST_F_LOG_ALL):
                 assert offered >> b & 1, b
             for b in (BF.VIRTIO_BLK_F_RO, BF.VIRTIO_BLK_F_SIZE_MAX, BF.VIRTIO_BLK_F_GEOMETRY, BF.VIRTIO_BLK_F_TOPOLOGY,
-                      BF.VIRTIO_BLK_F_CONFIG_WCE, VF.VHOST_F_LOG_ALL):
+                      BF.VIRTIO_BLK_F_CONFIG_WCE):
                 assert not offered >> b & 1, b
             fe.negotiate()
             assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_CONFIG & 1
