@@ -279,6 +279,26 @@ def _recycle_packed(vr, ds, gpas, lens, write, cookies, ulens):
     return n
 
 
+@njit(cache=True, _nrt=False, nogil=True)
+def _drive_split(tx_vr, tx_ds, tx_gpas, tx_lens, rx_vr, rx_ds, rx_gpas, rx_lens, cookies, ulens, iters):
+    """``iters`` turns of recycling the Tx and Rx queues' fixed buffers; returns Tx buffers recycled."""
+    moved = 0
+    for _ in range(iters):
+        moved += _recycle_split(tx_vr, tx_ds, tx_gpas, tx_lens, False, cookies, ulens)
+        _recycle_split(rx_vr, rx_ds, rx_gpas, rx_lens, True, cookies, ulens)
+    return moved
+
+
+@njit(cache=True, _nrt=False, nogil=True)
+def _drive_packed(tx_vr, tx_ds, tx_gpas, tx_lens, rx_vr, rx_ds, rx_gpas, rx_lens, cookies, ulens, iters):
+    """:func:`_drive_split` for packed rings."""
+    moved = 0
+    for _ in range(iters):
+        moved += _recycle_packed(tx_vr, tx_ds, tx_gpas, tx_lens, False, cookies, ulens)
+        _recycle_packed(rx_vr, rx_ds, rx_gpas, rx_lens, True, cookies, ulens)
+    return moved
+
+
 _Buf = namedtuple("_Buf", ["segs", "allocs", "ind"])  # segs: [(gpa, len, write)]
 
 
@@ -569,6 +589,17 @@ class GuestNet:
             else:
                 pages |= pages_of(vq.used_gpa, 2)
         return pages
+
+    def drive_fixed(self, iters: int) -> int:
+        """Benchmarks: ``iters`` turns of re-posting the fixed buffers the device used on both
+        queues (:meth:`GuestVq.fill_fixed` first; an unfilled Rx queue is left alone), in one
+        numba call that releases the GIL.  Returns the Tx buffers re-posted."""
+        none = (np.zeros(0, np.uint64), np.zeros(0, np.uint32))
+        tx = self.tx._fixed[:2]
+        rx = self.rx._fixed[:2] if self.rx._fixed is not None else none
+        cookies, ulens = self.tx._cookies, self.tx._ulens
+        drive = _drive_packed if self.packed else _drive_split
+        return int(drive(self.tx.vr, self.tx.ds, *tx, self.rx.vr, self.rx.ds, *rx, cookies, ulens, int(iters)))
 
     # -- Rx ---------------------------------------------------------------------
     def post_rx(
