@@ -132,6 +132,7 @@ _U64 = np.uint64
 _U64_MAX = (1 << 64) - 1
 _U64_TOP = np.uint64(_U64_MAX)
 _I64_MAX = np.uint64((1 << 63) - 1)
+_RING_GPA_LIMIT = 1 << 62
 
 
 class LogError(Exception):
@@ -225,8 +226,9 @@ def make_log(bitmap: np.ndarray | None = None, ctl: np.ndarray | None = None, *,
     if ctl is None:
         ctl = np.zeros(LOG_CTL_SLOTS, np.int64)
     q = np.zeros(_Q_SLOTS, np.int64)
-    q[_Q_DESC_GPA] = desc_gpa & 0x7FFFFFFFFFFFFFFF
-    q[_Q_USED_GPA] = used_gpa & 0x7FFFFFFFFFFFFFFF if used_gpa < 1 << 63 else -1
+    # a ring area at or above 2**62 cannot be a guest address (and could wrap): its writes are counted, not logged
+    q[_Q_DESC_GPA] = desc_gpa if 0 <= desc_gpa < _RING_GPA_LIMIT else -1
+    q[_Q_USED_GPA] = used_gpa if 0 <= used_gpa < _RING_GPA_LIMIT else -1
     lg = DirtyLog(bitmap=bitmap, ctl=ctl, q=q)
     if on is not None:
         set_log_on(ctl, on)
@@ -457,6 +459,9 @@ def log_used(lg, is_packed, state):
     if is_packed:
         if k == 0:
             return
+        if q[_Q_DESC_GPA] < 0:
+            _unlogged(lg, np.int64(-1))
+            return
         head = state[STATE_LAST_USED]
         last = state[PACKED_DEV_SHADOW_LAST]
         count = last - head + 1
@@ -476,6 +481,9 @@ def log_used(lg, is_packed, state):
         u += state[SPLIT_DEV_SHADOW_BASE + 2 * e] >> 32
     span = ((last - u0) & 0xFFFF) + 1 if k > 0 else (u - u0) & 0xFFFF
     used = q[_Q_USED_GPA]
+    if used < 0:
+        _unlogged(lg, np.int64(-1))
+        return
     _log_slots(lg, used + 4, u0 & (num - 1), span, num, 8, 0, 8)
     log_write_gpa(lg, used + 2, 2)
 
@@ -486,6 +494,9 @@ def log_notify_write(lg, is_packed, state, enable):
     if not log_enabled(lg):
         return
     used = lg.q[_Q_USED_GPA]
+    if used < 0:
+        _unlogged(lg, np.int64(-1))
+        return
     if is_packed:
         log_write_gpa(lg, used, 4)  # device event area: off_wrap and flags
     elif state[STATE_FEATURES] & FEAT_EVENT_IDX:

@@ -155,6 +155,28 @@ def test_log_too_small_is_counted_and_nothing_written_outside(pool, packed):
     assert lg.ctl[LOG_CTL_BAD_PAGE] >= (1 << 32) // 4096
 
 
+@pytest.mark.parametrize("log_addr", [(1 << 64) - 4, (1 << 63) + 8, (1 << 62) - 4096], ids=["wraps-2^64", "above-2^63", "huge"])
+def test_hostile_log_guest_addr_is_counted_never_written(pool, log_addr):
+    """A front-end's log_guest_addr far beyond the log (or wrapping 2**64): the used-ring writes are
+    counted as not logged, the buffer pages still marked, nothing written outside the log."""
+    g = GuestNet(packed=False, features=F_VERSION_1 | F_MRG_RXBUF)
+    backing = np.full(g.mem.log_size + 32, 0x3C, np.uint8)
+    bitmap = backing[16:-16]
+    bitmap[:] = 0
+    lg = make_log(bitmap, desc_gpa=g.rx.desc_gpa, used_gpa=log_addr, on=True)
+    qrx = g.vhost_queue("rx", log=lg)
+    with g:
+        g.post_rx(8, 2048)
+        mb = pool.from_bytes(frame(300, 2))
+        assert qrx.enqueue(pool, np.array([mb], np.uint32)) == 1
+        pool.free(np.array([mb], np.uint32))
+        (r,) = g.recv()
+        written = g.rx.device_writes
+    assert log_pages(bitmap) == written - {g.rx.used_gpa >> 12}
+    assert lg.ctl[LOG_CTL_UNLOGGED] == (1 if log_addr >= 1 << 62 else 2)  # the used ring / its entry and idx
+    assert (backing[:16] == 0x3C).all() and (backing[-16:] == 0x3C).all()
+
+
 def test_log_region_maps_as_dpdk_and_refuses_bad_logs():
     fd = os.memfd_create("log")
     os.ftruncate(fd, 3 * 4096)
