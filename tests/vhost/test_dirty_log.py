@@ -46,9 +46,14 @@ def mem():
 _pool_ids = itertools.count()
 
 
+@pytest.fixture(scope="module")
+def mp(mem):
+    return mempool_create(mem, f"dl{next(_pool_ids)}", 2048, cache_size=0)
+
+
 @pytest.fixture
-def pool(mem):
-    mp = mempool_create(mem, f"dl{next(_pool_ids)}", 2048, cache_size=0)
+def pool(mp):
+    """The module's pool, checked to be whole again after the test."""
     yield mp
     assert mp.audit().in_use == 0
 
