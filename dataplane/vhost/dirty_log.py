@@ -97,6 +97,7 @@ __all__ = [
     "map_queue_log",
     "set_log_on",
     "report_unlogged",
+    "mark_dirty",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -319,6 +320,15 @@ def map_queue_log(spec: dict, log_fd: int, ctl_row: np.ndarray) -> tuple[DirtyLo
             raise ValueError(f"dirty log: {e}") from None
     bitmap = None if lr is None else lr.bitmap
     return make_log(bitmap, ctl_row, desc_gpa=spec.get("log_desc_gpa", 0), used_gpa=spec.get("log_used_gpa", 0)), lr
+
+
+def mark_dirty(bitmap: np.ndarray, gpa: int, length: int) -> int:
+    """Control plane: mark ``[gpa, gpa + length)`` in ``bitmap`` now (atomically, as the bursts do);
+    returns how many pages could not be logged (beyond the log)."""
+    lg = make_log(bitmap, on=True)
+    log_write_gpa(lg, gpa & _U64_MAX, length)
+    log_sync(lg)
+    return int(lg.ctl[LOG_CTL_UNLOGGED])
 
 
 def report_unlogged(ctl_row: np.ndarray, seen: int, **where) -> int:

@@ -237,8 +237,16 @@ def test_set_log_base_maps_replies_and_replaces_the_log_under_running_rings(lib,
         assert ("log_all", 0, True) in datapath.calls
         assert all(vq.addr_flags == 1 and vq.log_guest_addr == vq.used_gpa for vq in dev.vrings)
         assert datapath.snapshots[1]["log_all"]
+        # the application's own guest writes (rte_vhost_log_write / rte_vhost_log_used_vring)
+        gpa = guest.alloc(3 * 4096, 4096)
+        assert lib.log_write(0, gpa + 100, 2 * 4096) == 0
+        assert lib.log_used_vring(0, 1, 4, 8) == 0
+        assert log2.pages() == {gpa // 4096, gpa // 4096 + 1, gpa // 4096 + 2, fe.vrings[1].used_gpa // 4096}
+        assert lib.log_write(0, 1 << 40, 10) == 1  # beyond the log: counted
         fe.set_logging(False)
         assert ("log_all", 0, False) in datapath.calls and not dev.log_all and dev.running
+        log2.clear()
+        assert lib.log_write(0, gpa, 10) == 0 and not log2.pages()  # logging off: nothing
         # SET_LOG_FD: kept until the device goes
         efd = os.eventfd(0)
         fe.set_log_fd(efd)
