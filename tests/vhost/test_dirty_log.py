@@ -22,6 +22,7 @@ from dataplane.testing.vhost_frontend import FrontendLog
 from dataplane.vhost.dirty_log import (
     LOG_CTL_BAD_PAGE,
     LOG_CTL_ON,
+    LOG_CTL_SEEN,
     LOG_CTL_UNLOGGED,
     LogError,
     LogRegion,
@@ -134,6 +135,8 @@ def test_logging_off_marks_nothing_and_toggles_between_bursts(pool, packed):
                 assert log_pages(bitmap) == g.rx.device_writes | g.tx.device_writes
             else:
                 assert not bitmap.any()
+            # each queue's burst acknowledged the flag it read (the control plane waits for that)
+            assert logs["rx"].ctl[LOG_CTL_SEEN] == logs["tx"].ctl[LOG_CTL_SEEN] == int(on)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
