@@ -8,15 +8,11 @@ written back); the log must mark exactly those, no more, no fewer.
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
 import pytest
 
-from dataplane.memory import Memory
-from dataplane.memory.mempool import mempool_create
-from dataplane.memory.units import MiB
 from dataplane.testing.guest_net import GuestNet, log_pages
 from dataplane.testing.vhost_frontend import FrontendLog
 from dataplane.vhost.dirty_log import (
@@ -36,27 +32,6 @@ from dataplane.vhost_user.messages import VhostUserRequest as R
 
 MAC_A = bytes.fromhex("525400000001")
 MAC_B = bytes.fromhex("525400000002")
-
-
-@pytest.fixture(scope="module")
-def mem():
-    with Memory(64 * MiB, huge=False, file_prefix=f"dlt{os.getpid()}") as m:
-        yield m
-
-
-_pool_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def mp(mem):
-    return mempool_create(mem, f"dl{next(_pool_ids)}", 2048, cache_size=0)
-
-
-@pytest.fixture
-def pool(mp):
-    """The module's pool, checked to be whole again after the test."""
-    yield mp
-    assert mp.audit().in_use == 0
 
 
 def frame(size: int, seed: int = 0) -> bytes:
