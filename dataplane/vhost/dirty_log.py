@@ -37,7 +37,10 @@ began, so the main process waits until each running ring has acknowledged
 the change (its next burst writes the value it read to ``LOG_CTL_SEEN``;
 DPDK instead holds every vring's lock during SET_FEATURES) before the
 reply goes out; a ring that runs no burst for :data:`LOG_FLAG_WAIT_S`
-writes nothing meanwhile and is not waited for longer.  When on, each write adds its pages to the cache
+writes nothing meanwhile and is not waited for longer.  (QEMU also re-sends
+SET_VRING_ADDR for every ring right after, which restarts each ring.)
+
+When logging is on, each write adds its pages to the cache
 (:func:`log_write_hva` for buffers: their host address is translated back
 through the region table; :func:`log_write_gpa` for ring areas, whose GPAs
 the control plane translated once), and :func:`log_sync` ORs the cache into
