@@ -197,3 +197,76 @@ def test_client_mode_connects_to_the_front_end(sock, guest):
         finally:
             fe.close()
         assert p.stop()["queues"][0]["get_ids"] == 1
+
+
+def _capacity(fe) -> int:
+    return int(np.frombuffer(fe.get_config(0, VIRTIO_BLK_CONFIG.itemsize), VIRTIO_BLK_CONFIG)[0]["capacity"])
+
+
+def _io(drv, *requests):
+    """Submit ``(type, sector, data | read_len)`` requests, wait for all; their slots and statuses."""
+    slots = [drv.submit(t, sector, data=x) if isinstance(x, bytes) else drv.submit(t, sector, read_len=x)
+             for t, sector, x in requests]
+    drv.kick()
+    _wait_used(drv, len(slots))
+    return slots, [drv.status(s) for s in slots]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_resize_grows_the_disk_under_the_lcore_and_tells_the_front_end(sock, guest, packed):
+    """``resize`` in the shell: the lcore serves the new end, the front-end gets CONFIG_CHANGE_MSG
+    and, answering like QEMU (GET_CONFIG on the front channel before the ack), reads the new capacity."""
+    with BlkProcess(sock, size="1M", interactive=True) as p:
+        fe, (drv,) = _connect(sock, guest, packed=packed)
+        try:
+            assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ & 1 and fe.reply_ack
+            assert fe.open_backend_channel() == 0
+            assert _capacity(fe) == 2048
+            _, st = _io(drv, (VIRTIO_BLK_T_OUT, 2047, b"\x11" * 512), (VIRTIO_BLK_T_OUT, 2048, b"\x22" * 512))
+            assert st == [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR]  # beyond the end: refused, nothing touched
+            start = len(p.output)
+            p.command("resize 3M")
+            spec, _, msg = fe.backend_recv(60)
+            assert spec.name == "VHOST_USER_BACKEND_CONFIG_CHANGE_MSG" and msg.need_reply
+            assert _capacity(fe) == 6144  # read while the back-end waits for our ack
+            fe.backend_ack(msg, 0)
+            out = p.wait_output("config change acknowledged", 60, start)[start:]
+            assert "vhost-blk: resized sectors=6144" in out and "vid=0 config change acknowledged" in out
+            slots, st = _io(drv, (VIRTIO_BLK_T_OUT, 6143, b"\x33" * 512), (VIRTIO_BLK_T_IN, 2047, 1024),
+                            (VIRTIO_BLK_T_IN, 6143, 512), (VIRTIO_BLK_T_IN, 6144, 512))
+            assert st == [VIRTIO_BLK_S_OK] * 3 + [VIRTIO_BLK_S_IOERR]
+            assert drv.data(slots[1], 1024) == b"\x11" * 512 + bytes(512)  # old data kept, new space zero
+            assert drv.data(slots[2], 512) == b"\x33" * 512
+            # refused: smaller, or nonsense; nothing is sent and the disk keeps its size
+            assert "cannot shrink" in p.resize("2M") and "resize failed" in p.resize("lots")
+            assert fe.backend.peek() is None and _capacity(fe) == 6144
+        finally:
+            fe.close()
+        stats = p.stop()["queues"][0]
+    assert stats["ioerr"] == 2 and stats["bad_chains"] == 0
+
+
+def test_sighup_adopts_a_file_grown_from_outside(sock, guest, tmp_path):
+    import signal
+
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\x44" * (1 << 20))
+    with BlkProcess(sock, file=str(img)) as p:
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            fe.open_backend_channel()
+            with open(img, "r+b") as f:
+                f.truncate(2 << 20)
+            start = len(p.output)
+            p.proc.send_signal(signal.SIGHUP)
+            _, _, msg = fe.backend_recv(60)
+            fe.backend_ack(msg, 0)
+            p.wait_output("config change acknowledged", 60, start)
+            assert _capacity(fe) == 4096
+            slots, st = _io(drv, (VIRTIO_BLK_T_OUT, 4095, b"\x55" * 512), (VIRTIO_BLK_T_IN, 2047, 1024))
+            assert st == [VIRTIO_BLK_S_OK] * 2 and drv.data(slots[1], 1024) == b"\x44" * 512 + bytes(512)
+        finally:
+            fe.close()
+        p.stop()
+    raw = img.read_bytes()
+    assert len(raw) == 2 << 20 and raw[-512:] == b"\x55" * 512
