@@ -53,10 +53,11 @@ from dataplane.rings.split import (
     split_drv_state,
     split_vring_from_addrs,
 )
-from dataplane.testing.guest_net import pages_of, used_write_pages
+from dataplane.testing.guest_net import notify_area_pages, pages_of, used_write_pages
 from dataplane.testing.vhost_frontend import FrontendVring, GuestMemoryLayout
 from dataplane.vhost.blk.spec import REQ_HDR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_IN
 from dataplane.vhost.virtio_net import ring_feat_mask
+from dataplane.vhost_user.features import VirtioFeature as VF
 
 __all__ = ["BlkDriver", "RequestStream", "drive_split", "STATUS_UNSET"]
 
@@ -116,6 +117,7 @@ class BlkDriver:
         self._lens = np.zeros(num, np.uint32)
         self._chains: dict[int, tuple[list, bool]] = {}  # slot -> (segs, indirect)
         self.device_writes: set[int] = set()
+        self.event_idx = bool(features >> VF.VIRTIO_RING_F_EVENT_IDX & 1)
 
     # -- addresses ------------------------------------------------------------------
     def device_addrs(self) -> tuple[int, int, int]:
@@ -227,6 +229,10 @@ class BlkDriver:
         self.free.extend(s for s, _ in out)
         self._note_device_writes(slot, out)
         return out
+
+    def notify_area_pages(self) -> set[int]:
+        """Pages of the fields the device writes when it asks for kicks or not."""
+        return notify_area_pages(self.packed, self.used_gpa, self.num, self.event_idx)
 
     def _note_device_writes(self, slot: int, used) -> None:
         """The device wrote the first ``len - 1`` writable bytes and the status byte (the last one)."""

@@ -96,6 +96,7 @@ __all__ = [
     "pages_of",
     "log_pages",
     "used_write_pages",
+    "notify_area_pages",
 ]
 
 DEFAULT_GPA = 0x1_0000_0000  # 4 GiB: far from 0, so a stray 0 address is unmapped
@@ -124,6 +125,16 @@ def used_write_pages(packed: bool, desc_gpa: int, used_gpa: int, size: int, slot
     if ndescs and not packed:
         pages |= pages_of(used_gpa + 2, 2)
     return pages
+
+
+def notify_area_pages(packed: bool, used_gpa: int, size: int, event_idx: bool) -> set[int]:
+    """The pages of the fields a device writes when it asks for kicks or not (split: the used
+    ring's flags, or avail_event with EVENT_IDX; packed: the device event area)."""
+    if packed:
+        return pages_of(used_gpa, 4)
+    if event_idx:
+        return pages_of(used_gpa + 4 + 8 * size, 2)
+    return pages_of(used_gpa, 2)
 
 
 def log_pages(bitmap: np.ndarray) -> set[int]:
@@ -580,15 +591,8 @@ class GuestNet:
     def notify_area_pages(self) -> set[int]:
         """The pages of the fields a device writes when it asks for kicks or not
         (split: the used ring's flags / avail_event; packed: the device event area)."""
-        pages = set()
-        for vq in (self.rx, self.tx):
-            if self.packed:
-                pages |= pages_of(vq.used_gpa, 4)
-            elif self.event_idx:
-                pages |= pages_of(vq.used_gpa + 4 + 8 * vq.size, 2)
-            else:
-                pages |= pages_of(vq.used_gpa, 2)
-        return pages
+        return set().union(*(notify_area_pages(self.packed, vq.used_gpa, vq.size, self.event_idx)
+                             for vq in (self.rx, self.tx)))
 
     def drive_fixed(self, iters: int) -> int:
         """Benchmarks: ``iters`` turns of re-posting the fixed buffers the device used on both

@@ -32,7 +32,12 @@ counters the lcore keeps), ``q`` private slots: the guest-physical addresses
 used-ring writes are logged at and a small cache of log bytes.
 
 A burst reads the flag once (:func:`log_enabled`); when it is off nothing
-else happens.  When on, each write adds its pages to the cache
+else happens.  A burst that began before the flag changed finishes as it
+began, so the main process waits until each running ring has acknowledged
+the change (its next burst writes the value it read to ``LOG_CTL_SEEN``;
+DPDK instead holds every vring's lock during SET_FEATURES) before the
+reply goes out; a ring that runs no burst for :data:`LOG_FLAG_WAIT_S`
+writes nothing meanwhile and is not waited for longer.  When on, each write adds its pages to the cache
 (:func:`log_write_hva` for buffers: their host address is translated back
 through the region table; :func:`log_write_gpa` for ring areas, whose GPAs
 the control plane translated once), and :func:`log_sync` ORs the cache into
@@ -55,12 +60,13 @@ from __future__ import annotations
 import ctypes
 import os
 import stat
+import time
 from collections import namedtuple
 
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.rings.atomics import fetch_or, load_relaxed, py_store_release
+from dataplane.rings.atomics import fetch_or, load_relaxed, py_load_acquire, py_store_release, store_release
 from dataplane.rings.jit import inline_kernel, kernel
 from dataplane.rings.packed import PACKED_DEV_SHADOW_LAST
 from dataplane.rings.regions import REGION_GPA, REGION_HVA, REGION_LEN
@@ -75,7 +81,9 @@ __all__ = [
     "LOG_CTL_SYNCED",
     "LOG_CTL_UNLOGGED",
     "LOG_CTL_BAD_PAGE",
+    "LOG_CTL_SEEN",
     "LOG_CTL_SLOTS",
+    "LOG_FLAG_WAIT_S",
     "LOG_CACHE_NR",
     "LogError",
     "LogRegion",
@@ -97,6 +105,7 @@ __all__ = [
     "map_queue_log",
     "set_log_on",
     "report_unlogged",
+    "mark_dirty",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -112,7 +121,10 @@ LOG_CTL_ON = 0  # main: 1 while VHOST_F_LOG_ALL is negotiated (read once per bur
 LOG_CTL_SYNCED = 1  # lcore: log bytes ORed into the log (counter)
 LOG_CTL_UNLOGGED = 2  # lcore: writes whose page is beyond the log or unknown (counter)
 LOG_CTL_BAD_PAGE = 3  # lcore: the last page that could not be logged (-1: address not in guest memory)
+LOG_CTL_SEEN = 4  # lcore: the flag as its latest burst read it (the main process waits for it)
 LOG_CTL_SLOTS = 8
+#: How long a flag change waits for a ring's next burst (an idle ring never runs one: no write to miss).
+LOG_FLAG_WAIT_S = 0.05
 
 # -- private per-queue slots --------------------------------------------------------
 _Q_DESC_GPA = 0  # descriptor ring GPA (packed write-backs)
@@ -132,6 +144,7 @@ _U64 = np.uint64
 _U64_MAX = (1 << 64) - 1
 _U64_TOP = np.uint64(_U64_MAX)
 _I64_MAX = np.uint64((1 << 63) - 1)
+_RING_GPA_LIMIT = 1 << 62
 
 
 class LogError(Exception):
@@ -225,8 +238,9 @@ def make_log(bitmap: np.ndarray | None = None, ctl: np.ndarray | None = None, *,
     if ctl is None:
         ctl = np.zeros(LOG_CTL_SLOTS, np.int64)
     q = np.zeros(_Q_SLOTS, np.int64)
-    q[_Q_DESC_GPA] = desc_gpa & 0x7FFFFFFFFFFFFFFF
-    q[_Q_USED_GPA] = used_gpa & 0x7FFFFFFFFFFFFFFF if used_gpa < 1 << 63 else -1
+    # a ring area at or above 2**62 cannot be a guest address (and could wrap): its writes are counted, not logged
+    q[_Q_DESC_GPA] = desc_gpa if 0 <= desc_gpa < _RING_GPA_LIMIT else -1
+    q[_Q_USED_GPA] = used_gpa if 0 <= used_gpa < _RING_GPA_LIMIT else -1
     lg = DirtyLog(bitmap=bitmap, ctl=ctl, q=q)
     if on is not None:
         set_log_on(ctl, on)
@@ -278,8 +292,18 @@ class LogControl:
     def queue_started(self, dev, qid: int) -> None:
         set_log_on(self.ctl[qid], dev.log_all)
 
-    def set_all(self, on: bool) -> None:
+    def set_all(self, on: bool, qids=()) -> None:
+        """Flip every ring's flag, then wait (at most :data:`LOG_FLAG_WAIT_S`) until the rings
+        ``qids`` (those running) have started a burst that read it: a burst that began before the
+        change has then finished, so every guest write after this returns follows the new flag."""
         set_log_on(self.ctl, on)
+        want = 1 if on else 0
+        deadline = time.monotonic() + LOG_FLAG_WAIT_S
+        pending = [q for q in qids if q < len(self.ctl)]
+        while pending and time.monotonic() < deadline:
+            pending = [q for q in pending if py_load_acquire(self.ctl[q], LOG_CTL_SEEN) != want]
+            if pending:
+                time.sleep(0.0002)
 
     def close(self) -> None:
         if self._zone is not None:
@@ -319,6 +343,15 @@ def map_queue_log(spec: dict, log_fd: int, ctl_row: np.ndarray) -> tuple[DirtyLo
     return make_log(bitmap, ctl_row, desc_gpa=spec.get("log_desc_gpa", 0), used_gpa=spec.get("log_used_gpa", 0)), lr
 
 
+def mark_dirty(bitmap: np.ndarray, gpa: int, length: int) -> int:
+    """Control plane: mark ``[gpa, gpa + length)`` in ``bitmap`` now (atomically, as the bursts do);
+    returns how many pages could not be logged (beyond the log)."""
+    lg = make_log(bitmap, on=True)
+    log_write_gpa(lg, gpa & _U64_MAX, length)
+    log_sync(lg)
+    return int(lg.ctl[LOG_CTL_UNLOGGED])
+
+
 def report_unlogged(ctl_row: np.ndarray, seen: int, **where) -> int:
     """Log an error when writes could not be logged since ``seen``; returns the new count."""
     n = int(ctl_row[LOG_CTL_UNLOGGED])
@@ -337,8 +370,11 @@ def report_unlogged(ctl_row: np.ndarray, seen: int, **where) -> int:
 
 @inline_kernel
 def log_enabled(lg):
-    """The burst's one check: is logging on?"""
-    return load_relaxed(lg.ctl, LOG_CTL_ON) != 0
+    """The burst's one check: is logging on?  (Acknowledged in ``LOG_CTL_SEEN`` when it changed.)"""
+    on = load_relaxed(lg.ctl, LOG_CTL_ON)
+    if on != lg.ctl[LOG_CTL_SEEN]:
+        store_release(lg.ctl, LOG_CTL_SEEN, on)
+    return on != 0
 
 
 @inline_kernel
@@ -457,6 +493,9 @@ def log_used(lg, is_packed, state):
     if is_packed:
         if k == 0:
             return
+        if q[_Q_DESC_GPA] < 0:
+            _unlogged(lg, np.int64(-1))
+            return
         head = state[STATE_LAST_USED]
         last = state[PACKED_DEV_SHADOW_LAST]
         count = last - head + 1
@@ -476,6 +515,9 @@ def log_used(lg, is_packed, state):
         u += state[SPLIT_DEV_SHADOW_BASE + 2 * e] >> 32
     span = ((last - u0) & 0xFFFF) + 1 if k > 0 else (u - u0) & 0xFFFF
     used = q[_Q_USED_GPA]
+    if used < 0:
+        _unlogged(lg, np.int64(-1))
+        return
     _log_slots(lg, used + 4, u0 & (num - 1), span, num, 8, 0, 8)
     log_write_gpa(lg, used + 2, 2)
 
@@ -486,6 +528,9 @@ def log_notify_write(lg, is_packed, state, enable):
     if not log_enabled(lg):
         return
     used = lg.q[_Q_USED_GPA]
+    if used < 0:
+        _unlogged(lg, np.int64(-1))
+        return
     if is_packed:
         log_write_gpa(lg, used, 4)  # device event area: off_wrap and flags
     elif state[STATE_FEATURES] & FEAT_EVENT_IDX:

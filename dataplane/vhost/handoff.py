@@ -123,7 +123,7 @@ class VringHandoff(H.QueueHandoff, NetDataPathHooks):
         pass  # applied by the lcore from the spec at the next start (``Vring.guest_notification``)
 
     def on_log_all(self, dev, enable: bool) -> None:
-        self.log_control.set_all(enable)
+        self.log_control.set_all(enable, [vq.index for vq in dev.vrings if vq.started])
 
     def close(self) -> None:
         """Free the memzones (every vring must be stopped)."""

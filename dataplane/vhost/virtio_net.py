@@ -509,6 +509,7 @@ def enqueue_burst(q, mp, pkts, n):
     cfg = q.cfg
     cnt = q.counters
     ch = q.chains
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     n = min(np.int64(n), np.int64(pkts.shape[0]))
     if n <= 0:
         return np.int64(0)
@@ -517,7 +518,6 @@ def enqueue_burst(q, mp, pkts, n):
         return np.int64(0)
     hlen = cfg[CFG_HDR_LEN]
     mrg = cfg[CFG_MRG] != 0
-    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     if logging:
         log_burst_start(q.log, q.state)
     guest_csum = cfg[CFG_GUEST_CSUM] != 0
@@ -709,6 +709,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
     ch = q.chains
     sc = q.chain_scratch
     ms = q.mbuf_scratch
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     n = min(np.int64(n), np.int64(pkts.shape[0]), np.int64(ch.head.shape[0]), np.int64(sc.shape[0] // 2))
     if n <= 0 or cfg[CFG_ENABLED] == 0:
         return np.int64(0)
@@ -720,7 +721,6 @@ def dequeue_burst(q, mp, lcore, pkts, n):
     if load_relaxed(q.rarp, RARP_FLAG) != 0:
         if cas(q.rarp, RARP_FLAG, 1, 0):
             rarp = 1
-    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     if logging:
         log_burst_start(q.log, q.state)
     nf = np.int64(0)

@@ -8,20 +8,17 @@ written back); the log must mark exactly those, no more, no fewer.
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
 import pytest
 
-from dataplane.memory import Memory
-from dataplane.memory.mempool import mempool_create
-from dataplane.memory.units import MiB
 from dataplane.testing.guest_net import GuestNet, log_pages
 from dataplane.testing.vhost_frontend import FrontendLog
 from dataplane.vhost.dirty_log import (
     LOG_CTL_BAD_PAGE,
     LOG_CTL_ON,
+    LOG_CTL_SEEN,
     LOG_CTL_UNLOGGED,
     LogError,
     LogRegion,
@@ -35,22 +32,6 @@ from dataplane.vhost_user.messages import VhostUserRequest as R
 
 MAC_A = bytes.fromhex("525400000001")
 MAC_B = bytes.fromhex("525400000002")
-
-
-@pytest.fixture(scope="module")
-def mem():
-    with Memory(64 * MiB, huge=False, file_prefix=f"dlt{os.getpid()}") as m:
-        yield m
-
-
-_pool_ids = itertools.count()
-
-
-@pytest.fixture
-def pool(mem):
-    mp = mempool_create(mem, f"dl{next(_pool_ids)}", 2048, cache_size=0)
-    yield mp
-    assert mp.audit().in_use == 0
 
 
 def frame(size: int, seed: int = 0) -> bytes:
@@ -129,6 +110,8 @@ def test_logging_off_marks_nothing_and_toggles_between_bursts(pool, packed):
                 assert log_pages(bitmap) == g.rx.device_writes | g.tx.device_writes
             else:
                 assert not bitmap.any()
+            # each queue's burst acknowledged the flag it read (the control plane waits for that)
+            assert logs["rx"].ctl[LOG_CTL_SEEN] == logs["tx"].ctl[LOG_CTL_SEEN] == int(on)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
@@ -153,6 +136,28 @@ def test_log_too_small_is_counted_and_nothing_written_outside(pool, packed):
     # one page each: the buffer, and the used entry and used idx (split) / the descriptor written back (packed)
     assert lg.ctl[LOG_CTL_UNLOGGED] == (2 if packed else 3)
     assert lg.ctl[LOG_CTL_BAD_PAGE] >= (1 << 32) // 4096
+
+
+@pytest.mark.parametrize("log_addr", [(1 << 64) - 4, (1 << 63) + 8, (1 << 62) - 4096], ids=["wraps-2^64", "above-2^63", "huge"])
+def test_hostile_log_guest_addr_is_counted_never_written(pool, log_addr):
+    """A front-end's log_guest_addr far beyond the log (or wrapping 2**64): the used-ring writes are
+    counted as not logged, the buffer pages still marked, nothing written outside the log."""
+    g = GuestNet(packed=False, features=F_VERSION_1 | F_MRG_RXBUF)
+    backing = np.full(g.mem.log_size + 32, 0x3C, np.uint8)
+    bitmap = backing[16:-16]
+    bitmap[:] = 0
+    lg = make_log(bitmap, desc_gpa=g.rx.desc_gpa, used_gpa=log_addr, on=True)
+    qrx = g.vhost_queue("rx", log=lg)
+    with g:
+        g.post_rx(8, 2048)
+        mb = pool.from_bytes(frame(300, 2))
+        assert qrx.enqueue(pool, np.array([mb], np.uint32)) == 1
+        pool.free(np.array([mb], np.uint32))
+        (r,) = g.recv()
+        written = g.rx.device_writes
+    assert log_pages(bitmap) == written - {g.rx.used_gpa >> 12}
+    assert lg.ctl[LOG_CTL_UNLOGGED] == (1 if log_addr >= 1 << 62 else 2)  # the used ring / its entry and idx
+    assert (backing[:16] == 0x3C).all() and (backing[-16:] == 0x3C).all()
 
 
 def test_log_region_maps_as_dpdk_and_refuses_bad_logs():
@@ -210,8 +215,16 @@ def test_set_log_base_maps_replies_and_replaces_the_log_under_running_rings(lib,
         assert ("log_all", 0, True) in datapath.calls
         assert all(vq.addr_flags == 1 and vq.log_guest_addr == vq.used_gpa for vq in dev.vrings)
         assert datapath.snapshots[1]["log_all"]
+        # the application's own guest writes (rte_vhost_log_write / rte_vhost_log_used_vring)
+        gpa = guest.alloc(3 * 4096, 4096)
+        assert lib.log_write(0, gpa + 100, 2 * 4096) == 0
+        assert lib.log_used_vring(0, 1, 4, 8) == 0
+        assert log2.pages() == {gpa // 4096, gpa // 4096 + 1, gpa // 4096 + 2, fe.vrings[1].used_gpa // 4096}
+        assert lib.log_write(0, 1 << 40, 10) == 1  # beyond the log: counted
         fe.set_logging(False)
         assert ("log_all", 0, False) in datapath.calls and not dev.log_all and dev.running
+        log2.clear()
+        assert lib.log_write(0, gpa, 10) == 0 and not log2.pages()  # logging off: nothing
         # SET_LOG_FD: kept until the device goes
         efd = os.eventfd(0)
         fe.set_log_fd(efd)

@@ -112,6 +112,15 @@ def test_lcores_log_exactly_what_they_write(echo, packed):
         fe.set_logging(True, logs[2])
         sent += traffic_round(g, 50)
         expect_log(logs[2], g.rx.device_writes | g.tx.device_writes | g.notify_area_pages())
+        # LOG_ALL alone, off and on again (no ring restarts): the lcore follows the shared flag
+        log_all = bit(VF.VHOST_F_LOG_ALL)
+        assert fe.set_features(fe.features & ~log_all, ack=True) == 0
+        logs[2].clear()
+        sent += traffic_round(g, 70)
+        assert not logs[2].pages()
+        assert fe.set_features(fe.features | log_all, ack=True) == 0
+        sent += traffic_round(g, 80)
+        expect_log(logs[2], g.rx.device_writes | g.tx.device_writes)  # no restart: no notification writes
         assert tree_memfd_maps(echo.proc.pid, "vhost-log")  # mapped by the echo (main and lcore) meanwhile
         # the source stops: GET_VRING_BASE says what was consumed, and the log is unmapped everywhere
         tx_base = fe.get_vring_base(1)

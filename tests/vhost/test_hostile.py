@@ -195,22 +195,20 @@ def unsupported_request(fe, guest):
         os.close(fd)
 
 
-def log_base_beyond_file(fe, guest):
-    fe.negotiate(BASE)
-    fd = _memfd(4096)
-    try:
-        fe.send(R.VHOST_USER_SET_LOG_BASE, struct.pack("=QQ", 8192, 0), [fd])
-    finally:
-        os.close(fd)
+def _log_base(make_fd, mmap_size):
+    def send(fe, guest):
+        fe.negotiate(BASE)
+        fd = make_fd()
+        try:
+            fe.send(R.VHOST_USER_SET_LOG_BASE, struct.pack("=QQ", mmap_size, 0), [fd])
+        finally:
+            os.close(fd)
+
+    return send
 
 
-def log_base_eventfd(fe, guest):
-    fe.negotiate(BASE)
-    efd = os.eventfd(0)
-    try:
-        fe.send(R.VHOST_USER_SET_LOG_BASE, struct.pack("=QQ", 4096, 0), [efd])
-    finally:
-        os.close(efd)
+log_base_beyond_file = _log_base(lambda: _memfd(4096), 8192)
+log_base_eventfd = _log_base(lambda: os.eventfd(0), 4096)
 
 
 def split_size_not_power_of_two(fe, guest):

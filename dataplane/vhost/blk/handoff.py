@@ -107,7 +107,7 @@ class BlkVringHandoff(H.QueueHandoff, DataPathHooks):
             restore_indices(dev.vrings[qid], self.stop_queue(qid))
 
     def on_log_all(self, dev, enable: bool) -> None:
-        self.log_control.set_all(enable)
+        self.log_control.set_all(enable, [vq.index for vq in dev.vrings if vq.started])
 
     def stats(self) -> list[dict]:
         """Per-vring counters."""

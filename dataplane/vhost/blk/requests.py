@@ -429,10 +429,10 @@ def _log_request(q, c, used):
 @kernel
 def blk_burst(q, want):
     """Serve up to ``want`` requests of queue ``q`` (a :class:`BlkQueueCtx`); returns the chains fetched."""
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     if q.cfg[CFG_ENABLED] == 0 or q.state[STATE_BROKEN] != 0:
         return 0
     packed = q.cfg[CFG_PACKED] != 0
-    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     if logging:
         log_burst_start(q.log, q.state)
     n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, want)
