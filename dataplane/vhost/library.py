@@ -115,10 +115,12 @@ def implemented_protocol_features(device: DeviceClass) -> int:
 
 def default_protocol_features(device: DeviceClass) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (LOG_SHMFD, PAGEFAULT, CRYPTO_SESSION), plus CONFIG
-    and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK 22.11, not
-    offered unless enabled."""
-    return implemented_protocol_features(device) & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+    what is not implemented here (LOG_SHMFD, PAGEFAULT, CRYPTO_SESSION), plus RESET_DEVICE
+    and what the device class adds.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK
+    22.11, not offered unless enabled; so are the device class's
+    ``optional_protocol_features`` (net: CONFIG)."""
+    off = bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | device.optional_protocol_features
+    return implemented_protocol_features(device) & ~off
 
 
 #: The net device's offers (the default device class): virtio features of a

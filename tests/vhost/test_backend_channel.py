@@ -51,6 +51,18 @@ def lib(clock):
     library.close()
 
 
+@pytest.fixture
+def server(lib, sock_path, recorder, datapath):
+    """A net socket with CONFIG enabled (implemented, offered on request): CONFIG_CHANGE_MSG is the
+    request these tests send."""
+    lib.driver_register(sock_path, 0)
+    lib.driver_set_protocol_features(sock_path, lib.driver_get_protocol_features(sock_path) | CONFIG)
+    lib.driver_callback_register(sock_path, recorder)
+    lib.driver_datapath_register(sock_path, datapath)
+    lib.driver_start(sock_path)
+    return sock_path
+
+
 def _open(connect, guest, protocol=CHANNEL | CONFIG | NOTIFIER):
     fe = connect(guest)
     fe.negotiate(BASE, protocol)
