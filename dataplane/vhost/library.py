@@ -593,7 +593,11 @@ class VhostLibrary:
         """Send VRING_HOST_NOTIFIER_MSG: ``size`` bytes of ``fd`` from ``offset`` become vring ``qid``'s
         doorbell in the guest (QEMU maps one host page; needs ``page-per-vq=on``), or ``fd=None``
         withdraws it.  ``fd`` stays the caller's.  A future, as :meth:`backend_config_change`."""
-        return self._in_loop(lambda: self._channel(vid).vring_host_notifier(qid, fd, offset, size))
+        def send() -> concurrent.futures.Future:
+            self._vring(vid, qid)  # VhostError for a vring the device does not have (DPDK: -EINVAL)
+            return self._channel(vid).vring_host_notifier(qid, fd, offset, size)
+
+        return self._in_loop(send)
 
     def driver_config_change(self, path: str, update: Callable[[], Any] | None = None) -> dict[int, concurrent.futures.Future]:
         """The config space of ``path``'s devices changed: tell every connected front-end.
