@@ -191,7 +191,7 @@ class BackendChannel:
     def vring_host_notifier(self, qid: int, fd: int | None, offset: int = 0, size: int = 0) -> concurrent.futures.Future:
         """VRING_HOST_NOTIFIER_MSG: map ``size`` bytes of ``fd`` at ``offset`` as vring ``qid``'s doorbell
         (QEMU wants one host page), or ``fd=None`` to withdraw it (NOFD).  ``fd`` stays the caller's."""
-        name = "VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG"
+        name = B.VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG.name
         if not 0 <= qid <= P.VHOST_USER_VRING_IDX_MASK:
             return completed(error=RequestError(name, f"vring index {qid} out of range"))
         if fd is not None:

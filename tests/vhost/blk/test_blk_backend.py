@@ -247,6 +247,47 @@ def test_resize_grows_the_disk_under_the_lcore_and_tells_the_front_end(sock, gue
     assert stats["ioerr"] == 2 and stats["bad_chains"] == 0
 
 
+def test_requests_at_the_new_end_during_the_resize_fail_then_succeed_never_worse(sock, guest):
+    """A driver reads the new last sector in a loop while the disk grows: IOERR while the old size is
+    served, OK once the new one is, never anything else, never back (the lcore never sees a half change)."""
+    import threading
+
+    with BlkProcess(sock, size="1M", interactive=True) as p:
+        fe, (drv,) = _connect(sock, guest)
+        statuses, stop = [], threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                statuses.append(_io(drv, (VIRTIO_BLK_T_IN, 4095, 512))[1][0])
+
+        t = threading.Thread(target=reader)
+        try:
+            fe.open_backend_channel()
+            t.start()
+            deadline = time.monotonic() + 60
+            while not statuses and time.monotonic() < deadline:  # served at the old size first
+                time.sleep(0.01)
+            start = len(p.output)
+            p.command("resize 2M")
+            _, _, msg = fe.backend_recv(60)
+            fe.backend_ack(msg, 0)
+            p.wait_output("config change acknowledged", 60, start)
+            n = len(statuses)
+            deadline = time.monotonic() + 60
+            while len(statuses) < n + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            if t.is_alive():
+                t.join(60)
+            fe.close()
+        stats = p.stop()["queues"][0]
+    first_ok = statuses.index(VIRTIO_BLK_S_OK)
+    assert first_ok > 0 and set(statuses[:first_ok]) == {VIRTIO_BLK_S_IOERR}, statuses
+    assert set(statuses[first_ok:]) == {VIRTIO_BLK_S_OK}, statuses
+    assert stats["ioerr"] == first_ok and stats["bad_chains"] == 0
+
+
 def test_a_garbage_answer_to_the_config_change_is_reported_and_the_disk_still_grows(sock, guest):
     with BlkProcess(sock, size="1M", interactive=True) as p:
         fe, (drv,) = _connect(sock, guest)
