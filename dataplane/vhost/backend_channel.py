@@ -191,8 +191,16 @@ class BackendChannel:
     def vring_host_notifier(self, qid: int, fd: int | None, offset: int = 0, size: int = 0) -> concurrent.futures.Future:
         """VRING_HOST_NOTIFIER_MSG: map ``size`` bytes of ``fd`` at ``offset`` as vring ``qid``'s doorbell
         (QEMU wants one host page), or ``fd=None`` to withdraw it (NOFD).  ``fd`` stays the caller's."""
+        name = B.VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG.name
         if not 0 <= qid <= P.VHOST_USER_VRING_IDX_MASK:
-            return completed(error=RequestError("VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG", f"vring index {qid} out of range"))
+            return completed(error=RequestError(name, f"vring index {qid} out of range"))
+        if fd is not None:
+            try:  # a bad fd is the caller's mistake: refuse it rather than lose the channel in sendmsg
+                os.fstat(fd)
+            except (OSError, TypeError, ValueError) as e:
+                return completed(error=RequestError(name, f"not an open fd: {fd!r} ({e})"))
+            if size <= 0 or offset < 0:
+                return completed(error=RequestError(name, f"bad area: offset {offset}, size {size}"))
         if fd is None:
             return self.send(B.VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG, P.VringArea(qid | P.VHOST_USER_VRING_NOFD_MASK, 0, 0))
         return self.send(B.VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG, P.VringArea(qid, size, offset), [fd])

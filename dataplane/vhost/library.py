@@ -116,10 +116,12 @@ def implemented_protocol_features(device: DeviceClass) -> int:
 
 def default_protocol_features(device: DeviceClass) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (PAGEFAULT, CRYPTO_SESSION), plus CONFIG
-    and RESET_DEVICE.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK 22.11, not
-    offered unless enabled."""
-    return implemented_protocol_features(device) & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+    what is not implemented here (PAGEFAULT, CRYPTO_SESSION), plus RESET_DEVICE
+    and what the device class adds.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK
+    22.11, not offered unless enabled; so are the device class's
+    ``optional_protocol_features`` (net: CONFIG)."""
+    off = bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | device.optional_protocol_features
+    return implemented_protocol_features(device) & ~off
 
 
 #: The net device's offers (the default device class): virtio features of a
@@ -592,7 +594,11 @@ class VhostLibrary:
         """Send VRING_HOST_NOTIFIER_MSG: ``size`` bytes of ``fd`` from ``offset`` become vring ``qid``'s
         doorbell in the guest (QEMU maps one host page; needs ``page-per-vq=on``), or ``fd=None``
         withdraws it.  ``fd`` stays the caller's.  A future, as :meth:`backend_config_change`."""
-        return self._in_loop(lambda: self._channel(vid).vring_host_notifier(qid, fd, offset, size))
+        def send() -> concurrent.futures.Future:
+            self._vring(vid, qid)  # VhostError for a vring the device does not have (DPDK: -EINVAL)
+            return self._channel(vid).vring_host_notifier(qid, fd, offset, size)
+
+        return self._in_loop(send)
 
     def driver_config_change(self, path: str, update: Callable[[], Any] | None = None) -> dict[int, concurrent.futures.Future]:
         """The config space of ``path``'s devices changed: tell every connected front-end.

@@ -14,7 +14,7 @@ import pytest
 
 from dataplane.testing.clock import ManualClock
 from dataplane.vhost import backend_channel as bc
-from dataplane.vhost.library import VhostLibrary, VhostNotSupported
+from dataplane.vhost.library import VhostError, VhostLibrary, VhostNotSupported
 from dataplane.vhost.transport import EventLoop
 from dataplane.vhost_user import (
     VHOST_USER_VRING_NOFD_MASK,
@@ -49,6 +49,18 @@ def lib(clock):
     library = VhostLibrary(loop=EventLoop(clock=clock))
     yield library
     library.close()
+
+
+@pytest.fixture
+def server(lib, sock_path, recorder, datapath):
+    """A net socket with CONFIG enabled (implemented, offered on request): CONFIG_CHANGE_MSG is the
+    request these tests send."""
+    lib.driver_register(sock_path, 0)
+    lib.driver_set_protocol_features(sock_path, lib.driver_get_protocol_features(sock_path) | CONFIG)
+    lib.driver_callback_register(sock_path, recorder)
+    lib.driver_datapath_register(sock_path, datapath)
+    lib.driver_start(sock_path)
+    return sock_path
 
 
 def _open(connect, guest, protocol=CHANNEL | CONFIG | NOTIFIER):
@@ -250,6 +262,9 @@ def test_channel_fd_must_be_a_unix_stream_socket(lib, server, connect, guest):
 
 def test_host_notifier_carries_the_page_fd_and_nofd_withdraws_it(lib, server, connect, guest):
     fe = _open(connect, guest)
+    fe.set_mem_table()
+    fe.setup_vring(1, 64)
+    fe.sync()
     page = os.memfd_create("notifier")
     os.ftruncate(page, 2 * 4096)
     try:
@@ -272,9 +287,33 @@ def test_host_notifier_carries_the_page_fd_and_nofd_withdraws_it(lib, server, co
         os.close(page)
 
 
+def test_host_notifier_bad_arguments_are_refused_and_the_channel_stays(lib, server, connect, guest):
+    fe = _open(connect, guest)
+    fe.set_mem_table()
+    fe.setup_vring(0, 64)
+    fe.sync()
+    page = os.memfd_create("notifier")
+    os.ftruncate(page, 4096)
+    closed = os.dup(page)
+    os.close(closed)
+    try:
+        with pytest.raises(VhostError, match="no vring 5"):
+            lib.backend_vring_host_notifier(0, 5, page, 0, 4096)
+        with pytest.raises(RequestError, match="not an open fd"):
+            lib.backend_vring_host_notifier(0, 0, closed, 0, 4096).result(WAIT)
+        with pytest.raises(RequestError, match="bad area"):
+            lib.backend_vring_host_notifier(0, 0, page, 0, 0).result(WAIT)
+    finally:
+        os.close(page)
+    assert fe.backend.peek() is None and not lib.get_device(0).backend_channel.closed
+
+
 @pytest.mark.parametrize("missing", ["HOST_NOTIFIER", "BACKEND_SEND_FD"])
 def test_host_notifier_refused_unless_negotiated(lib, server, connect, guest, missing):
     fe = _open(connect, guest, protocol=(CHANNEL | NOTIFIER) & ~bit(PF[f"VHOST_USER_PROTOCOL_F_{missing}"]))
+    fe.set_mem_table()
+    fe.setup_vring(0, 64)
+    fe.sync()
     page = os.memfd_create("notifier")
     os.ftruncate(page, 4096)
     try:

@@ -378,8 +378,15 @@ def test_status_driver_ok_gates_new_device(lib, server, connect, guest, recorder
     assert fe.set_status(0x1FF, ack=True) == 1  # 8 bits only
 
 
+def _enable_config(lib, sock_path):
+    """net implements CONFIG but offers it only on request"""
+    lib.driver_set_protocol_features(sock_path, lib.driver_get_protocol_features(sock_path)
+                                     | bit(PF.VHOST_USER_PROTOCOL_F_CONFIG))
+
+
 def test_rarp_mtu_config_and_notification_intent(lib, server, sock_path, connect, guest, datapath):
     lib.driver_set_mac(sock_path, "02:00:00:00:00:01")
+    _enable_config(lib, sock_path)
     fe, dev = _running(lib, connect, guest, features=BASE_FEATURES | MTU)
     with pytest.raises(VhostTryAgain):
         lib.get_mtu(0)
@@ -506,9 +513,10 @@ def test_reset_device_needs_the_protocol_feature(lib, server, connect, guest):
     assert fe.request(R.VHOST_USER_RESET_DEVICE, ack=True) == 1
 
 
-def test_config_space_access_rules(lib, server, connect, guest):
+def test_config_space_access_rules(lib, server, sock_path, connect, guest):
     from dataplane.vhost_user import Config
 
+    _enable_config(lib, sock_path)
     fe, dev = _running(lib, connect, guest)
     assert fe.get_config(250, 10) == b""  # beyond the 256-byte space: the spec's empty error reply
     assert dev.stats["errors:VHOST_USER_GET_CONFIG"] == 1

@@ -239,13 +239,75 @@ def test_resize_grows_the_disk_under_the_lcore_and_tells_the_front_end(sock, gue
             assert st == [VIRTIO_BLK_S_OK] * 3 + [VIRTIO_BLK_S_IOERR]
             assert drv.data(slots[1], 1024) == b"\x11" * 512 + bytes(512)  # old data kept, new space zero
             assert drv.data(slots[2], 512) == b"\x33" * 512
-            # refused: smaller, or nonsense; nothing is sent and the disk keeps its size
+            # refused: smaller, or nonsense; nothing is sent, the disk keeps its size and is served
             assert "cannot shrink" in p.resize("2M") and "resize failed" in p.resize("lots")
             assert fe.backend.peek() is None and _capacity(fe) == 6144
+            assert _io(drv, (VIRTIO_BLK_T_IN, 6143, 512))[1] == [VIRTIO_BLK_S_OK]
         finally:
             fe.close()
         stats = p.stop()["queues"][0]
     assert stats["ioerr"] == 2 and stats["bad_chains"] == 0
+
+
+def test_requests_at_the_new_end_during_the_resize_fail_then_succeed_never_worse(sock, guest):
+    """A driver reads the new last sector in a loop while the disk grows: IOERR while the old size is
+    served, OK once the new one is, never anything else, never back (the lcore never sees a half change)."""
+    import threading
+
+    with BlkProcess(sock, size="1M", interactive=True) as p:
+        fe, (drv,) = _connect(sock, guest)
+        statuses, stop = [], threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                statuses.append(_io(drv, (VIRTIO_BLK_T_IN, 4095, 512))[1][0])
+
+        t = threading.Thread(target=reader)
+        try:
+            fe.open_backend_channel()
+            t.start()
+            deadline = time.monotonic() + 60
+            while not statuses and time.monotonic() < deadline:  # served at the old size first
+                time.sleep(0.01)
+            start = len(p.output)
+            p.command("resize 2M")
+            _, _, msg = fe.backend_recv(60)
+            fe.backend_ack(msg, 0)
+            p.wait_output("config change acknowledged", 60, start)
+            n = len(statuses)
+            deadline = time.monotonic() + 60
+            while len(statuses) < n + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            if t.is_alive():
+                t.join(60)
+            fe.close()
+        stats = p.stop()["queues"][0]
+    first_ok = statuses.index(VIRTIO_BLK_S_OK)
+    assert first_ok > 0 and set(statuses[:first_ok]) == {VIRTIO_BLK_S_IOERR}, statuses
+    assert set(statuses[first_ok:]) == {VIRTIO_BLK_S_OK}, statuses
+    assert stats["ioerr"] == first_ok and stats["bad_chains"] == 0
+
+
+def test_a_garbage_answer_to_the_config_change_is_reported_and_the_disk_still_grows(sock, guest):
+    with BlkProcess(sock, size="1M", interactive=True) as p:
+        fe, (drv,) = _connect(sock, guest)
+        try:
+            fe.open_backend_channel()
+            start = len(p.output)
+            p.command("resize 2M")
+            _, _, msg = fe.backend_recv(60)
+            fe.backend.send_bytes(b"\xff" * 12)  # not vhost-user: bad version bits
+            out = p.wait_output("vid=0 config change failed", 60, start)[start:]
+            assert "back-end channel closed" in out and "garbage from the front-end" in out
+            assert fe.get_queue_num() == 1 and _capacity(fe) == 4096  # the front channel is untouched
+            assert _io(drv, (VIRTIO_BLK_T_OUT, 4095, b"\x66" * 512))[1] == [VIRTIO_BLK_S_OK]
+            out = p.resize("3M")  # grows; the closed channel cannot tell the front-end
+            assert "resized sectors=6144" in out and "vid=0 config change failed" in out and "channel closed" in out
+        finally:
+            fe.close()
+        p.stop()
 
 
 def test_sighup_adopts_a_file_grown_from_outside(sock, guest, tmp_path):
