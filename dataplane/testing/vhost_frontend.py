@@ -16,7 +16,14 @@ flags)::
     fe.close(); mem.close()
 
 Replies are checked (reply flag, request number); a back-end closing the
-connection shows as :class:`~dataplane.vhost_user.errors.PeerClosed`.  All
+connection shows as :class:`~dataplane.vhost_user.errors.PeerClosed`.
+
+The back-end's request channel: :meth:`VhostUserFrontend.open_backend_channel`
+sends SET_BACKEND_REQ_FD with one end of a socket pair and keeps the other
+(``fe.backend``, an Endpoint); :meth:`~VhostUserFrontend.backend_recv` reads
+and checks one back-end request, :meth:`~VhostUserFrontend.backend_ack`
+answers it (any status), and ``fe.backend.send_bytes`` sends anything
+(hostile answers).  All
 framing is an :class:`~dataplane.vhost_user.endpoint.Endpoint`'s.  The same class serves a
 back-end in client mode: :meth:`VhostUserFrontend.listen` then
 :meth:`VhostUserListener.accept`.
@@ -43,11 +50,14 @@ from dataplane.vhost_user.endpoint import Endpoint
 from dataplane.vhost_user.errors import EndpointTimeout, PeerClosed
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioDeviceStatus, VirtioFeature as VF, bit
 from dataplane.vhost_user.messages import (
+    BACKEND_REQUESTS,
     VHOST_USER_REPLY_MASK,
     VHOST_USER_VERSION,
     Header,
     Message,
+    MessageSpec,
     VhostUserRequest as R,
+    parse_request,
     request_name,
 )
 from dataplane.vhost_user.payloads import VHOST_USER_VRING_NOFD_MASK
@@ -296,6 +306,7 @@ class VhostUserFrontend:
         self.offered_features = 0
         self.offered_protocol_features = 0
         self.vrings: dict[int, FrontendVring] = {}
+        self.backend: Endpoint | None = None
         self.closed = False
 
     # -- connecting -----------------------------------------------------------
@@ -500,6 +511,42 @@ class VhostUserFrontend:
         payload = self.reply(R.VHOST_USER_GET_CONFIG).payload
         return P.Config.parse(payload).payload if payload else b""
 
+    # -- the back-end's request channel -------------------------------------------
+
+    def open_backend_channel(self, ack: bool | None = None) -> int | None:
+        """SET_BACKEND_REQ_FD with a new socket pair's far end; ours becomes ``self.backend``.
+        ``ack`` (default: REPLY_ACK negotiated) asks for the u64 status, returned."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            status = self.request(R.VHOST_USER_SET_BACKEND_REQ_FD, b"", [theirs.fileno()],
+                                  ack=self.reply_ack if ack is None else ack)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = Endpoint(ours, timeout=self.timeout, table=BACKEND_REQUESTS)
+        return status
+
+    def backend_recv(self, timeout: float | None = None) -> tuple[MessageSpec, P.Payload, Message]:
+        """The next back-end request, checked against its row: ``(row, payload, message)``.
+        The message's fds are the caller's (``msg.take_fd`` / ``msg.close_fds``)."""
+        assert self.backend is not None, "no back-end channel (open_backend_channel)"
+        msg = self.backend.recv(timeout)
+        try:
+            spec, payload = parse_request(msg, BACKEND_REQUESTS)
+        except BaseException:
+            msg.close_fds()
+            raise
+        return spec, payload, msg
+
+    def backend_ack(self, msg: Message, status: int = 0) -> None:
+        """Answer a back-end request that asked for it (NEED_REPLY) with the u64 ``status``."""
+        assert self.backend is not None
+        self.backend.send(Message.build(msg.request, P.U64(status), reply=True))
+
     # -- negotiation and rings ---------------------------------------------------
 
     def negotiate(self, features: int | None = None, protocol_features: int | None = None,
@@ -603,6 +650,8 @@ class VhostUserFrontend:
             return
         self.closed = True
         self.endpoint.close()
+        if self.backend is not None:
+            self.backend.close()
         for vr in self.vrings.values():
             vr.close_fds()
 

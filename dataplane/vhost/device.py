@@ -78,6 +78,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.dirty_log import LogError, LogRegion
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost_user import payloads as P
@@ -434,13 +435,16 @@ class VhostUserDevice:
     (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
     ``region_table`` (``uint64[R, 3]``), ``dirty_log`` (the mapped
     :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``vrings`` (list of :class:`Vring`,
-    index = queue id), ``nr_vring``, ``running``, ``backend_req_fd``,
+    index = queue id), ``nr_vring``, ``running``, ``backend_channel``
+    (the :class:`~dataplane.vhost.backend_channel.BackendChannel` set up by
+    SET_BACKEND_REQ_FD, or None), ``loop`` (the event loop serving it),
     ``stats`` (counters: ``messages``, ``replies``, ``errors`` and
     ``errors:<REQUEST>``), ``last_error``.
     """
 
-    def __init__(self, vid: int, config: DeviceConfig, send: Callable[[Message], None]):
+    def __init__(self, vid: int, config: DeviceConfig, send: Callable[[Message], None], loop: Any = None):
         self.vid = vid
+        self.loop = loop
         self.config = config
         self.device_class = config.device
         self.ifname = config.path
@@ -454,7 +458,7 @@ class VhostUserDevice:
         for request, handler in self.device_class.requests().items():
             self._handlers[request] = lambda msg, p, handler=handler: handler(self, msg, p)
         self.owner = False
-        self.backend_req_fd = -1
+        self.backend_channel: BackendChannel | None = None
         self.memory: GuestMemory | None = None
         self.dirty_log: LogRegion | None = None
         self.log_call_fd = -1
@@ -802,6 +806,7 @@ class VhostUserDevice:
 
     def _reset_owner(self, msg: Message, p: Any) -> None:
         self._reset(keep_protocol=False)
+        self.close_backend_channel()  # ownership is gone (DPDK closes it too); RESET_DEVICE keeps it
         self.owner = False
         return None
 
@@ -999,11 +1004,17 @@ class VhostUserDevice:
     # -- back-end channel, status, config ----------------------------------------
 
     def _set_backend_req_fd(self, msg: Message, p: Any) -> None:
-        fd = msg.take_fd(0)
-        if self.backend_req_fd >= 0:
-            os.close(self.backend_req_fd)
-        self.backend_req_fd = fd
+        self.close_backend_channel()
+        if self.loop is None:
+            raise RequestError("no event loop serves this device: a back-end channel cannot be used")
+        self.backend_channel = BackendChannel(self.loop, msg.take_fd(0), self)
         return None
+
+    def close_backend_channel(self) -> None:
+        """Close the back-end channel, if any (its pending requests fail)."""
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+            self.backend_channel = None
 
     def _set_status(self, msg: Message, p: P.U64) -> None:
         if p.u64 > 0xFF:
@@ -1046,6 +1057,15 @@ class VhostUserDevice:
 
     # -- API helpers and teardown ------------------------------------------------
 
+    def pause_datapath(self) -> None:
+        """Take every ring back from the data path (indices written back, no lcore touches them);
+        :meth:`resume_datapath` hands the ready ones out again.  E.g. the disk grows in between."""
+        self._quiesce()
+
+    def resume_datapath(self) -> None:
+        """Hand the ready rings of a running device back to the data path (after :meth:`pause_datapath`)."""
+        self._update_readiness()
+
     def set_guest_notification(self, qid: int, enable: bool) -> None:
         vq = self.vrings[qid]
         vq.guest_notification = bool(enable)
@@ -1066,9 +1086,7 @@ class VhostUserDevice:
         if self.log_call_fd >= 0:
             os.close(self.log_call_fd)
             self.log_call_fd = -1
-        if self.backend_req_fd >= 0:
-            os.close(self.backend_req_fd)
-            self.backend_req_fd = -1
+        self.close_backend_channel()
 
     def __repr__(self) -> str:
         return f"VhostUserDevice(vid={self.vid}, path={self.ifname!r}, running={self.running}, vrings={len(self.vrings)})"
