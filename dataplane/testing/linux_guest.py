@@ -50,6 +50,12 @@ The guest's ``/init``
       in the background (busybox ``nc -l``, its stdin held open on a FIFO:
       busybox nc half-closes its side when its stdin reaches EOF); the pid of
       the listener is in ``$NC_PID``; ``wait_pid SECONDS PID`` waits for it;
+    * ``host_said WORD`` — 0 if the host sent the line WORD (:meth:`Guest.tell`)
+      since the last call (and ``host said WORD`` on the console), else 1 (at
+      once: it reads what is there);
+    * ``rounds FUNC MAX AFTER`` — call ``FUNC 1``, ``FUNC 2``, ... (printing
+      ``round N ok`` after each) until the host said ``stop``, then AFTER more;
+      fails after MAX rounds; ``$ROUNDS`` is how many ran;
     * ``barrier PEER PORT`` — returns once the guest at address PEER called
       ``barrier`` with the same PORT too (so neither powers off while the
       other still needs it), 1 after a minute without the peer.
@@ -60,6 +66,21 @@ The guest's ``/init``
     Network interfaces are ``eth0``, ``eth1``... in the order of ``nics``;
     disks ``/dev/vda``, ``/dev/vdb``... in the order of ``disks``, after the NICs
     on the PCI bus.
+
+Live migration (:func:`migrate`)
+    Every guest has an HMP monitor on a unix socket (:meth:`Guest.monitor`)
+    and a second serial port, ``ttyS1``, for lines from the host
+    (:meth:`Guest.tell`, read in the guest with ``host_said``).
+    :meth:`Guest.destination` makes the guest that receives it: the same
+    command line (the same initramfs file) on other back-end sockets, plus
+    ``-incoming unix:PATH``::
+
+        src = Guest(image, script, nics=[Nic(sock_a)]).start()
+        src.wait_console(r"round 2 ok")           # the script prints its progress
+        dst = src.destination(nics=[Nic(sock_b)]).start()
+        m = migrate(src, dst)                     # MigrationResult: total_ms, downtime_ms, ...
+        dst.tell("stop")                          # the script goes on until host_said stop
+        r = dst.wait()                            # the result line comes from the destination
 
 The script and ``/params`` travel in a second small cpio archive appended to
 the cached initramfs (the kernel unpacks concatenated archives), so one image
@@ -88,12 +109,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Disk", "Guest", "GuestError", "GuestImage", "GuestResult", "Nic", "QEMU", "guest_image", "run_guests"]
+__all__ = ["Disk", "Guest", "GuestError", "GuestImage", "GuestResult", "MigrationResult", "Monitor", "Nic", "QEMU",
+           "BLK_ROUNDS", "BlkMigration", "MIGRATION_CPU", "NetMigration", "SELF_TCP_ROUNDS", "blk_migration", "guest_image", "migrate", "migrate_midway", "net_migration", "run_guests"]
 
 QEMU = shutil.which("qemu-system-x86_64")
 BUSYBOX = "/bin/busybox"
@@ -104,6 +127,11 @@ BOOT_ALLOWANCE = 120.0  # seconds a guest may take to boot and power off, beyond
 RESULT_RE = re.compile(r"^(PASS|FAIL)\b[^\r\n]*", re.MULTILINE)
 
 _SEQ = itertools.count()
+#: The CPU model of guests that live-migrate. With ``-cpu max`` (TCG, QEMU 7.2) a guest migrated
+#: while its NIC interrupts flow crashes on the destination within seconds (garbage RIPs in
+#: interrupt context, slab BUGs), whatever the vhost-user back-end (dpdk-testpmd too); idle it
+#: survives. With ``qemu64`` the same migrations pass.
+MIGRATION_CPU = "qemu64"
 
 
 class GuestError(RuntimeError):
@@ -132,6 +160,9 @@ while read m; do insmod "/lib/modules/$m" || echo "init: insmod $m failed"; done
 ip link set lo up
 cd /tmp
 limit=$(cat /timeout)
+# the second serial port carries lines from the host (Guest.tell): fd 7 of the script, raw
+exec 7<>/dev/ttyS1
+stty raw -echo <&7
 sh -c '. /lib/guest.sh; . /params; set -e; . /test.sh' &
 test=$!
 (sleep $limit; kill -9 $test) 2>/dev/null &
@@ -176,6 +207,31 @@ nc_listen() {
     sleep 100000 > $_fifo &
     nc -l -p "$1" < $_fifo > "$2" &
     NC_PID=$!
+}
+host_said() {
+    # a byte out makes the port interrupt, and the handler takes in what waits (after a migration
+    # the receive interrupt can be lost)
+    printf . >&7
+    while read -t 0.1 _line <&7; do
+        if [ "$_line" = "$1" ]; then echo "host said $1"; return 0; fi
+    done
+    return 1
+}
+rounds() {
+    _i=0
+    _left=-1
+    while [ $_left -ne 0 ]; do
+        _i=$((_i + 1))
+        [ $_i -le $2 ] || fail "the host never said stop ($2 rounds)"
+        "$1" $_i
+        echo "round $_i ok"
+        if [ $_left -gt 0 ]; then
+            _left=$((_left - 1))
+        elif host_said stop; then
+            _left=$3
+        fi
+    done
+    ROUNDS=$_i
 }
 barrier() {
     nc_listen $2 /tmp/.barrier_$2
@@ -347,7 +403,7 @@ class Guest:
 
     ``params`` become shell variables in the script; ``nics`` and ``disks``
     are :class:`Nic` / :class:`Disk`; ``memory_mb`` is guest RAM (memfd,
-    shared); ``smp`` vCPUs; ``extra`` more QEMU arguments; ``append`` more
+    shared); ``smp`` vCPUs; ``cpu`` the CPU model (:data:`MIGRATION_CPU` for a guest to migrate); ``extra`` more QEMU arguments; ``append`` more
     kernel parameters; ``script_timeout`` bounds the script inside the guest.
     ``start()`` launches QEMU, ``wait()`` returns the :class:`GuestResult`, ``close()``
     kills QEMU (by its pid) and removes the guest's files; a context manager
@@ -356,17 +412,23 @@ class Guest:
 
     def __init__(self, image: GuestImage, script: str, *, params: dict | None = None, nics=(), disks=(),
                  memory_mb: int = 256, smp: int = 1, name: str = "guest", extra: list[str] = (),
-                 append: str = "", script_timeout: int = 180):
+                 append: str = "", script_timeout: int = 180, cpu: str = "max",
+                 incoming_from: "Guest | None" = None):
         if QEMU is None:
             raise GuestError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
         self.image, self.script, self.params = image, script, dict(params or {})
         self.nics, self.disks = list(nics), list(disks)
         self.memory_mb, self.smp, self.name, self.extra, self.append = memory_mb, smp, name, list(extra), append
         self.script_timeout = int(script_timeout)
-        self.seq = next(_SEQ)
+        self.cpu = cpu
+        # a migration destination boots nothing: it takes the source's initramfs file and MAC addresses
+        self.incoming_from = incoming_from
+        self.seq = incoming_from.seq if incoming_from else next(_SEQ)
         self.dir: str | None = None
         self.proc: subprocess.Popen | None = None
         self.result: GuestResult | None = None
+        self._monitor: Monitor | None = None
+        self._host_line: socket.socket | None = None
 
     @property
     def log_file(self) -> str:
@@ -381,8 +443,13 @@ class Guest:
         except (FileNotFoundError, TypeError):
             return ""
 
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
     def _initrd(self) -> str:
         """The cached initramfs with this boot's script and params appended as a second archive."""
+        if self.incoming_from is not None:
+            return self.incoming_from._path("initrd.gz")
         for key in self.params:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"guest param {key!r} is not a shell variable name")
@@ -398,9 +465,11 @@ class Guest:
     def command(self) -> list[str]:
         """The QEMU command line (``start()`` must have made the guest's directory)."""
         cmd = [
-            QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", str(self.smp), "-m", f"{self.memory_mb}M",
+            QEMU, "-machine", "q35,accel=tcg", "-cpu", self.cpu, "-smp", str(self.smp), "-m", f"{self.memory_mb}M",
             "-object", f"memory-backend-memfd,id=mem,size={self.memory_mb}M,share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{self.log_file}",
+            "-serial", f"unix:{self._path('host.sock')},server=on,wait=off",  # ttyS1: Guest.tell
+            "-monitor", f"unix:{self._path('monitor.sock')},server=on,wait=off",
             "-kernel", self.image.kernel, "-initrd", self._initrd(),
             # no_timer_check: on a loaded host the kernel's early IO-APIC timer check can miss
             # its ticks under TCG and panic ("IO-APIC + timer doesn't work")
@@ -420,7 +489,74 @@ class Guest:
         for i, disk in enumerate(self.disks):
             cmd += [*_chardev(f"dc{i}", disk.socket, disk.reconnect), "-device",
                     f"vhost-user-blk-pci,chardev=dc{i},num-queues={disk.num_queues},vectors=0" + _props(disk.device)]
+        if self.incoming_from is not None:
+            cmd += ["-incoming", f"unix:{self.incoming_socket}"]
         return cmd + self.extra
+
+    @property
+    def incoming_socket(self) -> str:
+        """Where a destination listens for the migration stream."""
+        return self._path("incoming.sock")
+
+    def destination(self, *, nics=None, disks=None, name: str | None = None) -> "Guest":
+        """A guest to migrate this one into: the same machine and initramfs, on the back-ends
+        ``nics`` / ``disks`` (by default the same sockets), started with ``-incoming``."""
+        return Guest(self.image, self.script, params=self.params,
+                     nics=self.nics if nics is None else nics, disks=self.disks if disks is None else disks,
+                     memory_mb=self.memory_mb, smp=self.smp, name=name or f"{self.name}-dst", extra=self.extra,
+                     append=self.append, script_timeout=self.script_timeout, cpu=self.cpu, incoming_from=self)
+
+    def monitor(self, timeout: float = 60.0) -> "Monitor":
+        """The guest's HMP monitor (connected on first use)."""
+        if self._monitor is None:
+            self._monitor = Monitor(self._path("monitor.sock"), timeout, alive=lambda: self.proc.poll() is None)
+        return self._monitor
+
+    def tell(self, line: str, *, heard: bool = True, timeout: float = 120.0) -> None:
+        """Send ``line`` to the guest's ``ttyS1`` (the script reads it with ``host_said``); with
+        ``heard``, until the console shows ``host said LINE`` (sent again every 2 s meanwhile)."""
+        if self._host_line is None:
+            self._host_line = _connect_unix(self._path("host.sock"), 60.0, lambda: self.proc.poll() is None)
+            self._host_line.setblocking(False)
+        rx = re.compile(rf"^host said {re.escape(line)}\r?$", re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                while self._host_line.recv(4096):  # what host_said writes to wake the port
+                    pass
+            except BlockingIOError:
+                pass
+            self._host_line.sendall(line.encode() + b"\n")
+            if not heard:
+                return
+            resend = time.monotonic() + 2.0
+            while time.monotonic() < resend:
+                if rx.search(self.console):
+                    return
+                if self.proc.poll() is not None or RESULT_RE.search(self.console):
+                    raise GuestError(f"guest {self.name}: ended before it heard {line!r}" + self._tails())
+                if time.monotonic() > deadline:
+                    raise GuestError(f"guest {self.name}: did not hear {line!r} within {timeout} s" + self._tails())
+                time.sleep(0.1)
+
+    def wait_console(self, pattern: str, timeout: float = 300.0) -> re.Match:
+        """Wait until the console shows a line matching ``pattern`` (a regex); its match.
+
+        Raises :class:`GuestError` if QEMU exits or the guest reports its result first, or after ``timeout``.
+        """
+        rx = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console
+            m = rx.search(text)
+            if m:
+                return m
+            if RESULT_RE.search(text) or self.proc.poll() is not None:
+                raise GuestError(f"guest {self.name}: ended (QEMU exit status {self.proc.poll()}) before /{pattern}/"
+                                 + self._tails())
+            if time.monotonic() > deadline:
+                raise GuestError(f"guest {self.name}: no /{pattern}/ within {timeout} s" + self._tails())
+            time.sleep(0.1)
 
     def start(self) -> "Guest":
         """Launch QEMU (returns at once; the guest boots in the background)."""
@@ -476,6 +612,10 @@ class Guest:
 
     def close(self) -> None:
         """Kill QEMU (this guest's pid only) and remove the guest's directory."""
+        for conn in (self._monitor, self._host_line):
+            if conn is not None:
+                conn.close()
+        self._monitor = self._host_line = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -485,7 +625,7 @@ class Guest:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "Guest":
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -505,3 +645,278 @@ def run_guests(*guests: Guest, timeout: float | None = None) -> list[GuestResult
         timeout = max(g.script_timeout for g in guests) + BOOT_ALLOWANCE
     deadline = time.monotonic() + timeout
     return [g.wait(max(1.0, deadline - time.monotonic())) for g in guests]
+
+
+# -- live migration --------------------------------------------------------------------------------
+
+#: The console line after which :func:`migrate_midway` migrates (``rounds`` prints it).
+PROGRESS = r"^round 2 ok"
+
+#: A guest that sends TCP data to itself through its one NIC, for a back-end in ``5tswap`` mode:
+#: 10.0.0.1:A -> 10.0.0.2:B comes back as 10.0.0.2:B -> 10.0.0.1:A, which Linux takes as a
+#: simultaneous open to itself, so ``nc`` reads back what it writes. No one answers ARP, hence
+#: the static neighbour. Rounds of ``$mib`` MiB, each md5-checked (``rounds``: "round N ok" each,
+#: until the host says ``stop`` (:meth:`Guest.tell`), then ``$after`` more; at most ``$max_rounds``).
+SELF_TCP_ROUNDS = r"""
+ip addr add 10.0.0.1/24 dev eth0
+ip link set eth0 up
+arp -i eth0 -s 10.0.0.2 02:00:00:00:00:02
+tcp_round() {
+    dd if=/dev/urandom of=tx bs=1M count=$mib 2>/dev/null
+    nc -w 20 10.0.0.2 5001 < tx > rx || fail "round $1: nc failed after $(wc -c < rx) bytes"
+    a=$(md5sum < tx | cut -d' ' -f1)
+    b=$(md5sum < rx | cut -d' ' -f1)
+    [ "$a" = "$b" ] || fail "round $1: sent $a, got back $b ($(wc -c < rx) bytes)"
+}
+rounds tcp_round $max_rounds $after
+result rounds=$ROUNDS
+"""
+
+def _connect_unix(path: str, timeout: float, alive) -> socket.socket:
+    """A stream connection to ``path``, retried while QEMU (``alive()``) has not made the socket yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if not alive():
+                raise GuestError(f"QEMU exited before {path} could be reached") from None
+            if time.monotonic() > deadline:
+                raise GuestError(f"no QEMU socket {path} within {timeout} s") from None
+            time.sleep(0.1)
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Monitor:
+    """QEMU's human monitor (HMP) on a unix socket: :meth:`cmd` sends a line and returns its output."""
+
+    PROMPT = b"(qemu) "
+
+    def __init__(self, path: str, timeout: float = 60.0, alive=lambda: True):
+        self.sock = _connect_unix(path, timeout, alive)
+        self._buf = b""
+        self._until_prompt(timeout)  # the banner
+
+    def _until_prompt(self, timeout: float) -> str:
+        self.sock.settimeout(timeout)
+        while self.PROMPT not in self._buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise GuestError(f"no monitor prompt within {timeout} s: {self._buf[-2000:]!r}") from None
+            if not chunk:
+                raise GuestError(f"the monitor closed: {self._buf[-2000:]!r}")
+            self._buf += chunk
+        text, _, self._buf = self._buf.partition(self.PROMPT)
+        return text.decode(errors="replace")
+
+    def cmd(self, line: str, timeout: float = 60.0) -> str:
+        """Run one HMP command; its output without the echoed command line."""
+        self.sock.sendall(line.encode() + b"\n")
+        text = _ESCAPES.sub("", self._until_prompt(timeout)).replace("\r", "")
+        lines = text.split("\n")
+        if lines and lines[0].strip().endswith(line):  # readline echoes what it was sent
+            lines = lines[1:]
+        return "\n".join(lines).strip()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class MigrationResult:
+    """What the source's ``info migrate`` said at the end: ``status`` (``completed``, ``failed``, ...),
+    ``total_ms`` and ``downtime_ms`` (None when not reported), and the whole ``info`` text."""
+
+    status: str
+    total_ms: int | None
+    downtime_ms: int | None
+    info: str
+
+
+def _ms(key: str, text: str) -> int | None:
+    m = re.search(rf"^{key}: (\d+) ms", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def migrate(src: Guest, dst: Guest, *, max_bandwidth: str = "4G", timeout: float = 600.0,
+            capabilities: dict | None = None) -> MigrationResult:
+    """Live-migrate ``src`` into ``dst`` (made by :meth:`Guest.destination` and started) over a unix socket.
+
+    Sets ``max-bandwidth`` (QEMU's default of 32 MiB/s would not converge under a
+    guest that keeps writing) and the ``capabilities`` given
+    (``{"postcopy-ram": "on"}``), runs ``migrate -d unix:...`` on the source's
+    monitor and polls ``info migrate`` until the status is ``completed``,
+    ``failed`` or ``cancelled``. On success it waits until the destination
+    runs. Raises :class:`GuestError` on a timeout; a failed migration is a result.
+    """
+    mon = src.monitor()
+    dst.monitor()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(dst.incoming_socket):
+        if dst.proc.poll() is not None or time.monotonic() > deadline:
+            raise GuestError(f"destination {dst.name} is not listening on {dst.incoming_socket}" + dst._tails())
+        time.sleep(0.1)
+    for name, value in (capabilities or {}).items():
+        for m in (mon, dst.monitor()):
+            m.cmd(f"migrate_set_capability {name} {value}")
+    out = mon.cmd(f"migrate_set_parameter max-bandwidth {max_bandwidth}")
+    if out:
+        raise GuestError(f"migrate_set_parameter: {out}")
+    out = mon.cmd(f"migrate -d unix:{dst.incoming_socket}")
+    if out:
+        raise GuestError(f"migrate: {out}")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = mon.cmd("info migrate")
+        m = re.search(r"^Migration status: (\S+)", info, re.MULTILINE)
+        status = m.group(1) if m else "?"
+        if status in ("completed", "failed", "cancelled"):
+            break
+        if time.monotonic() > deadline:
+            raise GuestError(f"migration of {src.name} still {status} after {timeout} s:\n{info}")
+        time.sleep(0.2)
+    result = MigrationResult(status, _ms("total time", info), _ms("downtime", info), info)
+    if status == "completed":
+        while "running" not in dst.monitor().cmd("info status"):
+            if dst.proc.poll() is not None or time.monotonic() > deadline:
+                raise GuestError(f"destination {dst.name} does not run after the migration" + dst._tails())
+            time.sleep(0.1)
+    return result
+
+#: A guest that writes its disk ``/dev/vda`` in rounds: ``$mib`` MiB of random data into slot
+#: ``(N - 1) % $slots`` (O_DIRECT), read back at once and compared (``rounds``, as
+#: :data:`SELF_TCP_ROUNDS`); at the end every slot is read back again and must hold what was
+#: last written there. The result line carries the md5 of each slot written (``s0=... s1=...``).
+BLK_ROUNDS = r"""
+blk_round() {
+    slot=$(( ($1 - 1) % slots ))
+    dd if=/dev/urandom of=w bs=1M count=$mib 2>/dev/null
+    dd if=w of=/dev/vda bs=1M seek=$((slot * mib)) count=$mib oflag=direct 2>/dev/null || fail "round $1: write"
+    md5sum < w | cut -d' ' -f1 > slot$slot
+    dd if=/dev/vda of=r bs=1M skip=$((slot * mib)) count=$mib iflag=direct 2>/dev/null || fail "round $1: read"
+    cmp -s w r || fail "round $1: slot $slot reads back different data"
+}
+rounds blk_round $max_rounds $after
+s=0
+while [ $s -lt $slots ]; do
+    if [ -e slot$s ]; then
+        got=$(dd if=/dev/vda bs=1M skip=$((s * mib)) count=$mib iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        [ "$got" = "$(cat slot$s)" ] || fail "slot $s holds $got, not $(cat slot$s)"
+        result s$s=$got
+    fi
+    s=$((s + 1))
+done
+result rounds=$ROUNDS
+"""
+
+
+def migrate_midway(src: Guest, *, nics=None, disks=None, progress: str = PROGRESS, stop: str | None = "stop",
+                   **migrate_kw) -> tuple[Guest, MigrationResult]:
+    """Start ``src`` (unless started), wait for ``progress`` on its console, start its destination on
+    ``nics`` / ``disks`` and migrate (``migrate_kw`` go to :func:`migrate`); once the destination runs,
+    :meth:`~Guest.tell` it ``stop``. Returns the started destination (the caller closes it, and
+    waits for its result) and the :class:`MigrationResult`."""
+    if src.proc is None:
+        src.start()
+    src.wait_console(progress)
+    dst = src.destination(nics=nics, disks=disks).start()
+    try:
+        result = migrate(src, dst, **migrate_kw)
+        if result.status == "completed" and stop:
+            dst.tell(stop)
+    except BaseException:
+        dst.close()
+        raise
+    return dst, result
+
+
+@dataclass
+class NetMigration:
+    """One :func:`net_migration`: the guest's ``result`` (from the destination), the
+    ``migration``, the ``show port stats 0`` of the ``source`` and ``destination`` back-ends,
+    their ``show port xstats 0`` (``source_x``, ``destination_x``) and the destination's output."""
+
+    result: GuestResult
+    migration: MigrationResult
+    source: dict
+    destination: dict
+    source_x: dict
+    destination_x: dict
+    destination_log: str
+
+
+def net_migration(image: GuestImage, kind: str, *, packed: bool = False, device: dict | None = None,
+                  mib: int = 4, after: int = 2, backend_cpus=None) -> NetMigration:
+    """A guest running :data:`SELF_TCP_ROUNDS` migrated, after its round 2, from one 5tswap
+    back-end to another (``kind``: ``"testpmd"`` or ``"dataplane"``, see
+    :func:`~dataplane.testing.testpmd.swap_backend`); the host says stop once the destination
+    runs, the guest does ``after`` more rounds. Everything started is stopped and removed.
+
+    ``packed`` and ``device`` are the NIC's (:class:`Nic`); ``backend_cpus`` the two back-ends'
+    cpus (default: dpdk-testpmd on cpu 1 and 0, ours on lcores 0-1 both).
+    """
+    from dataplane.testing.testpmd import swap_backend
+
+    cpus = backend_cpus or (("1", "0") if kind == "testpmd" else ("0-1", "0-1"))
+    d = tempfile.mkdtemp(prefix="mig", dir="/tmp")  # socket paths must stay short
+    socks = [os.path.join(d, "a.sock"), os.path.join(d, "b.sock")]
+    nic = dict(packed=packed, device=dict(device or {}))
+    params = {"mib": mib, "max_rounds": 60, "after": after}
+    try:
+        with swap_backend(kind, socks[0], cpus=cpus[0]) as a, swap_backend(kind, socks[1], cpus=cpus[1]) as b:
+            with Guest(image, SELF_TCP_ROUNDS, params=params, nics=[Nic(socks[0], **nic)], name="src",
+                       script_timeout=400, cpu=MIGRATION_CPU) as src:
+                # xstats while the devices run (dpdk-testpmd has none for a stopped device): the
+                # source's before the migration, the destination's after a whole round there, well
+                # after the guest announced itself
+                src.wait_console(PROGRESS)
+                source_x = a.port_xstats(0)
+                dst, m = migrate_midway(src, nics=[Nic(socks[1], **nic)])
+                with dst:
+                    if m.status == "completed":
+                        dst.wait_console(r"^round \d+ ok")
+                    destination_x = b.port_xstats(0)
+                    r = dst.wait()
+            return NetMigration(r, m, a.port_stats(0), b.port_stats(0), source_x, destination_x, b.output)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass
+class BlkMigration:
+    """One :func:`blk_migration`: the guest's ``result`` (from the destination), the
+    ``migration``, and the final per-queue counters of the ``source`` and ``destination`` back-ends."""
+
+    result: GuestResult
+    migration: MigrationResult
+    source: list
+    destination: list
+
+
+def blk_migration(image: GuestImage, file: str, *, packed: bool = False, mib: int = 4, slots: int = 4,
+                  after: int = 2) -> BlkMigration:
+    """A guest running :data:`BLK_ROUNDS` on a ``dataplane-vhost-blk`` disk serving ``file``,
+    migrated after its round 2 to a second ``dataplane-vhost-blk`` serving the same file; the
+    host says stop once the destination runs. Everything started is stopped and removed."""
+    from dataplane.testing.vhost_blk_proc import BlkProcess
+
+    d = tempfile.mkdtemp(prefix="migb", dir="/tmp")
+    socks = [os.path.join(d, "a.sock"), os.path.join(d, "b.sock")]
+    disk = {"device": {"packed": "on"}} if packed else {}
+    params = {"mib": mib, "slots": slots, "max_rounds": 60, "after": after}
+    try:
+        with BlkProcess(socks[0], file=file) as a, BlkProcess(socks[1], file=file) as b:
+            with Guest(image, BLK_ROUNDS, params=params, disks=[Disk(socks[0], **disk)], name="src",
+                       script_timeout=400, cpu=MIGRATION_CPU) as src:
+                dst, m = migrate_midway(src, disks=[Disk(socks[1], **disk)])
+                with dst:
+                    r = dst.wait()
+            return BlkMigration(r, m, a.stop()["queues"], b.stop()["queues"])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-__all__ = ["TESTPMD", "Testpmd", "TestpmdError", "dataplane_shell"]
+__all__ = ["TESTPMD", "Testpmd", "TestpmdError", "dataplane_shell", "swap_backend"]
 
 TESTPMD = shutil.which("dpdk-testpmd")
 PROMPT = "testpmd> "
@@ -49,6 +49,30 @@ def dataplane_shell(eal: list[str], app: list[str] = (), *, lcores: str = "0-1",
     """
     return Testpmd(eal, app, cpus=lcores, memory_mb=memory_mb, mbufs=mbufs, wait=wait, timeout=timeout,
                    program=[sys.executable, "-m", "dataplane.cli"])
+
+
+def swap_backend(kind: str, sock: str, *, cpus: str = "1", devargs: str = "", timeout: float = 900.0) -> "Testpmd":
+    """A vhost-user net back-end for one guest that sends every frame back with its 5-tuple swapped
+    (``--forward-mode=5tswap``), forwarding started: ``kind`` ``"testpmd"`` (dpdk-testpmd's
+    ``net_vhost0,iface=sock,client=0``) or ``"dataplane"`` (ours, the same devargs).
+
+    ``cpus``: where dpdk-testpmd runs, or our ``--lcores``; ``timeout`` covers a first
+    start that compiles.
+    """
+    eal = ["--vdev", f"net_vhost0,iface={sock},client=0{devargs}"]
+    app = ["--forward-mode=5tswap"]
+    if kind == "testpmd":
+        tp = Testpmd(eal, app, cpus=cpus, mbufs=8192)
+    elif kind == "dataplane":
+        tp = dataplane_shell(eal, app, lcores=cpus, timeout=timeout)
+    else:
+        raise ValueError(f"unknown back-end kind {kind!r} (testpmd, dataplane)")
+    try:
+        tp.cmd("start", timeout=timeout)
+    except BaseException:
+        tp.close()
+        raise
+    return tp
 
 
 class Testpmd:
@@ -144,6 +168,15 @@ class Testpmd:
         """``show port stats N`` as {RX-packets, RX-missed, RX-bytes, RX-errors, RX-nombuf, TX-packets, TX-errors, TX-bytes}."""
         text = self.cmd(f"show port stats {port}")
         return {k: int(v) for k, v in re.findall(r"([RT]X-[a-z]+):\s+(\d+)", text)}
+
+    def port_xstats(self, port: int = 0) -> dict[str, int]:
+        """``show port xstats N`` as {name: value}."""
+        out = {}
+        for line in self.cmd(f"show port xstats {port}").splitlines():
+            k, _, v = line.partition(":")
+            if v.strip().isdigit():
+                out[k.strip()] = int(v)
+        return out
 
     def stop(self) -> dict[str, int]:
         """``stop``: the accumulated forward statistics (RX-packets, RX-dropped, TX-packets, TX-dropped, ...)."""

@@ -125,12 +125,7 @@ def test_vhost_pmd_xstats_buckets_and_casts(sock):
 
 
 def _xstats(dp: Testpmd) -> dict[str, int]:
-    out = {}
-    for line in dp.cmd("show port xstats 0").splitlines():
-        k, _, v = line.partition(":")
-        if v.strip().isdigit():
-            out[k.strip()] = int(v)
-    return out
+    return dp.port_xstats(0)
 
 
 def test_dts_loopback_script_with_dataplane_as_the_virtio_user_side(sock):

@@ -65,12 +65,7 @@ def engine(mode: str = "io", ports: int = 2, queues: int = 1, devargs: str = "")
 
 
 def _xstats(dp, port: int) -> dict[str, int]:
-    out = {}
-    for line in dp.cmd(f"show port xstats {port}").splitlines():
-        k, _, v = line.partition(":")
-        if v.strip().isdigit():
-            out[k.strip()] = int(v)
-    return out
+    return dp.port_xstats(port)
 
 
 def _pair(image, socks, script, *, mib: int, nic=None, smp: int = 1, nics=None):

@@ -67,3 +67,18 @@ def test_guest_disk_on_a_vhost_user_blk_back_end(image, tmp_path):
         assert disk.read_bytes()[5 * 512:5 * 512 + 21] == b"hello-from-the-guest\n"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_host_lines_and_the_monitor(image):
+    """A line the host sends (Guest.tell) reaches the script's host_said, which reports it; the
+    HMP monitor answers while the guest runs."""
+    script = """
+        n=0
+        while ! host_said go; do n=$((n + 1)); [ $n -lt 1200 ] || fail "never heard the host"; done
+        result heard=go
+    """
+    with Guest(image, script) as g:
+        assert "VM status: running" in g.monitor().cmd("info status")
+        g.tell("go")  # returns once the console shows "host said go"
+        r = g.wait()
+    assert r.passed and r.values == {"heard": "go"}, r.console[-3000:]
