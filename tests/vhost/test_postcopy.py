@@ -218,3 +218,19 @@ def test_disconnect_during_postcopy_stops_the_relay(lib, pc_server, connect, gue
     recorder.wait(("destroy_connection", 0))
     assert lib.list_vids() == []  # the library lock is held until the close is complete
     assert dev.postcopy.relay is None and not _alive(relay_pid)
+
+
+def test_one_advise_listen_end_per_vhost_device_of_the_connection(lib, pc_server, connect, guest):
+    """QEMU sends ADVISE, LISTEN and END once per vhost device (a multi-queue net device has one per
+    queue pair) and SET_MEM_TABLE once: postcopy ends with the last END."""
+    fe, dev = _negotiated(lib, connect, guest)
+    os.close(fe.postcopy_advise())
+    os.close(fe.postcopy_advise())
+    assert fe.postcopy_listen() == 0 and fe.postcopy_listen() == 0
+    fe.set_mem_table_postcopy()
+    relay_pid = dev.postcopy.relay.pid
+    assert fe.postcopy_end() == 0
+    assert dev.postcopy.active and _alive(relay_pid)
+    assert fe.postcopy_end() == 0
+    assert not dev.postcopy.active and not _alive(relay_pid)
+    assert fe.postcopy_end() == 1  # nothing left to end
