@@ -240,6 +240,8 @@ class _Relay:
                     msg, fds = recv_message(self.ctl)
                     if msg is None or msg.get("op") == "stop":
                         close_fds(fds)
+                        if msg is not None:
+                            send_message(self.ctl, {"ok": True, "served": self.served})
                         return
                     try:
                         reply = self.command(msg, fds)
@@ -344,11 +346,16 @@ class FaultRelay:
         """Register the relay's mapped table on QEMU's userfaultfd (after QEMU acknowledged it)."""
         self._call({"op": "register"})
 
-    def stop(self) -> None:
-        """End the relay (its userfaultfds close: every registered range, in every process, is released)."""
+    def stop(self) -> int | None:
+        """End the relay (its userfaultfds close: every registered range, in every process, is released).
+
+        Returns how many faults it served (None if it could not tell)."""
+        served = None
         if self.sock is not None:
             try:
                 send_message(self.sock, {"op": "stop"})
+                if select.select([self.sock], [], [], RELAY_STOP_TIMEOUT)[0]:
+                    served = (recv_message(self.sock)[0] or {}).get("served")
             except OSError:
                 pass
         try:
@@ -362,6 +369,7 @@ class FaultRelay:
             self.sock = None  # type: ignore[assignment]
         if getattr(self, "address", None):  # a killed relay leaves its directory behind
             shutil.rmtree(os.path.dirname(self.address), ignore_errors=True)
+        return served
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +381,8 @@ class Postcopy:
     """Postcopy state of one vhost-user device (``VhostUserDevice.postcopy``).
 
     Counts the ADVISE / LISTEN / END of the connection's vhost devices; a
-    relay runs from the first ADVISE to the last END.  While a SET_MEM_TABLE
+    relay runs from the first ADVISE to the last END (``faults_served``: how
+    many faults of our processes the last one served).  While a SET_MEM_TABLE
     reply awaits QEMU's acknowledgement, ``awaiting_ack`` is true and the
     new table is mapped but not yet in use (:meth:`take_ack`).
     """
@@ -387,6 +396,7 @@ class Postcopy:
         self.awaiting_ack = False
         self.pending: GuestMemory | None = None
         self.bases: list[int] = []  # the relay's region addresses, as last replied
+        self.faults_served: int | None = None  # by the last relay, when it stopped
 
     @property
     def active(self) -> bool:
@@ -501,7 +511,8 @@ class Postcopy:
             self.pending.unmap()
             self.pending = None
         if self.relay is not None:
-            self.relay.stop()
+            self.faults_served = self.relay.stop()
+            log.info("postcopy fault relay stopped", path=self.name, faults_served=self.faults_served)
             self.relay = None
         self.advised = self.listening = self.ended = 0
         self.awaiting_ack = False

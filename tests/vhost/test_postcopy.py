@@ -20,6 +20,8 @@ V1 = bit(VF.VIRTIO_F_VERSION_1)
 PROTO = bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
 PAGEFAULT = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT)
 REPLY_ACK = bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK)
+#: Replies may wait for the fault relay to start (a Python process importing numba: seconds on a loaded box).
+SLOW = 60.0
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def _alive(pid: int) -> bool:
 
 def _listening(lib, connect, guest):
     """Negotiate PAGEFAULT, ADVISE (-> the back-end's uffd) and LISTEN; returns (fe, uffd fd, device)."""
-    fe = connect(guest)
+    fe = connect(guest, timeout=SLOW)
     fe.negotiate(V1 | PROTO, REPLY_ACK | PAGEFAULT)
     assert fe.protocol_features & PAGEFAULT
     uffd = fe.postcopy_advise()
@@ -98,6 +100,7 @@ def test_main_process_fault_is_served_by_the_front_end(lib, pc_server, connect, 
         relay_pid = dev.postcopy.relay.pid
         assert fe.postcopy_end() == 0
         assert dev.postcopy.relay is None and not _alive(relay_pid)
+        assert dev.postcopy.faults_served == 1 and len(pager.faults) == 1
     finally:
         pager.close()
 
@@ -146,13 +149,14 @@ def test_lcore_process_fault_is_relayed(lib, pc_server, connect, guest):
         pager.close()
     assert vr is fe.vrings[0]
     assert fe.postcopy_end() == 0
+    assert dev.postcopy.faults_served == 1  # the lcore's, through the relay
 
 
 # -- hostile order -------------------------------------------------------------------
 
 
 def _negotiated(lib, connect, guest):
-    fe = connect(guest)
+    fe = connect(guest, timeout=SLOW)
     fe.negotiate(V1 | PROTO, REPLY_ACK | PAGEFAULT)
     return fe, lib.get_device(0)
 
