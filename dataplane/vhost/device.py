@@ -814,6 +814,7 @@ class VhostUserDevice:
         if self.postcopy.active:  # reply with the fault relay's addresses; put in use at the acknowledgement
             fds = [msg.take_fd(i) for i in range(len(msg.fds))]
             return self.postcopy.set_mem_table(self.memory, p.regions, fds, len(msg.payload))
+        self.postcopy.not_entered()
         if self.memory is not None and self.memory.same_table(p.regions):
             log.info("memory regions not changed", path=self.ifname, vid=self.vid)
             return None  # the new fds are closed with the message

@@ -452,6 +452,13 @@ class Postcopy:
             log.info("postcopy ended", path=self.name)
         return P.U64(0)
 
+    def not_entered(self) -> None:
+        """A mem table is mapped the ordinary way after ADVISE without LISTEN: the migration completed
+        in precopy (QEMU then sends no END), so the advise is withdrawn and the relay stopped."""
+        if self.advised and not self.listening:
+            log.info("postcopy advised but not entered (the migration completed in precopy)", path=self.name)
+            self.close()
+
     def set_mem_table(self, current: GuestMemory | None, regions: list[P.MemoryRegion], fds: list[int],
                       size: int) -> bytes:
         """SET_MEM_TABLE while listening: map (here and in the relay) without touching; the reply

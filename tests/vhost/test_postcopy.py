@@ -238,3 +238,15 @@ def test_one_advise_listen_end_per_vhost_device_of_the_connection(lib, pc_server
     assert fe.postcopy_end() == 0
     assert not dev.postcopy.active and not _alive(relay_pid)
     assert fe.postcopy_end() == 1  # nothing left to end
+
+
+def test_advise_without_listen_is_withdrawn_by_an_ordinary_mem_table(lib, pc_server, connect, guest):
+    """A migration that completes in precopy: QEMU advised postcopy but never listens, sends no END,
+    and starts the device with an ordinary SET_MEM_TABLE; the relay stops then."""
+    fe, dev = _negotiated(lib, connect, guest)
+    os.close(fe.postcopy_advise())
+    relay_pid = dev.postcopy.relay.pid
+    fe.set_mem_table()
+    fe.sync()
+    assert dev.memory is not None and dev.postcopy.relay is None and not _alive(relay_pid)
+    assert fe.postcopy_listen() == 1  # nothing advised any more
