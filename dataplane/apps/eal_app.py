@@ -49,7 +49,8 @@ def eal_main(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: li
 def wait_for_stop(eal, duration: float = 0.0, *, every: float = 0.1, tick: Callable | None = None) -> None:
     """Return at SIGINT/SIGTERM (the stop flag), after ``duration`` seconds (0: never) or when an lcore failed.
 
-    ``tick()`` runs every ``every`` seconds meanwhile (e.g. to write a stats file).
+    ``tick()`` runs every ``every`` seconds meanwhile (e.g. to write a stats file); it returning
+    True ends the wait too (e.g. ``quit`` in a shell).
     """
     deadline = time.monotonic() + duration if duration > 0 else None
     stop = eal.launcher.stop_flag
@@ -59,8 +60,8 @@ def wait_for_stop(eal, duration: float = 0.0, *, every: float = 0.1, tick: Calla
         if eal.launcher.failures:
             log.error("an lcore failed", errors=[str(e) for e in eal.launcher.failures])
             return
-        if tick is not None:
-            tick()
+        if tick is not None and tick():
+            return
         time.sleep(every)
 
 

@@ -3,7 +3,7 @@
 ::
 
     dataplane-vhost-blk [EAL options] -- --socket PATH (--size SIZE | --file PATH)
-                        [--queues N] [--readonly] [--serial ID] [--client]
+                        [--queues N] [--readonly] [--serial ID] [--client] [-i]
 
     dataplane-vhost-blk -l 0-1 --no-huge -m 64 -- --socket /tmp/blk.sock --size 256M
     qemu-system-x86_64 ... -chardev socket,id=c0,path=/tmp/blk.sock \\
@@ -19,6 +19,21 @@
   writes get IOERR.  ``--serial ID``: what GET_ID returns (<= 20 bytes).
 * ``--client``: connect to PATH (retrying every second) instead of listening.
 * ``--duration S``: stop after S seconds (default: at SIGINT/SIGTERM).
+* ``-i`` / ``--interactive``: commands on stdin (prompt ``vhost-blk>``):
+  ``resize SIZE`` grows the disk, ``show disk``, ``help``, ``quit``
+  (end of input quits too).
+
+**Growing the disk at run time.**  ``resize SIZE`` (``2G``, bytes; never
+smaller) grows a RAM disk (more shared memory) or a ``--file`` (extended,
+sparse).  With ``--file``, ``SIGHUP`` does the same after the file was grown
+from outside (``truncate -s 2G disk.img; kill -HUP PID``).  The lcores stop
+serving the queues while the disk grows and pick up the new size when they
+resume; then every connected front-end that gave a back-end channel with the
+CONFIG protocol feature gets ``VHOST_USER_BACKEND_CONFIG_CHANGE_MSG``: QEMU
+re-reads the config space and the guest sees the new capacity (Linux:
+``/sys/block/vda/size``, "detected capacity change" in its log).  Each
+outcome is printed: ``vhost-blk: resized sectors=N``, then per front-end
+``vhost-blk: vid=V config change acknowledged`` (or ``... failed: REASON``).
 
 At start it prints ``vhost-blk: ready ...`` once the socket is up; at exit it
 prints the per-queue counters as one JSON line.
@@ -27,12 +42,17 @@ prints the per-queue counters as one JSON line.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
+import select
+import signal
 import sys
 
 from dataplane import log as dplog
 from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
-from dataplane.memory.units import parse_size
+from dataplane.memory.units import format_size, parse_size
+from dataplane.vhost.backend_channel import ACK_TIMEOUT
 from dataplane.vhost.blk.device import DEFAULT_LIMITS, BlkDevice
 from dataplane.vhost.blk.handoff import BlkVringHandoff, serve_queues, warm_up
 from dataplane.vhost.blk.spec import VIRTIO_BLK_ID_BYTES
@@ -43,6 +63,7 @@ log = dplog.get_logger("dataplane.apps")
 
 PROG = "dataplane-vhost-blk"
 BURST = 32
+PROMPT = "vhost-blk> "
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", default="")
     p.add_argument("--client", action="store_true", help="connect to the socket instead of listening")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until SIGINT/SIGTERM)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="commands on stdin: 'resize SIZE' grows the disk (the guest is told), 'show disk', 'quit'")
+    p.epilog = ("With --file, SIGHUP adopts the file's new size after it was grown from outside "
+                "(truncate -s 2G IMG; kill -HUP PID). Front-ends are told with CONFIG_CHANGE_MSG.")
     return p
 
 
@@ -78,6 +103,105 @@ def _open_storage(eal, opts) -> Storage:
         raise StorageError(f"--size: {e}") from None
     mem = eal.memory
     return Storage.ram(size, hugepage=mem.hugepage, page_size=mem.page_size, readonly=opts.readonly)
+
+
+class BlkShell:
+    """The ``-i`` commands and the SIGHUP resize over one served disk (``handle(line)`` returns the output)."""
+
+    def __init__(self, lib: VhostLibrary, socket: str, device: BlkDevice, storage: Storage):
+        self.lib, self.socket, self.device, self.storage = lib, socket, device, storage
+
+    def resize(self, size: int) -> str:
+        """Grow the disk to ``size`` bytes with no lcore serving meanwhile, then tell the front-ends."""
+        def update() -> None:
+            self.storage.grow(size)
+            self.device.sectors = self.storage.sectors
+
+        try:
+            futures = self.lib.driver_config_change(self.socket, update)
+        except StorageError as e:
+            return f"vhost-blk: resize failed: {e}\n"
+        out = [f"vhost-blk: resized sectors={self.storage.sectors} size={format_size(self.storage.size)}\n"]
+        if not futures:
+            out.append("vhost-blk: no front-end with a back-end channel to tell\n")
+        concurrent.futures.wait(futures.values(), timeout=ACK_TIMEOUT + 5)
+        for vid, fut in sorted(futures.items()):
+            err = fut.exception(0) if fut.done() else TimeoutError("no outcome")
+            out.append(f"vhost-blk: vid={vid} config change acknowledged\n" if err is None
+                       else f"vhost-blk: vid={vid} config change failed: {err}\n")
+        return "".join(out)
+
+    def reread_file(self) -> str:
+        """SIGHUP: adopt the size of a disk file grown from outside."""
+        if not self.storage.file_backed:
+            return "vhost-blk: SIGHUP ignored: a RAM disk has no file to re-read (use 'resize SIZE' with -i)\n"
+        return self.resize(self.storage.file_size())
+
+    def handle(self, line: str) -> str | None:
+        """Run one command; None means quit."""
+        w = line.split()
+        if not w:
+            return ""
+        if w[0] in ("quit", "exit"):
+            return None
+        if w[0] == "resize" and len(w) == 2:
+            try:
+                size = parse_size(w[1])
+            except ValueError as e:
+                return f"vhost-blk: resize failed: {e}\n"
+            return self.resize(size)
+        if w == ["show", "disk"]:
+            s = self.storage
+            return (f"vhost-blk: sectors={s.sectors} size={format_size(s.size)} file={s.path or '-'}"
+                    f" readonly={int(s.readonly)} vids={self.lib.list_vids()}\n")
+        if w[0] == "help":
+            return "commands: resize SIZE | show disk | quit\n"
+        return f"vhost-blk: unknown command {line.strip()!r} (help lists them)\n"
+
+
+class _Stdin:
+    """Whole lines from stdin without blocking the main lcore's wait."""
+
+    def __init__(self):
+        self.buf = b""
+        self.eof = False
+
+    def lines(self) -> list[str]:
+        while not self.eof and select.select([0], [], [], 0)[0]:
+            data = os.read(0, 4096)
+            self.eof = not data
+            self.buf += data
+        *done, self.buf = self.buf.split(b"\n")
+        if self.eof and self.buf:
+            done, self.buf = done + [self.buf], b""
+        return [d.decode(errors="replace") for d in done]
+
+
+def _serve(eal, opts, shell: BlkShell) -> None:
+    """The main lcore's wait: signals, the shell, SIGHUP."""
+    hup = []
+    old = signal.signal(signal.SIGHUP, lambda *_: hup.append(1))
+    stdin = _Stdin() if opts.interactive else None
+    if stdin is not None:
+        print(PROMPT, end="", flush=True)
+
+    def tick() -> bool:
+        while hup:
+            hup.pop()
+            print(shell.reread_file(), end="", flush=True)
+        if stdin is None:
+            return False
+        for line in stdin.lines():
+            out = shell.handle(line)
+            if out is None:
+                return True
+            print(out + PROMPT, end="", flush=True)
+        return stdin.eof
+
+    try:
+        wait_for_stop(eal, opts.duration, tick=tick)
+    finally:
+        signal.signal(signal.SIGHUP, old)
 
 
 def run(eal, opts) -> int:
@@ -110,7 +234,7 @@ def run(eal, opts) -> int:
         lib.driver_start(opts.socket)
         print(f"vhost-blk: ready socket={opts.socket} sectors={storage.sectors} queues={opts.queues}"
               f" readonly={int(opts.readonly)}", flush=True)
-        wait_for_stop(eal, opts.duration)
+        _serve(eal, opts, BlkShell(lib, opts.socket, device, storage))
     except KeyboardInterrupt:
         pass
     except VhostError as e:

@@ -29,19 +29,22 @@ class AppProcess:
     RuntimeError with the output if the process exits or ``timeout`` passes first).
     ``workdir``: the temporary directory to use (made with ``tempfile.mkdtemp``;
     removed by :meth:`close`), e.g. when the app's arguments name files in it.
+    ``stdin``: give it a pipe for :meth:`command` (an interactive shell); otherwise it has none.
     """
 
     name = "app"
 
     def __init__(self, module: str, app_args: list[str], *, ready: str, lcores: str = "0-1", memory_mb: int = 256,
-                 eal_extra: list[str] = (), timeout: float = 240.0, prefix: str = "app", workdir: str | None = None):
+                 eal_extra: list[str] = (), timeout: float = 240.0, prefix: str = "app", workdir: str | None = None,
+                 stdin: bool = False):
         self.dir = workdir or tempfile.mkdtemp(prefix=prefix)
         self.log_file = os.path.join(self.dir, "out.log")
         self.prefix = f"{prefix}{os.getpid()}_{next(_SEQ)}"
         cmd = [sys.executable, "-m", module, "-l", lcores, "--no-huge", "-m", str(memory_mb),
                "--file-prefix", self.prefix, *eal_extra, "--", *app_args]
         self._log = open(self.log_file, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.PIPE if stdin else None)
         deadline = time.monotonic() + timeout
         while ready not in self.output:
             if self.proc.poll() is not None:
@@ -56,6 +59,22 @@ class AppProcess:
     def output(self) -> str:
         with open(self.log_file, "rb") as f:
             return f.read().decode(errors="replace")
+
+    def command(self, line: str) -> None:
+        """Write one command line to its stdin (``stdin=True``)."""
+        self.proc.stdin.write(line.rstrip("\n").encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait_output(self, text: str, timeout: float = 60.0, start: int = 0) -> str:
+        """Wait until ``text`` appears in the output after offset ``start``; return the output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.output
+            if text in out[start:]:
+                return out
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: {text!r} not printed:\n{out[-4000:]}")
+            time.sleep(0.05)
 
     def stop(self, timeout: float = 20.0) -> dict:
         """SIGINT, wait, and return the final JSON line it prints."""
@@ -83,6 +102,11 @@ class AppProcess:
     def _close(self) -> None:
         if not self._log.closed:
             self._log.close()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
 
     def close(self) -> None:
         try:

@@ -16,7 +16,14 @@ flags)::
     fe.close(); mem.close()
 
 Replies are checked (reply flag, request number); a back-end closing the
-connection shows as :class:`~dataplane.vhost_user.errors.PeerClosed`.  All
+connection shows as :class:`~dataplane.vhost_user.errors.PeerClosed`.
+
+The back-end's request channel: :meth:`VhostUserFrontend.open_backend_channel`
+sends SET_BACKEND_REQ_FD with one end of a socket pair and keeps the other
+(``fe.backend``, an Endpoint); :meth:`~VhostUserFrontend.backend_recv` reads
+and checks one back-end request, :meth:`~VhostUserFrontend.backend_ack`
+answers it (any status), and ``fe.backend.send_bytes`` sends anything
+(hostile answers).  All
 framing is an :class:`~dataplane.vhost_user.endpoint.Endpoint`'s.  The same class serves a
 back-end in client mode: :meth:`VhostUserFrontend.listen` then
 :meth:`VhostUserListener.accept`.
@@ -37,6 +44,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dataplane.testing.guest_net import log_pages
 from dataplane.vhost.guest_memory import map_shared, unmap
 from dataplane.vhost.userfaultfd import Userfaultfd
 from dataplane.vhost_user import payloads as P
@@ -44,11 +52,14 @@ from dataplane.vhost_user.endpoint import Endpoint
 from dataplane.vhost_user.errors import EndpointTimeout, PeerClosed
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioDeviceStatus, VirtioFeature as VF, bit
 from dataplane.vhost_user.messages import (
+    BACKEND_REQUESTS,
     VHOST_USER_REPLY_MASK,
     VHOST_USER_VERSION,
     Header,
     Message,
+    MessageSpec,
     VhostUserRequest as R,
+    parse_request,
     request_name,
 )
 from dataplane.vhost_user.payloads import VHOST_USER_VRING_NOFD_MASK
@@ -60,6 +71,7 @@ __all__ = [
     "VhostUserFrontend",
     "VhostUserListener",
     "PostcopyPager",
+    "FrontendLog",
     "eventfd_count",
 ]
 
@@ -191,6 +203,55 @@ class GuestMemoryLayout:
             r.close()
 
 
+class FrontendLog:
+    """A dirty log as QEMU makes one for a vhost-user back-end: a memfd of one bit per
+    4 KiB page of guest-physical address (``mmap_size`` a whole number of u64 words),
+    mapped here; ``bitmap`` is its uint8 view, :meth:`pages` the marked pages.
+
+    ``size`` defaults to what covers ``memory``; ``mmap_offset`` puts the bitmap that
+    far into the file (the file is ``mmap_offset + size`` bytes, plus ``slack`` bytes
+    after it that a correct back-end never touches: :meth:`slack_untouched`).
+    """
+
+    SLACK_FILL = 0xA5
+
+    def __init__(self, memory: "GuestMemoryLayout | None" = None, size: int | None = None, mmap_offset: int = 0,
+                 slack: int = PAGE):
+        if size is None:
+            end = max(r.gpa + r.size for r in memory.regions)
+            size = _align((end + 4095) // 4096, 64) // 8
+        self.size = size
+        self.mmap_offset = mmap_offset
+        self.slack = slack
+        self._file = GuestRegion(0, size + slack, mmap_offset=mmap_offset, name="vhost-log")
+        self.fd = self._file.fd
+        self.raw = _view(self._file.map_addr, mmap_offset + size + slack)
+        self.raw[:] = self.SLACK_FILL
+        self.bitmap = self.raw[mmap_offset : mmap_offset + size]
+        self.bitmap[:] = 0
+
+    def pages(self) -> set[int]:
+        """The marked pages (bit ``page % 8`` of byte ``page // 8``)."""
+        return log_pages(self.bitmap)
+
+    def clear(self) -> set[int]:
+        """Read and clear the marked pages (as QEMU's log sync does; not atomic: quiesce the back-end first)."""
+        got = self.pages()
+        self.bitmap[:] = 0
+        return got
+
+    def slack_untouched(self) -> bool:
+        """Nothing outside the log bytes was written (the file's bytes before and after it)."""
+        before = self.raw[: self.mmap_offset]
+        after = self.raw[self.mmap_offset + self.size :]
+        return bool((before == self.SLACK_FILL).all() and (after == self.SLACK_FILL).all())
+
+    def close(self) -> None:
+        self.raw = self.bitmap = None  # type: ignore[assignment]
+        self._file.close()
+        self.fd = -1
+
+
 # ---------------------------------------------------------------------------
 # Rings
 # ---------------------------------------------------------------------------
@@ -261,6 +322,7 @@ class VhostUserFrontend:
         self.offered_features = 0
         self.offered_protocol_features = 0
         self.vrings: dict[int, FrontendVring] = {}
+        self.backend: Endpoint | None = None
         self.closed = False
 
     # -- connecting -----------------------------------------------------------
@@ -403,6 +465,39 @@ class VhostUserFrontend:
         """SET_VRING_ADDR with user addresses (QVAs); note the wire order desc, used, avail."""
         return self.request(R.VHOST_USER_SET_VRING_ADDR, P.VringAddr(index, flags, desc, used, avail, log), ack=ack)
 
+    # -- dirty logging (live migration), in QEMU's order ---------------------------
+
+    def set_log_base(self, log: FrontendLog) -> Message:
+        """SET_LOG_BASE with the log's fd; waits for the back-end's reply (QEMU does, with
+        LOG_SHMFD) and returns it."""
+        self.send(R.VHOST_USER_SET_LOG_BASE, P.Log(log.size, log.mmap_offset), [log.fd])
+        return self.reply(R.VHOST_USER_SET_LOG_BASE)
+
+    def set_log_fd(self, fd: int) -> None:
+        self.request(R.VHOST_USER_SET_LOG_FD, b"", [fd])
+
+    def set_logging(self, enable: bool, log: FrontendLog | None = None) -> None:
+        """Start or stop dirty logging as QEMU's vhost_migration_log does.
+
+        Start: SET_LOG_BASE (``log``), SET_FEATURES with VHOST_F_LOG_ALL, then
+        SET_VRING_ADDR of every ring again with VHOST_VRING_F_LOG and
+        ``log_guest_addr`` = the used ring's GPA.  Stop: SET_FEATURES without
+        LOG_ALL, SET_VRING_ADDR without the flag.  Feature and ring changes ask
+        for a REPLY_ACK when it is negotiated (and must get 0).
+        """
+        if enable:
+            assert log is not None
+            self.set_log_base(log)
+        features = self.features | bit(VF.VHOST_F_LOG_ALL) if enable else self.features & ~bit(VF.VHOST_F_LOG_ALL)
+        ack = self.reply_ack
+        assert self.set_features(features, ack=ack) in (0, None)
+        mem = self.memory
+        for index, vr in sorted(self.vrings.items()):
+            flags, used = (1, vr.used_gpa) if enable else (0, 0)
+            assert self.set_vring_addr(index, mem.qva(vr.desc_gpa), mem.qva(vr.used_gpa), mem.qva(vr.avail_gpa),
+                                       flags=flags, log=used, ack=ack) in (0, None)
+        self.sync()
+
     def _vring_file(self, request: int, index: int, fd: int | None, ack: bool) -> int | None:
         if fd is None:
             return self.request(request, P.U64(index | VHOST_USER_VRING_NOFD_MASK), ack=ack)
@@ -466,6 +561,41 @@ class VhostUserFrontend:
         if ack is not None:
             self.send(R.VHOST_USER_SET_MEM_TABLE, P.U64(ack))
         return [r.userspace_addr for r in reply.regions]
+    # -- the back-end's request channel -------------------------------------------
+
+    def open_backend_channel(self, ack: bool | None = None) -> int | None:
+        """SET_BACKEND_REQ_FD with a new socket pair's far end; ours becomes ``self.backend``.
+        ``ack`` (default: REPLY_ACK negotiated) asks for the u64 status, returned."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            status = self.request(R.VHOST_USER_SET_BACKEND_REQ_FD, b"", [theirs.fileno()],
+                                  ack=self.reply_ack if ack is None else ack)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = Endpoint(ours, timeout=self.timeout, table=BACKEND_REQUESTS)
+        return status
+
+    def backend_recv(self, timeout: float | None = None) -> tuple[MessageSpec, P.Payload, Message]:
+        """The next back-end request, checked against its row: ``(row, payload, message)``.
+        The message's fds are the caller's (``msg.take_fd`` / ``msg.close_fds``)."""
+        assert self.backend is not None, "no back-end channel (open_backend_channel)"
+        msg = self.backend.recv(timeout)
+        try:
+            spec, payload = parse_request(msg, BACKEND_REQUESTS)
+        except BaseException:
+            msg.close_fds()
+            raise
+        return spec, payload, msg
+
+    def backend_ack(self, msg: Message, status: int = 0) -> None:
+        """Answer a back-end request that asked for it (NEED_REPLY) with the u64 ``status``."""
+        assert self.backend is not None
+        self.backend.send(Message.build(msg.request, P.U64(status), reply=True))
 
     # -- negotiation and rings ---------------------------------------------------
 
@@ -543,10 +673,13 @@ class VhostUserFrontend:
         return vr
 
     def start(self, num_queues: int = 1, queue_size: int = 256, features: int | None = None,
-              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None) -> None:
+              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None,
+              bases: dict[int, int] | None = None) -> None:
         """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK.
 
         ``nvrings``: set up that many rings instead (a device with one vring per queue, e.g. blk).
+        ``bases``: SET_VRING_BASE values by ring (a migration destination resumes from the
+        source's GET_VRING_BASE values); the others start at 0.
         """
         self.negotiate(features, protocol_features)
         status = VirtioDeviceStatus
@@ -554,7 +687,7 @@ class VhostUserFrontend:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK)
         self.set_mem_table()
         for q in range(2 * num_queues if nvrings is None else nvrings):
-            self.setup_vring(q, queue_size)
+            self.setup_vring(q, queue_size, base=(bases or {}).get(q))
         if driver_ok and self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK | status.DRIVER_OK)
         self.sync()
@@ -567,6 +700,8 @@ class VhostUserFrontend:
             return
         self.closed = True
         self.endpoint.close()
+        if self.backend is not None:
+            self.backend.close()
         for vr in self.vrings.values():
             vr.close_fds()
 

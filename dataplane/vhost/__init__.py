@@ -7,6 +7,8 @@ The control plane, one concern per module:
 * :mod:`~dataplane.vhost.guest_memory` -- mapping mem tables, address translation
 * :mod:`~dataplane.vhost.device` -- the per-connection state machine (device-generic) and the data-path hooks
 * :mod:`~dataplane.vhost.device_class` -- what a device type adds (the interface); :mod:`~dataplane.vhost.net` -- the net device
+* :mod:`~dataplane.vhost.backend_channel` -- back-end → front-end requests (SET_BACKEND_REQ_FD): CONFIG_CHANGE_MSG,
+  VRING_HOST_NOTIFIER_MSG, REPLY_ACK answers matched on the event loop (never waited for on it)
 * :mod:`~dataplane.vhost.library` -- the public API (``driver_register``, ``driver_start``, ...)
 * :mod:`~dataplane.vhost.postcopy` -- postcopy live migration (PAGEFAULT): the fault relay that serves every
   process's mappings through the one userfaultfd QEMU gets (:mod:`~dataplane.vhost.userfaultfd`: the kernel ABI)

@@ -27,8 +27,13 @@ a thread that calls the vhost library.
     mask of the protocol features this class implements beyond the generic
     ones (:data:`~dataplane.vhost.device.GENERIC_PROTOCOL_FEATURES`), e.g.
     MQ, RARP, MTU, CONFIG for net.  A socket offers the union by default
-    (minus CONFIGURE_MEM_SLOTS, which is enabled on request) and refuses to
-    offer anything outside it.
+    (minus CONFIGURE_MEM_SLOTS and ``optional_protocol_features``, which are
+    enabled on request) and refuses to offer anything outside it.
+``optional_protocol_features``
+    the part of ``protocol_features`` offered only when enabled
+    (``driver_set_protocol_features``), because the usual front-ends do not
+    use it: net's CONFIG (QEMU's virtio-net never reads a vhost-user config
+    space and warns when it is offered; DPDK does not offer it for net).
 ``max_queues``
     the largest value ``driver_set_max_queue_num`` accepts.
 ``ready_vrings``
@@ -103,6 +108,7 @@ class DeviceClass:
     name = "generic"
     device_type = 0
     protocol_features = 0
+    optional_protocol_features = 0
     max_queues = VHOST_MAX_VRING
     ready_vrings = 1
 

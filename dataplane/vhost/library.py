@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import errno
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from dataplane import log as dplog
 from dataplane.vhost import device
+from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.device import (
     GENERIC_PROTOCOL_FEATURES,
     RTE_VHOST_USER_ASYNC_COPY,
@@ -54,6 +56,7 @@ from dataplane.vhost.device import (
 )
 from dataplane.vhost.device_class import DeviceClass
 from dataplane.vhost.guest_memory import read_u16
+from dataplane.vhost.dirty_log import log_used_gpa, mark_dirty
 from dataplane.vhost.net import NetDevice, NetState
 from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
 from dataplane.vhost_user.errors import TransportError
@@ -115,10 +118,12 @@ def implemented_protocol_features(device: DeviceClass, flags: int = 0) -> int:
 
 def default_protocol_features(device: DeviceClass, flags: int = 0) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (LOG_SHMFD, CRYPTO_SESSION), plus CONFIG and RESET_DEVICE;
-    PAGEFAULT only with POSTCOPY_SUPPORT.  CONFIGURE_MEM_SLOTS is implemented but, as in
-    DPDK 22.11, not offered unless enabled."""
-    return implemented_protocol_features(device, flags) & ~bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)
+    what is not implemented here (CRYPTO_SESSION), plus RESET_DEVICE and what the
+    device class adds; PAGEFAULT only with POSTCOPY_SUPPORT.  CONFIGURE_MEM_SLOTS is
+    implemented but, as in DPDK 22.11, not offered unless enabled; so are the device
+    class's ``optional_protocol_features`` (net: CONFIG)."""
+    off = bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | device.optional_protocol_features
+    return implemented_protocol_features(device, flags) & ~off
 
 
 #: The net device's offers (the default device class): virtio features of a
@@ -236,7 +241,7 @@ class VhostLibrary:
                 on_closed=self._on_closed,
                 on_framing_error=self._on_framing_error,
             )
-            dev = VhostUserDevice(vid, vsock.config, conn.send)
+            dev = VhostUserDevice(vid, vsock.config, conn.send, loop=conn.loop)
             conn.device = dev  # type: ignore[attr-defined]
             vsock.connections[vid] = conn
             self._devices[vid] = (vsock, dev, conn)
@@ -562,6 +567,92 @@ class VhostLibrary:
             avail_idx = read_u16(vq.avail_hva + 2)
             return (avail_idx - vq.last_avail_idx) & 0xFFFF
 
+    # -- back-end requests (the SET_BACKEND_REQ_FD channel) ------------------------------
+
+    def _in_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the vhost-events thread with the library lock held, and return its result."""
+        def locked() -> Any:
+            with self._lock:
+                return fn()
+
+        return self._event_loop().call(locked)
+
+    def _channel(self, vid: int) -> BackendChannel:
+        dev = self._device(vid)
+        if dev.backend_channel is None:
+            raise VhostNotSupported(f"vid {vid}: the front-end gave no back-end channel (SET_BACKEND_REQ_FD)")
+        return dev.backend_channel
+
+    def backend_config_change(self, vid: int) -> concurrent.futures.Future:
+        """Send CONFIG_CHANGE_MSG to ``vid``'s front-end (DPDK's ``rte_vhost_backend_config_change``).
+
+        Returns a future: 0 once the front-end acknowledged it (with REPLY_ACK; without it, once
+        sent), or the failure (see :mod:`~dataplane.vhost.backend_channel`).  Wait on it from any
+        thread but the vhost-events thread.  VhostNoDevice / VhostNotSupported when there is no
+        such device or it has no back-end channel.
+        """
+        return self._in_loop(lambda: self._channel(vid).config_change())
+
+    def backend_vring_host_notifier(self, vid: int, qid: int, fd: int | None, offset: int = 0,
+                                    size: int = 0) -> concurrent.futures.Future:
+        """Send VRING_HOST_NOTIFIER_MSG: ``size`` bytes of ``fd`` from ``offset`` become vring ``qid``'s
+        doorbell in the guest (QEMU maps one host page; needs ``page-per-vq=on``), or ``fd=None``
+        withdraws it.  ``fd`` stays the caller's.  A future, as :meth:`backend_config_change`."""
+        def send() -> concurrent.futures.Future:
+            self._vring(vid, qid)  # VhostError for a vring the device does not have (DPDK: -EINVAL)
+            return self._channel(vid).vring_host_notifier(qid, fd, offset, size)
+
+        return self._in_loop(send)
+
+    def driver_config_change(self, path: str, update: Callable[[], Any] | None = None) -> dict[int, concurrent.futures.Future]:
+        """The config space of ``path``'s devices changed: tell every connected front-end.
+
+        ``update()`` (optional) makes the change while no lcore serves any ring of the socket:
+        every device's data path is paused first (rings taken back, indices kept) and resumed
+        after, so e.g. a disk can grow underneath.  Then each device with a back-end channel
+        that negotiated CONFIG gets CONFIG_CHANGE_MSG.  Returns ``{vid: future}`` for the devices
+        notified (see :meth:`backend_config_change`); those without a channel are logged and
+        left out (they see the change at their next GET_CONFIG).
+        """
+        def change() -> dict[int, concurrent.futures.Future]:
+            devs = [conn.device for conn in self._socket(path).connections.values()]  # type: ignore[attr-defined]
+            for dev in devs:
+                dev.pause_datapath()
+            try:
+                if update is not None:
+                    update()
+            finally:
+                for dev in devs:
+                    dev.resume_datapath()
+            notified = {}
+            for dev in devs:
+                if dev.backend_channel is None or not dev.has_protocol_feature(PF.VHOST_USER_PROTOCOL_F_CONFIG):
+                    log.warning("config changed; the front-end has no back-end channel with CONFIG to be told",
+                                path=path, vid=dev.vid)
+                    continue
+                notified[dev.vid] = dev.backend_channel.config_change()
+            return notified
+
+        return self._in_loop(change)
+
+    def log_write(self, vid: int, addr: int, length: int) -> int:
+        """``rte_vhost_log_write``: mark guest-physical ``[addr, addr + length)`` in the dirty log, for
+        guest writes the application made itself.  Nothing unless LOG_ALL is negotiated and a log
+        is mapped.  Returns the pages that could not be logged (beyond the log)."""
+        with self._lock:
+            dev = self._device(vid)
+            if not dev.log_all or dev.dirty_log is None or length <= 0:
+                return 0
+            return mark_dirty(dev.dirty_log.bitmap, addr, length)
+
+    def log_used_vring(self, vid: int, qid: int, offset: int, length: int) -> int:
+        """``rte_vhost_log_used_vring``: mark bytes ``[offset, offset + length)`` of vring ``qid``'s
+        used ring (its ``log_guest_addr`` with VHOST_VRING_F_LOG, else its used ring's GPA)."""
+        with self._lock:
+            _, vq = self._vring(vid, qid)
+            base = log_used_gpa(vq)
+        return self.log_write(vid, base + offset, length)
+
     def stats(self, vid: int) -> dict[str, int]:
         """The device's message and error counters."""
         with self._lock:
@@ -635,6 +726,11 @@ _API = [
     "enable_guest_notification",
     "vring_call",
     "avail_entries",
+    "backend_config_change",
+    "backend_vring_host_notifier",
+    "driver_config_change",
+    "log_write",
+    "log_used_vring",
     "stats",
 ]
 for _name in _API:

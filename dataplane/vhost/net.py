@@ -6,7 +6,10 @@ What a network device adds to the generic state machine (see
 * the virtio features DPDK's vhost library offers for net
   (:data:`NET_FEATURES`; with ``LINEARBUF_SUPPORT`` but not
   ``EXTBUF_SUPPORT`` the host TSO/UFO offloads are withdrawn, as DPDK does);
-* the protocol features MQ, RARP, MTU and CONFIG;
+* the protocol features MQ, RARP, MTU and CONFIG (CONFIG offered only when
+  enabled: QEMU's virtio-net takes its config space from QEMU, never from
+  the back-end, and warns about the offer; a front-end that wants the
+  back-end's -- a vDPA-style one -- gets it with ``driver_set_protocol_features``);
 * queue pairs: ``GET_QUEUE_NUM`` answers the pairs, vrings ``2n`` (guest
   Rx) and ``2n + 1`` (guest Tx) per pair, plus the control queue after them
   when CTRL_VQ is offered; without MQ negotiated only the first pair is kept;
@@ -128,6 +131,7 @@ class NetDevice(DeviceClass):
             PF.VHOST_USER_PROTOCOL_F_CONFIG,
         )
     )
+    optional_protocol_features = bit(PF.VHOST_USER_PROTOCOL_F_CONFIG)
     max_queues = VHOST_MAX_QUEUE_PAIRS
     ready_vrings = 2
 

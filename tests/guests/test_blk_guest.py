@@ -8,6 +8,7 @@ checks what the back-end counted and what is in the disk file.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
@@ -129,3 +130,47 @@ def test_two_queues_both_carry_requests(image, tmp_path):
         q0, q1 = p.stop()["queues"]
     assert q0["requests"] > 0 and q1["requests"] > 0, (q0, q1)
     assert q0["writes"] > 0 and q1["writes"] > 0, (q0, q1)
+
+
+# The guest checks the capacity, says it is ready, waits until the capacity grows (the host resizes the
+# disk meanwhile), then writes the new last sector, drops its caches and reads it back.
+GROW = r"""
+[ "$(cat /sys/block/vda/size)" = "$sectors" ] || fail "capacity $(cat /sys/block/vda/size) sectors before"
+grown() { [ "$(cat /sys/block/vda/size)" = "$new_sectors" ]; }
+echo "GUEST-READY-FOR-RESIZE"
+wait_until 240 grown || fail "capacity $(cat /sys/block/vda/size) after"
+dd if=/dev/urandom of=/tmp/last bs=512 count=1 2>/dev/null
+dd if=/tmp/last of=/dev/vda bs=512 seek=$(( new_sectors - 1 )) conv=fsync 2>/dev/null || fail "write new last sector"
+sync
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back bs=512 skip=$(( new_sectors - 1 )) count=1 2>/dev/null || fail "read new last sector"
+cmp /tmp/last /tmp/back || fail "new last sector differs"
+if dd if=/dev/vda of=/dev/null bs=512 skip=$new_sectors count=1 2>/dev/null; then
+  [ "$(dd if=/dev/vda bs=512 skip=$new_sectors count=1 2>/dev/null | wc -c)" = 0 ] || fail "read past the new end"
+fi
+result last=$(md5sum /tmp/last | cut -d' ' -f1) dmesg=$(dmesg | grep -c 'detected capacity change')
+"""
+
+
+def test_disk_grows_while_the_guest_runs_and_the_guest_sees_it(image, tmp_path):
+    """``resize`` in dataplane-vhost-blk's shell: CONFIG_CHANGE_MSG on the back-end channel, QEMU re-reads
+    the config space and interrupts the guest, Linux updates /sys/block/vda/size and uses the new end."""
+    img = tmp_path / "grow.img"
+    img.write_bytes(bytes(SIZE))
+    sock = str(tmp_path / "blk.sock")
+    new_size = 2 * SIZE
+    params = {"sectors": SECTORS, "new_sectors": new_size // 512}
+    with BlkProcess(sock, file=str(img), interactive=True) as p:
+        with Guest(image, GROW, params=params, disks=[Disk(sock)]) as g:
+            deadline = time.monotonic() + 600
+            while "GUEST-READY-FOR-RESIZE" not in g.console:
+                assert g.proc.poll() is None and time.monotonic() < deadline, g.console[-3000:]
+                time.sleep(0.2)
+            out = p.resize(new_size)
+            r = g.wait(600)
+        p.stop()
+    assert "vhost-blk: resized sectors=131072" in out and "vid=0 config change acknowledged" in out, out
+    assert r.passed, r.console[-3000:]
+    assert int(r.values["dmesg"]) >= 1
+    raw = img.read_bytes()
+    assert len(raw) == new_size and hashlib.md5(raw[-512:]).hexdigest() == r.values["last"]

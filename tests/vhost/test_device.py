@@ -378,8 +378,15 @@ def test_status_driver_ok_gates_new_device(lib, server, connect, guest, recorder
     assert fe.set_status(0x1FF, ack=True) == 1  # 8 bits only
 
 
+def _enable_config(lib, sock_path):
+    """net implements CONFIG but offers it only on request"""
+    lib.driver_set_protocol_features(sock_path, lib.driver_get_protocol_features(sock_path)
+                                     | bit(PF.VHOST_USER_PROTOCOL_F_CONFIG))
+
+
 def test_rarp_mtu_config_and_notification_intent(lib, server, sock_path, connect, guest, datapath):
     lib.driver_set_mac(sock_path, "02:00:00:00:00:01")
+    _enable_config(lib, sock_path)
     fe, dev = _running(lib, connect, guest, features=BASE_FEATURES | MTU)
     with pytest.raises(VhostTryAgain):
         lib.get_mtu(0)
@@ -481,27 +488,15 @@ def test_used_idx_mismatch_resumes_from_the_used_ring(lib, server, connect, gues
     assert (vq.last_avail_idx, vq.last_used_idx) == (42, 42)
 
 
-def test_backend_req_fd_is_stored_and_replaced(lib, server, connect, guest):
-    import socket
-
+def test_backend_req_fd_makes_a_channel_and_a_new_one_replaces_it(lib, server, connect, guest):
     fe = connect(guest)
     fe.negotiate(BASE_FEATURES)
-    a, b = socket.socketpair()
-    c, d = socket.socketpair()
-    try:
-        assert fe.request(R.VHOST_USER_SET_BACKEND_REQ_FD, b"", [b.fileno()], ack=True) == 0
-        dev = lib.get_device(0)
-        first = dev.backend_req_fd
-        assert first >= 0 and os.path.samestat(os.fstat(first), os.fstat(b.fileno()))
-        assert fe.request(R.VHOST_USER_SET_BACKEND_REQ_FD, b"", [d.fileno()], ack=True) == 0
-        assert os.path.samestat(os.fstat(dev.backend_req_fd), os.fstat(d.fileno()))
-        try:  # the first one was closed (its number may have been reused since)
-            assert not os.path.samestat(os.fstat(first), os.fstat(b.fileno()))
-        except OSError:
-            pass
-    finally:
-        for s in (a, b, c, d):
-            s.close()
+    assert fe.open_backend_channel(ack=True) == 0
+    dev = lib.get_device(0)
+    first = dev.backend_channel
+    assert first is not None and not first.closed
+    assert fe.open_backend_channel(ack=True) == 0
+    assert first.closed and dev.backend_channel is not first and not dev.backend_channel.closed
 
 
 def test_reset_device_keeps_owner_and_protocol_features(lib, server, connect, guest, recorder):
@@ -518,9 +513,10 @@ def test_reset_device_needs_the_protocol_feature(lib, server, connect, guest):
     assert fe.request(R.VHOST_USER_RESET_DEVICE, ack=True) == 1
 
 
-def test_config_space_access_rules(lib, server, connect, guest):
+def test_config_space_access_rules(lib, server, sock_path, connect, guest):
     from dataplane.vhost_user import Config
 
+    _enable_config(lib, sock_path)
     fe, dev = _running(lib, connect, guest)
     assert fe.get_config(250, 10) == b""  # beyond the 256-byte space: the spec's empty error reply
     assert dev.stats["errors:VHOST_USER_GET_CONFIG"] == 1

@@ -11,6 +11,14 @@ FLUSH (``fdatasync``); ``--readonly`` maps it ``MAP_PRIVATE`` from a
 read-only fd, so not even a bug could change it.
 
 Capacity is in 512-byte sectors (a file's size rounded down).
+
+A disk can grow while it is served (:meth:`Storage.grow`): a RAM disk's
+memfd is allocated further (``fallocate``: a shortage is an error now, not a
+SIGBUS later), a file is extended (``ftruncate``; sparse) unless it is
+already that large.  Existing mappings stay valid for the old size; whoever
+maps the disk maps it again (the lcores get the new size when their queues
+are handed out again, see ``VhostLibrary.driver_config_change``).  Shrinking
+is refused: the guest may have data there.
 """
 
 from __future__ import annotations
@@ -81,13 +89,52 @@ class Storage:
         self.private = file_backed and readonly
         self.path = path
         self._segment = segment
+        self.page_size = segment.page_size if segment is not None else mmap.PAGESIZE
         self._mapping: DiskMapping | None = None if segment is not None else DiskMapping(fd, map_size, private=self.private)
 
     @property
     def array(self) -> np.ndarray:
         """The disk's bytes (``size`` of them) in this process."""
-        a = self._segment.array if self._segment is not None else self._mapping.array
+        a = self._mapping.array if self._mapping is not None else self._segment.array
         return a[: self.size]
+
+    def grow(self, size: int) -> None:
+        """Grow the disk to ``size`` bytes (a multiple of 512; the current size: nothing to do).
+
+        Raises :class:`StorageError` for a read-only disk, a smaller size, or
+        memory / file space that cannot be had (the disk keeps its size).
+        """
+        size = int(size)
+        if size <= 0 or size % SECTOR_SIZE:
+            raise StorageError(f"disk size must be a positive multiple of {SECTOR_SIZE} bytes, got {size}")
+        if size < self.size:
+            raise StorageError(f"cannot shrink the disk from {format_size(self.size)} to {format_size(size)} "
+                               "(the guest may have data there)")
+        if size == self.size:
+            return
+        if self.readonly:
+            raise StorageError("a read-only disk cannot grow")
+        map_size = -(-size // self.page_size) * self.page_size if not self.file_backed else size
+        try:
+            if self.file_backed:
+                if os.fstat(self.fd).st_size < size:
+                    os.ftruncate(self.fd, size)
+            else:
+                os.posix_fallocate(self.fd, 0, map_size)
+            mapping = DiskMapping(self.fd, map_size, private=self.private)
+        except OSError as e:
+            raise StorageError(f"cannot grow the disk to {format_size(size)}: {e.strerror or e}") from None
+        old, self._mapping = self._mapping, mapping
+        if old is not None:
+            old.close()
+        log.info("disk grown", old_size=self.size, size=size, path=self.path)
+        self.size, self.sectors, self.map_size = size, size >> SECTOR_SHIFT, map_size
+
+    def file_size(self) -> int:
+        """The backing file's size now, in whole sectors' bytes (a file grown from outside; RAM disk: ``size``)."""
+        if not self.file_backed:
+            return self.size
+        return os.fstat(self.fd).st_size & ~(SECTOR_SIZE - 1)
 
     @classmethod
     def ram(cls, size: int, *, hugepage: bool = False, page_size: int | None = None, readonly: bool = False,
@@ -133,10 +180,11 @@ class Storage:
         if self._mapping is not None:
             self._mapping.close()
             self._mapping = None
-            os.close(self.fd)
-        elif self._segment is not None:
+        if self._segment is not None:
             self._segment.close()  # closes the fd too
             self._segment = None
+        elif self.fd >= 0:
+            os.close(self.fd)
         self.fd = -1
 
     def __enter__(self) -> "Storage":

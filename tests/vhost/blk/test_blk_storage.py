@@ -70,3 +70,58 @@ def test_bad_files_are_refused_clearly(tmp_path):
         Storage.open_file(str(tmp_path / "small.img"))
     with pytest.raises(StorageError, match="not a regular file"):
         Storage.open_file("/dev/null", readonly=True)
+
+
+def test_ram_disk_grows_keeping_its_data_and_a_new_mapping_sees_the_new_end():
+    s = Storage.ram(1 << 20)
+    try:
+        s.array[-512:] = 7
+        s.grow(3 << 20)
+        assert (s.size, s.sectors) == (3 << 20, 6144) and s.map_size >= 3 << 20
+        assert (s.array[(1 << 20) - 512 : 1 << 20] == 7).all() and not s.array[1 << 20 :].any()
+        other = map_disk(s.fd, s.map_size)  # what an lcore maps once its queue is handed out again
+        try:
+            other.array[(3 << 20) - 1] = 9
+            assert s.array[-1] == 9
+        finally:
+            other.close()
+        s.grow(3 << 20)  # the same size: nothing to do
+        with pytest.raises(StorageError, match="cannot shrink"):
+            s.grow(2 << 20)
+        with pytest.raises(StorageError, match="multiple of 512"):
+            s.grow((4 << 20) + 1)
+        assert s.size == 3 << 20
+    finally:
+        s.close()
+
+
+def test_file_disk_grows_the_file_and_sees_a_file_grown_from_outside(tmp_path):
+    p = tmp_path / "disk.img"
+    p.write_bytes(b"\x11" * (1 << 20))
+    s = Storage.open_file(str(p))
+    try:
+        s.grow(2 << 20)
+        assert p.stat().st_size == 2 << 20 and s.sectors == 4096
+        s.array[-1] = 5
+        with open(p, "r+b") as f:  # the user grows it: truncate -s 4M disk.img
+            f.truncate(4 << 20)
+        assert s.file_size() == 4 << 20 and s.size == 2 << 20
+        s.grow(s.file_size())
+        assert s.size == 4 << 20 and p.stat().st_size == 4 << 20
+        s.flush()
+    finally:
+        s.close()
+    data = p.read_bytes()
+    assert data[: 1 << 20] == b"\x11" * (1 << 20) and data[(2 << 20) - 1] == 5
+
+
+def test_readonly_disk_cannot_grow(tmp_path):
+    p = tmp_path / "ro.img"
+    p.write_bytes(bytes(1 << 20))
+    s = Storage.open_file(str(p), readonly=True)
+    try:
+        with pytest.raises(StorageError, match="read-only"):
+            s.grow(2 << 20)
+    finally:
+        s.close()
+    assert p.stat().st_size == 1 << 20
