@@ -250,3 +250,18 @@ def test_advise_without_listen_is_withdrawn_by_an_ordinary_mem_table(lib, pc_ser
     fe.sync()
     assert dev.memory is not None and dev.postcopy.relay is None and not _alive(relay_pid)
     assert fe.postcopy_listen() == 1  # nothing advised any more
+
+
+def test_a_mapping_the_relay_cannot_take_is_not_used(lib, pc_server, connect, guest):
+    """An lcore handed a vring while postcopy was on, attaching after the relay is gone: its mapping
+    cannot be registered, so map_vring refuses it (unmapped, fds closed) instead of touching it."""
+    fe, uffd, dev = _listening(lib, connect, guest)
+    os.close(uffd)
+    fe.set_mem_table_postcopy()
+    fe.setup_vring(0, 64)
+    fe.sync()
+    spec, fds = vring_spec(dev, 0)
+    assert spec["postcopy"]
+    assert fe.postcopy_end() == 0
+    with pytest.raises(ValueError, match="postcopy: guest memory not registered with the fault relay, not used"):
+        map_vring(spec, [os.dup(fd) for fd in fds[: len(spec["regions"])]])
