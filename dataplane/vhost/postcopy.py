@@ -77,6 +77,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
+import dataplane
 from dataplane import log as dplog
 from dataplane.lcores.launch import recv_message, send_message
 from dataplane.rings.handoff import close_fds
@@ -289,10 +290,13 @@ class FaultRelay:
         self.name = name
         self.timeout = timeout
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # the relay imports the same dataplane as this process, wherever that comes from
+        root = os.path.dirname(os.path.dirname(os.path.abspath(dataplane.__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dataplane.vhost.postcopy", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
             )
         except BaseException:
             ours.close()
