@@ -13,7 +13,7 @@ Devargs (DPDK's names; each ``0|1`` flag defaults to 0):
 ``linear-buffer``    RTE_VHOST_USER_LINEARBUF_SUPPORT
 ``ext-buffer``       RTE_VHOST_USER_EXTBUF_SUPPORT
 ``iommu-support``    RTE_VHOST_USER_IOMMU_SUPPORT -- not implemented: refused with an error
-``postcopy-support`` RTE_VHOST_USER_POSTCOPY_SUPPORT -- not implemented: refused with an error
+``postcopy-support`` RTE_VHOST_USER_POSTCOPY_SUPPORT: offer PAGEFAULT (postcopy live migration)
 
 Queue ``q`` of the port is the guest's queue pair ``q``: the port receives
 from vring ``2q+1`` (guest Tx) and transmits into vring ``2q`` (guest Rx).

@@ -138,17 +138,18 @@ def _set_pdeathsig(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def _send(sock: socket.socket, obj, fds=()) -> None:
+def send_message(sock: socket.socket, obj, fds=()) -> None:
+    """Send ``obj`` (cloudpickled) and ``fds`` (SCM_RIGHTS) as one datagram of a SEQPACKET or DGRAM socket."""
     data = cloudpickle.dumps(obj)
     if len(data) > _MAX_MSG:
-        raise ValueError(f"message to lcore too large ({len(data)} bytes)")
+        raise ValueError(f"message too large ({len(data)} bytes)")
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
         sock.send(data)
 
 
-def _recv(sock: socket.socket):
+def recv_message(sock: socket.socket):
     """One message: (obj, fds); (None, []) on EOF."""
     data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, 64)
     if not data:
@@ -187,13 +188,13 @@ class _WorkerSide:
         r, _, _ = select.select([self.mailbox], [], [], timeout)
         if not r:
             return None
-        obj, fds = _recv(self.mailbox)
+        obj, fds = recv_message(self.mailbox)
         return None if obj is None and not fds else (obj, fds)
 
     def run(self) -> int:
         while True:
             try:
-                msg, _fds = _recv(self.cmd)
+                msg, _fds = recv_message(self.cmd)
             except (ConnectionError, OSError):
                 return 0
             if msg is None or msg[0] == "exit":
@@ -205,9 +206,9 @@ class _WorkerSide:
             except BaseException as exc:  # report every failure, including SystemExit
                 reply = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
             try:
-                _send(self.cmd, reply)
+                send_message(self.cmd, reply)
             except Exception as exc:  # an unpicklable result is an error, not a hang
-                _send(self.cmd, ("error", f"cannot send result: {exc}", ""))
+                send_message(self.cmd, ("error", f"cannot send result: {exc}", ""))
 
 
 class Launcher:
@@ -293,7 +294,7 @@ class Launcher:
                     continue
                 lc = socks[fd]
                 try:
-                    msg, _ = _recv(lc.cmd)
+                    msg, _ = recv_message(lc.cmd)
                 except OSError:
                     msg = None
                 if msg is None:
@@ -376,7 +377,7 @@ class Launcher:
             lc.result = lc.error = None
             lc.launched_at = time.monotonic()
         try:
-            _send(lc.cmd, ("run", fn, arg))
+            send_message(lc.cmd, ("run", fn, arg))
         except BaseException:
             with self._cond:
                 lc.state = LcoreState.WAIT
@@ -432,7 +433,7 @@ class Launcher:
         """Put ``(obj, fds)`` in a worker's mailbox (read there with :func:`mailbox_recv`)."""
         if lcore == self.main_lcore:
             raise ValueError("the main lcore has no mailbox")
-        _send(self.lcores[lcore].mailbox, obj, fds)
+        send_message(self.lcores[lcore].mailbox, obj, fds)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop every worker and reap it: ask, then SIGTERM, then SIGKILL."""
@@ -446,7 +447,7 @@ class Launcher:
         for lc in self.lcores.values():
             if lc.cmd is not None and lc.state == LcoreState.WAIT:
                 try:
-                    _send(lc.cmd, ("exit",))
+                    send_message(lc.cmd, ("exit",))
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ import numpy as np
 
 from dataplane.testing.guest_net import log_pages
 from dataplane.vhost.guest_memory import map_shared, unmap
+from dataplane.vhost.userfaultfd import Userfaultfd
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.endpoint import Endpoint
 from dataplane.vhost_user.errors import EndpointTimeout, PeerClosed
@@ -68,11 +70,16 @@ __all__ = [
     "FrontendVring",
     "VhostUserFrontend",
     "VhostUserListener",
+    "PostcopyPager",
     "FrontendLog",
     "eventfd_count",
 ]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 DEFAULT_QVA_BASE = 0x7F00_0000_0000
 
 
@@ -181,6 +188,15 @@ class GuestMemoryLayout:
 
     def fds(self) -> list[int]:
         return [r.fd for r in self.regions]
+
+    def discard(self, gpa: int, length: int = PAGE) -> None:
+        """Punch the pages of ``[gpa, gpa + length)`` out of the memory file: they are missing again,
+        as guest pages not yet migrated are on a postcopy destination."""
+        r = self.region_of(gpa, length)
+        off = r.mmap_offset + (gpa - r.gpa)
+        if _libc.fallocate(r.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, off, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
 
     def close(self) -> None:
         for r in self.regions:
@@ -511,6 +527,40 @@ class VhostUserFrontend:
         payload = self.reply(R.VHOST_USER_GET_CONFIG).payload
         return P.Config.parse(payload).payload if payload else b""
 
+    # -- postcopy (the destination QEMU's messages) ---------------------------------
+
+    def postcopy_advise(self) -> int:
+        """POSTCOPY_ADVISE; returns the back-end's userfaultfd (ours to close)."""
+        self.send(R.VHOST_USER_POSTCOPY_ADVISE)
+        msg = self.reply(R.VHOST_USER_POSTCOPY_ADVISE)
+        if msg.payload or len(msg.fds) != 1:
+            msg.close_fds()
+            raise AssertionError(f"POSTCOPY_ADVISE reply: {len(msg.payload)} payload bytes, {len(msg.fds)} fds "
+                                 "(expected none and one userfaultfd)")
+        return msg.take_fd(0)
+
+    def postcopy_listen(self) -> int:
+        """POSTCOPY_LISTEN with NEED_REPLY (as QEMU sends it); the back-end's status."""
+        return self.request(R.VHOST_USER_POSTCOPY_LISTEN, ack=True)  # type: ignore[return-value]
+
+    def postcopy_end(self) -> int:
+        """POSTCOPY_END with NEED_REPLY; the u64 of the reply (0: ended)."""
+        return self.request(R.VHOST_USER_POSTCOPY_END, ack=True)  # type: ignore[return-value]
+
+    def set_mem_table_postcopy(self, ack: int | None = 0) -> list[int]:
+        """SET_MEM_TABLE while listening, QEMU's way: read the reply carrying the back-end's region
+        addresses (returned, one per region), then acknowledge with ``ack`` (None: send nothing)."""
+        assert self.memory is not None, "no guest memory"
+        table = self.memory.table()
+        self.send(R.VHOST_USER_SET_MEM_TABLE, P.Memory(table), self.memory.fds())
+        reply = P.Memory.parse(self.reply(R.VHOST_USER_SET_MEM_TABLE).payload)
+        got = [(r.guest_phys_addr, r.memory_size, r.mmap_offset) for r in reply.regions]
+        want = [(r.guest_phys_addr, r.memory_size, r.mmap_offset) for r in table]
+        if got != want:
+            raise AssertionError(f"postcopy SET_MEM_TABLE reply describes {got}, expected {want}")
+        if ack is not None:
+            self.send(R.VHOST_USER_SET_MEM_TABLE, P.U64(ack))
+        return [r.userspace_addr for r in reply.regions]
     # -- the back-end's request channel -------------------------------------------
 
     def open_backend_channel(self, ack: bool | None = None) -> int | None:
@@ -660,6 +710,66 @@ class VhostUserFrontend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PostcopyPager:
+    """The destination QEMU's postcopy fault handling for one back-end.
+
+    ``uffd``: the fd :meth:`VhostUserFrontend.postcopy_advise` returned (the
+    pager owns it); ``bases``: the back-end's region addresses from
+    :meth:`VhostUserFrontend.set_mem_table_postcopy`; ``memory``: our guest
+    memory (same regions, same order).  :meth:`wait_fault` returns the next
+    page the back-end touched that is missing; the test then fills it either
+    with :meth:`place` (UFFDIO_COPY into the back-end's mapping, which also
+    wakes) or, as QEMU does, by writing it through its own mapping and
+    calling :meth:`wake`.
+    """
+
+    def __init__(self, uffd: int, memory: GuestMemoryLayout, bases: Sequence[int]):
+        self.uffd = Userfaultfd(uffd)
+        self.memory = memory
+        self.bases = list(bases)
+        self.faults: list[tuple[int, int, int]] = []  # every fault seen: (gpa, back-end address, flags)
+
+    def gpa_of(self, address: int) -> int:
+        for r, base in zip(self.memory.regions, self.bases):
+            if base <= address < base + r.size:
+                return r.gpa + address - base
+        raise AssertionError(f"fault at {address:#x} is outside every region the back-end announced")
+
+    def address_of(self, gpa: int) -> int:
+        """The back-end's (announced) address of guest-physical ``gpa``."""
+        for r, base in zip(self.memory.regions, self.bases):
+            if r.contains(gpa):
+                return base + gpa - r.gpa
+        raise ValueError(f"gpa {gpa:#x} is not in guest memory")
+
+    def wait_fault(self, timeout: float = 10.0) -> tuple[int, int]:
+        """Block until the back-end faults; returns ``(gpa, address)`` of the faulting page."""
+        deadline = time.monotonic() + timeout
+        while True:
+            faults = self.uffd.read_faults()
+            if faults:
+                address, flags = faults[0]
+                address &= ~(PAGE - 1)
+                gpa = self.gpa_of(address)
+                self.faults.append((gpa, address, flags))
+                return gpa, address
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.uffd], [], [], left)[0]:
+                raise EndpointTimeout(f"no postcopy fault from the back-end within {timeout:.1f}s")
+
+    def place(self, address: int, data: bytes) -> None:
+        """UFFDIO_COPY one page of ``data`` at the back-end's ``address`` (page-aligned), waking its faulter."""
+        buf = ctypes.create_string_buffer(bytes(data).ljust(PAGE, b"\0"), PAGE)
+        self.uffd.copy(address & ~(PAGE - 1), ctypes.addressof(buf), PAGE)
+
+    def wake(self, address: int) -> None:
+        """UFFDIO_WAKE the back-end's page at ``address`` (already filled through another mapping)."""
+        self.uffd.wake(address & ~(PAGE - 1), PAGE)
+
+    def close(self) -> None:
+        self.uffd.close()
 
 
 class VhostUserListener:

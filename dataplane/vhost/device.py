@@ -70,7 +70,6 @@ vhost-events thread, with the library lock held.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -80,7 +79,8 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.dirty_log import LogError, LogRegion
-from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
+from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_u16
+from dataplane.vhost.postcopy import Postcopy
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
 from dataplane.vhost_user.features import (
@@ -385,10 +385,6 @@ class Vring:
         )
 
 
-def _read_u16(addr: int) -> int:
-    return ctypes.c_uint16.from_address(addr).value
-
-
 #: The state machine's handler (a method name) of every request the message table gives
 #: to the back-end (``Handler.BACKEND``); device classes add theirs (``Handler.DEVICE``).
 REQUEST_HANDLERS: dict[int, str] = {
@@ -419,6 +415,9 @@ REQUEST_HANDLERS: dict[int, str] = {
     R.VHOST_USER_REM_MEM_REG: "_rem_mem_reg",
     R.VHOST_USER_SET_STATUS: "_set_status",
     R.VHOST_USER_GET_STATUS: "_get_status",
+    R.VHOST_USER_POSTCOPY_ADVISE: "_postcopy_advise",
+    R.VHOST_USER_POSTCOPY_LISTEN: "_postcopy_listen",
+    R.VHOST_USER_POSTCOPY_END: "_postcopy_end",
 }
 
 
@@ -462,6 +461,7 @@ class VhostUserDevice:
         self.memory: GuestMemory | None = None
         self.dirty_log: LogRegion | None = None
         self.log_call_fd = -1
+        self.postcopy = Postcopy(self.ifname)
         self._reset_state(keep_protocol=False)
 
     def _reset_state(self, keep_protocol: bool) -> None:
@@ -517,6 +517,8 @@ class VhostUserDevice:
 
         Always closes the fds of ``msg`` that no handler took.
         """
+        if self.postcopy.awaiting_ack:
+            return self._postcopy_ack(msg)
         name = request_name(msg.request)
         self.stats["messages"] += 1
         failed = queue_only = False
@@ -538,7 +540,14 @@ class VhostUserDevice:
 
         if self.closed:
             return False
-        if reply is not None and not failed:
+        if isinstance(reply, tuple):  # (payload, fds): the fds are the handler's, closed once sent
+            reply, reply_fds = reply
+            try:
+                self.send_reply(msg.request, reply, reply_fds)
+            finally:
+                for fd in reply_fds:
+                    os.close(fd)
+        elif reply is not None and not failed:
             self.send_reply(msg.request, reply)
         elif msg.need_reply:
             self.send_reply(msg.request, P.U64(1 if failed else 0))
@@ -616,7 +625,7 @@ class VhostUserDevice:
         vq.access_ok = True
         vq.error = None
         if not vq.packed:
-            used_idx = _read_u16(vq.used_hva + 2)
+            used_idx = read_u16(vq.used_hva + 2)
             if used_idx != vq.last_used_idx:
                 # Reconnect without inflight tracking (DPDK): resume from the ring's used idx.
                 log.warning(
@@ -802,6 +811,7 @@ class VhostUserDevice:
         if self.memory is not None:
             self.memory.unmap()
             self.memory = None
+        self.postcopy.close()
         self._reset_state(keep_protocol)
 
     def _reset_owner(self, msg: Message, p: Any) -> None:
@@ -827,7 +837,11 @@ class VhostUserDevice:
             old.unmap()
         self._retranslate_all()
 
-    def _set_mem_table(self, msg: Message, p: P.Memory) -> None:
+    def _set_mem_table(self, msg: Message, p: P.Memory) -> bytes | None:
+        if self.postcopy.active:  # reply with the fault relay's addresses; put in use at the acknowledgement
+            fds = [msg.take_fd(i) for i in range(len(msg.fds))]
+            return self.postcopy.set_mem_table(self.memory, p.regions, fds, len(msg.payload))
+        self.postcopy.not_entered()
         if self.memory is not None and self.memory.same_table(p.regions):
             log.info("memory regions not changed", path=self.ifname, vid=self.vid)
             return None  # the new fds are closed with the message
@@ -844,6 +858,8 @@ class VhostUserDevice:
         return P.U64(VHOST_USER_MAX_RAM_SLOTS)
 
     def _add_mem_reg(self, msg: Message, p: P.MemRegMsg) -> None:
+        if self.postcopy.active:
+            raise RequestError("ADD_MEM_REG during postcopy is not implemented (use SET_MEM_TABLE)")
         if self.memory is None:
             self.memory = GuestMemory()
         self.memory.add_region(p.region, msg.take_fd(0), VHOST_USER_MAX_RAM_SLOTS)
@@ -886,6 +902,33 @@ class VhostUserDevice:
             self.dirty_log.unmap()
             self.dirty_log = None
             log.info("dirty log unmapped", path=self.ifname, vid=self.vid)
+
+    # -- postcopy (dataplane.vhost.postcopy) -------------------------------------
+
+    def _postcopy_advise(self, msg: Message, p: Any) -> tuple[Payload, list[int]]:
+        return P.Empty(), [self.postcopy.advise()]
+
+    def _postcopy_listen(self, msg: Message, p: Any) -> None:
+        self.postcopy.listen(self.memory is not None and len(self.memory) > 0)
+        return None
+
+    def _postcopy_end(self, msg: Message, p: Any) -> Payload:
+        return self.postcopy.end()
+
+    def _postcopy_ack(self, msg: Message) -> bool:
+        """The message after a postcopy SET_MEM_TABLE reply: the front-end's acknowledgement, nothing else."""
+        self.stats["messages"] += 1
+        try:
+            new = self.postcopy.take_ack(msg)
+        except (VhostUserError, GuestMemoryError) as e:
+            self._refuse("VHOST_USER_SET_MEM_TABLE", f"postcopy: {e.reason if isinstance(e, VhostUserError) else e}")
+            return False
+        finally:
+            msg.close_fds()
+        if new is not None:
+            self._replace_memory(new)
+        self._update_readiness()
+        return not self.closed
 
     def _set_log_fd(self, msg: Message, p: Any) -> None:
         if self.log_call_fd >= 0:
@@ -1083,6 +1126,7 @@ class VhostUserDevice:
         if self.memory is not None:
             self.memory.unmap()
             self.memory = None
+        self.postcopy.close()  # after every mapping is gone: its faults can no longer happen
         if self.log_call_fd >= 0:
             os.close(self.log_call_fd)
             self.log_call_fd = -1

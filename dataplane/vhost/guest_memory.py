@@ -49,6 +49,7 @@ __all__ = [
     "map_shared",
     "unmap",
     "fd_block_size",
+    "read_u16",
 ]
 
 _U64 = 1 << 64
@@ -59,6 +60,8 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.memcpy.restype = ctypes.c_void_p
+_libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _PROT_RW = 0x1 | 0x2
 _MAP_SHARED = 0x01
@@ -82,6 +85,15 @@ def unmap(addr: int, length: int) -> None:
     if _libc.munmap(addr, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def read_u16(addr: int) -> int:
+    """The u16 at ``addr`` (a ring index in guest memory), read through libc with the GIL released:
+    during postcopy the read may wait for its page to arrive, and the process's other threads
+    must keep running meanwhile (:mod:`~dataplane.vhost.postcopy`)."""
+    v = ctypes.c_uint16()
+    _libc.memcpy(ctypes.byref(v), addr, 2)
+    return v.value
 
 
 def fd_block_size(fd: int) -> int:

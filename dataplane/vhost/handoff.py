@@ -38,6 +38,7 @@ from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
+from dataplane.vhost.postcopy import register_client
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
 from dataplane.vhost_user.payloads import MemoryRegion
@@ -270,10 +271,11 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
     ``spec``: vid, size, packed, features, the ring GPAs, ``base`` /
     ``used_base`` (packed: index | wrap << 15; split ``used_base`` -1), the
     regions (gpa, size, user address, mmap offset), ``has_call``,
-    ``guest_notification``, and the dirty log's ``log`` / ``log_desc_gpa`` /
-    ``log_used_gpa`` (:meth:`~dataplane.vhost.dirty_log.LogControl.spec`).
-    ``fds``: one per region, the log fd if a log is mapped
-    (:func:`~dataplane.vhost.dirty_log.take_log_fd`), then the call fd if any.
+    ``guest_notification``, the dirty log's ``log`` / ``log_desc_gpa`` /
+    ``log_used_gpa`` (:meth:`~dataplane.vhost.dirty_log.LogControl.spec`) and
+    ``postcopy`` (where to register the mapping while postcopy is on, else None:
+    :mod:`~dataplane.vhost.postcopy`).  ``fds``: one per region, the log fd if a
+    log is mapped (:func:`~dataplane.vhost.dirty_log.take_log_fd`), then the call fd if any.
     A device class adds its own entries (and fds after these).
     """
     vq = dev.vrings[qid]
@@ -291,6 +293,7 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
         regions=[(r["guest_phys_addr"], r["size"], r["userspace_addr"], r["mmap_offset"]) for r in regions],
         has_call=vq.call_fd >= 0,
         guest_notification=vq.guest_notification,
+        postcopy=dev.postcopy.client_address,
     )
     log_spec, log_fds = LogControl.spec(dev, vq)
     spec.update(log_spec)
@@ -313,13 +316,22 @@ def map_vring(spec: dict, region_fds: list[int]) -> tuple[GuestMemory, list[int]
     """Map the guest memory of a vring's hand-over ``spec`` from its region fds (taken over) and
     translate the ring's three areas; returns ``(memory, [desc, avail, used] host addresses)``.
 
-    Raises ValueError when the table cannot be mapped or a ring area is outside it.
+    While postcopy is on (``spec["postcopy"]``) the mapping is registered with the
+    fault relay before anything touches it; if that fails it is not used.
+
+    Raises ValueError when the table cannot be mapped or registered, or a ring area is outside it.
     """
     nreg = len(spec["regions"])
     try:
         mem = GuestMemory.map_table([MemoryRegion(*r) for r in spec["regions"]], region_fds, max_regions=max(nreg, 1))
     except GuestMemoryError as e:
         raise ValueError(str(e)) from None
+    if spec.get("postcopy"):
+        try:
+            register_client(mem, spec["postcopy"])
+        except OSError as e:
+            mem.unmap()
+            raise ValueError(f"postcopy: guest memory not registered with the fault relay, not used: {e}") from None
     try:
         addrs = []
         for gpa, ln in zip((spec["desc_gpa"], spec["avail_gpa"], spec["used_gpa"]), _ring_sizes(spec)):

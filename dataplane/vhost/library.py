@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
-import ctypes
 import errno
 import os
 import socket
@@ -56,6 +55,7 @@ from dataplane.vhost.device import (
     Vring,
 )
 from dataplane.vhost.device_class import DeviceClass
+from dataplane.vhost.guest_memory import read_u16
 from dataplane.vhost.dirty_log import log_used_gpa, mark_dirty
 from dataplane.vhost.net import NetDevice, NetState
 from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
@@ -98,30 +98,32 @@ _ACCEPTED_FLAGS = (
     | RTE_VHOST_USER_LINEARBUF_SUPPORT
     | RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
     | RTE_VHOST_USER_NET_STATS_ENABLE
+    | RTE_VHOST_USER_POSTCOPY_SUPPORT
 )
 #: Flags DPDK knows that this library does not implement: refused, never ignored.
 _REFUSED_FLAGS = {
     RTE_VHOST_USER_IOMMU_SUPPORT: "IOMMU_SUPPORT: IOTLB / ACCESS_PLATFORM is not implemented",
-    RTE_VHOST_USER_POSTCOPY_SUPPORT: "POSTCOPY_SUPPORT: postcopy live migration is not implemented",
     RTE_VHOST_USER_ASYNC_COPY: "ASYNC_COPY: the async copy data path is not implemented",
 }
 
 # -- what a socket offers by default ---------------------------------------------
 
 
-def implemented_protocol_features(device: DeviceClass) -> int:
-    """Protocol features a socket of ``device`` may offer: the generic ones plus the device class's."""
-    return GENERIC_PROTOCOL_FEATURES | device.protocol_features
+def implemented_protocol_features(device: DeviceClass, flags: int = 0) -> int:
+    """Protocol features a socket of ``device`` registered with ``flags`` may offer: the generic
+    ones plus the device class's, and PAGEFAULT with POSTCOPY_SUPPORT (as in DPDK)."""
+    postcopy = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT) if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT else 0
+    return GENERIC_PROTOCOL_FEATURES | device.protocol_features | postcopy
 
 
-def default_protocol_features(device: DeviceClass) -> int:
+def default_protocol_features(device: DeviceClass, flags: int = 0) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (PAGEFAULT, CRYPTO_SESSION), plus RESET_DEVICE
-    and what the device class adds.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK
-    22.11, not offered unless enabled; so are the device class's
-    ``optional_protocol_features`` (net: CONFIG)."""
+    what is not implemented here (CRYPTO_SESSION), plus RESET_DEVICE and what the
+    device class adds; PAGEFAULT only with POSTCOPY_SUPPORT.  CONFIGURE_MEM_SLOTS is
+    implemented but, as in DPDK 22.11, not offered unless enabled; so are the device
+    class's ``optional_protocol_features`` (net: CONFIG)."""
     off = bit(PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | device.optional_protocol_features
-    return implemented_protocol_features(device) & ~off
+    return implemented_protocol_features(device, flags) & ~off
 
 
 #: The net device's offers (the default device class): virtio features of a
@@ -172,7 +174,7 @@ class _VhostSocket:
             flags=flags,
             features=features,
             supported_features=features,
-            protocol_features=default_protocol_features(device),
+            protocol_features=default_protocol_features(device, flags),
             queue_num=device.max_queues,
             ops=VhostDeviceOps(),
         )
@@ -285,8 +287,10 @@ class VhostLibrary:
         retry connecting.  EXTBUF_SUPPORT / LINEARBUF_SUPPORT /
         NET_COMPLIANT_OL_FLAGS / NET_STATS_ENABLE are recorded for the data
         path (LINEARBUF without EXTBUF withdraws the host TSO/UFO features, as
-        DPDK does).  IOMMU_SUPPORT, POSTCOPY_SUPPORT and ASYNC_COPY are not
-        implemented and refused with :class:`VhostNotSupported`.
+        DPDK does).  POSTCOPY_SUPPORT offers the PAGEFAULT protocol feature
+        (postcopy live migration, :mod:`~dataplane.vhost.postcopy`).
+        IOMMU_SUPPORT and ASYNC_COPY are not implemented and refused with
+        :class:`VhostNotSupported`.
         """
         path = os.fspath(path)
         for flag, why in _REFUSED_FLAGS.items():
@@ -393,7 +397,7 @@ class VhostLibrary:
         """Set the protocol features ``path`` offers; unimplemented ones are refused."""
         with self._lock:
             cfg = self._socket(path).config
-            missing = protocol_features & ~implemented_protocol_features(cfg.device)
+            missing = protocol_features & ~implemented_protocol_features(cfg.device, cfg.flags)
             if missing:
                 raise VhostNotSupported(f"{path}: protocol features not implemented: {features_str(missing, PF)}")
             cfg.protocol_features = int(protocol_features)
@@ -560,7 +564,7 @@ class VhostLibrary:
                 raise VhostNotSupported(f"vid {vid}: avail_entries is not defined for packed rings")
             if not vq.access_ok:
                 return 0
-            avail_idx = ctypes.c_uint16.from_address(vq.avail_hva + 2).value
+            avail_idx = read_u16(vq.avail_hva + 2)
             return (avail_idx - vq.last_avail_idx) & 0xFFFF
 
     # -- back-end requests (the SET_BACKEND_REQ_FD channel) ------------------------------

@@ -234,7 +234,7 @@ R = VhostUserRequest
 B = VhostUserBackendRequest
 _F = FdRule
 _DEVICE = dict(handler=Handler.DEVICE)
-_NO_POSTCOPY = _unsupported("postcopy is not implemented (PAGEFAULT not offered)")
+_NO_LOG = _unsupported("dirty logging is not implemented (LOG_SHMFD not offered)")
 _NO_INFLIGHT = _unsupported("inflight tracking is not implemented (INFLIGHT_SHMFD not offered)")
 _NO_CRYPTO = _unsupported("not a crypto device")
 _NO_DEVICE_STATE = _unsupported("DEVICE_STATE not offered")
@@ -275,9 +275,9 @@ _FRONTEND: list[MessageSpec] = [
     _row(R.VHOST_USER_SET_CONFIG, Config, gate=PF.VHOST_USER_PROTOCOL_F_CONFIG),
     _row(R.VHOST_USER_CREATE_CRYPTO_SESSION, Opaque, Opaque, gate=PF.VHOST_USER_PROTOCOL_F_CRYPTO_SESSION, **_NO_CRYPTO),
     _row(R.VHOST_USER_CLOSE_CRYPTO_SESSION, U64, gate=PF.VHOST_USER_PROTOCOL_F_CRYPTO_SESSION, **_NO_CRYPTO),
-    _row(R.VHOST_USER_POSTCOPY_ADVISE, Empty, Empty, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT, **_NO_POSTCOPY),
-    _row(R.VHOST_USER_POSTCOPY_LISTEN, Empty, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT, **_NO_POSTCOPY),
-    _row(R.VHOST_USER_POSTCOPY_END, Empty, U64, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT, **_NO_POSTCOPY),
+    _row(R.VHOST_USER_POSTCOPY_ADVISE, Empty, Empty, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
+    _row(R.VHOST_USER_POSTCOPY_LISTEN, Empty, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
+    _row(R.VHOST_USER_POSTCOPY_END, Empty, U64, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
     _row(R.VHOST_USER_GET_INFLIGHT_FD, Inflight, Inflight, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
          **_NO_INFLIGHT),
     _row(R.VHOST_USER_SET_INFLIGHT_FD, Inflight, None, _F.ONE, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, **_NO_INFLIGHT),

@@ -29,7 +29,6 @@ def test_flag_values_are_dpdk_22_11():
     "flag,words",
     [
         (vhost.RTE_VHOST_USER_IOMMU_SUPPORT, "IOMMU_SUPPORT"),
-        (vhost.RTE_VHOST_USER_POSTCOPY_SUPPORT, "POSTCOPY_SUPPORT"),
         (vhost.RTE_VHOST_USER_ASYNC_COPY, "ASYNC_COPY"),
     ],
 )
