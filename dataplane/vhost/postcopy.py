@@ -77,7 +77,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
-import dataplane
 from dataplane import log as dplog
 from dataplane.lcores.launch import recv_message, send_message
 from dataplane.rings.handoff import close_fds
@@ -291,7 +290,7 @@ class FaultRelay:
         self.timeout = timeout
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # the relay imports the same dataplane as this process, wherever that comes from
-        root = os.path.dirname(os.path.dirname(os.path.abspath(dataplane.__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above dataplane/
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             self.proc = subprocess.Popen(
