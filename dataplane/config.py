@@ -520,7 +520,7 @@ EAL_TABLE = Table(
 
 
 #: testpmd's forwarding modes (the engine implements them; names are defined here once).
-FORWARD_MODES = ("io", "mac", "macswap", "rxonly", "txonly", "csum", "flowgen", "icmpecho")
+FORWARD_MODES = ("io", "mac", "macswap", "5tswap", "rxonly", "txonly", "csum", "flowgen", "icmpecho")
 
 
 def __getattr__(name: str):

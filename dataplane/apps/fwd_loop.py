@@ -17,6 +17,7 @@ what happens to a received burst:
 ``io``       transmit unchanged
 ``mac``      set Ethernet source to the Tx port's MAC and destination to its peer MAC
 ``macswap``  swap source and destination MAC
+``5tswap``   swap source and destination MAC, IP address and TCP/UDP port
 ``rxonly``   free
 ``txonly``   no Rx; build ``--txpkts`` UDP frames (:func:`~dataplane.apps.fwd_modes.build_txonly`) and send
 ``csum``     verify and rewrite IPv4/TCP/UDP checksums in software, count bad ones
@@ -50,6 +51,7 @@ from dataplane.apps.fwd_modes import (
     fwd_csum,
     fwd_icmpecho,
     fwd_mac,
+    fwd_5tswap,
     fwd_macswap,
     txonly_backout,
 )
@@ -70,9 +72,9 @@ __all__ = [
 ]
 
 # forwarding modes (testpmd's names)
-MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_CSUM, MODE_FLOWGEN, MODE_ICMPECHO = range(8)
+MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_CSUM, MODE_FLOWGEN, MODE_ICMPECHO, MODE_5TSWAP = range(9)
 MODES = {"io": MODE_IO, "mac": MODE_MAC, "macswap": MODE_MACSWAP, "rxonly": MODE_RXONLY, "txonly": MODE_TXONLY,
-         "csum": MODE_CSUM, "flowgen": MODE_FLOWGEN, "icmpecho": MODE_ICMPECHO}
+         "csum": MODE_CSUM, "flowgen": MODE_FLOWGEN, "icmpecho": MODE_ICMPECHO, "5tswap": MODE_5TSWAP}
 assert set(MODES) <= set(FORWARD_MODES)
 
 # cfg slots (int64 array, one per lcore loop)
@@ -209,6 +211,8 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
                 fwd_mac(mp, pkts, n, s.params[P_DST_MAC], s.params[P_SRC_MAC])
             elif mode == MODE_MACSWAP:
                 fwd_macswap(mp, pkts, n)
+            elif mode == MODE_5TSWAP:
+                fwd_5tswap(mp, pkts, n)
             elif mode == MODE_CSUM:
                 fwd_csum(mp, pkts, n, csum)
                 s.stats[S_BAD_IP_CSUM] += csum[CSUM_BAD_IP]

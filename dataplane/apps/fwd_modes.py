@@ -10,6 +10,8 @@ testpmd engine    kernel
 ================  ==========================================================
 ``mac``           :func:`fwd_mac` (macfwd.c): dst MAC = ``--eth-peer``, src = port MAC
 ``macswap``       :func:`fwd_macswap` (macswap.c): swap dst and src MAC
+``5tswap``        :func:`fwd_5tswap` (5tswap.c): swap MACs, IPv4/IPv6
+                  addresses and TCP/UDP ports
 ``csum``          :func:`fwd_csum` (csumonly.c, no HW offload): parse
                   Ether [+VLAN/QinQ] / IPv4|IPv6 / TCP|UDP, count bad
                   checksums, rewrite correct ones in software
@@ -109,6 +111,7 @@ from dataplane.net.ip import (
     IPV4_DST_OFF,
     IPV4_FRAG_MASK,
     IPV4_FRAG_OFF,
+    IPV4_FRAG_OFFSET_MASK,
     IPV4_MCAST_MASK,
     IPV4_MCAST_NET,
     IPV4_MIN_HDR_LEN,
@@ -117,9 +120,11 @@ from dataplane.net.ip import (
     IPV4_TOTLEN_OFF,
     IPV4_TTL_OFF,
     IPV4_VHL_DEF,
+    IPV6_DST_OFF,
     IPV6_HDR_LEN,
     IPV6_NXT_OFF,
     IPV6_PLEN_OFF,
+    IPV6_SRC_OFF,
     ipv4,
 )
 from dataplane.net.l4 import (
@@ -129,7 +134,9 @@ from dataplane.net.l4 import (
     ICMP_HDR_LEN,
     TCP_CKSUM_OFF,
     TCP_DOFF_OFF,
+    TCP_DPORT_OFF,
     TCP_MIN_HDR_LEN,
+    TCP_SPORT_OFF,
     UDP_CKSUM_OFF,
     UDP_DPORT_OFF,
     UDP_HDR_LEN,
@@ -137,11 +144,14 @@ from dataplane.net.l4 import (
     UDP_SPORT_OFF,
 )
 from dataplane.rings.jit import always_inline, inline_kernel, kernel, stack_array_u32
-from dataplane.rings.mem import be16, be32, bswap32, copy_bytes, ld8, ld16, ld32, st8, st16, st32, st_be16, st_be32
+from dataplane.rings.mem import (
+    be16, be32, bswap32, copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64, st_be16, st_be32,
+)
 
 __all__ = [
     "fwd_mac",
     "fwd_macswap",
+    "fwd_5tswap",
     "fwd_csum",
     "fwd_icmpecho",
     "build_txonly",
@@ -301,6 +311,107 @@ def fwd_macswap(mp, pkts, n):
         s = ld_mac(eth + _U64(ETH_SRC_OFF))
         st_mac(eth + _U64(ETH_DST_OFF), s)
         st_mac(eth + _U64(ETH_SRC_OFF), d)
+
+
+# =============================================================================
+# 5tswap
+# =============================================================================
+
+
+@inline_kernel
+def _swap16(a, b):
+    """Swap the 16-bit words at host addresses ``a`` and ``b``."""
+    x = ld16(a)
+    st16(a, ld16(b))
+    st16(b, x)
+
+
+@inline_kernel
+def _swap32(a, b):
+    x = ld32(a)
+    st32(a, ld32(b))
+    st32(b, x)
+
+
+@inline_kernel
+def _swap64(a, b):
+    x = ld64(a)
+    st64(a, ld64(b))
+    st64(b, x)
+
+
+@kernel
+def _5tswap_one(mp, m):
+    always_inline()
+    mb = mp.mbufs[m]
+    dl = np.int64(mb.data_len)
+    if dl < ETHER_HDR_LEN:
+        return
+    eth = seg_addr(mp, m)
+    d = ld_mac(eth + _U64(ETH_DST_OFF))
+    st_mac(eth + _U64(ETH_DST_OFF), ld_mac(eth + _U64(ETH_SRC_OFF)))
+    st_mac(eth + _U64(ETH_SRC_OFF), d)
+    l2 = np.int64(ETHER_HDR_LEN)
+    et = be16(eth + _U64(ETH_TYPE_OFF))
+    while et == ETHER_TYPE_VLAN or et == ETHER_TYPE_QINQ:
+        if l2 + VLAN_HDR_LEN > dl:
+            return
+        et = be16(eth + _U64(l2 + VLAN_PROTO_OFF))
+        l2 += VLAN_HDR_LEN
+    mb.l2_len = l2
+    ip = eth + _U64(l2)
+    if et == ETHER_TYPE_IPV4:
+        if l2 + IPV4_MIN_HDR_LEN > dl:
+            return
+        # the header checksum is a sum of 16-bit words: swapping two addresses keeps it
+        _swap32(ip + _U64(IPV4_SRC_OFF), ip + _U64(IPV4_DST_OFF))
+        l3 = (np.int64(ld8(ip)) & 0xF) * 4
+        mb.l3_len = l3
+        if l3 < IPV4_MIN_HDR_LEN:
+            return
+        if (be16(ip + _U64(IPV4_FRAG_OFF)) & IPV4_FRAG_OFFSET_MASK) != 0:
+            return  # a later fragment: its first bytes are payload, not ports
+        proto = np.int64(ld8(ip + _U64(IPV4_PROTO_OFF)))
+    elif et == ETHER_TYPE_IPV6:
+        l3 = np.int64(IPV6_HDR_LEN)
+        if l2 + l3 > dl:
+            return
+        _swap64(ip + _U64(IPV6_SRC_OFF), ip + _U64(IPV6_DST_OFF))
+        _swap64(ip + _U64(IPV6_SRC_OFF + 8), ip + _U64(IPV6_DST_OFF + 8))
+        mb.l3_len = l3
+        proto = np.int64(ld8(ip + _U64(IPV6_NXT_OFF)))  # no extension header walk (testpmd neither)
+    else:
+        return
+    th = ip + _U64(l3)
+    # the ports are summed into the L4 checksum the same way: it stays right
+    if proto == IPPROTO_UDP:
+        if l2 + l3 + UDP_HDR_LEN <= dl:
+            _swap16(th + _U64(UDP_SPORT_OFF), th + _U64(UDP_DPORT_OFF))
+            mb.l4_len = UDP_HDR_LEN
+    elif proto == IPPROTO_TCP:
+        if l2 + l3 + TCP_MIN_HDR_LEN <= dl:
+            _swap16(th + _U64(TCP_SPORT_OFF), th + _U64(TCP_DPORT_OFF))
+            mb.l4_len = (np.int64(ld8(th + _U64(TCP_DOFF_OFF))) & 0xF0) >> 2
+
+
+@kernel
+def fwd_5tswap(mp, pkts, n):
+    """testpmd ``5tswap`` (5tswap.c): swap source and destination at layers 2, 3 and 4 of ``pkts[:n]``.
+
+    Ethernet dst/src MACs; past any number of VLAN/QinQ tags, IPv4 or IPv6
+    src/dst addresses; then TCP or UDP src/dst ports.  Parsing stops at the
+    first layer that is none of these (ARP: MACs only; SCTP, ICMP: MACs and
+    addresses), as in testpmd.  ``l2_len``, ``l3_len`` and ``l4_len`` are set
+    for the layers found.  No checksum changes: each swap exchanges words of
+    the same sums.
+
+    Where testpmd trusts the frame, this stops instead: at a header that does
+    not fit the first segment (a runt, a truncated tag, IP or L4 header), and
+    before the ports of an IPv4 fragment other than the first.  ``ol_flags``
+    are kept (see :func:`fwd_mac`).
+    """
+    for i in range(n):
+        _5tswap_one(mp, np.int64(pkts[i]))
 
 
 # =============================================================================

@@ -18,6 +18,7 @@ __all__ = [
     "IPV4_TOTLEN_OFF",
     "IPV4_FRAG_OFF",
     "IPV4_FRAG_MASK",
+    "IPV4_FRAG_OFFSET_MASK",
     "IPV4_TTL_OFF",
     "IPV4_PROTO_OFF",
     "IPV4_CKSUM_OFF",
@@ -28,6 +29,9 @@ __all__ = [
     "IPV6_HDR_LEN",
     "IPV6_PLEN_OFF",
     "IPV6_NXT_OFF",
+    "IPV6_SRC_OFF",
+    "IPV6_DST_OFF",
+    "IPV6_ADDR_LEN",
     "ipv4",
 ]
 
@@ -44,6 +48,7 @@ IPV4_VHL_DEF = 0x45  # version 4, 5 words (RTE_IPV4_VHL_DEF)
 IPV4_TOTLEN_OFF = 2
 IPV4_FRAG_OFF = 6
 IPV4_FRAG_MASK = 0x3FFF  # MF flag and fragment offset
+IPV4_FRAG_OFFSET_MASK = 0x1FFF  # fragment offset alone (0: the first fragment)
 IPV4_TTL_OFF = 8
 IPV4_PROTO_OFF = 9
 IPV4_CKSUM_OFF = 10
@@ -55,6 +60,9 @@ IPV4_MCAST_NET = 0xE0000000
 IPV6_HDR_LEN = 40
 IPV6_PLEN_OFF = 4
 IPV6_NXT_OFF = 6
+IPV6_SRC_OFF = 8
+IPV6_DST_OFF = 24
+IPV6_ADDR_LEN = 16
 
 
 def ipv4(a: int, b: int, c: int, d: int) -> int:

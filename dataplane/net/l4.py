@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "TCP_MIN_HDR_LEN",
+    "TCP_SPORT_OFF",
+    "TCP_DPORT_OFF",
     "TCP_DOFF_OFF",
     "TCP_CKSUM_OFF",
     "TCP_FLAGS_OFF",
@@ -23,6 +25,8 @@ __all__ = [
 ]
 
 TCP_MIN_HDR_LEN = 20
+TCP_SPORT_OFF = 0
+TCP_DPORT_OFF = 2
 TCP_DOFF_OFF = 12  # data offset, in the high nibble (32-bit words)
 TCP_CKSUM_OFF = 16
 TCP_FLAGS_OFF = 13

@@ -30,6 +30,7 @@ __all__ = [
     "fence",
     "cas",
     "fetch_add",
+    "fetch_or",
     "exchange",
     "cpu_relax",
     "py_load_acquire",
@@ -139,6 +140,7 @@ def _rmw(op):
 
 
 fetch_add = _rmw("add")  # returns the old value
+fetch_or = _rmw("or")  # returns the old value (the dirty log's page bits)
 exchange = _rmw("xchg")  # returns the old value
 
 

@@ -34,6 +34,8 @@ import numpy as np
 
 from dataplane.rings.jit import eventfd_signal, inline_kernel, loop_kernel
 from dataplane.rings.mem import ld8, store_u32, store_u64
+from dataplane.rings.packed import DRV_USED_IDX as PACKED_DRV_USED_IDX
+from dataplane.rings.split import DRV_LAST_USED as SPLIT_DRV_LAST_USED
 from dataplane.rings.packed import (
     packed_drv_add,
     packed_drv_get_used,
@@ -51,9 +53,11 @@ from dataplane.rings.split import (
     split_drv_state,
     split_vring_from_addrs,
 )
+from dataplane.testing.guest_net import notify_area_pages, pages_of, used_write_pages
 from dataplane.testing.vhost_frontend import FrontendVring, GuestMemoryLayout
 from dataplane.vhost.blk.spec import REQ_HDR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_IN
 from dataplane.vhost.virtio_net import ring_feat_mask
+from dataplane.vhost_user.features import VirtioFeature as VF
 
 __all__ = ["BlkDriver", "RequestStream", "drive_split", "STATUS_UNSET"]
 
@@ -68,7 +72,9 @@ class BlkDriver:
     ``vring``: a ring a :class:`~dataplane.testing.vhost_frontend.VhostUserFrontend`
     set up (its GPAs are used); otherwise the ring is allocated in ``memory``.
     ``features``: negotiated virtio bits (EVENT_IDX, INDIRECT_DESC matter).
-    ``max_data``: data bytes per slot.
+    ``max_data``: data bytes per slot.  ``device_writes``: the guest pages the
+    device must have written for the requests harvested so far (data up to the
+    used length, status byte, used entries; for dirty-log checks).
     """
 
     def __init__(self, memory: GuestMemoryLayout, num: int = 64, *, packed: bool = False, features: int = 0,
@@ -109,6 +115,9 @@ class BlkDriver:
         self.kick_fd = -1 if vring is None else vring.kick_fd
         self._cookies = np.zeros(num, np.uint64)
         self._lens = np.zeros(num, np.uint32)
+        self._chains: dict[int, tuple[list, bool]] = {}  # slot -> (segs, indirect)
+        self.device_writes: set[int] = set()
+        self.event_idx = bool(features >> VF.VIRTIO_RING_F_EVENT_IDX & 1)
 
     # -- addresses ------------------------------------------------------------------
     def device_addrs(self) -> tuple[int, int, int]:
@@ -193,6 +202,7 @@ class BlkDriver:
         if r < 0:
             self.free.append(slot)
             raise RuntimeError("the ring has no room for the chain")
+        self._chains[slot] = (list(segs), bool(indirect))
         return slot
 
     def publish(self) -> bool:
@@ -210,13 +220,36 @@ class BlkDriver:
 
     def harvest(self) -> list[tuple[int, int]]:
         """The used chains: [(slot, used length)]; their slots become free."""
+        slot = int(self.ds.state[PACKED_DRV_USED_IDX if self.packed else SPLIT_DRV_LAST_USED])
         if self.packed:
             n = packed_drv_get_used(self.vr, self.ds, self._cookies, self._lens, self.num)
         else:
             n = split_drv_get_used(self.vr, self.ds, self._cookies, self._lens, self.num)
         out = [(int(self._cookies[i]), int(self._lens[i])) for i in range(n)]
         self.free.extend(s for s, _ in out)
+        self._note_device_writes(slot, out)
         return out
+
+    def notify_area_pages(self) -> set[int]:
+        """Pages of the fields the device writes when it asks for kicks or not."""
+        return notify_area_pages(self.packed, self.used_gpa, self.num, self.event_idx)
+
+    def _note_device_writes(self, slot: int, used) -> None:
+        """The device wrote the first ``len - 1`` writable bytes and the status byte (the last one)."""
+        ndescs = []
+        for cookie, ln in used:
+            segs, indirect = self._chains.pop(cookie, ([], False))
+            writable = [(g, n) for g, n, w in segs if w and n]
+            left = ln - 1
+            for g, n in writable:
+                if left > 0:
+                    self.device_writes |= pages_of(g, min(n, left))
+                    left -= n
+            if writable and ln > 0:
+                g, n = writable[-1]
+                self.device_writes |= pages_of(g + n - 1, 1)
+            ndescs.append(1 if indirect else len(segs))
+        self.device_writes |= used_write_pages(self.packed, self.desc_gpa, self.used_gpa, self.num, slot, ndescs)
 
     def status(self, slot: int) -> int:
         return int(self.view(self.status_gpa(slot), 1)[0])

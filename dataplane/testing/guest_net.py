@@ -19,6 +19,10 @@ without a VM:
   header separate or shared, payload chained, indirect), ``tx_reclaim``,
   ``recv`` (parses ``num_buffers`` and reassembles mergeable packets), and
   ``vhost_queue`` to build the device side (:class:`~dataplane.vhost.virtio_net.VhostQueue`).
+* Dirty-log checks: :meth:`GuestVq.get_used` records in ``device_writes``
+  the guest pages the device must have written for what it harvests (the
+  used lengths' bytes of the buffers, the used entries and used idx), and
+  :func:`log_pages` lists the pages a dirty log marks; a test compares the two.
 * Frame builders (:func:`ether_frame`, :func:`udp_packet`, :func:`tcp_packet`)
   and :func:`l4_checksum_ok` for offload tests.
 
@@ -38,6 +42,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from dataplane.rings.packed import DRV_USED_IDX as PACKED_DRV_USED_IDX
 from dataplane.rings.packed import (
     packed_drv_add,
     packed_drv_add1,
@@ -51,6 +56,7 @@ from dataplane.rings.packed import (
     packed_vring_from_buffer,
 )
 from dataplane.rings.regions import make_regions
+from dataplane.rings.split import DRV_LAST_USED as SPLIT_DRV_LAST_USED
 from dataplane.rings.split import (
     split_drv_add,
     split_drv_add1,
@@ -87,9 +93,53 @@ __all__ = [
     "tcp_packet",
     "l4_checksum_ok",
     "ipv4_checksum_ok",
+    "pages_of",
+    "log_pages",
+    "used_write_pages",
+    "notify_area_pages",
 ]
 
 DEFAULT_GPA = 0x1_0000_0000  # 4 GiB: far from 0, so a stray 0 address is unmapped
+
+
+def pages_of(gpa: int, length: int) -> set[int]:
+    """The 4 KiB guest pages of ``[gpa, gpa + length)``."""
+    if length <= 0:
+        return set()
+    return set(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
+
+
+def used_write_pages(packed: bool, desc_gpa: int, used_gpa: int, size: int, slot: int, ndescs) -> set[int]:
+    """Pages a device writes to complete chains of ``ndescs`` descriptors each (in ring order, the
+    first at used slot ``slot``; no IN_ORDER): split used entries and used idx, or packed
+    descriptors written back (id, len, flags)."""
+    pages = set()
+    for nd in ndescs:
+        s = slot % size
+        if packed:
+            pages |= pages_of(desc_gpa + 16 * s + 8, 8)
+            slot += nd
+        else:
+            pages |= pages_of(used_gpa + 4 + 8 * s, 8)
+            slot += 1
+    if ndescs and not packed:
+        pages |= pages_of(used_gpa + 2, 2)
+    return pages
+
+
+def notify_area_pages(packed: bool, used_gpa: int, size: int, event_idx: bool) -> set[int]:
+    """The pages of the fields a device writes when it asks for kicks or not (split: the used
+    ring's flags, or avail_event with EVENT_IDX; packed: the device event area)."""
+    if packed:
+        return pages_of(used_gpa, 4)
+    if event_idx:
+        return pages_of(used_gpa + 4 + 8 * size, 2)
+    return pages_of(used_gpa, 2)
+
+
+def log_pages(bitmap: np.ndarray) -> set[int]:
+    """The pages a dirty log marks (bit ``page % 8`` of byte ``page // 8``)."""
+    return set(int(p) for p in np.flatnonzero(np.unpackbits(np.asarray(bitmap, np.uint8), bitorder="little")))
 
 
 class _Heap:
@@ -134,6 +184,19 @@ class _Heap:
 class GuestMemory:
     """``size`` bytes of guest RAM at guest-physical ``gpa`` (numpy buffer, or memfd with ``memfd=True``)."""
 
+    @classmethod
+    def over(cls, buf: np.ndarray, gpa: int) -> "GuestMemory":
+        """Guest RAM over memory someone else owns (a front-end's region, ``buf`` its uint8 view)."""
+        self = cls.__new__(cls)
+        self.size = int(buf.nbytes) & ~4095
+        self.gpa = int(gpa)
+        self.fd = -1
+        self._mmap = None
+        self.buf = buf[: self.size]
+        self.hva = self.buf.ctypes.data
+        self.heap = _Heap(self.size)
+        return self
+
     def __init__(self, size: int, gpa: int = DEFAULT_GPA, memfd: bool = False):
         size = (int(size) + 4095) & ~4095
         self.size = size
@@ -176,6 +239,11 @@ class GuestMemory:
     def read(self, gpa: int, n: int) -> bytes:
         off = self.offset(gpa)
         return self.buf[off : off + int(n)].tobytes()
+
+    @property
+    def log_size(self) -> int:
+        """Bytes of a dirty log covering this memory (one bit per 4 KiB page from GPA 0)."""
+        return ((self.gpa + self.size) // 4096 + 7) // 8
 
     def region(self) -> tuple[int, int, int]:
         """(gpa, length, hva): the region-table row."""
@@ -222,6 +290,26 @@ def _recycle_packed(vr, ds, gpas, lens, write, cookies, ulens):
     return n
 
 
+@njit(cache=True, _nrt=False, nogil=True)
+def _drive_split(tx_vr, tx_ds, tx_gpas, tx_lens, rx_vr, rx_ds, rx_gpas, rx_lens, cookies, ulens, iters):
+    """``iters`` turns of recycling the Tx and Rx queues' fixed buffers; returns Tx buffers recycled."""
+    moved = 0
+    for _ in range(iters):
+        moved += _recycle_split(tx_vr, tx_ds, tx_gpas, tx_lens, False, cookies, ulens)
+        _recycle_split(rx_vr, rx_ds, rx_gpas, rx_lens, True, cookies, ulens)
+    return moved
+
+
+@njit(cache=True, _nrt=False, nogil=True)
+def _drive_packed(tx_vr, tx_ds, tx_gpas, tx_lens, rx_vr, rx_ds, rx_gpas, rx_lens, cookies, ulens, iters):
+    """:func:`_drive_split` for packed rings."""
+    moved = 0
+    for _ in range(iters):
+        moved += _recycle_packed(tx_vr, tx_ds, tx_gpas, tx_lens, False, cookies, ulens)
+        _recycle_packed(rx_vr, rx_ds, rx_gpas, rx_lens, True, cookies, ulens)
+    return moved
+
+
 _Buf = namedtuple("_Buf", ["segs", "allocs", "ind"])  # segs: [(gpa, len, write)]
 
 
@@ -262,6 +350,7 @@ class GuestVq:
         self._fixed = None
         self._cookies = np.zeros(self.size, np.uint64)
         self._ulens = np.zeros(self.size, np.uint32)
+        self.device_writes: set[int] = set()  # pages the device wrote for what get_used harvested
 
     # -- addresses the device needs ------------------------------------------------
     @property
@@ -326,10 +415,28 @@ class GuestVq:
         """Harvest up to ``n`` used chains: [(cookie, used len)]."""
         n = self.size if n is None else int(n)
         if self.packed:
+            slot = int(self.ds.state[PACKED_DRV_USED_IDX])
             got = packed_drv_get_used(self.vr, self.ds, self._cookies, self._ulens, n)
         else:
+            slot = int(self.ds.state[SPLIT_DRV_LAST_USED])
             got = split_drv_get_used(self.vr, self.ds, self._cookies, self._ulens, n)
-        return [(int(self._cookies[i]), int(self._ulens[i])) for i in range(got)]
+        used = [(int(self._cookies[i]), int(self._ulens[i])) for i in range(got)]
+        self._note_device_writes(slot, used)
+        return used
+
+    def _note_device_writes(self, slot: int, used) -> None:
+        """Pages the device wrote for ``used`` (harvested from used slot ``slot`` on), without IN_ORDER."""
+        w = self.device_writes
+        ndescs = []
+        for cookie, ln in used:
+            b = self.bufs.get(cookie)
+            left = ln
+            for g, n, wr in (b.segs if b is not None else ()):
+                if wr and left > 0:
+                    w |= pages_of(g, min(n, left))
+                    left -= n
+            ndescs.append(1 if b is None or b.ind else len(b.segs))
+        w |= used_write_pages(self.packed, self.desc_gpa, self.used_gpa, self.size, slot, ndescs)
 
     def gather(self, cookie: int, length: int) -> bytes:
         """The first ``length`` bytes of the chain's writable segments."""
@@ -429,6 +536,7 @@ class GuestNet:
         mem_size: int = 32 << 20,
         gpa: int = DEFAULT_GPA,
         memfd: bool = False,
+        memory: GuestMemory | None = None,
     ):
         features = int(features)
         if packed:
@@ -440,7 +548,7 @@ class GuestNet:
         from dataplane.vhost.virtio_net import ring_feat_mask
 
         feat = ring_feat_mask(features)
-        self.mem = GuestMemory(mem_size, gpa, memfd)
+        self.mem = GuestMemory(mem_size, gpa, memfd) if memory is None else memory
         self.rx = GuestVq(self.mem, queue_size, self.packed, feat, "rx")
         self.tx = GuestVq(self.mem, queue_size, self.packed, feat, "tx")
         self.indirect_ok = bool(features & F_INDIRECT_DESC)
@@ -466,6 +574,36 @@ class GuestNet:
         return VhostQueue(
             d, a, u, vq.size, regions=self.mem.regions(), packed=self.packed, features=self.features, keepalive=self, **kw
         )
+
+    def frontend_vrings(self) -> dict:
+        """Our Rx / Tx queues as the scripted front-end's vrings 0 and 1
+        (:class:`~dataplane.testing.vhost_frontend.FrontendVring`, with dup'ed eventfds):
+        put them in ``VhostUserFrontend.vrings`` before its ``start`` and it sets them up."""
+        from dataplane.testing.vhost_frontend import FrontendVring
+
+        out = {}
+        for index, vq in enumerate((self.rx, self.tx)):
+            out[index] = FrontendVring(index, vq.size, self.packed, vq.desc_gpa, vq.avail_gpa, vq.used_gpa,
+                                       self.mem.buf[:0], self.mem.buf[:0], self.mem.buf[:0],
+                                       kick_fd=os.dup(vq.kickfd), call_fd=os.dup(vq.callfd))
+        return out
+
+    def notify_area_pages(self) -> set[int]:
+        """The pages of the fields a device writes when it asks for kicks or not
+        (split: the used ring's flags / avail_event; packed: the device event area)."""
+        return set().union(*(notify_area_pages(self.packed, vq.used_gpa, vq.size, self.event_idx)
+                             for vq in (self.rx, self.tx)))
+
+    def drive_fixed(self, iters: int) -> int:
+        """Benchmarks: ``iters`` turns of re-posting the fixed buffers the device used on both
+        queues (:meth:`GuestVq.fill_fixed` first; an unfilled Rx queue is left alone), in one
+        numba call that releases the GIL.  Returns the Tx buffers re-posted."""
+        none = (np.zeros(0, np.uint64), np.zeros(0, np.uint32))
+        tx = self.tx._fixed[:2]
+        rx = self.rx._fixed[:2] if self.rx._fixed is not None else none
+        cookies, ulens = self.tx._cookies, self.tx._ulens
+        drive = _drive_packed if self.packed else _drive_split
+        return int(drive(self.tx.vr, self.tx.ds, *tx, self.rx.vr, self.rx.ds, *rx, cookies, ulens, int(iters)))
 
     # -- Rx ---------------------------------------------------------------------
     def post_rx(

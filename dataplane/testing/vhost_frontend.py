@@ -43,6 +43,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dataplane.testing.guest_net import log_pages
 from dataplane.vhost.guest_memory import map_shared, unmap
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.endpoint import Endpoint
@@ -67,6 +68,7 @@ __all__ = [
     "FrontendVring",
     "VhostUserFrontend",
     "VhostUserListener",
+    "FrontendLog",
     "eventfd_count",
 ]
 
@@ -183,6 +185,55 @@ class GuestMemoryLayout:
     def close(self) -> None:
         for r in self.regions:
             r.close()
+
+
+class FrontendLog:
+    """A dirty log as QEMU makes one for a vhost-user back-end: a memfd of one bit per
+    4 KiB page of guest-physical address (``mmap_size`` a whole number of u64 words),
+    mapped here; ``bitmap`` is its uint8 view, :meth:`pages` the marked pages.
+
+    ``size`` defaults to what covers ``memory``; ``mmap_offset`` puts the bitmap that
+    far into the file (the file is ``mmap_offset + size`` bytes, plus ``slack`` bytes
+    after it that a correct back-end never touches: :meth:`slack_untouched`).
+    """
+
+    SLACK_FILL = 0xA5
+
+    def __init__(self, memory: "GuestMemoryLayout | None" = None, size: int | None = None, mmap_offset: int = 0,
+                 slack: int = PAGE):
+        if size is None:
+            end = max(r.gpa + r.size for r in memory.regions)
+            size = _align((end + 4095) // 4096, 64) // 8
+        self.size = size
+        self.mmap_offset = mmap_offset
+        self.slack = slack
+        self._file = GuestRegion(0, size + slack, mmap_offset=mmap_offset, name="vhost-log")
+        self.fd = self._file.fd
+        self.raw = _view(self._file.map_addr, mmap_offset + size + slack)
+        self.raw[:] = self.SLACK_FILL
+        self.bitmap = self.raw[mmap_offset : mmap_offset + size]
+        self.bitmap[:] = 0
+
+    def pages(self) -> set[int]:
+        """The marked pages (bit ``page % 8`` of byte ``page // 8``)."""
+        return log_pages(self.bitmap)
+
+    def clear(self) -> set[int]:
+        """Read and clear the marked pages (as QEMU's log sync does; not atomic: quiesce the back-end first)."""
+        got = self.pages()
+        self.bitmap[:] = 0
+        return got
+
+    def slack_untouched(self) -> bool:
+        """Nothing outside the log bytes was written (the file's bytes before and after it)."""
+        before = self.raw[: self.mmap_offset]
+        after = self.raw[self.mmap_offset + self.size :]
+        return bool((before == self.SLACK_FILL).all() and (after == self.SLACK_FILL).all())
+
+    def close(self) -> None:
+        self.raw = self.bitmap = None  # type: ignore[assignment]
+        self._file.close()
+        self.fd = -1
 
 
 # ---------------------------------------------------------------------------
@@ -398,6 +449,39 @@ class VhostUserFrontend:
         """SET_VRING_ADDR with user addresses (QVAs); note the wire order desc, used, avail."""
         return self.request(R.VHOST_USER_SET_VRING_ADDR, P.VringAddr(index, flags, desc, used, avail, log), ack=ack)
 
+    # -- dirty logging (live migration), in QEMU's order ---------------------------
+
+    def set_log_base(self, log: FrontendLog) -> Message:
+        """SET_LOG_BASE with the log's fd; waits for the back-end's reply (QEMU does, with
+        LOG_SHMFD) and returns it."""
+        self.send(R.VHOST_USER_SET_LOG_BASE, P.Log(log.size, log.mmap_offset), [log.fd])
+        return self.reply(R.VHOST_USER_SET_LOG_BASE)
+
+    def set_log_fd(self, fd: int) -> None:
+        self.request(R.VHOST_USER_SET_LOG_FD, b"", [fd])
+
+    def set_logging(self, enable: bool, log: FrontendLog | None = None) -> None:
+        """Start or stop dirty logging as QEMU's vhost_migration_log does.
+
+        Start: SET_LOG_BASE (``log``), SET_FEATURES with VHOST_F_LOG_ALL, then
+        SET_VRING_ADDR of every ring again with VHOST_VRING_F_LOG and
+        ``log_guest_addr`` = the used ring's GPA.  Stop: SET_FEATURES without
+        LOG_ALL, SET_VRING_ADDR without the flag.  Feature and ring changes ask
+        for a REPLY_ACK when it is negotiated (and must get 0).
+        """
+        if enable:
+            assert log is not None
+            self.set_log_base(log)
+        features = self.features | bit(VF.VHOST_F_LOG_ALL) if enable else self.features & ~bit(VF.VHOST_F_LOG_ALL)
+        ack = self.reply_ack
+        assert self.set_features(features, ack=ack) in (0, None)
+        mem = self.memory
+        for index, vr in sorted(self.vrings.items()):
+            flags, used = (1, vr.used_gpa) if enable else (0, 0)
+            assert self.set_vring_addr(index, mem.qva(vr.desc_gpa), mem.qva(vr.used_gpa), mem.qva(vr.avail_gpa),
+                                       flags=flags, log=used, ack=ack) in (0, None)
+        self.sync()
+
     def _vring_file(self, request: int, index: int, fd: int | None, ack: bool) -> int | None:
         if fd is None:
             return self.request(request, P.U64(index | VHOST_USER_VRING_NOFD_MASK), ack=ack)
@@ -539,10 +623,13 @@ class VhostUserFrontend:
         return vr
 
     def start(self, num_queues: int = 1, queue_size: int = 256, features: int | None = None,
-              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None) -> None:
+              protocol_features: int | None = None, driver_ok: bool = True, nvrings: int | None = None,
+              bases: dict[int, int] | None = None) -> None:
         """The standard bring-up: negotiate, SET_MEM_TABLE, rings 0 .. 2 * num_queues - 1, DRIVER_OK.
 
         ``nvrings``: set up that many rings instead (a device with one vring per queue, e.g. blk).
+        ``bases``: SET_VRING_BASE values by ring (a migration destination resumes from the
+        source's GET_VRING_BASE values); the others start at 0.
         """
         self.negotiate(features, protocol_features)
         status = VirtioDeviceStatus
@@ -550,7 +637,7 @@ class VhostUserFrontend:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK)
         self.set_mem_table()
         for q in range(2 * num_queues if nvrings is None else nvrings):
-            self.setup_vring(q, queue_size)
+            self.setup_vring(q, queue_size, base=(bases or {}).get(q))
         if driver_ok and self.protocol_features >> PF.VHOST_USER_PROTOCOL_F_STATUS & 1:
             self.set_status(status.ACKNOWLEDGE | status.DRIVER | status.FEATURES_OK | status.DRIVER_OK)
         self.sync()

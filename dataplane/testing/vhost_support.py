@@ -69,7 +69,8 @@ class RecordingDataPath(NetDataPathHooks):
         self.calls.append(("start", dev.vid, qid))
         self.started.add((dev.vid, qid))
         self.snapshots[qid] = dict(desc_hva=vq.desc_hva, avail_hva=vq.avail_hva, used_hva=vq.used_hva,
-                                   kick_fd=vq.kick_fd, call_fd=vq.call_fd, regions=dev.region_table.copy())
+                                   kick_fd=vq.kick_fd, call_fd=vq.call_fd, regions=dev.region_table.copy(),
+                                   log=dev.dirty_log, log_all=dev.log_all)
 
     def on_queue_stop(self, dev, qid):
         self.calls.append(("stop", dev.vid, qid))
@@ -82,6 +83,9 @@ class RecordingDataPath(NetDataPathHooks):
 
     def on_guest_notification(self, dev, qid, enable):
         self.calls.append(("notify", dev.vid, qid, enable))
+
+    def on_log_all(self, dev, enable):
+        self.calls.append(("log_all", dev.vid, enable))
 
 
 def wait_until(pred, timeout: float = 5.0, interval: float = 0.01) -> bool:

@@ -464,6 +464,7 @@ class ExchangeConfig:
     fault_at: int = -1  # tests of the checker: from buffer fault_at on, the driver writes seq + fault_delta
     fault_delta: int = 0  # (+1: one seq lost, -1: one seq repeated; cookies stay right)
     timeout: float = 60.0  # seconds for the exchange itself (after both children are ready)
+    stall_timeout: float | None = None  # also give up after this long without a buffer harvested (a hang)
     start_timeout: float = 30.0  # seconds for the children to get ready
 
 
@@ -714,6 +715,30 @@ def _reap(pids: dict, deadline: float, statuses: dict) -> None:
         time.sleep(0.005)
 
 
+def _await_exchange(cfg: ExchangeConfig, ctl, pids: dict, statuses: dict) -> None:
+    """Reaps both children; raises ExchangeTimeout after ``cfg.timeout`` s, or after
+    ``cfg.stall_timeout`` s in which the driver harvested nothing (on a loaded machine a slow
+    exchange is not a hung one: only the lack of progress says it hangs)."""
+    start = time.monotonic()
+    seen, progress_at = int(ctl[DRV_HARVESTED]), start
+    while pids:
+        now = time.monotonic()
+        _reap(pids, min(now + 0.5, start + cfg.timeout), statuses)
+        now = time.monotonic()
+        harvested = int(ctl[DRV_HARVESTED])
+        if harvested != seen:
+            seen, progress_at = harvested, now
+        if not pids:
+            return
+        if now >= start + cfg.timeout:
+            why = f"not done after {cfg.timeout} s"
+        elif cfg.stall_timeout is not None and now - progress_at >= cfg.stall_timeout:
+            why = f"stalled: nothing harvested for {cfg.stall_timeout} s"
+        else:
+            continue
+        raise ExchangeTimeout(f"{cfg.kind} exchange of {cfg.count} buffers {why} (driver harvested {harvested})")
+
+
 def run_exchange(cfg: ExchangeConfig, file_prefix: str = "vq_exchange") -> ExchangeResult:
     """Runs one exchange in two forked, pinned processes; returns both sides' counters.
 
@@ -740,12 +765,7 @@ def run_exchange(cfg: ExchangeConfig, file_prefix: str = "vq_exchange") -> Excha
                 raise ExchangeTimeout(f"children not ready after {cfg.start_timeout} s")
             time.sleep(0.002)
         ctl[CTL_GO] = 1
-        _reap(pids, time.monotonic() + cfg.timeout, statuses)
-        if pids:
-            raise ExchangeTimeout(
-                f"{cfg.kind} exchange of {cfg.count} buffers not done after {cfg.timeout} s "
-                f"(driver harvested {int(ctl[DRV_HARVESTED])})"
-            )
+        _await_exchange(cfg, ctl, pids, statuses)
         bad = {r: s for r, s in statuses.items() if s != 0}
         if bad:
             raise ExchangeError(f"child failed: {bad}")

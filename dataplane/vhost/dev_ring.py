@@ -48,8 +48,9 @@ __all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used"
 #: ``split`` (SplitVring; a 1-entry dummy for a packed queue), ``packed`` (PackedVring;
 #: a dummy for a split queue), ``state`` (int64 device ring state, the rings' STATE_*
 #: slots), ``regions`` (uint64[R, 3] region table: gpa, len, hva), ``chains`` (the Chains
-#: scratch of one burst), ``cfg`` (int64 config slots), ``counters`` (int64 counters).
-QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters")
+#: scratch of one burst), ``cfg`` (int64 config slots), ``counters`` (int64 counters),
+#: ``log`` (the queue's :class:`~dataplane.vhost.dirty_log.DirtyLog`).
+QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters", "log")
 
 
 @inline_kernel

@@ -31,7 +31,13 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
   per region) is ignored; a changed table is mapped, the data path is
   stopped, the old one unmapped and every ring's addresses retranslated.
 * ``SET_FEATURES`` with bits never offered is refused; while running only
-  ``VHOST_F_LOG_ALL`` may change (``features_changed``).
+  ``VHOST_F_LOG_ALL`` may change (``features_changed``, and the data path's
+  ``on_log_all``).
+* ``SET_LOG_BASE`` maps the dirty log (:mod:`~dataplane.vhost.dirty_log`)
+  and replies with an empty payload; the started rings are taken back and
+  handed out again so the data path writes only into the new log.  The log
+  is unmapped when the device stops, resets or disconnects.  ``SET_LOG_FD``'s
+  eventfd is kept (nothing here needs to signal it) and closed with the device.
 
 **The message table.**  Each request is checked against its row
 (:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`): payload and fds
@@ -73,6 +79,7 @@ import numpy as np
 
 from dataplane import log as dplog
 from dataplane.vhost.backend_channel import BackendChannel
+from dataplane.vhost.dirty_log import LogError, LogRegion
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
@@ -144,6 +151,7 @@ VHOST_USER_MAX_RAM_SLOTS = 32
 GENERIC_PROTOCOL_FEATURES = sum(
     bit(f)
     for f in (
+        PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD,
         PF.VHOST_USER_PROTOCOL_F_REPLY_ACK,
         PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
         PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
@@ -197,6 +205,10 @@ class DataPathHooks:
     * :meth:`on_guest_notification` -- the application asked (via
       ``enable_guest_notification``) to enable or disable guest
       notifications on a ring; the intent is also in ``Vring.guest_notification``.
+    * :meth:`on_log_all` -- ``VHOST_F_LOG_ALL`` was turned on or off while
+      the device runs: the started rings' data path must start or stop
+      marking the pages it writes in ``dev.dirty_log`` without stopping.
+      (A ring started later reads ``dev.log_all`` and ``dev.dirty_log``.)
     """
 
     def on_queue_start(self, dev: "VhostUserDevice", qid: int) -> None:
@@ -206,6 +218,9 @@ class DataPathHooks:
         pass
 
     def on_guest_notification(self, dev: "VhostUserDevice", qid: int, enable: bool) -> None:
+        pass
+
+    def on_log_all(self, dev: "VhostUserDevice", enable: bool) -> None:
         pass
 
 
@@ -382,6 +397,7 @@ REQUEST_HANDLERS: dict[int, str] = {
     R.VHOST_USER_SET_OWNER: "_set_owner",
     R.VHOST_USER_RESET_OWNER: "_reset_owner",
     R.VHOST_USER_SET_MEM_TABLE: "_set_mem_table",
+    R.VHOST_USER_SET_LOG_BASE: "_set_log_base",
     R.VHOST_USER_SET_LOG_FD: "_set_log_fd",
     R.VHOST_USER_SET_VRING_NUM: "_set_vring_num",
     R.VHOST_USER_SET_VRING_ADDR: "_set_vring_addr",
@@ -417,7 +433,8 @@ class VhostUserDevice:
     (negotiated), ``protocol_features`` (negotiated), ``features_set``,
     ``status`` (virtio status byte), ``memory``
     (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
-    ``region_table`` (``uint64[R, 3]``), ``vrings`` (list of :class:`Vring`,
+    ``region_table`` (``uint64[R, 3]``), ``dirty_log`` (the mapped
+    :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``vrings`` (list of :class:`Vring`,
     index = queue id), ``nr_vring``, ``running``, ``backend_channel``
     (the :class:`~dataplane.vhost.backend_channel.BackendChannel` set up by
     SET_BACKEND_REQ_FD, or None), ``loop`` (the event loop serving it),
@@ -443,6 +460,8 @@ class VhostUserDevice:
         self.owner = False
         self.backend_channel: BackendChannel | None = None
         self.memory: GuestMemory | None = None
+        self.dirty_log: LogRegion | None = None
+        self.log_call_fd = -1
         self._reset_state(keep_protocol=False)
 
     def _reset_state(self, keep_protocol: bool) -> None:
@@ -690,6 +709,7 @@ class VhostUserDevice:
     def _destroy_device(self) -> None:
         """Stop the data path and tell the application the device is gone (if it was running)."""
         self._quiesce()
+        self._drop_log()
         if self.running:
             self.running = False
             self._callback("destroy_device", self.vid)
@@ -736,6 +756,8 @@ class VhostUserDevice:
                     "(only VHOST_F_LOG_ALL may change)"
                 )
             self.features = features
+            log.info("dirty logging", path=self.ifname, vid=self.vid, log_all=self.log_all, log=repr(self.dirty_log))
+            self.hook("on_log_all", self.log_all)
             self._callback("features_changed", self.vid, features)
             return None
         self.features = features
@@ -841,8 +863,34 @@ class VhostUserDevice:
         self._retranslate_all()
         return None
 
+    # -- dirty log -------------------------------------------------------------
+
+    def _set_log_base(self, msg: Message, p: P.Log) -> Payload:
+        try:
+            new = LogRegion.map(msg.take_fd(0), p.mmap_size, p.mmap_offset)
+        except LogError as e:
+            raise RequestError(str(e)) from None
+        started = [vq for vq in self.vrings if vq.started]
+        for vq in started:
+            self._stop_queue(vq)  # no lcore writes into the old log once it is replaced
+        self._drop_log()
+        self.dirty_log = new
+        log.info("dirty log mapped", path=self.ifname, vid=self.vid, mmap_size=hex(p.mmap_size),
+                 mmap_offset=hex(p.mmap_offset), covers_gpa=hex(new.pages * 4096), log_all=self.log_all)
+        for vq in started:
+            self._start_queue(vq)
+        return P.Empty()  # QEMU reads back a SET_LOG_BASE reply without payload (as DPDK sends)
+
+    def _drop_log(self) -> None:
+        if self.dirty_log is not None:
+            self.dirty_log.unmap()
+            self.dirty_log = None
+            log.info("dirty log unmapped", path=self.ifname, vid=self.vid)
+
     def _set_log_fd(self, msg: Message, p: Any) -> None:
-        log.debug("SET_LOG_FD ignored (not implemented); fd closed", path=self.ifname, vid=self.vid)
+        if self.log_call_fd >= 0:
+            os.close(self.log_call_fd)
+        self.log_call_fd = msg.take_fd(0)
         return None
 
     # -- vring requests --------------------------------------------------------
@@ -1035,6 +1083,9 @@ class VhostUserDevice:
         if self.memory is not None:
             self.memory.unmap()
             self.memory = None
+        if self.log_call_fd >= 0:
+            os.close(self.log_call_fd)
+            self.log_call_fd = -1
         self.close_backend_channel()
 
     def __repr__(self) -> str:

@@ -16,6 +16,11 @@ vring (a disabled dummy, :func:`dummy_ctx`, while the ring is not running);
 Per-vring counters (the data path's ``C_*`` slots) and the device's
 SEND_RARP array live in memzone ``vhost_<name>``, so the main process reads
 statistics while lcores run.
+
+Dirty logging: the hand-over carries the log fd (the lcore maps the log
+itself) and each vring's logging flag sits in memzone ``vhost_log_<name>``
+(:class:`~dataplane.vhost.dirty_log.LogControl`): ``on_log_all`` flips it
+while the rings run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, que
 from dataplane.rings.jit import kernel
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
+from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
@@ -89,6 +95,11 @@ class VringHandoff(H.QueueHandoff, NetDataPathHooks):
         buf = self._vz.view()
         buf[:] = 0
         self.counters, self.rarp = _views(buf, self.nvrings)
+        try:
+            self.log_control = LogControl(self.memory, name, self.nvrings)
+        except BaseException:
+            self.close()
+            raise
 
     def on_queue_start(self, dev, qid: int) -> None:
         if qid >= self.nvrings:
@@ -96,6 +107,7 @@ class VringHandoff(H.QueueHandoff, NetDataPathHooks):
             return
         spec, fds = vring_spec(dev, qid)
         spec["legacy_ol_flags"] = not (dev.config.flags & RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS)
+        self.log_control.queue_started(dev, qid)
         self.start_queue(qid, spec, fds)
 
     def on_queue_stop(self, dev, qid: int) -> None:
@@ -110,8 +122,14 @@ class VringHandoff(H.QueueHandoff, NetDataPathHooks):
     def on_guest_notification(self, dev, qid: int, enable: bool) -> None:
         pass  # applied by the lcore from the spec at the next start (``Vring.guest_notification``)
 
+    def on_log_all(self, dev, enable: bool) -> None:
+        self.log_control.set_all(enable, [vq.index for vq in dev.vrings if vq.started])
+
     def close(self) -> None:
         """Free the memzones (every vring must be stopped)."""
+        if getattr(self, "log_control", None) is not None:
+            self.log_control.close()
+            self.log_control = None
         if getattr(self, "_vz", None) is not None:
             try:
                 self.memory.memzone_free(self._vz.name)
@@ -132,9 +150,12 @@ class LcoreVrings(H.LcoreQueues):
         if nvrings is None:
             nvrings = (mz.size // 8 - 2) // N_COUNTERS
         self.counters, self.rarp = _views(mz.view(), nvrings)
+        self.log_ctl = lookup_log_ctl(self.memory, name)
         self.port = port
         self.queues: list[VhostQueue | None] = [None] * len(self.qids)
         self._memories: list[GuestMemory | None] = [None] * len(self.qids)
+        self._logs: list = [None] * len(self.qids)
+        self._unlogged_seen = [0] * len(self.qids)
         self._callfds: list[int] = [-1] * len(self.qids)
         self._errors_seen = [0] * len(self.qids)
         self._broken_seen = [False] * len(self.qids)
@@ -163,18 +184,28 @@ class LcoreVrings(H.LcoreQueues):
                 self._broken_seen[i] = True
                 log.error("vring is broken (avail index jumped past the ring size): queue stopped",
                           port=self.name, qid=self.qids[i])
+            self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
+                                                     qid=self.qids[i])
 
     def attach_queue(self, i: int, spec: dict, fds: list[int], resume):
         qid = self.qids[i]
         if resume is not None:  # this run was attached before (an earlier loop): resume where it stopped
             spec = dict(spec, base=resume[0], used_base=resume[1] if spec["packed"] else -1)
         nreg = len(spec["regions"])
+        logfd, fds = take_log_fd(spec, fds)
         extra = fds[nreg:]
         callfd = extra[0] if spec["has_call"] and extra else -1
+        try:
+            lg, lr = map_queue_log(spec, logfd, self.log_ctl[qid])
+        except BaseException:
+            close_fds(fds)
+            raise
         try:
             mem, addrs = map_vring(spec, fds[:nreg])
         except BaseException:
             close_fds(extra)
+            if lr is not None:
+                lr.unmap()
             raise
         try:
             q = VhostQueue(
@@ -191,12 +222,15 @@ class LcoreVrings(H.LcoreQueues):
                 port=self.port,
                 counters=self.counters[qid],
                 read_only=qid % 2 == 1,  # a net device's odd vrings are guest Tx: only dequeued
+                log=lg,
                 keepalive=mem,
             )
             if spec.get("guest_notification") is not None:
                 q.enable_notify(bool(spec["guest_notification"]))
         except BaseException:
             mem.unmap()
+            if lr is not None:
+                lr.unmap()
             close_fds(extra)
             raise
         close_fds(extra[1:])
@@ -204,6 +238,8 @@ class LcoreVrings(H.LcoreQueues):
         self._errors_seen[i] = 0
         self._broken_seen[i] = False
         self._memories[i] = mem
+        self._logs[i] = lr
+        self._unlogged_seen[i] = int(lg.ctl[LOG_CTL_UNLOGGED])
         self._callfds[i] = callfd
         return q.ctx
 
@@ -219,6 +255,9 @@ class LcoreVrings(H.LcoreQueues):
         mem, self._memories[i] = self._memories[i], None
         if mem is not None:
             mem.unmap()
+        lr, self._logs[i] = self._logs[i], None
+        if lr is not None:
+            lr.unmap()
         if self._callfds[i] >= 0:
             close_fds([self._callfds[i]])
             self._callfds[i] = -1
@@ -231,7 +270,10 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
     ``spec``: vid, size, packed, features, the ring GPAs, ``base`` /
     ``used_base`` (packed: index | wrap << 15; split ``used_base`` -1), the
     regions (gpa, size, user address, mmap offset), ``has_call``,
-    ``guest_notification``.  ``fds``: one per region, then the call fd if any.
+    ``guest_notification``, and the dirty log's ``log`` / ``log_desc_gpa`` /
+    ``log_used_gpa`` (:meth:`~dataplane.vhost.dirty_log.LogControl.spec`).
+    ``fds``: one per region, the log fd if a log is mapped
+    (:func:`~dataplane.vhost.dirty_log.take_log_fd`), then the call fd if any.
     A device class adds its own entries (and fds after these).
     """
     vq = dev.vrings[qid]
@@ -250,7 +292,9 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
         has_call=vq.call_fd >= 0,
         guest_notification=vq.guest_notification,
     )
-    return spec, [r["fd"] for r in regions] + ([vq.call_fd] if vq.call_fd >= 0 else [])
+    log_spec, log_fds = LogControl.spec(dev, vq)
+    spec.update(log_spec)
+    return spec, [r["fd"] for r in regions] + log_fds + ([vq.call_fd] if vq.call_fd >= 0 else [])
 
 
 def restore_indices(vq, idx: tuple[int, int] | None) -> None:

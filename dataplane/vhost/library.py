@@ -56,6 +56,7 @@ from dataplane.vhost.device import (
     Vring,
 )
 from dataplane.vhost.device_class import DeviceClass
+from dataplane.vhost.dirty_log import log_used_gpa, mark_dirty
 from dataplane.vhost.net import NetDevice, NetState
 from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
 from dataplane.vhost_user.errors import TransportError
@@ -115,7 +116,7 @@ def implemented_protocol_features(device: DeviceClass) -> int:
 
 def default_protocol_features(device: DeviceClass) -> int:
     """What a socket of ``device`` offers unless told otherwise: DPDK's default set minus
-    what is not implemented here (LOG_SHMFD, PAGEFAULT, CRYPTO_SESSION), plus RESET_DEVICE
+    what is not implemented here (PAGEFAULT, CRYPTO_SESSION), plus RESET_DEVICE
     and what the device class adds.  CONFIGURE_MEM_SLOTS is implemented but, as in DPDK
     22.11, not offered unless enabled; so are the device class's
     ``optional_protocol_features`` (net: CONFIG)."""
@@ -630,6 +631,24 @@ class VhostLibrary:
 
         return self._in_loop(change, timeout=None)  # bounded by the data path's stop and update() itself
 
+    def log_write(self, vid: int, addr: int, length: int) -> int:
+        """``rte_vhost_log_write``: mark guest-physical ``[addr, addr + length)`` in the dirty log, for
+        guest writes the application made itself.  Nothing unless LOG_ALL is negotiated and a log
+        is mapped.  Returns the pages that could not be logged (beyond the log)."""
+        with self._lock:
+            dev = self._device(vid)
+            if not dev.log_all or dev.dirty_log is None or length <= 0:
+                return 0
+            return mark_dirty(dev.dirty_log.bitmap, addr, length)
+
+    def log_used_vring(self, vid: int, qid: int, offset: int, length: int) -> int:
+        """``rte_vhost_log_used_vring``: mark bytes ``[offset, offset + length)`` of vring ``qid``'s
+        used ring (its ``log_guest_addr`` with VHOST_VRING_F_LOG, else its used ring's GPA)."""
+        with self._lock:
+            _, vq = self._vring(vid, qid)
+            base = log_used_gpa(vq)
+        return self.log_write(vid, base + offset, length)
+
     def stats(self, vid: int) -> dict[str, int]:
         """The device's message and error counters."""
         with self._lock:
@@ -706,6 +725,8 @@ _API = [
     "backend_config_change",
     "backend_vring_host_notifier",
     "driver_config_change",
+    "log_write",
+    "log_used_vring",
     "stats",
 ]
 for _name in _API:

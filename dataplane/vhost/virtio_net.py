@@ -69,8 +69,13 @@ packet; if no mbuf is available the flag is set again.
 
 Threading: one lcore owns a queue's context (no lock, like DPDK without
 the vq access lock); the control plane may write ``cfg[CFG_CALLFD]`` /
-``cfg[CFG_ENABLED]`` and the RARP array while it runs.  Not done here yet:
-dirty-page logging (LOG_ALL) of the guest pages written, IOTLB, async copy.
+``cfg[CFG_ENABLED]``, the RARP array and the dirty-log flag while it runs.
+Not done here: IOTLB, async copy.
+
+Dirty logging (:mod:`~dataplane.vhost.dirty_log`): each burst reads the
+queue's log flag once; when on, every segment written (header and payload,
+any chain shape) and the used-ring writes are marked in the log after the
+burst's writes, before it returns.
 
 Counters: ``q.counters``, an ``int64`` array with the ``C_*`` slots below
 (:data:`COUNTER_NAMES`); size buckets and unicast/multicast/broadcast follow
@@ -109,6 +114,15 @@ from dataplane.rings.virtqueue import (
 )
 from dataplane.net.ether import mac_to_int
 from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
+from dataplane.vhost.dirty_log import (
+    log_burst_start,
+    log_enabled,
+    log_notify_write,
+    log_sync,
+    log_used,
+    log_write_hva,
+    no_log,
+)
 from dataplane.vhost.dev_ring import (
     QUEUE_CTX_FIELDS,
     queue_rings,
@@ -281,9 +295,15 @@ def _unfetch(q, frm, nc):
 
 
 @_kernel
-def _flush(q):
-    """Publish the used entries; signal the call fd when the guest wants it.  Returns that decision."""
-    need = ring_flush_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state)
+def _flush(q, logging):
+    """Publish the used entries (their pages logged when ``logging``); signal the call fd
+    when the guest wants it.  Returns that decision."""
+    packed = q.cfg[CFG_PACKED] != 0
+    if logging:
+        log_used(q.log, packed, q.state)
+    need = ring_flush_used(packed, q.split, q.packed, q.state)
+    if logging:
+        log_sync(q.log)  # after every write of the burst: a page is marked once written
     if need:
         q.counters[C_INTERRUPTS] += 1
         fd = q.cfg[CFG_CALLFD]
@@ -352,10 +372,11 @@ def _hdr_byte(lo, hi, i):
 
 
 @_kernel
-def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen, keep, gap):
+def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen, keep, gap, logging):
     """Header then ``plen`` bytes of packet ``m`` into the writable segments of chains
     ``[k0, k1)``; pushes their used entries. After the first ``keep`` bytes, ``gap``
-    packet bytes are skipped (a software-TSO frame: the headers, then its payload)."""
+    packet bytes are skipped (a software-TSO frame: the headers, then its payload).
+    With ``logging`` the pages of every segment written are logged."""
     always_inline()
     ch = q.chains
     cnt = q.counters
@@ -418,6 +439,8 @@ def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen, keep, gap):
                     src += _U64(x)
                     sleft -= x
                     left -= x
+                if logging:
+                    log_write_hva(q.log, q.regions, a, pos)
                 w += pos
         if w == 0:
             cnt[C_ERRORS] += 1  # a bad / unwritable chain carried inside a mergeable packet
@@ -486,6 +509,7 @@ def enqueue_burst(q, mp, pkts, n):
     cfg = q.cfg
     cnt = q.counters
     ch = q.chains
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     n = min(np.int64(n), np.int64(pkts.shape[0]))
     if n <= 0:
         return np.int64(0)
@@ -494,6 +518,8 @@ def enqueue_burst(q, mp, pkts, n):
         return np.int64(0)
     hlen = cfg[CFG_HDR_LEN]
     mrg = cfg[CFG_MRG] != 0
+    if logging:
+        log_burst_start(q.log, q.state)
     guest_csum = cfg[CFG_GUEST_CSUM] != 0
     guest_tso = cfg[CFG_GUEST_TSO]
     cap = np.int64(ch.head.shape[0])
@@ -526,7 +552,7 @@ def enqueue_burst(q, mp, pkts, n):
                     break
                 lo, hi = tso_frame_hdr(mp, m, f, nfr, seq0, id0, flags0, guest_csum)
                 hi |= _U64(nb) << _U64(16)
-                _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, hl + sl, hl, f * mss)
+                _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, hl + sl, hl, f * mss, logging)
                 _count_packet(cnt, seg_addr(mp, m), hl + sl, np.int64(mb.data_len))
                 f += 1
             if f == 0:
@@ -545,11 +571,11 @@ def enqueue_burst(q, mp, pkts, n):
         if (ol & _TX_HDR_FLAGS) != _U64(0):
             lo, hi = mbuf_to_hdr(mp, m, guest_csum)
         hi |= _U64(nb) << _U64(16)
-        _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, plen, plen, 0)
+        _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, plen, plen, 0, logging)
         _count_packet(cnt, seg_addr(mp, m), plen, np.int64(mp.mbufs[m].data_len))
         sent += 1
     _unfetch(q, c, nc)
-    _flush(q)
+    _flush(q, logging)
     cnt[C_DROPS] += n - sent
     return sent
 
@@ -683,6 +709,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
     ch = q.chains
     sc = q.chain_scratch
     ms = q.mbuf_scratch
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     n = min(np.int64(n), np.int64(pkts.shape[0]), np.int64(ch.head.shape[0]), np.int64(sc.shape[0] // 2))
     if n <= 0 or cfg[CFG_ENABLED] == 0:
         return np.int64(0)
@@ -694,6 +721,8 @@ def dequeue_burst(q, mp, lcore, pkts, n):
     if load_relaxed(q.rarp, RARP_FLAG) != 0:
         if cas(q.rarp, RARP_FLAG, 1, 0):
             rarp = 1
+    if logging:
+        log_burst_start(q.log, q.state)
     nf = np.int64(0)
     if n > rarp:
         nf = _fetch(q, n - rarp)
@@ -779,7 +808,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
             packed_dev_push_used_inorder(q.packed, q.state, np.int64(ch.head[nf - 1]), 0, slots)
         else:
             split_dev_push_used_inorder(q.split, q.state, np.int64(ch.head[nf - 1]), 0, nf)
-    _flush(q)
+    _flush(q, logging)
     return out
 
 
@@ -823,6 +852,7 @@ class VhostQueue:
     ``rarp`` is the device's shared SEND_RARP array (:func:`make_rarp`).
     ``read_only``: a queue the device only reads (net Tx, dequeue only):
     descriptor WRITE flags are ignored, as DPDK's vhost does.
+    ``log``: the queue's :class:`~dataplane.vhost.dirty_log.DirtyLog` (default: never logs).
     ``state`` / ``counters`` may be passed in (e.g. shared memory) and are
     initialised here.  ``keepalive`` holds whatever owns the mappings.
 
@@ -852,6 +882,7 @@ class VhostQueue:
         counters: np.ndarray | None = None,
         enabled: bool = True,
         read_only: bool = False,
+        log=None,
         keepalive=None,
     ):
         features = int(features)
@@ -890,6 +921,7 @@ class VhostQueue:
             chains=make_chains(max_chains, max_segs),
             cfg=cfg,
             counters=counters,
+            log=no_log() if log is None else log,
             mbuf_scratch=np.zeros(mbuf_scratch, np.uint32),
             chain_scratch=np.zeros(2 * max_chains, np.int64),
             rarp=make_rarp() if rarp is None else rarp,
@@ -935,7 +967,9 @@ class VhostQueue:
 
     def enable_notify(self, enable: bool) -> bool:
         """Ask the guest for kicks or not; True when chains are pending (keep polling)."""
-        return bool(ring_enable_notify(self.packed, self.ctx.split, self.ctx.packed, self.ctx.state, bool(enable)))
+        pending = bool(ring_enable_notify(self.packed, self.ctx.split, self.ctx.packed, self.ctx.state, bool(enable)))
+        log_notify_write(self.ctx.log, self.packed, self.ctx.state, bool(enable))
+        return pending
 
     def send_rarp(self, mac) -> None:
         """SEND_RARP: the next dequeue (of any queue sharing ``ctx.rarp``) injects a RARP frame."""

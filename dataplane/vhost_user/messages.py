@@ -234,7 +234,6 @@ R = VhostUserRequest
 B = VhostUserBackendRequest
 _F = FdRule
 _DEVICE = dict(handler=Handler.DEVICE)
-_NO_LOG = _unsupported("dirty logging is not implemented (LOG_SHMFD not offered)")
 _NO_POSTCOPY = _unsupported("postcopy is not implemented (PAGEFAULT not offered)")
 _NO_INFLIGHT = _unsupported("inflight tracking is not implemented (INFLIGHT_SHMFD not offered)")
 _NO_CRYPTO = _unsupported("not a crypto device")
@@ -253,7 +252,7 @@ _FRONTEND: list[MessageSpec] = [
     _row(R.VHOST_USER_SET_OWNER, Empty),
     _row(R.VHOST_USER_RESET_OWNER, Empty),
     _row(R.VHOST_USER_SET_MEM_TABLE, Memory, None, _F.PER_REGION),
-    _row(R.VHOST_USER_SET_LOG_BASE, Log, Empty, _F.ONE, gate=PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD, **_NO_LOG),
+    _row(R.VHOST_USER_SET_LOG_BASE, Log, Empty, _F.ONE, gate=PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD),
     _row(R.VHOST_USER_SET_LOG_FD, Empty, None, _F.ONE),
     _row(R.VHOST_USER_SET_VRING_NUM, VringState),
     _row(R.VHOST_USER_SET_VRING_ADDR, VringAddr),

@@ -146,3 +146,46 @@ def test_dts_loopback_script_with_dataplane_as_the_virtio_user_side(sock):
             time.sleep(1.0)
             _dts_port_restart(dp)
         vh.cmd("stop")
+
+
+def test_5tswap_set_in_the_shell_sends_each_frame_back_swapped(sock, tmp_path):
+    """``set fwd 5tswap`` in our shell, then frames from a pcap file through DPDK's virtio-user:
+    testpmd forwards its pcap port into the virtio-user port and what comes back into a second
+    pcap file. Every frame returns with MACs, IP addresses and ports swapped (and the rest as it was)."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.packet import Raw
+    from scapy.utils import rdpcap, wrpcap
+
+    a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
+    frames = [Ether(src=a, dst=b) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000 + i, dport=5001) / Raw(b"t" * i)
+              for i in range(8)]
+    frames += [Ether(src=a, dst=b) / Dot1Q(vlan=5) / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=7, dport=9 + i)
+               for i in range(8)]
+    wrpcap(str(tmp_path / "in.pcap"), frames)
+    out_pcap = tmp_path / "out.pcap"
+    with dataplane_shell(["--vdev", f"net_vhost0,iface={sock},queues=1"]) as dp:
+        assert "Set 5tswap packet forwarding mode" in dp.cmd("set fwd 5tswap")
+        dp.cmd("start")
+        with Testpmd(["--vdev", f"net_virtio_user0,path={sock},queues=1",
+                      "--vdev", f"net_pcap0,rx_pcap={tmp_path / 'in.pcap'},tx_pcap={out_pcap}"],
+                     ["--nb-cores=1", "--no-flush-rx"], cpus="0", mbufs=4096) as tp:  # start keeps the pcap's frames
+            tp.wait_link(0)
+            tp.cmd("start")
+            deadline = time.monotonic() + 30
+            while tp.port_stats(1)["TX-packets"] < len(frames) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            tp.stop()
+        # closing testpmd flushes out.pcap
+        assert dp.port_stats(0)["RX-packets"] == len(frames)
+    back = rdpcap(str(out_pcap))
+    assert len(back) == len(frames)
+    for f, r in zip(frames, back):
+        want = Ether(bytes(f))
+        want.src, want.dst = f.dst, f.src
+        ip = IP if IP in f else IPv6
+        want[ip].src, want[ip].dst = f[ip].dst, f[ip].src
+        l4 = TCP if TCP in f else UDP
+        want[l4].sport, want[l4].dport = f[l4].dport, f[l4].sport
+        assert bytes(r) == bytes(want), (f.summary(), r.summary())

@@ -150,6 +150,104 @@ def test_fwd_macswap(mp):
 
 
 # -----------------------------------------------------------------------------
+# 5tswap
+# -----------------------------------------------------------------------------
+
+
+def swapped(frame):
+    """What testpmd's 5tswap makes of ``frame``: scapy's own swap of every layer it knows."""
+    p = Ether(bytes(frame))
+    p.src, p.dst = p.dst, p.src
+    for layer in (IP, IPv6):
+        if layer in p:
+            p[layer].src, p[layer].dst = p[layer].dst, p[layer].src
+    for layer in (TCP, UDP):
+        if layer in p:
+            p[layer].sport, p[layer].dport = p[layer].dport, p[layer].sport
+    return bytes(p)
+
+
+def five_tuple_frames():
+    """(frame, l2_len, l3_len, l4_len) that 5tswap parses to the end."""
+    return [
+        (eth() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=5001, flags="S"), 14, 20, 20),
+        (eth() / IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01" * 8) / UDP(sport=7, dport=9) / Raw(b"x" * 30),
+         14, 28, 8),
+        (eth() / Dot1Q(vlan=7) / IPv6(src="fd00::1", dst="fd00::2:3") / TCP(sport=1, dport=2, options=[("MSS", 1460)])
+         / Raw(udp_payload(300)), 18, 40, 24),
+        (eth(type=0x88A8) / Dot1Q(vlan=1) / Dot1Q(vlan=2) / IPv6(src="2001:db8::a", dst="2001:db8::b") / UDP(sport=53,
+         dport=5353), 22, 40, 8),
+    ]
+
+
+def test_fwd_5tswap_swaps_mac_ip_and_ports(mp):
+    cases = five_tuple_frames()
+    for c in cases:  # every case really has distinct sources and destinations
+        assert swapped(c[0]) != bytes(c[0])
+    pkts = burst(mp, [c[0] for c in cases], seg_size=80)  # chained: headers in the first segment
+    F.fwd_5tswap(mp.arrays, pkts, len(pkts))
+    for (frame, l2, l3, l4), m, raw in zip(cases, pkts, read(mp, pkts)):
+        assert raw == swapped(frame), Ether(raw).show2(dump=True)
+        check_checksums(raw)  # swaps keep every checksum right
+        mb = mp.mbufs[int(m)]
+        assert (mb["l2_len"], mb["l3_len"], mb["l4_len"]) == (l2, l3, l4)
+    F.fwd_5tswap(mp.arrays, pkts, len(pkts))  # twice is the identity
+    assert read(mp, pkts) == [bytes(c[0]) for c in cases]
+    free(mp, pkts)
+
+
+def test_fwd_5tswap_stops_at_the_first_layer_it_does_not_know(mp):
+    """ARP: MACs only; ICMP: MACs and addresses; IPv6 extension headers are not walked (testpmd neither)."""
+    from scapy.layers.inet6 import IPv6ExtHdrHopByHop
+
+    arp = Ether(dst="ff:ff:ff:ff:ff:ff", src=HOST_MAC) / ARP(psrc="10.0.0.1", pdst="10.0.0.9")
+    icmp = eth() / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP() / Raw(b"p" * 20)
+    hbh = eth() / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / UDP(sport=1, dport=2)
+    frames = [arp, icmp, hbh]
+    pkts = burst(mp, frames)
+    F.fwd_5tswap(mp.arrays, pkts, len(pkts))
+    out = [Ether(r) for r in read(mp, pkts)]
+    assert (out[0].dst, out[0].src) == (HOST_MAC, "ff:ff:ff:ff:ff:ff") and bytes(out[0])[12:] == bytes(arp)[12:]
+    assert bytes(out[1]) == swapped(icmp)
+    assert (out[2][IPv6].src, out[2][IPv6].dst) == ("fd00::2", "fd00::1")
+    assert (out[2][UDP].sport, out[2][UDP].dport) == (1, 2)  # behind the extension header: untouched
+    free(mp, pkts)
+
+
+def test_fwd_5tswap_leaves_what_is_not_in_the_frame(mp):
+    """Where testpmd reads past a short frame, the kernel stops: truncated tags, IP and L4 headers,
+    and the payload of a later IPv4 fragment (its first bytes are not ports)."""
+    full = eth() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000, dport=2000)
+    v6 = eth() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2)
+    frag = eth() / IP(src="10.0.0.1", dst="10.0.0.2", frag=100, proto=17) / Raw(b"\x11\x11\x22\x22" * 4)
+    first = eth() / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / UDP(sport=5, dport=6) / Raw(b"z" * 16)
+    cases = [
+        (b"\x01" * 10, b"\x01" * 10),  # runt: untouched
+        (bytes(eth(type=0x8100)) + b"\x00", None),  # tag cut short: MACs only
+        (bytes(full)[:14 + 19], None),  # IP header cut short: MACs only
+        (bytes(full)[:14 + 20 + 19], "ip"),  # TCP header cut short: MACs and addresses
+        (bytes(v6)[:14 + 39], None),
+        (bytes(frag), "ip"),
+        (bytes(first), "all"),
+    ]
+    pkts = burst(mp, [c[0] for c in cases])
+    F.fwd_5tswap(mp.arrays, pkts, len(pkts))
+    out = read(mp, pkts)
+    assert out[0] == cases[0][1]
+    for (raw_in, what), raw in zip(cases[1:], out[1:]):
+        assert len(raw) == len(raw_in)
+        assert raw[:6] == raw_in[6:12] and raw[6:12] == raw_in[:6]
+        if what is None:
+            assert raw[12:] == raw_in[12:]
+        elif what == "ip":
+            assert raw[26:30] == raw_in[30:34] and raw[30:34] == raw_in[26:30]
+            assert raw[34:] == raw_in[34:]
+        else:
+            assert raw == swapped(raw_in)
+    free(mp, pkts)
+
+
+# -----------------------------------------------------------------------------
 # csum
 # -----------------------------------------------------------------------------
 
@@ -631,6 +729,7 @@ def test_flowgen_invalid(mp):
 def _engine_like(mp, lcore, pkts, n, counters, port_mac):
     """What an lcore loop does: mode kernels called on a burst from jitted, NRT-free code."""
     F.fwd_macswap(mp, pkts, n)
+    F.fwd_5tswap(mp, pkts, n)
     F.fwd_csum(mp, pkts, n, counters)
     k = F.fwd_icmpecho(mp, lcore, pkts, n, port_mac)
     F.fwd_mac(mp, pkts, k, port_mac, port_mac)

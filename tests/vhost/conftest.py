@@ -6,6 +6,8 @@
   as callbacks and a :class:`RecordingDataPath` as data path, started.
 - ``guest``: front-end guest memory (one 4 MiB memfd region), unmapped after the test.
 - ``connect``: ``connect()`` makes a :class:`VhostUserFrontend` on ``sock_path`` (closed after).
+- ``mem`` / ``mp`` / ``pool``: data-path tests' dataplane memory (64 MiB, one per module), a
+  4096-mbuf pool in it, and that pool checked to be whole again after each test.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import shutil
 import tempfile
 
 import pytest
+
+from dataplane.memory import Memory
+from dataplane.memory.mempool import mempool_create
+from dataplane.memory.units import MiB
 
 from dataplane.testing.leaks import fd_targets, leaked_fds, memfd_maps
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
@@ -32,6 +38,26 @@ def no_vhost_leaks():
     leaked = leaked_fds(fds, ("/memfd:", "anon_inode:[eventfd]", "socket:"))
     assert not leaked_maps, f"guest memory still mapped: {leaked_maps}"
     assert not leaked, f"fds left open: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def mem(request):
+    tag = request.module.__name__.rsplit(".", 1)[-1][-6:]
+    with Memory(64 * MiB, huge=False, file_prefix=f"vh{os.getpid()}{tag}") as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def mp(mem):
+    return mempool_create(mem, "vhost_test_pool", 4096, cache_size=0)
+
+
+@pytest.fixture
+def pool(mp):
+    """The module's pool, checked to be whole again after the test."""
+    yield mp
+    a = mp.audit()
+    assert a.in_use == 0, f"mbufs leaked: {a.out[:10]}"
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ def features_never_offered(fe, guest):
 def protocol_features_never_offered(fe, guest):
     fe.get_features()
     fe.get_protocol_features()
-    fe.send(R.VHOST_USER_SET_PROTOCOL_FEATURES, U64(1 << 1))  # LOG_SHMFD: not implemented, not offered
+    fe.send(R.VHOST_USER_SET_PROTOCOL_FEATURES, U64(1 << 8))  # PAGEFAULT: not implemented, not offered
 
 
 def kick_missing_fd(fe, guest):
@@ -190,9 +190,25 @@ def reply_flag_on_request(fe, guest):
 def unsupported_request(fe, guest):
     fd = _memfd(4096)
     try:
-        fe.send(R.VHOST_USER_SET_LOG_BASE, struct.pack("=QQ", 4096, 0), [fd])
+        fe.send(R.VHOST_USER_GPU_SET_SOCKET, b"", [fd])
     finally:
         os.close(fd)
+
+
+def _log_base(make_fd, mmap_size):
+    def send(fe, guest):
+        fe.negotiate(BASE)
+        fd = make_fd()
+        try:
+            fe.send(R.VHOST_USER_SET_LOG_BASE, struct.pack("=QQ", mmap_size, 0), [fd])
+        finally:
+            os.close(fd)
+
+    return send
+
+
+log_base_beyond_file = _log_base(lambda: _memfd(4096), 8192)
+log_base_eventfd = _log_base(lambda: os.eventfd(0), 4096)
 
 
 def split_size_not_power_of_two(fe, guest):
@@ -222,13 +238,15 @@ CASES = [
     ("kick_index_out_of_range", kick_index_out_of_range, "closed", "VHOST_USER_SET_VRING_KICK", ["vring index 10 out of range (device has 9 vrings)"]),
     ("kick_before_mem_table", kick_before_mem_table, "closed", "VHOST_USER_SET_VRING_KICK", ["before SET_MEM_TABLE"]),
     ("features_never_offered", features_never_offered, "closed", "VHOST_USER_SET_FEATURES", ["features never offered", "VIRTIO_F_ACCESS_PLATFORM", "bit50"]),
-    ("protocol_features_never_offered", protocol_features_never_offered, "closed", "VHOST_USER_SET_PROTOCOL_FEATURES", ["VHOST_USER_PROTOCOL_F_LOG_SHMFD"]),
+    ("protocol_features_never_offered", protocol_features_never_offered, "closed", "VHOST_USER_SET_PROTOCOL_FEATURES", ["VHOST_USER_PROTOCOL_F_PAGEFAULT"]),
     ("kick_missing_fd", kick_missing_fd, "closed", "VHOST_USER_SET_VRING_KICK", ["fd count mismatch: got 0, expected 1"]),
     ("extra_fd", extra_fd, "closed", "VHOST_USER_SET_FEATURES", ["fd count mismatch: got 1, expected 0"]),
     ("too_many_fds", too_many_fds, "closed", "VHOST_USER_SET_OWNER", ["too many fds"]),
     ("kick_reserved_bits", kick_reserved_bits, "closed", "VHOST_USER_SET_VRING_KICK", ["reserved bits"]),
     ("reply_flag_on_request", reply_flag_on_request, "closed", "VHOST_USER_GET_FEATURES", ["reply flag set on a request"]),
-    ("unsupported_request", unsupported_request, "closed", "VHOST_USER_SET_LOG_BASE", ["not supported", "dirty logging"]),
+    ("unsupported_request", unsupported_request, "closed", "VHOST_USER_GPU_SET_SOCKET", ["not supported", "not a GPU device"]),
+    ("log_beyond_file", log_base_beyond_file, "closed", "VHOST_USER_SET_LOG_BASE", ["smaller than mmap_offset + mmap_size"]),
+    ("log_not_memory", log_base_eventfd, "closed", "VHOST_USER_SET_LOG_BASE", ["cannot be mapped as memory"]),
     ("split_size_not_power_of_two", split_size_not_power_of_two, "closed", "VHOST_USER_SET_VRING_NUM", ["not a power of two"]),
     ("undefined_vring_flags", undefined_vring_flags, "closed", "VHOST_USER_SET_VRING_ADDR", ["undefined vring flags 0x6"]),
     ("bad_version", bad_version, "violation", None, ["bad protocol version 2"]),

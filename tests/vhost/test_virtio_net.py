@@ -9,7 +9,6 @@ counters; and a printed (not asserted) single-process Mpps figure.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 import time
 
@@ -17,10 +16,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from dataplane.memory import Memory
 from dataplane.memory import mbuf as MB
 from dataplane.memory.mempool import mempool_create, pktmbuf_free_bulk
-from dataplane.memory.units import MiB
 from dataplane.net.cksum import inet_checksum
 from dataplane.rings.virtqueue import STATE_ERRORS
 from dataplane.testing.guest_net import (
@@ -54,26 +51,7 @@ MAC_A = bytes.fromhex("525400000001")
 MAC_B = bytes.fromhex("525400000002")
 
 
-@pytest.fixture(scope="module")
-def mem():
-    with Memory(64 * MiB, huge=False, file_prefix=f"vnt{os.getpid()}") as m:
-        yield m
-
-
 _pool_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def mp(mem):
-    return mempool_create(mem, f"vn{next(_pool_ids)}", 4096, cache_size=0)
-
-
-@pytest.fixture
-def pool(mp):
-    """The shared pool, checked to be whole again after the test."""
-    yield mp
-    a = mp.audit()
-    assert a.in_use == 0, f"mbufs leaked: {a.out[:10]}"
 
 
 def frame(size: int, seed: int = 0, dst=MAC_B) -> bytes:

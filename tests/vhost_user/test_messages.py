@@ -251,7 +251,8 @@ def test_gates_and_handlers_of_the_table():
     # who serves what: net's own requests are the device class's; every refusal says why
     handler = {s.name.removeprefix("VHOST_USER_"): s.handler for s in FRONTEND_REQUESTS.values()}
     assert {n for n, h in handler.items() if h is M.Handler.DEVICE} == {"SEND_RARP", "NET_SET_MTU"}
-    assert handler["SET_LOG_BASE"] is M.Handler.UNSUPPORTED and "dirty logging" in M.SPEC_BY_NAME["VHOST_USER_SET_LOG_BASE"].why
+    assert handler["SET_LOG_BASE"] is handler["SET_LOG_FD"] is M.Handler.BACKEND
+    assert handler["GPU_SET_SOCKET"] is M.Handler.UNSUPPORTED and "GPU" in M.SPEC_BY_NAME["VHOST_USER_GPU_SET_SOCKET"].why
     for s in list(FRONTEND_REQUESTS.values()) + list(BACKEND_REQUESTS.values()):
         assert (s.handler is M.Handler.UNSUPPORTED) == bool(s.why), s.name
 

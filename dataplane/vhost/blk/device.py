@@ -4,10 +4,12 @@ What a block device adds to the generic state machine:
 
 * the features it implements (:func:`blk_features`): SEG_MAX, BLK_SIZE,
   FLUSH, MQ, DISCARD, WRITE_ZEROES, RO with ``readonly``; the ring
-  features VERSION_1, RING_PACKED, EVENT_IDX, INDIRECT_DESC.  Not offered,
-  because nothing here does them: SIZE_MAX and GEOMETRY (no limit, no
-  legacy geometry), TOPOLOGY, CONFIG_WCE (the cache mode is fixed:
-  writeback, made durable by FLUSH), IN_ORDER, LOG_ALL (no dirty logging).
+  features VERSION_1, RING_PACKED, EVENT_IDX, INDIRECT_DESC, and LOG_ALL
+  (live migration: the requests' writes are marked in the dirty log,
+  :mod:`~dataplane.vhost.dirty_log`).  Not offered, because nothing here
+  does them: SIZE_MAX and GEOMETRY (no limit, no legacy geometry),
+  TOPOLOGY, CONFIG_WCE (the cache mode is fixed: writeback, made durable by
+  FLUSH), IN_ORDER.
 * the protocol features MQ and CONFIG (QEMU's vhost-user-blk needs CONFIG).
 * one vring per queue: ``GET_QUEUE_NUM`` answers the queue count and the
   device runs once vring 0 is ready.
@@ -44,6 +46,7 @@ _TRANSPORT = (
     VF.VIRTIO_F_RING_PACKED,
     VF.VIRTIO_RING_F_EVENT_IDX,
     VF.VIRTIO_RING_F_INDIRECT_DESC,
+    VF.VHOST_F_LOG_ALL,
 )
 _BLK = (
     BF.VIRTIO_BLK_F_SEG_MAX,

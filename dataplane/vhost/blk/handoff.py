@@ -15,7 +15,9 @@ polling with notifications off, an idle one costs no cpu).
 
 Per-vring counters (:data:`~dataplane.vhost.blk.requests.COUNTER_NAMES`)
 live in memzone ``vhost_blk_<name>``, so the main process reads them while
-lcores run.
+lcores run.  Dirty logging is handed over as for net vrings (the log fd in the
+hand-over, the flag in memzone ``vhost_log_<name>``; see
+:mod:`~dataplane.vhost.handoff`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataplane.rings.handoff import close_fds, queues_changed
 from dataplane.rings.jit import loop_kernel
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_ERR_BASE
 from dataplane.vhost.device import DataPathHooks
+from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.handoff import map_vring, restore_indices, vring_spec
 
 from .requests import COUNTER_NAMES, N_COUNTERS, BlkLimits, BlkQueue, blk_burst, disabled_queue_ctx
@@ -80,6 +83,11 @@ class BlkVringHandoff(H.QueueHandoff, DataPathHooks):
             raise
         self.counters = self._cz.view(np.int64).reshape(self.nqueues, N_COUNTERS)
         self.counters[:] = 0
+        try:
+            self.log_control = LogControl(self.memory, name, self.nqueues)
+        except BaseException:
+            self.close()
+            raise
 
     def on_queue_start(self, dev, qid: int) -> None:
         if qid >= self.nqueues:
@@ -91,17 +99,24 @@ class BlkVringHandoff(H.QueueHandoff, DataPathHooks):
         spec.update(has_kick=vq.kick_fd >= 0, disk_map_size=s.map_size, disk_size=s.size, disk_private=s.private,
                     disk_sync=s.file_backed, readonly=self.readonly, serial=self.serial, limits=tuple(self.limits))
         fds = fds + ([vq.kick_fd] if vq.kick_fd >= 0 else []) + [s.fd]
+        self.log_control.queue_started(dev, qid)
         self.start_queue(qid, spec, fds)
 
     def on_queue_stop(self, dev, qid: int) -> None:
         if qid < self.nqueues:
             restore_indices(dev.vrings[qid], self.stop_queue(qid))
 
+    def on_log_all(self, dev, enable: bool) -> None:
+        self.log_control.set_all(enable, [vq.index for vq in dev.vrings if vq.started])
+
     def stats(self) -> list[dict]:
         """Per-vring counters."""
         return [{n: int(row[i]) for i, n in enumerate(COUNTER_NAMES)} for row in self.counters]
 
     def close(self) -> None:
+        if getattr(self, "log_control", None) is not None:
+            self.log_control.close()
+            self.log_control = None
         if getattr(self, "_cz", None) is not None:
             try:
                 self.memory.memzone_free(self._cz.name)
@@ -119,9 +134,11 @@ class LcoreBlkQueues(H.LcoreQueues):
         super().__init__(name, qids, memory=memory)
         cz = self.memory.memzone_lookup(counters_zone(name))
         self.counters = cz.view(np.int64).reshape(-1, N_COUNTERS)
+        self.log_ctl = lookup_log_ctl(self.memory, name)
         n = len(self.qids)
+        self._unlogged_seen = [0] * n
         self.queues: list[BlkQueue | None] = [None] * n
-        self._held: list[tuple | None] = [None] * n  # (guest memory, disk mapping, fds kept open)
+        self._held: list[tuple | None] = [None] * n  # (guest memory, disk mapping, fds kept open, log mapping)
         self._kick: list[int] = [-1] * n
         self._reported = [False] * n
 
@@ -130,15 +147,23 @@ class LcoreBlkQueues(H.LcoreQueues):
         if resume is not None:
             spec = dict(spec, base=resume[0], used_base=resume[1] if spec["packed"] else -1)
         nreg = len(spec["regions"])
+        logfd, fds = take_log_fd(spec, fds)
         extra = list(fds[nreg:])
         callfd = extra.pop(0) if spec["has_call"] else -1
         kickfd = extra.pop(0) if spec["has_kick"] else -1
         diskfd = extra.pop(0)
         keep = [fd for fd in (callfd, kickfd) if fd >= 0]
         try:
+            lg, lr = map_queue_log(spec, logfd, self.log_ctl[qid])
+        except BaseException:
+            close_fds(fds)
+            raise
+        try:
             mem, addrs = map_vring(spec, fds[:nreg])
         except BaseException:
             close_fds(keep + [diskfd] + extra)
+            if lr is not None:
+                lr.unmap()
             raise
         disk = None
         try:
@@ -158,6 +183,7 @@ class LcoreBlkQueues(H.LcoreQueues):
                 last_used_idx=None if spec["used_base"] < 0 else spec["used_base"],
                 callfd=callfd,
                 counters=self.counters[qid],
+                log=lg,
                 keepalive=(mem, disk),
             )
             q.enable_notify(False)  # polled from now on; the loop asks for kicks before it sleeps
@@ -165,6 +191,8 @@ class LcoreBlkQueues(H.LcoreQueues):
             if disk is not None:
                 disk.close()
             mem.unmap()
+            if lr is not None:
+                lr.unmap()
             close_fds(keep + [diskfd] + extra)
             raise
         close_fds(extra)
@@ -173,7 +201,8 @@ class LcoreBlkQueues(H.LcoreQueues):
         else:
             close_fds([diskfd])  # the mapping holds the memory
         self.queues[i] = q
-        self._held[i] = (mem, disk, keep)
+        self._held[i] = (mem, disk, keep, lr)
+        self._unlogged_seen[i] = int(lg.ctl[LOG_CTL_UNLOGGED])
         self._kick[i] = kickfd
         self._reported[i] = False
         return q.ctx
@@ -184,11 +213,13 @@ class LcoreBlkQueues(H.LcoreQueues):
         idx = q.get_base(), q.get_used_base()
         self.queues[i] = None
         q.ctx = None
-        mem, disk, keep = self._held[i]
+        mem, disk, keep, lr = self._held[i]
         self._held[i] = None
         self._kick[i] = -1
         disk.close()
         mem.unmap()
+        if lr is not None:
+            lr.unmap()
         close_fds(keep)
         return idx
 
@@ -206,6 +237,8 @@ class LcoreBlkQueues(H.LcoreQueues):
         for i, q in enumerate(self.queues):
             if q is not None:
                 self._report(i, q)
+                self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
+                                                         qid=self.qids[i])
 
     def sleep(self, timeout: float = SLEEP_S) -> None:
         """Ask every served vring for kicks, then block on their kick fds (at most ``timeout``)."""

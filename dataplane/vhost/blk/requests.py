@@ -33,6 +33,10 @@ Answers (status byte, ``C_*`` counters):
 
 Every byte the kernel touches is inside a segment the ring kernels
 translated and bounds-checked, or inside the disk after the range check.
+
+Dirty logging (:mod:`~dataplane.vhost.dirty_log`): with the queue's log flag
+on, the guest bytes a request wrote (IN data, GET_ID data, the status byte)
+and the used-ring writes are marked in the log at the end of the burst.
 """
 
 from __future__ import annotations
@@ -57,6 +61,15 @@ from dataplane.vhost.dev_ring import (
     ring_flush_used,
     ring_get_base,
     ring_push_used,
+)
+from dataplane.vhost.dirty_log import (
+    log_burst_start,
+    log_enabled,
+    log_notify_write,
+    log_sync,
+    log_used,
+    log_write_hva,
+    no_log,
 )
 from dataplane.vhost.virtio_net import ring_feat_mask
 
@@ -180,9 +193,15 @@ def fdatasync(typingctx, fd):
 
 
 @inline_kernel
-def _flush(q):
-    """Publish the used entries; signal the call fd when the guest wants it."""
-    if ring_flush_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state):
+def _flush(q, logging):
+    """Publish the used entries (their pages logged when ``logging``); signal the call fd when the guest wants it."""
+    packed = q.cfg[CFG_PACKED] != 0
+    if logging:
+        log_used(q.log, packed, q.state)
+    need = ring_flush_used(packed, q.split, q.packed, q.state)
+    if logging:
+        log_sync(q.log)  # after every write of the burst
+    if need:
         q.counters[C_INTERRUPTS] += 1
         fd = q.cfg[CFG_CALLFD]
         if fd >= 0:
@@ -192,7 +211,10 @@ def _flush(q):
 @kernel
 def blk_enable_notify(q, enable):
     """Ask the guest for kicks (``enable``) or not; True when chains are pending (keep polling)."""
-    return ring_enable_notify(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, enable)
+    packed = q.cfg[CFG_PACKED] != 0
+    pending = ring_enable_notify(packed, q.split, q.packed, q.state, enable)
+    log_notify_write(q.log, packed, q.state, enable)
+    return pending
 
 
 # =============================================================================
@@ -381,12 +403,38 @@ def _request(q, c):
     return _answer(q, status_addr, VIRTIO_BLK_S_UNSUPP, 1)
 
 
+@inline_kernel
+def _log_request(q, c, used):
+    """Log what answering chain ``c`` wrote: the first ``used - 1`` writable bytes (IN data,
+    GET_ID) and the status byte (the last writable byte)."""
+    ch = q.chains
+    s0 = np.int64(ch.seg_start[c])
+    left = np.int64(used) - 1
+    last_a = _U64(0)
+    last_n = np.int64(0)
+    for s in range(s0, s0 + np.int64(ch.seg_count[c])):
+        if ch.seg_write[s] == 0:
+            continue
+        n = np.int64(ch.seg_len[s])
+        if n == 0:
+            continue
+        last_a = ch.seg_addr[s]
+        last_n = n
+        if left > 0:
+            log_write_hva(q.log, q.regions, last_a, min(n, left))
+            left -= n
+    log_write_hva(q.log, q.regions, last_a + _U64(last_n - 1), 1)
+
+
 @kernel
 def blk_burst(q, want):
     """Serve up to ``want`` requests of queue ``q`` (a :class:`BlkQueueCtx`); returns the chains fetched."""
+    logging = log_enabled(q.log)  # read once per burst (LOG_ALL may change while running)
     if q.cfg[CFG_ENABLED] == 0 or q.state[STATE_BROKEN] != 0:
         return 0
     packed = q.cfg[CFG_PACKED] != 0
+    if logging:
+        log_burst_start(q.log, q.state)
     n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, want)
     if n == 0:
         return 0
@@ -402,8 +450,10 @@ def blk_burst(q, want):
             q.counters[C_NO_STATUS] += 1
             stop = True
             continue
+        if logging:
+            _log_request(q, c, used)
         ring_push_used(packed, q.split, q.packed, q.state, np.int64(ch.head[c]), used, np.int64(ch.ndesc[c]))
-    _flush(q)
+    _flush(q, logging)
     if stop:
         q.state[STATE_BROKEN] = 1
     return n
@@ -425,8 +475,9 @@ class BlkQueue:
     INDIRECT_DESC, the blk DISCARD and WRITE_ZEROES), ``regions`` the region
     table, ``disk`` the disk's bytes in this process (a whole number of
     sectors), ``sync_fd`` the fd FLUSH syncs (-1: none), ``serial`` up to 20
-    bytes.  ``counters`` may be passed in (shared memory).  ``ctx`` is what
-    the kernels take.
+    bytes.  ``counters`` may be passed in (shared memory).  ``log``: the
+    queue's :class:`~dataplane.vhost.dirty_log.DirtyLog` (default: never
+    logs).  ``ctx`` is what the kernels take.
     """
 
     def __init__(
@@ -451,6 +502,7 @@ class BlkQueue:
         max_segs: int = 64 * 130,
         counters: np.ndarray | None = None,
         enabled: bool = True,
+        log=None,
         keepalive=None,
     ):
         features = int(features)
@@ -493,6 +545,7 @@ class BlkQueue:
             chains=make_chains(max_chains, max_segs),
             cfg=cfg,
             counters=counters,
+            log=no_log() if log is None else log,
             disk=disk,
             serial=sn,
         )

@@ -3,6 +3,8 @@
 ``make_blk(packed=..., ...)`` builds a :class:`BlkDriver` (the guest side, a
 ring in front-end guest memory) and a :class:`BlkQueue` (our device side)
 over the same ring, in this process, with a RAM disk as a numpy array.
+``log``: the queue's dirty log, or a function of the driver that makes it
+(its ring GPAs are known once the driver laid the ring out).
 Everything is released after the test.
 """
 
@@ -53,13 +55,13 @@ def make_blk(packed):
     made = []
 
     def make(*, features=ALL_FEATURES, readonly=False, disk_size=DISK_SIZE, num=32, sync_fd=-1,
-             extra_regions=(), mem_size=8 << 20, callfd=-1, disk=None):
+             extra_regions=(), mem_size=8 << 20, callfd=-1, disk=None, log=None):
         mem = GuestMemoryLayout([GuestRegion(0, mem_size), *extra_regions])
         drv = BlkDriver(mem, num, packed=packed, features=features)
         disk = np.zeros(disk_size, np.uint8) if disk is None else disk
         q = BlkQueue(*drv.device_addrs(), drv.num, regions=drv.region_table(), disk=disk, packed=packed,
                      features=features, readonly=readonly, sync_fd=sync_fd, serial=SERIAL, limits=LIMITS,
-                     callfd=callfd)
+                     callfd=callfd, log=log(drv) if callable(log) else log)
         b = Blk(drv, q, disk, mem)
         made.append(b)
         return b

@@ -14,7 +14,9 @@ import pytest
 
 from dataplane.testing.blk_driver import BlkDriver
 from dataplane.testing.vhost_blk_proc import BlkProcess
-from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend
+from dataplane.testing.leaks import tree_memfd_maps
+from dataplane.testing.vhost_frontend import FrontendLog, GuestMemoryLayout, VhostUserFrontend
+from dataplane.testing.vhost_support import wait_until
 from dataplane.vhost.blk.device import DEFAULT_LIMITS, DEFAULT_SEG_MAX
 from dataplane.vhost.blk.spec import (
     VIRTIO_BLK_CONFIG,
@@ -69,10 +71,10 @@ def test_features_queue_count_and_config_space(sock, guest):
             offered = fe.get_features()
             for b in (BF.VIRTIO_BLK_F_SEG_MAX, BF.VIRTIO_BLK_F_BLK_SIZE, BF.VIRTIO_BLK_F_FLUSH, BF.VIRTIO_BLK_F_MQ,
                       BF.VIRTIO_BLK_F_DISCARD, BF.VIRTIO_BLK_F_WRITE_ZEROES, VF.VIRTIO_F_VERSION_1,
-                      VF.VIRTIO_F_RING_PACKED, VF.VHOST_USER_F_PROTOCOL_FEATURES):
+                      VF.VIRTIO_F_RING_PACKED, VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VHOST_F_LOG_ALL):
                 assert offered >> b & 1, b
             for b in (BF.VIRTIO_BLK_F_RO, BF.VIRTIO_BLK_F_SIZE_MAX, BF.VIRTIO_BLK_F_GEOMETRY, BF.VIRTIO_BLK_F_TOPOLOGY,
-                      BF.VIRTIO_BLK_F_CONFIG_WCE, VF.VHOST_F_LOG_ALL):
+                      BF.VIRTIO_BLK_F_CONFIG_WCE):
                 assert not offered >> b & 1, b
             fe.negotiate()
             assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_CONFIG & 1
@@ -332,3 +334,39 @@ def test_sighup_adopts_a_file_grown_from_outside(sock, guest, tmp_path):
         p.stop()
     raw = img.read_bytes()
     assert len(raw) == 2 << 20 and raw[-512:] == b"\x55" * 512
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_dirty_log_marked_by_the_lcore(sock, guest, packed):
+    """Migration of a blk guest: with logging on, the lcore marks exactly the pages it wrote (in the log
+    it mapped itself); off again, nothing; the log is unmapped everywhere once the device stops."""
+    log = FrontendLog(guest)
+    with BlkProcess(sock, size="4M") as p:
+        fe, (drv,) = _connect(sock, guest, packed=packed)
+        try:
+            data = np.random.default_rng(2).integers(0, 256, 65536, dtype=np.uint8).tobytes()
+            drv.submit(VIRTIO_BLK_T_OUT, 0, data=data, nsegs=4)
+            drv.kick()
+            _wait_used(drv, 1)
+            fe.set_logging(True, log)  # QEMU's order: SET_LOG_BASE, LOG_ALL, the ring's address with F_LOG
+            drv.device_writes.clear()
+            r = [drv.submit(VIRTIO_BLK_T_IN, 16 * i, read_len=8192 + 4096 * i, nsegs=2) for i in range(4)]
+            g = drv.submit(VIRTIO_BLK_T_GET_ID, 0, read_len=512)
+            drv.kick()
+            _wait_used(drv, 5)
+            assert [drv.status(s) for s in r + [g]] == [VIRTIO_BLK_S_OK] * 5
+            want = drv.device_writes | drv.notify_area_pages()
+            assert wait_until(lambda: log.pages() >= want, 60)
+            assert log.pages() == want and log.slack_untouched()
+            fe.set_logging(False)
+            log.clear()
+            s = drv.submit(VIRTIO_BLK_T_IN, 0, read_len=4096)
+            drv.kick()
+            _wait_used(drv, 1)
+            assert drv.data(s, 4096) == data[:4096] and not log.pages()
+            assert tree_memfd_maps(p.proc.pid, "vhost-log")
+            fe.get_vring_base(0)
+            assert wait_until(lambda: not tree_memfd_maps(p.proc.pid, "vhost-log"), 30)
+        finally:
+            fe.close()
+            log.close()
