@@ -119,7 +119,7 @@ class BlkShell:
 
         try:
             futures = self.lib.driver_config_change(self.socket, update)
-        except StorageError as e:
+        except (StorageError, VhostError) as e:
             return f"vhost-blk: resize failed: {e}\n"
         out = [f"vhost-blk: resized sectors={self.storage.sectors} size={format_size(self.storage.size)}\n"]
         if not futures:

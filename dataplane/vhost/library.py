@@ -569,13 +569,13 @@ class VhostLibrary:
 
     # -- back-end requests (the SET_BACKEND_REQ_FD channel) ------------------------------
 
-    def _in_loop(self, fn: Callable[[], Any]) -> Any:
+    def _in_loop(self, fn: Callable[[], Any], timeout: float | None = 30.0) -> Any:
         """Run ``fn()`` on the vhost-events thread with the library lock held, and return its result."""
         def locked() -> Any:
             with self._lock:
                 return fn()
 
-        return self._event_loop().call(locked)
+        return self._event_loop().call(locked, timeout=timeout)
 
     def _channel(self, vid: int) -> BackendChannel:
         dev = self._device(vid)
@@ -633,7 +633,7 @@ class VhostLibrary:
                 notified[dev.vid] = dev.backend_channel.config_change()
             return notified
 
-        return self._in_loop(change)
+        return self._in_loop(change, timeout=None)  # bounded by the data path's stop and update() itself
 
     def log_write(self, vid: int, addr: int, length: int) -> int:
         """``rte_vhost_log_write``: mark guest-physical ``[addr, addr + length)`` in the dirty log, for
