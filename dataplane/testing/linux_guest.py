@@ -94,7 +94,8 @@ QEMU (:class:`Guest`)
     is a ``vhost-user`` netdev on a ``virtio-net-pci`` device and each
     :class:`Disk` a ``vhost-user-blk-pci`` device; both always use
     ``vectors=0`` (INTx), because QEMU 7.2 with TCG, vhost-user and MSI-X
-    segfaults when the driver enables the device. QEMU connects as the
+    segfaulted when the driver enabled the device (kept with QEMU 10, which
+    ``.ci/setup`` installs; see ``docs/guests.md``). QEMU connects as the
     vhost-user client; with ``reconnect=N`` it waits for a socket that does
     not exist yet instead of exiting at once.
 """
@@ -127,10 +128,10 @@ BOOT_ALLOWANCE = 120.0  # seconds a guest may take to boot and power off, beyond
 RESULT_RE = re.compile(r"^(PASS|FAIL)\b[^\r\n]*", re.MULTILINE)
 
 _SEQ = itertools.count()
-#: The CPU model of guests that live-migrate. With ``-cpu max`` (TCG, QEMU 7.2) a guest migrated
-#: while its NIC interrupts flow crashes on the destination within seconds (garbage RIPs in
-#: interrupt context, slab BUGs), whatever the vhost-user back-end (dpdk-testpmd too); idle it
-#: survives. With ``qemu64`` the same migrations pass.
+#: The CPU model of guests that live-migrate. With QEMU 7.2 (TCG) a guest migrated while its NIC
+#: interrupts flow crashed on the destination (garbage RIPs in interrupt context, slab BUGs),
+#: whatever the vhost-user back-end, more often with ``-cpu max``: 7.2's precopy loses guest pages
+#: under that load (``docs/guests.md``). QEMU 10 does not; ``qemu64`` is kept as the plainest model.
 MIGRATION_CPU = "qemu64"
 
 
@@ -745,7 +746,7 @@ def _ms(key: str, text: str) -> int | None:
 
 
 def migrate(src: Guest, dst: Guest, *, max_bandwidth: str = "4G", timeout: float = 600.0,
-            capabilities: dict | None = None) -> MigrationResult:
+            capabilities: dict | None = None, postcopy: bool = False) -> MigrationResult:
     """Live-migrate ``src`` into ``dst`` (made by :meth:`Guest.destination` and started) over a unix socket.
 
     Sets ``max-bandwidth`` (QEMU's default of 32 MiB/s would not converge under a
@@ -754,7 +755,13 @@ def migrate(src: Guest, dst: Guest, *, max_bandwidth: str = "4G", timeout: float
     monitor and polls ``info migrate`` until the status is ``completed``,
     ``failed`` or ``cancelled``. On success it waits until the destination
     runs. Raises :class:`GuestError` on a timeout; a failed migration is a result.
+
+    ``postcopy``: turn ``postcopy-ram`` on at both ends and, once the precopy
+    phase is ``active``, switch to postcopy (``migrate_start_postcopy``): the
+    destination then runs while its RAM still arrives, page by page on fault.
     """
+    if postcopy:
+        capabilities = {**(capabilities or {}), "postcopy-ram": "on"}
     mon = src.monitor()
     dst.monitor()
     deadline = time.monotonic() + 60
@@ -772,12 +779,19 @@ def migrate(src: Guest, dst: Guest, *, max_bandwidth: str = "4G", timeout: float
     if out:
         raise GuestError(f"migrate: {out}")
     deadline = time.monotonic() + timeout
+    switch = postcopy
     while True:
         info = mon.cmd("info migrate")
         m = re.search(r"^Migration status: (\S+)", info, re.MULTILINE)
         status = m.group(1) if m else "?"
         if status in ("completed", "failed", "cancelled"):
             break
+        if switch and status == "active":
+            out = mon.cmd("migrate_start_postcopy")
+            if out:
+                raise GuestError(f"migrate_start_postcopy: {out}")
+            switch = False
+            continue
         if time.monotonic() > deadline:
             raise GuestError(f"migration of {src.name} still {status} after {timeout} s:\n{info}")
         time.sleep(0.2)
@@ -852,14 +866,16 @@ class NetMigration:
 
 
 def net_migration(image: GuestImage, kind: str, *, packed: bool = False, device: dict | None = None,
-                  mib: int = 4, after: int = 2, backend_cpus=None) -> NetMigration:
+                  mib: int = 4, after: int = 2, backend_cpus=None, devargs: str = "",
+                  **migrate_kw) -> NetMigration:
     """A guest running :data:`SELF_TCP_ROUNDS` migrated, after its round 2, from one 5tswap
     back-end to another (``kind``: ``"testpmd"`` or ``"dataplane"``, see
     :func:`~dataplane.testing.testpmd.swap_backend`); the host says stop once the destination
     runs, the guest does ``after`` more rounds. Everything started is stopped and removed.
 
     ``packed`` and ``device`` are the NIC's (:class:`Nic`); ``backend_cpus`` the two back-ends'
-    cpus (default: dpdk-testpmd on cpu 1 and 0, ours on lcores 0-1 both).
+    cpus (default: dpdk-testpmd on cpu 1 and 0, ours on lcores 0-1 both); ``devargs`` more
+    ``net_vhost`` devargs for both (``",postcopy-support=1"``); ``migrate_kw`` go to :func:`migrate`.
     """
     from dataplane.testing.testpmd import swap_backend
 
@@ -869,7 +885,8 @@ def net_migration(image: GuestImage, kind: str, *, packed: bool = False, device:
     nic = dict(packed=packed, device=dict(device or {}))
     params = {"mib": mib, "max_rounds": 60, "after": after}
     try:
-        with swap_backend(kind, socks[0], cpus=cpus[0]) as a, swap_backend(kind, socks[1], cpus=cpus[1]) as b:
+        with swap_backend(kind, socks[0], cpus=cpus[0], devargs=devargs) as a, \
+                swap_backend(kind, socks[1], cpus=cpus[1], devargs=devargs) as b:
             with Guest(image, SELF_TCP_ROUNDS, params=params, nics=[Nic(socks[0], **nic)], name="src",
                        script_timeout=400, cpu=MIGRATION_CPU) as src:
                 # xstats while the devices run (dpdk-testpmd has none for a stopped device): the
@@ -877,7 +894,7 @@ def net_migration(image: GuestImage, kind: str, *, packed: bool = False, device:
                 # after the guest announced itself
                 src.wait_console(PROGRESS)
                 source_x = a.port_xstats(0)
-                dst, m = migrate_midway(src, nics=[Nic(socks[1], **nic)])
+                dst, m = migrate_midway(src, nics=[Nic(socks[1], **nic)], **migrate_kw)
                 with dst:
                     if m.status == "completed":
                         dst.wait_console(r"^round \d+ ok")
