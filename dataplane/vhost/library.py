@@ -133,6 +133,20 @@ IMPLEMENTED_PROTOCOL_FEATURES = implemented_protocol_features(NetDevice())
 DEFAULT_PROTOCOL_FEATURES = default_protocol_features(NetDevice())
 
 
+def _check_implemented(path: str, cfg: DeviceConfig, features: int) -> None:
+    """Refuse feature bits the socket's device class does not implement, naming each and why."""
+    device = cfg.device
+    missing = int(features) & ~device.implemented_features(cfg.flags)
+    if not missing:
+        return
+    why = []
+    for n in range(64):
+        if missing >> n & 1:
+            reason = device.not_implemented.get(n, "not implemented")
+            why.append(f"{device.features_str(bit(n))} ({reason})")
+    raise VhostNotSupported(f"{path}: the {device.name} device does not implement {'; '.join(why)}")
+
+
 # -- errors ---------------------------------------------------------------------
 
 
@@ -286,7 +300,7 @@ class VhostLibrary:
         CLIENT: connect to ``path`` instead of listening; NO_RECONNECT: do not
         retry connecting.  EXTBUF_SUPPORT / LINEARBUF_SUPPORT /
         NET_COMPLIANT_OL_FLAGS / NET_STATS_ENABLE are recorded for the data
-        path (LINEARBUF without EXTBUF withdraws the host TSO/UFO features, as
+        path (LINEARBUF without EXTBUF withdraws the host TSO features, as
         DPDK does).  POSTCOPY_SUPPORT offers the PAGEFAULT protocol feature
         (postcopy live migration, :mod:`~dataplane.vhost.postcopy`).
         IOMMU_SUPPORT and ASYNC_COPY are not implemented and refused with
@@ -367,11 +381,13 @@ class VhostLibrary:
             raise VhostError(str(e)) from None
 
     def driver_set_features(self, path: str, features: int) -> None:
-        """Set the virtio features ``path`` offers (and may later enable); ACCESS_PLATFORM is refused."""
+        """Set the virtio features ``path`` offers (and may later enable); ACCESS_PLATFORM and
+        the bits the socket's device class does not implement are refused, by name."""
         if features & bit(VF.VIRTIO_F_ACCESS_PLATFORM):
             raise VhostNotSupported(f"{path}: VIRTIO_F_ACCESS_PLATFORM needs IOMMU support, not implemented")
         with self._lock:
             cfg = self._socket(path).config
+            _check_implemented(path, cfg, features)
             cfg.features = cfg.supported_features = int(features)
 
     def driver_get_features(self, path: str) -> int:
@@ -383,6 +399,7 @@ class VhostLibrary:
         """Offer ``features`` again (only ones the socket supports)."""
         with self._lock:
             cfg = self._socket(path).config
+            _check_implemented(path, cfg, features)
             extra = features & ~cfg.supported_features
             if extra:
                 raise VhostNotSupported(f"{path}: cannot enable unsupported features {features_str(extra)}")
