@@ -770,6 +770,25 @@ def test_rarp_injection(mem, pool, packed):
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_guest_announce_frames_pass_and_no_rarp_is_injected(pool, packed):
+    """GUEST_ANNOUNCE: after a migration QEMU sends no SEND_RARP to a back-end whose guest negotiated
+    it; it tells the guest, which announces itself with gratuitous ARPs on its Tx queue.  The
+    back-end's part: those broadcasts come out of the dequeue unchanged, and it injects nothing."""
+    mp = pool
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, MAC_A, bytes([10, 0, 0, 1]), bytes(6), bytes([10, 0, 0, 1]))
+    garp = ether_frame(BCAST, MAC_A, 0x0806, arp.ljust(46, b"\0"))
+    with guest(packed, extra=bit(VF.VIRTIO_NET_F_GUEST_ANNOUNCE)) as g:
+        qtx = g.vhost_queue("tx")
+        assert g.send([garp, garp, garp]) == 3
+        out = qtx.dequeue(mp, 8)
+        assert [mp.to_bytes(m) for m in out] == [garp] * 3
+        mp.free(out)
+        assert g.tx_reclaim() == [0, 0, 0]
+        s = qtx.stats()
+        assert (s["packets"], s["broadcast_packets"], s["rarp"], s["errors"]) == (3, 3, 0, 0)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 @pytest.mark.parametrize("event_idx", [False, True], ids=["flags", "event_idx"])
 def test_interrupts(pool, packed, event_idx):
     mp = pool
