@@ -43,6 +43,10 @@ a thread that calls the vhost library.
     ``{bit number: why}`` of bits a user might ask for that the class does
     not implement: ``driver_set_features`` / ``driver_enable_features``
     refuse them with that reason.
+``postcopy_support``
+    True when the class's data path registers every mapping of guest memory
+    with the postcopy fault relay (:mod:`~dataplane.vhost.postcopy`): only
+    then may a socket be registered with POSTCOPY_SUPPORT (PAGEFAULT).  Net: yes.
 ``max_queues``
     the largest value ``driver_set_max_queue_num`` accepts.
 ``ready_vrings``
@@ -130,6 +134,7 @@ class DeviceClass:
     optional_protocol_features = 0
     feature_names: type[enum.IntEnum] | None = None
     not_implemented: dict[int, str] = {}
+    postcopy_support = False
     max_queues = VHOST_MAX_VRING
     ready_vrings = 1
 

@@ -111,8 +111,11 @@ _REFUSED_FLAGS = {
 
 def implemented_protocol_features(device: DeviceClass, flags: int = 0) -> int:
     """Protocol features a socket of ``device`` registered with ``flags`` may offer: the generic
-    ones plus the device class's, and PAGEFAULT with POSTCOPY_SUPPORT (as in DPDK)."""
-    postcopy = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT) if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT else 0
+    ones plus the device class's, and PAGEFAULT with POSTCOPY_SUPPORT (as in DPDK) for a device
+    class whose data path registers its guest memory with the fault relay (``postcopy_support``)."""
+    postcopy = 0
+    if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT and device.postcopy_support:
+        postcopy = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT)
     return GENERIC_PROTOCOL_FEATURES | device.protocol_features | postcopy
 
 
@@ -302,7 +305,9 @@ class VhostLibrary:
         NET_COMPLIANT_OL_FLAGS / NET_STATS_ENABLE are recorded for the data
         path (LINEARBUF without EXTBUF withdraws the host TSO features, as
         DPDK does).  POSTCOPY_SUPPORT offers the PAGEFAULT protocol feature
-        (postcopy live migration, :mod:`~dataplane.vhost.postcopy`).
+        (postcopy live migration, :mod:`~dataplane.vhost.postcopy`); it is
+        refused for a device class without ``postcopy_support`` (blk: its
+        lcores do not register guest memory with the fault relay).
         IOMMU_SUPPORT and ASYNC_COPY are not implemented and refused with
         :class:`VhostNotSupported`.
         """
@@ -310,6 +315,9 @@ class VhostLibrary:
         for flag, why in _REFUSED_FLAGS.items():
             if flags & flag:
                 raise VhostNotSupported(f"{path}: flag {why}")
+        if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT and device is not None and not device.postcopy_support:
+            raise VhostNotSupported(f"{path}: flag POSTCOPY_SUPPORT: the {device.name} device's data path does not "
+                                    "register guest memory with the postcopy fault relay (PAGEFAULT not implemented)")
         unknown = flags & ~_ACCEPTED_FLAGS
         if unknown:
             raise VhostError(f"{path}: unknown registration flag bits {unknown:#x}")

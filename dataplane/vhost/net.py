@@ -139,6 +139,7 @@ class NetDevice(DeviceClass):
     device_type = VIRTIO_ID_NET
     feature_names = VF
     not_implemented = NOT_IMPLEMENTED
+    postcopy_support = True  # vhost.handoff.map_vring registers the lcores' mappings with the relay
     protocol_features = sum(
         bit(f)
         for f in (

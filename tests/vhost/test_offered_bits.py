@@ -154,6 +154,8 @@ NET_PROTOCOL_TESTS = {
 }
 
 BLK_PROTOCOL_TESTS = {
+    # not PAGEFAULT: POSTCOPY_SUPPORT is refused for blk
+    # (test_postcopy.py::test_postcopy_support_is_refused_for_a_device_whose_lcores_do_not_register_with_the_relay)
     **{k: v for k, v in GENERIC_PROTOCOL_TESTS.items() if k != PF.VHOST_USER_PROTOCOL_F_PAGEFAULT},
     PF.VHOST_USER_PROTOCOL_F_MQ: [BBE + "test_features_queue_count_and_config_space"],
     PF.VHOST_USER_PROTOCOL_F_CONFIG: [BBE + "test_features_queue_count_and_config_space",
@@ -203,7 +205,7 @@ def protocol_offers() -> dict[str, tuple[int, dict]]:
             (default_protocol_features(net, _port(",postcopy-support=1").flags()), NET_PROTOCOL_TESTS),
         "blk": (default_protocol_features(blk), BLK_PROTOCOL_TESTS),
         "blk readonly": (default_protocol_features(_blk(True)), BLK_PROTOCOL_TESTS),
-        "blk on request": (implemented_protocol_features(blk), BLK_PROTOCOL_TESTS),
+        "blk on request": (implemented_protocol_features(blk, POSTCOPY_SUPPORT), BLK_PROTOCOL_TESTS),
     }
 
 

@@ -7,10 +7,13 @@ What a block device adds to the generic state machine:
   features VERSION_1, RING_PACKED, EVENT_IDX, INDIRECT_DESC, and LOG_ALL
   (live migration: the requests' writes are marked in the dirty log,
   :mod:`~dataplane.vhost.dirty_log`).  Not offered, because nothing here
-  does them: SIZE_MAX and GEOMETRY (no limit, no legacy geometry),
-  TOPOLOGY, CONFIG_WCE (the cache mode is fixed: writeback, made durable by
-  FLUSH), IN_ORDER.
+  does them, and refused by name when asked for (:data:`NOT_IMPLEMENTED`):
+  SIZE_MAX and GEOMETRY (no limit, no legacy geometry), TOPOLOGY,
+  CONFIG_WCE (the cache mode is fixed: writeback, made durable by FLUSH),
+  IN_ORDER.
 * the protocol features MQ and CONFIG (QEMU's vhost-user-blk needs CONFIG).
+  Not PAGEFAULT: the blk lcores do not register guest memory with the
+  postcopy fault relay, so POSTCOPY_SUPPORT is refused for a blk socket.
 * one vring per queue: ``GET_QUEUE_NUM`` answers the queue count and the
   device runs once vring 0 is ready.
 * the config space, ``struct virtio_blk_config``
