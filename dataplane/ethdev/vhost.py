@@ -9,7 +9,8 @@ Devargs (DPDK's names; each ``0|1`` flag defaults to 0):
 ``iface``            socket path (required)
 ``queues``           queue pairs, 1..128 (default 1)
 ``client``           connect to the socket (the front-end listens) instead of listening
-``tso``              offer HOST_TSO4/HOST_TSO6 (otherwise withdrawn, as DPDK)
+``tso``              offer HOST_TSO4/HOST_TSO6/HOST_ECN (otherwise withdrawn, as DPDK);
+                     refused with ``linear-buffer=1`` unless ``ext-buffer=1``
 ``linear-buffer``    RTE_VHOST_USER_LINEARBUF_SUPPORT
 ``ext-buffer``       RTE_VHOST_USER_EXTBUF_SUPPORT
 ``iommu-support``    RTE_VHOST_USER_IOMMU_SUPPORT -- not implemented: refused with an error
@@ -29,8 +30,12 @@ offload flags on the mbuf (lib/vhost's legacy flags, where DPDK's vhost PMD
 uses the compliant Rx flags and completes checksums in software), so the port
 that sends the packet on hands the request to its own peer, or completes the
 checksum in software when that peer did not negotiate GUEST_CSUM (and cuts a
-TSO request into frames in software when it lacks GUEST_TSO4/6). HOST_TSO4/6
-are offered only with ``tso=1``.
+TSO request into frames in software when it lacks GUEST_TSO4/6, or GUEST_ECN
+for a frame with CWR). HOST_TSO4/6 and HOST_ECN
+(:data:`~dataplane.vhost.net.HOST_TSO_FEATURES`) are offered only with
+``tso=1``; :meth:`VhostPortArgs.offered_features` is the port's whole offer.
+Nothing else can be asked for by devargs: the net device's bits that are not
+implemented (:data:`~dataplane.vhost.net.NOT_IMPLEMENTED`) are never offered.
 
 Link: up while a device is running on the socket (``new_device`` ..
 ``destroy_device``); :meth:`VhostPort.on_link_change` registers a callback
@@ -57,8 +62,8 @@ from dataplane.vhost import library as vhost_lib
 from dataplane.vhost.device import VhostDeviceOps
 from dataplane.vhost import handoff as vhost_handoff
 from dataplane.vhost.handoff import LcoreVrings, VringHandoff
-from dataplane.vhost.net import VHOST_MAX_QUEUE_PAIRS
-from dataplane.vhost_user.features import VirtioFeature as VF, bit
+from dataplane.vhost.net import HOST_TSO_FEATURES, VHOST_MAX_QUEUE_PAIRS, NetDevice
+from dataplane.vhost_user.features import features_str
 from dataplane.vhost.virtio_net import C_BYTES, C_DROPS, C_ERRORS, C_NO_MBUF, C_PACKETS, COUNTER_NAMES
 
 __all__ = ["VhostPort", "VhostPortArgs", "VhostLcorePort", "lcore_queues", "DRIVER_NAME"]
@@ -103,6 +108,19 @@ class VhostPortArgs:
             if v not in ("0", "1"):
                 raise EthdevError(f"{self.name}: {key}={v!r} must be 0 or 1")
             setattr(self, key.replace("-", "_"), v == "1")
+        if self.tso and self.linear_buffer and not self.ext_buffer:
+            raise EthdevError(
+                f"{self.name}: tso=1 cannot be offered with linear-buffer=1 unless ext-buffer=1: "
+                f"{features_str(HOST_TSO_FEATURES)} need buffers a TSO frame fits in (DPDK withdraws them)"
+            )
+
+    def offered_features(self) -> int:
+        """The virtio features the port's socket offers: the net device's for these
+        flags, without :data:`~dataplane.vhost.net.HOST_TSO_FEATURES` unless ``tso=1``."""
+        features = NetDevice().offered_features(self.flags())
+        if not self.tso:
+            features &= ~HOST_TSO_FEATURES
+        return features
 
     def flags(self) -> int:
         # Legacy (Tx) offload flags, unlike DPDK's vhost PMD: a guest's checksum or GSO
@@ -170,8 +188,7 @@ class VhostPort(HandoffPort):
             raise EthdevError(f"{self.name}: {e}") from None
         self._registered = True
         try:
-            if not self.args.tso:
-                self.library.driver_disable_features(path, bit(VF.VIRTIO_NET_F_HOST_TSO4) | bit(VF.VIRTIO_NET_F_HOST_TSO6))
+            self.library.driver_set_features(path, self.args.offered_features())
             self.library.driver_set_max_queue_num(path, self.nb_queues)
             self.library.driver_callback_register(
                 path,

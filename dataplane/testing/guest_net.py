@@ -91,6 +91,7 @@ __all__ = [
     "ipv4_header",
     "udp_packet",
     "tcp_packet",
+    "tcp6_packet",
     "l4_checksum_ok",
     "ipv4_checksum_ok",
     "pages_of",
@@ -756,9 +757,9 @@ def udp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, 
     return ether_frame(dst_mac, src_mac, 0x0800, ipv4_header(src_ip, dst_ip, 17, ln) + udp, vlan)
 
 
-def tcp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, dst_ip=_IP_B, sport=1234, dport=80, csum="full", vlan=None, ip_csum=True) -> bytes:
-    """An Ethernet/IPv4/TCP frame (20-byte TCP header, ACK|PSH); ``csum`` as :func:`udp_packet`."""
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + bytes(payload)
+def tcp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, dst_ip=_IP_B, sport=1234, dport=80, csum="full", vlan=None, ip_csum=True, flags=0x18) -> bytes:
+    """An Ethernet/IPv4/TCP frame (20-byte TCP header, ``flags`` default ACK|PSH); ``csum`` as :func:`udp_packet`."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + bytes(payload)
     ph = _pseudo_v4(src_ip, dst_ip, 6, len(tcp))
     if csum == "full":
         c = (~inet_checksum(ph + tcp)) & 0xFFFF
@@ -768,6 +769,30 @@ def tcp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, 
         c = 0
     tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
     return ether_frame(dst_mac, src_mac, 0x0800, ipv4_header(src_ip, dst_ip, 6, len(tcp), checksum=ip_csum) + tcp, vlan)
+
+
+_IP6_A = bytes.fromhex("fd000000000000000000000000000001")
+_IP6_B = bytes.fromhex("fd000000000000000000000000000002")
+
+
+def _pseudo_v6(src, dst, proto, length):
+    return bytes(src) + bytes(dst) + struct.pack("!IxxxB", length, proto)
+
+
+def tcp6_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP6_A, dst_ip=_IP6_B, sport=1234, dport=80,
+                csum="full", vlan=None, flags=0x18) -> bytes:
+    """An Ethernet/IPv6/TCP frame (no extension headers, 20-byte TCP header); ``csum`` as :func:`udp_packet`."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + bytes(payload)
+    ph = _pseudo_v6(src_ip, dst_ip, 6, len(tcp))
+    if csum == "full":
+        c = (~inet_checksum(ph + tcp)) & 0xFFFF
+    elif csum == "partial":
+        c = inet_checksum(ph)
+    else:
+        c = 0
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, bytes(src_ip), bytes(dst_ip))
+    return ether_frame(dst_mac, src_mac, 0x86DD, ip6 + tcp, vlan)
 
 
 def _l3_offset(frame: bytes) -> int:
@@ -781,8 +806,12 @@ def ipv4_checksum_ok(frame: bytes) -> bool:
 
 
 def l4_checksum_ok(frame: bytes) -> bool:
-    """Whether the TCP/UDP checksum of an Ethernet/IPv4 frame verifies."""
+    """Whether the TCP/UDP checksum of an Ethernet/IPv4 or IPv6 (no extension headers) frame verifies."""
     o = _l3_offset(frame)
+    if frame[o] >> 4 == 6:
+        plen, proto = struct.unpack("!HB", frame[o + 4 : o + 7])
+        l4 = frame[o + 40 : o + 40 + plen]
+        return inet_checksum(_pseudo_v6(frame[o + 8 : o + 24], frame[o + 24 : o + 40], proto, len(l4)) + l4) == 0xFFFF
     ihl = (frame[o] & 0xF) * 4
     proto = frame[o + 9]
     tot = struct.unpack("!H", frame[o + 2 : o + 4])[0]

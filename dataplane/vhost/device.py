@@ -754,14 +754,16 @@ class VhostUserDevice:
         if features & ~offered:
             self.features_failed = True
             self.status &= ~VirtioDeviceStatus.FEATURES_OK
-            raise RequestError(f"features never offered: {features_str(features & ~offered)} (offered {offered:#x})")
+            raise RequestError(f"features never offered: {self.device_class.features_str(features & ~offered)} "
+                               f"(offered {offered:#x})")
         if self.running:
             if features == self.features:
                 return None
             changed = features ^ self.features
             if changed & ~bit(VF.VHOST_F_LOG_ALL):
                 raise RequestError(
-                    f"features changed while the device is running: {features_str(changed & ~bit(VF.VHOST_F_LOG_ALL))} "
+                    f"features changed while the device is running: "
+                    f"{self.device_class.features_str(changed & ~bit(VF.VHOST_F_LOG_ALL))} "
                     "(only VHOST_F_LOG_ALL may change)"
                 )
             self.features = features
@@ -773,7 +775,7 @@ class VhostUserDevice:
         self.features_set = True
         self.features_failed = False
         log.info("negotiated virtio features", path=self.ifname, vid=self.vid, features=hex(features),
-                 names=features_str(features))
+                 names=self.device_class.features_str(features))
         self.device_class.features_negotiated(self)
         for vq in self.vrings:
             if vq.ready:

@@ -34,6 +34,19 @@ a thread that calls the vhost library.
     (``driver_set_protocol_features``), because the usual front-ends do not
     use it: net's CONFIG (QEMU's virtio-net never reads a vhost-user config
     space and warns when it is offered; DPDK does not offer it for net).
+``feature_names``
+    the ``IntEnum`` naming the device-specific virtio feature bits (0-23;
+    net: :class:`~dataplane.vhost_user.features.VirtioFeature`, blk:
+    :class:`~dataplane.vhost.blk.spec.VirtioBlkFeature`), or None; logs and
+    errors name the bits with it (:meth:`DeviceClass.features_str`).
+``not_implemented``
+    ``{bit number: why}`` of bits a user might ask for that the class does
+    not implement: ``driver_set_features`` / ``driver_enable_features``
+    refuse them with that reason.
+``postcopy_support``
+    True when the class's data path registers every mapping of guest memory
+    with the postcopy fault relay (:mod:`~dataplane.vhost.postcopy`): only
+    then may a socket be registered with POSTCOPY_SUPPORT (PAGEFAULT).  Net: yes.
 ``max_queues``
     the largest value ``driver_set_max_queue_num`` accepts.
 ``ready_vrings``
@@ -51,6 +64,11 @@ a thread that calls the vhost library.
     (``GET_FEATURES``) for those ``RTE_VHOST_USER_*`` registration flags.
     Transport bits included (VERSION_1, RING_PACKED, EVENT_IDX, LOG_ALL,
     PROTOCOL_FEATURES...): offer only what the data path implements.
+``implemented_features(flags) -> int``
+    the virtio feature bits ``driver_set_features`` / ``driver_enable_features``
+    may offer (default: any; net and blk: exactly what they offer).
+``features_str(mask) -> str``
+    the names of the bits of ``mask``, device-specific ones by ``feature_names``.
 ``queue_num(config) -> int``
     the ``GET_QUEUE_NUM`` reply; ``config`` is the socket's
     :class:`~dataplane.vhost.device.DeviceConfig` (``config.queue_num`` is
@@ -92,9 +110,14 @@ raises.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable
 
 from dataplane.vhost.device import VHOST_MAX_VRING, DataPathHooks
+from dataplane.vhost_user.features import VirtioFeature, bit, features_str
+
+#: Device-specific feature bits are 0..23; the transport and vhost bits above are named by VirtioFeature.
+_DEVICE_BITS = (1 << 24) - 1
 
 __all__ = ["DeviceClass"]
 
@@ -109,6 +132,9 @@ class DeviceClass:
     device_type = 0
     protocol_features = 0
     optional_protocol_features = 0
+    feature_names: type[enum.IntEnum] | None = None
+    not_implemented: dict[int, str] = {}
+    postcopy_support = False
     max_queues = VHOST_MAX_VRING
     ready_vrings = 1
 
@@ -117,6 +143,21 @@ class DeviceClass:
 
     def offered_features(self, flags: int) -> int:
         return 0
+
+    def implemented_features(self, flags: int) -> int:
+        return (1 << 64) - 1
+
+    def features_str(self, mask: int) -> str:
+        """``"VIRTIO_BLK_F_FLUSH|VIRTIO_F_VERSION_1"``: device bits by this class's names, the rest by VirtioFeature's."""
+        mask = int(mask)
+        parts = []
+        device = mask & _DEVICE_BITS
+        if device:
+            parts.append(features_str(device, self.feature_names) if self.feature_names else
+                         "|".join(f"bit{n}" for n in range(24) if device & bit(n)))
+        if mask & ~_DEVICE_BITS:
+            parts.append(features_str(mask & ~_DEVICE_BITS, VirtioFeature))
+        return "|".join(parts) or "0"
 
     def queue_num(self, config: Any) -> int:
         return config.queue_num

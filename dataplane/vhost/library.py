@@ -111,8 +111,11 @@ _REFUSED_FLAGS = {
 
 def implemented_protocol_features(device: DeviceClass, flags: int = 0) -> int:
     """Protocol features a socket of ``device`` registered with ``flags`` may offer: the generic
-    ones plus the device class's, and PAGEFAULT with POSTCOPY_SUPPORT (as in DPDK)."""
-    postcopy = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT) if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT else 0
+    ones plus the device class's, and PAGEFAULT with POSTCOPY_SUPPORT (as in DPDK) for a device
+    class whose data path registers its guest memory with the fault relay (``postcopy_support``)."""
+    postcopy = 0
+    if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT and device.postcopy_support:
+        postcopy = bit(PF.VHOST_USER_PROTOCOL_F_PAGEFAULT)
     return GENERIC_PROTOCOL_FEATURES | device.protocol_features | postcopy
 
 
@@ -131,6 +134,20 @@ def default_protocol_features(device: DeviceClass, flags: int = 0) -> int:
 DEFAULT_FEATURES = NetDevice().offered_features(0)
 IMPLEMENTED_PROTOCOL_FEATURES = implemented_protocol_features(NetDevice())
 DEFAULT_PROTOCOL_FEATURES = default_protocol_features(NetDevice())
+
+
+def _check_implemented(path: str, cfg: DeviceConfig, features: int) -> None:
+    """Refuse feature bits the socket's device class does not implement, naming each and why."""
+    device = cfg.device
+    missing = int(features) & ~device.implemented_features(cfg.flags)
+    if not missing:
+        return
+    why = []
+    for n in range(64):
+        if missing >> n & 1:
+            reason = device.not_implemented.get(n, "not implemented")
+            why.append(f"{device.features_str(bit(n))} ({reason})")
+    raise VhostNotSupported(f"{path}: the {device.name} device does not implement {'; '.join(why)}")
 
 
 # -- errors ---------------------------------------------------------------------
@@ -286,9 +303,11 @@ class VhostLibrary:
         CLIENT: connect to ``path`` instead of listening; NO_RECONNECT: do not
         retry connecting.  EXTBUF_SUPPORT / LINEARBUF_SUPPORT /
         NET_COMPLIANT_OL_FLAGS / NET_STATS_ENABLE are recorded for the data
-        path (LINEARBUF without EXTBUF withdraws the host TSO/UFO features, as
+        path (LINEARBUF without EXTBUF withdraws the host TSO features, as
         DPDK does).  POSTCOPY_SUPPORT offers the PAGEFAULT protocol feature
-        (postcopy live migration, :mod:`~dataplane.vhost.postcopy`).
+        (postcopy live migration, :mod:`~dataplane.vhost.postcopy`); it is
+        refused for a device class without ``postcopy_support`` (blk: its
+        lcores do not register guest memory with the fault relay).
         IOMMU_SUPPORT and ASYNC_COPY are not implemented and refused with
         :class:`VhostNotSupported`.
         """
@@ -296,6 +315,9 @@ class VhostLibrary:
         for flag, why in _REFUSED_FLAGS.items():
             if flags & flag:
                 raise VhostNotSupported(f"{path}: flag {why}")
+        if flags & RTE_VHOST_USER_POSTCOPY_SUPPORT and device is not None and not device.postcopy_support:
+            raise VhostNotSupported(f"{path}: flag POSTCOPY_SUPPORT: the {device.name} device's data path does not "
+                                    "register guest memory with the postcopy fault relay (PAGEFAULT not implemented)")
         unknown = flags & ~_ACCEPTED_FLAGS
         if unknown:
             raise VhostError(f"{path}: unknown registration flag bits {unknown:#x}")
@@ -367,11 +389,13 @@ class VhostLibrary:
             raise VhostError(str(e)) from None
 
     def driver_set_features(self, path: str, features: int) -> None:
-        """Set the virtio features ``path`` offers (and may later enable); ACCESS_PLATFORM is refused."""
+        """Set the virtio features ``path`` offers (and may later enable); ACCESS_PLATFORM and
+        the bits the socket's device class does not implement are refused, by name."""
         if features & bit(VF.VIRTIO_F_ACCESS_PLATFORM):
             raise VhostNotSupported(f"{path}: VIRTIO_F_ACCESS_PLATFORM needs IOMMU support, not implemented")
         with self._lock:
             cfg = self._socket(path).config
+            _check_implemented(path, cfg, features)
             cfg.features = cfg.supported_features = int(features)
 
     def driver_get_features(self, path: str) -> int:
@@ -383,6 +407,7 @@ class VhostLibrary:
         """Offer ``features`` again (only ones the socket supports)."""
         with self._lock:
             cfg = self._socket(path).config
+            _check_implemented(path, cfg, features)
             extra = features & ~cfg.supported_features
             if extra:
                 raise VhostNotSupported(f"{path}: cannot enable unsupported features {features_str(extra)}")

@@ -3,16 +3,20 @@
 What a network device adds to the generic state machine (see
 :mod:`~dataplane.vhost.device_class` for the interface):
 
-* the virtio features DPDK's vhost library offers for net
-  (:data:`NET_FEATURES`; with ``LINEARBUF_SUPPORT`` but not
-  ``EXTBUF_SUPPORT`` the host TSO/UFO offloads are withdrawn, as DPDK does);
+* the virtio features it offers (:data:`NET_FEATURES`): DPDK's vhost
+  library's net set minus what is not implemented here, which is refused by
+  name when asked for (:data:`NOT_IMPLEMENTED`: CTRL_VQ, CTRL_RX, GSO,
+  HOST_UFO, GUEST_UFO).  HOST_ECN goes with the host TSO offloads
+  (:data:`HOST_TSO_FEATURES`): with ``LINEARBUF_SUPPORT`` but not
+  ``EXTBUF_SUPPORT`` they are withdrawn, as DPDK does;
 * the protocol features MQ, RARP, MTU and CONFIG (CONFIG offered only when
   enabled: QEMU's virtio-net takes its config space from QEMU, never from
   the back-end, and warns about the offer; a front-end that wants the
   back-end's -- a vDPA-style one -- gets it with ``driver_set_protocol_features``);
 * queue pairs: ``GET_QUEUE_NUM`` answers the pairs, vrings ``2n`` (guest
-  Rx) and ``2n + 1`` (guest Tx) per pair, plus the control queue after them
-  when CTRL_VQ is offered; without MQ negotiated only the first pair is kept;
+  Rx) and ``2n + 1`` (guest Tx) per pair (no control queue: CTRL_VQ is not
+  offered; QEMU serves the guest's control queue itself); without MQ
+  negotiated only the first pair is kept;
 * the config space ``mac, status, max_virtqueue_pairs, mtu, speed, duplex``
   (GET_CONFIG; SET_CONFIG may write the mac, or everything for a migration);
 * ``SEND_RARP`` (the next dequeue injects a RARP: the data path's
@@ -49,6 +53,8 @@ __all__ = [
     "VIRTIO_MAX_MTU",
     "VIRTIO_NET_S_LINK_UP",
     "NET_FEATURES",
+    "HOST_TSO_FEATURES",
+    "NOT_IMPLEMENTED",
     "NetDataPathHooks",
     "NetState",
     "NetDevice",
@@ -65,29 +71,28 @@ VIRTIO_MAX_MTU = 65535
 #: virtio-net config space status bit.
 VIRTIO_NET_S_LINK_UP = 1
 
-#: DPDK's VHOST_USER_NET_SUPPORTED_FEATURES (without ACCESS_PLATFORM: no IOMMU support).
-NET_FEATURES = sum(
+#: The host segmentation offloads, offered together (the ``net_vhost`` port's ``tso``
+#: devarg, and withdrawn together under LINEARBUF_SUPPORT without EXTBUF_SUPPORT):
+#: HOST_ECN is meaningful only with HOST_TSO4/6 (virtio 1.2 §5.1.3.1).
+HOST_TSO_FEATURES = bit(VF.VIRTIO_NET_F_HOST_TSO4) | bit(VF.VIRTIO_NET_F_HOST_TSO6) | bit(VF.VIRTIO_NET_F_HOST_ECN)
+
+#: DPDK's VHOST_USER_NET_SUPPORTED_FEATURES minus what is not implemented here
+#: (:data:`NOT_IMPLEMENTED`) and ACCESS_PLATFORM (no IOMMU support).  Each bit is
+#: exercised by a test: ``tests/vhost/test_offered_bits.py`` lists them.
+NET_FEATURES = HOST_TSO_FEATURES | sum(
     bit(f)
     for f in (
         VF.VIRTIO_NET_F_MRG_RXBUF,
         VF.VIRTIO_F_ANY_LAYOUT,
-        VF.VIRTIO_NET_F_CTRL_VQ,
-        VF.VIRTIO_NET_F_CTRL_RX,
         VF.VIRTIO_NET_F_GUEST_ANNOUNCE,
         VF.VIRTIO_NET_F_MQ,
         VF.VIRTIO_F_VERSION_1,
         VF.VHOST_F_LOG_ALL,
         VF.VHOST_USER_F_PROTOCOL_FEATURES,
-        VF.VIRTIO_NET_F_GSO,
-        VF.VIRTIO_NET_F_HOST_TSO4,
-        VF.VIRTIO_NET_F_HOST_TSO6,
-        VF.VIRTIO_NET_F_HOST_UFO,
-        VF.VIRTIO_NET_F_HOST_ECN,
         VF.VIRTIO_NET_F_CSUM,
         VF.VIRTIO_NET_F_GUEST_CSUM,
         VF.VIRTIO_NET_F_GUEST_TSO4,
         VF.VIRTIO_NET_F_GUEST_TSO6,
-        VF.VIRTIO_NET_F_GUEST_UFO,
         VF.VIRTIO_NET_F_GUEST_ECN,
         VF.VIRTIO_RING_F_INDIRECT_DESC,
         VF.VIRTIO_RING_F_EVENT_IDX,
@@ -96,7 +101,17 @@ NET_FEATURES = sum(
         VF.VIRTIO_NET_F_MTU,
     )
 )
-_SEG_OFFLOADS = bit(VF.VIRTIO_NET_F_HOST_TSO4) | bit(VF.VIRTIO_NET_F_HOST_TSO6) | bit(VF.VIRTIO_NET_F_HOST_UFO)
+
+#: Net bits an earlier version offered (as DPDK's vhost library does, but for GSO)
+#: that this back-end does not implement, and why: never offered, and refused by
+#: name when asked for (``driver_set_features`` / ``driver_enable_features``).
+NOT_IMPLEMENTED = {
+    VF.VIRTIO_NET_F_CTRL_VQ: "no control virtqueue (QEMU and virtio-user serve the guest's control queue themselves)",
+    VF.VIRTIO_NET_F_CTRL_RX: "no control virtqueue, so no Rx mode commands (and no Rx filtering)",
+    VF.VIRTIO_NET_F_GSO: "only TCP segmentation is implemented (HOST_TSO4/HOST_TSO6), not any GSO type",
+    VF.VIRTIO_NET_F_HOST_UFO: "UDP fragmentation offload is not implemented (a GSO UDP header is refused)",
+    VF.VIRTIO_NET_F_GUEST_UFO: "UDP fragmentation offload is not implemented (GSO UDP is never sent to a guest)",
+}
 
 
 class NetDataPathHooks(DataPathHooks):
@@ -122,6 +137,9 @@ class NetDevice(DeviceClass):
 
     name = "net"
     device_type = VIRTIO_ID_NET
+    feature_names = VF
+    not_implemented = NOT_IMPLEMENTED
+    postcopy_support = True  # vhost.handoff.map_vring registers the lcores' mappings with the relay
     protocol_features = sum(
         bit(f)
         for f in (
@@ -142,14 +160,15 @@ class NetDevice(DeviceClass):
     def offered_features(self, flags: int) -> int:
         features = NET_FEATURES
         if flags & RTE_VHOST_USER_LINEARBUF_SUPPORT and not flags & RTE_VHOST_USER_EXTBUF_SUPPORT:
-            features &= ~_SEG_OFFLOADS  # DPDK: large TSO/UFO frames would not fit a linear mbuf
+            features &= ~HOST_TSO_FEATURES  # DPDK: large TSO frames would not fit a linear mbuf
         return features
 
+    def implemented_features(self, flags: int) -> int:
+        return NET_FEATURES  # the LINEARBUF withdrawal is DPDK's default offer, not a missing offload
+
     def max_vrings(self, config: Any) -> int:
-        """The queue pairs, plus the control queue after them when CTRL_VQ is offered,
-        within DPDK's VHOST_MAX_VRING (256)."""
-        n = 2 * config.queue_num + (1 if config.features >> VF.VIRTIO_NET_F_CTRL_VQ & 1 else 0)
-        return min(n, VHOST_MAX_VRING)
+        """Two per queue pair, within DPDK's VHOST_MAX_VRING (256)."""
+        return min(2 * config.queue_num, VHOST_MAX_VRING)
 
     def new_state(self) -> NetState:
         return NetState(mac=self.mac)

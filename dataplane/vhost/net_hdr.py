@@ -22,22 +22,30 @@ Offloads, after DPDK's lib/vhost (``virtio_enqueue_offload``,
   ``csum_start = l2_len + l3_len`` and the L4 checksum field's offset, after
   writing the pseudo-header checksum into the packet (``rte_net_intel_cksum_prepare``);
   ``TX_IP_CKSUM`` → the IPv4 header checksum is computed here in software
-  (virtio cannot offload it); ``TX_TCP_SEG`` → GSO TCPV4/TCPV6, ``TX_UDP_SEG`` →
-  GSO UDP, with ``gso_size = tso_segsz`` and ``hdr_len = l2+l3+l4``.  When the
-  guest did not negotiate GUEST_CSUM, an L4 checksum request (without TSO) is
-  completed in software instead (DPDK's vhost PMD ``tx_sw_csum``).
+  (virtio cannot offload it); ``TX_TCP_SEG`` → GSO TCPV4/TCPV6 with
+  ``gso_size = tso_segsz`` and ``hdr_len = l2+l3+l4``, plus the ECN bit when
+  the TCP header carries CWR and the guest negotiated GUEST_ECN (virtio 1.2
+  §5.1.6.4.1; without it the enqueue cuts such a packet in software, as it
+  does for a guest without GUEST_TSO4/6).  UFO is not offered: GSO UDP is
+  never written (a ``TX_UDP_SEG`` request goes in as one datagram with its
+  checksum request).  When the guest did not negotiate GUEST_CSUM, an L4
+  checksum request (without TSO) is completed in software instead (DPDK's
+  vhost PMD ``tx_sw_csum``).
 * **header → mbuf** (:func:`hdr_to_mbuf`, vhost dequeue = guest Tx): nothing
   to do when flags and gso_type are 0.  Otherwise the Ethernet (+ one VLAN
   tag) / IPv4 / IPv6 / TCP / UDP / SCTP headers of the first segment are
   parsed.  *Legacy* mode (DPDK's default, and the vhost PMD's): Tx flags for a
   forwarding application — ``l2_len``/``l3_len`` (+ ``l4_len``), ``TX_IPV4`` /
   ``TX_IPV6``, ``TX_{TCP,UDP,SCTP}_CKSUM`` for NEEDS_CSUM whose ``csum_start``
-  is the L4 header, ``TX_TCP_SEG``/``TX_UDP_SEG`` + ``tso_segsz`` for GSO;
-  anything inconsistent clears ``l2_len``, ``l3_len`` and ``ol_flags``.
+  is the L4 header, ``TX_TCP_SEG`` + ``tso_segsz`` for GSO TCPV4/TCPV6;
+  anything inconsistent clears ``l2_len``, ``l3_len`` and ``ol_flags``.  GSO
+  UDP (HOST_UFO, not offered) is inconsistent, and so is the ECN bit unless
+  HOST_ECN was negotiated (the CWR flag it announces is in the packet; software
+  segmentation keeps it on the first frame only, as Linux and DPDK do).
   *Compliant* mode (``RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS``): Rx flags —
   ``packet_type``, ``RX_L4_CKSUM_NONE`` when the checksum may be left to the
   next hop, or the checksum completed in software when the L4 protocol is
-  unknown; GSO → ``RX_LRO`` + ``tso_segsz``.
+  unknown; GSO TCP → ``RX_LRO`` + ``tso_segsz``.
 
 Packet formats, checksums and the header walk come from :mod:`dataplane.net`,
 raw-address access from :mod:`dataplane.rings.mem`; :class:`NetHdr` serves
@@ -97,6 +105,7 @@ __all__ = [
     "F_GUEST_CSUM",
     "F_GUEST_TSO4",
     "F_GUEST_TSO6",
+    "F_GUEST_ECN",
     "F_HOST_TSO4",
     "F_HOST_TSO6",
     "F_HOST_ECN",
@@ -116,6 +125,7 @@ __all__ = [
     "tso_frames",
     "tso_first",
     "tso_frame_hdr",
+    "tso_cwr",
 ]
 
 _U64 = np.uint64
@@ -139,6 +149,7 @@ F_CSUM = bit(VF.VIRTIO_NET_F_CSUM)
 F_GUEST_CSUM = bit(VF.VIRTIO_NET_F_GUEST_CSUM)
 F_GUEST_TSO4 = bit(VF.VIRTIO_NET_F_GUEST_TSO4)
 F_GUEST_TSO6 = bit(VF.VIRTIO_NET_F_GUEST_TSO6)
+F_GUEST_ECN = bit(VF.VIRTIO_NET_F_GUEST_ECN)
 F_HOST_TSO4 = bit(VF.VIRTIO_NET_F_HOST_TSO4)
 F_HOST_TSO6 = bit(VF.VIRTIO_NET_F_HOST_TSO6)
 F_HOST_ECN = bit(VF.VIRTIO_NET_F_HOST_ECN)
@@ -228,30 +239,33 @@ _IPCK = _U64(RTE_MBUF_F_TX_IP_CKSUM)
 
 
 @kernel
-def mbuf_to_hdr(mp, m, guest_csum):
+def mbuf_to_hdr(mp, m, guest_csum, guest_ecn):
     """The virtio-net header (lo, hi without num_buffers) for sending packet ``m`` to a guest.
 
     May write into the packet (pseudo-header checksum, IPv4 header checksum,
     software L4 checksum when ``guest_csum`` is False) and clear the L4
     checksum request it completed, like DPDK.  Headers must be in the first
-    segment; otherwise the offload fields are left empty.
+    segment; otherwise the offload fields are left empty.  A TSO request whose
+    TCP header has CWR gets the ECN bit in ``gso_type`` when ``guest_ecn``
+    (GUEST_ECN negotiated).  A UDP segmentation request is sent as one datagram
+    with a UDP checksum request (GUEST_UFO is never offered).
     """
     mb = mp.mbufs[m]
     ol = _U64(mb.ol_flags)
     if (ol & _TX_HDR_FLAGS) == _U64(0):
         return _U64(0), _U64(0)
+    if (ol & _USO) != _U64(0):
+        ol = (ol & ~(_USO | _L4_MASK)) | _L4_UDP
     l2 = np.int64(mb.l2_len)
     l3 = np.int64(mb.l3_len)
     l4h = np.int64(mb.l4_len)
     dl = np.int64(mb.data_len)
     base = seg_addr(mp, m)
     ip = base + _U64(l2)
-    tso = (ol & (_TSO | _USO)) != _U64(0)
+    tso = (ol & _TSO) != _U64(0)
     csum_l4 = ol & _L4_MASK
-    if (ol & _TSO) != _U64(0):
+    if tso:
         csum_l4 = _L4_TCP
-    elif (ol & _USO) != _U64(0):
-        csum_l4 = _L4_UDP
     hdr_ok = l2 + l3 + 8 <= dl and l3 >= 20
     if (ol & _IPCK) != _U64(0) and (ol & _IPV4) != _U64(0) and hdr_ok:
         ipv4_hdr_cksum(ip)
@@ -299,14 +313,12 @@ def mbuf_to_hdr(mp, m, guest_csum):
         else:
             cs_start = 0
             cs_off = 0
-    if (ol & _TSO) != _U64(0):
+    if tso:
         gso_type = VIRTIO_NET_HDR_GSO_TCPV4 if (ol & _IPV4) != _U64(0) else VIRTIO_NET_HDR_GSO_TCPV6
         gso_size = np.int64(mb.tso_segsz)
         hdr_len = l2 + l3 + l4h
-    elif (ol & _USO) != _U64(0):
-        gso_type = VIRTIO_NET_HDR_GSO_UDP
-        gso_size = np.int64(mb.tso_segsz)
-        hdr_len = l2 + l3 + l4h
+        if guest_ecn and l2 + l3 + TCP_FLAGS_OFF < dl and (ld8(ip + _U64(l3 + TCP_FLAGS_OFF)) & TCP_CWR) != 0:
+            gso_type |= VIRTIO_NET_HDR_GSO_ECN
     return hdr_words(flags, gso_type, hdr_len, gso_size, cs_start, cs_off, 0)
 
 
@@ -386,6 +398,17 @@ def tso_frame_hdr(mp, m, f, nframes, seq0, id0, flags0, guest_csum):
 
 
 @kernel
+def tso_cwr(mp, m):
+    """Whether the TCP header of TSO packet ``m`` (in its first segment) has CWR set: a guest
+    without GUEST_ECN must not get it as one GSO packet (virtio 1.2 §5.1.6.4.1)."""
+    mb = mp.mbufs[m]
+    off = np.int64(mb.l2_len) + np.int64(mb.l3_len) + TCP_FLAGS_OFF
+    if off >= np.int64(mb.data_len):
+        return False
+    return (ld8(seg_addr(mp, m) + _U64(off)) & TCP_CWR) != 0
+
+
+@kernel
 def tso_first(mp, m):
     """The original (TCP sequence number, IPv4 id, TCP flags) of TSO packet ``m``, for :func:`tso_frame_hdr`."""
     mb = mp.mbufs[m]
@@ -418,13 +441,14 @@ def _complete_csum(mp, m, base, cs_start, cs_off):
 
 
 @kernel
-def hdr_to_mbuf(mp, m, lo, hi, legacy):
+def hdr_to_mbuf(mp, m, lo, hi, legacy, host_ecn):
     """Apply a guest's Tx header (``lo``/``hi`` words) to the new packet ``m``.
 
     Returns False when the header was inconsistent with the packet (legacy
     mode: offload fields cleared, as DPDK does, but a checksum request that
     cannot be expressed as Tx flags is completed in software first, so the
-    packet that goes on is valid).
+    packet that goes on is valid).  ``host_ecn``: HOST_ECN was negotiated, so
+    a GSO type with the ECN bit is accepted; GSO UDP never is (no HOST_UFO).
     """
     lo = _U64(lo)
     hi = _U64(hi)
@@ -439,6 +463,7 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
     base = seg_addr(mp, m)
     ok, l2, l3, l4, proto, v6, ptype = parse_headers(base, np.int64(mb.data_len))
     gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+    ecn_ok = host_ecn or (gso_type & VIRTIO_NET_HDR_GSO_ECN) == 0
     if legacy:
         if not ok:
             if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
@@ -461,11 +486,8 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
             else:
                 good = False
         if good and gso_type != VIRTIO_NET_HDR_GSO_NONE:
-            if (gso == VIRTIO_NET_HDR_GSO_TCPV4 or gso == VIRTIO_NET_HDR_GSO_TCPV6) and proto == IPPROTO_TCP:
+            if (gso == VIRTIO_NET_HDR_GSO_TCPV4 or gso == VIRTIO_NET_HDR_GSO_TCPV6) and proto == IPPROTO_TCP and ecn_ok:
                 ol |= _TSO
-                mb.tso_segsz = gso_size
-            elif gso == VIRTIO_NET_HDR_GSO_UDP and proto == IPPROTO_UDP:
-                ol |= _USO
                 mb.tso_segsz = gso_size
             else:
                 good = False
@@ -491,10 +513,8 @@ def hdr_to_mbuf(mp, m, lo, hi, legacy):
             # unknown protocol or tunnel: complete the checksum in software
             _complete_csum(mp, m, base, cs_start, cs_off)
     if gso_type != VIRTIO_NET_HDR_GSO_NONE and gso_size != 0:
-        if (gso == VIRTIO_NET_HDR_GSO_TCPV4 or gso == VIRTIO_NET_HDR_GSO_TCPV6) and proto == IPPROTO_TCP and ok:
-            ol |= _U64(RTE_MBUF_F_RX_LRO | RTE_MBUF_F_RX_L4_CKSUM_NONE)
-            mb.tso_segsz = gso_size
-        elif gso == VIRTIO_NET_HDR_GSO_UDP and proto == IPPROTO_UDP and ok:
+        tcp_gso = gso == VIRTIO_NET_HDR_GSO_TCPV4 or gso == VIRTIO_NET_HDR_GSO_TCPV6
+        if tcp_gso and proto == IPPROTO_TCP and ok and ecn_ok:
             ol |= _U64(RTE_MBUF_F_RX_LRO | RTE_MBUF_F_RX_L4_CKSUM_NONE)
             mb.tso_segsz = gso_size
     if ok:

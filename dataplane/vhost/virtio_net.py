@@ -31,11 +31,13 @@ event suppression) and a call fd is set — from numba, through a libc
 ``write`` intrinsic.
 
 * A TSO request (``TX_TCP_SEG``) for a guest that did not negotiate
-  GUEST_TSO4 (IPv4) / GUEST_TSO6 (IPv6) is done here in software: the packet
+  GUEST_TSO4 (IPv4) / GUEST_TSO6 (IPv6) -- or one whose TCP header has CWR,
+  for a guest without GUEST_ECN -- is done here in software: the packet
   is cut into ``tso_segsz`` frames, each written as a packet of its own with
   its headers rewritten (:func:`~dataplane.vhost.net_hdr.tso_frame_hdr`: IP
-  length/id/checksum, TCP sequence and flags, TCP checksum left to the guest
-  with GUEST_CSUM, else completed). If the ring fills up after some of its
+  length/id/checksum, TCP sequence and flags -- FIN/PSH on the last frame,
+  CWR on the first only --, TCP checksum left to the guest with GUEST_CSUM,
+  else completed). If the ring fills up after some of its
   frames went in, the packet counts as sent and its remaining frames as
   ``C_DROPS`` (a NIC doing TSO loses them the same way).
 * Not enough buffers for a packet → the burst stops there (DPDK) and the
@@ -136,8 +138,10 @@ from dataplane.vhost.net_hdr import (
     _TX_HDR_FLAGS,
     F_EVENT_IDX,
     F_GUEST_CSUM,
+    F_GUEST_ECN,
     F_GUEST_TSO4,
     F_GUEST_TSO6,
+    F_HOST_ECN,
     F_HOST_OFFLOAD,
     F_IN_ORDER,
     F_INDIRECT_DESC,
@@ -146,6 +150,7 @@ from dataplane.vhost.net_hdr import (
     hdr_to_mbuf,
     mbuf_to_hdr,
     net_hdr_len,
+    tso_cwr,
     tso_first,
     tso_frame_hdr,
     tso_frames,
@@ -175,9 +180,9 @@ CFG_LEGACY_OL = 5  # dequeue: legacy (Tx) offload flags, else compliant (Rx) fla
 CFG_IN_ORDER = 6  # IN_ORDER negotiated
 CFG_PORT = 7  # mbuf.port of dequeued packets
 CFG_ENABLED = 8  # 0: the bursts do nothing (ring disabled/stopped)
-CFG_HOST_OFFLOAD = 9  # CSUM / HOST_TSO4/6 / HOST_ECN / HOST_UFO negotiated: honour Tx headers
+CFG_HOST_OFFLOAD = 9  # the CSUM / HOST_TSO4/6 / HOST_ECN bits negotiated (non-zero: honour Tx headers)
 CFG_GUEST_CSUM = 10  # GUEST_CSUM negotiated: the guest accepts NEEDS_CSUM
-CFG_GUEST_TSO = 11  # the GUEST_TSO4 / GUEST_TSO6 bits negotiated (else TSO requests are cut here)
+CFG_GUEST_TSO = 11  # the GUEST_TSO4 / GUEST_TSO6 / GUEST_ECN bits negotiated (else TSO requests are cut here)
 CFG_SLOTS = 16
 
 # -- counter slots (int64 array) --------------------------------------------------
@@ -532,10 +537,8 @@ def enqueue_burst(q, mp, pkts, n):
         ol = _U64(mp.mbufs[m].ol_flags)
         nfr = np.int64(0)
         if (ol & _TSO) != _U64(0):
-            if (ol & _IPV4) != _U64(0):
-                if (guest_tso & F_GUEST_TSO4) == 0:
-                    nfr = tso_frames(mp, m)
-            elif (guest_tso & F_GUEST_TSO6) == 0:
+            want = F_GUEST_TSO4 if (ol & _IPV4) != _U64(0) else F_GUEST_TSO6
+            if (guest_tso & want) == 0 or ((guest_tso & F_GUEST_ECN) == 0 and tso_cwr(mp, m)):
                 nfr = tso_frames(mp, m)
         if nfr > 0:
             # the guest cannot take the TSO request: cut the packet into frames here
@@ -569,7 +572,7 @@ def enqueue_burst(q, mp, pkts, n):
         lo = _U64(0)
         hi = _U64(0)
         if (ol & _TX_HDR_FLAGS) != _U64(0):
-            lo, hi = mbuf_to_hdr(mp, m, guest_csum)
+            lo, hi = mbuf_to_hdr(mp, m, guest_csum, (guest_tso & F_GUEST_ECN) != 0)
         hi |= _U64(nb) << _U64(16)
         _copy_to_chains(q, mp, m, start, c, lo, hi, hlen, plen, plen, 0, logging)
         _count_packet(cnt, seg_addr(mp, m), plen, np.int64(mp.mbufs[m].data_len))
@@ -783,6 +786,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
         return out
     legacy = cfg[CFG_LEGACY_OL] != 0
     offload = cfg[CFG_HOST_OFFLOAD] != 0
+    host_ecn = (cfg[CFG_HOST_OFFLOAD] & F_HOST_ECN) != 0
     inorder = cfg[CFG_IN_ORDER] != 0
     packed = cfg[CFG_PACKED] != 0
     for k in range(nf):
@@ -793,7 +797,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
             m, lo, hi = _copy_from_chain(q, mp, k, ms, mi, need, hlen, room, sc[2 * k], port)
             mi += need
             if offload and (lo & _U64(0xFFFF)) != _U64(0):
-                hdr_to_mbuf(mp, m, lo, hi, legacy)
+                hdr_to_mbuf(mp, m, lo, hi, legacy, host_ecn)
             pkts[out] = m
             out += 1
             _count_packet(cnt, seg_addr(mp, m), np.int64(mp.mbufs[m].pkt_len), np.int64(mp.mbufs[m].data_len))
@@ -906,9 +910,9 @@ class VhostQueue:
         cfg[CFG_IN_ORDER] = int(bool(features & F_IN_ORDER))
         cfg[CFG_PORT] = int(port)
         cfg[CFG_ENABLED] = int(bool(enabled))
-        cfg[CFG_HOST_OFFLOAD] = int(bool(features & F_HOST_OFFLOAD))
+        cfg[CFG_HOST_OFFLOAD] = features & F_HOST_OFFLOAD
         cfg[CFG_GUEST_CSUM] = int(bool(features & F_GUEST_CSUM))
-        cfg[CFG_GUEST_TSO] = features & (F_GUEST_TSO4 | F_GUEST_TSO6)
+        cfg[CFG_GUEST_TSO] = features & (F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN)
         if counters is None:
             counters = np.zeros(N_COUNTERS, np.int64)
         elif counters.dtype != np.int64 or counters.shape[0] < N_COUNTERS:

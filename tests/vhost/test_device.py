@@ -529,16 +529,30 @@ def test_config_space_access_rules(lib, server, sock_path, connect, guest):
     assert dev.device_state.mtu == 1500
 
 
-def test_control_queue_follows_the_queue_pairs(lib, server, sock_path, connect, guest):
+def test_no_control_queue_and_the_withdrawn_net_bits_are_refused_by_name(lib, server, sock_path, connect, guest):
+    """CTRL_VQ, CTRL_RX, GSO, HOST_UFO and GUEST_UFO are not implemented: never offered, a
+    SET_FEATURES asking for them is refused naming them, there is no control vring, and the
+    library refuses to offer them, saying why."""
     lib.driver_set_max_queue_num(sock_path, 1)
     fe = connect(guest)
-    fe.negotiate(BASE_FEATURES | bit(VF.VIRTIO_NET_F_CTRL_VQ))
+    fe.negotiate(BASE_FEATURES, protocol_features=REPLY_ACK)
+    offered = fe.get_features()
+    for f in (VF.VIRTIO_NET_F_CTRL_VQ, VF.VIRTIO_NET_F_CTRL_RX, VF.VIRTIO_NET_F_GSO, VF.VIRTIO_NET_F_HOST_UFO,
+              VF.VIRTIO_NET_F_GUEST_UFO):
+        assert not offered & bit(f), f.name
+        assert fe.set_features(BASE_FEATURES | bit(f), ack=True) == 1
+        assert f"features never offered: {f.name}" in lib.get_device(0).last_error
+        with pytest.raises(VhostNotSupported, match=f"does not implement {f.name} "):
+            lib.driver_enable_features(sock_path, bit(f))
+        with pytest.raises(VhostNotSupported, match=f.name):
+            lib.driver_set_features(sock_path, BASE_FEATURES | bit(f))
+    with pytest.raises(VhostNotSupported, match="CTRL_VQ \\(no control virtqueue"):
+        lib.driver_enable_features(sock_path, bit(VF.VIRTIO_NET_F_CTRL_VQ))
+    assert fe.set_features(BASE_FEATURES, ack=True) == 0
     fe.set_mem_table()
-    assert fe.set_vring_num(2, 64, ack=True) == 0  # the control queue of a 1-pair device
-    assert fe.set_vring_num(3, 64, ack=True) == 1
-    assert "vring index 3 out of range (device has 3 vrings)" in lib.get_device(0).last_error
-    lib.driver_disable_features(sock_path, bit(VF.VIRTIO_NET_F_CTRL_VQ))
-    assert fe.set_vring_num(2, 64, ack=True) == 1
+    assert fe.set_vring_num(1, 64, ack=True) == 0
+    assert fe.set_vring_num(2, 64, ack=True) == 1  # a 1-pair device has vrings 0 and 1 only
+    assert "vring index 2 out of range (device has 2 vrings)" in lib.get_device(0).last_error
 
 
 # -- the message table -----------------------------------------------------------------

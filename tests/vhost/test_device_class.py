@@ -114,3 +114,26 @@ def test_a_device_without_config_space_refuses_config_requests(lib, sock_path, c
     fe.negotiate(V1 | PROTO, protocol_features=bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK))
     assert fe.request(R.VHOST_USER_GET_CONFIG, Config(0, 4, 0, bytes(4)), ack=True) == 1
     assert "CONFIG protocol feature not negotiated" in lib.get_device(0).last_error
+
+
+def test_blk_bits_are_named_as_blk_bits_in_logs_and_errors(lib, sock_path, connect, guest):
+    """Bits 0-23 are the device's: a blk socket logs and refuses them by virtio-blk names
+    (bit 11 is CONFIG_WCE there, not net's HOST_TSO4)."""
+    import structlog
+
+    from dataplane.vhost.blk.device import BlkDevice
+    from dataplane.vhost.blk.spec import VirtioBlkFeature as BF
+
+    lib.driver_register(sock_path, 0, device=BlkDevice(sectors=8))
+    lib.driver_start(sock_path)
+    fe = connect(guest)
+    wce = bit(BF.VIRTIO_BLK_F_CONFIG_WCE)
+    with pytest.raises(VhostNotSupported, match=r"does not implement VIRTIO_BLK_F_CONFIG_WCE \(the cache mode"):
+        lib.driver_enable_features(sock_path, wce)
+    with structlog.testing.capture_logs() as logs:
+        fe.negotiate(V1 | PROTO | bit(BF.VIRTIO_BLK_F_FLUSH), protocol_features=bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK))
+        assert fe.set_features(V1 | PROTO | wce, ack=True) == 1
+    (neg,) = [e for e in logs if e["event"] == "negotiated virtio features"]
+    assert neg["names"] == "VIRTIO_BLK_F_FLUSH|VHOST_USER_F_PROTOCOL_FEATURES|VIRTIO_F_VERSION_1"
+    dev = lib.get_device(0)
+    assert "features never offered: VIRTIO_BLK_F_CONFIG_WCE" in dev.last_error and "NET" not in dev.last_error

@@ -62,6 +62,18 @@ def test_pagefault_is_offered_only_with_postcopy_support(lib, sock_path, sock_di
     assert lib.driver_get_protocol_features(other) == lib.driver_get_protocol_features(sock_path) | PAGEFAULT
 
 
+def test_postcopy_support_is_refused_for_a_device_whose_lcores_do_not_register_with_the_relay(lib, sock_path):
+    """blk's lcores map guest memory without registering it with the fault relay: PAGEFAULT would
+    be offered without being implemented, so POSTCOPY_SUPPORT is refused for a blk socket."""
+    from dataplane.vhost.blk.device import BlkDevice
+
+    with pytest.raises(VhostNotSupported, match="POSTCOPY_SUPPORT: the blk device's data path does not register"):
+        lib.driver_register(sock_path, vhost.POSTCOPY_SUPPORT, device=BlkDevice(sectors=8))
+    lib.driver_register(sock_path, 0, device=BlkDevice(sectors=8))
+    with pytest.raises(VhostNotSupported, match="PAGEFAULT"):
+        lib.driver_set_protocol_features(sock_path, lib.driver_get_protocol_features(sock_path) | PAGEFAULT)
+
+
 def test_postcopy_requests_need_pagefault_negotiated(lib, pc_server, connect, guest):
     fe = connect(guest)
     fe.negotiate(V1 | PROTO, REPLY_ACK)

@@ -26,6 +26,7 @@ from dataplane.testing.guest_net import (
     ether_frame,
     ipv4_checksum_ok,
     l4_checksum_ok,
+    tcp6_packet,
     tcp_packet,
     udp_packet,
 )
@@ -339,6 +340,175 @@ def test_tso_cut_in_software_for_a_guest_without_guest_tso(pool, guest_csum):
         mp.free(m)
 
 
+F_HOST_TSO6 = bit(VF.VIRTIO_NET_F_HOST_TSO6)
+F_GUEST_TSO4 = bit(VF.VIRTIO_NET_F_GUEST_TSO4)
+F_GUEST_TSO6 = bit(VF.VIRTIO_NET_F_GUEST_TSO6)
+F_HOST_ECN = bit(VF.VIRTIO_NET_F_HOST_ECN)
+F_GUEST_ECN = bit(VF.VIRTIO_NET_F_GUEST_ECN)
+TCP_FIN, TCP_PSH, TCP_ACK, TCP_CWR = 0x01, 0x08, 0x10, 0x80
+
+
+def _tso_packet(v6: bool, payload: bytes, flags: int):
+    """(frame with a partial checksum, its GSO header words, l3 offset of TCP) for IPv4 or IPv6."""
+    if v6:
+        pkt = tcp6_packet(payload, csum="partial", flags=flags)
+        hdr = NetHdr(flags=1, gso_type=H.VIRTIO_NET_HDR_GSO_TCPV6, hdr_len=74, gso_size=1448, csum_start=54,
+                     csum_offset=16)
+        return pkt, hdr, 54
+    pkt = tcp_packet(payload, csum="partial", flags=flags)
+    hdr = NetHdr(flags=1, gso_type=H.VIRTIO_NET_HDR_GSO_TCPV4, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16)
+    return pkt, hdr, 34
+
+
+def _check_frames(frames, payload, v6, tcp, flags, guest_csum):
+    """Software-TSO frames: lengths, IPv4 id and checksum, sequence numbers, flags (FIN/PSH on the
+    last frame, CWR on the first only), checksums; their payloads add up to ``payload``."""
+    hl = tcp + 20
+    n = -(-len(payload) // 1448)
+    assert len(frames) == n
+    got = b""
+    for f, r in enumerate(frames):
+        d = r.data
+        sl = min(1448, len(payload) - f * 1448)
+        assert r.hdr.gso_type == 0 and len(d) == hl + sl
+        if v6:
+            assert struct.unpack("!H", d[18:20])[0] == 20 + sl  # IPv6 payload length
+        else:
+            assert struct.unpack("!HH", d[16:20]) == (40 + sl, f)  # IP total length, id
+            assert ipv4_checksum_ok(d)
+        assert struct.unpack("!I", d[tcp + 4 : tcp + 8])[0] == 1 + f * 1448  # sequence number
+        want = flags
+        if f != n - 1:
+            want &= ~(TCP_FIN | TCP_PSH)
+        if f != 0:
+            want &= ~TCP_CWR
+        assert d[tcp + 13] == want, (f, hex(d[tcp + 13]))
+        if guest_csum:
+            assert (r.hdr.flags, r.hdr.csum_start, r.hdr.csum_offset) == (1, tcp, 16)
+            c = (~inet_checksum(d[tcp:])) & 0xFFFF  # what the guest does with NEEDS_CSUM
+            d = d[: tcp + 16] + struct.pack("!H", c) + d[tcp + 18 :]
+        else:
+            assert r.hdr.flags == 0
+        assert l4_checksum_ok(d)
+        got += d[hl:]
+    assert got == payload
+
+
+@pytest.mark.parametrize("guest_csum", [True, False], ids=["guest_csum", "no_guest_csum"])
+def test_tso_ipv6_cut_in_software_or_handed_on(pool, guest_csum):
+    """HOST_TSO6 / GUEST_TSO6: a guest's GSO TCPV6 request becomes an IPv6 TSO mbuf; a guest with
+    GUEST_TSO6 gets it as one GSO TCPV6 packet, one without gets it cut into MSS frames (payload
+    length, sequence numbers, flags and TCP checksum per frame over the IPv6 pseudo-header)."""
+    mp = pool
+    payload = bytes(range(256)) * 25  # 6400 B: 4 frames of 1448 and one of 608
+    pkt, hdr, tcp = _tso_packet(True, payload, TCP_ACK | TCP_PSH)
+    rx_feat = F_GUEST_CSUM if guest_csum else 0
+    with guest(extra=F_CSUM | F_HOST_TSO6) as a, guest(extra=rx_feat) as b, \
+            guest(extra=F_GUEST_CSUM | F_GUEST_TSO6) as c:
+        qtx = a.vhost_queue("tx")
+        m = _tx_one(a, qtx, mp, pkt, hdr, nseg=3, hdr_separate=True)
+        rec = mp.mbufs[m]
+        assert int(rec["ol_flags"]) == MB.RTE_MBUF_F_TX_TCP_SEG | MB.RTE_MBUF_F_TX_TCP_CKSUM | MB.RTE_MBUF_F_TX_IPV6
+        assert (rec["l2_len"], rec["l3_len"], rec["l4_len"], rec["tso_segsz"]) == (14, 40, 20, 1448)
+        rc = _rx_one(c, c.vhost_queue("rx"), mp, m)
+        assert (rc.hdr.gso_type, rc.hdr.gso_size, rc.hdr.hdr_len) == (H.VIRTIO_NET_HDR_GSO_TCPV6, 1448, 74)
+        assert (rc.hdr.flags, rc.hdr.csum_start, rc.hdr.csum_offset) == (1, 54, 16)
+        assert rc.data[:70] + rc.data[72:] == pkt[:70] + pkt[72:]
+        qrx = b.vhost_queue("rx")
+        b.post_rx(16, 2048)
+        assert qrx.enqueue(mp, np.array([m], np.uint32)) == 1
+        _check_frames(b.recv(), payload, True, tcp, TCP_ACK | TCP_PSH, guest_csum)
+        assert qrx.stats()["packets"] == 5
+        mp.free(m)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_ecn_cwr_stays_on_the_first_segment(pool, v6):
+    """HOST_ECN / GUEST_ECN.  A guest with HOST_ECN sends a TSO packet with CWR (gso_type | ECN):
+    it is taken as TSO.  A guest with GUEST_TSO and GUEST_ECN gets it as one GSO packet with the
+    ECN bit; one with GUEST_TSO but not GUEST_ECN must not (virtio 1.2 §5.1.6.4.1), so it gets
+    it cut in software, CWR on the first frame only (as Linux and DPDK segment), FIN/PSH on the
+    last; so does a guest without GUEST_TSO.  A packet without CWR still goes whole to the second."""
+    mp = pool
+    payload = bytes(range(251)) * 20  # 5020 B: 3 frames of 1448 and one of 676
+    flags = TCP_CWR | TCP_ACK | TCP_PSH | TCP_FIN
+    pkt, hdr, tcp = _tso_packet(v6, payload, flags)
+    hdr.gso_type |= H.VIRTIO_NET_HDR_GSO_ECN
+    host_tso, guest_tso = (F_HOST_TSO6, F_GUEST_TSO6) if v6 else (F_HOST_TSO4, F_GUEST_TSO4)
+    with guest(extra=F_CSUM | host_tso | F_HOST_ECN) as a, \
+            guest(extra=F_GUEST_CSUM | guest_tso | F_GUEST_ECN) as ecn, \
+            guest(extra=F_GUEST_CSUM | guest_tso) as no_ecn, \
+            guest(extra=F_GUEST_CSUM) as no_tso:
+        qtx = a.vhost_queue("tx")
+        m = _tx_one(a, qtx, mp, pkt, hdr, nseg=2)
+        assert int(mp.mbufs[m]["ol_flags"]) & MB.RTE_MBUF_F_TX_TCP_SEG
+        r = _rx_one(ecn, ecn.vhost_queue("rx"), mp, m)
+        assert r.hdr.gso_type == hdr.gso_type and r.hdr.gso_size == 1448
+        assert r.data[tcp + 13] == flags
+        mp.free(m)
+        rxq = {id(g): g.vhost_queue("rx") for g in (no_ecn, no_tso)}
+        for g in (no_ecn, no_tso):  # software segmentation rewrites the mbuf's headers: one mbuf each
+            m = _tx_one(a, qtx, mp, pkt, hdr, nseg=2)
+            q = rxq[id(g)]
+            g.post_rx(16, 2048)
+            assert q.enqueue(mp, np.array([m], np.uint32)) == 1
+            _check_frames(g.recv(), payload, v6, tcp, flags, guest_csum=True)
+            mp.free(m)
+        # without CWR: a plain GSO packet for the guest without GUEST_ECN
+        pkt2, hdr2, _ = _tso_packet(v6, payload, TCP_ACK | TCP_PSH)
+        m = _tx_one(a, qtx, mp, pkt2, hdr2)
+        r = _rx_one(no_ecn, rxq[id(no_ecn)], mp, m)
+        assert r.hdr.gso_type == hdr2.gso_type and r.num_buffers >= 1 and len(r.data) == len(pkt2)
+        mp.free(m)
+
+
+def test_ecn_bit_refused_without_host_ecn_and_gso_udp_never_accepted(pool):
+    """Without HOST_ECN negotiated a GSO header with the ECN bit is inconsistent, and GSO UDP
+    always is (HOST_UFO is not offered): the offload fields are cleared and the checksum the
+    guest left partial is completed, so what goes on is a valid packet."""
+    mp = pool
+    pkt, hdr, _ = _tso_packet(False, b"e" * 3000, TCP_CWR | TCP_ACK)
+    hdr.gso_type |= H.VIRTIO_NET_HDR_GSO_ECN
+    with guest(extra=F_CSUM | F_HOST_TSO4) as a:
+        qtx = a.vhost_queue("tx")
+        m = _tx_one(a, qtx, mp, pkt, hdr)
+        rec = mp.mbufs[m]
+        assert (int(rec["ol_flags"]), rec["l2_len"], rec["l3_len"]) == (0, 0, 0)
+        assert l4_checksum_ok(mp.to_bytes(m))
+        mp.free(m)
+        upkt = udp_packet(b"u" * 3000, csum="partial")
+        uhdr = NetHdr(flags=1, gso_type=H.VIRTIO_NET_HDR_GSO_UDP, hdr_len=42, gso_size=1472, csum_start=34,
+                      csum_offset=6)
+        m = _tx_one(a, qtx, mp, upkt, uhdr)
+        assert int(mp.mbufs[m]["ol_flags"]) == 0 and l4_checksum_ok(mp.to_bytes(m))
+        mp.free(m)
+    # compliant flags: no LRO for either
+    with guest(extra=F_CSUM | F_HOST_TSO4) as a:
+        qtx = a.vhost_queue("tx", legacy_ol_flags=False)
+        m = _tx_one(a, qtx, mp, pkt, hdr)
+        assert not int(mp.mbufs[m]["ol_flags"]) & MB.RTE_MBUF_F_RX_LRO
+        mp.free(m)
+
+
+def test_udp_segmentation_request_goes_to_the_guest_as_one_datagram(pool):
+    """GUEST_UFO is not offered: an mbuf asking for UDP segmentation is never given to a guest
+    as GSO UDP; it goes in whole with a UDP checksum request (completed here without GUEST_CSUM)."""
+    mp = pool
+    for extra in (F_GUEST_CSUM, 0):
+        with guest(extra=extra) as g:
+            m = mp.from_bytes(udp_packet(b"d" * 2000, csum="partial"))
+            rec = mp.mbufs[m]
+            rec["ol_flags"] = MB.RTE_MBUF_F_TX_IPV4 | MB.RTE_MBUF_F_TX_UDP_SEG
+            rec["l2_len"], rec["l3_len"], rec["l4_len"], rec["tso_segsz"] = 14, 20, 8, 1000
+            r = _rx_one(g, g.vhost_queue("rx"), mp, m)
+            assert r.hdr.gso_type == 0 and len(r.data) == 42 + 2000
+            if extra:
+                assert (r.hdr.flags, r.hdr.csum_start, r.hdr.csum_offset) == (1, 34, 6)
+            else:
+                assert r.hdr.flags == 0 and l4_checksum_ok(r.data)
+            mp.free(m)
+
+
 def test_offload_legacy_inexpressible_checksum_completed_at_dequeue(pool):
     """A NEEDS_CSUM the Tx flags cannot express (here: an L4 protocol they do not know)
     is completed in software before the offload fields are cleared: the packet that
@@ -597,6 +767,25 @@ def test_rarp_injection(mem, pool, packed):
         out = qtx.dequeue(tiny, 32)
         assert len(out) == 1 and tiny.to_bytes(out[0]) == expect.ljust(60, b"\0")
         tiny.free(out)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_guest_announce_frames_pass_and_no_rarp_is_injected(pool, packed):
+    """GUEST_ANNOUNCE: after a migration QEMU sends no SEND_RARP to a back-end whose guest negotiated
+    it; it tells the guest, which announces itself with gratuitous ARPs on its Tx queue.  The
+    back-end's part: those broadcasts come out of the dequeue unchanged, and it injects nothing."""
+    mp = pool
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, MAC_A, bytes([10, 0, 0, 1]), bytes(6), bytes([10, 0, 0, 1]))
+    garp = ether_frame(BCAST, MAC_A, 0x0806, arp.ljust(46, b"\0"))
+    with guest(packed, extra=bit(VF.VIRTIO_NET_F_GUEST_ANNOUNCE)) as g:
+        qtx = g.vhost_queue("tx")
+        assert g.send([garp, garp, garp]) == 3
+        out = qtx.dequeue(mp, 8)
+        assert [mp.to_bytes(m) for m in out] == [garp] * 3
+        mp.free(out)
+        assert g.tx_reclaim() == [0, 0, 0]
+        s = qtx.stats()
+        assert (s["packets"], s["broadcast_packets"], s["rarp"], s["errors"]) == (3, 3, 0, 0)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])

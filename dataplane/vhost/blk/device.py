@@ -7,10 +7,13 @@ What a block device adds to the generic state machine:
   features VERSION_1, RING_PACKED, EVENT_IDX, INDIRECT_DESC, and LOG_ALL
   (live migration: the requests' writes are marked in the dirty log,
   :mod:`~dataplane.vhost.dirty_log`).  Not offered, because nothing here
-  does them: SIZE_MAX and GEOMETRY (no limit, no legacy geometry),
-  TOPOLOGY, CONFIG_WCE (the cache mode is fixed: writeback, made durable by
-  FLUSH), IN_ORDER.
+  does them, and refused by name when asked for (:data:`NOT_IMPLEMENTED`):
+  SIZE_MAX and GEOMETRY (no limit, no legacy geometry), TOPOLOGY,
+  CONFIG_WCE (the cache mode is fixed: writeback, made durable by FLUSH),
+  IN_ORDER.
 * the protocol features MQ and CONFIG (QEMU's vhost-user-blk needs CONFIG).
+  Not PAGEFAULT: the blk lcores do not register guest memory with the
+  postcopy fault relay, so POSTCOPY_SUPPORT is refused for a blk socket.
 * one vring per queue: ``GET_QUEUE_NUM`` answers the queue count and the
   device runs once vring 0 is ready.
 * the config space, ``struct virtio_blk_config``
@@ -30,7 +33,7 @@ from dataplane.vhost_user import VhostUserProtocolFeature as PF, VirtioFeature a
 from .requests import BlkLimits
 from .spec import SECTOR_SIZE, VirtioBlkFeature as BF, config_space
 
-__all__ = ["VIRTIO_ID_BLOCK", "BLK_MAX_QUEUES", "DEFAULT_LIMITS", "DEFAULT_SEG_MAX", "BlkDevice", "blk_features"]
+__all__ = ["NOT_IMPLEMENTED", "VIRTIO_ID_BLOCK", "BLK_MAX_QUEUES", "DEFAULT_LIMITS", "DEFAULT_SEG_MAX", "BlkDevice", "blk_features"]
 
 VIRTIO_ID_BLOCK = 2
 BLK_MAX_QUEUES = 64
@@ -58,6 +61,16 @@ _BLK = (
 )
 
 
+#: Bits a user might ask for that the blk device does not implement, and why (refused by name).
+NOT_IMPLEMENTED = {
+    BF.VIRTIO_BLK_F_SIZE_MAX: "no limit on a segment's size to announce",
+    BF.VIRTIO_BLK_F_GEOMETRY: "no legacy disk geometry",
+    BF.VIRTIO_BLK_F_TOPOLOGY: "no topology (physical block size, alignment) to announce",
+    BF.VIRTIO_BLK_F_CONFIG_WCE: "the cache mode is fixed (writeback, made durable by FLUSH)",
+    VF.VIRTIO_F_IN_ORDER: "requests complete out of order",
+}
+
+
 def blk_features(readonly: bool) -> int:
     """The virtio feature bits a blk socket offers."""
     f = sum(bit(b) for b in _TRANSPORT + _BLK)
@@ -69,6 +82,8 @@ class BlkDevice(DeviceClass):
 
     name = "blk"
     device_type = VIRTIO_ID_BLOCK
+    feature_names = BF
+    not_implemented = NOT_IMPLEMENTED
     protocol_features = bit(PF.VHOST_USER_PROTOCOL_F_MQ) | bit(PF.VHOST_USER_PROTOCOL_F_CONFIG)
     max_queues = BLK_MAX_QUEUES
     ready_vrings = 1
@@ -88,6 +103,9 @@ class BlkDevice(DeviceClass):
 
     def offered_features(self, flags: int) -> int:
         return blk_features(self.readonly)
+
+    def implemented_features(self, flags: int) -> int:
+        return self.offered_features(flags)  # RO only on a read-only disk
 
     def queue_num(self, config: Any) -> int:
         return self.num_queues

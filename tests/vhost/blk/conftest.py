@@ -55,9 +55,9 @@ def make_blk(packed):
     made = []
 
     def make(*, features=ALL_FEATURES, readonly=False, disk_size=DISK_SIZE, num=32, sync_fd=-1,
-             extra_regions=(), mem_size=8 << 20, callfd=-1, disk=None, log=None):
+             extra_regions=(), mem_size=8 << 20, callfd=-1, disk=None, log=None, max_segs=8):
         mem = GuestMemoryLayout([GuestRegion(0, mem_size), *extra_regions])
-        drv = BlkDriver(mem, num, packed=packed, features=features)
+        drv = BlkDriver(mem, num, packed=packed, features=features, max_segs=max_segs)
         disk = np.zeros(disk_size, np.uint8) if disk is None else disk
         q = BlkQueue(*drv.device_addrs(), drv.num, regions=drv.region_table(), disk=disk, packed=packed,
                      features=features, readonly=readonly, sync_fd=sync_fd, serial=SERIAL, limits=LIMITS,

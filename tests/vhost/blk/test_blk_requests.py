@@ -55,6 +55,21 @@ def test_scattered_data_and_indirect_tables(make_blk):
     assert b.drv.data(slot, 4096) == data
 
 
+def test_seg_max_data_segments_in_one_request(make_blk):
+    """SEG_MAX: the config space promises DEFAULT_SEG_MAX data segments per request (QEMU's
+    default); a write and a read of that many segments, in an indirect table, are served."""
+    from dataplane.vhost.blk.device import DEFAULT_SEG_MAX
+
+    b = make_blk(max_segs=DEFAULT_SEG_MAX)
+    data = _pattern(DEFAULT_SEG_MAX * 512, 9)
+    _, used, status = b.one(VIRTIO_BLK_T_OUT, 40, data=data, nsegs=DEFAULT_SEG_MAX, indirect=True)
+    assert (used, status) == (1, VIRTIO_BLK_S_OK)
+    assert bytes(b.disk[40 * 512 : 40 * 512 + len(data)]) == data
+    slot, used, status = b.one(VIRTIO_BLK_T_IN, 40, read_len=len(data), nsegs=DEFAULT_SEG_MAX, indirect=True)
+    assert (used, status) == (len(data) + 1, VIRTIO_BLK_S_OK)
+    assert b.drv.data(slot, len(data)) == data
+
+
 def test_any_layout_header_split_and_status_shared_with_data(make_blk):
     """VERSION_1: no framing assumptions -- a header over two descriptors, data and status in one."""
     b = make_blk()
