@@ -51,6 +51,7 @@ BBE = "tests/vhost/blk/test_blk_backend.py::"
 BLOG = "tests/vhost/blk/test_blk_dirty_log.py::"
 ENG = "tests/guests/test_engine_guests.py::"
 BLKG = "tests/guests/test_blk_guest.py::"
+MIG = "tests/guests/test_migration_guests.py::"
 
 # -- virtio feature bits --------------------------------------------------------------------
 
@@ -76,12 +77,14 @@ NET_FEATURE_TESTS = {
                                VN + "test_ecn_bit_refused_without_host_ecn_and_gso_udp_never_accepted",
                                LIB + "test_linearbuf_without_extbuf_withdraws_segmentation_offloads"],
     VF.VIRTIO_NET_F_MRG_RXBUF: [VN + "test_round_trip", DEV + "test_header_length_follows_negotiation"],
-    VF.VIRTIO_NET_F_GUEST_ANNOUNCE: [VN + "test_guest_announce_frames_pass_and_no_rarp_is_injected"],
+    VF.VIRTIO_NET_F_GUEST_ANNOUNCE: [VN + "test_guest_announce_frames_pass_and_no_rarp_is_injected",
+                                     MIG + "test_guest_migrates_between_dataplane_backends_without_losing_a_byte"],
     VF.VIRTIO_NET_F_MQ: [DEV + "test_without_mq_only_the_first_pair_is_kept", PMD + "test_two_queues_both_carry_traffic",
                          ENG + "test_two_guests_two_queue_pairs_both_carry_traffic"],
     VF.VHOST_F_LOG_ALL: [DEV + "test_set_features_while_running_may_only_toggle_log_all",
                          LOG + "test_set_log_base_maps_replies_and_replaces_the_log_under_running_rings",
-                         "tests/vhost/test_dirty_log_lcores.py::test_lcores_log_exactly_what_they_write"],
+                         "tests/vhost/test_dirty_log_lcores.py::test_lcores_log_exactly_what_they_write",
+                         MIG + "test_guest_migrates_between_dataplane_backends_without_losing_a_byte"],
     VF.VIRTIO_F_ANY_LAYOUT: [VN + "test_tiny_descriptors_header_straddles", VN + "test_round_trip"],
     VF.VIRTIO_RING_F_INDIRECT_DESC: [VN + "test_round_trip[split-mrg-ooo-ind]", VN + "test_bad_chains"],
     VF.VIRTIO_RING_F_EVENT_IDX: [VN + "test_interrupts[flags-split]", VN + "test_interrupts[event_idx-packed]"],
@@ -115,7 +118,7 @@ BLK_FEATURE_TESTS = {
     VF.VIRTIO_RING_F_EVENT_IDX: [BREQ + "test_many_requests_in_one_burst_and_interrupts"],
     VF.VIRTIO_RING_F_INDIRECT_DESC: [BREQ + "test_scattered_data_and_indirect_tables"],
     VF.VHOST_F_LOG_ALL: [BLOG + "test_exactly_the_written_pages_are_logged", BLOG + "test_logging_toggled_between_bursts",
-                         BBE + "test_dirty_log_marked_by_the_lcore"],
+                         BBE + "test_dirty_log_marked_by_the_lcore", MIG + "test_blk_guest_migrates_while_writing"],
 }
 
 # -- protocol feature bits ------------------------------------------------------------------
@@ -141,7 +144,8 @@ GENERIC_PROTOCOL_TESTS = {
                                                    DEV + "test_mem_slot_requests_need_the_protocol_feature"],
     PF.VHOST_USER_PROTOCOL_F_PAGEFAULT: [PC + "test_pagefault_is_offered_only_with_postcopy_support",
                                          PC + "test_main_process_fault_is_served_by_the_front_end",
-                                         PC + "test_lcore_process_fault_is_relayed"],
+                                         PC + "test_lcore_process_fault_is_relayed",
+                                         MIG + "test_guest_migrates_with_postcopy_between_dataplane_backends"],
     # INFLIGHT_SHMFD: added with the inflight work (not offered on this branch).
 }
 
