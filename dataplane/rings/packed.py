@@ -139,6 +139,7 @@ from dataplane.rings.virtqueue import (
 )
 
 __all__ = [
+    "packed_position_from_flags",
     "PackedLayout",
     "PackedVring",
     "PackedDrvState",
@@ -403,6 +404,47 @@ def packed_dev_set_base(state, base, used_base=-1):
     state[STATE_SHADOW_N] = 0
     state[STATE_SIGNALLED_USED] = -1
     state[STATE_BROKEN] = 0
+
+
+def packed_position_from_flags(flags: np.ndarray) -> tuple[int, int] | None:
+    """Where the device stands on a packed ring, read from its descriptors' flags alone:
+    ``(index, wrap counter)`` of the next slot to fetch, or None when the flags do not tell.
+
+    For a device that lost its own state (a back-end restarted after a crash, told nothing
+    better than the initial base): a packed ring keeps no index in memory. It works for rings
+    whose chains each take one slot (Linux's virtio-net: single Rx buffers, Tx chains in indirect
+    tables); a ring with NEXT in any slot gives None (two-slot chains are not detected). Then the
+    slots the driver made available form one circular run starting at the device's position
+    ``p``, each with ``AVAIL`` = its lap's wrap bit (``w`` from ``p`` to the end, ``not w`` past
+    the end), and every other slot is used (``AVAIL == USED``), in the lap before its slot's:
+    ``w`` below ``p``, ``not w`` from ``p`` on. A chain fetched but not marked
+    used still looks available: fetching it again resubmits it. Flags that fit no such position
+    (multi-slot chains, a torn ring) give None.
+    """
+    flags = np.asarray(flags, dtype=np.uint16)
+    n = len(flags)
+    if n == 0 or np.any(flags & VRING_DESC_F_NEXT):  # a chain of several slots went through
+        return None
+    avail = (flags >> 7) & 1                                    # VRING_PACKED_DESC_F_AVAIL
+    used = (flags >> 15) & 1                                    # VRING_PACKED_DESC_F_USED
+    is_avail = avail != used
+    starts = np.flatnonzero(is_avail & ~np.roll(is_avail, 1))   # where a run of available slots begins
+    if is_avail.all() or not is_avail.any():
+        bit = avail                                             # the lap bit of every slot, one way or the other
+        changes = np.flatnonzero(bit[1:] != bit[:-1]) + 1
+        if len(changes) > 1:
+            return None
+        p = int(changes[0]) if len(changes) else 0
+        w = int(bit[p]) if is_avail[0] else 1 - int(bit[p])
+    elif len(starts) == 1:
+        p = int(starts[0])
+        w = int(avail[p])
+    else:
+        return None
+    lap = np.where(np.arange(n) >= p, w, 1 - w)
+    if not np.all(np.where(is_avail, avail == lap, used == 1 - lap)):
+        return None
+    return p, w
 
 
 @inline_kernel

@@ -79,7 +79,8 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.dirty_log import LogError, LogRegion
-from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_u16
+from dataplane.rings.packed import packed_position_from_flags
+from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_into, read_u16
 from dataplane.vhost.postcopy import Postcopy
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
@@ -141,6 +142,8 @@ VIRTIO_INVALID_EVENTFD = -1
 
 #: DPDK's VHOST_MAX_VRING: no vring index beyond 255.
 VHOST_MAX_VRING = 256
+#: The packed GET/SET_VRING_BASE value of a ring that has not moved: slot 0 in lap 1, both halves.
+PACKED_INITIAL_BASE = 1 << 15 | 1 << 31
 #: Largest queue size (split rings must also be a power of two).
 VIRTIO_MAX_QUEUE_SIZE = 32768
 #: What GET_MAX_MEM_SLOTS answers (regions added one by one with ADD_MEM_REG).
@@ -633,6 +636,30 @@ class VhostUserDevice:
                     path=self.ifname, vid=self.vid, vring=vq.index, last_used_idx=vq.last_used_idx, used_idx=used_idx,
                 )
                 vq.last_used_idx = vq.last_avail_idx = used_idx
+        elif vq.base_value() == PACKED_INITIAL_BASE:
+            self._resume_packed_from_flags(vq)
+
+    def _resume_packed_from_flags(self, vq: Vring) -> None:
+        """A packed ring given the initial base: if its descriptors show the device elsewhere, resume there.
+
+        The packed counterpart of resuming a split ring from its used idx. QEMU's virtio-net
+        restores a packed ring after a back-end crash with the base it last knew, the initial
+        one (a packed ring keeps no index it could read back, and the net device does no
+        inflight tracking), so a restarted back-end would fetch from slot 0 of a ring the driver
+        is far along. The flags tell where the device stood (:func:`packed_position_from_flags`);
+        a fresh ring reads as the initial base, so nothing changes for it.
+        """
+        flags = read_into(vq.desc_hva, np.empty(vq.size * 8, dtype=np.uint16))[7::8]
+        pos = packed_position_from_flags(flags)
+        if pos is None:
+            log.warning("packed vring flags fit no single position; keeping the base given",
+                        path=self.ifname, vid=self.vid, vring=vq.index)
+        elif pos != (0, 1):
+            log.warning("packed vring given the initial base but its descriptors show the device at "
+                        "another slot; resuming there", path=self.ifname, vid=self.vid, vring=vq.index,
+                        last_avail_idx=pos[0], wrap_counter=pos[1])
+            vq.last_avail_idx = vq.last_used_idx = pos[0]
+            vq.avail_wrap_counter = vq.used_wrap_counter = pos[1]
 
     def truncate_vrings(self, n: int) -> None:
         """Drop the vrings from index ``n`` on (stopped, fds closed): a device class

@@ -96,6 +96,13 @@ def read_u16(addr: int) -> int:
     return v.value
 
 
+def read_into(addr: int, out: np.ndarray) -> np.ndarray:
+    """Copy ``out.nbytes`` bytes at ``addr`` into ``out`` (contiguous) with the GIL released, as
+    :func:`read_u16` does; returns ``out``."""
+    _libc.memcpy(out.ctypes.data, addr, out.nbytes)
+    return out
+
+
 def fd_block_size(fd: int) -> int:
     """The mapping granularity of the file behind ``fd`` (huge page size on hugetlbfs)."""
     try:
