@@ -757,17 +757,22 @@ def udp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, 
     return ether_frame(dst_mac, src_mac, 0x0800, ipv4_header(src_ip, dst_ip, 17, ln) + udp, vlan)
 
 
-def tcp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, dst_ip=_IP_B, sport=1234, dport=80, csum="full", vlan=None, ip_csum=True, flags=0x18) -> bytes:
-    """An Ethernet/IPv4/TCP frame (20-byte TCP header, ``flags`` default ACK|PSH); ``csum`` as :func:`udp_packet`."""
+def _tcp_segment(payload: bytes, sport: int, dport: int, flags: int, csum: str, pseudo) -> bytes:
+    """A 20-byte TCP header plus ``payload``, checksummed over ``pseudo(length)`` as ``csum`` says."""
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + bytes(payload)
-    ph = _pseudo_v4(src_ip, dst_ip, 6, len(tcp))
+    ph = pseudo(len(tcp))
     if csum == "full":
         c = (~inet_checksum(ph + tcp)) & 0xFFFF
     elif csum == "partial":
         c = inet_checksum(ph)
     else:
         c = 0
-    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    return tcp[:16] + struct.pack("!H", c) + tcp[18:]
+
+
+def tcp_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP_A, dst_ip=_IP_B, sport=1234, dport=80, csum="full", vlan=None, ip_csum=True, flags=0x18) -> bytes:
+    """An Ethernet/IPv4/TCP frame (20-byte TCP header, ``flags`` default ACK|PSH); ``csum`` as :func:`udp_packet`."""
+    tcp = _tcp_segment(payload, sport, dport, flags, csum, lambda n: _pseudo_v4(src_ip, dst_ip, 6, n))
     return ether_frame(dst_mac, src_mac, 0x0800, ipv4_header(src_ip, dst_ip, 6, len(tcp), checksum=ip_csum) + tcp, vlan)
 
 
@@ -782,15 +787,7 @@ def _pseudo_v6(src, dst, proto, length):
 def tcp6_packet(payload: bytes, *, src_mac=_MAC_A, dst_mac=_MAC_B, src_ip=_IP6_A, dst_ip=_IP6_B, sport=1234, dport=80,
                 csum="full", vlan=None, flags=0x18) -> bytes:
     """An Ethernet/IPv6/TCP frame (no extension headers, 20-byte TCP header); ``csum`` as :func:`udp_packet`."""
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + bytes(payload)
-    ph = _pseudo_v6(src_ip, dst_ip, 6, len(tcp))
-    if csum == "full":
-        c = (~inet_checksum(ph + tcp)) & 0xFFFF
-    elif csum == "partial":
-        c = inet_checksum(ph)
-    else:
-        c = 0
-    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    tcp = _tcp_segment(payload, sport, dport, flags, csum, lambda n: _pseudo_v6(src_ip, dst_ip, 6, n))
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, bytes(src_ip), bytes(dst_ip))
     return ether_frame(dst_mac, src_mac, 0x86DD, ip6 + tcp, vlan)
 
