@@ -79,6 +79,7 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.dirty_log import LogError, LogRegion
+from dataplane.vhost.inflight import InflightArea, InflightError
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_u16
 from dataplane.vhost.postcopy import Postcopy
 from dataplane.vhost_user import payloads as P
@@ -156,6 +157,7 @@ GENERIC_PROTOCOL_FEATURES = sum(
         PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
         PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
         PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
+        PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
         PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
         PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
         PF.VHOST_USER_PROTOCOL_F_STATUS,
@@ -418,6 +420,8 @@ REQUEST_HANDLERS: dict[int, str] = {
     R.VHOST_USER_POSTCOPY_ADVISE: "_postcopy_advise",
     R.VHOST_USER_POSTCOPY_LISTEN: "_postcopy_listen",
     R.VHOST_USER_POSTCOPY_END: "_postcopy_end",
+    R.VHOST_USER_GET_INFLIGHT_FD: "_get_inflight_fd",
+    R.VHOST_USER_SET_INFLIGHT_FD: "_set_inflight_fd",
 }
 
 
@@ -460,6 +464,7 @@ class VhostUserDevice:
         self.backend_channel: BackendChannel | None = None
         self.memory: GuestMemory | None = None
         self.dirty_log: LogRegion | None = None
+        self.inflight: InflightArea | None = None
         self.log_call_fd = -1
         self.postcopy = Postcopy(self.ifname)
         self._reset_state(keep_protocol=False)
@@ -812,6 +817,7 @@ class VhostUserDevice:
             self.memory.unmap()
             self.memory = None
         self.postcopy.close()
+        self._drop_inflight()
         self._reset_state(keep_protocol)
 
     def _reset_owner(self, msg: Message, p: Any) -> None:
@@ -902,6 +908,44 @@ class VhostUserDevice:
             self.dirty_log.unmap()
             self.dirty_log = None
             log.info("dirty log unmapped", path=self.ifname, vid=self.vid)
+
+    # -- inflight I/O tracking (dataplane.vhost.inflight) -------------------------
+
+    def _install_inflight(self, new: InflightArea) -> None:
+        """Use ``new`` from now on: the started rings are taken back and handed out again with it."""
+        started = [vq for vq in self.vrings if vq.started]
+        for vq in started:
+            self._stop_queue(vq)
+        self._drop_inflight()
+        self.inflight = new
+        log.info("inflight area mapped", path=self.ifname, vid=self.vid, **new.describe())
+        for vq in started:
+            self._start_queue(vq)
+
+    def _drop_inflight(self) -> None:
+        if self.inflight is not None:
+            self.inflight.unmap()
+            self.inflight = None
+
+    def _get_inflight_fd(self, msg: Message, p: P.Inflight) -> tuple[Payload, list[int]]:
+        """A fresh zeroed area for ``num_queues`` x ``queue_size`` in the negotiated layout; the reply
+        carries its fd, ``mmap_size`` and offset 0 (the back-end uses it from now on, as DPDK does)."""
+        try:
+            new = InflightArea.allocate(p.num_queues, p.queue_size, self.packed, name=f"vhost-inflight-{self.vid}")
+        except InflightError as e:
+            raise RequestError(str(e)) from None
+        self._install_inflight(new)
+        return P.Inflight(new.mmap_size, 0, p.num_queues, p.queue_size), [os.dup(new.fd)]
+
+    def _set_inflight_fd(self, msg: Message, p: P.Inflight) -> None:
+        """Map the front-end's area (e.g. the previous back-end's, after a crash): its records are
+        recovered and resubmitted when each ring starts."""
+        try:
+            new = InflightArea.map(msg.take_fd(0), p.mmap_size, p.mmap_offset, p.num_queues, p.queue_size, self.packed)
+        except InflightError as e:
+            raise RequestError(str(e)) from None
+        self._install_inflight(new)
+        return None
 
     # -- postcopy (dataplane.vhost.postcopy) -------------------------------------
 
@@ -1127,6 +1171,7 @@ class VhostUserDevice:
             self.memory.unmap()
             self.memory = None
         self.postcopy.close()  # after every mapping is gone: its faults can no longer happen
+        self._drop_inflight()
         if self.log_call_fd >= 0:
             os.close(self.log_call_fd)
             self.log_call_fd = -1
