@@ -382,8 +382,32 @@ def _props(d: dict) -> str:
     return "".join(f",{k}={v}" for k, v in d.items())
 
 
+_QEMU_VERSION: list = []
+
+
+def qemu_version() -> tuple[int, ...]:
+    """The installed QEMU's version, e.g. (10, 0, 2) ((0,) when unknown)."""
+    if not _QEMU_VERSION:
+        v: tuple[int, ...] = (0,)
+        if QEMU is not None:
+            try:
+                out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+                m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+                if m:
+                    v = tuple(int(x) for x in m.groups())
+            except (OSError, subprocess.SubprocessError):
+                pass
+        _QEMU_VERSION.append(v)
+    return _QEMU_VERSION[0]
+
+
 def _chardev(cid: str, socket: str, reconnect: int | None) -> list[str]:
-    return ["-chardev", f"socket,id={cid},path={socket}" + (f",reconnect={reconnect}" if reconnect else "")]
+    """A socket chardev; ``reconnect`` seconds between connection attempts (QEMU 9.2 replaced the
+    ``reconnect=`` seconds option by ``reconnect-ms=``; QEMU 10 no longer honours the old one)."""
+    opt = ""
+    if reconnect:
+        opt = f",reconnect-ms={reconnect * 1000}" if qemu_version() >= (9, 2) else f",reconnect={reconnect}"
+    return ["-chardev", f"socket,id={cid},path={socket}" + opt]
 
 
 # -- the launcher --------------------------------------------------------------------------------
