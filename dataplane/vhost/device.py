@@ -38,6 +38,14 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
   handed out again so the data path writes only into the new log.  The log
   is unmapped when the device stops, resets or disconnects.  ``SET_LOG_FD``'s
   eventfd is kept (nothing here needs to signal it) and closed with the device.
+* ``GET_INFLIGHT_FD`` allocates a zeroed inflight area (:mod:`~dataplane.vhost.inflight`)
+  for ``num_queues`` x ``queue_size`` in the negotiated layout (split or packed) and
+  replies with its fd; ``SET_INFLIGHT_FD`` maps the front-end's (after a back-end
+  crash: the previous instance's records).  Either way the device keeps it in
+  ``inflight`` and hands each ring its region when the ring starts; the data path
+  recovers from it there and resubmits what was in flight before new requests.
+  The area lives as long as the connection (QEMU sends SET_INFLIGHT_FD before every
+  start); refused descriptions map nothing.
 
 **The message table.**  Each request is checked against its row
 (:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`): payload and fds
@@ -437,7 +445,8 @@ class VhostUserDevice:
     ``status`` (virtio status byte), ``memory``
     (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
     ``region_table`` (``uint64[R, 3]``), ``dirty_log`` (the mapped
-    :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``vrings`` (list of :class:`Vring`,
+    :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``inflight`` (the
+    :class:`~dataplane.vhost.inflight.InflightArea` or None), ``vrings`` (list of :class:`Vring`,
     index = queue id), ``nr_vring``, ``running``, ``backend_channel``
     (the :class:`~dataplane.vhost.backend_channel.BackendChannel` set up by
     SET_BACKEND_REQ_FD, or None), ``loop`` (the event loop serving it),
