@@ -38,7 +38,7 @@ from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
-from dataplane.vhost.inflight import inflight_spec, map_queue_inflight, take_inflight_fd
+from dataplane.vhost.inflight import report_inflight, inflight_spec, map_queue_inflight, take_inflight_fd
 from dataplane.vhost.postcopy import register_client
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
@@ -189,6 +189,7 @@ class LcoreVrings(H.LcoreQueues):
                           port=self.name, qid=self.qids[i])
             self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
                                                      qid=self.qids[i])
+            report_inflight(q, port=self.name, qid=self.qids[i])
 
     def attach_queue(self, i: int, spec: dict, fds: list[int], resume):
         qid = self.qids[i]

@@ -134,6 +134,7 @@ __all__ = [
     "map_queue_inflight",
     "split_inflight_heads",
     "packed_inflight_heads",
+    "report_inflight",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -722,6 +723,16 @@ def inflight_resubmit(is_packed, svr, state, regions, chains, want, infl):
     q[Q_LAST_RS] = c
     state[STATE_CHAINS] += c
     return c
+
+
+def report_inflight(queue, **where) -> None:
+    """Log (once) that a queue's tracking stopped because its region held an entry out of range
+    (``queue``: a BlkQueue / VhostQueue; its ``ctx.inflight``)."""
+    q = queue.ctx.inflight.q
+    if q[Q_BAD] and not getattr(queue, "_inflight_reported", False):
+        queue._inflight_reported = True
+        log.error("inflight region holds an entry out of range: tracking stopped for this vring "
+                  "(requests in flight are no longer recorded)", **where)
 
 
 # =============================================================================

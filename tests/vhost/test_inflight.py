@@ -283,3 +283,28 @@ def test_backend_dies_mid_burst_nothing_lost_nothing_repeated(ring, pool, stage)
     assert sorted(completed) == list(range(6)), completed  # every frame completed exactly once
     assert not ring.heads(q)  # nothing left in flight
     assert q.dequeue(pool, 32).shape[0] == 0
+
+
+def test_a_region_scribbled_over_while_running_stops_tracking_not_the_ring(ring, pool, capsys):
+    from dataplane.vhost.inflight import Q_BAD, Q_ON, report_inflight
+
+    q = ring.queue()
+    ring.send(2)
+    out = q.dequeue(pool, 32)
+    assert len(out) == 2
+    pool.free(out)
+    r16 = ring.area.queue_region(0).view(np.uint16)
+    if ring.packed:
+        r16[6] = r16[7] = 0xFFFF  # free_head, old_free_head beyond the array
+    else:
+        r16[6] = 0xFFFF  # last_batch_head
+    ring.harvest()
+    ring.send(3, first=2)
+    out = q.dequeue(pool, 32)
+    assert len(out) == 3  # served all the same, nothing written out of bounds
+    pool.free(out)
+    assert sorted(ring.harvest()) == [2, 3, 4]
+    if ring.packed:
+        assert q.ctx.inflight.q[Q_BAD] == 1 and q.ctx.inflight.q[Q_ON] == 0
+        report_inflight(q, port="p0", qid=1)
+        assert "tracking stopped" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from dataplane.rings.virtqueue import ERR_NAMES, STATE_ERR_BASE
 from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.handoff import map_vring, restore_indices, vring_spec
-from dataplane.vhost.inflight import map_queue_inflight, take_inflight_fd
+from dataplane.vhost.inflight import report_inflight, map_queue_inflight, take_inflight_fd
 
 from .requests import COUNTER_NAMES, N_COUNTERS, BlkLimits, BlkQueue, blk_burst, disabled_queue_ctx
 from .storage import Storage, map_disk
@@ -249,6 +249,7 @@ class LcoreBlkQueues(H.LcoreQueues):
                 self._report(i, q)
                 self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
                                                          qid=self.qids[i])
+                report_inflight(q, port=self.name, qid=self.qids[i])
 
     def sleep(self, timeout: float = SLEEP_S) -> None:
         """Ask every served vring for kicks, then block on their kick fds (at most ``timeout``)."""
