@@ -95,8 +95,10 @@ QEMU (:class:`Guest`)
     :class:`Disk` a ``vhost-user-blk-pci`` device; both always use
     ``vectors=0`` (INTx), because QEMU 7.2 with TCG, vhost-user and MSI-X
     segfaults when the driver enables the device. QEMU connects as the
-    vhost-user client; with ``reconnect=N`` it waits for a socket that does
-    not exist yet instead of exiting at once.
+    vhost-user client; with ``reconnect=N`` (passed as ``reconnect-ms`` to QEMU
+    >= 9.2, whose QEMU 10 ignores the old option) it waits for a socket that does
+    not exist yet instead of exiting at once, and reconnects after the back-end
+    goes away (vhost-user-blk then hands its inflight area back).
 """
 
 from __future__ import annotations
