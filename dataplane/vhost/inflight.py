@@ -58,7 +58,8 @@ any instruction is recoverable:
 **Reconnect** (:func:`inflight_recover`, at every queue start, Python):
 the spec's recovery (split: a last batch whose ``used_idx`` lags the used
 ring is cleared through the ``last_batch_head`` list; packed: an
-in-progress batch is committed if its head's used flags reached the ring,
+in-progress batch is committed if the slot at ``old_used_idx`` no longer
+holds the buffer made available there in lap ``old_used_wrap_counter``,
 else rolled back, and the free list's entries are cleared), then the heads
 still marked inflight are queued for resubmission in counter order, the
 device's used position is the ring's (split ``used->idx``; packed
@@ -809,9 +810,12 @@ def inflight_recover(infl: "Inflight", is_packed: bool, split_vr, packed_vr, sta
         if r16[_P_USED] != r16[_P_OLD_USED] or r8[_P_WRAP] != r8[_P_OLD_WRAP]:
             slot = int(r16[_P_OLD_USED])
             if slot < num:
+                # the batch's first used entry goes where the driver had made a buffer available in
+                # lap old_used_wrap_counter: if that slot holds anything else now (the used entry, or
+                # a buffer the driver posted there since, in the next lap), the batch was published
                 flags = int(packed_vr.desc_u16[8 * slot + 7])
-                published = (flags & _F_AU) == (_F_AU if r8[_P_OLD_WRAP] else 0)
-                if published:  # the batch reached the ring before the crash: commit it
+                avail = VRING_PACKED_DESC_F_AVAIL if r8[_P_OLD_WRAP] & 1 else VRING_PACKED_DESC_F_USED
+                if (flags & _F_AU) != avail:  # the batch reached the ring before the crash: commit it
                     r16[_P_OLD_FREE] = r16[_P_FREE]
                     r16[_P_OLD_USED] = r16[_P_USED]
                     r8[_P_OLD_WRAP] = r8[_P_WRAP]
