@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import time
 
+import numpy as np
 import pytest
 
 from dataplane.testing.linux_guest import Disk, Guest
@@ -200,7 +202,7 @@ dd if=/dev/vda of=/tmp/back bs=64k count=128 iflag=direct 2>/dev/null || fail "r
 result md5=$(md5sum /tmp/data | cut -d' ' -f1) back=$(md5sum /tmp/back | cut -d' ' -f1) rounds=$ROUNDS
 """
 
-KILLS = 2
+KILLS = 3
 
 
 def _round(console: str) -> int:
@@ -208,21 +210,40 @@ def _round(console: str) -> int:
     return int(done[-1]) if done else 0
 
 
-def _marked_in_flight(qemu_pid: int, packed: bool) -> int:
-    """Requests the inflight areas QEMU holds mark in flight (read through QEMU's fds of them; an area
-    of an earlier start, e.g. the firmware's split ring, may still be open: it marks nothing)."""
-    d = f"/proc/{qemu_pid}/fd"
-    first, stride = (32, 32) if packed else (16, 16)  # DescStatePacked / DescStateSplit inflight bytes
-    n = 0
-    for name in os.listdir(d):
-        try:
-            if "vhost-inflight" not in os.readlink(f"{d}/{name}"):
+class _QemuInflight:
+    """The inflight areas QEMU holds, mapped here through its fds (``/proc/PID/fd``): how many requests
+    they mark in flight.  (An area of an earlier start, e.g. the firmware's split ring, may still be
+    open: it marks nothing.)"""
+
+    def __init__(self, qemu_pid: int, packed: bool):
+        self.pid, self.packed, self.maps = qemu_pid, packed, []
+
+    def _map(self):
+        import mmap
+
+        for m in self.maps:
+            m.close()
+        self.maps = []
+        d = f"/proc/{self.pid}/fd"
+        for name in os.listdir(d):
+            try:
+                if "vhost-inflight" not in os.readlink(f"{d}/{name}"):
+                    continue
+                with open(f"{d}/{name}", "rb") as f:
+                    self.maps.append(mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ))
+            except (OSError, ValueError):
                 continue
-            with open(f"{d}/{name}", "rb") as f:
-                n += sum(f.read()[first::stride])
-        except OSError:
-            continue
-    return n
+
+    def marked(self) -> int:
+        if not self.maps:
+            self._map()
+        first, stride = (32, 32) if self.packed else (16, 16)  # DescStatePacked / DescStateSplit inflight bytes
+        return sum(int(np.frombuffer(m, np.uint8)[first::stride].sum()) for m in self.maps)
+
+    def close(self):
+        for m in self.maps:
+            m.close()
+        self.maps = []
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
@@ -247,11 +268,14 @@ def test_backend_killed_mid_request_resubmits_inflight_after_reconnect(image, tm
                     assert g.proc.poll() is None and time.monotonic() < deadline, g.console[-3000:]
                     time.sleep(0.05)
                 # kill it the moment the area shows a request in flight (what the back-end marked)
+                areas = _QemuInflight(g.proc.pid, packed)
                 deadline = time.monotonic() + 30
-                while not _marked_in_flight(g.proc.pid, packed) and time.monotonic() < deadline:
+                while not areas.marked() and time.monotonic() < deadline:
                     pass
-                p.kill()  # SIGKILL: the lcores die with it
-                caught.append(_marked_in_flight(g.proc.pid, packed))
+                os.kill(p.proc.pid, signal.SIGKILL)  # the lcores die with it (PDEATHSIG)
+                p.kill()
+                caught.append(areas.marked())
+                areas.close()
                 outputs.append(p.output)
                 p = BlkProcess(sock, file=str(img))
                 # QEMU reconnects within a second and starts the device again with the area it kept
