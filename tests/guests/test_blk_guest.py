@@ -287,7 +287,8 @@ def test_backend_killed_mid_request_resubmits_inflight_after_reconnect(image, tm
             seen = _round(g.console)
             deadline = time.monotonic() + 600
             while _round(g.console) <= seen:  # a pass through the last back-end
-                assert g.proc.poll() is None and time.monotonic() < deadline, g.console[-3000:]
+                assert g.proc.poll() is None and time.monotonic() < deadline, \
+                    f"caught {caught}\n{g.console[-2000:]}\n{p.output[-4000:]}"
                 time.sleep(0.05)
             g.tell("stop")
             r = g.wait(900)
