@@ -55,7 +55,9 @@ any instruction is recoverable:
   the free list and ``used_idx`` / ``used_wrap_counter`` advance, the ring's
   used flags are published, ``inflight = 0``, then the ``old_*`` fields commit.
 
-**Reconnect** (:func:`inflight_recover`, at every queue start, Python):
+**Reconnect** (:func:`inflight_recover`, at every queue start, Python; then
+:func:`signal_if_recovered` interrupts the driver once, since the previous
+back-end may have died between publishing completions and signalling them):
 the spec's recovery (split: a last batch whose ``used_idx`` lags the used
 ring is cleared through the ``last_batch_head`` list; packed: an
 in-progress batch is committed if the slot at ``old_used_idx`` no longer
@@ -136,6 +138,7 @@ __all__ = [
     "split_inflight_heads",
     "packed_inflight_heads",
     "report_inflight",
+    "signal_if_recovered",
 ]
 
 log = dplog.get_logger("dataplane.vhost")
@@ -341,7 +344,8 @@ Q_RS_N = 4  # chains queued for resubmission
 Q_RS_POS = 5  # next one to hand out
 Q_LAST_RS = 6  # chains the latest fetch took from the resubmit list (0: from the ring)
 Q_BAD = 7  # region entries found out of range (counter; tracking stops)
-Q_SLOTS = 8
+Q_RECOVERED = 8  # 1: the queue started from a region a previous back-end left (a reconnect)
+Q_SLOTS = 9
 
 # split header (u16 indices) and DescStateSplit fields
 _S_VERSION = 4
@@ -736,6 +740,18 @@ def report_inflight(queue, **where) -> None:
                   "(requests in flight are no longer recorded)", **where)
 
 
+def signal_if_recovered(infl: "Inflight", callfd: int) -> bool:
+    """After :func:`inflight_recover`: interrupt the driver once if the queue resumed from a previous
+    back-end's region (its last completions may never have been signalled).  Returns whether it did."""
+    if not infl.q[Q_ON] or infl.q.shape[0] <= Q_RECOVERED or not infl.q[Q_RECOVERED] or callfd < 0:
+        return False
+    try:
+        os.eventfd_write(callfd, 1)
+    except OSError:
+        return False
+    return True
+
+
 # =============================================================================
 # reconnect (control side of the lcore: once per queue start)
 # =============================================================================
@@ -782,6 +798,9 @@ def inflight_recover(infl: "Inflight", is_packed: bool, split_vr, packed_vr, sta
         log.error("inflight region's desc_num differs from the vring size: reinitialised, nothing resubmitted",
                   desc_num=int(r16[_S_DESC_NUM]), size=num, **where)
         version = 0
+    # a previous back-end may have died between publishing used entries and signalling the driver:
+    # the queue's starter interrupts it once (harmless when nothing was missed)
+    q[Q_RECOVERED] = 1 if version != 0 else 0
     if not is_packed:
         used = int(split_vr.used_u16[1])
         if version == 0:

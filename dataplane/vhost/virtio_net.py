@@ -124,7 +124,13 @@ from dataplane.vhost.dirty_log import (
     no_log,
 )
 from dataplane.vhost.inflight import Q_ON as INFLIGHT_ON
-from dataplane.vhost.inflight import inflight_pushed, inflight_recover, inflight_unfetched, no_inflight
+from dataplane.vhost.inflight import (
+    inflight_pushed,
+    inflight_recover,
+    inflight_unfetched,
+    no_inflight,
+    signal_if_recovered,
+)
 from dataplane.vhost.dev_ring import (
     QUEUE_CTX_FIELDS,
     queue_rings,
@@ -939,6 +945,7 @@ class VhostQueue:
             rarp=make_rarp() if rarp is None else rarp,
         )
         self.resubmit = inflight_recover(self.ctx.inflight, self.packed, vr_split, vr_packed, state, port=int(port))
+        signal_if_recovered(self.ctx.inflight, int(callfd))
 
     # -- bursts (from Python: one numba call each) ------------------------------
     def enqueue(self, mp, pkts, n: int | None = None) -> int:

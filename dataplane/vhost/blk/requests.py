@@ -62,7 +62,7 @@ from dataplane.vhost.dev_ring import (
     ring_get_base,
     ring_push_used,
 )
-from dataplane.vhost.inflight import inflight_recover, no_inflight
+from dataplane.vhost.inflight import inflight_recover, no_inflight, signal_if_recovered
 from dataplane.vhost.dirty_log import (
     log_burst_start,
     log_enabled,
@@ -555,6 +555,7 @@ class BlkQueue:
             serial=sn,
         )
         self.resubmit = inflight_recover(self.ctx.inflight, self.packed, vr_split, vr_packed, state)
+        signal_if_recovered(self.ctx.inflight, int(callfd))
 
     def burst(self, want: int = 32) -> int:
         """Serve up to ``want`` requests (one numba call)."""

@@ -275,3 +275,23 @@ def test_backend_sigkilled_under_load_resubmits_after_restart(tmp_path, packed):
         drv = None
         gc.collect()
         guest.close()
+
+
+def test_a_queue_resumed_from_a_previous_instance_interrupts_the_driver_once(local):
+    """The dead back-end may have published completions and died before signalling them: the new
+    one interrupts once (nothing when the area is fresh)."""
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        q = local.queue(callfd=call)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(call)  # a fresh area: no interrupt
+        local.drv.submit(VIRTIO_BLK_T_OUT, 0, data=_data(0))
+        local.drv.publish()
+        burst_until(q.ctx, local.packed, 4, STAGE_DONE)  # published; the interrupt never sent
+        if local.packed:
+            local.queue(callfd=call, last_avail_idx=WRAP_BIT, last_used_idx=WRAP_BIT)
+        else:
+            local.queue(callfd=call, last_avail_idx=int(local.drv.vr.used_u16[1]))
+        assert os.eventfd_read(call) == 1
+    finally:
+        os.close(call)
