@@ -210,6 +210,26 @@ def _round(console: str) -> int:
     return int(done[-1]) if done else 0
 
 
+def _process_tree(pid: int) -> list[int]:
+    """The back-end we started and its worker processes (by pid), the workers first."""
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return [p for c in children for p in _process_tree(c)] + [pid]
+
+
+def _sigkill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class _QemuInflight:
     """The inflight areas QEMU holds, mapped here through its fds (``/proc/PID/fd``): how many requests
     they mark in flight.  (An area of an earlier start, e.g. the firmware's split ring, may still be
@@ -269,10 +289,11 @@ def test_backend_killed_mid_request_resubmits_inflight_after_reconnect(image, tm
                     time.sleep(0.05)
                 # kill it the moment the area shows a request in flight (what the back-end marked)
                 areas = _QemuInflight(g.proc.pid, packed)
+                pids = _process_tree(p.proc.pid)  # the lcore workers first: they would outlive the main a moment
                 deadline = time.monotonic() + 30
                 while not areas.marked() and time.monotonic() < deadline:
                     pass
-                os.kill(p.proc.pid, signal.SIGKILL)  # the lcores die with it (PDEATHSIG)
+                _sigkill(pids)
                 p.kill()
                 caught.append(areas.marked())
                 areas.close()
