@@ -132,6 +132,7 @@ __all__ = [
     "split_dev_state",
     "split_dev_init",
     "split_dev_fetch",
+    "split_dev_walk",
     "split_dev_push_used",
     "split_dev_push_used_inorder",
     "split_dev_flush_used",
@@ -482,6 +483,11 @@ def _dev_walk(vr, regions, num, feats, head, seg_addr, seg_len, seg_write, s0, s
         if not (flags & VRING_DESC_F_NEXT):
             return OK, ndesc, s - s0, total
         idx = np.int64(w >> _S48)
+
+
+#: Walk the chain at a given head (public name of :func:`_dev_walk`): a device that
+#: resubmits a chain it fetched before (inflight tracking) parses it again from the table.
+split_dev_walk = _dev_walk
 
 
 @kernel

@@ -96,8 +96,10 @@ QEMU (:class:`Guest`)
     ``vectors=0`` (INTx), because QEMU 7.2 with TCG, vhost-user and MSI-X
     segfaulted when the driver enabled the device (kept with QEMU 10, which
     ``.ci/setup`` installs; see ``docs/guests.md``). QEMU connects as the
-    vhost-user client; with ``reconnect=N`` it waits for a socket that does
-    not exist yet instead of exiting at once.
+    vhost-user client; with ``reconnect=N`` (passed as ``reconnect-ms`` to QEMU
+    >= 9.2: QEMU 10 ignores the old option) it waits for a socket that does
+    not exist yet instead of exiting at once, and reconnects after the back-end
+    goes away (vhost-user-blk then hands its inflight area back).
 """
 
 from __future__ import annotations
@@ -383,8 +385,32 @@ def _props(d: dict) -> str:
     return "".join(f",{k}={v}" for k, v in d.items())
 
 
+_QEMU_VERSION: list = []
+
+
+def qemu_version() -> tuple[int, ...]:
+    """The installed QEMU's version, e.g. (10, 0, 2) ((0,) when unknown)."""
+    if not _QEMU_VERSION:
+        v: tuple[int, ...] = (0,)
+        if QEMU is not None:
+            try:
+                out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+                m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+                if m:
+                    v = tuple(int(x) for x in m.groups())
+            except (OSError, subprocess.SubprocessError):
+                pass
+        _QEMU_VERSION.append(v)
+    return _QEMU_VERSION[0]
+
+
 def _chardev(cid: str, socket: str, reconnect: int | None) -> list[str]:
-    return ["-chardev", f"socket,id={cid},path={socket}" + (f",reconnect={reconnect}" if reconnect else "")]
+    """A socket chardev; ``reconnect`` seconds between connection attempts (QEMU 9.2 replaced the
+    ``reconnect=`` seconds option by ``reconnect-ms=``; QEMU 10 no longer honours the old one)."""
+    opt = ""
+    if reconnect:
+        opt = f",reconnect-ms={reconnect * 1000}" if qemu_version() >= (9, 2) else f",reconnect={reconnect}"
+    return ["-chardev", f"socket,id={cid},path={socket}" + opt]
 
 
 # -- the launcher --------------------------------------------------------------------------------

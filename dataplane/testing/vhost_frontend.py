@@ -465,6 +465,23 @@ class VhostUserFrontend:
         """SET_VRING_ADDR with user addresses (QVAs); note the wire order desc, used, avail."""
         return self.request(R.VHOST_USER_SET_VRING_ADDR, P.VringAddr(index, flags, desc, used, avail, log), ack=ack)
 
+    # -- inflight I/O tracking, as QEMU's vhost-user-blk does ----------------------
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> tuple[P.Inflight, int]:
+        """GET_INFLIGHT_FD: the back-end's area description and its fd (ours to close)."""
+        self.send(R.VHOST_USER_GET_INFLIGHT_FD, P.Inflight(0, 0, num_queues, queue_size))
+        msg = self.reply(R.VHOST_USER_GET_INFLIGHT_FD)
+        try:
+            info = P.Inflight.parse(msg.payload)
+            fd = msg.take_fd(0)
+        finally:
+            msg.close_fds()
+        return info, fd
+
+    def set_inflight_fd(self, info: P.Inflight, fd: int, ack: bool | None = None) -> int | None:
+        """SET_INFLIGHT_FD: hand the area back (e.g. to a restarted back-end); ``fd`` stays ours."""
+        return self.request(R.VHOST_USER_SET_INFLIGHT_FD, info, [fd], ack=self.reply_ack if ack is None else ack)
+
     # -- dirty logging (live migration), in QEMU's order ---------------------------
 
     def set_log_base(self, log: FrontendLog) -> Message:

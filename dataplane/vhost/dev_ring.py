@@ -15,6 +15,8 @@ import numpy as np
 
 from dataplane.rings.jit import inline_kernel, kernel
 from dataplane.rings.packed import (
+    PACKED_DEV_SHADOW_IDX,
+    PACKED_DEV_SHADOW_WRAP,
     WRAP_BIT,
     packed_dev_enable_notify,
     packed_dev_fetch,
@@ -38,7 +40,18 @@ from dataplane.rings.split import (
     split_vring_from_addrs,
     split_vring_from_buffer,
 )
-from dataplane.rings.virtqueue import STATE_SLOTS
+from dataplane.rings.virtqueue import STATE_AVAIL_WRAP, STATE_LAST_AVAIL, STATE_SLOTS
+from dataplane.vhost.inflight import (
+    Q_LAST_RS,
+    Q_ON,
+    Q_RS_N,
+    Q_RS_POS,
+    inflight_fetched,
+    inflight_flush_begin,
+    inflight_flush_end,
+    inflight_pushed,
+    inflight_resubmit,
+)
 
 __all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
            "queue_rings"]
@@ -49,33 +62,62 @@ __all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used"
 #: a dummy for a split queue), ``state`` (int64 device ring state, the rings' STATE_*
 #: slots), ``regions`` (uint64[R, 3] region table: gpa, len, hva), ``chains`` (the Chains
 #: scratch of one burst), ``cfg`` (int64 config slots), ``counters`` (int64 counters),
-#: ``log`` (the queue's :class:`~dataplane.vhost.dirty_log.DirtyLog`).
-QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters", "log")
+#: ``log`` (the queue's :class:`~dataplane.vhost.dirty_log.DirtyLog`), ``inflight`` (the
+#: queue's :class:`~dataplane.vhost.inflight.Inflight`).
+QUEUE_CTX_FIELDS = ("split", "packed", "state", "regions", "chains", "cfg", "counters", "log", "inflight")
 
 
 @inline_kernel
-def ring_fetch(is_packed, split, packed, state, regions, chains, want):
-    """Fetch up to ``want`` chains into ``chains``; returns how many."""
+def ring_fetch(is_packed, split, packed, state, regions, chains, want, infl):
+    """Fetch up to ``want`` chains into ``chains``; returns how many.
+
+    With inflight tracking (:mod:`~dataplane.vhost.inflight`) the chains left
+    in flight by a previous back-end come first, then each new chain is
+    recorded as soon as it is fetched.
+    """
+    tracked = infl.q[Q_ON] != 0
+    if tracked:
+        if infl.q[Q_RS_POS] < infl.q[Q_RS_N]:
+            return inflight_resubmit(is_packed, split, state, regions, chains, want, infl)
+        infl.q[Q_LAST_RS] = 0
+    idx0 = state[STATE_LAST_AVAIL]
+    wrap0 = state[STATE_AVAIL_WRAP]
     if is_packed:
-        return packed_dev_fetch(packed, state, regions, chains, want)
-    return split_dev_fetch(split, state, regions, chains, want)
+        n = packed_dev_fetch(packed, state, regions, chains, want)
+    else:
+        n = split_dev_fetch(split, state, regions, chains, want)
+    if tracked and n > 0:
+        inflight_fetched(is_packed, packed, state, chains, n, idx0, wrap0, infl)
+    return n
 
 
 @inline_kernel
-def ring_push_used(is_packed, split, packed, state, head, length, ndesc):
+def ring_push_used(is_packed, split, packed, state, head, length, ndesc, infl):
     """Queue the used entry of a chain (published by :func:`ring_flush_used`)."""
     if is_packed:
         packed_dev_push_used(packed, state, head, length, ndesc)
     else:
         split_dev_push_used(split, state, head, length)
+    if infl.q[Q_ON] != 0:
+        inflight_pushed(is_packed, head, infl)
 
 
 @inline_kernel
-def ring_flush_used(is_packed, split, packed, state):
-    """Publish the queued used entries; returns whether the driver wants an interrupt."""
+def ring_flush_used(is_packed, split, packed, state, infl):
+    """Publish the queued used entries; returns whether the driver wants an interrupt.
+
+    With inflight tracking the batch's records are retired around the ring's
+    own publication, in the spec's order."""
+    tracked = infl.q[Q_ON] != 0
+    if tracked:
+        inflight_flush_begin(is_packed, state, state[PACKED_DEV_SHADOW_IDX], state[PACKED_DEV_SHADOW_WRAP], infl)
     if is_packed:
-        return packed_dev_flush_used(packed, state)
-    return split_dev_flush_used(split, state)
+        need = packed_dev_flush_used(packed, state)
+    else:
+        need = split_dev_flush_used(split, state)
+    if tracked:
+        inflight_flush_end(is_packed, state, infl)
+    return need
 
 
 @kernel

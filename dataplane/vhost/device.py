@@ -38,6 +38,14 @@ Semantics (the spec's, with DPDK's choices where the spec leaves room):
   handed out again so the data path writes only into the new log.  The log
   is unmapped when the device stops, resets or disconnects.  ``SET_LOG_FD``'s
   eventfd is kept (nothing here needs to signal it) and closed with the device.
+* ``GET_INFLIGHT_FD`` allocates a zeroed inflight area (:mod:`~dataplane.vhost.inflight`)
+  for ``num_queues`` x ``queue_size`` in the negotiated layout (split or packed) and
+  replies with its fd; ``SET_INFLIGHT_FD`` maps the front-end's (after a back-end
+  crash: the previous instance's records).  Either way the device keeps it in
+  ``inflight`` and hands each ring its region when the ring starts; the data path
+  recovers from it there and resubmits what was in flight before new requests.
+  The area lives as long as the connection (QEMU sends SET_INFLIGHT_FD before every
+  start); refused descriptions map nothing.
 
 **The message table.**  Each request is checked against its row
 (:data:`~dataplane.vhost_user.messages.FRONTEND_REQUESTS`): payload and fds
@@ -81,6 +89,7 @@ from dataplane.vhost.backend_channel import BackendChannel
 from dataplane.vhost.dirty_log import LogError, LogRegion
 from dataplane.rings.packed import packed_position_from_flags
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_into, read_u16
+from dataplane.vhost.inflight import InflightArea, InflightError
 from dataplane.vhost.postcopy import Postcopy
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
@@ -159,6 +168,7 @@ GENERIC_PROTOCOL_FEATURES = sum(
         PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
         PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
         PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
+        PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
         PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
         PF.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
         PF.VHOST_USER_PROTOCOL_F_STATUS,
@@ -421,6 +431,8 @@ REQUEST_HANDLERS: dict[int, str] = {
     R.VHOST_USER_POSTCOPY_ADVISE: "_postcopy_advise",
     R.VHOST_USER_POSTCOPY_LISTEN: "_postcopy_listen",
     R.VHOST_USER_POSTCOPY_END: "_postcopy_end",
+    R.VHOST_USER_GET_INFLIGHT_FD: "_get_inflight_fd",
+    R.VHOST_USER_SET_INFLIGHT_FD: "_set_inflight_fd",
 }
 
 
@@ -436,7 +448,8 @@ class VhostUserDevice:
     ``status`` (virtio status byte), ``memory``
     (:class:`~dataplane.vhost.guest_memory.GuestMemory` or None),
     ``region_table`` (``uint64[R, 3]``), ``dirty_log`` (the mapped
-    :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``vrings`` (list of :class:`Vring`,
+    :class:`~dataplane.vhost.dirty_log.LogRegion` or None), ``inflight`` (the
+    :class:`~dataplane.vhost.inflight.InflightArea` or None), ``vrings`` (list of :class:`Vring`,
     index = queue id), ``nr_vring``, ``running``, ``backend_channel``
     (the :class:`~dataplane.vhost.backend_channel.BackendChannel` set up by
     SET_BACKEND_REQ_FD, or None), ``loop`` (the event loop serving it),
@@ -463,6 +476,7 @@ class VhostUserDevice:
         self.backend_channel: BackendChannel | None = None
         self.memory: GuestMemory | None = None
         self.dirty_log: LogRegion | None = None
+        self.inflight: InflightArea | None = None
         self.log_call_fd = -1
         self.postcopy = Postcopy(self.ifname)
         self._reset_state(keep_protocol=False)
@@ -636,8 +650,8 @@ class VhostUserDevice:
                     path=self.ifname, vid=self.vid, vring=vq.index, last_used_idx=vq.last_used_idx, used_idx=used_idx,
                 )
                 vq.last_used_idx = vq.last_avail_idx = used_idx
-        elif vq.base_value() == PACKED_INITIAL_BASE:
-            self._resume_packed_from_flags(vq)
+        elif vq.base_value() == PACKED_INITIAL_BASE and self.inflight is None:
+            self._resume_packed_from_flags(vq)  # with an inflight area the ring resumes from the area
 
     def _resume_packed_from_flags(self, vq: Vring) -> None:
         """A packed ring given the initial base: if its descriptors show the device elsewhere, resume there.
@@ -647,7 +661,8 @@ class VhostUserDevice:
         one (a packed ring keeps no index it could read back, and the net device does no
         inflight tracking), so a restarted back-end would fetch from slot 0 of a ring the driver
         is far along. The flags tell where the device stood (:func:`packed_position_from_flags`);
-        a fresh ring reads as the initial base, so nothing changes for it.
+        a fresh ring reads as the initial base, so nothing changes for it. A front-end that does
+        inflight tracking (QEMU's vhost-user-blk) gets its rings resumed from the inflight area instead.
         """
         flags = read_into(vq.desc_hva, np.empty(vq.size * 8, dtype=np.uint16))[7::8]
         pos = packed_position_from_flags(flags)
@@ -841,6 +856,7 @@ class VhostUserDevice:
             self.memory.unmap()
             self.memory = None
         self.postcopy.close()
+        self._drop_inflight()
         self._reset_state(keep_protocol)
 
     def _reset_owner(self, msg: Message, p: Any) -> None:
@@ -931,6 +947,44 @@ class VhostUserDevice:
             self.dirty_log.unmap()
             self.dirty_log = None
             log.info("dirty log unmapped", path=self.ifname, vid=self.vid)
+
+    # -- inflight I/O tracking (dataplane.vhost.inflight) -------------------------
+
+    def _install_inflight(self, new: InflightArea) -> None:
+        """Use ``new`` from now on: the started rings are taken back and handed out again with it."""
+        started = [vq for vq in self.vrings if vq.started]
+        for vq in started:
+            self._stop_queue(vq)
+        self._drop_inflight()
+        self.inflight = new
+        log.info("inflight area mapped", path=self.ifname, vid=self.vid, **new.describe())
+        for vq in started:
+            self._start_queue(vq)
+
+    def _drop_inflight(self) -> None:
+        if self.inflight is not None:
+            self.inflight.unmap()
+            self.inflight = None
+
+    def _get_inflight_fd(self, msg: Message, p: P.Inflight) -> tuple[Payload, list[int]]:
+        """A fresh zeroed area for ``num_queues`` x ``queue_size`` in the negotiated layout; the reply
+        carries its fd, ``mmap_size`` and offset 0 (the back-end uses it from now on, as DPDK does)."""
+        try:
+            new = InflightArea.allocate(p.num_queues, p.queue_size, self.packed, name=f"vhost-inflight-{self.vid}")
+        except InflightError as e:
+            raise RequestError(str(e)) from None
+        self._install_inflight(new)
+        return P.Inflight(new.mmap_size, 0, p.num_queues, p.queue_size), [os.dup(new.fd)]
+
+    def _set_inflight_fd(self, msg: Message, p: P.Inflight) -> None:
+        """Map the front-end's area (e.g. the previous back-end's, after a crash): its records are
+        recovered and resubmitted when each ring starts."""
+        try:
+            new = InflightArea.map(msg.take_fd(0), p.mmap_size, p.mmap_offset, p.num_queues, p.queue_size, self.packed)
+        except InflightError as e:
+            raise RequestError(str(e)) from None
+        self._install_inflight(new)
+        return None
 
     # -- postcopy (dataplane.vhost.postcopy) -------------------------------------
 
@@ -1156,6 +1210,7 @@ class VhostUserDevice:
             self.memory.unmap()
             self.memory = None
         self.postcopy.close()  # after every mapping is gone: its faults can no longer happen
+        self._drop_inflight()
         if self.log_call_fd >= 0:
             os.close(self.log_call_fd)
             self.log_call_fd = -1

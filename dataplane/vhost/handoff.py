@@ -38,6 +38,7 @@ from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
+from dataplane.vhost.inflight import report_inflight, inflight_spec, map_queue_inflight, take_inflight_fd
 from dataplane.vhost.postcopy import register_client
 from dataplane.vhost.device import RTE_VHOST_USER_NET_COMPLIANT_OL_FLAGS
 from dataplane.vhost.net import NetDataPathHooks
@@ -156,6 +157,7 @@ class LcoreVrings(H.LcoreQueues):
         self.queues: list[VhostQueue | None] = [None] * len(self.qids)
         self._memories: list[GuestMemory | None] = [None] * len(self.qids)
         self._logs: list = [None] * len(self.qids)
+        self._inflights: list = [None] * len(self.qids)
         self._unlogged_seen = [0] * len(self.qids)
         self._callfds: list[int] = [-1] * len(self.qids)
         self._errors_seen = [0] * len(self.qids)
@@ -187,6 +189,7 @@ class LcoreVrings(H.LcoreQueues):
                           port=self.name, qid=self.qids[i])
             self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
                                                      qid=self.qids[i])
+            report_inflight(q, port=self.name, qid=self.qids[i])
 
     def attach_queue(self, i: int, spec: dict, fds: list[int], resume):
         qid = self.qids[i]
@@ -194,19 +197,23 @@ class LcoreVrings(H.LcoreQueues):
             spec = dict(spec, base=resume[0], used_base=resume[1] if spec["packed"] else -1)
         nreg = len(spec["regions"])
         logfd, fds = take_log_fd(spec, fds)
+        inflfd, fds = take_inflight_fd(spec, fds)
         extra = fds[nreg:]
         callfd = extra[0] if spec["has_call"] and extra else -1
         try:
             lg, lr = map_queue_log(spec, logfd, self.log_ctl[qid])
         except BaseException:
-            close_fds(fds)
+            close_fds(fds + ([inflfd] if inflfd >= 0 else []))
             raise
+        infl, ia = map_queue_inflight(spec, inflfd, qid, port=self.name)
         try:
             mem, addrs = map_vring(spec, fds[:nreg])
         except BaseException:
             close_fds(extra)
             if lr is not None:
                 lr.unmap()
+            if ia is not None:
+                ia.unmap()
             raise
         try:
             q = VhostQueue(
@@ -224,6 +231,7 @@ class LcoreVrings(H.LcoreQueues):
                 counters=self.counters[qid],
                 read_only=qid % 2 == 1,  # a net device's odd vrings are guest Tx: only dequeued
                 log=lg,
+                inflight=infl,
                 keepalive=mem,
             )
             if spec.get("guest_notification") is not None:
@@ -232,9 +240,12 @@ class LcoreVrings(H.LcoreQueues):
             mem.unmap()
             if lr is not None:
                 lr.unmap()
+            if ia is not None:
+                ia.unmap()
             close_fds(extra)
             raise
         close_fds(extra[1:])
+        self._inflights[i] = ia
         self.queues[i] = q
         self._errors_seen[i] = 0
         self._broken_seen[i] = False
@@ -259,6 +270,9 @@ class LcoreVrings(H.LcoreQueues):
         lr, self._logs[i] = self._logs[i], None
         if lr is not None:
             lr.unmap()
+        ia, self._inflights[i] = self._inflights[i], None
+        if ia is not None:
+            ia.unmap()
         if self._callfds[i] >= 0:
             close_fds([self._callfds[i]])
             self._callfds[i] = -1
@@ -275,7 +289,8 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
     ``log_used_gpa`` (:meth:`~dataplane.vhost.dirty_log.LogControl.spec`) and
     ``postcopy`` (where to register the mapping while postcopy is on, else None:
     :mod:`~dataplane.vhost.postcopy`).  ``fds``: one per region, the log fd if a
-    log is mapped (:func:`~dataplane.vhost.dirty_log.take_log_fd`), then the call fd if any.
+    log is mapped (:func:`~dataplane.vhost.dirty_log.take_log_fd`), the inflight area's fd if one is
+    mapped (``inflight``: :func:`~dataplane.vhost.inflight.take_inflight_fd`), then the call fd if any.
     A device class adds its own entries (and fds after these).
     """
     vq = dev.vrings[qid]
@@ -297,7 +312,9 @@ def vring_spec(dev, qid: int) -> tuple[dict, list[int]]:
     )
     log_spec, log_fds = LogControl.spec(dev, vq)
     spec.update(log_spec)
-    return spec, [r["fd"] for r in regions] + log_fds + ([vq.call_fd] if vq.call_fd >= 0 else [])
+    infl_spec, infl_fds = inflight_spec(dev, vq)
+    spec.update(infl_spec)
+    return spec, [r["fd"] for r in regions] + log_fds + infl_fds + ([vq.call_fd] if vq.call_fd >= 0 else [])
 
 
 def restore_indices(vq, idx: tuple[int, int] | None) -> None:

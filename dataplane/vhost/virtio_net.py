@@ -125,6 +125,14 @@ from dataplane.vhost.dirty_log import (
     log_write_hva,
     no_log,
 )
+from dataplane.vhost.inflight import Q_ON as INFLIGHT_ON
+from dataplane.vhost.inflight import (
+    inflight_pushed,
+    inflight_recover,
+    inflight_unfetched,
+    no_inflight,
+    signal_if_recovered,
+)
 from dataplane.vhost.dev_ring import (
     QUEUE_CTX_FIELDS,
     queue_rings,
@@ -260,12 +268,12 @@ _IPV4 = _U64(RTE_MBUF_F_TX_IPV4)
 
 @_inline
 def _fetch(q, want):
-    return ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, want)
+    return ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, want, q.inflight)
 
 
 @_inline
 def _push(q, head, length, ndesc):
-    ring_push_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, head, length, ndesc)
+    ring_push_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, head, length, ndesc, q.inflight)
 
 
 @_kernel
@@ -280,6 +288,9 @@ def _unfetch(q, frm, nc):
         return
     st = q.state
     ch = q.chains
+    if q.inflight.q[INFLIGHT_ON] != 0 and inflight_unfetched(q.cfg[CFG_PACKED] != 0, ch, frm, nc, q.inflight):
+        st[STATE_CHAINS] -= nc - frm  # resubmitted chains: back on the resubmit list, the ring untouched
+        return
     slots = np.int64(0)
     for k in range(frm, nc):
         code = np.int64(ch.status[k])
@@ -306,7 +317,7 @@ def _flush(q, logging):
     packed = q.cfg[CFG_PACKED] != 0
     if logging:
         log_used(q.log, packed, q.state)
-    need = ring_flush_used(packed, q.split, q.packed, q.state)
+    need = ring_flush_used(packed, q.split, q.packed, q.state, q.inflight)
     if logging:
         log_sync(q.log)  # after every write of the burst: a page is marked once written
     if need:
@@ -805,6 +816,9 @@ def dequeue_burst(q, mp, lcore, pkts, n):
             _push(q, np.int64(ch.head[k]), 0, np.int64(ch.ndesc[k]))
     if inorder:
         # one used entry (the last buffer's id) completes the whole burst
+        if q.inflight.q[INFLIGHT_ON] != 0:
+            for k in range(nf):
+                inflight_pushed(packed, np.int64(ch.head[k]), q.inflight)
         if packed:
             slots = np.int64(0)
             for k in range(nf):
@@ -857,6 +871,8 @@ class VhostQueue:
     ``read_only``: a queue the device only reads (net Tx, dequeue only):
     descriptor WRITE flags are ignored, as DPDK's vhost does.
     ``log``: the queue's :class:`~dataplane.vhost.dirty_log.DirtyLog` (default: never logs).
+    ``inflight``: the queue's :class:`~dataplane.vhost.inflight.Inflight` (default: not tracked);
+    a tracked queue recovers from its region here (positions, chains to resubmit).
     ``state`` / ``counters`` may be passed in (e.g. shared memory) and are
     initialised here.  ``keepalive`` holds whatever owns the mappings.
 
@@ -887,6 +903,7 @@ class VhostQueue:
         enabled: bool = True,
         read_only: bool = False,
         log=None,
+        inflight=None,
         keepalive=None,
     ):
         features = int(features)
@@ -926,10 +943,13 @@ class VhostQueue:
             cfg=cfg,
             counters=counters,
             log=no_log() if log is None else log,
+            inflight=no_inflight() if inflight is None else inflight,
             mbuf_scratch=np.zeros(mbuf_scratch, np.uint32),
             chain_scratch=np.zeros(2 * max_chains, np.int64),
             rarp=make_rarp() if rarp is None else rarp,
         )
+        self.resubmit = inflight_recover(self.ctx.inflight, self.packed, vr_split, vr_packed, state, port=int(port))
+        signal_if_recovered(self.ctx.inflight, int(callfd))
 
     # -- bursts (from Python: one numba call each) ------------------------------
     def enqueue(self, mp, pkts, n: int | None = None) -> int:

@@ -235,7 +235,6 @@ B = VhostUserBackendRequest
 _F = FdRule
 _DEVICE = dict(handler=Handler.DEVICE)
 _NO_LOG = _unsupported("dirty logging is not implemented (LOG_SHMFD not offered)")
-_NO_INFLIGHT = _unsupported("inflight tracking is not implemented (INFLIGHT_SHMFD not offered)")
 _NO_CRYPTO = _unsupported("not a crypto device")
 _NO_DEVICE_STATE = _unsupported("DEVICE_STATE not offered")
 _FRONTEND_END = _unsupported("the virtio-user front-end does not negotiate BACKEND_REQ")
@@ -278,9 +277,8 @@ _FRONTEND: list[MessageSpec] = [
     _row(R.VHOST_USER_POSTCOPY_ADVISE, Empty, Empty, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
     _row(R.VHOST_USER_POSTCOPY_LISTEN, Empty, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
     _row(R.VHOST_USER_POSTCOPY_END, Empty, U64, gate=PF.VHOST_USER_PROTOCOL_F_PAGEFAULT),
-    _row(R.VHOST_USER_GET_INFLIGHT_FD, Inflight, Inflight, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
-         **_NO_INFLIGHT),
-    _row(R.VHOST_USER_SET_INFLIGHT_FD, Inflight, None, _F.ONE, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, **_NO_INFLIGHT),
+    _row(R.VHOST_USER_GET_INFLIGHT_FD, Inflight, Inflight, reply_fds=True, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD),
+    _row(R.VHOST_USER_SET_INFLIGHT_FD, Inflight, None, _F.ONE, gate=PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD),
     _row(R.VHOST_USER_GPU_SET_SOCKET, Empty, None, _F.ONE, **_unsupported("not a GPU device")),
     _row(R.VHOST_USER_RESET_DEVICE, Empty, gate=PF.VHOST_USER_PROTOCOL_F_RESET_DEVICE),
     _row(R.VHOST_USER_VRING_KICK, VringState, gate=PF.VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS,

@@ -80,7 +80,7 @@ def test_protocol_feature_offer(lib, sock_path):
     for f in ("MQ", "LOG_SHMFD", "RARP", "REPLY_ACK", "MTU", "BACKEND_REQ", "STATUS"):
         assert offered & bit(PF[f"VHOST_USER_PROTOCOL_F_{f}"]), f
     # not implemented in this issue: never advertised, and refused when asked for
-    for f in ("PAGEFAULT", "INFLIGHT_SHMFD", "CRYPTO_SESSION", "INBAND_NOTIFICATIONS"):
+    for f in ("PAGEFAULT", "CRYPTO_SESSION", "INBAND_NOTIFICATIONS"):
         b = bit(PF[f"VHOST_USER_PROTOCOL_F_{f}"])
         assert not offered & b, f
         with pytest.raises(VhostNotSupported, match=f):

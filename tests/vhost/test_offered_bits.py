@@ -146,7 +146,13 @@ GENERIC_PROTOCOL_TESTS = {
                                          PC + "test_main_process_fault_is_served_by_the_front_end",
                                          PC + "test_lcore_process_fault_is_relayed",
                                          MIG + "test_guest_migrates_with_postcopy_between_dataplane_backends"],
-    # INFLIGHT_SHMFD: added with the inflight work (not offered on this branch).
+    PF.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD: [
+        "tests/vhost/test_inflight.py::test_get_inflight_fd_gives_a_zeroed_area_in_the_negotiated_layout",
+        "tests/vhost/test_inflight.py::test_backend_dies_mid_burst_nothing_lost_nothing_repeated",
+        "tests/vhost/test_inflight_net_lcores.py::test_net_backend_killed_while_frames_flow_resumes_from_the_inflight_area",
+        "tests/vhost/blk/test_blk_inflight.py::test_backend_sigkilled_under_load_resubmits_after_restart",
+        BLKG + "test_backend_killed_mid_request_resubmits_inflight_after_reconnect",
+    ],
 }
 
 NET_PROTOCOL_TESTS = {

@@ -37,6 +37,7 @@ from dataplane.rings.virtqueue import ERR_NAMES, STATE_ERR_BASE
 from dataplane.vhost.device import DataPathHooks
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
 from dataplane.vhost.handoff import map_vring, restore_indices, vring_spec
+from dataplane.vhost.inflight import report_inflight, map_queue_inflight, take_inflight_fd
 
 from .requests import COUNTER_NAMES, N_COUNTERS, BlkLimits, BlkQueue, blk_burst, disabled_queue_ctx
 from .storage import Storage, map_disk
@@ -138,7 +139,7 @@ class LcoreBlkQueues(H.LcoreQueues):
         n = len(self.qids)
         self._unlogged_seen = [0] * n
         self.queues: list[BlkQueue | None] = [None] * n
-        self._held: list[tuple | None] = [None] * n  # (guest memory, disk mapping, fds kept open, log mapping)
+        self._held: list[tuple | None] = [None] * n  # (guest memory, disk mapping, fds kept open, log mapping, inflight mapping)
         self._kick: list[int] = [-1] * n
         self._reported = [False] * n
 
@@ -148,6 +149,7 @@ class LcoreBlkQueues(H.LcoreQueues):
             spec = dict(spec, base=resume[0], used_base=resume[1] if spec["packed"] else -1)
         nreg = len(spec["regions"])
         logfd, fds = take_log_fd(spec, fds)
+        inflfd, fds = take_inflight_fd(spec, fds)
         extra = list(fds[nreg:])
         callfd = extra.pop(0) if spec["has_call"] else -1
         kickfd = extra.pop(0) if spec["has_kick"] else -1
@@ -156,14 +158,17 @@ class LcoreBlkQueues(H.LcoreQueues):
         try:
             lg, lr = map_queue_log(spec, logfd, self.log_ctl[qid])
         except BaseException:
-            close_fds(fds)
+            close_fds(fds + ([inflfd] if inflfd >= 0 else []))
             raise
+        infl, ia = map_queue_inflight(spec, inflfd, qid, port=self.name)
         try:
             mem, addrs = map_vring(spec, fds[:nreg])
         except BaseException:
             close_fds(keep + [diskfd] + extra)
             if lr is not None:
                 lr.unmap()
+            if ia is not None:
+                ia.unmap()
             raise
         disk = None
         try:
@@ -184,6 +189,7 @@ class LcoreBlkQueues(H.LcoreQueues):
                 callfd=callfd,
                 counters=self.counters[qid],
                 log=lg,
+                inflight=infl,
                 keepalive=(mem, disk),
             )
             q.enable_notify(False)  # polled from now on; the loop asks for kicks before it sleeps
@@ -193,6 +199,8 @@ class LcoreBlkQueues(H.LcoreQueues):
             mem.unmap()
             if lr is not None:
                 lr.unmap()
+            if ia is not None:
+                ia.unmap()
             close_fds(keep + [diskfd] + extra)
             raise
         close_fds(extra)
@@ -201,7 +209,7 @@ class LcoreBlkQueues(H.LcoreQueues):
         else:
             close_fds([diskfd])  # the mapping holds the memory
         self.queues[i] = q
-        self._held[i] = (mem, disk, keep, lr)
+        self._held[i] = (mem, disk, keep, lr, ia)
         self._unlogged_seen[i] = int(lg.ctl[LOG_CTL_UNLOGGED])
         self._kick[i] = kickfd
         self._reported[i] = False
@@ -213,13 +221,15 @@ class LcoreBlkQueues(H.LcoreQueues):
         idx = q.get_base(), q.get_used_base()
         self.queues[i] = None
         q.ctx = None
-        mem, disk, keep, lr = self._held[i]
+        mem, disk, keep, lr, ia = self._held[i]
         self._held[i] = None
         self._kick[i] = -1
         disk.close()
         mem.unmap()
         if lr is not None:
             lr.unmap()
+        if ia is not None:
+            ia.unmap()
         close_fds(keep)
         return idx
 
@@ -239,6 +249,7 @@ class LcoreBlkQueues(H.LcoreQueues):
                 self._report(i, q)
                 self._unlogged_seen[i] = report_unlogged(q.ctx.log.ctl, self._unlogged_seen[i], port=self.name,
                                                          qid=self.qids[i])
+                report_inflight(q, port=self.name, qid=self.qids[i])
 
     def sleep(self, timeout: float = SLEEP_S) -> None:
         """Ask every served vring for kicks, then block on their kick fds (at most ``timeout``)."""

@@ -62,6 +62,7 @@ from dataplane.vhost.dev_ring import (
     ring_get_base,
     ring_push_used,
 )
+from dataplane.vhost.inflight import inflight_recover, no_inflight, signal_if_recovered
 from dataplane.vhost.dirty_log import (
     log_burst_start,
     log_enabled,
@@ -198,7 +199,7 @@ def _flush(q, logging):
     packed = q.cfg[CFG_PACKED] != 0
     if logging:
         log_used(q.log, packed, q.state)
-    need = ring_flush_used(packed, q.split, q.packed, q.state)
+    need = ring_flush_used(packed, q.split, q.packed, q.state, q.inflight)
     if logging:
         log_sync(q.log)  # after every write of the burst
     if need:
@@ -435,7 +436,7 @@ def blk_burst(q, want):
     packed = q.cfg[CFG_PACKED] != 0
     if logging:
         log_burst_start(q.log, q.state)
-    n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, want)
+    n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, want, q.inflight)
     if n == 0:
         return 0
     ch = q.chains
@@ -452,7 +453,7 @@ def blk_burst(q, want):
             continue
         if logging:
             _log_request(q, c, used)
-        ring_push_used(packed, q.split, q.packed, q.state, np.int64(ch.head[c]), used, np.int64(ch.ndesc[c]))
+        ring_push_used(packed, q.split, q.packed, q.state, np.int64(ch.head[c]), used, np.int64(ch.ndesc[c]), q.inflight)
     _flush(q, logging)
     if stop:
         q.state[STATE_BROKEN] = 1
@@ -477,7 +478,9 @@ class BlkQueue:
     sectors), ``sync_fd`` the fd FLUSH syncs (-1: none), ``serial`` up to 20
     bytes.  ``counters`` may be passed in (shared memory).  ``log``: the
     queue's :class:`~dataplane.vhost.dirty_log.DirtyLog` (default: never
-    logs).  ``ctx`` is what the kernels take.
+    logs).  ``inflight``: the queue's :class:`~dataplane.vhost.inflight.Inflight` (default: not
+    tracked); a tracked queue recovers from its region here (``resubmit``: chains it will
+    serve again first).  ``ctx`` is what the kernels take.
     """
 
     def __init__(
@@ -503,6 +506,7 @@ class BlkQueue:
         counters: np.ndarray | None = None,
         enabled: bool = True,
         log=None,
+        inflight=None,
         keepalive=None,
     ):
         features = int(features)
@@ -546,9 +550,12 @@ class BlkQueue:
             cfg=cfg,
             counters=counters,
             log=no_log() if log is None else log,
+            inflight=no_inflight() if inflight is None else inflight,
             disk=disk,
             serial=sn,
         )
+        self.resubmit = inflight_recover(self.ctx.inflight, self.packed, vr_split, vr_packed, state)
+        signal_if_recovered(self.ctx.inflight, int(callfd))
 
     def burst(self, want: int = 32) -> int:
         """Serve up to ``want`` requests (one numba call)."""
