@@ -91,6 +91,7 @@ from dataplane.rings.packed import packed_position_from_flags
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError, read_into, read_u16
 from dataplane.vhost.inflight import InflightArea, InflightError
 from dataplane.vhost.postcopy import Postcopy
+from dataplane.vhost.vdpa_ops import call_op
 from dataplane.vhost_user import payloads as P
 from dataplane.vhost_user.errors import QueueError, RequestError, VhostUserError
 from dataplane.vhost_user.features import (
@@ -265,7 +266,8 @@ class DeviceConfig:
     ``protocol_features`` what GET_FEATURES / GET_PROTOCOL_FEATURES answer;
     ``supported_features`` what may be offered again; ``queue_num`` the
     queue count set with ``driver_set_max_queue_num`` (net: queue pairs);
-    ``ops`` the application callbacks.
+    ``ops`` the application callbacks; ``vdpa_device`` the vDPA device attached
+    to the socket (:mod:`~dataplane.vhost.vdpa`), copied into each new connection.
     """
 
     path: str
@@ -276,6 +278,7 @@ class DeviceConfig:
     protocol_features: int = 0
     queue_num: int = 1
     ops: Any = None
+    vdpa_device: Any = None
 
 
 class Vring:
@@ -479,6 +482,9 @@ class VhostUserDevice:
         self.inflight: InflightArea | None = None
         self.log_call_fd = -1
         self.postcopy = Postcopy(self.ifname)
+        self.vdpa_device = config.vdpa_device  # as DPDK: attaching later does not change a connection
+        self.vdpa_configured = False
+        self._request: tuple[int, int] | None = None  # (request, vring index) being handled, for dev_conf's blk rule
         self._reset_state(keep_protocol=False)
 
     def _reset_state(self, keep_protocol: bool) -> None:
@@ -542,6 +548,7 @@ class VhostUserDevice:
         reply: Payload | bytes | None = None
         try:
             spec, payload = parse_request(msg)
+            self._request = (int(msg.request), getattr(payload, "index", getattr(payload, "u64", -1)) & VHOST_USER_VRING_IDX_MASK)
             log.debug("vhost-user request", path=self.ifname, vid=self.vid, request=name, size=len(msg.payload), fds=len(msg.fds))
             reply = self._handler(spec)(msg, payload)
         except (VhostUserError, GuestMemoryError) as e:
@@ -573,6 +580,7 @@ class VhostUserDevice:
         if self.closed:  # the reply could not be sent
             return False
         self._update_readiness()
+        self._request = None
         return not self.closed
 
     def _handler(self, spec: MessageSpec) -> Callable[[Message, Any], Payload | bytes | None]:
@@ -699,6 +707,7 @@ class VhostUserDevice:
         if vq.ready:
             self._stop_queue(vq)
             vq.ready = False
+            self._vdpa_op("set_vring_state", self.vid, vq.index, 0)
             self._callback("vring_state_changed", self.vid, vq.index, 0)
 
     def _start_queue(self, vq: Vring) -> None:
@@ -741,25 +750,56 @@ class VhostUserDevice:
             if vq.ready and not cur:
                 self._stop_queue(vq)
                 vq.ready = False
+                self._vdpa_op("set_vring_state", self.vid, vq.index, 0)
                 self._callback("vring_state_changed", self.vid, vq.index, 0)
             elif cur and not vq.ready:
                 vq.ready = True
+                self._vdpa_op("set_vring_state", self.vid, vq.index, 1)
                 self._callback("vring_state_changed", self.vid, vq.index, 1)
-        if not self.running and self._virtio_is_ready():
+        ready = self._virtio_is_ready()
+        if not self.running and ready:
             log.info("virtio device is ready", path=self.ifname, vid=self.vid, features=hex(self.features))
             result = self._callback("new_device", self.vid)
             if result is None or result == 0:
                 self.running = True
             else:
                 log.warning("new_device refused the device", path=self.ifname, vid=self.vid, result=result)
+        if ready and self.vdpa_device is not None and not self.vdpa_configured and self._dev_conf_now():
+            rc = self._vdpa_op("dev_conf", self.vid)
+            if rc == 0:
+                self.vdpa_configured = True
+                log.info("vDPA device configured", path=self.ifname, vid=self.vid, device=self.vdpa_device.name)
+            else:
+                log.error("failed to configure vDPA device", path=self.ifname, vid=self.vid,
+                          device=self.vdpa_device.name, result=rc)
         if self.running:
             for vq in self.vrings:
                 if vq.ready:
                     self._start_queue(vq)
 
+    def _dev_conf_now(self) -> bool:
+        """DPDK's blk rule: a vDPA blk device is configured only while handling SET_VRING_CALL of the last vring."""
+        if not self.device_class.device_type == 2:
+            return True
+        return self._request == (int(R.VHOST_USER_SET_VRING_CALL), self.nr_vring - 1)
+
+    def _vdpa_close(self) -> None:
+        """dev_close: the vDPA device stops walking the rings and saves their indices (set_vring_base)."""
+        self._quiesce()
+        if self.vdpa_device is not None and (self.running or self.vdpa_configured):
+            self._vdpa_op("dev_close", self.vid)
+        self.vdpa_configured = False
+
+    def _vdpa_op(self, name: str, *args: Any) -> Any:
+        """Call the attached vDPA device's op ``name`` (nothing without one; see :mod:`~dataplane.vhost.vdpa`)."""
+        if self.vdpa_device is None:
+            return None
+        return call_op(self.vdpa_device, name, *args, vid=self.vid)
+
     def _destroy_device(self) -> None:
         """Stop the data path and tell the application the device is gone (if it was running)."""
         self._quiesce()
+        self._vdpa_close()
         self._drop_log()
         if self.running:
             self.running = False
@@ -811,6 +851,7 @@ class VhostUserDevice:
             self.features = features
             log.info("dirty logging", path=self.ifname, vid=self.vid, log_all=self.log_all, log=repr(self.dirty_log))
             self.hook("on_log_all", self.log_all)
+            self._vdpa_op("set_features", self.vid)
             self._callback("features_changed", self.vid, features)
             return None
         self.features = features
@@ -819,6 +860,7 @@ class VhostUserDevice:
         log.info("negotiated virtio features", path=self.ifname, vid=self.vid, features=hex(features),
                  names=self.device_class.features_str(features))
         self.device_class.features_negotiated(self)
+        self._vdpa_op("set_features", self.vid)
         for vq in self.vrings:
             if vq.ready:
                 continue
@@ -850,6 +892,7 @@ class VhostUserDevice:
 
     def _reset(self, keep_protocol: bool) -> None:
         self._destroy_device()
+        self._vdpa_op("dev_cleanup", self.vid)
         for vq in self.vrings:
             vq.close_fds()
         if self.memory is not None:
@@ -875,8 +918,12 @@ class VhostUserDevice:
     # -- memory --------------------------------------------------------------
 
     def _replace_memory(self, new: GuestMemory | None) -> None:
-        """Swap in a new table: data path stopped first, old regions unmapped, rings retranslated."""
+        """Swap in a new table: data path stopped first, old regions unmapped, rings retranslated.
+
+        A configured vDPA device is closed first (configured again once the device is ready)."""
         self._quiesce()
+        if self.vdpa_configured:
+            self._vdpa_close()
         old, self.memory = self.memory, new
         if old is not None:
             old.unmap()
@@ -1203,6 +1250,7 @@ class VhostUserDevice:
             return
         self.closed = True
         self._destroy_device()
+        self._vdpa_op("dev_cleanup", self.vid)
         self._callback("destroy_connection", self.vid)
         for vq in self.vrings:
             vq.close_fds()

@@ -58,6 +58,8 @@ from dataplane.vhost.device_class import DeviceClass
 from dataplane.vhost.guest_memory import read_u16
 from dataplane.vhost.dirty_log import log_used_gpa, mark_dirty
 from dataplane.vhost.net import NetDevice, NetState
+from dataplane.vhost.vdpa import VHOST_MAX_QUEUE_PAIRS, VdpaDeviceClass
+from dataplane.vhost.vdpa_ops import RTE_VHOST_QUEUE_ALL, call_op, op as vdpa_op
 from dataplane.vhost.transport import ClientEndpoint, Connection, EventLoop, ServerEndpoint
 from dataplane.vhost_user.errors import TransportError
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit, features_str
@@ -198,6 +200,7 @@ class _VhostSocket:
         self.endpoint: ServerEndpoint | ClientEndpoint | None = None
         self.connections: dict[int, Connection] = {}
         self.closed_stats: collections.Counter[str] = collections.Counter()  # of devices already gone
+        self.before_vdpa: tuple | None = None  # the offer before a vDPA device was attached
 
     @property
     def is_client(self) -> bool:
@@ -468,7 +471,126 @@ class VhostLibrary:
         """Attach the data path (see :class:`~dataplane.vhost.device.DataPathHooks`) to ``path``'s
         device class, for its devices."""
         with self._lock:
-            self._socket(path).config.device.datapath = hooks
+            try:
+                self._socket(path).config.device.datapath = hooks
+            except ValueError as e:  # a vDPA device's queues are never handed to a data path
+                raise VhostBusy(str(e)) from None
+
+    # -- vDPA devices (DPDK's rte_vhost_driver_attach_vdpa_device & co; see dataplane.vhost.vdpa) --
+
+    def driver_attach_vdpa_device(self, path: str, vdev: Any) -> None:
+        """Attach vDPA device ``vdev`` to socket ``path``: from the next connection on, the device serves
+        it (its driver's ops are called, its queues are never handed to a data path).  The socket's
+        offer becomes its own AND the device's: virtio features, protocol features, queue pairs
+        (at most :data:`~dataplane.vhost.vdpa.VHOST_MAX_QUEUE_PAIRS`).  VhostBusy if one is attached."""
+        with self._lock:
+            vsock = self._socket(path)
+            cfg = vsock.config
+            if cfg.vdpa_device is not None:
+                raise VhostBusy(f"{path}: vDPA device {cfg.vdpa_device.name} is already attached")
+            cls = VdpaDeviceClass(vdev)
+            features = call_op(vdev, "get_features", vdev)
+            protocol = call_op(vdev, "get_protocol_features", vdev)
+            queues = call_op(vdev, "get_queue_num", vdev)
+            for name, value in (("get_features", features), ("get_protocol_features", protocol), ("get_queue_num", queues)):
+                if not isinstance(value, int) or value < 0:
+                    raise VhostError(f"{path}: vDPA device {vdev.name}: {name} failed ({value!r})")
+            vsock.before_vdpa = (cfg.device, cfg.features, cfg.supported_features, cfg.protocol_features, cfg.queue_num)
+            cfg.device = cls
+            cfg.features = cfg.supported_features = cls.offered_features(vsock.flags) & features
+            cfg.protocol_features = default_protocol_features(cls, vsock.flags) & protocol
+            cfg.queue_num = max(1, min(VHOST_MAX_QUEUE_PAIRS, queues))
+            cfg.vdpa_device = vdev
+        log.info("vDPA device attached", path=path, device=vdev.name, features=hex(cfg.features),
+                 protocol_features=hex(cfg.protocol_features), queue_pairs=cfg.queue_num)
+
+    def driver_detach_vdpa_device(self, path: str) -> None:
+        """Detach the socket's vDPA device (connections that exist keep it until they close);
+        the socket offers what it offered before.  VhostError if none is attached."""
+        with self._lock:
+            vsock = self._socket(path)
+            cfg = vsock.config
+            if cfg.vdpa_device is None:
+                raise VhostError(f"{path}: no vDPA device attached")
+            cfg.device, cfg.features, cfg.supported_features, cfg.protocol_features, cfg.queue_num = vsock.before_vdpa
+            name, cfg.vdpa_device = cfg.vdpa_device.name, None
+        log.info("vDPA device detached", path=path, device=name)
+
+    def driver_get_vdpa_device(self, path: str) -> Any:
+        """The vDPA device attached to ``path``, or None."""
+        with self._lock:
+            return self._socket(path).config.vdpa_device
+
+    def driver_get_vdpa_dev_type(self, path: str) -> int:
+        """``VDPA_DEVICE_TYPE_NET`` or ``_BLK`` of ``path``'s vDPA device; VhostError without one."""
+        vdev = self.driver_get_vdpa_device(path)
+        if vdev is None:
+            raise VhostError(f"{path}: no vDPA device attached")
+        return vdev.type
+
+    def get_vdpa_device(self, vid: int) -> Any:
+        """The vDPA device serving connection ``vid`` (the one drivers use in their ops), or None."""
+        with self._lock:
+            return self._device(vid).vdpa_device
+
+    def host_notifier_ctrl(self, vid: int, qid: int, enable: bool) -> list[concurrent.futures.Future]:
+        """``rte_vhost_host_notifier_ctrl``: map (or withdraw) the vDPA device's doorbell page of vring
+        ``qid`` (or every vring with ``RTE_VHOST_QUEUE_ALL``) into the guest, through the back-end channel
+        (VRING_HOST_NOTIFIER_MSG with the page's fd, or NOFD).
+
+        VhostNotSupported unless VERSION_1 and PROTOCOL_FEATURES, and BACKEND_REQ, BACKEND_SEND_FD and
+        HOST_NOTIFIER are negotiated, and the driver has ``get_vfio_device_fd`` (fd >= 0) and
+        ``get_notify_area``; VhostNoDevice without a vDPA device; VhostError for a bad ``qid``.
+        Returns one future per vring, answered by the front-end (callable from the driver's ops, on
+        the vhost-events thread: nothing here waits).  If a request cannot be sent, the range is
+        withdrawn again and the error raised.
+        """
+        with self._lock:
+            dev = self._device(vid)
+            vdev = dev.vdpa_device
+            if vdev is None:
+                raise VhostNoDevice(f"vid {vid}: no vDPA device")
+            need_f = (VF.VIRTIO_F_VERSION_1, VF.VHOST_USER_F_PROTOCOL_FEATURES)
+            need_pf = (PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ, PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD,
+                       PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER)
+            missing = [f.name for f in need_f if not dev.has_feature(f)] + [
+                f.name for f in need_pf if not dev.has_protocol_feature(f)]
+            if missing:
+                raise VhostNotSupported(f"vid {vid}: host notifiers need {', '.join(missing)}")
+            if dev.backend_channel is None:
+                raise VhostNotSupported(f"vid {vid}: the front-end gave no back-end channel (SET_BACKEND_REQ_FD)")
+            if vdpa_op(vdev, "get_notify_area") is None or vdpa_op(vdev, "get_vfio_device_fd") is None:
+                raise VhostNotSupported(f"vid {vid}: vDPA device {vdev.name} has no doorbell pages to map")
+            if qid == RTE_VHOST_QUEUE_ALL:
+                qids = list(range(dev.nr_vring))
+            elif 0 <= qid < dev.nr_vring:
+                qids = [qid]
+            else:
+                raise VhostError(f"vid {vid}: no vring {qid} (device has {dev.nr_vring})")
+            fd = -1
+            if enable:
+                fd = call_op(vdev, "get_vfio_device_fd", vid, vid=vid)
+                if not isinstance(fd, int) or fd < 0:
+                    raise VhostNotSupported(f"vid {vid}: vDPA device {vdev.name}: no doorbell fd ({fd!r})")
+            futures = []
+            try:
+                for q in qids:
+                    if not enable:
+                        futures.append(dev.backend_channel.vring_host_notifier(q, None))
+                        continue
+                    area = call_op(vdev, "get_notify_area", vid, q, vid=vid)
+                    if not (isinstance(area, tuple) and len(area) == 2):
+                        raise VhostError(f"vid {vid}: vDPA device {vdev.name}: get_notify_area({q}) failed ({area!r})")
+                    fut = dev.backend_channel.vring_host_notifier(q, fd, area[0], area[1])
+                    if fut.done() and fut.exception() is not None:
+                        raise fut.exception()
+                    futures.append(fut)
+            except BaseException:
+                if enable:
+                    for q in qids:
+                        dev.backend_channel.vring_host_notifier(q, None)
+                raise
+            return futures
 
     def driver_stats(self, path: str) -> dict[str, int]:
         """Counters of every connection ``path`` has served (live and closed): ``messages``,
@@ -757,6 +879,12 @@ _API = [
     "log_write",
     "log_used_vring",
     "stats",
+    "driver_attach_vdpa_device",
+    "driver_detach_vdpa_device",
+    "driver_get_vdpa_device",
+    "driver_get_vdpa_dev_type",
+    "get_vdpa_device",
+    "host_notifier_ctrl",
 ]
 for _name in _API:
     globals()[_name] = _export(_name)
