@@ -9,13 +9,15 @@ lcore's wait (SIGINT/SIGTERM, a duration, or a failed lcore) and
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 import time
 from typing import Callable
 
 from dataplane import log as dplog
 
-__all__ = ["eal_main", "wait_for_stop", "stop_lcores"]
+__all__ = ["eal_main", "wait_for_stop", "stop_lcores", "StdinLines"]
 
 log = dplog.get_logger("dataplane.apps")
 
@@ -72,3 +74,21 @@ def stop_lcores(eal, timeout: float = 10.0) -> None:
         eal.launcher.mp_wait_lcore(timeout=timeout)
     except Exception as e:
         log.error("lcore ended badly", error=str(e))
+
+
+class StdinLines:
+    """Whole lines from stdin without blocking the main lcore's wait (an interactive shell's input)."""
+
+    def __init__(self):
+        self.buf = b""
+        self.eof = False
+
+    def lines(self) -> list[str]:
+        while not self.eof and select.select([0], [], [], 0)[0]:
+            data = os.read(0, 4096)
+            self.eof = not data
+            self.buf += data
+        *done, self.buf = self.buf.split(b"\n")
+        if self.eof and self.buf:
+            done, self.buf = done + [self.buf], b""
+        return [d.decode(errors="replace") for d in done]

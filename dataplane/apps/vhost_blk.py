@@ -44,13 +44,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
-import select
 import signal
 import sys
 
 from dataplane import log as dplog
-from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
+from dataplane.apps.eal_app import StdinLines, eal_main, stop_lcores, wait_for_stop
 from dataplane.memory.units import format_size, parse_size
 from dataplane.vhost.backend_channel import ACK_TIMEOUT
 from dataplane.vhost.blk.device import DEFAULT_LIMITS, BlkDevice
@@ -159,29 +157,11 @@ class BlkShell:
         return f"vhost-blk: unknown command {line.strip()!r} (help lists them)\n"
 
 
-class _Stdin:
-    """Whole lines from stdin without blocking the main lcore's wait."""
-
-    def __init__(self):
-        self.buf = b""
-        self.eof = False
-
-    def lines(self) -> list[str]:
-        while not self.eof and select.select([0], [], [], 0)[0]:
-            data = os.read(0, 4096)
-            self.eof = not data
-            self.buf += data
-        *done, self.buf = self.buf.split(b"\n")
-        if self.eof and self.buf:
-            done, self.buf = done + [self.buf], b""
-        return [d.decode(errors="replace") for d in done]
-
-
 def _serve(eal, opts, shell: BlkShell) -> None:
     """The main lcore's wait: signals, the shell, SIGHUP."""
     hup = []
     old = signal.signal(signal.SIGHUP, lambda *_: hup.append(1))
-    stdin = _Stdin() if opts.interactive else None
+    stdin = StdinLines() if opts.interactive else None
     if stdin is not None:
         print(PROMPT, end="", flush=True)
 
