@@ -12,6 +12,10 @@ from dataplane.memory.errors import MemoryLayerError
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["vdpa", "features"]:
+        from dataplane.vdpa.features_table import main as features_main
+
+        return features_main(argv[2:])
     if argv[:1] == ["run"]:
         from dataplane.apps.run import main as run_main
 

@@ -33,6 +33,7 @@ the file prefix while the application runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -91,6 +92,7 @@ class VdpaApp:
         self.next_port = 0
         self.mgmtdevs = [AppMgmtDev(SimMgmtDev("net", lib), self), AppMgmtDev(SimMgmtDev("blk", lib), self)]
         self.devices: list[SimDevice] = []
+        self.service = None  # the management service, once started
         self._lock = threading.RLock()
 
     def print(self, text: str) -> None:
@@ -100,7 +102,7 @@ class VdpaApp:
     # -- devices --------------------------------------------------------------------
 
     def probe_vdev(self, devargs) -> SimDevice:
-        """Create a device from ``--vdev vdpasim_net0,...`` (not user-created: ``vdpa dev del`` refuses it)."""
+        """Create a device from ``--vdev vdpasim_net0,...`` (of its management device, as ``vdpa dev add`` does)."""
         name = devargs.name
         for mgmt in self.mgmtdevs:
             if name.startswith(mgmt.name) and name[len(mgmt.name):].isdigit():
@@ -126,7 +128,7 @@ class VdpaApp:
             if cap <= 0:
                 raise ValueError(f"--vdev {name}: capacity must be a positive number of 512-byte sectors")
             sim_kw["capacity"] = cap
-        dev = SimDevice(mgmt.inner.kind, args.get("name", name), mgmt.inner, self.lib, user_created=False,
+        dev = SimDevice(mgmt.inner.kind, args.get("name", name), mgmt, self.lib, user_created=True,
                         **attrs, **sim_kw)
         dev.on_delete = self.device_deleted
         self.device_added(dev)
@@ -150,6 +152,8 @@ class VdpaApp:
                     del self.ports[path]
             if dev in self.devices:
                 self.devices.remove(dev)
+            if self.service is not None and dev in self.service.devices:
+                self.service.unregister_device(dev)
 
     # -- ports ----------------------------------------------------------------------
 
@@ -246,6 +250,19 @@ class VdpaApp:
                 out.append(f"\t\t{names[sid]:<64} {value:<16}\n")
         return "".join(out)
 
+    def figures(self) -> dict:
+        """Each device's vendor counters by queue index (net; blk has none)."""
+        out = {}
+        for dev in list(self.devices):
+            if dev.kind == "net":
+                try:
+                    out[dev.name] = {str(q): dev.vendor_stats(q) for q in range(dev.max_vqs)}
+                except VdpaError:
+                    out[dev.name] = {}
+            else:
+                out[dev.name] = {}
+        return out
+
     def close(self) -> None:
         with self._lock:
             for path in list(self.ports):
@@ -288,6 +305,8 @@ def run(eal, opts) -> int:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
         service = _start_service(eal, app)
+        app.print(f"vdpa: ready devices={','.join(d.name for d in app.devices) or '-'} "
+                  f"sockets={','.join(app.ports) or '-'}\n")
         stdin = StdinLines() if opts.interactive else None
         if stdin is not None:
             app.print(PROMPT)
@@ -309,7 +328,9 @@ def run(eal, opts) -> int:
         if service is not None:
             service.stop()
         lib.close()
+        figures = app.figures()
         app.close()
+    print(json.dumps({"devices": figures}), flush=True)
     return 0
 
 
@@ -321,7 +342,12 @@ def _start_service(eal, app: VdpaApp):
     if runtime is None:
         log.warning("no runtime directory (--in-memory): the management tool cannot reach this process")
         return None
-    service = VdpaManagement(runtime.file("vdpa.sock"), mgmtdevs=app.mgmtdevs, devices=app.devices)
+    service = VdpaManagement(eal.cfg.file_prefix)
+    for mgmt in app.mgmtdevs:
+        service.add_mgmtdev(mgmt)
+    for dev in app.devices:
+        service.register_device(dev)
+    app.service = service
     service.start()
     return service
 

@@ -186,3 +186,16 @@ def format_table(table: list[list[str]]) -> str:
         cells = [r[0].ljust(width0)] + [c.center(w) for c, w in zip(r[1:], widths)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dataplane vdpa features``: print the table of every driver this installation has."""
+    import sys
+
+    from dataplane.vdpa import vdpasim  # noqa: F401  (each driver module registers its column)
+
+    if argv:
+        print(f"Usage: dataplane vdpa features (no arguments; got {' '.join(argv)})", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_table(features_table()))
+    return 0

@@ -1,0 +1,57 @@
+"""Run ``dataplane-vdpa`` (``python3 -m dataplane.apps.vdpa``) as a child process, and its management tool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from dataplane.testing.app_process import AppProcess
+
+__all__ = ["VdpaProcess"]
+
+
+class VdpaProcess(AppProcess):
+    """The vDPA app with ``vdevs`` (``["vdpasim_net0,mac=...", ...]``) and sockets ``<dir>/vdpa<n>``.
+
+    Up when the constructor returns (its devices probed, its sockets and management service
+    up); :meth:`tool` runs ``dataplane vdpa --file-prefix <its prefix> ARGS``; :meth:`shell`
+    sends a line to its ``-i`` shell and returns what it printed for it; :meth:`stop`
+    returns its final figures ``{"devices": {name: {"qidx": [[name, value], ...]}}}``.
+    """
+
+    name = "dataplane-vdpa"
+    PROMPT = "vdpa> "
+
+    def __init__(self, vdevs: list[str] = (), *, iface: bool = True, client: bool = False, timeout: float = 240.0,
+                 extra: list[str] = ()):
+        eal = [a for v in vdevs for a in ("--vdev", v)]
+        args = ["-i"]
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="vdpa")
+        if iface:
+            args += ["--iface", os.path.join(workdir, "vdpa")]
+        if client:
+            args.append("--client")
+        super().__init__("dataplane.apps.vdpa", [*args, *extra], ready="vdpa: ready", lcores="0", memory_mb=64,
+                         eal_extra=eal, timeout=timeout, prefix="vdpa", workdir=workdir, stdin=True)
+
+    def socket(self, n: int) -> str:
+        """The path of socket ``n`` (``--iface``)."""
+        return os.path.join(self.dir, f"vdpa{n}")
+
+    def shell(self, line: str, timeout: float = 60.0) -> str:
+        """One line in its shell; what it printed for it (up to the next prompt)."""
+        start = len(self.output)
+        self.command(line)
+        out = self.wait_output(self.PROMPT, timeout, start)[start:]
+        return out[: out.index(self.PROMPT)]
+
+    def tool(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """``dataplane vdpa --file-prefix P ARGS`` against this process (text output)."""
+        cmd = [sys.executable, "-m", "dataplane.cli", "vdpa", "--file-prefix", self.prefix, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stdout}{r.stderr}")
+        return r
