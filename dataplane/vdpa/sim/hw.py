@@ -252,6 +252,11 @@ class SimHardware:
         """A ring's readiness flipped while attached: the hardware starts or stops serving it."""
         self._request({"op": "vring_state", "qid": int(qid), "enable": bool(enable)})
 
+    def sync(self) -> None:
+        """Return once the hardware has served every kick made before the call (and whatever
+        a polled queue holds): a barrier for tests and for callers that must see the counters settle."""
+        self._request({"op": "sync"})
+
     def detach(self) -> dict[int, tuple[int, int, int, int]]:
         """dev_close: stop touching guest memory, unmap; returns per queue
         ``(last_avail_idx, avail_wrap, last_used_idx, used_wrap)`` (split: wraps 0).

@@ -9,7 +9,8 @@ It compiles (or loads) its kernels, says ``ready``, then loops:
   else ``IDLE_S``; 0 while a run used its whole budget);
 * control requests (JSON, fds in SCM_RIGHTS): ``attach`` (map guest memory
   from the region fds, build the queues), ``vring_state``, ``detach`` (stop,
-  unmap, answer the ring indices), ``stop`` -- each answered ``{"ok": ...}``;
+  unmap, answer the ring indices), ``sync`` (serve the kicks already made,
+  then answer), ``stop`` -- each answered ``{"ok": ...}``;
 * a kick (or a polled queue, or a run cut by its budget) runs the device's
   work -- :func:`~dataplane.vdpa.sim.kernels.net_work` or
   :func:`~dataplane.vdpa.sim.kernels.blk_work` -- in numba;
@@ -208,8 +209,25 @@ class Hardware:
             row[ROW_ERR_COUNT] += 1
             raise ValueError(f"queue {qid}: its ring areas are outside guest memory")
         if q.ctx is not self.dummy:
+            if enable and not q.enabled:
+                self.pending = True  # chains made available meanwhile are served without a kick
             q.ctx.cfg[K.CFG_ENABLED] = int(bool(enable))
-        self.pending = True
+        return {}
+
+    def sync(self) -> dict:
+        """Serve every kick already made and run the work until nothing is left to do at once."""
+        kicks, polled = self.wait_set()
+        if kicks:
+            ready, _, _ = select.select(kicks, [], [], 0)
+            for fd in ready:
+                self.take_kick(fd)
+        if self.attached:
+            if polled:
+                self.pending = True
+            while self.pending:
+                self.pending = False
+                self.pending = self.work()
+            self.check_errors()
         return {}
 
     def detach(self) -> dict:
@@ -306,6 +324,8 @@ def _serve(hw: Hardware, sock: socket.socket) -> bool:
                     out = hw.vring_state(int(msg["qid"]), bool(msg["enable"]))
                 elif op == "detach":
                     out = hw.detach()
+                elif op == "sync":
+                    out = hw.sync()
                 elif op == "stop":
                     hw.detach()
                     _reply(sock, {"ok": True})
