@@ -36,13 +36,14 @@ def _eventfd() -> int:
 
 
 class SimGuestQueue:
-    """One guest virtqueue ``qid`` (see the module doc).  ``kick`` / ``call``: make the eventfd (else -1)."""
+    """One guest virtqueue ``qid`` (see the module doc).  ``kick`` / ``call``: make the eventfd (else -1);
+    ``features``: the ring features the driver uses (INDIRECT_DESC: indirect tables)."""
 
     def __init__(self, memory: GuestMemoryLayout, qid: int, *, num: int = 64, packed: bool = False,
-                 kick: bool = True, call: bool = True, max_data: int = 8192):
+                 kick: bool = True, call: bool = True, max_data: int = 8192, features: int = 0):
         self.qid = qid
         self.memory = memory
-        self.drv = BlkDriver(memory, num, packed=packed, max_data=max_data)
+        self.drv = BlkDriver(memory, num, packed=packed, max_data=max_data, features=features)
         self.kick_fd = _eventfd() if kick else -1
         self.call_fd = _eventfd() if call else -1
         self.drv.kick_fd = self.kick_fd

@@ -22,6 +22,7 @@ The control socket closing (the main process went away) ends the process.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import select
@@ -117,6 +118,7 @@ class Hardware:
         self.queues: dict[int, _Queue] = {}
         self.features = 0
         self.pending = False
+        self.generation = 0  # attach / detach count: fds seen before a change are stale
         self.dummy = K.disabled_queue_ctx()
         if kind == "blk":
             self.disk = np.zeros(int(capacity) * 512, np.uint8)  # calloc: pages appear when touched
@@ -169,7 +171,7 @@ class Hardware:
                     raise ValueError(f"queue {qid}: ring areas {qd['desc_gpa']:#x}/{qd['avail_gpa']:#x}/"
                                      f"{qd['used_gpa']:#x} (size {size}) are outside guest memory")
                 row = self.shm.rows[qid]
-                row[ROW_ERR] = 0
+                row[ROW_ERR] = row[ROW_ERR_COUNT] = 0  # faults belong to the ring attached
                 kick = extra[qd["kick"]] if qd["kick"] >= 0 else -1
                 call = extra[qd["call"]] if qd["call"] >= 0 else -1
                 if bad:
@@ -194,6 +196,7 @@ class Hardware:
             raise
         _close(fd for fd in extra if fd not in kept)
         self.mem, self.queues, self.features = mem, queues, features
+        self.generation += 1
         self.pending = True  # chains made available before the attach are served without a kick
         log.info("vdpasim attached", device=self.name, queues=sorted(queues), features=hex(features))
         return {}
@@ -241,6 +244,7 @@ class Hardware:
                 q.ctx.cfg[K.CFG_ENABLED] = 0
             _close([q.kick_fd, q.call_fd])
         self.queues = {}
+        self.generation += 1
         mem, self.mem = self.mem, None
         mem.unmap()
         self.pending = False
@@ -285,10 +289,16 @@ class Hardware:
         return kicks, polled
 
     def take_kick(self, fd: int) -> None:
+        """Read a kick eventfd select found readable; a kick already taken (by a sync) is no kick."""
+        if not any(q.kick_fd == fd for q in self.queues.values()):
+            return
+        r, _, _ = select.select([fd], [], [], 0)  # eventfd_read on a blocking fd must not wait
+        if not r:
+            return
         try:
             os.eventfd_read(fd)
         except (BlockingIOError, OSError):
-            pass
+            return
         for q in self.queues.values():
             if q.kick_fd == fd:
                 self.shm.rows[q.qid][ROW_KICKS] += 1
@@ -345,11 +355,14 @@ def run(hw: Hardware, sock: socket.socket) -> None:
         kicks, polled = hw.wait_set()
         timeout = 0 if hw.pending else (POLL_S if polled else IDLE_S)
         ready, _, _ = select.select([sock, *kicks], [], [], timeout)
+        if sock in ready:
+            gen = hw.generation
+            if not _serve(hw, sock):
+                return
+            if hw.generation != gen:  # detached / attached meanwhile: the fds found ready are not ours any more
+                ready = []
         for fd in ready:
-            if fd is sock:
-                if not _serve(hw, sock):
-                    return
-            else:
+            if fd is not sock:
                 hw.take_kick(fd)
         if hw.attached and (hw.pending or polled):
             hw.pending = False
@@ -365,6 +378,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--capacity", type=int, default=0)
     args = ap.parse_args(argv)
+    faulthandler.enable()  # a crash of the data path shows where it was
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us (a terminal's ^C goes to it)
     sock = socket.socket(fileno=args.sock)
     shm = SimShm(args.shm)
