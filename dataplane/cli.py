@@ -12,6 +12,10 @@ from dataplane.memory.errors import MemoryLayerError
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["vdpa"]:
+        from dataplane.vdpa.mgmt.tool import main as vdpa_main
+
+        return vdpa_main(argv[1:])
     if argv[:1] == ["run"]:
         from dataplane.apps.run import main as run_main
 
