@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from dataplane.vdpa.features_table import main as features_main
 
         return features_main(argv[2:])
+    if argv[:1] == ["vdpa"]:
+        from dataplane.vdpa.mgmt.tool import main as vdpa_main
+
+        return vdpa_main(argv[1:])
     if argv[:1] == ["run"]:
         from dataplane.apps.run import main as run_main
 
