@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 
-import dataplane
 from dataplane import log as dplog
 
 from .kernels import BLK_COUNTER_NAMES, queue_error_name
@@ -55,6 +54,7 @@ READY_TIMEOUT = 600.0
 #: How long a request waits for its answer once the hardware is up.
 REQUEST_TIMEOUT = 30.0
 _MAX_FDS = 250
+_ROOT = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 3)[0]  # .../dataplane/vdpa/sim -> the tree
 
 
 class SimHardwareError(RuntimeError):
@@ -103,7 +103,7 @@ class SimHardware:
                     return
                 self._reap()
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            root = os.path.dirname(os.path.dirname(os.path.abspath(dataplane.__file__)))
+            root = _ROOT  # the worker imports this tree's dataplane, whatever the caller's sys.path
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
             cmd = [sys.executable, "-m", "dataplane.vdpa.sim.worker", "--sock", str(b.fileno()),
