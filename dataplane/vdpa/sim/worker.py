@@ -41,7 +41,7 @@ from dataplane.rings.virtqueue import (
     STATE_LAST_USED,
     STATE_SIGNALLED_USED,
 )
-from dataplane.vhost.dev_ring import queue_rings
+from dataplane.vhost.dev_ring import queue_rings, ring_enable_notify
 from dataplane.vhost.guest_memory import GuestMemory, GuestMemoryError
 from dataplane.vhost_user.payloads import MemoryRegion
 
@@ -262,11 +262,19 @@ class Hardware:
             cvq_on = bool(self.features >> F_CTRL_VQ & 1) and NET_CVQ in self.queues
             n = K.net_work(self._ctx(NET_RXQ), self._ctx(NET_TXQ), self._ctx(NET_CVQ), cvq_on, self.shm.mac,
                            self.buf, net_hdr_len(self.features), BUDGET)
-            return n >= BUDGET
-        more = False
-        for q in self.queues.values():
-            if q.running:
-                more |= K.blk_work(q.ctx, self.disk, self.ident, BUDGET) >= BUDGET
+            more = n >= BUDGET
+        else:
+            more = False
+            for q in self.queues.values():
+                if q.running:
+                    more |= K.blk_work(q.ctx, self.disk, self.ident, BUDGET) >= BUDGET
+        if self.features >> F_EVENT_IDX_BIT & 1:
+            # vdpasim offers no EVENT_IDX; if it was negotiated anyway, publish avail_event (the
+            # driver kicks only past it) and run again for chains that came meanwhile
+            for q in self.queues.values():
+                if q.running and q.ctx is not self.dummy:
+                    c = q.ctx
+                    more |= bool(ring_enable_notify(q.packed, c.split, c.packed, c.state, True))
         return more
 
     def check_errors(self) -> None:
