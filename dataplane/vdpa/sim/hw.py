@@ -212,6 +212,21 @@ class SimHardware:
                 raise ValueError(f"{self.name}: {reply.get('error', 'refused')}")
             return reply
 
+    @staticmethod
+    def _queue_msg(q: dict, extra: list[int]) -> dict:
+        """The wire form of a queue dict; its eventfds are appended to ``extra`` (indices in the dict)."""
+        d = {k: (bool(q[k]) if k in ("packed", "enabled") else int(q[k]))
+             for k in ("qid", "size", "packed", "desc_gpa", "avail_gpa", "used_gpa", "last_avail_idx",
+                       "avail_wrap", "last_used_idx", "used_wrap", "enabled")}
+        for key, fdkey in (("kick", "kick_fd"), ("call", "call_fd")):
+            fd = int(q.get(fdkey, -1))
+            if fd >= 0:
+                d[key] = len(extra)
+                extra.append(fd)
+            else:
+                d[key] = -1
+        return d
+
     def attach(self, features: int, regions: list[dict], region_fds: list[int], queues: list[dict]) -> None:
         """dev_conf: map guest memory and start the queues.
 
@@ -230,27 +245,28 @@ class SimHardware:
             raise ValueError(f"{len(regions)} regions but {len(region_fds)} fds")
         fds = [int(fd) for fd in region_fds]
         extra: list[int] = []
-        qs = []
-        for q in queues:
-            d = {k: (int(q[k]) if k != "packed" and k != "enabled" else bool(q[k]))
-                 for k in ("qid", "size", "packed", "desc_gpa", "avail_gpa", "used_gpa", "last_avail_idx",
-                           "avail_wrap", "last_used_idx", "used_wrap", "enabled")}
-            for key, fdkey in (("kick", "kick_fd"), ("call", "call_fd")):
-                fd = int(q.get(fdkey, -1))
-                if fd >= 0:
-                    d[key] = len(extra)
-                    extra.append(fd)
-                else:
-                    d[key] = -1
-            qs.append(d)
+        qs = [self._queue_msg(q, extra) for q in queues]
         if len(fds) + len(extra) > _MAX_FDS:
             raise ValueError(f"too many fds for one attach: {len(fds) + len(extra)} > {_MAX_FDS}")
         rs = [{k: int(r[k]) for k in ("guest_phys_addr", "size", "userspace_addr", "mmap_offset")} for r in regions]
         self._request({"op": "attach", "features": int(features), "regions": rs, "queues": qs}, fds + extra)
 
-    def set_vring_state(self, qid: int, enable: bool) -> None:
-        """A ring's readiness flipped while attached: the hardware starts or stops serving it."""
-        self._request({"op": "vring_state", "qid": int(qid), "enable": bool(enable)})
+    def set_vring_state(self, qid: int, enable: bool, queue: dict | None = None) -> tuple[int, int, int, int] | None:
+        """A ring's readiness flipped while attached: the hardware starts or stops serving it.
+
+        Disabling returns the ring's ``(last_avail_idx, avail_wrap, last_used_idx, used_wrap)``
+        (the hardware stopped touching it).  ``queue`` (an :meth:`attach` queue dict, with
+        ``enable``): program the ring anew from it first -- new addresses, indices or eventfds
+        (the caller keeps its fds), or a ring that was not in the attach (e.g. a cvq that
+        became ready later).  ValueError for a ring not attached or one outside guest memory.
+        """
+        msg = {"op": "vring_state", "qid": int(qid), "enable": bool(enable)}
+        extra: list[int] = []
+        if queue is not None:
+            msg["queue"] = self._queue_msg(dict(queue, qid=int(queue.get("qid", qid))), extra)
+        reply = self._request(msg, extra)
+        idx = reply.get("indices")
+        return None if idx is None else tuple(int(x) for x in idx)
 
     def sync(self) -> None:
         """Return once the hardware has served every kick made before the call (and whatever

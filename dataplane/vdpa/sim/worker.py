@@ -134,6 +134,42 @@ class Hardware:
         return self.mem is not None
 
     # -- control ------------------------------------------------------------------
+    def _build_queue(self, qd: dict, extra: list[int], mem: GuestMemory, table, features: int) -> _Queue:
+        """Queue ``qd`` (the attach dict; ``kick`` / ``call`` index ``extra``) over ``mem``; its row's
+        fault is cleared.  ValueError when it cannot be built (an enabled ring outside the memory)."""
+        qid = int(qd["qid"])
+        limit = 3 if self.kind == "net" else MAX_QUEUES
+        if not 0 <= qid < limit:
+            raise ValueError(f"queue {qid}: a {self.kind} device has queues 0..{limit - 1}")
+        feat = FEAT_INDIRECT | (FEAT_EVENT_IDX if features >> F_EVENT_IDX_BIT & 1 else 0)
+        size, packed = int(qd["size"]), bool(qd["packed"])
+        enabled = bool(qd["enabled"])
+        addrs = []
+        for gpa, ln in zip((qd["desc_gpa"], qd["avail_gpa"], qd["used_gpa"]), _ring_sizes(size, packed)):
+            addrs.append(mem.gpa_to_hva(int(gpa), ln) if size > 0 else 0)
+        bad = not all(addrs)
+        if bad and enabled:
+            raise ValueError(f"queue {qid}: ring areas {qd['desc_gpa']:#x}/{qd['avail_gpa']:#x}/"
+                             f"{qd['used_gpa']:#x} (size {size}) are outside guest memory")
+        kick = extra[qd["kick"]] if qd["kick"] >= 0 else -1
+        call = extra[qd["call"]] if qd["call"] >= 0 else -1
+        row = self.shm.rows[qid]
+        if bad:
+            ctx = self.dummy
+        else:
+            if packed:
+                base = int(qd["last_avail_idx"]) & 0x7FFF | (int(qd["avail_wrap"]) & 1) << 15
+                used = int(qd["last_used_idx"]) & 0x7FFF | (int(qd["used_wrap"]) & 1) << 15
+                sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=base,
+                                         last_used_idx=used)
+            else:
+                sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat,
+                                         last_avail_idx=int(qd["last_avail_idx"]) & 0xFFFF)
+                st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = int(qd["last_used_idx"]) & 0xFFFF
+            ctx = K.make_queue_ctx(sp, pk, st, table, is_packed=packed, callfd=call, enabled=enabled, counters=row)
+        row[ROW_ERR] = row[ROW_ERR_COUNT] = 0  # faults belong to the ring attached
+        return _Queue(qid, packed, ctx, kick, call, bad)
+
     def attach(self, msg: dict, fds: list[int]) -> dict:
         if self.attached:
             _close(fds)
@@ -153,46 +189,15 @@ class Hardware:
             _close(extra)
             raise ValueError(f"guest memory: {e}") from None
         features = int(msg["features"])
-        feat = FEAT_INDIRECT | (FEAT_EVENT_IDX if features >> F_EVENT_IDX_BIT & 1 else 0)
         queues: dict[int, _Queue] = {}
         try:
             table = mem.region_table()
             for qd in msg["queues"]:
                 qid = int(qd["qid"])
-                limit = 3 if self.kind == "net" else MAX_QUEUES
-                if not 0 <= qid < limit:
-                    raise ValueError(f"queue {qid}: a {self.kind} device has queues 0..{limit - 1}")
                 if qid in queues:
                     raise ValueError(f"queue {qid} given twice")
-                size, packed = int(qd["size"]), bool(qd["packed"])
-                enabled = bool(qd["enabled"])
-                addrs = []
-                for gpa, ln in zip((qd["desc_gpa"], qd["avail_gpa"], qd["used_gpa"]), _ring_sizes(size, packed)):
-                    addrs.append(mem.gpa_to_hva(int(gpa), ln) if size > 0 else 0)
-                bad = not all(addrs)
-                if bad and enabled:
-                    raise ValueError(f"queue {qid}: ring areas {qd['desc_gpa']:#x}/{qd['avail_gpa']:#x}/"
-                                     f"{qd['used_gpa']:#x} (size {size}) are outside guest memory")
-                row = self.shm.rows[qid]
-                row[ROW_ERR] = row[ROW_ERR_COUNT] = 0  # faults belong to the ring attached
-                kick = extra[qd["kick"]] if qd["kick"] >= 0 else -1
-                call = extra[qd["call"]] if qd["call"] >= 0 else -1
-                if bad:
-                    ctx = self.dummy
-                else:
-                    if packed:
-                        base = int(qd["last_avail_idx"]) & 0x7FFF | (int(qd["avail_wrap"]) & 1) << 15
-                        used = int(qd["last_used_idx"]) & 0x7FFF | (int(qd["used_wrap"]) & 1) << 15
-                        sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=base,
-                                                 last_used_idx=used)
-                    else:
-                        sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat,
-                                                 last_avail_idx=int(qd["last_avail_idx"]) & 0xFFFF)
-                        st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = int(qd["last_used_idx"]) & 0xFFFF
-                    ctx = K.make_queue_ctx(sp, pk, st, table, is_packed=packed, callfd=call, enabled=enabled,
-                                           counters=row)
-                queues[qid] = _Queue(qid, packed, ctx, kick, call, bad)
-                kept.update(fd for fd in (kick, call) if fd >= 0)
+                queues[qid] = self._build_queue(qd, extra, mem, table, features)
+                kept.update(fd for fd in (queues[qid].kick_fd, queues[qid].call_fd) if fd >= 0)
         except BaseException:
             mem.unmap()
             _close(extra)
@@ -204,7 +209,32 @@ class Hardware:
         log.info("vdpasim attached", device=self.name, queues=sorted(queues), features=hex(features))
         return {}
 
-    def vring_state(self, qid: int, enable: bool) -> dict:
+    def vring_state(self, qid: int, enable: bool, qd: dict | None = None, fds: list[int] = ()) -> dict:
+        """Start or stop serving ring ``qid``; ``qd`` (with ``enable``): program it anew first
+        (addresses, indices, eventfds in ``fds``), which also adds a ring not attached before.
+        Answers the ring's indices when it is disabled."""
+        fds = list(fds)
+        if not self.attached:
+            _close(fds)
+            raise ValueError("not attached")
+        if qd is not None:
+            if int(qd["qid"]) != qid:
+                _close(fds)
+                raise ValueError(f"queue dict of {qd['qid']} given for ring {qid}")
+            try:
+                nq = self._build_queue(dict(qd, enabled=False), fds, self.mem, self.mem.region_table(),
+                                       self.features)
+            except BaseException:
+                _close(fds)
+                raise
+            _close(fd for fd in fds if fd not in (nq.kick_fd, nq.call_fd))
+            old = self.queues.get(qid)
+            if old is not None:
+                _close(fd for fd in (old.kick_fd, old.call_fd) if fd not in (nq.kick_fd, nq.call_fd))
+            self.queues[qid] = nq
+            self.generation += 1  # its old kick fd may be closed
+        else:
+            _close(fds)
         q = self.queues.get(qid)
         if q is None:
             raise ValueError(f"queue {qid} is not attached")
@@ -214,11 +244,14 @@ class Hardware:
                 row[ROW_ERR] = ERR_RING_ADDR
             row[ROW_ERR_COUNT] += 1
             raise ValueError(f"queue {qid}: its ring areas are outside guest memory")
+        out = {}
         if q.ctx is not self.dummy:
             if enable and not q.enabled:
                 self.pending = True  # chains made available meanwhile are served without a kick
             q.ctx.cfg[K.CFG_ENABLED] = int(bool(enable))
-        return {}
+            if not enable:
+                out["indices"] = q.indices()
+        return out
 
     def sync(self) -> dict:
         """Serve every kick already made and run the work until nothing is left to do at once."""
@@ -338,12 +371,13 @@ def _serve(hw: Hardware, sock: socket.socket) -> bool:
             if op == "attach":
                 out = hw.attach(msg, list(fds))
                 fds = []
+            elif op == "vring_state":
+                out = hw.vring_state(int(msg["qid"]), bool(msg["enable"]), msg.get("queue"), list(fds))
+                fds = []
             else:
                 _close(fds)
                 fds = []
-                if op == "vring_state":
-                    out = hw.vring_state(int(msg["qid"]), bool(msg["enable"]))
-                elif op == "detach":
+                if op == "detach":
                     out = hw.detach()
                 elif op == "sync":
                     out = hw.sync()
