@@ -300,3 +300,29 @@ def test_event_idx_if_negotiated(hw):
     finally:
         hw.detach()
         guest.close()
+
+
+@pytest.mark.parametrize("guest", [dict(num=64)], indirect=True)
+@pytest.mark.parametrize("rtype", [T_OUT, T_IN])
+def test_request_stream_from_a_numba_driver(hw, guest, rtype):
+    """A numba driver loop keeping 32 requests in flight (the measurement harness): all answered OK."""
+    from dataplane.testing.blk_driver import RequestStream
+
+    before = hw.queue_counters(0)
+    rs = RequestStream(guest.q[0].drv, depth=32, rtype=rtype, nbytes=4096, disk_bytes=CAPACITY * 512)
+    got = rs.run(5000)
+    got += rs.drain()
+    rs.close()
+    assert got >= 5000 and rs.bad == 0
+    after = hw.queue_counters(0)
+    assert after["ok"] - before["ok"] == got and after["ioerr"] == before["ioerr"]
+
+
+def test_hostile_head_index(hw, guest):
+    q = guest.q[0]
+    q.drv.submit(T_FLUSH)
+    q.drv.vr.avail[2] = 999  # the avail ring names a descriptor past the ring
+    q.kick()
+    hw.sync()
+    assert hw.queue_errors() == {0: "desc_index"}
+    assert hw.alive()
