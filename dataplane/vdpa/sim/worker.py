@@ -189,6 +189,8 @@ class Hardware:
             _close(extra)
             raise ValueError(f"guest memory: {e}") from None
         features = int(msg["features"])
+        self.shm.rows[:, ROW_ERR] = 0  # a new configuration: the faults of the previous one are history
+        self.shm.rows[:, ROW_ERR_COUNT] = 0
         queues: dict[int, _Queue] = {}
         try:
             table = mem.region_table()
