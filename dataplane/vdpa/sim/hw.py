@@ -16,11 +16,17 @@ this process reads while the hardware runs::
     idx = hw.detach()  # dev_close: {qid: (last_avail_idx, avail_wrap, last_used_idx, used_wrap)}
     hw.close()
 
-Requests to the hardware (attach, set_vring_state, detach) wait for its
-answer: when they return, the hardware has done it (after ``detach`` it no
-longer touches guest memory).  A refused request raises ValueError with the
-hardware's reason; a hardware process that died raises
+Requests to the hardware (attach, set_vring_state, detach, sync) wait for
+its answer: when they return, the hardware has done it (after ``detach`` it
+no longer touches guest memory).  A refused request raises ValueError with
+the hardware's reason; a hardware process that died raises
 :class:`SimHardwareError`.
+
+Beyond the driver interface: :meth:`SimHardware.sync` (a barrier: every kick
+made before it has been served), :meth:`SimHardware.queue_counters` (blk's
+request counters, interrupts, kicks, faults per queue),
+:attr:`SimHardware.pid`, and :meth:`SimHardware.set_vring_state`'s optional
+``queue`` (reprogram a ring) and its return value on disable (the indices).
 """
 
 from __future__ import annotations
