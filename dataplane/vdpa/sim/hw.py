@@ -96,6 +96,7 @@ class SimHardware:
         self._sock: socket.socket | None = None
         self._ready = False
         self._closed = False
+        self._seq = 0
         self._shm = SimShm.create(self.name)
         self._shm.mac[:] = list(mac)
 
@@ -212,8 +213,12 @@ class SimHardware:
                 got = self._recv(READY_TIMEOUT)
                 if got.get("op") != "ready":
                     raise SimHardwareError(f"{self.name}: unexpected first message {got!r}")
-            self._send(msg, fds)
-            reply = self._recv(REQUEST_TIMEOUT, ignore_ready=True)
+            self._seq += 1
+            self._send(dict(msg, seq=self._seq), fds)
+            while True:  # an answer to an earlier request that timed out is not this one's
+                reply = self._recv(REQUEST_TIMEOUT, ignore_ready=True)
+                if reply.get("seq") == self._seq:
+                    break
             if not reply.get("ok"):
                 raise ValueError(f"{self.name}: {reply.get('error', 'refused')}")
             return reply

@@ -367,8 +367,10 @@ def _serve(hw: Hardware, sock: socket.socket) -> bool:
         if not data:
             _close(fds)
             return False
+        seq = None
         try:
             msg = json.loads(data)
+            seq = msg.get("seq")
             op = msg.get("op")
             if op == "attach":
                 out = hw.attach(msg, list(fds))
@@ -385,15 +387,15 @@ def _serve(hw: Hardware, sock: socket.socket) -> bool:
                     out = hw.sync()
                 elif op == "stop":
                     hw.detach()
-                    _reply(sock, {"ok": True})
+                    _reply(sock, {"ok": True, "seq": seq})
                     return False
                 else:
                     raise ValueError(f"unknown request {op!r}")
-            _reply(sock, {"ok": True, **out})
+            _reply(sock, {"ok": True, "seq": seq, **out})
         except (ValueError, KeyError, TypeError) as e:
             _close(fds)
             log.error("vdpasim request refused", device=hw.name, error=str(e))
-            _reply(sock, {"ok": False, "error": str(e)})
+            _reply(sock, {"ok": False, "seq": seq, "error": str(e)})
 
 
 def run(hw: Hardware, sock: socket.socket) -> None:
