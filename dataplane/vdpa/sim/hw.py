@@ -189,7 +189,9 @@ class SimHardware:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SimHardwareError(f"{self.name}: the hardware did not answer within {timeout:.0f} s")
-            r, _, _ = select.select([self._sock], [], [], min(left, 0.2))
+            p = select.poll()
+            p.register(self._sock.fileno(), select.POLLIN)
+            r = p.poll(min(left, 0.2) * 1000)
             if not r:
                 if self._proc.poll() is not None:
                     raise SimHardwareError(f"{self.name}: the hardware process exited ({self._proc.returncode})")

@@ -101,6 +101,21 @@ def _ring_sizes(size: int, packed: bool) -> tuple[int, int, int]:
     return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
 
 
+def _readable(fds, timeout: float) -> list:
+    """The fds (ints or sockets) of ``fds`` readable within ``timeout`` seconds (poll: any fd number)."""
+    if not fds:
+        if timeout > 0:
+            select.select([], [], [], timeout)
+        return []
+    p = select.poll()
+    by_fd = {}
+    for f in fds:
+        n = f if isinstance(f, int) else f.fileno()
+        by_fd[n] = f
+        p.register(n, select.POLLIN)
+    return [by_fd[n] for n, ev in p.poll(timeout * 1000) if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)]
+
+
 def _close(fds) -> None:
     for fd in fds:
         if fd is not None and fd >= 0:
@@ -259,7 +274,7 @@ class Hardware:
         """Serve every kick already made and run the work until nothing is left to do at once."""
         kicks, polled = self.wait_set()
         if kicks:
-            ready, _, _ = select.select(kicks, [], [], 0)
+            ready = _readable(kicks, 0)
             for fd in ready:
                 self.take_kick(fd)
         if self.attached:
@@ -338,7 +353,7 @@ class Hardware:
         """Read a kick eventfd select found readable; a kick already taken (by a sync) is no kick."""
         if not any(q.kick_fd == fd for q in self.queues.values()):
             return
-        r, _, _ = select.select([fd], [], [], 0)  # eventfd_read on a blocking fd must not wait
+        r = _readable([fd], 0)  # eventfd_read on a blocking fd must not wait
         if not r:
             return
         try:
@@ -403,7 +418,7 @@ def run(hw: Hardware, sock: socket.socket) -> None:
     while True:
         kicks, polled = hw.wait_set()
         timeout = 0 if hw.pending else (POLL_S if polled else IDLE_S)
-        ready, _, _ = select.select([sock, *kicks], [], [], timeout)
+        ready = _readable([sock, *kicks], timeout)
         if sock in ready:
             gen = hw.generation
             if not _serve(hw, sock):
