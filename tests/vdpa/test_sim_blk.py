@@ -326,3 +326,26 @@ def test_hostile_head_index(hw, guest):
     hw.sync()
     assert hw.queue_errors() == {0: "desc_index"}
     assert hw.alive()
+
+
+def test_in_out_limit_is_131072_sectors():
+    """IN / OUT of more than size_max * seg_max = 131072 sectors is IOERR even inside the disk."""
+    with SimHardware("blk", f"tsimbig{os.getpid()}") as big:  # the default 128 MiB disk
+        big.start()
+        g = SimGuest([0], memory_size=80 << 20, num=8, max_data=4096)
+        try:
+            big.attach(*g.attach_args(FEATURES))
+            q = g.q[0]
+            d = q.drv
+            area = g.memory.alloc((64 << 20) + 1024, 4096)
+            for nsect, status in ((131073, S_IOERR), (131072, S_OK)):
+                slot = d.alloc_slot()
+                d.write_header(slot, T_IN, 1)
+                d.add([(d.hdr_gpa(slot), 16, False), (area, nsect * 512 + 1, True)], slot)
+                q.kick()
+                [(s, n)] = q.wait_used(1)
+                st = g.memory.view(area + nsect * 512, 1)[0]
+                assert (s, st, n) == (slot, status, 1 if status else nsect * 512 + 1)
+        finally:
+            big.detach()
+            g.close()
