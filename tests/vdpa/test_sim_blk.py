@@ -33,7 +33,8 @@ def hw():
 def guest(hw, request):
     kw = getattr(request, "param", {}) or {}
     qids = kw.pop("qids", [0])
-    g = SimGuest(qids, max_data=1 << 16, **kw)
+    kw.setdefault("max_data", 1 << 16)
+    g = SimGuest(qids, **kw)
     hw.attach(*g.attach_args(FEATURES))
     hw.sync()  # the run an attach starts is over: each kick of the test makes exactly one run
     try:
@@ -349,3 +350,32 @@ def test_in_out_limit_is_131072_sectors():
         finally:
             big.detach()
             g.close()
+
+
+@pytest.mark.parametrize("guest", [dict(num=2048, max_data=4096)], indirect=True)
+def test_hostile_chain_too_long(hw, guest):
+    """A chain of more segments than the hardware takes (1024) stops the queue; nothing of it is touched."""
+    from dataplane.vdpa.sim.kernels import MAX_SEGS
+
+    q = guest.q[0]
+    d = q.drv
+    slot = d.alloc_slot()
+    d.write_header(slot, T_OUT, 0)
+    segs = [(d.hdr_gpa(slot), 16, False)] + [(d.data_gpa(slot) + i, 1, False) for i in range(MAX_SEGS + 50)]
+    d.add(segs + [(d.status_gpa(slot), 1, True)], slot)
+    d.view(d.status_gpa(slot), 1)[0] = STATUS_UNSET
+    q.kick()
+    hw.sync()
+    assert hw.queue_errors() == {0: "too_many_segments"}
+    assert d.status(slot) == STATUS_UNSET and q.harvest() == []
+
+
+@pytest.mark.parametrize("guest", [dict(packed=True)], indirect=True)
+def test_hostile_packed_ring(hw, guest):
+    q = guest.q[0]
+    run(q, (T_FLUSH, 0, 0))
+    q.drv.add([(q.drv.hdr_gpa(0), 16, False), (1 << 45, 1, True)])
+    q.kick()
+    hw.sync()
+    assert hw.queue_errors() == {0: "bad_address"}
+    assert hw.alive()
