@@ -379,3 +379,17 @@ def test_hostile_packed_ring(hw, guest):
     hw.sync()
     assert hw.queue_errors() == {0: "bad_address"}
     assert hw.alive()
+
+
+@pytest.mark.parametrize("guest", [dict(packed=True, num=16)], indirect=True)
+def test_packed_detach_wraps_and_reattach(hw, guest):
+    q = guest.q[0]
+    for i in range(20):  # 20 x (3 + 2) = 100 descriptors in a 16-entry ring: 6 laps and 4
+        run(q, (T_OUT, i, bytes([i]) * 512), (T_FLUSH, 0, 0))
+    idx = hw.detach()
+    avail, awrap, used, uwrap = idx[0]
+    assert (avail, used) == (4, 4) and awrap == uwrap == (1 + 6) % 2
+    r = q.drv.submit(T_IN, 19, read_len=512)
+    q.kick()
+    hw.attach(*guest.attach_args(FEATURES, indices=idx))
+    assert q.wait_used(1) == [(r, 513)] and q.drv.data(r, 512) == bytes([19]) * 512
