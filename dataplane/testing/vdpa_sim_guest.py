@@ -28,7 +28,7 @@ import time
 from dataplane.testing.blk_driver import BlkDriver
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, eventfd_count
 
-__all__ = ["SimGuest", "SimGuestQueue"]
+__all__ = ["SimGuest", "SimGuestQueue", "NetLoopStream", "net_loop_split"]
 
 
 def _eventfd() -> int:
@@ -165,3 +165,91 @@ class SimGuest:
         for q in self.q.values():
             q.close()
         self.memory.close()
+
+
+# -----------------------------------------------------------------------------------
+# A numba driver loop for measurements: frames looped TX -> RX through the hardware
+# -----------------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from dataplane.rings.jit import eventfd_signal, loop_kernel  # noqa: E402
+from dataplane.rings.split import split_drv_add1, split_drv_get_used, split_drv_publish  # noqa: E402
+
+# loop state slots (int64)
+LOOP_RX_NFREE = 0  # free RX slots (their numbers at rx_free[:n])
+LOOP_BAD = 1  # RX completions whose length was not the frame's
+LOOP_DONE = 2  # frames received
+LOOP_SENT = 3  # TX chains added
+LOOP_SLOTS = 8
+
+
+@loop_kernel
+def net_loop_split(rx_vr, rx_ds, tx_vr, tx_ds, rx_kick, tx_kick, rx_gpa, rx_stride, rx_len, tx_gpa, frame_len,
+                   want, st, rx_free, cookies, lens, spin_limit):
+    """Keep the RX ring full of buffers and the TX ring full of one frame (at ``tx_gpa``); returns the
+    frames received, once ``want`` arrived or ``spin_limit`` turns passed without any."""
+    got = 0
+    idle = 0
+    while got < want and idle < spin_limit:
+        added = False
+        while st[LOOP_RX_NFREE] > 0:
+            slot = rx_free[st[LOOP_RX_NFREE] - 1]
+            if split_drv_add1(rx_vr, rx_ds, slot, np.uint64(rx_gpa) + np.uint64(slot) * np.uint64(rx_stride),
+                              rx_len, True) < 0:
+                break
+            st[LOOP_RX_NFREE] -= 1
+            added = True
+        if added and split_drv_publish(rx_vr, rx_ds) and rx_kick >= 0:
+            eventfd_signal(rx_kick)
+        split_drv_get_used(tx_vr, tx_ds, cookies, lens, cookies.shape[0])
+        added = False
+        while split_drv_add1(tx_vr, tx_ds, 0, tx_gpa, frame_len, False) >= 0:
+            st[LOOP_SENT] += 1
+            added = True
+        if added and split_drv_publish(tx_vr, tx_ds) and tx_kick >= 0:
+            eventfd_signal(tx_kick)
+        n = split_drv_get_used(rx_vr, rx_ds, cookies, lens, cookies.shape[0])
+        for i in range(n):
+            if lens[i] != frame_len:
+                st[LOOP_BAD] += 1
+            rx_free[st[LOOP_RX_NFREE]] = np.int64(cookies[i])
+            st[LOOP_RX_NFREE] += 1
+        got += n
+        st[LOOP_DONE] += n
+        idle = 0 if n else idle + 1
+    return got
+
+
+class NetLoopStream:
+    """Frames looped through a net hardware by :func:`net_loop_split` on a guest's split queues 0 (rx) and 1 (tx)."""
+
+    def __init__(self, guest: SimGuest, frame: bytes, rx_len: int = 2048):
+        self.rx, self.tx = guest.q[0], guest.q[1]
+        if self.rx.packed or self.tx.packed:
+            raise ValueError("the loop drives split rings only")
+        self.frame = bytes(frame)
+        self.rx_len = int(rx_len)
+        d = self.tx.drv
+        self.tx_slot = d.alloc_slot()
+        self.tx_gpa = d.data_gpa(self.tx_slot)
+        d.view(self.tx_gpa, len(frame))[:] = np.frombuffer(self.frame, np.uint8)
+        r = self.rx.drv
+        if rx_len > r.max_data:
+            raise ValueError(f"rx_len {rx_len} > max_data {r.max_data}")
+        self.slots = np.array([r.alloc_slot() for _ in range(r.num)], np.int64)
+        self.st = np.zeros(LOOP_SLOTS, np.int64)
+        self.rx_free = self.slots.copy()
+        self.st[LOOP_RX_NFREE] = len(self.slots)
+        self.cookies = np.zeros(max(r.num, d.num), np.uint64)
+        self.lens = np.zeros(max(r.num, d.num), np.uint32)
+
+    def run(self, n: int, spin_limit: int = 50_000_000) -> int:
+        r, t = self.rx.drv, self.tx.drv
+        return int(net_loop_split(r.vr, r.ds, t.vr, t.ds, self.rx.kick_fd, self.tx.kick_fd, r.data_gpa(0),
+                                  r.slot_size, self.rx_len, self.tx_gpa, len(self.frame), int(n), self.st,
+                                  self.rx_free, self.cookies, self.lens, int(spin_limit)))
+
+    @property
+    def bad(self) -> int:
+        return int(self.st[LOOP_BAD])

@@ -4,8 +4,13 @@
 :mod:`~dataplane.vdpa.sim.worker` the hardware process;
 :mod:`~dataplane.vdpa.sim.kernels` its numba data path;
 :mod:`~dataplane.vdpa.sim.spec` the devices' facts.
+
+:func:`warm_up` ``("net" | "blk")`` compiles a kind's kernels in the calling
+process (an app does it once before probing, so each hardware process loads
+them from numba's cache in about a second instead of compiling them).
 """
 
 from .hw import SimHardware, SimHardwareError
+from .kernels import warm_up
 
-__all__ = ["SimHardware", "SimHardwareError"]
+__all__ = ["SimHardware", "SimHardwareError", "warm_up"]

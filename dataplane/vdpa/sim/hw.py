@@ -16,11 +16,17 @@ this process reads while the hardware runs::
     idx = hw.detach()  # dev_close: {qid: (last_avail_idx, avail_wrap, last_used_idx, used_wrap)}
     hw.close()
 
-Requests to the hardware (attach, set_vring_state, detach) wait for its
-answer: when they return, the hardware has done it (after ``detach`` it no
-longer touches guest memory).  A refused request raises ValueError with the
-hardware's reason; a hardware process that died raises
+Requests to the hardware (attach, set_vring_state, detach, sync) wait for
+its answer: when they return, the hardware has done it (after ``detach`` it
+no longer touches guest memory).  A refused request raises ValueError with
+the hardware's reason; a hardware process that died raises
 :class:`SimHardwareError`.
+
+Beyond the driver interface: :meth:`SimHardware.sync` (a barrier: every kick
+made before it has been served), :meth:`SimHardware.queue_counters` (blk's
+request counters, interrupts, kicks, faults per queue),
+:attr:`SimHardware.pid`, and :meth:`SimHardware.set_vring_state`'s optional
+``queue`` (reprogram a ring) and its return value on disable (the indices).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ import sys
 import threading
 import time
 
-import dataplane
 from dataplane import log as dplog
 
 from .kernels import BLK_COUNTER_NAMES, queue_error_name
@@ -55,6 +60,7 @@ READY_TIMEOUT = 600.0
 #: How long a request waits for its answer once the hardware is up.
 REQUEST_TIMEOUT = 30.0
 _MAX_FDS = 250
+_ROOT = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 3)[0]  # .../dataplane/vdpa/sim -> the tree
 
 
 class SimHardwareError(RuntimeError):
@@ -90,6 +96,7 @@ class SimHardware:
         self._sock: socket.socket | None = None
         self._ready = False
         self._closed = False
+        self._seq = 0
         self._shm = SimShm.create(self.name)
         self._shm.mac[:] = list(mac)
 
@@ -103,7 +110,7 @@ class SimHardware:
                     return
                 self._reap()
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            root = os.path.dirname(os.path.dirname(os.path.abspath(dataplane.__file__)))
+            root = _ROOT  # the worker imports this tree's dataplane, whatever the caller's sys.path
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
             cmd = [sys.executable, "-m", "dataplane.vdpa.sim.worker", "--sock", str(b.fileno()),
@@ -182,7 +189,9 @@ class SimHardware:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SimHardwareError(f"{self.name}: the hardware did not answer within {timeout:.0f} s")
-            r, _, _ = select.select([self._sock], [], [], min(left, 0.2))
+            p = select.poll()
+            p.register(self._sock.fileno(), select.POLLIN)
+            r = p.poll(min(left, 0.2) * 1000)
             if not r:
                 if self._proc.poll() is not None:
                     raise SimHardwareError(f"{self.name}: the hardware process exited ({self._proc.returncode})")
@@ -206,11 +215,30 @@ class SimHardware:
                 got = self._recv(READY_TIMEOUT)
                 if got.get("op") != "ready":
                     raise SimHardwareError(f"{self.name}: unexpected first message {got!r}")
-            self._send(msg, fds)
-            reply = self._recv(REQUEST_TIMEOUT, ignore_ready=True)
+            self._seq += 1
+            self._send(dict(msg, seq=self._seq), fds)
+            while True:  # an answer to an earlier request that timed out is not this one's
+                reply = self._recv(REQUEST_TIMEOUT, ignore_ready=True)
+                if reply.get("seq") == self._seq:
+                    break
             if not reply.get("ok"):
                 raise ValueError(f"{self.name}: {reply.get('error', 'refused')}")
             return reply
+
+    @staticmethod
+    def _queue_msg(q: dict, extra: list[int]) -> dict:
+        """The wire form of a queue dict; its eventfds are appended to ``extra`` (indices in the dict)."""
+        d = {k: (bool(q[k]) if k in ("packed", "enabled") else int(q[k]))
+             for k in ("qid", "size", "packed", "desc_gpa", "avail_gpa", "used_gpa", "last_avail_idx",
+                       "avail_wrap", "last_used_idx", "used_wrap", "enabled")}
+        for key, fdkey in (("kick", "kick_fd"), ("call", "call_fd")):
+            fd = int(q.get(fdkey, -1))
+            if fd >= 0:
+                d[key] = len(extra)
+                extra.append(fd)
+            else:
+                d[key] = -1
+        return d
 
     def attach(self, features: int, regions: list[dict], region_fds: list[int], queues: list[dict]) -> None:
         """dev_conf: map guest memory and start the queues.
@@ -230,27 +258,28 @@ class SimHardware:
             raise ValueError(f"{len(regions)} regions but {len(region_fds)} fds")
         fds = [int(fd) for fd in region_fds]
         extra: list[int] = []
-        qs = []
-        for q in queues:
-            d = {k: (int(q[k]) if k != "packed" and k != "enabled" else bool(q[k]))
-                 for k in ("qid", "size", "packed", "desc_gpa", "avail_gpa", "used_gpa", "last_avail_idx",
-                           "avail_wrap", "last_used_idx", "used_wrap", "enabled")}
-            for key, fdkey in (("kick", "kick_fd"), ("call", "call_fd")):
-                fd = int(q.get(fdkey, -1))
-                if fd >= 0:
-                    d[key] = len(extra)
-                    extra.append(fd)
-                else:
-                    d[key] = -1
-            qs.append(d)
+        qs = [self._queue_msg(q, extra) for q in queues]
         if len(fds) + len(extra) > _MAX_FDS:
             raise ValueError(f"too many fds for one attach: {len(fds) + len(extra)} > {_MAX_FDS}")
         rs = [{k: int(r[k]) for k in ("guest_phys_addr", "size", "userspace_addr", "mmap_offset")} for r in regions]
         self._request({"op": "attach", "features": int(features), "regions": rs, "queues": qs}, fds + extra)
 
-    def set_vring_state(self, qid: int, enable: bool) -> None:
-        """A ring's readiness flipped while attached: the hardware starts or stops serving it."""
-        self._request({"op": "vring_state", "qid": int(qid), "enable": bool(enable)})
+    def set_vring_state(self, qid: int, enable: bool, queue: dict | None = None) -> tuple[int, int, int, int] | None:
+        """A ring's readiness flipped while attached: the hardware starts or stops serving it.
+
+        Disabling returns the ring's ``(last_avail_idx, avail_wrap, last_used_idx, used_wrap)``
+        (the hardware stopped touching it).  ``queue`` (an :meth:`attach` queue dict, with
+        ``enable``): program the ring anew from it first -- new addresses, indices or eventfds
+        (the caller keeps its fds), or a ring that was not in the attach (e.g. a cvq that
+        became ready later).  ValueError for a ring not attached or one outside guest memory.
+        """
+        msg = {"op": "vring_state", "qid": int(qid), "enable": bool(enable)}
+        extra: list[int] = []
+        if queue is not None:
+            msg["queue"] = self._queue_msg(dict(queue, qid=int(queue.get("qid", qid))), extra)
+        reply = self._request(msg, extra)
+        idx = reply.get("indices")
+        return None if idx is None else tuple(int(x) for x in idx)
 
     def sync(self) -> None:
         """Return once the hardware has served every kick made before the call (and whatever

@@ -15,8 +15,13 @@ Both fetch one chain at a time (so a chain they must not take yet is left
 in the ring, as vringh does), publish the used entries once per call and
 write the queue's call eventfd when the driver wants an interrupt
 (``VRING_AVAIL_F_NO_INTERRUPT`` clear; EVENT_IDX if it was negotiated).
-They return the chains taken; a caller calls again at once when that is
-``budget`` (more may be waiting), otherwise it waits for a kick.
+They return the chains taken and flag ``CFG_STOPPED`` when they stopped
+where Linux's work function stops (an overrun, a malformed request...):
+such a queue waits for the next kick.  :func:`net_serve` / :func:`blk_serve`
+call them again while chains keep coming (a short busy window, never past a
+stop), so a burst costs one wake-up and one dispatch from Python (a call
+from Python costs ~14 us of argument checking: the queue contexts hold ~30
+arrays each).
 
 Semantics (VDPA-FACTS §4.2 / §4.3) and where this departs from Linux:
 
@@ -68,6 +73,8 @@ __all__ = [
     "disabled_queue_ctx",
     "net_work",
     "blk_work",
+    "net_serve",
+    "blk_serve",
     "MAX_SEGS",
     "CFG_PACKED",
     "CFG_CALLFD",
@@ -87,6 +94,7 @@ MAX_SEGS = 1024
 CFG_PACKED = 0
 CFG_CALLFD = 1  # -1: no interrupt
 CFG_ENABLED = 2
+CFG_STOPPED = 3  # the last run stopped early as Linux's would (overrun, malformed request...): wait for a kick
 CFG_SLOTS = 8
 
 # -- counter slots of a queue's row (net: the vendor stats, in their order) -----------
@@ -288,6 +296,7 @@ def _cvq_work(q, mac, budget):
     """Serve control requests: class MAC / MAC_ADDR_SET with 6 bytes sets ``mac`` (OK); anything else ERR."""
     done = 0
     completed = 0
+    q.cfg[CFG_STOPPED] = 0
     mac_addr = _U64(mac.ctypes.data)
     while done < budget:
         if _fetch1(q) <= 0:
@@ -300,6 +309,7 @@ def _cvq_work(q, mac, budget):
         done += 1
         if rlen < _U64(2):  # short header: an error, the chain is not completed, processing stops
             q.counters[CVQ_ERRORS] += 1
+            q.cfg[CFG_STOPPED] = 1
             break
         cls = _load_le(ch, s0, w0, _Z, _ONE)
         cmd = _load_le(ch, s0, w0, _ONE, _ONE)
@@ -337,6 +347,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
     taken (cvq and TX).  TX is served only while RX and TX are both usable.
     """
     done = 0
+    tx.cfg[CFG_STOPPED] = 0
     if cvq_on and _usable(cvq):
         done += _cvq_work(cvq, mac, budget)
     if not (_usable(rx) and _usable(tx)):
@@ -348,6 +359,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
         if r <= 0:
             if r < 0:
                 tx.counters[TX_ERRORS] += 1
+                tx.cfg[CFG_STOPPED] = 1
             break
         ch = tx.chains
         head = ch.head[0]
@@ -357,6 +369,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
         w0, rlen = _readable(ch, s0, s_end)
         if w0 != s_end:  # a writable descriptor in a TX chain: getdesc fails, the chain stays taken
             tx.counters[TX_ERRORS] += 1
+            tx.cfg[CFG_STOPPED] = 1
             break
         n = rlen if rlen < _PULL_MAX else _PULL_MAX
         _gather(ch, s0, s_end, _Z, bufa, n)
@@ -372,6 +385,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
         if r <= 0:  # no RX buffer (or the RX ring is at fault)
             rx.counters[RX_OVERRUNS] += 1
             _push(tx, head, 0, nd)
+            tx.cfg[CFG_STOPPED] = 1
             break
         rc = rx.chains
         r0 = np.int64(rc.seg_start[0])
@@ -380,10 +394,12 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
         if rw0 != r0:  # a readable descriptor in an RX chain: getdesc fails -> overrun
             rx.counters[RX_OVERRUNS] += 1
             _push(tx, head, 0, nd)
+            tx.cfg[CFG_STOPPED] = 1
             break
         written = _scatter(rc, r0, r_end, bufa, n)
         if written == _Z:  # nothing could be pushed: neither chain is completed
             rx.counters[RX_ERRORS] += 1
+            tx.cfg[CFG_STOPPED] = 1
             break
         rx.counters[RX_PACKETS] += 1
         rx.counters[RX_BYTES] += np.int64(written)
@@ -437,6 +453,7 @@ def blk_work(q, disk, ident, budget):
     chains taken.
     """
     done = 0
+    q.cfg[CFG_STOPPED] = 0
     capacity = _U64(disk.shape[0]) >> _SHIFT
     diska = _U64(disk.ctypes.data)
     while done < budget:
@@ -452,6 +469,7 @@ def blk_work(q, disk, ident, budget):
         if w0 == s0 or w0 == s_end or ch.seg_len[s_end - 1] == 0 or rlen < _HDR:
             q.counters[BLK_MALFORMED] += 1
             _push(q, head, 0, nd)
+            q.cfg[CFG_STOPPED] = 1
             break
         to_push = _seg_bytes(ch, w0, s_end) - _ONE
         to_pull = rlen - _HDR
@@ -505,6 +523,52 @@ def blk_work(q, disk, ident, budget):
 
 
 # =============================================================================
+# busy windows: keep serving while chains keep coming
+# =============================================================================
+
+
+@kernel
+def net_serve(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget, spin):
+    """:func:`net_work` again and again while chains keep coming: until ``budget`` chains, a run
+    stopped as Linux's stops (it then waits for a kick), or ``spin`` turns without a chain.  The
+    driver always kicks (no kick is ever suppressed), so serving its chains before the kick
+    arrives changes nothing it can see; it saves a wake-up per burst.  Returns the chains taken."""
+    total = 0
+    idle = 0
+    while total < budget:
+        n = net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget - total)
+        total += n
+        if tx.cfg[CFG_STOPPED] != 0 or cvq.cfg[CFG_STOPPED] != 0:
+            break
+        if n == 0:
+            idle += 1
+            if idle >= spin:
+                break
+        else:
+            idle = 0
+    return total
+
+
+@kernel
+def blk_serve(q, disk, ident, budget, spin):
+    """:func:`blk_work` in a busy window, as :func:`net_serve`."""
+    total = 0
+    idle = 0
+    while total < budget:
+        n = blk_work(q, disk, ident, budget - total)
+        total += n
+        if q.cfg[CFG_STOPPED] != 0:
+            break
+        if n == 0:
+            idle += 1
+            if idle >= spin:
+                break
+        else:
+            idle = 0
+    return total
+
+
+# =============================================================================
 # plain-Python side
 # =============================================================================
 
@@ -543,6 +607,6 @@ def warm_up(kind: str) -> None:
     """Compile (or load from the cache) the kind's kernels in this process."""
     d = disabled_queue_ctx()
     if kind == "net":
-        net_work(d, d, d, True, np.zeros(6, np.uint8), np.zeros(TX_PULL_MAX, np.uint8), 12, 1)
+        net_serve(d, d, d, True, np.zeros(6, np.uint8), np.zeros(TX_PULL_MAX, np.uint8), 12, 1, 1)
     else:
-        blk_work(d, np.zeros(512, np.uint8), np.zeros(20, np.uint8), 1)
+        blk_serve(d, np.zeros(512, np.uint8), np.zeros(20, np.uint8), 1, 1)
