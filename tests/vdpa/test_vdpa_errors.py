@@ -288,3 +288,9 @@ def test_file_prefix_selects_the_service(runtime, vdpa):
             assert default.socket_path == str(runtime / "dataplane" / "vdpa.sock")
             assert vdpa("mgmtdev", "show") == (0, "", "")
     assert vdpa("--file-prefix", "a/b", "dev")[0] == 1
+
+
+def test_posixly_correct_stops_options_at_the_first_word(mgmt, vdpa, monkeypatch):
+    monkeypatch.setenv("POSIXLY_CORRECT", "1")
+    assert vdpa("-j", "dev", "show") == (0, '{"dev":{}}\n', "")
+    assert vdpa("dev", "show", "-j") == (1, "", "Error: vdpa: device not found.\nkernel answers: No such device\n")

@@ -95,7 +95,8 @@ def mlx5_sf_mgmtdev(features=MLX5_DEV_FEATURES & ~bit(5)):
 
 
 def add_sim_devices(vdpa):
-    assert vdpa("dev", "add", "name", "vdpa0", "mgmtdev", "vdpasim_net", "mac", "00:11:22:33:44:55", "mtu", "9000") == (0, "", "")
+    assert vdpa("dev", "add", "name", "vdpa0", "mgmtdev", "vdpasim_net", "mac", "00:11:22:33:44:55",
+                "mtu", "9000") == (0, "", "")
     assert vdpa("dev", "add", "name", "blk0", "mgmtdev", "vdpasim_blk") == (0, "", "")
 
 

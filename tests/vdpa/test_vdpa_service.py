@@ -168,7 +168,8 @@ def test_concurrent_clients(mgmt):
             with MgmtClient(mgmt.socket_path) as c:
                 for j in range(20):
                     name = f"v{i}-{j}"
-                    assert c.request(VdpaCmd.DEV_NEW, [(A.DEV_NAME, name), (A.MGMTDEV_DEV_NAME, "vdpasim_net")]).error == 0
+                    new = [(A.DEV_NAME, name), (A.MGMTDEV_DEV_NAME, "vdpasim_net")]
+                    assert c.request(VdpaCmd.DEV_NEW, new).error == 0
                     assert c.request(VdpaCmd.DEV_GET, [(A.DEV_NAME, name)]).messages[0].get(A.DEV_NAME) == name
                     assert c.request(VdpaCmd.DEV_DEL, [(A.DEV_NAME, name)]).error == 0
         except Exception as exc:  # reported below

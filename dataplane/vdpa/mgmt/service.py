@@ -464,7 +464,8 @@ class VdpaManagement:
         if dev is None:
             raise VdpaMgmtError(errno.EINVAL)
         self._devices.append(dev)
-        log.info("vdpa device added", name=name, mgmtdev=mgmtdev_handle(mdev), **{k: (v.hex(":") if isinstance(v, bytes) else v) for k, v in attrs.items()})
+        shown = {k: (v.hex(":") if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        log.info("vdpa device added", name=name, mgmtdev=mgmtdev_handle(mdev), **shown)
 
     # DEV_DEL
     def _dev_del(self, tb, reply: NlReply) -> None:
