@@ -263,3 +263,20 @@ def test_cli_main_dispatches(mgmt, capsys):
     assert capsys.readouterr().out == "vdpa utility, iproute2-6.1.0\n"
     assert main(["vdpa", "dev", "show"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_device_made_by_dev_add_is_managed_whatever_it_says(mgmt, vdpa):
+    class Forgetful(FakeMgmtdev):
+        def dev_add(self, name, attrs):
+            from dataplane.testing.vdpa_mgmt import FakeNetDevice
+
+            return FakeNetDevice(name, None, attrs, user_created=False)  # no mgmtdev, not "user created"
+
+    forgetful = Forgetful("forgetful", bus="pci", supported_classes=2)
+    mgmt.add_mgmtdev(forgetful)
+    assert vdpa("dev", "add", "name", "f0", "mgmtdev", "pci/forgetful") == (0, "", "")
+    assert vdpa("dev", "show") == (
+        0, "f0: type network mgmtdev pci/forgetful vendor_id 0 max_vqs 3 max_vq_size 256\n", "")
+    dev = mgmt.devices[0]
+    mgmt.remove_mgmtdev(forgetful)
+    assert dev.deleted and mgmt.devices == []
