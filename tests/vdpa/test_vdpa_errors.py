@@ -294,3 +294,8 @@ def test_posixly_correct_stops_options_at_the_first_word(mgmt, vdpa, monkeypatch
     monkeypatch.setenv("POSIXLY_CORRECT", "1")
     assert vdpa("-j", "dev", "show") == (0, '{"dev":{}}\n', "")
     assert vdpa("dev", "show", "-j") == (1, "", "Error: vdpa: device not found.\nkernel answers: No such device\n")
+
+
+def test_dev_new_empty_name(mgmt, vdpa):
+    assert vdpa("dev", "add", "name", "", "mgmtdev", "vdpasim_net") == (1, "", EINVAL)
+    assert names(mgmt) == []

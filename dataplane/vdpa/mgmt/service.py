@@ -472,7 +472,9 @@ class VdpaManagement:
             raise _core_error(
                 errno.EINVAL, "Management device supports multi-class while device features specified are ambiguous"
             )
-        if self._find(name) is not None:  # device registration refuses a duplicate name
+        if not name:  # device registration refuses an empty name
+            raise VdpaMgmtError(errno.EINVAL)
+        if self._find(name) is not None:  # ... and a duplicate one
             raise VdpaMgmtError(errno.EEXIST)
         dev = mdev.dev_add(name, attrs)
         if dev is None:
