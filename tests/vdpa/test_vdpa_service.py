@@ -84,6 +84,9 @@ def test_requests_without_the_needed_attributes(mgmt):
     assert (r.error, r.extack) == (-errno.EINVAL, "vdpa: Fail to find the specified mgmt device")
     assert mgmt.request(VdpaCmd.UNSPEC, []).error == -errno.EOPNOTSUPP
     assert mgmt.request(99, []).error == -errno.EOPNOTSUPP
+    # only MGMTDEV_GET, DEV_GET and DEV_CONFIG_GET can dump
+    assert mgmt.request(VdpaCmd.DEV_DEL, [(A.DEV_NAME, "x")], dump=True).error == -errno.EOPNOTSUPP
+    assert mgmt.request(VdpaCmd.DEV_CONFIG_GET, [], dump=True).error == 0
 
 
 def test_a_failing_device_does_not_break_the_service(mgmt, vdpa):

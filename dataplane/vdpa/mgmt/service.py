@@ -338,13 +338,13 @@ class VdpaManagement:
         except ValueError:
             return NlReply(error=-errno.EOPNOTSUPP)
         handler = self._HANDLERS.get(cmd)
-        if handler is None:
+        if handler is None or (dump and cmd not in self._DUMPS):  # genetlink: no such op
             return NlReply(error=-errno.EOPNOTSUPP)
         reply = NlReply()
         try:
             tb = self._parse(attrs)
             with self._lock:
-                if dump and cmd in self._DUMPS:
+                if dump:
                     self._DUMPS[cmd](self, tb, reply)
                 else:
                     handler(self, tb, reply)
