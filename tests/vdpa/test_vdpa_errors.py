@@ -1,6 +1,10 @@
 """``vdpa`` requests that fail: the kernel's validation order and messages, and the
 tool's own parsing (prefix matching, options, usage, error strings, exit codes)."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from dataplane.testing.vdpa_mgmt import FakeMgmtdev, FakeNetDevice, vduse_like_mgmtdev
@@ -299,3 +303,19 @@ def test_posixly_correct_stops_options_at_the_first_word(mgmt, vdpa, monkeypatch
 def test_dev_new_empty_name(mgmt, vdpa):
     assert vdpa("dev", "add", "name", "", "mgmtdev", "vdpasim_net") == (1, "", EINVAL)
     assert names(mgmt) == []
+
+
+REAL_VDPA = shutil.which("vdpa") or ("/usr/sbin/vdpa" if os.path.exists("/usr/sbin/vdpa") else None)
+
+
+@pytest.mark.skipif(REAL_VDPA is None, reason="iproute2's vdpa is not installed")
+@pytest.mark.parametrize("args", [
+    ["-x"], ["-jx", "dev"], ["-s"], ["--bogus"], ["--json=1"], ["-V", "-x"], ["-h"], ["--help"], ["--Version"],
+    ["--version"], ["-n"], ["dev", "show", "-q"], ["-p", "--pretty=no"],
+    # past the options: neither has a kernel/service to talk to
+    ["--js", "dev"], ["--"], ["-", "dev"], ["help"], ["dev", "add", "name"], ["-j", "mgmtdev", "show"],
+])
+def test_same_as_iproute2_before_and_without_a_connection(runtime, vdpa, args):
+    """Differential: this machine's iproute2 vdpa (no kernel vdpa module here) and ours without a service."""
+    real = subprocess.run(["vdpa", *args], executable=REAL_VDPA, capture_output=True, text=True, timeout=30)
+    assert vdpa(*args) == (real.returncode, real.stdout, real.stderr)
