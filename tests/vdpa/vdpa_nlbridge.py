@@ -130,7 +130,8 @@ class NetlinkBridge:
             return [nlmsg(GENL_ID_CTRL, 0, seq, payload), self._ack(data, seq, 0, None)]
         if msg_type != FAMILY_ID:
             return [self._ack(data, seq, -errno.EOPNOTSUPP, None)]
-        request = [decode_vdpa_attr(t, p) for t, p in attrs if t in VdpaAttr._value2member_map_ and t in ATTR_TYPES]
+        known = {int(a) for a in ATTR_TYPES}
+        request = [decode_vdpa_attr(t, p) for t, p in attrs if t in known]  # the kernel ignores the rest
         dump = (flags & NLM_F_DUMP) == NLM_F_DUMP
         reply = self.mgmt.request(cmd, request, dump)
         out = []

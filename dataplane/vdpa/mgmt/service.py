@@ -367,9 +367,10 @@ class VdpaManagement:
         """Validate against the family policy; the last of repeated attributes wins."""
         tb: dict = {}
         for attr, value in attrs:
-            attr = VdpaAttr(attr) if isinstance(attr, int) and attr in VdpaAttr._value2member_map_ else attr
-            if not isinstance(attr, VdpaAttr):
-                raise AttrError(f"unknown attribute {attr!r}")
+            try:
+                attr = VdpaAttr(attr)
+            except ValueError:
+                raise AttrError(f"unknown attribute {attr!r}") from None
             tb[attr] = check_value(attr, value)
         mtu = tb.get(VdpaAttr.DEV_NET_CFG_MTU)
         if mtu is not None and mtu < MIN_MTU:
