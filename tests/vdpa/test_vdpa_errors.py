@@ -319,3 +319,14 @@ def test_same_as_iproute2_before_and_without_a_connection(runtime, vdpa, args):
     """Differential: this machine's iproute2 vdpa (no kernel vdpa module here) and ours without a service."""
     real = subprocess.run(["vdpa", *args], executable=REAL_VDPA, capture_output=True, text=True, timeout=30)
     assert vdpa(*args) == (real.returncode, real.stdout, real.stderr)
+
+
+def test_a_dead_service_socket_fails_to_connect(runtime, vdpa):
+    import socket
+
+    d = runtime / "dataplane"
+    d.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "vdpa.sock"))  # bound, not listening: what a killed service leaves
+    s.close()
+    assert vdpa("dev", "show") == (1, "", "Failed to connect to vdpa Netlink\n")
