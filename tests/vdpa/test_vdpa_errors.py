@@ -1,6 +1,10 @@
 """``vdpa`` requests that fail: the kernel's validation order and messages, and the
 tool's own parsing (prefix matching, options, usage, error strings, exit codes)."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from dataplane.testing.vdpa_mgmt import FakeMgmtdev, FakeNetDevice, vduse_like_mgmtdev
@@ -288,3 +292,41 @@ def test_file_prefix_selects_the_service(runtime, vdpa):
             assert default.socket_path == str(runtime / "dataplane" / "vdpa.sock")
             assert vdpa("mgmtdev", "show") == (0, "", "")
     assert vdpa("--file-prefix", "a/b", "dev")[0] == 1
+
+
+def test_posixly_correct_stops_options_at_the_first_word(mgmt, vdpa, monkeypatch):
+    monkeypatch.setenv("POSIXLY_CORRECT", "1")
+    assert vdpa("-j", "dev", "show") == (0, '{"dev":{}}\n', "")
+    assert vdpa("dev", "show", "-j") == (1, "", "Error: vdpa: device not found.\nkernel answers: No such device\n")
+
+
+def test_dev_new_empty_name(mgmt, vdpa):
+    assert vdpa("dev", "add", "name", "", "mgmtdev", "vdpasim_net") == (1, "", EINVAL)
+    assert names(mgmt) == []
+
+
+REAL_VDPA = shutil.which("vdpa") or ("/usr/sbin/vdpa" if os.path.exists("/usr/sbin/vdpa") else None)
+
+
+@pytest.mark.skipif(REAL_VDPA is None, reason="iproute2's vdpa is not installed")
+@pytest.mark.parametrize("args", [
+    ["-x"], ["-jx", "dev"], ["-s"], ["--bogus"], ["--json=1"], ["-V", "-x"], ["-h"], ["--help"], ["--Version"],
+    ["--version"], ["-n"], ["dev", "show", "-q"], ["-p", "--pretty=no"],
+    # past the options: neither has a kernel/service to talk to
+    ["--js", "dev"], ["--"], ["-", "dev"], ["help"], ["dev", "add", "name"], ["-j", "mgmtdev", "show"],
+])
+def test_same_as_iproute2_before_and_without_a_connection(runtime, vdpa, args):
+    """Differential: this machine's iproute2 vdpa (no kernel vdpa module here) and ours without a service."""
+    real = subprocess.run(["vdpa", *args], executable=REAL_VDPA, capture_output=True, text=True, timeout=30)
+    assert vdpa(*args) == (real.returncode, real.stdout, real.stderr)
+
+
+def test_a_dead_service_socket_fails_to_connect(runtime, vdpa):
+    import socket
+
+    d = runtime / "dataplane"
+    d.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "vdpa.sock"))  # bound, not listening: what a killed service leaves
+    s.close()
+    assert vdpa("dev", "show") == (1, "", "Failed to connect to vdpa Netlink\n")

@@ -95,7 +95,8 @@ def mlx5_sf_mgmtdev(features=MLX5_DEV_FEATURES & ~bit(5)):
 
 
 def add_sim_devices(vdpa):
-    assert vdpa("dev", "add", "name", "vdpa0", "mgmtdev", "vdpasim_net", "mac", "00:11:22:33:44:55", "mtu", "9000") == (0, "", "")
+    assert vdpa("dev", "add", "name", "vdpa0", "mgmtdev", "vdpasim_net", "mac", "00:11:22:33:44:55",
+                "mtu", "9000") == (0, "", "")
     assert vdpa("dev", "add", "name", "blk0", "mgmtdev", "vdpasim_blk") == (0, "", "")
 
 
@@ -322,3 +323,27 @@ def test_json_parses_and_has_iproute2_keys(mgmt, vdpa, pretty):
     cfg = json.loads(vdpa(*opts, "dev", "config", "show")[1])["config"]
     assert cfg["vdpa0"] == {"mac": "00:11:22:33:44:55", "link ": "up", "link_announce ": False, "mtu": 9000}
     assert cfg["blk0"] == {}
+
+
+def test_pretty_dump_of_several_devices(mgmt, vdpa):
+    add_sim_devices(vdpa)
+    assert vdpa("-jp", "dev", "show") == (0, (
+        "{\n"
+        '    "dev": {\n'
+        '        "vdpa0": {\n'
+        '            "type": "network",\n'
+        '            "mgmtdev": "vdpasim_net",\n'
+        '            "vendor_id": 0,\n'
+        '            "max_vqs": 3,\n'
+        '            "max_vq_size": 256\n'
+        "        },\n"
+        '        "blk0": {\n'
+        '            "type": "block",\n'
+        '            "mgmtdev": "vdpasim_blk",\n'
+        '            "vendor_id": 0,\n'
+        '            "max_vqs": 1,\n'
+        '            "max_vq_size": 256\n'
+        "        }\n"
+        "    }\n"
+        "}\n"), "")
+    assert vdpa("-p", "dev", "show") == (0, DEV_TEXT, "")  # -p alone: text

@@ -239,6 +239,7 @@ class VdpaManagement:
         self._lock = threading.RLock()
         self._mgmtdevs: list = []
         self._devices: list = []
+        self._created: dict[int, object] = {}  # id(device) -> the mgmtdev that made it through DEV_NEW
         self._server = None
 
     # ---------------------------------------------------------------- registry
@@ -270,7 +271,7 @@ class VdpaManagement:
         with self._lock:
             if mdev not in self._mgmtdevs:
                 raise ValueError(f"management device {mgmtdev_handle(mdev)} is not registered")
-            for dev in [d for d in self._devices if d.mgmtdev is mdev]:
+            for dev in [d for d in self._devices if self._mgmtdev_of(d) is mdev]:
                 self._delete(dev)
             self._mgmtdevs.remove(mdev)
 
@@ -288,6 +289,7 @@ class VdpaManagement:
     def unregister_device(self, dev) -> None:
         with self._lock:
             self._devices.remove(dev)
+            self._created.pop(id(dev), None)
 
     def _find(self, name: str):
         for dev in self._devices:
@@ -303,9 +305,20 @@ class VdpaManagement:
                 return mdev
         return None
 
-    @staticmethod
-    def _managed(dev) -> bool:
-        return getattr(dev, "mgmtdev", None) is not None and bool(getattr(dev, "user_created", False))
+    def _mgmtdev_of(self, dev):
+        """The mgmtdev of a managed device (the kernel's ``vdev->mdev``), else None.
+
+        A device made through DEV_NEW is managed whatever it says; another one
+        only if it has a ``mgmtdev`` and ``user_created`` is true."""
+        mdev = self._created.get(id(dev))
+        if mdev is not None:
+            return getattr(dev, "mgmtdev", None) or mdev
+        if getattr(dev, "mgmtdev", None) is not None and getattr(dev, "user_created", False):
+            return dev.mgmtdev
+        return None
+
+    def _managed(self, dev) -> bool:
+        return self._mgmtdev_of(dev) is not None
 
     def _delete(self, dev) -> None:
         try:
@@ -313,6 +326,7 @@ class VdpaManagement:
         finally:
             if dev in self._devices:
                 self._devices.remove(dev)
+            self._created.pop(id(dev), None)
         log.info("vdpa device deleted", name=dev.name)
 
     # ---------------------------------------------------------------- requests
@@ -324,13 +338,13 @@ class VdpaManagement:
         except ValueError:
             return NlReply(error=-errno.EOPNOTSUPP)
         handler = self._HANDLERS.get(cmd)
-        if handler is None:
+        if handler is None or (dump and cmd not in self._DUMPS):  # genetlink: no such op
             return NlReply(error=-errno.EOPNOTSUPP)
         reply = NlReply()
         try:
             tb = self._parse(attrs)
             with self._lock:
-                if dump and cmd in self._DUMPS:
+                if dump:
                     self._DUMPS[cmd](self, tb, reply)
                 else:
                     handler(self, tb, reply)
@@ -353,9 +367,10 @@ class VdpaManagement:
         """Validate against the family policy; the last of repeated attributes wins."""
         tb: dict = {}
         for attr, value in attrs:
-            attr = VdpaAttr(attr) if isinstance(attr, int) and attr in VdpaAttr._value2member_map_ else attr
-            if not isinstance(attr, VdpaAttr):
-                raise AttrError(f"unknown attribute {attr!r}")
+            try:
+                attr = VdpaAttr(attr)
+            except ValueError:
+                raise AttrError(f"unknown attribute {attr!r}") from None
             tb[attr] = check_value(attr, value)
         mtu = tb.get(VdpaAttr.DEV_NET_CFG_MTU)
         if mtu is not None and mtu < MIN_MTU:
@@ -458,13 +473,17 @@ class VdpaManagement:
             raise _core_error(
                 errno.EINVAL, "Management device supports multi-class while device features specified are ambiguous"
             )
-        if self._find(name) is not None:  # device registration refuses a duplicate name
+        if not name:  # device registration refuses an empty name
+            raise VdpaMgmtError(errno.EINVAL)
+        if self._find(name) is not None:  # ... and a duplicate one
             raise VdpaMgmtError(errno.EEXIST)
         dev = mdev.dev_add(name, attrs)
         if dev is None:
             raise VdpaMgmtError(errno.EINVAL)
         self._devices.append(dev)
-        log.info("vdpa device added", name=name, mgmtdev=mgmtdev_handle(mdev), **{k: (v.hex(":") if isinstance(v, bytes) else v) for k, v in attrs.items()})
+        self._created[id(dev)] = mdev
+        shown = {k: (v.hex(":") if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        log.info("vdpa device added", name=name, mgmtdev=mgmtdev_handle(mdev), **shown)
 
     # DEV_DEL
     def _dev_del(self, tb, reply: NlReply) -> None:
@@ -474,7 +493,7 @@ class VdpaManagement:
     # DEV_GET
     def _dev_fill(self, dev) -> NlMessage:
         msg = NlMessage(VdpaCmd.DEV_NEW)
-        self._handle_fill(msg, dev.mgmtdev)
+        self._handle_fill(msg, self._mgmtdev_of(dev))
         msg.put(VdpaAttr.DEV_NAME, dev.name)
         msg.put(VdpaAttr.DEV_ID, int(dev.device_id))
         msg.put(VdpaAttr.DEV_VENDOR_ID, int(dev.vendor_id))
@@ -585,7 +604,7 @@ class VdpaManagement:
     # DEV_ATTR_SET
     def _attr_set(self, tb, reply: NlReply) -> None:
         dev = self._dev_by_name(tb, "unmanaged vdpa device")
-        if not int(dev.mgmtdev.supported_classes) & (1 << VIRTIO_ID_NET):
+        if not int(self._mgmtdev_of(dev).supported_classes) & (1 << VIRTIO_ID_NET):
             # the kernel reports this without failing the request
             reply.extack = f"{MSG_PREFIX}{dev.name} device not supported"
             return

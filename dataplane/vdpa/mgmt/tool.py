@@ -222,6 +222,7 @@ class VdpaTool:
         """GNU ``getopt_long(argv, "Vjpsh", ...)`` with permutation: yields
         ``(option, value)`` in order, or ``("?", message)``; collects the
         non-option arguments into ``args``."""
+        posix = "POSIXLY_CORRECT" in os.environ
         i = 0
         while i < len(argv):
             a = argv[i]
@@ -260,6 +261,9 @@ class VdpaTool:
                     yield ch, None
             else:
                 args.append(a)
+                if posix:  # POSIXLY_CORRECT: the first non-option ends the options
+                    args.extend(argv[i:])
+                    return
 
     def run(self, argv: list[str]) -> int:
         args: list[str] = []

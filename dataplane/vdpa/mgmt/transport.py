@@ -26,7 +26,7 @@ import threading
 
 from dataplane import log as dplog
 
-from .attrs import AttrError, VdpaAttr, VdpaCmd, decode_attrs, encode_attrs
+from .attrs import AttrError, VdpaCmd, decode_attrs, encode_attrs
 
 log = dplog.get_logger("dataplane.vdpa.mgmt")
 
@@ -332,4 +332,4 @@ class MgmtClient:
         self.close()
 
 
-__all__ = ["MgmtServer", "MgmtClient", "encode_request", "decode_reply", "VdpaAttr", "VdpaCmd", "MAX_LINE"]
+__all__ = ["MAX_LINE", "MgmtClient", "MgmtServer", "decode_reply", "decode_request", "encode_reply", "encode_request"]
