@@ -778,10 +778,18 @@ class VhostUserDevice:
                     self._start_queue(vq)
 
     def _dev_conf_now(self) -> bool:
-        """DPDK's blk rule: a vDPA blk device is configured only while handling SET_VRING_CALL of the last vring."""
-        if not self.device_class.device_type == 2:
+        """When a ready vDPA blk device may be configured: DPDK's rule, while handling SET_VRING_CALL of
+        the last vring (a front-end that sets every ring up before its call fd); and, since QEMU sends
+        SET_VRING_ENABLE (and with STATUS, DRIVER_OK) after every ring's call fd, also on those
+        messages once every vring is ready (DPDK's rule alone would never configure the device then)."""
+        if not self.device_class.device_type == 2 or self._request is None:
             return True
-        return self._request == (int(R.VHOST_USER_SET_VRING_CALL), self.nr_vring - 1)
+        request, index = self._request
+        if request == R.VHOST_USER_SET_VRING_CALL:
+            return index == self.nr_vring - 1
+        if request in (R.VHOST_USER_SET_VRING_ENABLE, R.VHOST_USER_SET_STATUS):
+            return all(vq.ready for vq in self.vrings)
+        return False
 
     def _vdpa_close(self) -> None:
         """dev_close: the vDPA device stops walking the rings and saves their indices (set_vring_base)."""

@@ -35,7 +35,8 @@ checks them against the socket's ANDed values.
   ``vring_state_changed``);
 * ``dev_conf(vid)`` at the end of a message once the device is ready and not
   yet configured (net: vrings 0 and 1 ready; blk: vring 0, and only while
-  handling SET_VRING_CALL of the last vring); 0 = configured;
+  handling SET_VRING_CALL of the last vring as in DPDK, or SET_VRING_ENABLE /
+  SET_STATUS once every vring is ready, QEMU's order); 0 = configured;
 * ``dev_close(vid)`` when the running (or configured) device stops: on
   GET_VRING_BASE, RESET_OWNER / RESET_DEVICE and disconnection, and on a
   SET_MEM_TABLE that changes the table while configured (the next message

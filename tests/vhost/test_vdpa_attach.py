@@ -185,14 +185,31 @@ def test_blk_device_is_configured_at_the_last_vrings_call(lib, server, vdpa, con
     fe = connect(guest)
     fe.negotiate()
     fe.set_mem_table()
-    fe.setup_vring(0, 64)  # vring 0 is ready: a blk device is "ready", but its last vring is 1
-    fe.sync()
-    assert "dev_conf" not in ops.names()
+    fe.setup_vring(0, 64, call=False)
     fe.setup_vring(1, 64, call=False)
+    fe.set_vring_call(0, fe.vrings[0].call_fd)  # vring 0 is ready: a blk device is "ready", but its last vring is 1
     fe.sync()
     assert "dev_conf" not in ops.names()
     fe.set_vring_call(1, fe.vrings[1].call_fd)
     ops.wait(("dev_conf", 0))
+
+
+def test_blk_device_in_qemus_order_is_configured_when_the_last_ring_is_enabled(lib, server, vdpa, connect, guest):
+    """QEMU sets every ring's kick and call fds, then enables the rings (then DRIVER_OK with STATUS)."""
+    blk = bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VHOST_USER_F_PROTOCOL_FEATURES)
+    ops, _ = vdpa(features=blk, protocol_features=bit(PF.VHOST_USER_PROTOCOL_F_REPLY_ACK) | bit(PF.VHOST_USER_PROTOCOL_F_MQ),
+                  queue_num=2, dev_type=VDPA_DEVICE_TYPE_BLK)
+    fe = connect(guest)
+    fe.negotiate()
+    fe.set_mem_table()
+    fe.setup_vring(0, 64, enable=False)
+    fe.setup_vring(1, 64, enable=False)
+    fe.set_vring_enable(0, True)
+    fe.sync()
+    assert "dev_conf" not in ops.names()  # vring 1 is not ready yet
+    fe.set_vring_enable(1, True)
+    ops.wait(("dev_conf", 0))
+    assert ops.names().count("dev_conf") == 1
 
 
 def test_detach_restores_the_socket_offer(lib, server, vdpa, connect, guest):
