@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 from dataplane.testing.app_process import AppProcess
 
 __all__ = ["VdpaProcess"]
+
+#: A structlog line (the app's stderr goes to the same file as its stdout).
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
 class VdpaProcess(AppProcess):
@@ -42,11 +46,13 @@ class VdpaProcess(AppProcess):
         return os.path.join(self.dir, f"vdpa{n}")
 
     def shell(self, line: str, timeout: float = 60.0) -> str:
-        """One line in its shell; what it printed for it (up to the next prompt)."""
+        """One line in its shell; what it printed for it (up to the next prompt), without the log lines
+        (stderr shares the output file)."""
         start = len(self.output)
         self.command(line)
         out = self.wait_output(self.PROMPT, timeout, start)[start:]
-        return out[: out.index(self.PROMPT)]
+        out = out[: out.index(self.PROMPT)]
+        return "".join(ln for ln in out.splitlines(keepends=True) if not _LOG_LINE.match(ln))
 
     def tool(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """``dataplane vdpa --file-prefix P ARGS`` against this process (text output)."""

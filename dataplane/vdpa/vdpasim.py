@@ -38,7 +38,16 @@ from dataplane.vdpa.device import (
     register_device,
     unregister_device,
 )
-from dataplane.vhost.blk.spec import VirtioBlkFeature as BF
+from dataplane.vdpa.mgmt.service import VdpaMgmtError
+from dataplane.vdpa.sim.spec import (
+    NET_STATS_NAMES,
+    VDPASIM_BLK_CAPACITY,
+    VDPASIM_BLK_FEATURES,
+    VDPASIM_FEATURES,
+    VDPASIM_NET_FEATURES,
+    VDPASIM_QUEUE_MAX,
+    VDPASIM_VENDOR_ID,
+)
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioDeviceStatus, VirtioFeature as VF, bit
 
 __all__ = [
@@ -57,32 +66,27 @@ __all__ = [
 
 log = dplog.get_logger("dataplane.vdpa")
 
-#: vdpa_sim's base: ANY_LAYOUT, VERSION_1, ACCESS_PLATFORM.
-VDPASIM_FEATURES = bit(VF.VIRTIO_F_ANY_LAYOUT) | bit(VF.VIRTIO_F_VERSION_1) | bit(VF.VIRTIO_F_ACCESS_PLATFORM)
-#: vdpasim_net: base | MAC | STATUS | MTU | CTRL_VQ | CTRL_MAC_ADDR (= 0x308830028).
-VDPASIM_NET_FEATURES = VDPASIM_FEATURES | sum(bit(f) for f in (
-    VF.VIRTIO_NET_F_MAC, VF.VIRTIO_NET_F_STATUS, VF.VIRTIO_NET_F_MTU, VF.VIRTIO_NET_F_CTRL_VQ,
-    VF.VIRTIO_NET_F_CTRL_MAC_ADDR))
-#: vdpasim_blk: base | FLUSH | SIZE_MAX | SEG_MAX | BLK_SIZE | TOPOLOGY | MQ | DISCARD | WRITE_ZEROES (= 0x308007646).
-VDPASIM_BLK_FEATURES = VDPASIM_FEATURES | sum(bit(f) for f in (
-    BF.VIRTIO_BLK_F_FLUSH, BF.VIRTIO_BLK_F_SIZE_MAX, BF.VIRTIO_BLK_F_SEG_MAX, BF.VIRTIO_BLK_F_BLK_SIZE,
-    BF.VIRTIO_BLK_F_TOPOLOGY, BF.VIRTIO_BLK_F_MQ, BF.VIRTIO_BLK_F_DISCARD, BF.VIRTIO_BLK_F_WRITE_ZEROES))
-VDPASIM_QUEUE_MAX = 256
-VDPASIM_VENDOR_ID = 0
-#: 0x40000 sectors of 512 bytes: 128 MiB.
-VDPASIM_BLK_CAPACITY = 0x40000
 #: What the simulators offer a vhost-user front-end.
 VDPASIM_PROTOCOL_FEATURES = sum(bit(f) for f in (
     PF.VHOST_USER_PROTOCOL_F_MQ, PF.VHOST_USER_PROTOCOL_F_REPLY_ACK, PF.VHOST_USER_PROTOCOL_F_CONFIG,
     PF.VHOST_USER_PROTOCOL_F_STATUS))
 
 #: vdpasim_net's vendor counters by queue index (rx, tx, cvq), in order.
-NET_STATS = (
-    ("rx packets", "rx bytes", "rx errors", "rx overruns", "rx drops"),
-    ("tx packets", "tx bytes", "tx errors", "tx drops"),
-    ("cvq requests", "cvq successes", "cvq errors"),
-)
+NET_STATS = tuple(NET_STATS_NAMES[q] for q in sorted(NET_STATS_NAMES))
 _ALL_NET_STATS = [name for names in NET_STATS for name in names]
+
+
+_WARM: set[str] = set()
+
+
+def _warm_up(kind: str) -> None:
+    """Compile the hardware's kernels once per process (the hardware processes then load them from the
+    cache): never inside dev_conf, which runs on the vhost-events thread."""
+    if kind not in _WARM:
+        from dataplane.vdpa.sim.kernels import warm_up
+
+        warm_up(kind)
+        _WARM.add(kind)
 
 
 class SimDevice:
@@ -102,8 +106,10 @@ class SimDevice:
             if device_features is None else device_features
         self.mtu = mtu
         self.capacity = capacity
+        _warm_up(kind)
         self.hw = hardware or SimHardware(kind, name, mac=bytes(mac), mtu=mtu, capacity=capacity)
         self.hw.start()
+        self.hw.sync()  # the hardware is up (its kernels loaded) before a front-end can make dev_conf wait for it
         self.vid: int | None = None
         self.on_delete: Any = None  # called with the device when it is deleted (the app drops its socket)
         self.negotiated_features = 0
@@ -160,11 +166,11 @@ class SimDevice:
 
     def vendor_stats(self, qidx: int) -> list[tuple[str, int]]:
         if self.kind != "net":
-            raise VdpaError(f"{self.name}: the device has no vendor stats", errno.EOPNOTSUPP)
+            raise VdpaMgmtError(errno.EOPNOTSUPP)
         try:
             return self.hw.stats(qidx)
-        except ValueError as e:
-            raise VdpaError(str(e), errno.EINVAL) from None
+        except ValueError:
+            raise VdpaMgmtError(errno.EINVAL) from None
 
     def delete(self) -> None:
         """Remove the device: its socket dropped (``on_delete``), unregistered, its hardware stopped."""
@@ -326,13 +332,16 @@ class SimMgmtDev:
         features = attrs.get("device_features")
         base = VDPASIM_NET_FEATURES if self.kind == "net" else VDPASIM_BLK_FEATURES
         if features is not None and features & ~base:
-            raise VdpaError(f"{name}: device_features {features:#x} are not a subset of {base:#x}", errno.EINVAL)
+            raise VdpaMgmtError(errno.EINVAL)  # as the kernel: not a subset of the supported features
         kw: dict[str, Any] = dict(device_features=features)
         if "mac" in attrs:
             kw["mac"] = bytes(attrs["mac"])
         if "mtu" in attrs:
             kw["mtu"] = int(attrs["mtu"])
-        return SimDevice(self.kind, name, self, self.lib, **kw)
+        try:
+            return SimDevice(self.kind, name, self, self.lib, **kw)
+        except VdpaError as e:  # the name is taken in the vDPA registry
+            raise VdpaMgmtError(e.errno) from None
 
 
 def _register_drivers() -> None:

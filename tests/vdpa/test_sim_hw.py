@@ -117,6 +117,10 @@ def test_a_dead_hardware_is_reported_and_replaced():
         hw.sync()
         os.kill(pid, signal.SIGKILL)
         assert _gone(pid)
+        # a thread-group leader shows Z while its other threads still exit: waitpid reaps it only after
+        deadline = time.monotonic() + 10
+        while hw.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert not hw.alive()
         with pytest.raises(SimHardwareError):
             hw.sync()

@@ -7,6 +7,9 @@ string.  Nothing here runs a ring: :mod:`~dataplane.vdpa.sim.kernels` does.
 
 from __future__ import annotations
 
+from dataplane.vhost.blk.spec import VirtioBlkFeature as BF
+from dataplane.vhost_user.features import VirtioFeature as VF
+
 import struct
 
 __all__ = [
@@ -50,17 +53,18 @@ def _bits(*ns: int) -> int:
     return v
 
 
-# -- feature bits (virtio numbers) ---------------------------------------------------
-F_MTU = 3
-F_MAC = 5
-F_STATUS = 16
-F_CTRL_VQ = 17
-F_CTRL_MAC_ADDR = 23
-F_ANY_LAYOUT = 27
-F_VERSION_1 = 32
-F_ACCESS_PLATFORM = 33
-F_BLK_SIZE_MAX, F_BLK_SEG_MAX, F_BLK_BLK_SIZE = 1, 2, 6
-F_BLK_FLUSH, F_BLK_TOPOLOGY, F_BLK_MQ, F_BLK_DISCARD, F_BLK_WRITE_ZEROES = 9, 10, 12, 13, 14
+# -- feature bits (the project's tables: dataplane.vhost_user.features, dataplane.vhost.blk.spec) ----------
+F_MTU = int(VF.VIRTIO_NET_F_MTU)
+F_MAC = int(VF.VIRTIO_NET_F_MAC)
+F_STATUS = int(VF.VIRTIO_NET_F_STATUS)
+F_CTRL_VQ = int(VF.VIRTIO_NET_F_CTRL_VQ)
+F_CTRL_MAC_ADDR = int(VF.VIRTIO_NET_F_CTRL_MAC_ADDR)
+F_ANY_LAYOUT = int(VF.VIRTIO_F_ANY_LAYOUT)
+F_VERSION_1 = int(VF.VIRTIO_F_VERSION_1)
+F_ACCESS_PLATFORM = int(VF.VIRTIO_F_ACCESS_PLATFORM)
+F_BLK_SIZE_MAX, F_BLK_SEG_MAX, F_BLK_BLK_SIZE = int(BF.VIRTIO_BLK_F_SIZE_MAX), int(BF.VIRTIO_BLK_F_SEG_MAX), int(BF.VIRTIO_BLK_F_BLK_SIZE)
+F_BLK_FLUSH, F_BLK_TOPOLOGY, F_BLK_MQ = int(BF.VIRTIO_BLK_F_FLUSH), int(BF.VIRTIO_BLK_F_TOPOLOGY), int(BF.VIRTIO_BLK_F_MQ)
+F_BLK_DISCARD, F_BLK_WRITE_ZEROES = int(BF.VIRTIO_BLK_F_DISCARD), int(BF.VIRTIO_BLK_F_WRITE_ZEROES)
 
 #: The core's base features: ANY_LAYOUT | VERSION_1 | ACCESS_PLATFORM.
 VDPASIM_FEATURES = _bits(F_ANY_LAYOUT, F_VERSION_1, F_ACCESS_PLATFORM)
