@@ -49,8 +49,9 @@ from collections import namedtuple
 
 import numpy as np
 
+from dataplane.rings.chain_copy import chain_gather, chain_load_le, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
-from dataplane.rings.mem import copy_bytes, ld8, st8
+from dataplane.rings.mem import st8
 from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
 from dataplane.vhost.dev_ring import dummy_vrings, ring_fetch, ring_flush_used, ring_push_used
 from dataplane.vhost.inflight import no_inflight
@@ -212,59 +213,6 @@ def _seg_bytes(ch, s, s_end):
     return n
 
 
-@inline_kernel
-def _gather(ch, s, s_end, skip, dst, n):
-    """Copy ``n`` bytes of segments ``[s, s_end)``, from ``skip`` bytes in, to address ``dst``; returns the bytes copied."""
-    done = _Z
-    while s < s_end and done < n:
-        length = _U64(ch.seg_len[s])
-        if skip >= length:
-            skip -= length
-        else:
-            take = length - skip
-            if take > n - done:
-                take = n - done
-            copy_bytes(dst + done, ch.seg_addr[s] + skip, take)
-            done += take
-            skip = _Z
-        s += 1
-    return done
-
-
-@inline_kernel
-def _scatter(ch, s, s_end, src, n):
-    """Copy ``n`` bytes from address ``src`` into segments ``[s, s_end)`` from their start; returns the bytes copied."""
-    done = _Z
-    while s < s_end and done < n:
-        take = _U64(ch.seg_len[s])
-        if take > n - done:
-            take = n - done
-        copy_bytes(ch.seg_addr[s], src + done, take)
-        done += take
-        s += 1
-    return done
-
-
-@inline_kernel
-def _load_le(ch, s, s_end, skip, nbytes):
-    """The little-endian integer of ``nbytes`` bytes at offset ``skip`` of segments ``[s, s_end)`` (missing bytes read 0)."""
-    v = _Z
-    got = _Z
-    while s < s_end and got < nbytes:
-        length = _U64(ch.seg_len[s])
-        if skip >= length:
-            skip -= length
-        else:
-            a = ch.seg_addr[s]
-            while skip < length and got < nbytes:
-                v |= _U64(ld8(a + skip)) << (got * _EIGHT)
-                skip += _ONE
-                got += _ONE
-            skip = _Z
-        s += 1
-    return v
-
-
 # =============================================================================
 # vdpasim_net
 # =============================================================================
@@ -311,14 +259,14 @@ def _cvq_work(q, mac, budget):
             q.counters[CVQ_ERRORS] += 1
             q.cfg[CFG_STOPPED] = 1
             break
-        cls = _load_le(ch, s0, w0, _Z, _ONE)
-        cmd = _load_le(ch, s0, w0, _ONE, _ONE)
+        cls = chain_load_le(ch, s0, w0, _Z, _ONE)
+        cmd = chain_load_le(ch, s0, w0, _ONE, _ONE)
         status = VIRTIO_NET_ERR
         if cls == VIRTIO_NET_CTRL_MAC and cmd == VIRTIO_NET_CTRL_MAC_ADDR_SET:
             take = rlen - _U64(2)
             if take > _U64(ETH_ALEN):
                 take = _U64(ETH_ALEN)
-            _gather(ch, s0, w0, _U64(2), mac_addr, take)  # what was there is pulled in, even if short
+            chain_gather(ch, s0, w0, _U64(2), mac_addr, take)  # what was there is pulled in, even if short
             if take == _U64(ETH_ALEN):
                 status = VIRTIO_NET_OK
         if status == VIRTIO_NET_OK:
@@ -372,7 +320,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
             tx.cfg[CFG_STOPPED] = 1
             break
         n = rlen if rlen < _PULL_MAX else _PULL_MAX
-        _gather(ch, s0, s_end, _Z, bufa, n)
+        chain_gather(ch, s0, s_end, _Z, bufa, n)
         tx.counters[TX_PACKETS] += 1
         tx.counters[TX_BYTES] += np.int64(n)
         pulled += 1
@@ -396,7 +344,7 @@ def net_work(rx, tx, cvq, cvq_on, mac, buf, hdr_len, budget):
             _push(tx, head, 0, nd)
             tx.cfg[CFG_STOPPED] = 1
             break
-        written = _scatter(rc, r0, r_end, bufa, n)
+        written = chain_scatter(rc, r0, r_end, bufa, n)
         if written == _Z:  # nothing could be pushed: neither chain is completed
             rx.counters[RX_ERRORS] += 1
             tx.cfg[CFG_STOPPED] = 1
@@ -473,36 +421,36 @@ def blk_work(q, disk, ident, budget):
             break
         to_push = _seg_bytes(ch, w0, s_end) - _ONE
         to_pull = rlen - _HDR
-        rtype = _load_le(ch, s0, w0, _Z, _U64(4))
-        sector = _load_le(ch, s0, w0, _U64(8), _EIGHT)
+        rtype = chain_load_le(ch, s0, w0, _Z, _U64(4))
+        sector = chain_load_le(ch, s0, w0, _U64(8), _EIGHT)
         status = _S_OK
         pushed = _Z
         if rtype != _T_IN and rtype != _T_OUT and sector != _Z:
             status = _S_IOERR
         elif rtype == _T_IN:
             if _range_ok(sector, to_push >> _SHIFT, _IO_MAX, capacity) and _bytes_ok(sector, to_push, capacity):
-                pushed = _scatter(ch, w0, s_end, diska + (sector << _SHIFT), to_push)
+                pushed = chain_scatter(ch, w0, s_end, diska + (sector << _SHIFT), to_push)
                 q.counters[BLK_READ_BYTES] += np.int64(pushed)
             else:
                 status = _S_IOERR
         elif rtype == _T_OUT:
             if _range_ok(sector, to_pull >> _SHIFT, _IO_MAX, capacity) and _bytes_ok(sector, to_pull, capacity):
-                got = _gather(ch, s0, w0, _HDR, diska + (sector << _SHIFT), to_pull)
+                got = chain_gather(ch, s0, w0, _HDR, diska + (sector << _SHIFT), to_pull)
                 q.counters[BLK_WRITTEN_BYTES] += np.int64(got)
             else:
                 status = _S_IOERR
         elif rtype == _T_GET_ID:
             n = to_push if to_push < _ID_BYTES else _ID_BYTES
-            pushed = _scatter(ch, w0, s_end, _U64(ident.ctypes.data), n)
+            pushed = chain_scatter(ch, w0, s_end, _U64(ident.ctypes.data), n)
         elif rtype == _T_FLUSH:
             pass
         elif rtype == _T_DISCARD or rtype == _T_WRITE_ZEROES:
             if to_pull != _DWZ:
                 status = _S_IOERR
             else:
-                start = _load_le(ch, s0, w0, _HDR, _EIGHT)
-                num = _load_le(ch, s0, w0, _HDR + _EIGHT, _U64(4))
-                flags = _load_le(ch, s0, w0, _HDR + _U64(12), _U64(4))
+                start = chain_load_le(ch, s0, w0, _HDR, _EIGHT)
+                num = chain_load_le(ch, s0, w0, _HDR + _EIGHT, _U64(4))
+                flags = chain_load_le(ch, s0, w0, _HDR + _U64(12), _U64(4))
                 if rtype == _T_DISCARD and flags != _Z:
                     status = _S_UNSUPP
                 elif rtype == _T_WRITE_ZEROES and (flags & ~_ONE) != _Z:

@@ -49,8 +49,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from dataplane.rings.chain_copy import chain_gather, chain_load_le, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
-from dataplane.rings.mem import copy_bytes, ld8, load_u32, load_u64, st8
+from dataplane.rings.mem import load_u32, load_u64, st8
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import STATE_BROKEN, make_chains
 from dataplane.vhost.dev_ring import (
@@ -224,57 +225,6 @@ def blk_enable_notify(q, enable):
 
 
 @inline_kernel
-def _gather(ch, s, s_end, skip, dst, n):
-    """Copy ``n`` bytes from segments ``[s, s_end)``, starting ``skip`` bytes in, to address ``dst``."""
-    done = _U64(0)
-    while s < s_end and done < n:
-        length = _U64(ch.seg_len[s])
-        if skip >= length:
-            skip -= length
-        else:
-            take = length - skip
-            if take > n - done:
-                take = n - done
-            copy_bytes(dst + done, ch.seg_addr[s] + skip, take)
-            done += take
-            skip = _U64(0)
-        s += 1
-
-
-@inline_kernel
-def _scatter(ch, s, s_end, src, n):
-    """Copy ``n`` bytes from address ``src`` into segments ``[s, s_end)`` from their start."""
-    done = _U64(0)
-    while s < s_end and done < n:
-        take = _U64(ch.seg_len[s])
-        if take > n - done:
-            take = n - done
-        copy_bytes(ch.seg_addr[s], src + done, take)
-        done += take
-        s += 1
-
-
-@inline_kernel
-def _load_le(ch, s, s_end, skip, nbytes):
-    """The little-endian integer of ``nbytes`` bytes at readable offset ``skip`` (bytes past the end read 0)."""
-    v = _U64(0)
-    got = _U64(0)
-    while s < s_end and got < nbytes:
-        length = _U64(ch.seg_len[s])
-        if skip >= length:
-            skip -= length
-        else:
-            a = ch.seg_addr[s]
-            while skip < length and got < nbytes:
-                v |= _U64(ld8(a + skip)) << (got * _U64(8))
-                skip += _U64(1)
-                got += _U64(1)
-            skip = _U64(0)
-        s += 1
-    return v
-
-
-@inline_kernel
 def _in_range(sector, nbytes, sectors):
     """``[sector * 512, + nbytes)`` lies on a disk of ``sectors`` sectors (no u64 overflow: capacity < 2**55)."""
     if sector > sectors:
@@ -320,17 +270,17 @@ def _discard_write_zeroes(q, ch, s0, w0, dlen, zeroes):
     allowed = _U64(VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) if zeroes else _U64(0)
     for i in range(nseg):
         off = _HDR + _U64(i) * _SEG
-        sector = _load_le(ch, s0, w0, off, _U64(8))
-        num = _load_le(ch, s0, w0, off + _U64(8), _U64(4))
-        flags = _load_le(ch, s0, w0, off + _U64(12), _U64(4))
+        sector = chain_load_le(ch, s0, w0, off, _U64(8))
+        num = chain_load_le(ch, s0, w0, off + _U64(8), _U64(4))
+        flags = chain_load_le(ch, s0, w0, off + _U64(12), _U64(4))
         if flags & ~allowed:
             return VIRTIO_BLK_S_UNSUPP
         if num > _U64(max_sectors) or not _in_range(sector, num << _SHIFT, sectors):
             return VIRTIO_BLK_S_IOERR
     for i in range(nseg):
         off = _HDR + _U64(i) * _SEG
-        start = np.int64(_load_le(ch, s0, w0, off, _U64(8)) << _SHIFT)
-        end = start + np.int64(_load_le(ch, s0, w0, off + _U64(8), _U64(4)) << _SHIFT)
+        start = np.int64(chain_load_le(ch, s0, w0, off, _U64(8)) << _SHIFT)
+        end = start + np.int64(chain_load_le(ch, s0, w0, off + _U64(8), _U64(4)) << _SHIFT)
         q.disk[start:end] = 0
     return VIRTIO_BLK_S_OK
 
@@ -364,8 +314,8 @@ def _request(q, c):
         rtype = _U64(load_u32(a, 0))
         sector = load_u64(a, 1)
     else:
-        rtype = _load_le(ch, s0, w0, _U64(0), _U64(4))
-        sector = _load_le(ch, s0, w0, _U64(8), _U64(8))
+        rtype = chain_load_le(ch, s0, w0, _U64(0), _U64(4))
+        sector = chain_load_le(ch, s0, w0, _U64(8), _U64(8))
     din = wlen - _U64(1)  # writable bytes before the status byte
     dout = rlen - _HDR  # readable bytes after the header
     sectors = _U64(cfg[CFG_SECTORS])
@@ -373,14 +323,14 @@ def _request(q, c):
     if rtype == VIRTIO_BLK_T_IN:
         if din & _SECTOR_MASK or not _in_range(sector, din, sectors):
             return _answer(q, status_addr, VIRTIO_BLK_S_IOERR, 1)
-        _scatter(ch, w0, s_end, disk + (sector << _SHIFT), din)
+        chain_scatter(ch, w0, s_end, disk + (sector << _SHIFT), din)
         q.counters[C_READS] += 1
         q.counters[C_READ_BYTES] += np.int64(din)
         return _answer(q, status_addr, VIRTIO_BLK_S_OK, np.int64(din) + 1)
     if rtype == VIRTIO_BLK_T_OUT:
         if cfg[CFG_READONLY] != 0 or dout & _SECTOR_MASK or not _in_range(sector, dout, sectors):
             return _answer(q, status_addr, VIRTIO_BLK_S_IOERR, 1)
-        _gather(ch, s0, w0, _HDR, disk + (sector << _SHIFT), dout)
+        chain_gather(ch, s0, w0, _HDR, disk + (sector << _SHIFT), dout)
         q.counters[C_WRITES] += 1
         q.counters[C_WRITTEN_BYTES] += np.int64(dout)
         return _answer(q, status_addr, VIRTIO_BLK_S_OK, 1)
@@ -392,7 +342,7 @@ def _request(q, c):
         return _answer(q, status_addr, VIRTIO_BLK_S_OK, 1)
     if rtype == VIRTIO_BLK_T_GET_ID:
         n = din if din < _U64(VIRTIO_BLK_ID_BYTES) else _U64(VIRTIO_BLK_ID_BYTES)
-        _scatter(ch, w0, s_end, _U64(q.serial.ctypes.data), n)
+        chain_scatter(ch, w0, s_end, _U64(q.serial.ctypes.data), n)
         q.counters[C_GET_IDS] += 1
         return _answer(q, status_addr, VIRTIO_BLK_S_OK, np.int64(n) + 1)
     if rtype == VIRTIO_BLK_T_DISCARD or rtype == VIRTIO_BLK_T_WRITE_ZEROES:
