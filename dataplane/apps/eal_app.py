@@ -17,7 +17,7 @@ from typing import Callable
 
 from dataplane import log as dplog
 
-__all__ = ["eal_main", "wait_for_stop", "stop_lcores", "StdinLines"]
+__all__ = ["eal_main", "wait_for_stop", "stop_lcores", "StdinLines", "StdinShell"]
 
 log = dplog.get_logger("dataplane.apps")
 
@@ -92,3 +92,26 @@ class StdinLines:
         if self.eof and self.buf:
             done, self.buf = done + [self.buf], b""
         return [d.decode(errors="replace") for d in done]
+
+
+class StdinShell:
+    """An interactive shell on stdin for the main lcore's wait (:func:`wait_for_stop`'s ``tick``).
+
+    Prints ``prompt`` at once and after each answer; ``handle(line)`` returns the text to print,
+    or None for ``quit``; :meth:`tick` returns True when the shell ended (quit or end of input).
+    """
+
+    def __init__(self, handle: Callable[[str], str | None], prompt: str, write: Callable[[str], None] | None = None):
+        self.handle = handle
+        self.prompt = prompt
+        self.write = write or (lambda text: print(text, end="", flush=True))
+        self.stdin = StdinLines()
+        self.write(prompt)
+
+    def tick(self) -> bool:
+        for line in self.stdin.lines():
+            out = self.handle(line)
+            if out is None:
+                return True
+            self.write(out + self.prompt)
+        return self.stdin.eof

@@ -39,7 +39,7 @@ import sys
 import threading
 
 from dataplane import log as dplog
-from dataplane.apps.eal_app import StdinLines, eal_main, wait_for_stop
+from dataplane.apps.eal_app import StdinShell, eal_main, wait_for_stop
 from dataplane.net.ether import mac_to_int
 from dataplane.vdpa import device as vdpa
 from dataplane.vdpa.device import RTE_VHOST_QUEUE_ALL, VdpaError
@@ -307,20 +307,8 @@ def run(eal, opts) -> int:
         service = _start_service(eal, app)
         app.print(f"vdpa: ready devices={','.join(d.name for d in app.devices) or '-'} "
                   f"sockets={','.join(app.ports) or '-'}\n")
-        stdin = StdinLines() if opts.interactive else None
-        if stdin is not None:
-            app.print(PROMPT)
-
-        def tick() -> bool:
-            if stdin is None:
-                return False
-            for line in stdin.lines():
-                out = app.command(line)
-                if out is None:
-                    return True
-                app.print(out + PROMPT)
-            return stdin.eof
-
+        shell = StdinShell(app.command, PROMPT, app.print) if opts.interactive else None
+        tick = shell.tick if shell is not None else None
         wait_for_stop(eal, opts.duration, tick=tick)
     except KeyboardInterrupt:
         pass

@@ -48,7 +48,7 @@ import signal
 import sys
 
 from dataplane import log as dplog
-from dataplane.apps.eal_app import StdinLines, eal_main, stop_lcores, wait_for_stop
+from dataplane.apps.eal_app import StdinShell, eal_main, stop_lcores, wait_for_stop
 from dataplane.memory.units import format_size, parse_size
 from dataplane.vhost.backend_channel import ACK_TIMEOUT
 from dataplane.vhost.blk.device import DEFAULT_LIMITS, BlkDevice
@@ -161,22 +161,13 @@ def _serve(eal, opts, shell: BlkShell) -> None:
     """The main lcore's wait: signals, the shell, SIGHUP."""
     hup = []
     old = signal.signal(signal.SIGHUP, lambda *_: hup.append(1))
-    stdin = StdinLines() if opts.interactive else None
-    if stdin is not None:
-        print(PROMPT, end="", flush=True)
+    stdin = StdinShell(shell.handle, PROMPT) if opts.interactive else None
 
     def tick() -> bool:
         while hup:
             hup.pop()
             print(shell.reread_file(), end="", flush=True)
-        if stdin is None:
-            return False
-        for line in stdin.lines():
-            out = shell.handle(line)
-            if out is None:
-                return True
-            print(out + PROMPT, end="", flush=True)
-        return stdin.eof
+        return stdin is not None and stdin.tick()
 
     try:
         wait_for_stop(eal, opts.duration, tick=tick)
