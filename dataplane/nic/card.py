@@ -321,6 +321,7 @@ class VF:
         self.log_bitmap = np.zeros(0, np.uint8)
         self.log_on = False
         self.conn: socket.socket | None = None
+        self.rejects: list[socket.socket] = []
         self.sock_path = os.path.join(self.dir, "vfio.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(self.sock_path)
@@ -372,7 +373,8 @@ class VF:
 
     def _read_window(self) -> tuple:
         b = self.bar0
-        return (b.r16(CC.QUEUE_SIZE), b.r16(CC.QUEUE_MSIX_VECTOR), b.r16(CC.QUEUE_ENABLE),
+        enable = b.r16(CC.QUEUE_ENABLE)  # first: the driver writes it last, so what it enables is read after it
+        return (b.r16(CC.QUEUE_SIZE), b.r16(CC.QUEUE_MSIX_VECTOR), enable,
                 b.r32(CC.QUEUE_DESC_LO) | b.r32(CC.QUEUE_DESC_HI) << 32,
                 b.r32(CC.QUEUE_AVAIL_LO) | b.r32(CC.QUEUE_AVAIL_HI) << 32,
                 b.r32(CC.QUEUE_USED_LO) | b.r32(CC.QUEUE_USED_HI) << 32)
@@ -651,18 +653,25 @@ class VF:
             conn, _ = self.listener.accept()
         except BlockingIOError:
             return
-        if self.conn is not None:
-            try:
-                conn.send(json.dumps({"ok": False, "error": f"{self.bdf} is in use by another driver"}).encode())
-            except OSError:
-                pass
-            conn.close()
+        if self.conn is not None:  # its first request is answered with the refusal, then it is closed
+            conn.setblocking(False)
+            self.rejects.append(conn)
             return
         conn.setblocking(False)
         self.conn = conn
         self.vrow[V_CONNECTED] = 1
         self.vrow[V_DRIVERS] += 1
         log.info("ifcvf: driver connected", vf=self.bdf)
+
+    def reject(self, conn: socket.socket) -> None:
+        try:
+            _data, fds, _fl, _ad = socket.recv_fds(conn, MAX_MSG, 256)
+            _close(fds)
+            conn.send(json.dumps({"ok": False, "error": f"{self.bdf} is in use by another driver"}).encode())
+        except OSError:
+            pass
+        self.rejects.remove(conn)
+        conn.close()
 
     def disconnect(self) -> None:
         """The driver went away: its DMA maps and irqs are dropped and the function is reset."""
@@ -774,6 +783,9 @@ class VF:
                 self._stop_queue(q)
             self.dma.clear()
             self._set_irqs([])
+        for c in list(self.rejects):
+            c.close()
+        self.rejects = []
         self.listener.close()
         self.bar0.close()
         self.bar4.close()
@@ -891,6 +903,8 @@ class Card:
             socks[vf.listener.fileno()] = (vf, False)
             if vf.conn is not None:
                 socks[vf.conn.fileno()] = (vf, True)
+            for c in vf.rejects:
+                socks[c.fileno()] = (vf, c)
         p = select.poll()
         for fd in socks:
             p.register(fd, select.POLLIN)
@@ -900,7 +914,9 @@ class Card:
             return
         for fd, _ev in ready:
             vf, is_conn = socks[fd]
-            if is_conn:
+            if isinstance(is_conn, socket.socket):
+                vf.reject(is_conn)
+            elif is_conn:
                 vf.serve()
             else:
                 vf.accept()

@@ -1,0 +1,446 @@
+"""The emulated IFC VF card, driven at register level by dataplane.testing.nic_driver."""
+
+import os
+import struct
+import time
+
+import pytest
+
+from dataplane.nic.card import DEVICE_FEATURES, F
+from dataplane.nic.kernels import (
+    ERR_QUEUE_SIZE,
+    ERR_RING_DMA,
+    ERR_RING_ZERO,
+    Q_ERR,
+    Q_FAULTS,
+    Q_FLOODED,
+    Q_IRQS,
+    Q_KICKS,
+    Q_NOBUF,
+    Q_PACKETS,
+    Q_RUNNING,
+)
+from dataplane.nic.pci import (
+    CC,
+    COMMON_CFG,
+    DEVICE_CFG,
+    DEVICE_ID,
+    ISR_CFG,
+    NOTIFY_CFG,
+    PCI_CAP_ID_MSIX,
+    S_DRIVER_OK,
+    S_FEATURES_OK,
+    SUBSYS_DEVICE_ID,
+    SUBSYS_VENDOR_ID,
+    VENDOR_ID,
+)
+from dataplane.nic.shm import CardShm, V_CONNECTED, V_DMA_MAPS, V_FAULTS, V_IRQS_SET
+from dataplane.rings.virtqueue import ERR_ADDR
+from dataplane.testing.nic_driver import NicDriver, NicError, NicQueue, net_frame
+from dataplane.testing.vhost_frontend import GuestMemoryLayout
+
+FEATS = (1 << F.VERSION_1) | (1 << F.ACCESS_PLATFORM) | (1 << F.MAC) | (1 << F.MQ)
+BCAST = b"\xff" * 6
+
+
+def _wait(cond, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+class Guest:
+    """A VF with its driver, guest memory and queue pair 0 (rx 0, tx 1)."""
+
+    def __init__(self, vf_dir, *, packed=False, features=FEATS, num=64, start=True):
+        self.drv = NicDriver(vf_dir)
+        self.mem = GuestMemoryLayout.simple(8 << 20, gpa=1 << 20)  # (a ring at IOVA 0 is refused)
+        self.drv.dma_map_memory(self.mem)
+        self.drv.set_irqs(self.drv.num_irqs)
+        self.rx = NicQueue(self.drv, self.mem, 0, num=num, packed=packed)
+        self.tx = NicQueue(self.drv, self.mem, 1, num=num, packed=packed)
+        self.features = features | ((1 << F.RING_PACKED) if packed else 0)
+        if start:
+            self.drv.start({0: self.rx, 1: self.tx}, self.features)
+
+    @property
+    def mac(self) -> bytes:
+        return bytes(self.drv.bar0.u8[self.drv.device : self.drv.device + 6])
+
+    def close(self):
+        self.drv.close()
+        self.mem.close()
+
+
+@pytest.fixture
+def guests(card):
+    made = []
+
+    def make(i, **kw):
+        g = Guest(card.vf_dir(i), **kw)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.close()
+
+
+def _shm(card):
+    return CardShm(os.path.join(card.dir, "counters"))
+
+
+# -----------------------------------------------------------------------------------------
+
+
+def test_config_space_and_capabilities(card):
+    drv = NicDriver(card.vf_dir(0))
+    try:
+        cs = drv.config
+        assert len(cs) == 256
+        assert struct.unpack_from("<HH", cs, 0) == (VENDOR_ID, DEVICE_ID)
+        assert struct.unpack_from("<HH", cs, 0x2C) == (SUBSYS_VENDOR_ID, SUBSYS_DEVICE_ID)
+        assert cs[0x06] & 0x10  # capability list
+        caps = drv.caps
+        for t in (COMMON_CFG, NOTIFY_CFG, ISR_CFG, DEVICE_CFG):
+            assert caps[t]["bar"] == 0
+            assert caps[t]["offset"] + caps[t]["length"] <= drv.bar0.size
+        assert caps[COMMON_CFG]["offset"] == 0 and caps[COMMON_CFG]["length"] == 0x38
+        assert caps[NOTIFY_CFG]["multiplier"] == 0x1000
+        assert caps[NOTIFY_CFG]["offset"] % 4096 == 0
+        assert any(cap_id == PCI_CAP_ID_MSIX for _pos, cap_id in caps["other"])
+        nq = drv.r16(CC.NUM_QUEUES)
+        pairs = drv.bar0.r16(caps[DEVICE_CFG]["offset"] + 8)
+        assert nq == 2 * pairs + 1  # the control queue is counted, as IFCVF counts it
+        assert caps[NOTIFY_CFG]["length"] == nq * 0x1000
+        # MSI-X table size = num_queues + 1 (config vector)
+        msix_pos = [p for p, i in caps["other"] if i == PCI_CAP_ID_MSIX][0]
+        assert (struct.unpack_from("<H", cs, msix_pos + 2)[0] & 0x7FF) + 1 == nq + 1 == drv.num_irqs
+        for q in range(nq):  # each queue has its own doorbell page
+            assert drv.notify_off(q) == q
+        assert drv.bar0.r16(caps[DEVICE_CFG]["offset"] + 10) == 1500  # mtu
+        assert drv.bar0.u8[caps[DEVICE_CFG]["offset"]: caps[DEVICE_CFG]["offset"] + 6].tobytes() == bytes.fromhex("020000000001")
+    finally:
+        drv.close()
+
+
+def test_reset_and_feature_negotiation(card):
+    drv = NicDriver(card.vf_dir(0))
+    try:
+        assert drv.device_features() == DEVICE_FEATURES
+        assert DEVICE_FEATURES >> F.VERSION_1 & 1 and DEVICE_FEATURES >> F.ACCESS_PLATFORM & 1
+        assert not DEVICE_FEATURES >> F.MRG_RXBUF & 1
+        drv.reset()
+        # a feature the card does not offer: FEATURES_OK does not stick
+        drv.add_status(1)
+        drv.add_status(2)
+        drv.write_guest_features((1 << F.VERSION_1) | (1 << F.MRG_RXBUF))
+        assert not drv.add_status(S_FEATURES_OK) & S_FEATURES_OK
+        drv.reset()
+        drv.add_status(1)
+        drv.add_status(2)
+        drv.write_guest_features(1 << F.MAC)  # no VERSION_1: refused
+        assert not drv.add_status(S_FEATURES_OK) & S_FEATURES_OK
+        drv.reset()
+        assert drv.status == 0
+        assert drv.negotiate(FEATS)
+        assert drv.status & S_FEATURES_OK
+        shm = _shm(card)
+        assert shm.vf[0][8] == FEATS  # V_FEATURES
+        # the guest features read back per select
+        drv.w32(CC.GUEST_FEATURE_SELECT, 1)
+        drv.flush()
+        assert drv.r32(CC.GUEST_FEATURE) == FEATS >> 32
+        # msix_config beyond the table reads back NO_VECTOR
+        drv.w16(CC.MSIX_CONFIG, drv.num_irqs + 5)
+        drv.flush()
+        assert drv.r16(CC.MSIX_CONFIG) == 0xFFFF
+        drv.reset()
+        assert drv.status == 0 and drv.r16(CC.MSIX_CONFIG) == 0xFFFF
+        shm.close()
+    finally:
+        drv.close()
+
+
+def test_negotiate_masks_and_accepts(card):
+    drv = NicDriver(card.vf_dir(1))
+    try:
+        assert drv.negotiate(DEVICE_FEATURES | (1 << F.MRG_RXBUF))  # negotiate() keeps only what is offered
+    finally:
+        drv.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_switch_learning_flooding_interrupts(card, guests, packed):
+    a = guests(0, packed=packed)
+    b = guests(1, packed=packed)
+    for g in (a, b):
+        for _ in range(8):
+            g.rx.post_rx()
+        g.rx.kick()
+    # broadcast from A: flooded to B only (never back to A)
+    f1 = net_frame(BCAST, a.mac, b"hello from a" * 4)
+    a.tx.send(f1)
+    a.tx.kick()
+    [(slot, n)] = b.rx.wait_used(1)
+    assert n == len(f1)
+    assert b.rx.data(slot, n) == bytes(10) + b"\x01\x00" + f1[12:]  # num_buffers = 1
+    assert a.tx.wait_used(1)[0][1] == 0
+    # A's MAC is learnt: B -> A unicast goes to A
+    f2 = net_frame(a.mac, b.mac, b"reply from b" * 10)
+    b.tx.send(f2)
+    b.tx.kick()
+    [(slot, n)] = a.rx.wait_used(1)
+    assert a.rx.data(slot, n)[12:] == f2[12:]
+    b.tx.wait_used(1)
+    # now B is learnt too: A -> B unicast, not flooded
+    shm = _shm(card)
+    flooded = int(shm.queues[0][1][Q_FLOODED])
+    f3 = net_frame(b.mac, a.mac, b"x" * 1000)
+    a.tx.send(f3)
+    a.tx.kick()
+    [(slot, n)] = b.rx.wait_used(1)
+    assert b.rx.data(slot, n)[12:] == f3[12:]
+    a.tx.wait_used(1)
+    assert shm.queues[0][1][Q_FLOODED] == flooded
+    # unknown unicast is flooded
+    f4 = net_frame(bytes.fromhex("02aabbccddee"), a.mac, b"?" * 60)
+    a.tx.send(f4)
+    a.tx.kick()
+    [(slot, n)] = b.rx.wait_used(1)
+    assert b.rx.data(slot, n)[12:] == f4[12:]
+    assert shm.queues[0][1][Q_FLOODED] == flooded + 1
+    # counters: kicks came from the doorbells, interrupts were written
+    assert shm.queues[0][1][Q_KICKS] >= 3 and shm.queues[1][1][Q_KICKS] >= 1
+    assert shm.queues[0][0][Q_KICKS] >= 1  # the RX kick (buffers posted)
+    assert shm.queues[1][0][Q_PACKETS] == 3 and shm.queues[0][0][Q_PACKETS] == 1
+    assert shm.queues[1][0][Q_IRQS] >= 1 and shm.queues[0][1][Q_IRQS] >= 1
+    assert a.drv.interrupts(1) >= 1 and b.drv.interrupts(0) >= 1
+    assert dict(shm.fdb_entries()) == {":".join(f"{x:02x}" for x in a.mac): 0,
+                                       ":".join(f"{x:02x}" for x in b.mac): 1}
+    shm.close()
+
+
+def test_many_frames_and_rx_without_buffers(card, guests):
+    a = guests(0)
+    b = guests(1)
+    total = 300
+    got = []
+    sent = 0
+    for _ in range(32):
+        b.rx.post_rx()
+    b.rx.kick()
+    while len(got) < total:
+        while sent < total and a.tx.ring.free:
+            a.tx.send(net_frame(b.mac, a.mac, sent.to_bytes(4, "big") * 16))
+            sent += 1
+        a.tx.kick()
+        a.tx.harvest()
+        a.tx.used.clear()
+        for slot, n in b.rx.harvest():
+            got.append(int.from_bytes(b.rx.data(slot, n)[26:30], "big"))
+        b.rx.used.clear()
+        while b.rx.ring.free:
+            b.rx.post_rx()
+        b.rx.kick()
+        if len(got) < total:
+            time.sleep(0.001)
+        shm = _shm(card)
+        lost = int(shm.queues[1][0][Q_NOBUF])
+        shm.close()
+        if len(got) + lost >= total:
+            break
+    assert got == sorted(got)  # in order
+    assert len(got) + lost == total
+
+
+def test_queue_disable_writes_ring_state_and_resumes(card, guests):
+    a = guests(0)
+    b = guests(1)
+    for _ in range(8):
+        b.rx.post_rx()
+    b.rx.kick()
+    for i in range(5):
+        a.tx.send(net_frame(b.mac, a.mac, bytes([i]) * 60))
+    a.tx.kick()
+    a.tx.wait_used(5)
+    b.rx.wait_used(5)
+    rs = a.drv.stop_queue(1)
+    assert rs == 5 | 5 << 16  # net: last_used in both halves
+    shm = _shm(card)
+    assert shm.queues[0][1][Q_RUNNING] == 0
+    # frames added while the queue is disabled stay in the ring
+    a.tx.send(net_frame(b.mac, a.mac, b"late" * 20))
+    a.tx.kick()
+    rx_before = int(shm.queues[1][0][Q_PACKETS])
+    time.sleep(0.05)  # (nothing may move: the queue is stopped)
+    assert shm.queues[1][0][Q_PACKETS] == rx_before
+    # re-enable from the saved state: the pending frame is served
+    a.drv.program_queue(a.tx, last_avail=rs & 0xFFFF, last_used=rs >> 16)
+    [(slot, n)] = b.rx.wait_used(1)
+    assert b.rx.data(slot, n)[12:] == b"".join([b.mac, a.mac, b"\x88\xb5", b"late" * 20])
+    assert shm.queues[0][1][Q_RUNNING] == 1
+    assert a.drv.stop_queue(1) == 6 | 6 << 16
+    shm.close()
+
+
+def test_dirty_logging_marks_written_pages(card, guests):
+    from dataplane.testing.vhost_frontend import FrontendLog
+
+    a = guests(0)
+    b = guests(1)
+    log = FrontendLog(b.mem)
+    LOG_IOVA = 0x100000000000
+    try:
+        size = (log.size + 4095) & ~4095
+        b.drv.dma_map(LOG_IOVA, size, log.fd, 0)
+        b.drv.log_start(LOG_IOVA, log.size)
+        shm = _shm(card)
+        assert shm.vf[1][10] == 1  # V_LOG_ON
+        slots = [b.rx.post_rx(2048) for _ in range(3)]
+        b.rx.kick()
+        frames = [net_frame(b.mac, a.mac, bytes([i]) * 1200) for i in range(3)]
+        for f in frames:
+            a.tx.send(f)
+        a.tx.kick()
+        used = b.rx.wait_used(3)
+        assert [n for _s, n in used] == [len(f) for f in frames]
+        pages = set()
+        for s, n in used:
+            g = b.rx.ring.data_gpa(s)
+            pages |= set(range(g >> 12, (g + n - 1 >> 12) + 1))
+        ring = b.rx.ring
+        pages.add((ring.used_gpa + 2) >> 12)
+        pages |= {(ring.used_gpa + 4 + 8 * i) >> 12 for i in range(3)}
+        _wait(lambda: log.pages() >= pages, what="pages logged")
+        assert log.pages() == pages  # exactly the written pages: no ring page of A, no unwritten buffer
+        assert log.slack_untouched()
+        assert slots == [s for s, _ in used]
+        b.drv.log_stop()
+        assert shm.vf[1][10] == 0
+        log.clear()
+        b.rx.post_rx()
+        b.rx.kick()
+        a.tx.send(frames[0])
+        a.tx.kick()
+        b.rx.wait_used(1)
+        assert log.pages() == set()
+        shm.close()
+    finally:
+        b.drv.dma_unmap(LOG_IOVA, (log.size + 4095) & ~4095)
+        log.close()
+
+
+def test_bad_programming_is_a_counted_fault(card, guests):
+    g = guests(0, start=False)
+    peer = guests(1)
+    d = g.drv
+    d.reset()
+    assert d.negotiate(FEATS)
+    shm = _shm(card)
+    d.program_queue(g.rx)
+    d.add_status(S_DRIVER_OK)
+    # split size not a power of two
+    d.program_queue(g.tx, size=48)
+    assert not d.queue_enabled(1)
+    assert shm.queues[0][1][Q_ERR] == ERR_QUEUE_SIZE
+    # ring address 0
+    d.program_queue(g.tx, addrs=(0, g.tx.ring.avail_gpa, g.tx.ring.used_gpa))
+    assert not d.queue_enabled(1)
+    assert shm.queues[0][1][Q_FAULTS] == 2
+    assert shm.queues[0][3][Q_ERR] == 0
+    # a ring outside the DMA map
+    d.program_queue(g.tx, addrs=(0x40000000, g.tx.ring.avail_gpa, g.tx.ring.used_gpa))
+    assert not d.queue_enabled(1)
+    assert shm.queues[0][1][Q_FAULTS] == 3
+    assert shm.vf[0][V_FAULTS] == 3
+    # a descriptor whose buffer is outside the DMA map: the queue stops in error, the card lives on
+    d.program_queue(g.tx)
+    assert d.queue_enabled(1) and shm.queues[0][1][Q_ERR] == 0
+    g.tx.ring.add([(0x7000_0000, 64, False)])
+    g.tx.kick()
+    _wait(lambda: shm.queues[0][1][Q_ERR] != 0, what="DMA fault")
+    assert shm.queues[0][1][Q_ERR] == ERR_ADDR
+    assert shm.queues[0][1][Q_RUNNING] == 0
+    assert card.alive()
+    # the other VF still works
+    peer.rx.post_rx()
+    peer.rx.kick()
+    peer.tx.send(net_frame(BCAST, peer.mac, b"still alive" * 5))
+    peer.tx.kick()
+    peer.tx.wait_used(1)
+    assert card.alive()
+    shm.close()
+
+
+def test_hostile_control_requests(card):
+    drv = NicDriver(card.vf_dir(0))
+    mem = GuestMemoryLayout.simple(4 << 20)
+    try:
+        with pytest.raises(NicError, match="size"):
+            drv.dma_map(0, 0, mem.regions[0].fd)
+        with pytest.raises(NicError, match="aligned"):
+            drv.dma_map(0x123, 4096, mem.regions[0].fd)
+        with pytest.raises(NicError, match="past the file"):
+            drv.dma_map(0, 8 << 20, mem.regions[0].fd)
+        r, w = os.pipe()
+        try:
+            with pytest.raises(NicError, match="not a memory file"):
+                drv.dma_map(0, 4096, r)
+        finally:
+            os.close(r)
+            os.close(w)
+        drv.dma_map_memory(mem)
+        with pytest.raises(NicError, match="overlaps"):
+            drv.dma_map(4096, 4096, mem.regions[0].fd)
+        with pytest.raises(NicError, match="cuts"):
+            drv.dma_unmap(0, 4096)
+        with pytest.raises(NicError, match="nothing is mapped"):
+            drv.dma_unmap(1 << 40, 4096)
+        with pytest.raises(NicError, match="one fd"):
+            drv.request("dma_map", iova=1 << 30, size=4096, offset=0)
+        with pytest.raises(NicError, match="unknown request"):
+            drv.request("frobnicate")
+        with pytest.raises(NicError, match="vector"):
+            drv.request("set_irqs", vectors=[0, 1])
+        with pytest.raises(NicError, match="unsigned"):
+            drv.request("dma_unmap", iova=-1, size=4096)
+        drv.sock.send(b"not json")
+        assert b'"ok": false' in drv.sock.recv(4096)
+        shm = _shm(card)
+        assert shm.vf[0][V_DMA_MAPS] == 1
+        # a second driver is refused while the first holds the function
+        with pytest.raises(NicError, match="in use"):
+            NicDriver(card.vf_dir(0))
+        assert drv.dma_unmap(0, 4 << 20) == [0]
+        assert shm.vf[0][V_DMA_MAPS] == 0
+        shm.close()
+        assert card.alive()
+    finally:
+        drv.close()
+        mem.close()
+
+
+def test_driver_death_drops_dma_maps_and_resets(card, guests):
+    a = guests(0)
+    shm = _shm(card)
+    assert shm.vf[0][V_DMA_MAPS] == 1 and shm.vf[0][V_IRQS_SET] == a.drv.num_irqs
+    assert shm.queues[0][0][Q_RUNNING] == 1
+    a.drv.close()
+    _wait(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
+    assert shm.vf[0][V_DMA_MAPS] == 0 and shm.vf[0][V_IRQS_SET] == 0
+    assert shm.queues[0][0][Q_RUNNING] == 0 and shm.queues[0][1][Q_RUNNING] == 0
+    # the function was reset, and the card has no mapping of the old memory left
+    drv = NicDriver(card.vf_dir(0))
+    try:
+        assert drv.status == 0
+        pid = card.proc.pid
+        maps = open(f"/proc/{pid}/maps").read()
+        assert "vhost-frontend-guest" not in maps
+        with pytest.raises(NicError, match="nothing is mapped"):
+            drv.dma_unmap(1 << 20, 8 << 20)
+    finally:
+        drv.close()
+    shm.close()
