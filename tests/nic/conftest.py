@@ -2,9 +2,11 @@
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -56,8 +58,18 @@ class CardProc:
 
 
 @pytest.fixture
-def card(tmp_path):
-    c = CardProc(str(tmp_path / "run"))
+def runtime():
+    """A short runtime parent (unix socket paths are limited to 108 bytes; pytest's tmp_path is long)."""
+    d = tempfile.mkdtemp(prefix="nic", dir="/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def card(runtime):
+    c = CardProc(runtime)
     try:
         yield c
     finally:

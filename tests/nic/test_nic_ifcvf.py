@@ -444,3 +444,61 @@ def test_driver_death_drops_dma_maps_and_resets(card, guests):
     finally:
         drv.close()
     shm.close()
+
+
+def test_two_queue_pairs_and_mq_cfg(card):
+    made = []
+    try:
+        for i in range(2):
+            g = Guest(card.vf_dir(i), start=False)
+            made.append(g)
+            g.rx1 = NicQueue(g.drv, g.mem, 2)
+            g.tx1 = NicQueue(g.drv, g.mem, 3)
+            g.drv.start({0: g.rx, 1: g.tx, 2: g.rx1, 3: g.tx1}, FEATS)
+            assert g.drv.bar4.r32(0x28) == 2  # mq_cfg: queue pairs enabled
+        a, b = made
+        for q in (b.rx, b.rx1):
+            for _ in range(4):
+                q.post_rx()
+            q.kick()
+        a.tx1.send(net_frame(b.mac, a.mac, b"pair one" * 8))  # unknown yet: flooded, onto B's pair 1
+        a.tx1.kick()
+        [(slot, n)] = b.rx1.wait_used(1)
+        assert b.rx1.data(slot, n)[12:26] == b.mac + a.mac + b"\x88\xb5"
+        a.tx.send(net_frame(b.mac, a.mac, b"pair zero" * 8))
+        a.tx.kick()
+        [(slot, n)] = b.rx.wait_used(1)
+        assert b.rx.data(slot, n)[26:35] == b"pair zero"
+        # B with one pair enabled: everything lands on its pair 0
+        b.drv.set_mq(1)
+        b.drv.flush()
+        a.tx1.send(net_frame(b.mac, a.mac, b"again" * 8))
+        a.tx1.kick()
+        [(slot, n)] = b.rx.wait_used(1)
+        assert b.rx.data(slot, n)[26:31] == b"again"
+        shm = _shm(card)
+        assert shm.queues[0][3][Q_KICKS] == 2 and shm.queues[0][1][Q_KICKS] == 1
+        shm.close()
+    finally:
+        for g in made:
+            g.close()
+
+
+def test_unmap_under_a_running_queue_stops_it(card, guests):
+    a = guests(0)
+    shm = _shm(card)
+    assert shm.queues[0][1][Q_RUNNING] == 1
+    r = a.mem.regions[0]
+    assert a.drv.dma_unmap(r.gpa, r.size) == [r.gpa]
+    for q in (0, 1):
+        assert shm.queues[0][q][Q_RUNNING] == 0
+        assert shm.queues[0][q][Q_ERR] == ERR_RING_DMA
+    assert "vhost-frontend-guest" not in open(f"/proc/{card.proc.pid}/maps").read()
+    # a kick on the stopped queue touches nothing
+    a.tx.send(net_frame(BCAST, a.mac, b"z" * 64))
+    a.tx.kick()
+    kicks = int(shm.queues[0][1][Q_KICKS])
+    a.tx.kick()
+    _wait(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="kick counted")
+    assert card.alive()
+    shm.close()
