@@ -569,7 +569,10 @@ class VF:
         q.ctx = q.ctx._replace(log=self._queue_log(q))
         q.ctx.cfg[K.CFG_RUNNING] = 1
         row[K.Q_RUNNING] = 1
-        q.busy = BUSY_TURNS if q.qid % 2 else 0  # TX: chains made available before the start are served
+        # RX kicks are never needed (the card looks for buffers when a frame arrives): suppressed for good.
+        # TX: busy from the start (chains made available before it are served), kicks off while busy.
+        K.set_notify(q.ctx, False)
+        q.busy = BUSY_TURNS if q.qid % 2 else 0
         self.card.active_changed = True
         log.info("ifcvf: queue started", vf=self.bdf, qid=q.qid, size=size, packed=packed,
                  last_avail=last_avail, last_used=last_used)
@@ -853,6 +856,9 @@ class Card:
                     q.busy -= 1
                     if not q.running:
                         q.busy = 0
+                    elif q.busy == 0 and K.set_notify(q.ctx, True):  # idle: kicks on; chains came meanwhile?
+                        K.set_notify(q.ctx, False)
+                        q.busy = BUSY_TURNS
                     continue
                 q.busy = BUSY_TURNS
                 moved = True
@@ -880,8 +886,11 @@ class Card:
                     last_activity = time.monotonic()
                 vf.kicked[:] = 0
                 if K.poll_doorbells(vf.db16, vf.num_queues, NOTIFY_MULT // 2, vf.rows, vf.kicked):
-                    for qid in np.flatnonzero(vf.kicked[1 : 2 * vf.pairs : 2]):
-                        vf.queues[2 * int(qid) + 1].busy = BUSY_TURNS  # TX; an RX kick (buffers) is only counted
+                    for k in np.flatnonzero(vf.kicked[1 : 2 * vf.pairs : 2]):
+                        q = vf.queues[2 * int(k) + 1]  # TX; an RX kick (buffers) is only counted
+                        if q.busy <= 0 and q.ctx is not None and q.running:
+                            K.set_notify(q.ctx, False)  # busy: polled, no kicks wanted meanwhile
+                        q.busy = BUSY_TURNS
             if self.active_changed:
                 self.active_changed = False
                 active = self._active()

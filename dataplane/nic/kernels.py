@@ -39,12 +39,21 @@ from dataplane.rings.atomics import exchange, load_relaxed
 from dataplane.rings.chain_copy import chain_gather, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
 from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
-from dataplane.vhost.dev_ring import dummy_vrings, ring_fetch, ring_flush_used, ring_push_used
-from dataplane.vhost.dirty_log import log_burst_start, log_enabled, log_sync, log_used, log_write_hva, no_log
+from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
+from dataplane.vhost.dirty_log import (
+    log_burst_start,
+    log_enabled,
+    log_notify_write,
+    log_sync,
+    log_used,
+    log_write_hva,
+    no_log,
+)
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "poll_doorbells", "warm_up",
+    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "poll_doorbells", "set_notify",
+    "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
     "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
@@ -224,6 +233,16 @@ def poll_doorbells(db16, nq, stride, rows, kicked):
 
 
 @kernel
+def set_notify(q, enable):
+    """Ask the driver for kicks (``enable``) or not (used->flags NO_NOTIFY / the packed device event
+    area), marking that write in the dirty log when logging; True when chains are pending (keep polling)."""
+    packed = q.cfg[CFG_PACKED] != 0
+    pending = ring_enable_notify(packed, q.split, q.packed, q.state, enable)
+    log_notify_write(q.log, packed, q.state, enable)
+    return pending
+
+
+@kernel
 def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
     """Stage up to ``budget`` TX chains of queue ``q`` (VF ``vf``) and switch them (see the module doc).
 
@@ -393,6 +412,7 @@ def warm_up() -> None:
     fdb = np.zeros((FDB_SIZE, 2), np.int64)
     tx_pull(d, 0, fdb, 0, stage, slen, smask, 1)
     rx_deliver(d, 1, stage, slen, smask, 0)
+    set_notify(d, False)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
 

@@ -94,10 +94,12 @@ class NicQueue:
     def data(self, slot: int, n: int) -> bytes:
         return self.ring.data(slot, n)
 
-    def kick(self) -> None:
-        """Publish the added chains and ring the doorbell."""
-        self.ring.publish()
-        self.drv.doorbell(self.qid)
+    def kick(self, force: bool = False) -> bool:
+        """Publish the added chains and ring the doorbell if the card wants kicks (or ``force``)."""
+        need = self.ring.publish()
+        if need or force:
+            self.drv.doorbell(self.qid)
+        return need
 
     def harvest(self) -> list[tuple[int, int]]:
         got = self.ring.harvest()
