@@ -148,6 +148,11 @@ PAGE = 4096
 MTU = 1500
 VIRTIO_NET_S_LINK_UP = 1
 BUSY_TURNS = 200
+#: Frames one busy window of a TX queue may move (a window also ends after SERVE_SPIN empty pulls).
+SERVE_BUDGET = 4096
+SERVE_SPIN = 32
+#: While queues are busy, the registers are polled every this many turns (always when idle).
+REG_EVERY = 8
 FAST_S = 0.0002
 SLOW_S = 0.002
 ACTIVE_S = 0.5
@@ -713,6 +718,10 @@ class VF:
                 self.vrow[V_BAD_REQUESTS] += 1
                 log.error("ifcvf: request refused", vf=self.bdf, error=str(e))
                 reply = {"ok": False, "error": str(e)}
+            except Exception as e:  # a request the checks above missed: refused, never fatal
+                self.vrow[V_BAD_REQUESTS] += 1
+                log.exception("ifcvf: request failed", vf=self.bdf, error=repr(e))
+                reply = {"ok": False, "error": f"internal error: {e!r}"}
             try:
                 self.conn.send(json.dumps(reply).encode())
             except OSError:
@@ -851,7 +860,14 @@ class Card:
             for q in vf.queues[1 : 2 * vf.pairs : 2]:
                 if q.busy <= 0 or q.ctx is None:
                     continue
-                n = K.tx_pull(q.ctx, vf.index, self.fdb, active, self.stage, self.slen, self.smask, K.BURST)
+                pair = q.qid // 2
+                idle = K.idle_queue_ctx()
+                rxqs = []
+                for dvf in self.vfs:
+                    rq = dvf.queues[2 * (pair % dvf.mq_pairs())] if active >> dvf.index & 1 else None
+                    rxqs.append(rq.ctx if rq is not None and rq.ctx is not None else idle)
+                n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen, self.smask,
+                               SERVE_BUDGET, SERVE_SPIN)
                 if n == 0:
                     q.busy -= 1
                     if not q.running:
@@ -862,28 +878,27 @@ class Card:
                     continue
                 q.busy = BUSY_TURNS
                 moved = True
-                dests = int(np.bitwise_or.reduce(self.smask[:n]))
-                pair = q.qid // 2
-                for dvf in self.vfs:
-                    bit = 1 << dvf.index
-                    if dests & bit:
-                        rq = dvf.queues[2 * (pair % dvf.mq_pairs())]
-                        ctx = rq.ctx if rq.ctx is not None else K.idle_queue_ctx()
-                        K.rx_deliver(ctx, bit, self.stage, self.slen, self.smask, n)
         return moved
 
     def run(self) -> None:
         active = 0
         last_activity = time.monotonic()
         loops = 0
+        was_busy = False
         while not self.stopping:
             loops += 1
             if loops & 0xFF == 0:
                 self.shm.hdr[HDR_LOOPS] = loops
             busy = False
+            regs = not was_busy or loops % REG_EVERY == 0
             for vf in self.vfs:
-                if vf.poll_registers():
-                    last_activity = time.monotonic()
+                try:
+                    if regs and vf.poll_registers():
+                        last_activity = time.monotonic()
+                except Exception as e:  # registers no check foresaw: the function resets, the card lives on
+                    log.exception("ifcvf: register handling failed: function reset", vf=vf.bdf, error=repr(e))
+                    vf.vrow[V_FAULTS] += 1
+                    vf.reset()
                 vf.kicked[:] = 0
                 if K.poll_doorbells(vf.db16, vf.num_queues, NOTIFY_MULT // 2, vf.rows, vf.kicked):
                     for k in np.flatnonzero(vf.kicked[1 : 2 * vf.pairs : 2]):
@@ -898,6 +913,7 @@ class Card:
                 busy = True
             if not busy:
                 busy = any(q.busy > 0 for vf in self.vfs for q in vf.queues)
+            was_busy = busy
             if busy:
                 last_activity = time.monotonic()
                 timeout = 0.0

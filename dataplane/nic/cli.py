@@ -163,7 +163,7 @@ def _stop(args) -> int:
 
 def _start(args) -> int:
     from .card import Card, install_signals
-    from .kernels import warm_up
+    from .kernels import warm_up, warm_up_switch
 
     parse_bdf(args.pf)
     mac = _parse_mac(args.mac_base)
@@ -194,6 +194,7 @@ def _start(args) -> int:
         os.close(logf)
     try:
         warm_up()
+        warm_up_switch(args.vfs)
         card = Card(parent, args.pf, args.vfs, mac_base=mac, pairs=args.queue_pairs)
     except (ValueError, OSError) as e:
         msg = f"dataplane-nic: {e}"

@@ -52,7 +52,7 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "poll_doorbells", "set_notify",
+    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
     "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
@@ -375,6 +375,35 @@ def rx_deliver(q, bit, stage, slen, smask, n):
     return done
 
 
+@kernel
+def tx_serve(q, vf, fdb, active, rxqs, stage, slen, smask, budget, spin):
+    """A busy window of TX queue ``q``: :func:`tx_pull` and :func:`rx_deliver` into ``rxqs`` (a tuple,
+    the destination RX queue of each VF by VF index; an idle context where none) again and again, until
+    ``budget`` frames or ``spin`` pulls in a row found nothing.  Returns the frames staged."""
+    total = 0
+    idle = 0
+    while total < budget:
+        want = budget - total
+        if want > BURST:
+            want = BURST
+        n = tx_pull(q, vf, fdb, active, stage, slen, smask, want)
+        if n == 0:
+            idle += 1
+            if idle >= spin or not _usable(q):
+                break
+            continue
+        idle = 0
+        total += n
+        dests = np.int64(0)
+        for i in range(n):
+            dests |= smask[i]
+        for d in range(len(rxqs)):
+            bit = np.int64(1) << d
+            if dests & bit:
+                rx_deliver(rxqs[d], bit, stage, slen, smask, n)
+    return total
+
+
 # =============================================================================
 # plain-Python side
 # =============================================================================
@@ -413,6 +442,16 @@ def warm_up() -> None:
     tx_pull(d, 0, fdb, 0, stage, slen, smask, 1)
     rx_deliver(d, 1, stage, slen, smask, 0)
     set_notify(d, False)
+
+
+def warm_up_switch(nvfs: int) -> None:
+    """Compile (or load) :func:`tx_serve` for a card of ``nvfs`` VFs (one specialisation per tuple length)."""
+    d = idle_queue_ctx()
+    stage = np.zeros((BURST, SLOT), np.uint8)
+    slen = np.zeros(BURST, np.int64)
+    smask = np.zeros(BURST, np.int64)
+    fdb = np.zeros((FDB_SIZE, 2), np.int64)
+    tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
 
