@@ -273,10 +273,13 @@ def test_queue_disable_writes_ring_state_and_resumes(card, guests):
     assert shm.queues[0][1][Q_RUNNING] == 0
     # frames added while the queue is disabled stay in the ring
     a.tx.send(net_frame(b.mac, a.mac, b"late" * 20))
-    a.tx.kick()
     rx_before = int(shm.queues[1][0][Q_PACKETS])
-    time.sleep(0.05)  # (nothing may move: the queue is stopped)
-    assert shm.queues[1][0][Q_PACKETS] == rx_before
+    kicks = int(shm.queues[0][1][Q_KICKS])
+    a.tx.kick(force=True)
+    _wait(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="the kick taken")
+    a.drv.flush()  # acknowledged on the card's next turn: the turn that took the kick has switched
+    assert shm.queues[1][0][Q_PACKETS] == rx_before  # nothing moved: the queue is stopped
+    assert a.tx.harvest() == []
     # re-enable from the saved state: the pending frame is served
     a.drv.program_queue(a.tx, last_avail=rs & 0xFFFF, last_used=rs >> 16)
     [(slot, n)] = b.rx.wait_used(1)
@@ -530,3 +533,52 @@ def test_idle_queue_wakes_on_its_doorbell(card, guests, packed):
         assert b.rx.data(slot, n)[26] == i
         assert shm.queues[0][1][Q_KICKS] == kicks + 1
     shm.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_interrupts_follow_the_driver_suppression(card, guests, packed):
+    from dataplane.rings.packed import packed_drv_enable_interrupt
+    from dataplane.rings.split import split_drv_enable_interrupt
+
+    a = guests(0, packed=packed)
+    b = guests(1, packed=packed)
+    enable_irq = packed_drv_enable_interrupt if packed else split_drv_enable_interrupt
+    shm = _shm(card)
+    for _ in range(16):
+        b.rx.post_rx()
+    b.rx.kick()
+    enable_irq(b.rx.ring.vr, b.rx.ring.ds, False)
+    for i in range(4):
+        a.tx.send(net_frame(b.mac, a.mac, bytes([i]) * 64))
+    a.tx.kick()
+    got = b.rx.wait_used(4)
+    assert len(got) == 4
+    assert shm.queues[1][0][Q_IRQS] == 0 and b.drv.interrupts(0) == 0
+    enable_irq(b.rx.ring.vr, b.rx.ring.ds, True)
+    a.tx.send(net_frame(b.mac, a.mac, b"irq" * 30))
+    a.tx.kick()
+    b.rx.wait_used(1)
+    _wait(lambda: shm.queues[1][0][Q_IRQS] == 1, what="the RX interrupt")
+    assert b.drv.interrupts(0) == 1
+    shm.close()
+
+
+def test_an_idle_card_sleeps(card):
+    """An idle card wakes only to poll registers and doorbells: measured as CPU time over a window
+    (the one place a test waits for time to pass: CPU use is a rate)."""
+    pid = card.proc.pid
+
+    def cpu_s():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    drv = NicDriver(card.vf_dir(0))
+    try:
+        drv.flush()
+    finally:
+        drv.close()
+    t0, c0 = time.monotonic(), cpu_s()
+    time.sleep(2.0)
+    used = cpu_s() - c0
+    assert used < 0.3 * (time.monotonic() - t0), f"idle card used {used:.2f} s of CPU in 2 s"
