@@ -82,6 +82,7 @@ from .pci import (
     CONFIG_SIZE,
     DEVICE_OFF,
     DOORBELL_IDLE,
+    ISR_OFF,
     LM,
     NO_VECTOR,
     NOTIFY_MULT,
@@ -100,6 +101,7 @@ from .shm import (
     HDR_PAIRS,
     HDR_PID,
     V_BAD_REQUESTS,
+    V_CONFIG_IRQS,
     V_CONNECTED,
     V_DMA_FAULTS,
     V_DMA_MAPS,
@@ -147,6 +149,7 @@ MAX_DMA_MAPS = 64
 PAGE = 4096
 MTU = 1500
 VIRTIO_NET_S_LINK_UP = 1
+ISR_CONFIG = 0x2
 BUSY_TURNS = 200
 #: Frames one busy window of a TX queue may move (a window also ends after SERVE_SPIN empty pulls).
 SERVE_BUDGET = 4096
@@ -327,6 +330,7 @@ class VF:
         self.log_on = False
         self.conn: socket.socket | None = None
         self.rejects: list[socket.socket] = []
+        self.link_up = True
         self.sock_path = os.path.join(self.dir, "vfio.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(self.sock_path)
@@ -343,7 +347,7 @@ class VF:
         b.w16(CC.MSIX_CONFIG, NO_VECTOR)
         b.w16(CC.NUM_QUEUES, self.num_queues)
         b.u8[DEVICE_OFF : DEVICE_OFF + 6] = np.frombuffer(self.mac, np.uint8)
-        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP)
+        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if self.link_up else 0)
         b.w16(DEVICE_OFF + 8, self.pairs)
         b.w16(DEVICE_OFF + 10, MTU)
         self.db16[: self.num_queues * (NOTIFY_MULT // 2) : NOTIFY_MULT // 2] = DOORBELL_IDLE
@@ -611,6 +615,20 @@ class VF:
         self.vrow[V_RESETS] += 1
         log.info("ifcvf: function reset", vf=self.bdf)
 
+    def set_link(self, up: bool) -> None:
+        """Link up / down: the device cfg status changes, config_generation moves, ISR bit 1 is set
+        and the config vector (``msix_config``) is signalled."""
+        b = self.bar0
+        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if up else 0)
+        b.w8(CC.CONFIG_GENERATION, b.r8(CC.CONFIG_GENERATION) + 1)
+        b.w8(ISR_OFF, b.r8(ISR_OFF) | ISR_CONFIG)
+        self.card.active_changed = True  # a VF whose link is down gets no frames
+        fd = self._irq_fd(self.msix_config)
+        if fd >= 0:
+            os.eventfd_write(fd, 1)
+            self.vrow[V_CONFIG_IRQS] += 1
+        log.info("ifcvf: link " + ("up" if up else "down"), vf=self.bdf, config_irq=fd >= 0)
+
     # -- interrupts -------------------------------------------------------------------------
     def _irq_fd(self, vector: int) -> int:
         if vector == NO_VECTOR or vector >= len(self.irqs):
@@ -834,6 +852,11 @@ class Card:
         except BaseException:
             self.close()
             raise
+        self.mgmt_path = os.path.join(self.dir, "card.sock")
+        self.mgmt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.mgmt.bind(self.mgmt_path)
+        self.mgmt.listen(4)
+        self.mgmt.setblocking(False)
         self.stage = np.zeros((K.BURST, K.SLOT), np.uint8)
         self.slen = np.zeros(K.BURST, np.int64)
         self.smask = np.zeros(K.BURST, np.int64)
@@ -849,7 +872,7 @@ class Card:
     def _active(self) -> int:
         m = 0
         for vf in self.vfs:
-            if vf.status & S_DRIVER_OK and any(q.running for q in vf.queues[0 : 2 * vf.pairs : 2]):
+            if vf.link_up and vf.status & S_DRIVER_OK and any(q.running for q in vf.queues[0 : 2 * vf.pairs : 2]):
                 m |= 1 << vf.index
         return m
 
@@ -922,8 +945,36 @@ class Card:
             self._wait(timeout)
         self.shm.hdr[HDR_LOOPS] = loops
 
+    def _manage(self) -> None:
+        """One management request on ``card.sock`` (the CLI's): ``{"op": "link", "vf": BDF, "up": bool}``."""
+        try:
+            conn, _ = self.mgmt.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                msg = json.loads(conn.recv(MAX_MSG))
+                if msg.get("op") != "link":
+                    raise ValueError(f"unknown request {msg.get('op')!r}")
+                vfs = [v for v in self.vfs if v.bdf == msg.get("vf")]
+                if not vfs:
+                    raise ValueError(f"no VF {msg.get('vf')!r} on card {self.pf}")
+                vfs[0].link_up = bool(msg.get("up"))
+                vfs[0].set_link(vfs[0].link_up)
+                reply = {"ok": True}
+            except (ValueError, AttributeError, TypeError) as e:
+                reply = {"ok": False, "error": str(e)}
+            except OSError:
+                return
+            try:
+                conn.send(json.dumps(reply).encode())
+            except OSError:
+                pass
+
     def _wait(self, timeout: float) -> None:
         socks = {}
+        socks[self.mgmt.fileno()] = (None, None)
         for vf in self.vfs:
             socks[vf.listener.fileno()] = (vf, False)
             if vf.conn is not None:
@@ -939,7 +990,9 @@ class Card:
             return
         for fd, _ev in ready:
             vf, is_conn = socks[fd]
-            if isinstance(is_conn, socket.socket):
+            if vf is None:
+                self._manage()
+            elif isinstance(is_conn, socket.socket):
                 vf.reject(is_conn)
             elif is_conn:
                 vf.serve()
@@ -953,6 +1006,8 @@ class Card:
             except Exception as e:  # keep closing the others
                 log.error("ifcvf: closing a VF failed", vf=vf.bdf, error=str(e))
         self.vfs = []
+        if getattr(self, "mgmt", None) is not None:
+            self.mgmt.close()
         self.shm.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -6,6 +6,7 @@
                               [--file-prefix P] [--daemon] [--log-level L]
     dataplane-nic show [--file-prefix P] [-j]
     dataplane-nic stop PF [--file-prefix P]
+    dataplane-nic link PF VF up|down [--file-prefix P]
 
 ``start`` runs the card in the foreground until SIGTERM / SIGINT (``stop``
 sends SIGTERM); it prints ``ready <card dir>`` on stdout once every VF's files
@@ -161,6 +162,29 @@ def _stop(args) -> int:
     return 0
 
 
+def _link(args) -> int:
+    import socket
+
+    parse_bdf(args.pf)
+    parse_bdf(args.vf)
+    path = os.path.join(cards_parent(args.file_prefix), f"nic-{args.pf}", "card.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5.0)
+    try:
+        s.connect(path)
+        s.send(json.dumps({"op": "link", "vf": args.vf, "up": args.state == "up"}).encode())
+        reply = json.loads(s.recv(65536))
+    except OSError as e:
+        print(f"dataplane-nic: card {args.pf}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        s.close()
+    if not reply.get("ok"):
+        print(f"dataplane-nic: {reply.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _start(args) -> int:
     from .card import Card, install_signals
     from .kernels import warm_up, warm_up_switch
@@ -239,6 +263,11 @@ def main(argv=None) -> int:
     sp = sub.add_parser("stop", help="stop a card")
     sp.add_argument("pf")
     sp.add_argument("--file-prefix", default=None)
+    lk = sub.add_parser("link", help="set a VF's link up or down (the driver gets a config interrupt)")
+    lk.add_argument("pf")
+    lk.add_argument("vf")
+    lk.add_argument("state", choices=["up", "down"])
+    lk.add_argument("--file-prefix", default=None)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "start":
@@ -246,6 +275,8 @@ def main(argv=None) -> int:
             return _start(args)
         if args.cmd == "show":
             return _show(args)
+        if args.cmd == "link":
+            return _link(args)
         return _stop(args)
     except ValueError as e:
         print(f"dataplane-nic: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ from .pci import BarFile, MAX_PAIRS
 
 __all__ = ["CardShm", "MAX_QUEUES", "VF_WORDS", "HDR_MAGIC", "HDR_PID", "HDR_NVFS", "HDR_PAIRS", "HDR_LOOPS",
            "MAGIC", "V_FAULTS", "V_RESETS", "V_DMA_MAPS", "V_IRQS_SET", "V_CONNECTED", "V_BAD_REQUESTS",
-           "V_DMA_FAULTS", "V_STATUS", "V_FEATURES", "V_FLUSHES", "V_LOG_ON", "V_DRIVERS", "VF_COUNTER_NAMES"]
+           "V_DMA_FAULTS", "V_STATUS", "V_FEATURES", "V_FLUSHES", "V_LOG_ON", "V_DRIVERS", "V_CONFIG_IRQS", "VF_COUNTER_NAMES"]
 
 MAX_QUEUES = 2 * MAX_PAIRS + 1
 VF_WORDS = 16
@@ -29,9 +29,9 @@ HDR_MAGIC, HDR_PID, HDR_NVFS, HDR_PAIRS, HDR_LOOPS = range(5)
 MAGIC = 0x49464356464E4943  # "IFCVFNIC"
 
 (V_FAULTS, V_RESETS, V_DMA_MAPS, V_IRQS_SET, V_CONNECTED, V_BAD_REQUESTS, V_DMA_FAULTS, V_STATUS, V_FEATURES,
- V_FLUSHES, V_LOG_ON, V_DRIVERS) = range(12)
+ V_FLUSHES, V_LOG_ON, V_DRIVERS, V_CONFIG_IRQS) = range(13)
 VF_COUNTER_NAMES = ("faults", "resets", "dma_maps", "irq_vectors", "connected", "bad_requests", "dma_faults",
-                    "status", "features", "flushes", "log_on", "drivers")
+                    "status", "features", "flushes", "log_on", "drivers", "config_irqs")
 _VF_BLOCK = VF_WORDS + MAX_QUEUES * Q_WORDS
 
 

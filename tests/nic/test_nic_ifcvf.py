@@ -582,3 +582,43 @@ def test_an_idle_card_sleeps(card):
     time.sleep(2.0)
     used = cpu_s() - c0
     assert used < 0.3 * (time.monotonic() - t0), f"idle card used {used:.2f} s of CPU in 2 s"
+
+
+def test_link_down_raises_the_config_interrupt(card, guests):
+    import subprocess
+    import sys
+
+    a = guests(0)
+    b = guests(1)
+    shm = _shm(card)
+    gen = b.drv.r8(CC.CONFIG_GENERATION)
+    status_off = b.drv.device + 6
+
+    def link(state):
+        r = subprocess.run([sys.executable, "-m", "dataplane.nic", "link", card.pf, "0000:00:05.2", state],
+                           env=card.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    link("down")
+    _wait(lambda: b.drv.bar0.r16(status_off) == 0, what="link down in device cfg")
+    assert b.drv.r8(CC.CONFIG_GENERATION) == (gen + 1) & 0xFF
+    assert b.drv.bar0.r8(0x40) & 2  # ISR: config change
+    from dataplane.testing.vhost_frontend import eventfd_count
+
+    _wait(lambda: shm.vf[1][12] == 1, what="config interrupt")  # V_CONFIG_IRQS
+    assert eventfd_count(b.drv.irq_fd(0)) == 1  # msix_config = vector 0
+    # no frame reaches a VF whose link is down
+    b.rx.post_rx()
+    b.rx.kick()
+    a.tx.send(net_frame(BCAST, a.mac, b"anyone?" * 10))
+    a.tx.kick()
+    a.tx.wait_used(1)
+    assert shm.queues[0][1][Q_PACKETS] == 1 and shm.queues[1][0][Q_PACKETS] == 0
+    assert b.rx.harvest() == []
+    link("up")
+    _wait(lambda: b.drv.bar0.r16(status_off) == 1, what="link up")
+    a.tx.send(net_frame(BCAST, a.mac, b"hello again" * 10))
+    a.tx.kick()
+    [(slot, n)] = b.rx.wait_used(1)
+    assert b.rx.data(slot, n)[26:37] == b"hello again"
+    shm.close()
