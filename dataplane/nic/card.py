@@ -417,7 +417,25 @@ class VF:
         b = self.bar0
         seq = b.r32(WRITE_SEQ)
         changed = False
+        # status read first, the feature windows handled before it: a driver sets FEATURES_OK right after
+        # writing its features, so what is read after the status holds them
         st = b.r8(CC.DEVICE_STATUS)
+        dfs = b.r32(CC.DEVICE_FEATURE_SELECT)
+        if dfs != self.dfs:
+            self.dfs = dfs
+            b.w32(CC.DEVICE_FEATURE, (DEVICE_FEATURES >> (32 * dfs)) & 0xFFFFFFFF if dfs < 2 else 0)
+            changed = True
+        gfs = b.r32(CC.GUEST_FEATURE_SELECT)
+        gwin = b.r32(CC.GUEST_FEATURE)
+        if gfs != self.gfs:
+            if self.gfs < 2:
+                self.guest_features[self.gfs] = gwin
+            self.gfs = gfs
+            b.w32(CC.GUEST_FEATURE, self.guest_features[gfs] if gfs < 2 else 0)
+            changed = True
+        elif gfs < 2 and gwin != self.guest_features[gfs]:
+            self.guest_features[gfs] = gwin
+            changed = True
         if st != self.status:
             changed = True
             self.card.active_changed = True
@@ -436,22 +454,6 @@ class VF:
                             q.enable = 0
                             if q.qid == self.sel:
                                 b.w16(CC.QUEUE_ENABLE, 0)
-        dfs = b.r32(CC.DEVICE_FEATURE_SELECT)
-        if dfs != self.dfs:
-            self.dfs = dfs
-            b.w32(CC.DEVICE_FEATURE, (DEVICE_FEATURES >> (32 * dfs)) & 0xFFFFFFFF if dfs < 2 else 0)
-            changed = True
-        gfs = b.r32(CC.GUEST_FEATURE_SELECT)
-        gwin = b.r32(CC.GUEST_FEATURE)
-        if gfs != self.gfs:
-            if self.gfs < 2:
-                self.guest_features[self.gfs] = gwin
-            self.gfs = gfs
-            b.w32(CC.GUEST_FEATURE, self.guest_features[gfs] if gfs < 2 else 0)
-            changed = True
-        elif gfs < 2 and gwin != self.guest_features[gfs]:
-            self.guest_features[gfs] = gwin
-            changed = True
         mc = b.r16(CC.MSIX_CONFIG)
         if mc != self.msix_config:
             if mc != NO_VECTOR and mc >= self.nvec:
