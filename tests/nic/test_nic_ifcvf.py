@@ -299,6 +299,8 @@ def test_dirty_logging_marks_written_pages(card, guests):
     try:
         size = (log.size + 4095) & ~4095
         b.drv.dma_map(LOG_IOVA, size, log.fd, 0)
+        # B's TX queue idles first: its kick-suppression flag is written before logging starts
+        _wait(lambda: _kicks_wanted(b.tx), what="B's TX queue idle")
         b.drv.log_start(LOG_IOVA, log.size)
         shm = _shm(card)
         assert shm.vf[1][10] == 1  # V_LOG_ON
@@ -321,6 +323,18 @@ def test_dirty_logging_marks_written_pages(card, guests):
         assert log.pages() == pages  # exactly the written pages: no ring page of A, no unwritten buffer
         assert log.slack_untouched()
         assert slots == [s for s, _ in used]
+        # B's TX: the card writes only B's TX used ring (entries, idx, the kick-suppression flags)
+        for _ in range(2):
+            a.rx.post_rx()
+        a.rx.kick()
+        b.tx.send(net_frame(a.mac, b.mac, b"logged tx" * 10))
+        b.tx.kick()
+        b.tx.wait_used(1)
+        a.rx.wait_used(1)
+        tx_used = b.tx.ring.used_gpa
+        pages |= {tx_used >> 12, (tx_used + 4) >> 12}
+        _wait(lambda: log.pages() >= pages, what="TX used ring logged")
+        assert log.pages() == pages
         b.drv.log_stop()
         assert shm.vf[1][10] == 0
         log.clear()
