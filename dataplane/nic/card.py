@@ -69,7 +69,7 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.regions import REGION_GPA, REGION_HVA, REGION_LEN
-from dataplane.rings.virtqueue import FEAT_INDIRECT, STATE_LAST_USED, STATE_SIGNALLED_USED
+from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_INDIRECT, STATE_LAST_USED, STATE_SIGNALLED_USED
 from dataplane.vhost.dev_ring import queue_rings
 from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
 from dataplane.vhost.guest_memory import map_shared, unmap
@@ -140,10 +140,11 @@ class F:
 
 #: What a VF offers: VERSION_1, ACCESS_PLATFORM (it sits behind an IOMMU), MAC, STATUS, MTU, MQ (queue
 #: pairs set through BAR4 mq_cfg: the card has no control queue, though num_queues counts one, as
-#: IFCVF's does), INDIRECT_DESC and RING_PACKED.  Not offered: MRG_RXBUF (an RX frame takes one chain),
-#: CTRL_VQ, EVENT_IDX (the card never suppresses kicks), offloads.
+#: IFCVF's does), INDIRECT_DESC, EVENT_IDX (used_event decides interrupts; avail_event is published
+#: when a TX queue goes idle) and RING_PACKED.  Not offered: MRG_RXBUF (an RX frame takes one chain),
+#: CTRL_VQ, offloads.
 DEVICE_FEATURES = sum(1 << b for b in (F.VERSION_1, F.ACCESS_PLATFORM, F.MAC, F.STATUS, F.MTU, F.MQ,
-                                       F.INDIRECT_DESC, F.RING_PACKED))
+                                       F.INDIRECT_DESC, F.EVENT_IDX, F.RING_PACKED))
 MAX_QUEUE_SIZE = 1024
 MAX_DMA_MAPS = 64
 PAGE = 4096
@@ -561,7 +562,8 @@ class VF:
             addrs.append(hva)
         rs = self.bar4.r32(ring_state_off(q.qid))
         last_avail, last_used = rs & 0xFFFF, rs >> 16
-        feat = FEAT_INDIRECT if self.features >> F.INDIRECT_DESC & 1 else 0
+        feat = (FEAT_INDIRECT if self.features >> F.INDIRECT_DESC & 1 else 0) | \
+            (FEAT_EVENT_IDX if self.features >> F.EVENT_IDX & 1 else 0)
         try:
             if packed:
                 sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=last_avail,
@@ -604,6 +606,7 @@ class VF:
             self.bar4.w32(ring_state_off(q.qid), self._ring_state(q))
             q.ctx = None
             self.rows[q.qid][K.Q_RUNNING] = 0
+            self.rows[q.qid][K.Q_POLLED] = 0
             self.card.active_changed = True
             log.info("ifcvf: queue stopped", vf=self.bdf, qid=q.qid,
                      ring_state=hex(self.bar4.r32(ring_state_off(q.qid))))

@@ -57,7 +57,7 @@ __all__ = [
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
     "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
-    "Q_NOBUF", "Q_RUNNING", "Q_WORDS", "QUEUE_COUNTER_NAMES",
+    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
     "ERR_RING_ZERO", "ERR_QUEUE_SIZE", "ERR_RING_DMA", "ERR_BASE", "fault_name",
 ]
 
@@ -80,10 +80,11 @@ CFG_RUNNING = 2
 CFG_SLOTS = 4
 
 # counter row of a queue (int64, shared)
-Q_PACKETS, Q_BYTES, Q_ERRORS, Q_DROPS, Q_KICKS, Q_IRQS, Q_FAULTS, Q_ERR, Q_FLOODED, Q_NOBUF, Q_RUNNING = range(11)
+(Q_PACKETS, Q_BYTES, Q_ERRORS, Q_DROPS, Q_KICKS, Q_IRQS, Q_FAULTS, Q_ERR, Q_FLOODED, Q_NOBUF, Q_RUNNING,
+ Q_POLLED) = range(12)
 Q_WORDS = 16
 QUEUE_COUNTER_NAMES = ("packets", "bytes", "errors", "drops", "kicks", "irqs", "faults", "error_code", "flooded",
-                       "no_buffer", "running")
+                       "no_buffer", "running", "polled")
 
 # fault codes beyond the rings' ERR_* codes
 ERR_BASE = 32
@@ -239,6 +240,7 @@ def set_notify(q, enable):
     packed = q.cfg[CFG_PACKED] != 0
     pending = ring_enable_notify(packed, q.split, q.packed, q.state, enable)
     log_notify_write(q.log, packed, q.state, enable)
+    q.counters[Q_POLLED] = 0 if enable else 1  # 1: polled by the card, kicks not wanted
     return pending
 
 

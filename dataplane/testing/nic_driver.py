@@ -66,13 +66,14 @@ def net_frame(dst: bytes, src: bytes, payload: bytes, ethertype: int = 0x88B5) -
 
 
 class NicQueue:
-    """The driver side of queue ``qid`` in ``memory`` (split or packed)."""
+    """The driver side of queue ``qid`` in ``memory`` (split or packed; ``features``: the negotiated
+    bits the ring uses, EVENT_IDX and INDIRECT_DESC)."""
 
     def __init__(self, drv: "NicDriver", memory: GuestMemoryLayout, qid: int, *, num: int = 64,
-                 packed: bool = False, max_data: int = 2048):
+                 packed: bool = False, max_data: int = 2048, features: int = 0):
         self.drv = drv
         self.qid = qid
-        self.ring = BlkDriver(memory, num, packed=packed, max_data=max_data)
+        self.ring = BlkDriver(memory, num, packed=packed, max_data=max_data, features=features)
         self.used: list[tuple[int, int]] = []
 
     @property
