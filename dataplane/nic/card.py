@@ -145,7 +145,7 @@ class F:
 #: CTRL_VQ, offloads.
 DEVICE_FEATURES = sum(1 << b for b in (F.VERSION_1, F.ACCESS_PLATFORM, F.MAC, F.STATUS, F.MTU, F.MQ,
                                        F.INDIRECT_DESC, F.EVENT_IDX, F.RING_PACKED))
-MAX_QUEUE_SIZE = 1024
+MAX_QUEUE_SIZE = 32768
 MAX_DMA_MAPS = 64
 PAGE = 4096
 MTU = 1500

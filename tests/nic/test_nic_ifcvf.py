@@ -639,3 +639,50 @@ def test_link_down_raises_the_config_interrupt(card, guests):
     [(slot, n)] = b.rx.wait_used(1)
     assert b.rx.data(slot, n)[26:37] == b"hello again"
     shm.close()
+
+
+def test_driver_restart_resumes_from_bar4_state(card, guests):
+    a = guests(0)
+    b = guests(1)
+    for _ in range(8):
+        b.rx.post_rx()
+    b.rx.kick()
+    for i in range(3):
+        a.tx.send(net_frame(b.mac, a.mac, bytes([i]) * 64))
+    a.tx.kick()
+    a.tx.wait_used(3)
+    b.rx.wait_used(3)
+    shm = _shm(card)
+    # A's driver dies: the card stops A's queues (state to BAR4), drops its maps and irqs, resets A
+    a.drv.sock.close()
+    a.drv.sock = None
+    _wait(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
+    assert shm.vf[0][V_DMA_MAPS] == 0
+    old = a.drv
+    # a new driver for the same guest memory and rings, from the ring state the card saved
+    new = NicDriver(card.vf_dir(0))
+    try:
+        assert new.bar4.r32(0x24) == 3 | 3 << 16  # ring state of queue 1: three chains completed
+        new.dma_map_memory(a.mem)
+        new.set_irqs(new.num_irqs)
+        a.drv = a.rx.drv = a.tx.drv = new
+        new.reset()
+        assert new.negotiate(FEATS)
+        new.w16(CC.MSIX_CONFIG, 0)
+        new.set_mq(1)
+        for q in (a.rx, a.tx):
+            rs = new.bar4.r32(0x20 + 4 * q.qid)
+            new.program_queue(q, last_avail=rs & 0xFFFF, last_used=rs >> 16)
+        new.add_status(S_DRIVER_OK)
+        a.tx.send(net_frame(b.mac, a.mac, b"after restart" * 5))
+        a.tx.kick()
+        [(slot, n)] = b.rx.wait_used(1)
+        assert b.rx.data(slot, n)[26:39] == b"after restart"
+        a.tx.wait_used(1)
+        # one mapping of A's memory in the card: nothing stale from the first driver
+        maps = [ln for ln in open(f"/proc/{card.proc.pid}/maps").read().splitlines() if "vhost-frontend-guest" in ln]
+        assert len(maps) == 2  # A's and B's regions, once each
+        assert shm.vf[0][V_DMA_MAPS] == 1 and shm.vf[0][8] == FEATS
+    finally:
+        old.close()
+    shm.close()
