@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import PF, ROOT, CardProc
+from dataplane.testing.nic_card import PF, ROOT, CardProc
 
 
 def _run(runtime, *args, timeout=180):
