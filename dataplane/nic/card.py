@@ -536,8 +536,7 @@ class VF:
     # -- queues ---------------------------------------------------------------------------
     def _fault(self, q: Queue, code: int, **info) -> bool:
         row = self.rows[q.qid]
-        if row[K.Q_ERR] == 0:
-            row[K.Q_ERR] = code
+        row[K.Q_ERR] = code  # why the latest enable was refused
         row[K.Q_FAULTS] += 1
         row[K.Q_RUNNING] = 0
         self.vrow[V_FAULTS] += 1

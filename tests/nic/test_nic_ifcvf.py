@@ -375,12 +375,12 @@ def test_bad_programming_is_a_counted_fault(card, guests):
     # ring address 0
     d.program_queue(g.tx, addrs=(0, g.tx.ring.avail_gpa, g.tx.ring.used_gpa))
     assert not d.queue_enabled(1)
-    assert shm.queues[0][1][Q_FAULTS] == 2
+    assert shm.queues[0][1][Q_FAULTS] == 2 and shm.queues[0][1][Q_ERR] == ERR_RING_ZERO
     assert shm.queues[0][3][Q_ERR] == 0
     # a ring outside the DMA map
     d.program_queue(g.tx, addrs=(0x40000000, g.tx.ring.avail_gpa, g.tx.ring.used_gpa))
     assert not d.queue_enabled(1)
-    assert shm.queues[0][1][Q_FAULTS] == 3
+    assert shm.queues[0][1][Q_FAULTS] == 3 and shm.queues[0][1][Q_ERR] == ERR_RING_DMA
     assert shm.vf[0][V_FAULTS] == 3
     # a descriptor whose buffer is outside the DMA map: the queue stops in error, the card lives on
     d.program_queue(g.tx)
