@@ -78,8 +78,8 @@ _STATUS_NAMES = ((0x01, "ACK"), (0x02, "DRIVER"), (0x08, "FEATURES_OK"), (0x04, 
 
 def list_cards(parent: str) -> list[dict]:
     """The cards under ``parent`` and their VFs (read from their files)."""
-    from .kernels import Q_RUNNING, Q_FAULTS
-    from .shm import CardShm, V_CONNECTED, V_FAULTS
+    from .kernels import QUEUE_COUNTER_NAMES, Q_FAULTS, Q_RUNNING
+    from .shm import VF_COUNTER_NAMES, CardShm, V_CONNECTED, V_FAULTS
 
     out = []
     if not os.path.isdir(parent):
@@ -113,6 +113,10 @@ def list_cards(parent: str) -> list[dict]:
                 vf["queue_faults"] = {q: int(rows[q][Q_FAULTS]) for q in range(vf["num_queues"]) if rows[q][Q_FAULTS]}
                 vf["driver"] = bool(shm.vf[i][V_CONNECTED])
                 vf["faults"] = int(shm.vf[i][V_FAULTS])
+                vf["counters"] = {n: int(shm.vf[i][k]) for k, n in enumerate(VF_COUNTER_NAMES)}
+                vf["queue_counters"] = {
+                    str(q): {n: int(rows[q][k]) for k, n in enumerate(QUEUE_COUNTER_NAMES)}
+                    for q in range(vf["num_queues"]) if rows[q].any()}
             card["vfs"].append(vf)
         if shm is not None:
             card["fdb"] = shm.fdb_entries()

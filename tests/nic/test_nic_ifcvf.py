@@ -227,6 +227,12 @@ def test_switch_learning_flooding_interrupts(card, guests, packed, event_idx):
     assert shm.queues[1][0][Q_IRQS] >= 1 and b.drv.interrupts(0) >= 1
     if not event_idx:
         assert shm.queues[0][1][Q_IRQS] >= 1 and a.drv.interrupts(1) >= 1
+    from dataplane.nic.cli import list_cards
+
+    [c] = list_cards(os.path.dirname(card.dir))
+    qc = c["vfs"][1]["queue_counters"]["0"]
+    assert qc["packets"] == 3 and qc["running"] == 1 and qc["irqs"] >= 1
+    assert c["vfs"][0]["counters"]["connected"] == 1
     assert dict(shm.fdb_entries()) == {":".join(f"{x:02x}" for x in a.mac): 0,
                                        ":".join(f"{x:02x}" for x in b.mac): 1}
     shm.close()
