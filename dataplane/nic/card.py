@@ -216,7 +216,7 @@ class DmaMap:
                 raise RequestError(f"dma_map: bad fd: {e}") from None
             if not stat.S_ISREG(st.st_mode):
                 raise RequestError("dma_map: the fd is not a memory file")
-            if offset + size > st.st_size:
+            if offset + size > (st.st_size + PAGE - 1) & ~(PAGE - 1):  # the file's last page may be partial
                 raise RequestError(f"dma_map: offset {offset:#x} + size {size:#x} is past the file's end "
                                    f"({st.st_size:#x})")
             try:
