@@ -692,3 +692,39 @@ def test_driver_restart_resumes_from_bar4_state(card, guests):
     finally:
         old.close()
     shm.close()
+
+
+def test_doorbell_page_mapped_elsewhere_is_a_kick(card, guests):
+    """The host-notifier path: another process maps one queue's doorbell page of resource0 (what QEMU
+    does with page-per-vq=on) and a 16-bit store of the queue index there is the kick."""
+    import mmap
+
+    a = guests(0)
+    b = guests(1)
+    for _ in range(4):
+        b.rx.post_rx()
+    b.rx.kick()
+    shm = _shm(card)
+    _wait(lambda: shm.queues[0][1][Q_POLLED] == 0, what="A's TX queue idle")
+    off = a.drv.notify_base + a.drv.notify_off(1) * a.drv.notify_mult
+    fd = os.open(os.path.join(card.vf_dir(0), "resource0"), os.O_RDWR)
+    try:
+        page = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=off)
+    finally:
+        os.close(fd)
+    try:
+        kicks = int(shm.queues[0][1][Q_KICKS])
+        a.tx.send(net_frame(b.mac, a.mac, b"via the mapped page" * 3))
+        assert a.tx.ring.publish()  # the card wants a kick
+        import numpy as np
+
+        word = np.frombuffer(page, np.uint16, count=1)
+        word[0] = 1  # the guest's store: one 16-bit write of the queue index
+        del word
+        [(slot, n)] = b.rx.wait_used(1)
+        assert b.rx.data(slot, n)[26:45] == b"via the mapped page"
+        assert shm.queues[0][1][Q_KICKS] == kicks + 1
+        assert page[0:2] == b"\xff\xff"  # taken by the card
+    finally:
+        page.close()
+    shm.close()
