@@ -1,0 +1,1024 @@
+"""The emulated IFC card: its VFs' registers, control channels and datapath, in one process.
+
+**The polling scheme.**  A driver writes the BAR files directly; the card
+cannot trap a write, so its main loop polls every VF's registers and
+compares them with what it saw last (its shadow):
+
+* ``device_status``: 0 after a non-zero value resets the function (queues
+  stopped, their state written to BAR4, registers back to their reset values;
+  the DMA map and the MSI-X eventfds stay, as VFIO keeps them).  FEATURES_OK
+  newly set is checked (the guest features must be a subset of the device's
+  and include VERSION_1); when refused the card clears the bit again.
+  DRIVER_OK newly set starts every queue whose ``queue_enable`` is 1.
+* Select registers and their windows (``device_feature_select`` /
+  ``device_feature``, ``guest_feature_select`` / ``guest_feature``,
+  ``queue_select`` / the per-queue registers): when a select changed, the
+  window's current values are committed to the *previously* selected item,
+  then the window is loaded with the newly selected one.  So a driver writes a
+  select, **flushes** (below), and only then reads or writes the window.
+* ``queue_enable`` 0 -> 1 (window, DRIVER_OK set) starts the queue from the
+  ring state in BAR4 (``last_avail | last_used << 16``); 1 -> 0 stops it and
+  writes its state back (net: ``last_used`` in both halves: the card completes
+  every chain it takes within the burst that took it, so none is in flight).
+  A queue the card refuses (split size not a power of two, a ring address of
+  0, a ring area outside the DMA map, a ring state that does not fit) is a
+  counted fault: ``queue_enable`` reads back 0 and the queue's row holds the
+  code.  ``queue_msix_vector`` / ``msix_config`` beyond the MSI-X table read
+  back NO_VECTOR (0xFFFF).
+* BAR4 ``LOGGING_CTRL`` 1 (ENABLE_VF) / 3 (ENABLE_PF) maps the log at IOVA
+  ``[BASE, END)`` through the DMA map (outside it: a counted DMA fault, no
+  logging) and every byte the card writes into guest memory marks its page;
+  0 stops logging.  ``mq_cfg`` (BAR4 + 0x28) is the number of queue pairs the
+  switch delivers to (RX queue = the sender's pair modulo it).
+* **The flush** (the card's posted-write flush, what a PCI read does for a
+  real device): BAR0 + 0xC0 ``WRITE_SEQ`` (driver) and + 0xC4 ``ACK_SEQ``
+  (card).  The card reads WRITE_SEQ *before* it looks at the registers and
+  writes it to ACK_SEQ after it has handled them, so once a driver that bumped
+  WRITE_SEQ reads it back from ACK_SEQ, every register write it made before
+  has taken effect (a queue stopped, its state in BAR4, a refused
+  FEATURES_OK cleared...).
+
+**Doorbells.**  A kick is a 16-bit write of the queue index at offset 0 of
+the queue's notify page; the card swaps the word back to 0xFFFF atomically
+(:func:`~dataplane.nic.kernels.poll_doorbells`), counts it in the queue's
+``kicks`` and serves the queue.  A served queue stays busy (polled every turn)
+for :data:`BUSY_TURNS` turns without work, then idles until its next kick.
+The loop sleeps (in ``poll()`` on the control sockets) only when every queue
+idles: :data:`FAST_S` for :data:`ACTIVE_S` after the last activity, then
+:data:`SLOW_S`.
+
+**Interrupts.**  The eventfd bound to a queue's MSI-X vector (control channel
+``set_irqs``) is written when the driver wants an interrupt
+(VRING_AVAIL_F_NO_INTERRUPT clear / the packed driver event area).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import time
+
+import numpy as np
+
+from dataplane import log as dplog
+from dataplane.rings.packed import packed_dev_get_used_base
+from dataplane.rings.regions import REGION_GPA, REGION_HVA, REGION_LEN
+from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_INDIRECT, STATE_LAST_USED, STATE_SIGNALLED_USED
+from dataplane.vhost.dev_ring import queue_rings
+from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
+from dataplane.vhost.guest_memory import map_shared, unmap
+
+from . import kernels as K
+from .pci import (
+    ACK_SEQ,
+    BAR4_SIZE,
+    CC,
+    CONFIG_SIZE,
+    DEVICE_OFF,
+    DOORBELL_IDLE,
+    ISR_OFF,
+    LM,
+    NO_VECTOR,
+    NOTIFY_MULT,
+    NOTIFY_OFF,
+    S_DRIVER_OK,
+    S_FEATURES_OK,
+    WRITE_SEQ,
+    BarFile,
+    bar0_size,
+    build_config,
+    ring_state_off,
+    vf_bdf,
+)
+from .shm import (
+    HDR_LOOPS,
+    HDR_PAIRS,
+    HDR_PID,
+    V_BAD_REQUESTS,
+    V_CONFIG_IRQS,
+    V_CONNECTED,
+    V_DMA_FAULTS,
+    V_DMA_MAPS,
+    V_DRIVERS,
+    V_FAULTS,
+    V_FEATURES,
+    V_FLUSHES,
+    V_IRQS_SET,
+    V_LOG_ON,
+    V_RESETS,
+    V_STATUS,
+    CardShm,
+)
+
+__all__ = ["Card", "DEVICE_FEATURES", "MAX_QUEUE_SIZE", "MAX_DMA_MAPS", "BUSY_TURNS", "FAST_S", "SLOW_S",
+           "card_dir", "F"]
+
+log = dplog.get_logger("dataplane.nic")
+
+
+class F:
+    """Virtio feature bits the card knows."""
+
+    MTU = 3
+    MAC = 5
+    MRG_RXBUF = 15
+    STATUS = 16
+    CTRL_VQ = 17
+    MQ = 22
+    INDIRECT_DESC = 28
+    EVENT_IDX = 29
+    VERSION_1 = 32
+    ACCESS_PLATFORM = 33
+    RING_PACKED = 34
+
+
+#: What a VF offers: VERSION_1, ACCESS_PLATFORM (it sits behind an IOMMU), MAC, STATUS, MTU, MQ (queue
+#: pairs set through BAR4 mq_cfg: the card has no control queue, though num_queues counts one, as
+#: IFCVF's does), INDIRECT_DESC, EVENT_IDX (used_event decides interrupts; avail_event is published
+#: when a TX queue goes idle) and RING_PACKED.  Not offered: MRG_RXBUF (an RX frame takes one chain),
+#: CTRL_VQ, offloads.
+DEVICE_FEATURES = sum(1 << b for b in (F.VERSION_1, F.ACCESS_PLATFORM, F.MAC, F.STATUS, F.MTU, F.MQ,
+                                       F.INDIRECT_DESC, F.EVENT_IDX, F.RING_PACKED))
+MAX_QUEUE_SIZE = 32768
+MAX_DMA_MAPS = 64
+PAGE = 4096
+MTU = 1500
+VIRTIO_NET_S_LINK_UP = 1
+ISR_CONFIG = 0x2
+BUSY_TURNS = 200
+#: Frames one busy window of a TX queue may move (a window also ends after SERVE_SPIN empty pulls).
+SERVE_BUDGET = 4096
+SERVE_SPIN = 32
+#: While queues are busy, the registers are polled every this many turns (always when idle).
+REG_EVERY = 8
+FAST_S = 0.0002
+SLOW_S = 0.002
+ACTIVE_S = 0.5
+MAX_MSG = 65536
+
+
+def card_dir(parent: str, pf: str) -> str:
+    return os.path.join(parent, f"nic-{pf}")
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        if fd is not None and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class RequestError(Exception):
+    """A control-channel request refused (answered with the message, never fatal)."""
+
+
+# =============================================================================
+# the IOMMU: a VF's DMA map
+# =============================================================================
+
+
+class DmaMap:
+    """IOVA -> the card's own mapping of the fds the driver gave (a region table the kernels read)."""
+
+    def __init__(self):
+        self.table = np.zeros((MAX_DMA_MAPS, 3), np.uint64)  # (iova, len, hva); len 0 = unused
+        self.maps: dict[int, tuple[int, int, int, int]] = {}  # iova -> (size, hva, fd, row)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def map(self, iova: int, size: int, fd: int, offset: int) -> None:
+        """Map ``size`` bytes of ``fd`` at ``offset`` at ``iova``; takes ``fd`` (closed on refusal too)."""
+        try:
+            if size <= 0:
+                raise RequestError("dma_map: size must be > 0")
+            if iova < 0 or offset < 0 or iova % PAGE or size % PAGE or offset % PAGE:
+                raise RequestError("dma_map: iova, size and offset must be 4 KiB aligned")
+            if iova + size > 1 << 64:
+                raise RequestError("dma_map: iova + size wraps")
+            for o_iova, (o_size, _h, _f, _r) in self.maps.items():
+                if iova < o_iova + o_size and o_iova < iova + size:
+                    raise RequestError(f"dma_map: [{iova:#x}, +{size:#x}) overlaps the map at {o_iova:#x}")
+            free = [r for r in range(MAX_DMA_MAPS) if self.table[r, REGION_LEN] == 0]
+            if not free:
+                raise RequestError(f"dma_map: no more than {MAX_DMA_MAPS} mappings")
+            try:
+                st = os.fstat(fd)
+            except OSError as e:
+                raise RequestError(f"dma_map: bad fd: {e}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise RequestError("dma_map: the fd is not a memory file")
+            if offset + size > (st.st_size + PAGE - 1) & ~(PAGE - 1):  # the file's last page may be partial
+                raise RequestError(f"dma_map: offset {offset:#x} + size {size:#x} is past the file's end "
+                                   f"({st.st_size:#x})")
+            try:
+                hva = map_shared(fd, size, offset)
+            except OSError as e:
+                raise RequestError(f"dma_map: mmap failed: {e}") from None
+        except BaseException:
+            _close([fd])
+            raise
+        row = free[0]
+        self.table[row, REGION_GPA] = iova
+        self.table[row, REGION_HVA] = hva
+        self.table[row, REGION_LEN] = size  # last: the row is live once its length is set
+        self.maps[iova] = (size, hva, fd, row)
+
+    def covered(self, iova: int, size: int) -> list[int]:
+        """The IOVAs of the mappings ``[iova, iova+size)`` covers wholly; RequestError if it cuts one."""
+        if size <= 0:
+            raise RequestError("dma_unmap: size must be > 0")
+        out = []
+        for o_iova, (o_size, _h, _f, _r) in self.maps.items():
+            if iova < o_iova + o_size and o_iova < iova + size:
+                if o_iova < iova or o_iova + o_size > iova + size:
+                    raise RequestError(f"dma_unmap: [{iova:#x}, +{size:#x}) cuts the map at {o_iova:#x}")
+                out.append(o_iova)
+        if not out:
+            raise RequestError(f"dma_unmap: nothing is mapped in [{iova:#x}, +{size:#x})")
+        return out
+
+    def unmap(self, iova: int) -> None:
+        size, hva, fd, row = self.maps.pop(iova)
+        self.table[row, REGION_LEN] = 0
+        self.table[row, REGION_GPA] = 0
+        self.table[row, REGION_HVA] = 0
+        unmap(hva, size)
+        _close([fd])
+
+    def translate(self, iova: int, length: int) -> int:
+        for o_iova, (o_size, hva, _f, _r) in self.maps.items():
+            if o_iova <= iova and iova + length <= o_iova + o_size:
+                return hva + (iova - o_iova)
+        return 0
+
+    def clear(self) -> None:
+        for iova in list(self.maps):
+            self.unmap(iova)
+
+
+# =============================================================================
+# a queue
+# =============================================================================
+
+
+class Queue:
+    __slots__ = ("qid", "size", "msix", "enable", "desc", "avail", "used", "ctx", "packed", "areas", "busy")
+
+    def __init__(self, qid: int):
+        self.qid = qid
+        self.ctx = None
+        self.packed = False
+        self.areas: list[tuple[int, int]] = []
+        self.busy = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = MAX_QUEUE_SIZE
+        self.msix = NO_VECTOR
+        self.enable = 0
+        self.desc = self.avail = self.used = 0
+
+    @property
+    def running(self) -> bool:
+        return self.ctx is not None and self.ctx.cfg[K.CFG_RUNNING] != 0
+
+    def window(self) -> tuple:
+        return (self.size, self.msix, self.enable, self.desc, self.avail, self.used)
+
+
+def _ring_sizes(size: int, packed: bool) -> tuple[int, int, int]:
+    return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
+
+
+# =============================================================================
+# a VF
+# =============================================================================
+
+
+class VF:
+    def __init__(self, card: "Card", index: int, bdf: str, mac: bytes, pairs: int):
+        self.card = card
+        self.index = index
+        self.bdf = bdf
+        self.mac = mac
+        self.pairs = pairs
+        self.num_queues = 2 * pairs + 1  # IFCVF counts a control queue
+        self.nvec = self.num_queues + 1
+        self.dir = os.path.join(card.dir, bdf)
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "config"), "wb") as f:
+            f.write(build_config(self.num_queues, self.nvec))
+        self.bar0 = BarFile(os.path.join(self.dir, "resource0"), bar0_size(self.num_queues), create=True)
+        self.bar4 = BarFile(os.path.join(self.dir, "resource4"), BAR4_SIZE, create=True)
+        self.db16 = self.bar0.u16[NOTIFY_OFF // 2 :]
+        self.kicked = np.zeros(self.num_queues, np.uint8)
+        self.rows = card.shm.queues[index]
+        self.vrow = card.shm.vf[index]
+        self.dma = DmaMap()
+        self.irqs: list[int] = []  # eventfd per vector, -1: none
+        self.queues = [Queue(q) for q in range(self.num_queues)]
+        self.log_ctl = np.zeros(LOG_CTL_SLOTS, np.int64)
+        self.log_bitmap = np.zeros(0, np.uint8)
+        self.log_on = False
+        self.conn: socket.socket | None = None
+        self.rejects: list[socket.socket] = []
+        self.link_up = True
+        self.sock_path = os.path.join(self.dir, "vfio.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(self.sock_path)
+        self.listener.listen(4)
+        self.listener.setblocking(False)
+        self._reset_registers()
+
+    # -- registers ----------------------------------------------------------------------
+    def _reset_registers(self) -> None:
+        b = self.bar0
+        b.u8[:WRITE_SEQ] = 0  # (the flush pair keeps counting across resets)
+        b.u8[ACK_SEQ + 4 : NOTIFY_OFF] = 0
+        b.w32(CC.DEVICE_FEATURE, DEVICE_FEATURES & 0xFFFFFFFF)
+        b.w16(CC.MSIX_CONFIG, NO_VECTOR)
+        b.w16(CC.NUM_QUEUES, self.num_queues)
+        b.u8[DEVICE_OFF : DEVICE_OFF + 6] = np.frombuffer(self.mac, np.uint8)
+        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if self.link_up else 0)
+        b.w16(DEVICE_OFF + 8, self.pairs)
+        b.w16(DEVICE_OFF + 10, MTU)
+        self.db16[: self.num_queues * (NOTIFY_MULT // 2) : NOTIFY_MULT // 2] = DOORBELL_IDLE
+        for q in self.queues:
+            q.reset()
+        self.guest_features = [0, 0]
+        self.status = 0
+        self.dfs = 0
+        self.gfs = 0
+        self.sel = 0
+        self.msix_config = NO_VECTOR
+        self._load_window(0)
+        b.w16(CC.QUEUE_SELECT, 0)
+        self.vrow[V_STATUS] = 0
+        self.vrow[V_FEATURES] = 0
+
+    def _load_window(self, sel: int) -> None:
+        b = self.bar0
+        if sel < self.num_queues:
+            q = self.queues[sel]
+            vals = (q.size, q.msix, q.enable, sel, q.desc, q.avail, q.used)
+        else:
+            vals = (0, NO_VECTOR, 0, 0, 0, 0, 0)
+        size, msix, enable, noff, desc, avail, used = vals
+        b.w16(CC.QUEUE_SIZE, size)
+        b.w16(CC.QUEUE_MSIX_VECTOR, msix)
+        b.w16(CC.QUEUE_ENABLE, enable)
+        b.w16(CC.QUEUE_NOTIFY_OFF, noff)
+        for off, v in ((CC.QUEUE_DESC_LO, desc), (CC.QUEUE_AVAIL_LO, avail), (CC.QUEUE_USED_LO, used)):
+            b.w32(off, v & 0xFFFFFFFF)
+            b.w32(off + 4, v >> 32)
+
+    def _read_window(self) -> tuple:
+        b = self.bar0
+        enable = b.r16(CC.QUEUE_ENABLE)  # first: the driver writes it last, so what it enables is read after it
+        return (b.r16(CC.QUEUE_SIZE), b.r16(CC.QUEUE_MSIX_VECTOR), enable,
+                b.r32(CC.QUEUE_DESC_LO) | b.r32(CC.QUEUE_DESC_HI) << 32,
+                b.r32(CC.QUEUE_AVAIL_LO) | b.r32(CC.QUEUE_AVAIL_HI) << 32,
+                b.r32(CC.QUEUE_USED_LO) | b.r32(CC.QUEUE_USED_HI) << 32)
+
+    def _commit_window(self, qid: int, win: tuple, current: bool) -> None:
+        """Apply the window values ``win`` to queue ``qid``; ``current``: the window still shows it."""
+        if qid >= self.num_queues:
+            return
+        q = self.queues[qid]
+        size, msix, enable, desc, avail, used = win
+        q.size, q.desc, q.avail, q.used = size, desc, avail, used  # a running queue takes them at its next start
+        if msix != q.msix:
+            if msix != NO_VECTOR and msix >= self.nvec:
+                msix = NO_VECTOR
+                if current:
+                    self.bar0.w16(CC.QUEUE_MSIX_VECTOR, NO_VECTOR)
+            q.msix = msix
+            self._bind_irq(q)
+        if enable and not q.enable:
+            q.enable = 1
+            if self.status & S_DRIVER_OK and not self._start_queue(q):
+                q.enable = 0
+                if current:
+                    self.bar0.w16(CC.QUEUE_ENABLE, 0)
+        elif not enable and q.enable:
+            q.enable = 0
+            self._stop_queue(q)
+
+    def poll_registers(self) -> bool:
+        """One look at the registers (see the module doc); True when the driver wrote something."""
+        b = self.bar0
+        seq = b.r32(WRITE_SEQ)
+        changed = False
+        # status read first, the feature windows handled before it: a driver sets FEATURES_OK right after
+        # writing its features, so what is read after the status holds them
+        st = b.r8(CC.DEVICE_STATUS)
+        dfs = b.r32(CC.DEVICE_FEATURE_SELECT)
+        if dfs != self.dfs:
+            self.dfs = dfs
+            b.w32(CC.DEVICE_FEATURE, (DEVICE_FEATURES >> (32 * dfs)) & 0xFFFFFFFF if dfs < 2 else 0)
+            changed = True
+        gfs = b.r32(CC.GUEST_FEATURE_SELECT)
+        gwin = b.r32(CC.GUEST_FEATURE)
+        if gfs != self.gfs:
+            if self.gfs < 2:
+                self.guest_features[self.gfs] = gwin
+            self.gfs = gfs
+            b.w32(CC.GUEST_FEATURE, self.guest_features[gfs] if gfs < 2 else 0)
+            changed = True
+        elif gfs < 2 and gwin != self.guest_features[gfs]:
+            self.guest_features[gfs] = gwin
+            changed = True
+        if st != self.status:
+            changed = True
+            self.card.active_changed = True
+            if st == 0:
+                self.reset()
+            else:
+                new = st & ~self.status
+                if new & S_FEATURES_OK and not self._features_ok():
+                    st &= ~S_FEATURES_OK
+                    b.w8(CC.DEVICE_STATUS, st)
+                self.status = st
+                self.vrow[V_STATUS] = st
+                if new & S_DRIVER_OK and st & S_FEATURES_OK:
+                    for q in self.queues:
+                        if q.enable and not q.running and not self._start_queue(q):
+                            q.enable = 0
+                            if q.qid == self.sel:
+                                b.w16(CC.QUEUE_ENABLE, 0)
+        mc = b.r16(CC.MSIX_CONFIG)
+        if mc != self.msix_config:
+            if mc != NO_VECTOR and mc >= self.nvec:
+                mc = NO_VECTOR
+                b.w16(CC.MSIX_CONFIG, NO_VECTOR)
+            self.msix_config = mc
+            changed = True
+        sel = b.r16(CC.QUEUE_SELECT)
+        win = self._read_window()
+        if sel != self.sel:
+            self._commit_window(self.sel, win, False)
+            self.sel = sel
+            self._load_window(sel)
+            changed = True
+        elif sel < self.num_queues and win != self.queues[sel].window():
+            self._commit_window(sel, win, True)
+            changed = True
+        changed |= self._poll_bar4()
+        if b.r32(ACK_SEQ) != seq:
+            b.w32(ACK_SEQ, seq)
+            self.vrow[V_FLUSHES] += 1
+            changed = True
+        return changed
+
+    def _features_ok(self) -> bool:
+        feats = self.guest_features[0] | self.guest_features[1] << 32
+        ok = feats & ~DEVICE_FEATURES == 0 and feats >> F.VERSION_1 & 1
+        if ok:
+            self.vrow[V_FEATURES] = feats
+        else:
+            log.error("ifcvf: FEATURES_OK refused", vf=self.bdf, features=hex(feats), offered=hex(DEVICE_FEATURES))
+        return bool(ok)
+
+    @property
+    def features(self) -> int:
+        return int(self.vrow[V_FEATURES])
+
+    # -- BAR4 -----------------------------------------------------------------------------
+    def _poll_bar4(self) -> bool:
+        ctrl = self.bar4.r32(LM.LOGGING_CTRL)
+        want = ctrl in (LM.ENABLE_VF, LM.ENABLE_PF)
+        if want == self.log_on:
+            return False
+        if want:
+            base = self.bar4.r32(LM.BASE_ADDR_LOW) | self.bar4.r32(LM.BASE_ADDR_HIGH) << 32
+            end = self.bar4.r32(LM.END_ADDR_LOW) | self.bar4.r32(LM.END_ADDR_HIGH) << 32
+            hva = self.dma.translate(base, end - base) if end > base else 0
+            if not hva:
+                self.vrow[V_DMA_FAULTS] += 1
+                self.vrow[V_FAULTS] += 1
+                self.bar4.w32(LM.LOGGING_CTRL, 0)
+                log.error("ifcvf: dirty log outside the DMA map", vf=self.bdf, base=hex(base), end=hex(end))
+                return True
+            self.log_bitmap = np.frombuffer((ctypes.c_uint8 * (end - base)).from_address(hva), np.uint8)
+            self._set_log(True)
+        else:
+            self._set_log(False)
+        return True
+
+    def _set_log(self, on: bool) -> None:
+        self.log_on = on
+        self.vrow[V_LOG_ON] = int(on)
+        if not on:
+            self.log_bitmap = np.zeros(0, np.uint8)
+        for q in self.queues:
+            if q.ctx is not None:
+                q.ctx = q.ctx._replace(log=self._queue_log(q))
+
+    def _queue_log(self, q: Queue):
+        if not self.log_on:
+            return K.no_log()
+        return make_log(self.log_bitmap, np.zeros(LOG_CTL_SLOTS, np.int64), desc_gpa=q.areas[0][0],
+                        used_gpa=q.areas[2][0], on=True)
+
+    def mq_pairs(self) -> int:
+        n = self.bar4.r32(LM.MQ_CFG)
+        return max(1, min(n, self.pairs))
+
+    # -- queues ---------------------------------------------------------------------------
+    def _fault(self, q: Queue, code: int, **info) -> bool:
+        row = self.rows[q.qid]
+        row[K.Q_ERR] = code  # why the latest enable was refused
+        row[K.Q_FAULTS] += 1
+        row[K.Q_RUNNING] = 0
+        self.vrow[V_FAULTS] += 1
+        log.error("ifcvf: queue refused", vf=self.bdf, qid=q.qid, fault=K.fault_name(code), **info)
+        return False
+
+    def _start_queue(self, q: Queue) -> bool:
+        """Start ``q`` from its registers and its BAR4 ring state; False (a counted fault) if refused."""
+        if q.qid >= 2 * self.pairs:
+            return self._fault(q, K.ERR_QUEUE_SIZE, reason="the control queue is not served by the card")
+        packed = bool(self.features >> F.RING_PACKED & 1)
+        size = q.size
+        if size == 0 or size > MAX_QUEUE_SIZE or (not packed and size & (size - 1)):
+            return self._fault(q, K.ERR_QUEUE_SIZE, size=size)
+        if q.desc == 0 or q.avail == 0 or q.used == 0:
+            return self._fault(q, K.ERR_RING_ZERO, desc=hex(q.desc), avail=hex(q.avail), used=hex(q.used))
+        addrs = []
+        for iova, ln in zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)):
+            hva = self.dma.translate(iova, ln)
+            if not hva:
+                return self._fault(q, K.ERR_RING_DMA, iova=hex(iova), length=ln)
+            addrs.append(hva)
+        rs = self.bar4.r32(ring_state_off(q.qid))
+        last_avail, last_used = rs & 0xFFFF, rs >> 16
+        feat = (FEAT_INDIRECT if self.features >> F.INDIRECT_DESC & 1 else 0) | \
+            (FEAT_EVENT_IDX if self.features >> F.EVENT_IDX & 1 else 0)
+        try:
+            if packed:
+                sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=last_avail,
+                                         last_used_idx=last_used)
+            else:
+                sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat, last_avail_idx=last_avail)
+                st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = last_used
+        except ValueError as e:
+            return self._fault(q, K.ERR_RING_STATE, state=hex(rs), error=str(e))
+        row = self.rows[q.qid]
+        row[K.Q_ERR] = 0
+        q.packed = packed
+        q.areas = list(zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)))
+        q.ctx = K.make_queue_ctx(sp, pk, st, self.dma.table, is_packed=packed, callfd=self._irq_fd(q.msix),
+                                 counters=row, log=None)
+        q.ctx = q.ctx._replace(log=self._queue_log(q))
+        q.ctx.cfg[K.CFG_RUNNING] = 1
+        row[K.Q_RUNNING] = 1
+        # RX kicks are never needed (the card looks for buffers when a frame arrives): suppressed for good.
+        # TX: busy from the start (chains made available before it are served), kicks off while busy.
+        K.set_notify(q.ctx, False)
+        q.busy = BUSY_TURNS if q.qid % 2 else 0
+        self.card.active_changed = True
+        log.info("ifcvf: queue started", vf=self.bdf, qid=q.qid, size=size, packed=packed,
+                 last_avail=last_avail, last_used=last_used)
+        return True
+
+    def _ring_state(self, q: Queue) -> int:
+        st = q.ctx.state
+        if q.packed:
+            used = int(packed_dev_get_used_base(st)) & 0xFFFF
+        else:
+            used = int(st[STATE_LAST_USED]) & 0xFFFF
+        return used | used << 16  # net: every taken chain is completed, last_avail == last_used
+
+    def _stop_queue(self, q: Queue) -> None:
+        """Stop ``q`` (if it ran) and write its ring state to BAR4; its context (and views) go."""
+        if q.ctx is not None:
+            q.ctx.cfg[K.CFG_RUNNING] = 0
+            self.bar4.w32(ring_state_off(q.qid), self._ring_state(q))
+            q.ctx = None
+            self.rows[q.qid][K.Q_RUNNING] = 0
+            self.rows[q.qid][K.Q_POLLED] = 0
+            self.card.active_changed = True
+            log.info("ifcvf: queue stopped", vf=self.bdf, qid=q.qid,
+                     ring_state=hex(self.bar4.r32(ring_state_off(q.qid))))
+        q.busy = 0
+
+    def reset(self) -> None:
+        for q in self.queues:
+            self._stop_queue(q)
+        self._set_log(False)
+        self._reset_registers()
+        self.vrow[V_RESETS] += 1
+        log.info("ifcvf: function reset", vf=self.bdf)
+
+    def set_link(self, up: bool) -> None:
+        """Link up / down: the device cfg status changes, config_generation moves, ISR bit 1 is set
+        and the config vector (``msix_config``) is signalled."""
+        b = self.bar0
+        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if up else 0)
+        b.w8(CC.CONFIG_GENERATION, b.r8(CC.CONFIG_GENERATION) + 1)
+        b.w8(ISR_OFF, b.r8(ISR_OFF) | ISR_CONFIG)
+        self.card.active_changed = True  # a VF whose link is down gets no frames
+        fd = self._irq_fd(self.msix_config)
+        if fd >= 0:
+            os.eventfd_write(fd, 1)
+            self.vrow[V_CONFIG_IRQS] += 1
+        log.info("ifcvf: link " + ("up" if up else "down"), vf=self.bdf, config_irq=fd >= 0)
+
+    # -- interrupts -------------------------------------------------------------------------
+    def _irq_fd(self, vector: int) -> int:
+        if vector == NO_VECTOR or vector >= len(self.irqs):
+            return -1
+        return self.irqs[vector]
+
+    def _bind_irq(self, q: Queue) -> None:
+        if q.ctx is not None:
+            q.ctx.cfg[K.CFG_CALLFD] = self._irq_fd(q.msix)
+
+    def _set_irqs(self, fds: list[int]) -> None:
+        old = self.irqs
+        self.irqs = fds
+        for q in self.queues:
+            self._bind_irq(q)
+        _close(old)
+        self.vrow[V_IRQS_SET] = sum(1 for f in fds if f >= 0)
+
+    # -- DMA --------------------------------------------------------------------------------
+    def _dma_unmap(self, iova: int, size: int) -> list[int]:
+        gone = self.dma.covered(iova, size)
+        spans = [(i, self.dma.maps[i][0]) for i in gone]
+
+        def hit(a, ln):
+            return any(a < i + s and i < a + ln for i, s in spans)
+
+        for q in self.queues:
+            if q.ctx is not None and any(hit(a, ln) for a, ln in q.areas):
+                self.rows[q.qid][K.Q_ERR] = K.ERR_RING_DMA
+                self.rows[q.qid][K.Q_FAULTS] += 1
+                self.vrow[V_FAULTS] += 1
+                log.error("ifcvf: ring unmapped under a running queue", vf=self.bdf, qid=q.qid)
+                self._stop_queue(q)
+        if self.log_on:
+            base = self.bar4.r32(LM.BASE_ADDR_LOW) | self.bar4.r32(LM.BASE_ADDR_HIGH) << 32
+            end = self.bar4.r32(LM.END_ADDR_LOW) | self.bar4.r32(LM.END_ADDR_HIGH) << 32
+            if hit(base, end - base):
+                self._set_log(False)
+                self.bar4.w32(LM.LOGGING_CTRL, 0)
+        for i in gone:
+            self.dma.unmap(i)
+        self.vrow[V_DMA_MAPS] = len(self.dma)
+        return gone
+
+    # -- control channel --------------------------------------------------------------------
+    def accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if self.conn is not None:  # its first request is answered with the refusal, then it is closed
+            conn.setblocking(False)
+            self.rejects.append(conn)
+            return
+        conn.setblocking(False)
+        self.conn = conn
+        self.vrow[V_CONNECTED] = 1
+        self.vrow[V_DRIVERS] += 1
+        log.info("ifcvf: driver connected", vf=self.bdf)
+
+    def reject(self, conn: socket.socket) -> None:
+        try:
+            _data, fds, _fl, _ad = socket.recv_fds(conn, MAX_MSG, 256)
+            _close(fds)
+            conn.send(json.dumps({"ok": False, "error": f"{self.bdf} is in use by another driver"}).encode())
+        except OSError:
+            pass
+        self.rejects.remove(conn)
+        conn.close()
+
+    def disconnect(self) -> None:
+        """The driver went away: its DMA maps and irqs are dropped and the function is reset."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        for q in self.queues:
+            self._stop_queue(q)
+        self._set_log(False)
+        self.dma.clear()
+        self._set_irqs([])
+        self.bar4.w32(LM.LOGGING_CTRL, 0)
+        self._reset_registers()
+        self.vrow[V_CONNECTED] = 0
+        self.vrow[V_DMA_MAPS] = 0
+        log.info("ifcvf: driver gone: DMA maps and interrupts dropped, function reset", vf=self.bdf)
+
+    def serve(self) -> None:
+        """Answer the queued requests of the connected driver."""
+        while self.conn is not None:
+            try:
+                data, fds, _fl, _ad = socket.recv_fds(self.conn, MAX_MSG, 256)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.disconnect()
+                return
+            if not data:
+                _close(fds)
+                self.disconnect()
+                return
+            try:
+                out = self._request(data, list(fds))
+                reply = {"ok": True, **out}
+            except RequestError as e:
+                self.vrow[V_BAD_REQUESTS] += 1
+                log.error("ifcvf: request refused", vf=self.bdf, error=str(e))
+                reply = {"ok": False, "error": str(e)}
+            except Exception as e:  # a request the checks above missed: refused, never fatal
+                self.vrow[V_BAD_REQUESTS] += 1
+                log.exception("ifcvf: request failed", vf=self.bdf, error=repr(e))
+                reply = {"ok": False, "error": f"internal error: {e!r}"}
+            try:
+                self.conn.send(json.dumps(reply).encode())
+            except OSError:
+                self.disconnect()
+                return
+
+    def _request(self, data: bytes, fds: list[int]) -> dict:
+        try:
+            msg = json.loads(data)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+            op = msg.get("op")
+        except ValueError as e:
+            _close(fds)
+            raise RequestError(f"malformed request: {e}") from None
+
+        def num(key):
+            v = msg.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 1 << 64:
+                raise RequestError(f"{op}: {key} must be an unsigned 64-bit integer")
+            return v
+
+        try:
+            if op == "dma_map":
+                if len(fds) != 1:
+                    raise RequestError(f"dma_map: one fd expected, {len(fds)} given")
+                iova, size, offset = num("iova"), num("size"), num("offset")
+                fd = fds.pop()
+                self.dma.map(iova, size, fd, offset)
+                self.vrow[V_DMA_MAPS] = len(self.dma)
+                return {}
+            if op == "dma_unmap":
+                gone = self._dma_unmap(num("iova"), num("size"))
+                return {"unmapped": gone}
+            if op == "set_irqs":
+                vecs = msg.get("vectors")
+                if not isinstance(vecs, list) or len(vecs) > self.nvec:
+                    raise RequestError(f"set_irqs: vectors must be a list of at most {self.nvec} entries")
+                if any(not isinstance(v, int) or isinstance(v, bool) or v < -1 or v >= len(fds) for v in vecs):
+                    raise RequestError("set_irqs: each vector is -1 or the index of an fd sent")
+                for fd in fds:
+                    try:
+                        os.fstat(fd)
+                    except OSError:
+                        raise RequestError("set_irqs: bad fd") from None
+                own = [os.dup(fds[v]) if v >= 0 else -1 for v in vecs]
+                self._set_irqs(own)
+                return {}
+            if op == "get_region_info":
+                bar = msg.get("bar")
+                files = {0: "resource0", 4: "resource4", "config": "config"}
+                if bar not in files:
+                    raise RequestError(f"get_region_info: no region {bar!r} (0, 4, 'config')")
+                path = os.path.join(self.dir, files[bar])
+                return {"path": path, "size": os.path.getsize(path)}
+            if op == "get_device_info":
+                return {"bdf": self.bdf, "num_irqs": self.nvec, "num_queues": self.num_queues,
+                        "regions": {"0": self.bar0.size, "4": self.bar4.size, "config": CONFIG_SIZE}}
+            if op == "reset":
+                self.reset()
+                return {}
+            raise RequestError(f"unknown request {op!r}")
+        finally:
+            _close(fds)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.disconnect()
+        else:
+            for q in self.queues:
+                self._stop_queue(q)
+            self.dma.clear()
+            self._set_irqs([])
+        for c in list(self.rejects):
+            c.close()
+        self.rejects = []
+        self.listener.close()
+        self.bar0.close()
+        self.bar4.close()
+
+
+# =============================================================================
+# the card
+# =============================================================================
+
+
+class Card:
+    """An IFC card: ``nvfs`` VFs of PF ``pf`` under ``<parent>/nic-<pf>/``."""
+
+    def __init__(self, parent: str, pf: str, nvfs: int, *, mac_base: bytes, pairs: int = 4):
+        if not 1 <= nvfs <= 63:
+            raise ValueError("--vfs must be 1..63")
+        if not 1 <= pairs <= 32:
+            raise ValueError("--queue-pairs must be 1..32")
+        self.pf = pf
+        self.dir = card_dir(parent, pf)
+        if os.path.exists(os.path.join(self.dir, "pid")):
+            raise FileExistsError(f"card {pf} is running (or was killed): {self.dir} exists; "
+                                  f"`dataplane-nic stop {pf}` cleans it")
+        os.makedirs(self.dir, exist_ok=True)
+        self.shm = CardShm(os.path.join(self.dir, "counters"), nvfs)
+        self.shm.hdr[HDR_PAIRS] = pairs
+        self.active_changed = True
+        base = int.from_bytes(mac_base, "big")
+        self.vfs: list[VF] = []
+        try:
+            for i in range(nvfs):
+                mac = ((base + i) & ((1 << 48) - 1)).to_bytes(6, "big")
+                self.vfs.append(VF(self, i, vf_bdf(pf, i), mac, pairs))
+        except BaseException:
+            self.close()
+            raise
+        self.mgmt_path = os.path.join(self.dir, "card.sock")
+        self.mgmt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.mgmt.bind(self.mgmt_path)
+        self.mgmt.listen(4)
+        self.mgmt.setblocking(False)
+        self.stage = np.zeros((K.BURST, K.SLOT), np.uint8)
+        self.slen = np.zeros(K.BURST, np.int64)
+        self.smask = np.zeros(K.BURST, np.int64)
+        self.fdb = self.shm.fdb
+        self.stopping = False
+
+    def write_pid(self) -> None:
+        self.shm.hdr[HDR_PID] = os.getpid()
+        with open(os.path.join(self.dir, "pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+    # -- datapath ---------------------------------------------------------------------------
+    def _active(self) -> int:
+        m = 0
+        for vf in self.vfs:
+            if vf.link_up and vf.status & S_DRIVER_OK and any(q.running for q in vf.queues[0 : 2 * vf.pairs : 2]):
+                m |= 1 << vf.index
+        return m
+
+    def switch_round(self, active: int) -> bool:
+        """Serve every busy TX queue once; True when any frame moved."""
+        moved = False
+        for vf in self.vfs:
+            for q in vf.queues[1 : 2 * vf.pairs : 2]:
+                if q.busy <= 0 or q.ctx is None:
+                    continue
+                pair = q.qid // 2
+                idle = K.idle_queue_ctx()
+                rxqs = []
+                for dvf in self.vfs:
+                    rq = dvf.queues[2 * (pair % dvf.mq_pairs())] if active >> dvf.index & 1 else None
+                    rxqs.append(rq.ctx if rq is not None and rq.ctx is not None else idle)
+                n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen, self.smask,
+                               SERVE_BUDGET, SERVE_SPIN)
+                if n == 0:
+                    q.busy -= 1
+                    if not q.running:
+                        q.busy = 0
+                    elif q.busy == 0 and K.set_notify(q.ctx, True):  # idle: kicks on; chains came meanwhile?
+                        K.set_notify(q.ctx, False)
+                        q.busy = BUSY_TURNS
+                    continue
+                q.busy = BUSY_TURNS
+                moved = True
+        return moved
+
+    def run(self) -> None:
+        active = 0
+        last_activity = time.monotonic()
+        loops = 0
+        was_busy = False
+        while not self.stopping:
+            loops += 1
+            if loops & 0xFF == 0:
+                self.shm.hdr[HDR_LOOPS] = loops
+            busy = False
+            regs = not was_busy or loops % REG_EVERY == 0
+            for vf in self.vfs:
+                try:
+                    if regs and vf.poll_registers():
+                        last_activity = time.monotonic()
+                except Exception as e:  # registers no check foresaw: the function resets, the card lives on
+                    log.exception("ifcvf: register handling failed: function reset", vf=vf.bdf, error=repr(e))
+                    vf.vrow[V_FAULTS] += 1
+                    vf.reset()
+                vf.kicked[:] = 0
+                if K.poll_doorbells(vf.db16, vf.num_queues, NOTIFY_MULT // 2, vf.rows, vf.kicked):
+                    for k in np.flatnonzero(vf.kicked[1 : 2 * vf.pairs : 2]):
+                        q = vf.queues[2 * int(k) + 1]  # TX; an RX kick (buffers) is only counted
+                        if q.busy <= 0 and q.ctx is not None and q.running:
+                            K.set_notify(q.ctx, False)  # busy: polled, no kicks wanted meanwhile
+                        q.busy = BUSY_TURNS
+            if self.active_changed:
+                self.active_changed = False
+                active = self._active()
+            if self.switch_round(active):
+                busy = True
+            if not busy:
+                busy = any(q.busy > 0 for vf in self.vfs for q in vf.queues)
+            was_busy = busy
+            if busy:
+                last_activity = time.monotonic()
+                timeout = 0.0
+            else:
+                timeout = FAST_S if time.monotonic() - last_activity < ACTIVE_S else SLOW_S
+            self._wait(timeout)
+        self.shm.hdr[HDR_LOOPS] = loops
+
+    def _manage(self) -> None:
+        """One management request on ``card.sock`` (the CLI's): ``{"op": "link", "vf": BDF, "up": bool}``."""
+        try:
+            conn, _ = self.mgmt.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                msg = json.loads(conn.recv(MAX_MSG))
+                if msg.get("op") != "link":
+                    raise ValueError(f"unknown request {msg.get('op')!r}")
+                vfs = [v for v in self.vfs if v.bdf == msg.get("vf")]
+                if not vfs:
+                    raise ValueError(f"no VF {msg.get('vf')!r} on card {self.pf}")
+                vfs[0].link_up = bool(msg.get("up"))
+                vfs[0].set_link(vfs[0].link_up)
+                reply = {"ok": True}
+            except (ValueError, AttributeError, TypeError) as e:
+                reply = {"ok": False, "error": str(e)}
+            except OSError:
+                return
+            try:
+                conn.send(json.dumps(reply).encode())
+            except OSError:
+                pass
+
+    def _wait(self, timeout: float) -> None:
+        socks = {}
+        socks[self.mgmt.fileno()] = (None, None)
+        for vf in self.vfs:
+            socks[vf.listener.fileno()] = (vf, False)
+            if vf.conn is not None:
+                socks[vf.conn.fileno()] = (vf, True)
+            for c in vf.rejects:
+                socks[c.fileno()] = (vf, c)
+        p = select.poll()
+        for fd in socks:
+            p.register(fd, select.POLLIN)
+        try:
+            ready = p.poll(timeout * 1000)
+        except InterruptedError:
+            return
+        for fd, _ev in ready:
+            vf, is_conn = socks[fd]
+            if vf is None:
+                self._manage()
+            elif isinstance(is_conn, socket.socket):
+                vf.reject(is_conn)
+            elif is_conn:
+                vf.serve()
+            else:
+                vf.accept()
+
+    def close(self) -> None:
+        for vf in self.vfs:
+            try:
+                vf.close()
+            except Exception as e:  # keep closing the others
+                log.error("ifcvf: closing a VF failed", vf=vf.bdf, error=str(e))
+        self.vfs = []
+        if getattr(self, "mgmt", None) is not None:
+            self.mgmt.close()
+        self.shm.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def install_signals(card: Card) -> None:
+    def stop(_sig, _frm):
+        card.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

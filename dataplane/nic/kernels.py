@@ -1,0 +1,460 @@
+"""The card's datapath in numba: doorbells, TX rings into the switch, the switch into RX rings.
+
+A queue is a :class:`NicQueueCtx`: the ring views of :mod:`dataplane.vhost.dev_ring`
+(split or packed, chosen at run time) over the card's own mappings of the
+driver's DMA map, the region table that *is* the IOMMU (IOVA, length, the
+card's address; a row of length 0 is unused), a chain scratch, config slots,
+the queue's counter row (shared memory, :mod:`dataplane.nic.shm`) and a dirty
+log (:mod:`dataplane.vhost.dirty_log`) over the log the driver mapped at an IOVA.
+
+One switching round is, per busy TX queue:
+
+1. :func:`tx_pull` takes up to ``budget`` TX chains into a staging area
+   (one 2 KiB slot a frame, header included), learns each source MAC in the
+   forwarding table (:data:`FDB_SIZE` entries, MAC -> VF), decides each
+   frame's destination set (a bit per VF: a known unicast MAC's VF; unknown
+   unicast, broadcast and multicast go to every other active VF; never back
+   to the sender), completes the chains (used length 0) and interrupts the
+   sender if it wants;
+2. :func:`rx_deliver`, once per destination VF, writes the frames whose bit
+   is set into that VF's RX ring (a fresh 12-byte virtio-net header,
+   ``num_buffers`` = 1, then the frame), drops a frame when the ring has no
+   buffer (``Q_NOBUF``) or the buffer is too small (``Q_ERRORS``), and
+   interrupts.
+
+Python calls each kernel once per burst; nothing runs per packet in Python.
+A chain the ring kernels refuse (a buffer outside the DMA map, a bad
+descriptor index, a loop...) is a fault: its code goes in the row's ``Q_ERR``
+(the first one is kept), ``Q_FAULTS`` counts them, and the queue stops
+(``CFG_RUNNING`` = 0) until the driver enables it anew.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from dataplane.rings.atomics import exchange, load_relaxed
+from dataplane.rings.chain_copy import chain_gather, chain_scatter
+from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
+from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
+from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
+from dataplane.vhost.dirty_log import (
+    log_burst_start,
+    log_enabled,
+    log_notify_write,
+    log_sync,
+    log_used,
+    log_write_hva,
+    no_log,
+)
+from dataplane.vhost.inflight import no_inflight
+
+__all__ = [
+    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
+    "warm_up",
+    "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
+    "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
+    "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
+    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
+    "ERR_RING_ZERO", "ERR_QUEUE_SIZE", "ERR_RING_DMA", "ERR_BASE", "fault_name",
+]
+
+#: Bytes of one staged frame (virtio-net header included): frames up to MTU 1500 + VLAN fit.
+SLOT = 2048
+#: Frames one TX pull stages.
+BURST = 256
+#: Forwarding table entries (open addressing; a source MAC is learnt per frame).
+FDB_SIZE = 1024
+_FDB_PROBE = 8
+#: virtio-net header: VERSION_1 is required, so always 12 bytes.
+HDR_LEN = 12
+MAX_SEGS = 64
+_MIN_FRAME = HDR_LEN + 14
+
+# config slots (int64, the card's private memory)
+CFG_PACKED = 0
+CFG_CALLFD = 1  # the eventfd of the queue's MSI-X vector, -1: none
+CFG_RUNNING = 2
+CFG_SLOTS = 4
+
+# counter row of a queue (int64, shared)
+(Q_PACKETS, Q_BYTES, Q_ERRORS, Q_DROPS, Q_KICKS, Q_IRQS, Q_FAULTS, Q_ERR, Q_FLOODED, Q_NOBUF, Q_RUNNING,
+ Q_POLLED) = range(12)
+Q_WORDS = 16
+QUEUE_COUNTER_NAMES = ("packets", "bytes", "errors", "drops", "kicks", "irqs", "faults", "error_code", "flooded",
+                       "no_buffer", "running", "polled")
+
+# fault codes beyond the rings' ERR_* codes
+ERR_BASE = 32
+ERR_RING_ZERO = 32  # a ring address of 0
+ERR_QUEUE_SIZE = 33  # split size not a power of two (or 0, or above the maximum)
+ERR_RING_DMA = 34  # a ring area outside the DMA map
+ERR_RING_STATE = 35  # the BAR4 ring state does not fit the queue (packed offset >= size)
+_FAULT_NAMES = {ERR_RING_ZERO: "ring_address_zero", ERR_QUEUE_SIZE: "queue_size", ERR_RING_DMA: "ring_dma",
+                ERR_RING_STATE: "ring_state"}
+
+
+def fault_name(code: int) -> str:
+    code = int(code)
+    if code in _FAULT_NAMES:
+        return _FAULT_NAMES[code]
+    if code in ERR_NAMES:
+        return "dma_" + ERR_NAMES[code] if code == 3 else ERR_NAMES[code]
+    return f"error_{code}"
+
+
+NicQueueCtx = namedtuple("NicQueueCtx", ["split", "packed", "state", "regions", "chains", "cfg", "counters",
+                                         "inflight", "log"])
+
+_U64 = np.uint64
+_Z = _U64(0)
+_SLOT = _U64(SLOT)
+
+
+# =============================================================================
+# helpers
+# =============================================================================
+
+
+@inline_kernel
+def _fault(q, code):
+    if q.counters[Q_ERR] == 0:
+        q.counters[Q_ERR] = code
+    q.counters[Q_FAULTS] += 1
+    q.cfg[CFG_RUNNING] = 0
+    q.counters[Q_RUNNING] = 0
+
+
+@inline_kernel
+def _usable(q):
+    return q.cfg[CFG_RUNNING] != 0 and q.counters[Q_ERR] == 0 and q.state[STATE_BROKEN] == 0
+
+
+@inline_kernel
+def _fetch1(q):
+    """One chain into slot 0: 1; none: 0; a fault (recorded, queue stopped): -1."""
+    n = ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, 1, q.inflight)
+    if n == 0:
+        if q.state[STATE_BROKEN] != 0:
+            _fault(q, ERR_AVAIL_IDX)
+            return -1
+        return 0
+    st = np.int64(q.chains.status[0])
+    if st != 0:
+        _fault(q, st)
+        return -1
+    return 1
+
+
+@inline_kernel
+def _push(q, head, length, ndesc):
+    ring_push_used(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, np.int64(head), np.int64(length),
+                   np.int64(ndesc), q.inflight)
+
+
+@inline_kernel
+def _flush(q, logging):
+    """Publish the used entries (marking their pages first when logging); interrupt if the driver wants."""
+    packed = q.cfg[CFG_PACKED] != 0
+    if logging:
+        log_used(q.log, packed, q.state)
+    need = ring_flush_used(packed, q.split, q.packed, q.state, q.inflight)
+    if logging:
+        log_sync(q.log)
+    if need:
+        fd = q.cfg[CFG_CALLFD]
+        if fd >= 0:
+            eventfd_signal(fd)
+            q.counters[Q_IRQS] += 1
+
+
+@inline_kernel
+def _mac_at(buf, off):
+    v = np.int64(0)
+    for i in range(6):
+        v = (v << 8) | np.int64(buf[off + i])
+    return v
+
+
+@inline_kernel
+def _fdb_slot(mac):
+    h = (np.uint64(mac) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    return np.int64(h) & (FDB_SIZE - 1)
+
+
+@inline_kernel
+def _fdb_lookup(fdb, mac):
+    key = mac + 1
+    s = _fdb_slot(mac)
+    for k in range(_FDB_PROBE):
+        i = (s + k) & (FDB_SIZE - 1)
+        if fdb[i, 0] == key:
+            return fdb[i, 1]
+        if fdb[i, 0] == 0:
+            return -1
+    return -1
+
+
+@inline_kernel
+def _fdb_learn(fdb, mac, vf):
+    key = mac + 1
+    s = _fdb_slot(mac)
+    for k in range(_FDB_PROBE):
+        i = (s + k) & (FDB_SIZE - 1)
+        if fdb[i, 0] == key or fdb[i, 0] == 0:
+            fdb[i, 0] = key
+            fdb[i, 1] = vf
+            return
+    fdb[s, 0] = key  # the probe window is full: the oldest home slot is taken over
+    fdb[s, 1] = vf
+
+
+# =============================================================================
+# kernels
+# =============================================================================
+
+
+@kernel
+def poll_doorbells(db16, nq, stride, rows, kicked):
+    """Take the pending doorbells of queues ``0..nq-1`` (word ``q * stride`` of ``db16``): each one not
+    :data:`~dataplane.nic.pci.DOORBELL_IDLE` is swapped back atomically (a kick that lands meanwhile is
+    taken next time, never lost), counted in ``rows[q, Q_KICKS]`` and flagged in ``kicked[q]``.
+    Returns the number of queues kicked."""
+    got = 0
+    for q in range(nq):
+        i = q * stride
+        if load_relaxed(db16, i) != 0xFFFF:
+            exchange(db16, i, 0xFFFF)
+            rows[q, Q_KICKS] += 1
+            kicked[q] = 1
+            got += 1
+    return got
+
+
+@kernel
+def set_notify(q, enable):
+    """Ask the driver for kicks (``enable``) or not (used->flags NO_NOTIFY / the packed device event
+    area), marking that write in the dirty log when logging; True when chains are pending (keep polling)."""
+    packed = q.cfg[CFG_PACKED] != 0
+    pending = ring_enable_notify(packed, q.split, q.packed, q.state, enable)
+    log_notify_write(q.log, packed, q.state, enable)
+    q.counters[Q_POLLED] = 0 if enable else 1  # 1: polled by the card, kicks not wanted
+    return pending
+
+
+@kernel
+def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
+    """Stage up to ``budget`` TX chains of queue ``q`` (VF ``vf``) and switch them (see the module doc).
+
+    ``active``: bit per VF whose datapath runs; ``stage``: uint8[BURST, SLOT];
+    ``slen``: int64[BURST] staged bytes; ``smask``: int64[BURST] destination bits.
+    Returns the frames staged (a frame with no destination is staged with mask 0)."""
+    n = 0
+    if not _usable(q):
+        return 0
+    logging = log_enabled(q.log)
+    if logging:
+        log_burst_start(q.log, q.state)
+    base = _U64(stage.ctypes.data)
+    me = np.int64(1) << vf
+    others = active & ~me
+    took = 0
+    while n < budget:
+        r = _fetch1(q)
+        if r <= 0:
+            break
+        took += 1
+        ch = q.chains
+        head = ch.head[0]
+        nd = ch.ndesc[0]
+        s0 = np.int64(ch.seg_start[0])
+        s_end = s0 + np.int64(ch.seg_count[0])
+        rlen = _Z
+        wr = False
+        for s in range(s0, s_end):
+            if ch.seg_write[s] != 0:
+                wr = True
+            rlen += _U64(ch.seg_len[s])
+        if wr or rlen < _U64(_MIN_FRAME) or rlen > _SLOT:
+            q.counters[Q_ERRORS] += 1  # a writable buffer in a TX chain, a runt, a frame over the slot
+            _push(q, head, 0, nd)
+            continue
+        dst = base + _U64(n) * _SLOT
+        chain_gather(ch, s0, s_end, _Z, dst, rlen)
+        row = stage[n]
+        for k in range(HDR_LEN):
+            row[k] = 0
+        row[10] = 1  # num_buffers
+        dmac = _mac_at(row, HDR_LEN)
+        smac = _mac_at(row, HDR_LEN + 6)
+        if row[HDR_LEN + 6] & 1 == 0:
+            _fdb_learn(fdb, smac, vf)
+        if row[HDR_LEN] & 1:
+            mask = others
+            q.counters[Q_FLOODED] += 1
+        else:
+            d = _fdb_lookup(fdb, dmac)
+            if d < 0:
+                mask = others
+                q.counters[Q_FLOODED] += 1
+            elif d == vf:
+                mask = 0
+            else:
+                mask = (np.int64(1) << d) & active
+        if mask == 0:
+            q.counters[Q_DROPS] += 1
+        slen[n] = np.int64(rlen)
+        smask[n] = mask
+        q.counters[Q_PACKETS] += 1
+        q.counters[Q_BYTES] += np.int64(rlen) - HDR_LEN
+        _push(q, head, 0, nd)
+        n += 1
+    if took > 0:
+        _flush(q, logging)
+    return n
+
+
+@kernel
+def rx_deliver(q, bit, stage, slen, smask, n):
+    """Write the staged frames ``[0, n)`` whose mask has ``bit`` into RX queue ``q``; returns the frames written."""
+    done = 0
+    if not _usable(q):
+        for i in range(n):
+            if smask[i] & bit:
+                q.counters[Q_DROPS] += 1
+        return 0
+    logging = log_enabled(q.log)
+    if logging:
+        log_burst_start(q.log, q.state)
+    base = _U64(stage.ctypes.data)
+    took = 0
+    for i in range(n):
+        if smask[i] & bit == 0:
+            continue
+        r = _fetch1(q)
+        if r < 0:
+            q.counters[Q_DROPS] += 1
+            break
+        if r == 0:
+            q.counters[Q_NOBUF] += 1
+            continue
+        took += 1
+        ch = q.chains
+        head = ch.head[0]
+        nd = ch.ndesc[0]
+        s0 = np.int64(ch.seg_start[0])
+        s_end = s0 + np.int64(ch.seg_count[0])
+        cap = _Z
+        ro = False
+        for s in range(s0, s_end):
+            if ch.seg_write[s] == 0:
+                ro = True
+            cap += _U64(ch.seg_len[s])
+        ln = _U64(slen[i])
+        if ro or cap < ln:
+            q.counters[Q_ERRORS] += 1  # a readable buffer in an RX chain, or a buffer too small
+            _push(q, head, 0, nd)
+            continue
+        chain_scatter(ch, s0, s_end, base + _U64(i) * _SLOT, ln)
+        if logging:
+            left = ln
+            s = s0
+            while s < s_end and left > _Z:
+                take = _U64(ch.seg_len[s])
+                if take > left:
+                    take = left
+                log_write_hva(q.log, q.regions, ch.seg_addr[s], np.int64(take))
+                left -= take
+                s += 1
+        _push(q, head, np.int64(ln), nd)
+        q.counters[Q_PACKETS] += 1
+        q.counters[Q_BYTES] += np.int64(ln) - HDR_LEN
+        done += 1
+    if took > 0:
+        _flush(q, logging)
+    return done
+
+
+@kernel
+def tx_serve(q, vf, fdb, active, rxqs, stage, slen, smask, budget, spin):
+    """A busy window of TX queue ``q``: :func:`tx_pull` and :func:`rx_deliver` into ``rxqs`` (a tuple,
+    the destination RX queue of each VF by VF index; an idle context where none) again and again, until
+    ``budget`` frames or ``spin`` pulls in a row found nothing.  Returns the frames staged."""
+    total = 0
+    idle = 0
+    while total < budget:
+        want = budget - total
+        if want > BURST:
+            want = BURST
+        n = tx_pull(q, vf, fdb, active, stage, slen, smask, want)
+        if n == 0:
+            idle += 1
+            if idle >= spin or not _usable(q):
+                break
+            continue
+        idle = 0
+        total += n
+        dests = np.int64(0)
+        for i in range(n):
+            dests |= smask[i]
+        for d in range(len(rxqs)):
+            bit = np.int64(1) << d
+            if dests & bit:
+                rx_deliver(rxqs[d], bit, stage, slen, smask, n)
+    return total
+
+
+# =============================================================================
+# plain-Python side
+# =============================================================================
+
+_IDLE: dict = {}
+
+
+def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: int, counters: np.ndarray,
+                   log=None) -> NicQueueCtx:
+    """A queue context (``regions``: the VF's DMA map table, shared by its queues and changed in place)."""
+    cfg = np.zeros(CFG_SLOTS, np.int64)
+    cfg[CFG_PACKED] = int(bool(is_packed))
+    cfg[CFG_CALLFD] = int(callfd)
+    return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(1, MAX_SEGS),
+                       cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
+
+
+def idle_queue_ctx() -> NicQueueCtx:
+    """A context that never runs."""
+    if "ctx" not in _IDLE:
+        from dataplane.rings.split import split_dev_state
+
+        dsplit, dpacked = dummy_vrings()
+        _IDLE["ctx"] = make_queue_ctx(dsplit, dpacked, split_dev_state(1), np.zeros((1, 3), np.uint64),
+                                      is_packed=False, callfd=-1, counters=np.zeros(Q_WORDS, np.int64))
+    return _IDLE["ctx"]
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the datapath kernels in this process."""
+    d = idle_queue_ctx()
+    stage = np.zeros((BURST, SLOT), np.uint8)
+    slen = np.zeros(BURST, np.int64)
+    smask = np.zeros(BURST, np.int64)
+    fdb = np.zeros((FDB_SIZE, 2), np.int64)
+    tx_pull(d, 0, fdb, 0, stage, slen, smask, 1)
+    rx_deliver(d, 1, stage, slen, smask, 0)
+    set_notify(d, False)
+
+
+def warm_up_switch(nvfs: int) -> None:
+    """Compile (or load) :func:`tx_serve` for a card of ``nvfs`` VFs (one specialisation per tuple length)."""
+    d = idle_queue_ctx()
+    stage = np.zeros((BURST, SLOT), np.uint8)
+    slen = np.zeros(BURST, np.int64)
+    smask = np.zeros(BURST, np.int64)
+    fdb = np.zeros((FDB_SIZE, 2), np.int64)
+    tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
+    db = np.full(2048, 0xFFFF, np.uint16)
+    poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
+
+
