@@ -38,8 +38,8 @@ import numpy as np
 from dataplane.rings.atomics import exchange, load_relaxed
 from dataplane.rings.chain_copy import chain_gather, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
-from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
-from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch, ring_flush_used, ring_push_used
+from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, make_chains
+from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch_one, ring_flush_used, ring_push_used
 from dataplane.vhost.dirty_log import (
     log_burst_start,
     log_enabled,
@@ -135,17 +135,11 @@ def _usable(q):
 @inline_kernel
 def _fetch1(q):
     """One chain into slot 0: 1; none: 0; a fault (recorded, queue stopped): -1."""
-    n = ring_fetch(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, 1, q.inflight)
-    if n == 0:
-        if q.state[STATE_BROKEN] != 0:
-            _fault(q, ERR_AVAIL_IDX)
-            return -1
-        return 0
-    st = np.int64(q.chains.status[0])
-    if st != 0:
-        _fault(q, st)
+    r = ring_fetch_one(q.cfg[CFG_PACKED] != 0, q.split, q.packed, q.state, q.regions, q.chains, q.inflight)
+    if r < 0:
+        _fault(q, -r)
         return -1
-    return 1
+    return r
 
 
 @inline_kernel

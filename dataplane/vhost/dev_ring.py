@@ -40,7 +40,7 @@ from dataplane.rings.split import (
     split_vring_from_addrs,
     split_vring_from_buffer,
 )
-from dataplane.rings.virtqueue import STATE_AVAIL_WRAP, STATE_LAST_AVAIL, STATE_SLOTS
+from dataplane.rings.virtqueue import ERR_AVAIL_IDX, STATE_AVAIL_WRAP, STATE_BROKEN, STATE_LAST_AVAIL, STATE_SLOTS
 from dataplane.vhost.inflight import (
     Q_LAST_RS,
     Q_ON,
@@ -53,7 +53,7 @@ from dataplane.vhost.inflight import (
     inflight_resubmit,
 )
 
-__all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
+__all__ = ["QUEUE_CTX_FIELDS", "ring_fetch", "ring_fetch_one", "ring_push_used", "ring_flush_used", "ring_enable_notify", "ring_get_base", "dummy_vrings",
            "queue_rings"]
 
 
@@ -89,6 +89,22 @@ def ring_fetch(is_packed, split, packed, state, regions, chains, want, infl):
     if tracked and n > 0:
         inflight_fetched(is_packed, packed, state, chains, n, idx0, wrap0, infl)
     return n
+
+
+@inline_kernel
+def ring_fetch_one(is_packed, split, packed, state, regions, chains, infl):
+    """Fetch one chain into slot 0 of ``chains`` (a device that takes chains one at a time):
+    1; 0 when none is available; ``-code`` when the ring is faulty (``code`` a ring error:
+    the chain's status, or ERR_AVAIL_IDX when the ring broke)."""
+    n = ring_fetch(is_packed, split, packed, state, regions, chains, 1, infl)
+    if n == 0:
+        if state[STATE_BROKEN] != 0:
+            return -ERR_AVAIL_IDX
+        return 0
+    st = np.int64(chains.status[0])
+    if st != 0:
+        return -st
+    return 1
 
 
 @inline_kernel
