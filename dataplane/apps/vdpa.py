@@ -14,6 +14,10 @@
   name), probed in command-line order; or added while running with the
   management tool (``dataplane vdpa dev add name NAME mgmtdev vdpasim_net``,
   same ``--file-prefix``).
+* PCI devices: ``-a 0000:00:05.1,vdpa=1[,sw-live-migration=1]`` probes an IFC VF with the
+  ifcvf driver (:mod:`~dataplane.vdpa.ifcvf`; the function's files are found in the runtime
+  parent, where ``dataplane-nic`` puts its cards); without ``vdpa=1`` the function is not
+  ours and is skipped with a message.  Its management device is ``pci/<bdf>``.
 * ``--iface PREFIX``: each device gets socket ``PREFIX<n>`` (n from 0, in
   probe order; devices added with the tool continue the numbering);
   without it, ``create SOCKET DEV`` makes one.  ``--client``: connect to the
@@ -91,7 +95,8 @@ class VdpaApp:
         self.ports: dict[str, _Port] = {}
         self.next_port = 0
         self.mgmtdevs = [AppMgmtDev(SimMgmtDev("net", lib), self), AppMgmtDev(SimMgmtDev("blk", lib), self)]
-        self.devices: list[SimDevice] = []
+        self.devices: list = []  # SimDevice and IfcvfDevice
+        self.pci_mgmtdevs: list = []
         self.service = None  # the management service, once started
         self._lock = threading.RLock()
 
@@ -131,6 +136,25 @@ class VdpaApp:
         dev = SimDevice(mgmt.inner.kind, args.get("name", name), mgmt, self.lib, user_created=True,
                         **attrs, **sim_kw)
         dev.on_delete = self.device_deleted
+        self.device_added(dev)
+        return dev
+
+    def probe_pci(self, devargs):
+        """``-a BDF,vdpa=1[,sw-live-migration=1]``: the ifcvf device, or None when the function is not ours."""
+        from dataplane.vdpa.ifcvf import NotOurDevice, probe
+        from dataplane.vdpa.ifcvf.hw import IfcvfHwError
+
+        try:
+            dev = probe(devargs.name, dict(devargs.args), self.lib)
+        except NotOurDevice as e:
+            print(f"{PROG}: -a {devargs}: {e}", file=sys.stderr)
+            return None
+        except IfcvfHwError as e:
+            raise ValueError(f"-a {devargs}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"-a {devargs}: {e}") from None
+        dev.on_delete = self.device_deleted
+        self.pci_mgmtdevs.append(dev.mgmtdev)
         self.device_added(dev)
         return dev
 
@@ -253,11 +277,13 @@ class VdpaApp:
     def figures(self) -> dict:
         """Each device's vendor counters by queue index (net; blk has none)."""
         out = {}
+        from dataplane.vdpa.mgmt.service import VdpaMgmtError
+
         for dev in list(self.devices):
             if dev.kind == "net":
                 try:
                     out[dev.name] = {str(q): dev.vendor_stats(q) for q in range(dev.max_vqs)}
-                except VdpaError:
+                except (VdpaError, VdpaMgmtError):
                     out[dev.name] = {}
             else:
                 out[dev.name] = {}
@@ -301,6 +327,8 @@ def run(eal, opts) -> int:
         try:
             for devargs in eal.cfg.vdevs:
                 app.probe_vdev(devargs)
+            for devargs in eal.cfg.allow:
+                app.probe_pci(devargs)
         except (ValueError, VdpaError) as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
@@ -331,7 +359,7 @@ def _start_service(eal, app: VdpaApp):
         log.warning("no runtime directory (--in-memory): the management tool cannot reach this process")
         return None
     service = VdpaManagement(eal.cfg.file_prefix)
-    for mgmt in app.mgmtdevs:
+    for mgmt in app.mgmtdevs + app.pci_mgmtdevs:
         service.add_mgmtdev(mgmt)
     for dev in app.devices:
         service.register_device(dev)

@@ -113,7 +113,21 @@ def register_driver(info: VdpaDriverInfo) -> None:
     _drivers = [d for d in _drivers if d.name != info.name] + [info]
 
 
+#: The driver modules of this installation (each registers its column when imported).
+DRIVER_MODULES = ("dataplane.vdpa.vdpasim", "dataplane.vdpa.ifcvf.driver")
+
+
+def load_drivers() -> None:
+    """Import every driver module, so that each has registered its column."""
+    import importlib
+
+    for name in DRIVER_MODULES:
+        importlib.import_module(name)
+
+
 def list_drivers() -> list[VdpaDriverInfo]:
+    """Every driver's column (the installation's driver modules are loaded first)."""
+    load_drivers()
     return list(_drivers)
 
 
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     """``dataplane vdpa features``: print the table of every driver this installation has."""
     import sys
 
-    from dataplane.vdpa import vdpasim  # noqa: F401  (each driver module registers its column)
+    load_drivers()
 
     if argv:
         print(f"Usage: dataplane vdpa features (no arguments; got {' '.join(argv)})", file=sys.stderr)

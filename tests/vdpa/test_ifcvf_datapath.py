@@ -1,0 +1,328 @@
+"""The ifcvf vDPA driver on the emulated IFC card: probe, registry, mgmtdev, features column; dev_conf
+programs the card, frames cross the card's switch from VF1's TX ring to VF2's RX ring, interrupts reach
+the front-ends' call eventfds, relayed kicks are counted by the card, GET_VRING_BASE returns the card's
+ring state and a second connection resumes from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from dataplane.nic.kernels import Q_IRQS, Q_KICKS, Q_PACKETS, Q_RUNNING
+from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_STATUS, CardShm
+from dataplane.testing.nic_card import ROOT, CardProc
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend, eventfd_count
+from dataplane.vdpa import device as vdpa
+from dataplane.vdpa.ifcvf import NotOurDevice, parse_devargs, probe
+from dataplane.vdpa.ifcvf.driver import IFCVF_NET_PROTOCOL_FEATURES
+from dataplane.vdpa.ifcvf.hw import IfcvfHwError
+from dataplane.vhost.library import VhostLibrary
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
+
+VF1, VF2 = "0000:00:05.1", "0000:00:05.2"
+WRITE = 2
+DRIVER_OK = 4
+GUEST_GPA = 0x100000
+
+
+@pytest.fixture(scope="module")
+def card():
+    rt = tempfile.mkdtemp(prefix="ifc")
+    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
+    os.environ["DATAPLANE_RUNTIME_DIR"] = rt
+    c = CardProc(rt, vfs=2)
+    try:
+        yield c
+    finally:
+        c.stop()
+        if old is None:
+            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
+        else:
+            os.environ["DATAPLANE_RUNTIME_DIR"] = old
+        shutil.rmtree(rt, ignore_errors=True)
+
+
+@pytest.fixture
+def served(card):
+    """``make(bdf)``: the probed VF on a fresh socket of a private vhost library."""
+    d = tempfile.mkdtemp(prefix="vh")
+    lib = VhostLibrary()
+    made = []
+
+    def make(bdf, args=None):
+        dev = probe(bdf, args or {"vdpa": "1"}, lib)
+        made.append(dev)
+        path = os.path.join(d, f"{bdf}.sock")
+        lib.driver_register(path, 0)
+        lib.driver_attach_vdpa_device(path, dev.vdev)
+        lib.driver_start(path)
+        return path, dev
+
+    yield make
+    lib.close()
+    for dev in made:
+        dev.delete()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _shm(card):
+    return CardShm(os.path.join(card.dir, "counters"))
+
+
+def _wait(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _post(vr, addr, length, flags, kick=True):
+    """One-descriptor chain at the next avail slot (head = slot)."""
+    head = vr.avail_idx % vr.num
+    words = vr.desc.view(np.uint64)
+    words[2 * head] = addr
+    words[2 * head + 1] = length | flags << 32
+    vr.avail[2 + head] = head
+    vr.avail_idx = vr.avail_idx + 1
+    if kick:
+        os.eventfd_write(vr.kick_fd, 1)
+
+
+SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)
+
+
+def _connect(path, bases=None, backend=False, features=SPLIT, resume=None):
+    """``resume``: {vring: index}: the guest's rings already hold that many avail and used entries."""
+    guest = GuestMemoryLayout.simple(4 << 20, gpa=GUEST_GPA)  # a ring at GPA 0 is refused (DPDK, the card)
+    fe = VhostUserFrontend.connect(path, memory=guest)
+    for q, idx in (resume or {}).items():
+        for r in (0, 1):
+            if r not in fe.vrings:
+                fe.alloc_vring(r, 64, packed=False)
+        vr = fe.vrings[q]
+        vr.avail_idx = idx
+        vr.used.view(np.uint16)[1] = idx
+    if backend:
+        fe.negotiate(features)
+        fe.open_backend_channel()
+        fe.start(num_queues=1, queue_size=64, bases=bases, features=features)  # negotiates again (same values)
+    else:
+        fe.start(num_queues=1, queue_size=64, bases=bases, features=features)
+    return guest, fe
+
+
+def _frame(src_last: int, payload: bytes) -> bytes:
+    return bytes(12) + b"\xff" * 6 + bytes([2, 0, 0, 0, 0, src_last]) + b"\x88\xb5" + payload
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_devargs_are_validated_as_dpdk_does():
+    assert parse_devargs({"vdpa": "1"}) is False
+    assert parse_devargs({"vdpa": "0x1", "sw-live-migration": "1"}) is True
+    for args in ({}, {"vdpa": "0"}, {"sw-live-migration": "1"}):
+        with pytest.raises(NotOurDevice):
+            parse_devargs(args)
+    with pytest.raises(ValueError, match="unknown devargs key"):
+        parse_devargs({"vdpa": "1", "mac": "1"})
+    with pytest.raises(ValueError, match="not a number"):
+        parse_devargs({"vdpa": "yes"})
+
+
+def test_probe_registers_the_vf_with_dpdk_features(card, served):
+    path, dev = served(VF1)
+    vdev = vdpa.find_device_by_name(VF1)
+    assert vdev is dev.vdev and vdev.driver == "ifcvf"
+    assert vdpa.get_queue_num(vdev) == 4  # min(32, (num_queues - 1) / 2) for the card's 4 pairs
+    f = vdpa.get_features(vdev)
+    assert not f & bit(VF.VIRTIO_F_ACCESS_PLATFORM)
+    for b in (VF.VIRTIO_NET_F_GUEST_ANNOUNCE, VF.VIRTIO_NET_F_CTRL_VQ, VF.VIRTIO_NET_F_STATUS,
+              VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VIRTIO_F_VERSION_1, VF.VIRTIO_NET_F_MQ):
+        assert f & bit(b), b
+    assert not f & bit(VF.VHOST_F_LOG_ALL)  # no dirty logging in this driver yet: not offered
+    assert vdpa.get_protocol_features(vdev) == IFCVF_NET_PROTOCOL_FEATURES == 0x10c29
+    assert dev.mac == bytes.fromhex("020000000001")
+    assert dev.mgmtdev.bus == "pci" and dev.mgmtdev.name == VF1
+    with pytest.raises(IfcvfHwError, match="no such PCI function"):
+        probe("0000:00:07.1", {"vdpa": "1"}, None)
+    # one driver at a time: the card refuses a second one
+    with pytest.raises(IfcvfHwError, match="in use"):
+        probe(VF1, {"vdpa": "1"}, None, vf_dir=card.vf_dir(0))
+    # the front-end sees the socket's offer
+    guest = GuestMemoryLayout.simple(1 << 20)
+    fe = VhostUserFrontend.connect(path, memory=guest)
+    try:
+        assert fe.get_features() == f
+        pf = fe.get_protocol_features()
+        assert pf & ~IFCVF_NET_PROTOCOL_FEATURES == 0
+        fe.set_protocol_features(pf)
+        assert fe.get_queue_num() == 4
+    finally:
+        fe.close()
+        guest.close()
+
+
+def test_frames_cross_the_card_switch_and_a_second_connection_resumes(card, served):
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    shm = _shm(card)
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured), "dev_conf did not run"
+        for i in (0, 1):  # the card runs the queues the driver programmed
+            assert shm.vf[i][V_STATUS] & DRIVER_OK
+            assert shm.vf[i][V_DMA_MAPS] >= 1
+            assert _wait(lambda i=i: shm.queues[i][0, Q_RUNNING] == 1 and shm.queues[i][1, Q_RUNNING] == 1)
+        rx = fe2.vrings[0]
+        bufs = [g2.alloc(2048) for _ in range(4)]
+        for b in bufs:
+            _post(rx, b, 2048, WRITE)
+        tx = fe1.vrings[1]
+        kicks0 = int(shm.queues[0][1, Q_KICKS])
+        frame = _frame(1, b"hello through the card" + bytes(40))
+        src = g1.alloc(len(frame))
+        g1.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        _post(tx, src, len(frame), 0)
+        assert _wait(lambda: rx.used_idx == 1), "the frame did not reach VF2's RX ring"
+        assert bytes(g2.view(bufs[0], len(frame)))[12:] == frame[12:]
+        assert _wait(lambda: tx.used_idx == 1)
+        assert int(shm.queues[0][1, Q_PACKETS]) == 1 and int(shm.queues[1][0, Q_PACKETS]) == 1
+        # the kick went through the notify relay to the doorbell, counted by the card
+        assert dev1.relayed_kicks >= 1 and int(shm.queues[0][1, Q_KICKS]) > kicks0
+        # interrupts reach the front-ends' call eventfds (MSI-X vector q+1 -> callfd of vring q)
+        assert _wait(lambda: int(shm.queues[1][0, Q_IRQS]) >= 1)
+        assert eventfd_count(rx.call_fd) >= 1
+        assert eventfd_count(tx.call_fd) >= 1
+        # GET_VRING_BASE stops the device: the answer is the card's ring state
+        assert fe1.get_vring_base(1) == 1
+        assert fe1.get_vring_base(0) == 0
+        assert not dev1.configured
+        assert _wait(lambda: shm.queues[0][1, Q_RUNNING] == 0)
+        assert shm.vf[0][V_STATUS] == 0  # reset by the driver
+    finally:
+        fe1.close()
+        g1.close()
+    # a second connection on VF1 resumes from the saved indices
+    g1, fe1 = _connect(path1, bases={1: 1}, resume={1: 1})  # the guest goes on where it stopped
+    try:
+        assert _wait(lambda: dev1.configured)
+        tx = fe1.vrings[1]
+        frame = _frame(1, b"second connection" + bytes(40))
+        src = g1.alloc(len(frame))
+        g1.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        _post(tx, src, len(frame), 0)
+        assert _wait(lambda: tx.used_idx == 2), tx.used_idx
+        assert _wait(lambda: rx.used_idx == 2)
+        assert bytes(g2.view(bufs[1], len(frame)))[12:] == frame[12:]
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        shm.close()
+
+
+def _app(card, sock_prefix, prefix):
+    """``dataplane-vdpa -a VF1,vdpa=1 -- --iface PREFIX`` (its own process); waits for ``vdpa: ready``."""
+    env = dict(card.env, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane.apps.vdpa", "-l", "0", "--no-huge", "-m", "64",
+                             "--file-prefix", prefix, "-a", f"{VF1},vdpa=1", "-a", VF2, "--", "--iface", sock_prefix],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("vdpa: ready"):
+            return proc, line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"dataplane-vdpa did not start: {proc.stderr.read()[-2000:]}")
+
+
+def test_driver_restart_finds_the_card_reset_and_configures_it_again(card):
+    """``dataplane-vdpa`` killed while configured: the card drops the DMA maps and irqs and resets the
+    function; started again, the driver probes and configures it again and traffic runs."""
+    shm = _shm(card)
+    d = tempfile.mkdtemp(prefix="vh")
+    prefix = f"ifct{os.getpid()}"
+    sock = os.path.join(d, "vd")
+    proc, ready = _app(card, sock, prefix)
+    try:
+        assert ready.split() == ["vdpa:", "ready", f"devices={VF1}", f"sockets={sock}0"]
+        # the management tool sees pci/<bdf>, and the device made by the probe
+        env = dict(card.env, PYTHONPATH=ROOT)
+        out = subprocess.run([sys.executable, "-m", "dataplane.cli", "vdpa", "--file-prefix", prefix, "mgmtdev",
+                              "show", f"pci/{VF1}"], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == f"pci/{VF1}: "
+        assert "supported_classes net" in out.stdout
+        g, fe = _connect(sock + "0")
+        assert _wait(lambda: shm.vf[0][V_DMA_MAPS] >= 1 and shm.queues[0][1, Q_RUNNING] == 1)
+        proc.kill()  # the driver dies with the datapath running
+        proc.wait(30)
+        assert _wait(lambda: shm.vf[0][V_CONNECTED] == 0 and shm.vf[0][V_DMA_MAPS] == 0)
+        assert shm.vf[0][V_STATUS] == 0 and shm.queues[0][1, Q_RUNNING] == 0
+        fe.close()
+        g.close()
+        os.unlink(sock + "0")  # the killed process left its socket file (server mode refuses it)
+        proc.stdout.close()
+        proc.stderr.close()
+        proc, ready = _app(card, sock, prefix)
+        g, fe = _connect(sock + "0")
+        try:
+            assert _wait(lambda: shm.vf[0][V_CONNECTED] == 1 and shm.queues[0][1, Q_RUNNING] == 1)
+            tx = fe.vrings[1]
+            frame = _frame(1, b"after restart" + bytes(40))
+            src = g.alloc(len(frame))
+            g.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+            _post(tx, src, len(frame), 0)
+            assert _wait(lambda: tx.used_idx == 1)
+        finally:
+            fe.close()
+            g.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        shm.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_host_notifier_offered_when_the_front_end_has_a_backend_channel(card, served):
+    path, dev = served(VF1)
+    g, fe = _connect(path, backend=True)
+    try:
+        assert fe.protocol_features >> PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER & 1
+        seen = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            spec, payload, msg = fe.backend_recv(timeout=5)
+            fd = msg.take_fd() if msg.fds else None
+            seen[int(payload.u64) & 0xFF] = (int(payload.size), int(payload.offset), fd)
+            fe.backend_ack(msg)
+        assert set(seen) == {0, 1}
+        for q, (size, offset, fd) in seen.items():
+            assert size == 0x1000 and offset == 0x1000 + q * 0x1000
+            assert fd is not None and os.fstat(fd).st_size >= offset + size
+            os.close(fd)
+    finally:
+        fe.close()
+        g.close()
