@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from dataplane.nic.kernels import Q_IRQS, Q_KICKS, Q_PACKETS, Q_RUNNING
-from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_STATUS, CardShm
+from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_LOG_ON, V_STATUS, CardShm
 from dataplane.testing.nic_card import ROOT, CardProc
-from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend, eventfd_count
+from dataplane.testing.vhost_frontend import FrontendLog, GuestMemoryLayout, VhostUserFrontend, eventfd_count
 from dataplane.vdpa import device as vdpa
 from dataplane.vdpa.ifcvf import NotOurDevice, parse_devargs, probe
 from dataplane.vdpa.ifcvf.driver import IFCVF_NET_PROTOCOL_FEATURES
@@ -99,7 +99,7 @@ def _post(vr, addr, length, flags, kick=True):
         os.eventfd_write(vr.kick_fd, 1)
 
 
-SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)
+SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)  # no LOG_ALL at start, as QEMU
 
 
 def _connect(path, bases=None, backend=False, features=SPLIT, resume=None):
@@ -151,12 +151,16 @@ def test_probe_registers_the_vf_with_dpdk_features(card, served):
     for b in (VF.VIRTIO_NET_F_GUEST_ANNOUNCE, VF.VIRTIO_NET_F_CTRL_VQ, VF.VIRTIO_NET_F_STATUS,
               VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VIRTIO_F_VERSION_1, VF.VIRTIO_NET_F_MQ):
         assert f & bit(b), b
-    assert not f & bit(VF.VHOST_F_LOG_ALL)  # no dirty logging in this driver yet: not offered
-    assert vdpa.get_protocol_features(vdev) == IFCVF_NET_PROTOCOL_FEATURES == 0x10c29
+    assert f & bit(VF.VHOST_F_LOG_ALL)  # HW-assisted live migration: the card logs
+    assert vdpa.get_protocol_features(vdev) == IFCVF_NET_PROTOCOL_FEATURES == 0x10c2b
     assert dev.mac == bytes.fromhex("020000000001")
     assert dev.mgmtdev.bus == "pci" and dev.mgmtdev.name == VF1
     with pytest.raises(IfcvfHwError, match="no such PCI function"):
         probe("0000:00:07.1", {"vdpa": "1"}, None)
+    # sw-live-migration=1: the SW relay is not implemented, LOG_ALL / LOG_SHMFD are withdrawn
+    _, sw = served(VF2, {"vdpa": "1", "sw-live-migration": "1"})
+    assert not vdpa.get_features(sw.vdev) & bit(VF.VHOST_F_LOG_ALL)
+    assert not vdpa.get_protocol_features(sw.vdev) & bit(PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD)
     # one driver at a time: the card refuses a second one
     with pytest.raises(IfcvfHwError, match="in use"):
         probe(VF1, {"vdpa": "1"}, None, vf_dir=card.vf_dir(0))
@@ -373,4 +377,45 @@ def test_set_vring_state_stops_and_restarts_one_ring_while_configured(card, serv
     finally:
         fe.close()
         g.close()
+        shm.close()
+
+
+def test_hw_assisted_dirty_logging_marks_what_the_card_writes(card, served):
+    """LOG_ALL toggled while running (QEMU's migration start): the log is DMA-mapped at IFCVF_LOG_BASE and
+    BAR4 logging turned on; the card marks the RX buffer and used ring pages it writes; LOG_ALL off stops it."""
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    shm = _shm(card)
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    flog = None
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        flog = FrontendLog(g2)
+        fe2.set_logging(True, flog)
+        assert _wait(lambda: shm.vf[1][V_LOG_ON] == 1)
+        assert dev2.log_map is not None
+        rx = fe2.vrings[0]
+        buf = g2.alloc(2048, align=4096)
+        _post(rx, buf, 2048, WRITE)
+        frame = _frame(1, b"logged" + bytes(60))
+        src = g1.alloc(len(frame))
+        g1.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        _post(fe1.vrings[1], src, len(frame), 0)
+        assert _wait(lambda: rx.used_idx == 1)
+        pages = flog.pages()
+        assert buf // 4096 in pages  # the RX buffer the card wrote
+        assert rx.used_gpa // 4096 in pages  # the used ring entry and index
+        assert all(GUEST_GPA // 4096 <= p < (GUEST_GPA + (4 << 20)) // 4096 for p in pages)
+        fe2.set_logging(False)
+        assert _wait(lambda: shm.vf[1][V_LOG_ON] == 0)
+        assert dev2.log_map is None
+        assert flog.slack_untouched()
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        if flog is not None:
+            flog.close()
         shm.close()

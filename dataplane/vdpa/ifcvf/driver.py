@@ -15,9 +15,10 @@ CTRL_VQ, STATUS and PROTOCOL_FEATURES.  CTRL_VQ and GUEST_ANNOUNCE are offered a
 card has no control queue: over vhost-user the control queue never reaches the back-end —
 QEMU's virtio-net model serves it (and sends the announcements) itself, only the data vrings
 are handed over — so a front-end negotiating them gets them implemented, as with DPDK.
-LOG_ALL and the LOG_SHMFD protocol feature are withdrawn: this driver does not do live
-migration yet (neither HW-assisted logging nor the SW relay), and offering them would
-promise dirty logging that does not happen.
+LOG_ALL and LOG_SHMFD: HW-assisted live migration (§2.7) is implemented — the card marks the
+pages it writes in the vhost log, DMA-mapped at IFCVF_LOG_BASE — so they are offered; with
+``sw-live-migration=1`` they are withdrawn, the SW relay (§2.8) is not implemented yet and
+offering them would promise dirty logging that does not happen.
 """
 
 from __future__ import annotations
@@ -43,19 +44,22 @@ log = dplog.get_logger("dataplane.vdpa.ifcvf")
 #: The only keys DPDK's ifcvf accepts.
 IFCVF_DEVARGS = ("vdpa", "sw-live-migration")
 
-#: DPDK's 0x10c2b without LOG_SHMFD (no live migration in this driver yet).
+#: DPDK's 0x10c2b: REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD, HOST_NOTIFIER, LOG_SHMFD, MQ, STATUS.
 IFCVF_NET_PROTOCOL_FEATURES = sum(bit(f) for f in (
     PF.VHOST_USER_PROTOCOL_F_REPLY_ACK, PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
     PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD, PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
-    PF.VHOST_USER_PROTOCOL_F_MQ, PF.VHOST_USER_PROTOCOL_F_STATUS))
+    PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD, PF.VHOST_USER_PROTOCOL_F_MQ, PF.VHOST_USER_PROTOCOL_F_STATUS))
+#: Without LOG_SHMFD: what a sw-live-migration=1 device offers (the SW relay is not implemented yet).
+IFCVF_NET_PROTOCOL_FEATURES_NO_LM = IFCVF_NET_PROTOCOL_FEATURES & ~bit(PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD)
 
 _NET_EXTRA = sum(bit(f) for f in (VF.VIRTIO_NET_F_GUEST_ANNOUNCE, VF.VIRTIO_NET_F_CTRL_VQ, VF.VIRTIO_NET_F_STATUS,
-                                  VF.VHOST_USER_F_PROTOCOL_FEATURES))
+                                  VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VHOST_F_LOG_ALL))
 
 
-def ifcvf_features(device_features: int) -> int:
-    """What a net VF offers a front-end (see the module doc)."""
-    return device_features & ~bit(VF.VIRTIO_F_ACCESS_PLATFORM) | _NET_EXTRA
+def ifcvf_features(device_features: int, live_migration: bool = True) -> int:
+    """What a net VF offers a front-end (see the module doc); LOG_ALL only with live migration."""
+    f = device_features & ~bit(VF.VIRTIO_F_ACCESS_PLATFORM) | _NET_EXTRA
+    return f if live_migration else f & ~bit(VF.VHOST_F_LOG_ALL)
 
 
 class NotOurDevice(Exception):
@@ -141,8 +145,9 @@ class IfcvfDevice:
             self.hw.close()
             raise IfcvfHwError(f"Device {bdf} does not support HW assist live migration, please enable sw-live-migration!")
         self.max_queues = min(R.IFCVF_MAX_QUEUES, (self.hw.num_queues - 1) // 2)
-        self.features = ifcvf_features(self.hw.device_features)
-        self.protocol_features = IFCVF_NET_PROTOCOL_FEATURES
+        self.features = ifcvf_features(self.hw.device_features, live_migration=not sw_lm)
+        self.protocol_features = IFCVF_NET_PROTOCOL_FEATURES_NO_LM if sw_lm else IFCVF_NET_PROTOCOL_FEATURES
+        self.log_map: tuple[int, int] | None = None  # the dirty log's DMA map while the card logs
         self.mgmtdev = mgmtdev
         self.user_created = mgmtdev is not None
         self.on_delete: Any = None
@@ -282,6 +287,8 @@ class IfcvfDevice:
             except Exception:
                 self._teardown(vid, save=False)
                 raise
+            if features & bit(VF.VHOST_F_LOG_ALL) and not self.sw_lm:
+                self._log_start(vid)
             self._start_relay(rings)
             self.intr = _Relay(f"ifc-intr-{vid}", {self.config_fd: vid}, self._config_irq)
             self.intr.start()
@@ -320,6 +327,8 @@ class IfcvfDevice:
                 states = self.hw.stop(list(getattr(self, "started_qids", [])))
             except IfcvfHwError as e:
                 log.error("ifcvf: hardware stop failed", bdf=self.bdf, error=str(e))
+        if self.log_map is not None:
+            self._log_stop(vid, list(states))
         if save:
             for q, v in states.items():
                 # net: every chain the hardware took is completed, both indices are the high half
@@ -345,6 +354,69 @@ class IfcvfDevice:
         self.started_qids = []
         self.notify = {}
         self.configured = False
+
+    # -- HW-assisted live migration (§2.7) --------------------------------------------------
+    def _log_start(self, vid: int) -> None:
+        """DMA-map the vhost log at IFCVF_LOG_BASE, program BASE/END, LOGGING_CTRL = ENABLE_VF."""
+        if self.log_map is not None or self.hw.lm is None:
+            return
+        dl = self.lib.get_device(vid).dirty_log
+        if dl is None:
+            log.error("ifcvf: LOG_ALL without a log (SET_LOG_BASE): the card cannot log", bdf=self.bdf, vid=vid)
+            return
+        page = dl.mmap_offset & ~0xFFF
+        delta = dl.mmap_offset - page
+        size = (delta + dl.mmap_size + 0xFFF) & ~0xFFF
+        self.hw.dma_map(R.IFCVF_LOG_BASE, size, dl.fd, page)
+        self.log_map = (R.IFCVF_LOG_BASE, size)
+        base = R.IFCVF_LOG_BASE + delta
+        end = base + dl.mmap_size
+        lm = self.hw.lm
+        lm.w32(R.LM_BASE_ADDR_LOW, base & 0xFFFFFFFF)
+        lm.w32(R.LM_BASE_ADDR_HIGH, base >> 32)
+        lm.w32(R.LM_END_ADDR_LOW, end & 0xFFFFFFFF)
+        lm.w32(R.LM_END_ADDR_HIGH, end >> 32)
+        lm.w32(R.LM_LOGGING_CTRL, R.LM_ENABLE_VF)
+        self.hw.flush()
+        log.info("ifcvf: hardware dirty logging on", bdf=self.bdf, vid=vid, log_size=dl.mmap_size)
+
+    def _log_stop(self, vid: int, qids: list[int]) -> None:
+        """LOGGING_CTRL = 0, the log unmapped, the used rings marked by software (DPDK does it at stop)."""
+        if self.log_map is None:
+            return
+        if self.hw.lm is not None:
+            self.hw.lm.w32(R.LM_LOGGING_CTRL, 0)
+            try:
+                self.hw.flush()
+            except IfcvfHwError as e:
+                log.warning("ifcvf: logging stop not acknowledged", bdf=self.bdf, error=str(e))
+        iova, size = self.log_map
+        self.log_map = None
+        try:
+            self.hw.dma_unmap(iova, size)
+        except IfcvfHwError as e:
+            log.warning("ifcvf: log DMA unmap failed", bdf=self.bdf, error=str(e))
+        for q in qids:
+            try:
+                vq = self.lib.get_vhost_vring(vid, q)
+                self.lib.log_used_vring(vid, q, 0, vq.size * 8 + 6)
+            except Exception as e:
+                log.warning("ifcvf: used ring not logged", bdf=self.bdf, vring=q, error=str(e))
+        log.info("ifcvf: hardware dirty logging off", bdf=self.bdf, vid=vid)
+
+    def features_changed(self, vid: int) -> None:
+        """set_features: LOG_ALL toggled while running starts or stops the card's dirty logging."""
+        with self._lock:
+            self.vid = vid
+            self.negotiated_features = features = self.lib.get_negotiated_features(vid)
+            if not self.configured or self.sw_lm:
+                if self.sw_lm and features & bit(VF.VHOST_F_LOG_ALL):
+                    log.error("ifcvf: SW-assisted live migration is not implemented", bdf=self.bdf)
+                return
+            if features & bit(VF.VHOST_F_LOG_ALL):
+                self._log_start(vid)
+            else:
+                self._log_stop(vid, list(self.started_qids))
 
     def close_dev(self, vid: int) -> None:
         with self._lock:
@@ -448,8 +520,11 @@ class IfcvfOps(VdpaDevOps):
         return self.dev.vring_state(vid, vring, state)
 
     def set_features(self, vid: int) -> int:
-        self.dev.vid = vid
-        self.dev.negotiated_features = self.dev.lib.get_negotiated_features(vid)
+        try:
+            self.dev.features_changed(vid)
+        except Exception as e:
+            log.error("ifcvf: set_features failed", bdf=self.dev.bdf, vid=vid, error=str(e))
+            return -1
         return 0
 
     def get_vfio_device_fd(self, vid: int) -> int:
