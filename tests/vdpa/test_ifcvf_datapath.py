@@ -102,7 +102,7 @@ def _post(vr, addr, length, flags, kick=True):
 SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)  # no LOG_ALL at start, as QEMU
 
 
-def _connect(path, bases=None, backend=False, features=SPLIT, resume=None):
+def _connect(path, bases=None, backend=False, features=SPLIT, resume=None, pairs=1):
     """``resume``: {vring: index}: the guest's rings already hold that many avail and used entries."""
     guest = GuestMemoryLayout.simple(4 << 20, gpa=GUEST_GPA)  # a ring at GPA 0 is refused (DPDK, the card)
     fe = VhostUserFrontend.connect(path, memory=guest)
@@ -116,9 +116,9 @@ def _connect(path, bases=None, backend=False, features=SPLIT, resume=None):
     if backend:
         fe.negotiate(features)
         fe.open_backend_channel()
-        fe.start(num_queues=1, queue_size=64, bases=bases, features=features)  # negotiates again (same values)
+        fe.start(num_queues=pairs, queue_size=64, bases=bases, features=features)  # negotiates again (same values)
     else:
-        fe.start(num_queues=1, queue_size=64, bases=bases, features=features)
+        fe.start(num_queues=pairs, queue_size=64, bases=bases, features=features)
     return guest, fe
 
 
@@ -418,4 +418,37 @@ def test_hw_assisted_dirty_logging_marks_what_the_card_writes(card, served):
         g2.close()
         if flog is not None:
             flog.close()
+        shm.close()
+
+
+def test_two_queue_pairs_a_frame_sent_on_pair_1_arrives_on_pair_1(card, served):
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    shm = _shm(card)
+    g1, fe1 = _connect(path1, pairs=2)
+    g2, fe2 = _connect(path2, pairs=2)
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        assert sorted(dev1.started_qids) == [0, 1, 2, 3]
+        assert dev1.hw.lm.r32(0x28) == 2  # mq_cfg: two pairs enabled
+        for i in (0, 1):
+            assert _wait(lambda i=i: all(shm.queues[i][q, Q_RUNNING] == 1 for q in range(4)))
+        rx0, rx1 = fe2.vrings[0], fe2.vrings[2]
+        b0, b1 = g2.alloc(2048), g2.alloc(2048)
+        _post(rx0, b0, 2048, WRITE)
+        _post(rx1, b1, 2048, WRITE)
+        frame = _frame(1, b"pair one" + bytes(60))
+        src = g1.alloc(len(frame))
+        g1.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        _post(fe1.vrings[3], src, len(frame), 0)  # TX of pair 1
+        assert _wait(lambda: rx1.used_idx == 1), "the frame did not reach RX of pair 1"
+        assert bytes(g2.view(b1, len(frame)))[12:] == frame[12:]
+        assert rx0.used_idx == 0
+        assert int(shm.queues[0][3, Q_KICKS]) >= 1
+        assert fe1.get_vring_base(3) == 1
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
         shm.close()
