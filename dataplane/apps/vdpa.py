@@ -280,7 +280,9 @@ class VdpaApp:
         from dataplane.vdpa.mgmt.service import VdpaMgmtError
 
         for dev in list(self.devices):
-            if dev.kind == "net":
+            if hasattr(dev, "figures"):  # ifcvf: the driver's counts
+                out[dev.name] = dev.figures()
+            elif dev.kind == "net":
                 try:
                     out[dev.name] = {str(q): dev.vendor_stats(q) for q in range(dev.max_vqs)}
                 except (VdpaError, VdpaMgmtError):

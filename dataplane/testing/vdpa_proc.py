@@ -28,8 +28,9 @@ class VdpaProcess(AppProcess):
     PROMPT = "vdpa> "
 
     def __init__(self, vdevs: list[str] = (), *, iface: bool = True, client: bool = False, timeout: float = 240.0,
-                 extra: list[str] = ()):
-        eal = [a for v in vdevs for a in ("--vdev", v)]
+                 extra: list[str] = (), allow: list[str] = ()):
+        """``allow``: ``-a`` devargs (PCI functions, e.g. ``"0000:00:05.1,vdpa=1"`` for the ifcvf driver)."""
+        eal = [a for v in vdevs for a in ("--vdev", v)] + [a for d in allow for a in ("-a", d)]
         args = ["-i"]
         import tempfile
 
