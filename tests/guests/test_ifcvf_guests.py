@@ -1,0 +1,89 @@
+"""Two Linux guests (QEMU, TCG) on two VFs of the emulated IFC card, driven by the ifcvf vDPA driver of
+``dataplane-vdpa``: the card's switch carries their traffic; they ping each other and each sends 4 MiB to
+the other, md5-checked.  The card's counters prove the path (its queues moved the bytes) and which kick
+path was used (the driver's relay, or the guest writing the doorbell page through a host notifier)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from dataplane.nic.kernels import Q_BYTES, Q_KICKS
+from dataplane.nic.shm import CardShm
+from dataplane.testing.linux_guest import Guest, Nic, run_guests
+from dataplane.testing.nic_card import CardProc
+from dataplane.testing.vdpa_proc import VdpaProcess
+
+pytestmark = pytest.mark.timeout(1200)
+
+VF1, VF2 = "0000:00:05.1", "0000:00:05.2"
+
+TRANSFER = """
+ip addr add $ip/24 dev eth0
+ip link set eth0 up
+wait_until 60 ping -c 1 -W 1 $peer || fail "no ping reply from $peer"
+ping -c 3 -W 5 $peer | grep -q "3 packets received" || fail "ping lost replies"
+dd if=/dev/urandom of=tx bs=1M count=$mib 2>/dev/null
+nc_listen 5001 rx
+wait_until 60 nc -w 10 $peer 5001 < tx || fail "cannot send to $peer"
+wait_pid 180 $NC_PID || fail "received $(wc -c < rx) bytes of $mib MiB"
+result sent=$(md5sum < tx | cut -d" " -f1) received=$(md5sum < rx | cut -d" " -f1)
+"""
+
+
+@contextlib.contextmanager
+def _card_and_driver():
+    rt = tempfile.mkdtemp(prefix="ifg", dir="/tmp")
+    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
+    os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the app's runtime directory
+    card = CardProc(rt, vfs=2)
+    try:
+        with VdpaProcess(allow=[f"{VF1},vdpa=1", f"{VF2},vdpa=1"]) as app:
+            yield card, app
+    finally:
+        card.stop()
+        if old is None:
+            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
+        else:
+            os.environ["DATAPLANE_RUNTIME_DIR"] = old
+        shutil.rmtree(rt, ignore_errors=True)
+
+
+@pytest.mark.parametrize("packed,page_per_vq", [(False, False), (True, True)], ids=["split-relay", "packed-notifier"])
+def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq):
+    with _card_and_driver() as (card, app):
+        figures = None
+        device = {"page-per-vq": "on"} if page_per_vq else {}
+        guests = [Guest(image, TRANSFER, name=f"g{i}", script_timeout=400,
+                        params={"ip": f"10.0.0.{i + 1}", "peer": f"10.0.0.{2 - i}", "mib": 4},
+                        nics=[Nic(app.socket(i), packed=packed, device=device)])
+                  for i in range(2)]
+        with contextlib.ExitStack() as stack:
+            for g in guests:
+                stack.enter_context(g)
+            results = run_guests(*guests)
+        for r in results:
+            assert r.passed, r.console[-4000:]
+        a, b = results
+        assert a.values["sent"] == b.values["received"] and b.values["sent"] == a.values["received"]
+        shm = CardShm(os.path.join(card.dir, "counters"))
+        try:
+            for vf in (0, 1):  # each VF's TX queue carried its guest's 4 MiB, its RX queue the peer's
+                assert int(shm.queues[vf][1, Q_BYTES]) > 4 * 2**20
+                assert int(shm.queues[vf][0, Q_BYTES]) > 4 * 2**20
+                assert int(shm.queues[vf][1, Q_KICKS]) > 0
+            kicks = [sum(int(shm.queues[vf][q, Q_KICKS]) for q in (0, 1)) for vf in (0, 1)]
+        finally:
+            shm.close()
+        figures = app.stop()["devices"]
+    for vf, bdf in enumerate((VF1, VF2)):
+        f = figures[bdf]
+        if page_per_vq:  # QEMU mapped the doorbell pages: the guest's kicks reach the card directly
+            assert f["host_notifiers"] == [0, 1], f
+            assert kicks[vf] > f["relayed_kicks"], (kicks, f)
+        else:  # every kick the card counted came through the driver's notify relay
+            assert kicks[vf] <= f["relayed_kicks"], (kicks, f)
