@@ -34,6 +34,11 @@ wait_pid 180 $NC_PID || fail "received $(wc -c < rx) bytes of $mib MiB"
 result sent=$(md5sum < tx | cut -d" " -f1) received=$(md5sum < rx | cut -d" " -f1)
 """
 
+TWO_PAIRS = """
+ethtool -L eth0 combined 2 2>/dev/null || true
+[ "$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)" = 2 ] || fail "the guest uses one queue pair"
+"""
+
 
 @contextlib.contextmanager
 def _card_and_driver():
@@ -53,14 +58,17 @@ def _card_and_driver():
         shutil.rmtree(rt, ignore_errors=True)
 
 
-@pytest.mark.parametrize("packed,page_per_vq", [(False, False), (True, True)], ids=["split-relay", "packed-notifier"])
-def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq):
+@pytest.mark.parametrize("packed,page_per_vq,pairs", [
+    (False, False, 1), (True, True, 1), (False, True, 1), (True, False, 1), (False, True, 2)],
+    ids=["split-relay", "packed-notifier", "split-notifier", "packed-relay", "split-notifier-2qp"])
+def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq, pairs):
     with _card_and_driver() as (card, app):
         figures = None
         device = {"page-per-vq": "on"} if page_per_vq else {}
-        guests = [Guest(image, TRANSFER, name=f"g{i}", script_timeout=400,
+        script = TRANSFER if pairs == 1 else TWO_PAIRS + TRANSFER
+        guests = [Guest(image, script, name=f"g{i}", script_timeout=400, smp=pairs,
                         params={"ip": f"10.0.0.{i + 1}", "peer": f"10.0.0.{2 - i}", "mib": 4},
-                        nics=[Nic(app.socket(i), packed=packed, device=device)])
+                        nics=[Nic(app.socket(i), packed=packed, device=device, queues=pairs)])
                   for i in range(2)]
         with contextlib.ExitStack() as stack:
             for g in guests:
@@ -73,17 +81,21 @@ def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq
         shm = CardShm(os.path.join(card.dir, "counters"))
         try:
             for vf in (0, 1):  # each VF's TX queue carried its guest's 4 MiB, its RX queue the peer's
-                assert int(shm.queues[vf][1, Q_BYTES]) > 4 * 2**20
-                assert int(shm.queues[vf][0, Q_BYTES]) > 4 * 2**20
-                assert int(shm.queues[vf][1, Q_KICKS]) > 0
-            kicks = [sum(int(shm.queues[vf][q, Q_KICKS]) for q in (0, 1)) for vf in (0, 1)]
+                tx_q, rx_q = range(1, 2 * pairs, 2), range(0, 2 * pairs, 2)
+                assert sum(int(shm.queues[vf][q, Q_BYTES]) for q in tx_q) > 4 * 2**20
+                assert sum(int(shm.queues[vf][q, Q_BYTES]) for q in rx_q) > 4 * 2**20
+                assert sum(int(shm.queues[vf][q, Q_KICKS]) for q in tx_q) > 0
+            pair_bytes = [int(shm.queues[vf][q, Q_BYTES]) for vf in (0, 1) for q in range(2 * pairs)]
+            kicks = [sum(int(shm.queues[vf][q, Q_KICKS]) for q in range(2 * pairs)) for vf in (0, 1)]
         finally:
             shm.close()
         figures = app.stop()["devices"]
+    if pairs == 2:  # both pairs ran on the card
+        assert all(b > 0 for b in pair_bytes), pair_bytes
     for vf, bdf in enumerate((VF1, VF2)):
         f = figures[bdf]
         if page_per_vq:  # QEMU mapped the doorbell pages: the guest's kicks reach the card directly
-            assert f["host_notifiers"] == [0, 1], f
+            assert f["host_notifiers"] == list(range(2 * pairs)), f
             assert kicks[vf] > f["relayed_kicks"], (kicks, f)
         else:  # every kick the card counted came through the driver's notify relay
             assert kicks[vf] <= f["relayed_kicks"], (kicks, f)
