@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -14,13 +15,13 @@ import pytest
 
 from dataplane.nic.kernels import Q_BYTES, Q_KICKS
 from dataplane.nic.shm import CardShm
-from dataplane.testing.linux_guest import Guest, Nic, run_guests
+from dataplane.testing.linux_guest import MIGRATION_CPU, Guest, Nic, migrate_midway, run_guests
 from dataplane.testing.nic_card import CardProc
 from dataplane.testing.vdpa_proc import VdpaProcess
 
 pytestmark = pytest.mark.timeout(1200)
 
-VF1, VF2 = "0000:00:05.1", "0000:00:05.2"
+VF1, VF2, VF3 = "0000:00:05.1", "0000:00:05.2", "0000:00:05.3"
 
 TRANSFER = """
 ip addr add $ip/24 dev eth0
@@ -41,13 +42,13 @@ ethtool -L eth0 combined 2 2>/dev/null || true
 
 
 @contextlib.contextmanager
-def _card_and_driver():
+def _card_and_driver(vfs: int = 2):
     rt = tempfile.mkdtemp(prefix="ifg", dir="/tmp")
     old = os.environ.get("DATAPLANE_RUNTIME_DIR")
     os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the app's runtime directory
-    card = CardProc(rt, vfs=2)
+    card = CardProc(rt, vfs=vfs)
     try:
-        with VdpaProcess(allow=[f"{VF1},vdpa=1", f"{VF2},vdpa=1"]) as app:
+        with VdpaProcess(allow=[f"{bdf},vdpa=1" for bdf in (VF1, VF2, VF3)[:vfs]]) as app:
             yield card, app
     finally:
         card.stop()
@@ -99,3 +100,68 @@ def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq
             assert kicks[vf] > f["relayed_kicks"], (kicks, f)
         else:  # every kick the card counted came through the driver's notify relay
             assert kicks[vf] <= f["relayed_kicks"], (kicks, f)
+
+
+# The peer serves the same random file on every connection, and its md5 on another port.
+SERVER = """
+ip addr add 10.0.0.2/24 dev eth0
+ip link set eth0 up
+dd if=/dev/urandom of=data bs=1M count=$mib 2>/dev/null
+md5sum < data | cut -d' ' -f1 > sum
+(while true; do nc -l -p 5001 < data >/dev/null; done) &
+(while true; do nc -l -p 5002 < sum >/dev/null; done) &
+echo serving
+until host_said done; do :; done
+result served=1
+"""
+
+# The migrating guest fetches the file in rounds (the card writes it into the guest's memory) and checks it.
+CLIENT = r"""
+ip addr add 10.0.0.1/24 dev eth0
+ip link set eth0 up
+wait_until 60 ping -c 1 -W 1 10.0.0.2 || fail "no ping reply from the server"
+fetch() {  # port file bytes: read from the server until the whole file is here (stdin stays open)
+    sleep 120 | nc 10.0.0.2 $1 > $2 &
+    _p=$!
+    wait_until 90 sh -c "[ \$(wc -c < $2) -ge $3 ]"
+    _ok=$?
+    kill $_p 2>/dev/null
+    return $_ok
+}
+fetch_round() {
+    fetch 5002 want 33 || fail "round $1: no md5 from the server"
+    fetch 5001 rx $(( mib * 1048576 )) || fail "round $1: got $(wc -c < rx) of $mib MiB"
+    [ "$(md5sum < rx | cut -d' ' -f1)" = "$(cat want)" ] || fail "round $1: got $(wc -c < rx) bytes, md5 differs"
+}
+rounds fetch_round $max_rounds $after
+result rounds=$ROUNDS
+"""
+
+
+def test_live_migration_with_hardware_dirty_logging(image):
+    """The client guest migrates from VF1 to VF3 while it fetches data from the server on VF2: the card marks
+    the pages it writes while QEMU logs (LOG_ALL), so what it wrote reaches the destination: md5 rounds."""
+    with _card_and_driver(vfs=3) as (card, app):
+        server = Guest(image, SERVER, name="server", params={"mib": 4}, nics=[Nic(app.socket(1))],
+                       script_timeout=600)
+        src = Guest(image, CLIENT, name="client", params={"max_rounds": 40, "after": 2, "mib": 4}, cpu=MIGRATION_CPU,
+                    nics=[Nic(app.socket(0))], script_timeout=600)
+        with server, src:
+            server.wait_console("serving", 300)
+            dst, mig = migrate_midway(src, nics=[Nic(app.socket(2))])
+            with dst:
+                assert mig.status == "completed", mig
+                r = dst.wait(600)
+                server.tell("done")
+                server.wait(120)
+        assert r.passed, r.console[-4000:]
+        assert int(r.values["rounds"]) >= 3
+        shm = CardShm(os.path.join(card.dir, "counters"))
+        try:
+            assert int(shm.queues[2][0, Q_BYTES]) > 0  # the destination VF received after the migration
+        finally:
+            shm.close()
+        log = app.output
+    # the source VF's card logged while QEMU migrated, and stopped when the source stopped
+    assert re.search(rf"hardware dirty logging on .*bdf={VF1}", log), log[-3000:]
+    assert re.search(rf"hardware dirty logging off .*bdf={VF1}", log), log[-3000:]
