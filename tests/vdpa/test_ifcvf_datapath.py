@@ -157,10 +157,9 @@ def test_probe_registers_the_vf_with_dpdk_features(card, served):
     assert dev.mgmtdev.bus == "pci" and dev.mgmtdev.name == VF1
     with pytest.raises(IfcvfHwError, match="no such PCI function"):
         probe("0000:00:07.1", {"vdpa": "1"}, None)
-    # sw-live-migration=1: the SW relay is not implemented, LOG_ALL / LOG_SHMFD are withdrawn
+    # sw-live-migration=1: the same offer (the relay logs instead of the card)
     _, sw = served(VF2, {"vdpa": "1", "sw-live-migration": "1"})
-    assert not vdpa.get_features(sw.vdev) & bit(VF.VHOST_F_LOG_ALL)
-    assert not vdpa.get_protocol_features(sw.vdev) & bit(PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD)
+    assert vdpa.get_features(sw.vdev) == f and sw.sw_lm
     # one driver at a time: the card refuses a second one
     with pytest.raises(IfcvfHwError, match="in use"):
         probe(VF1, {"vdpa": "1"}, None, vf_dir=card.vf_dir(0))
@@ -451,4 +450,60 @@ def test_two_queue_pairs_a_frame_sent_on_pair_1_arrives_on_pair_1(card, served):
         g1.close()
         fe2.close()
         g2.close()
+        shm.close()
+
+
+def test_sw_assisted_live_migration_relays_mediated_used_rings_and_logs(card, served):
+    """sw-live-migration=1: LOG_ALL switches VF2 to mediated RX used rings (DMA-mapped at
+    IFCVF_MEDIATED_VRING); the relay thread copies the card's used entries to the guest and marks the
+    RX buffers in the log; the card itself does not log; GET_VRING_BASE still answers the card's state."""
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2, {"vdpa": "1", "sw-live-migration": "1"})
+    shm = _shm(card)
+    g1, fe1 = _connect(path1)
+    # no EVENT_IDX: this scripted guest never moves its used_event, which the card reads to interrupt
+    # (a Linux guest does; the relay runs on the card's interrupts, as DPDK's)
+    g2, fe2 = _connect(path2, features=SPLIT & ~bit(VF.VIRTIO_RING_F_EVENT_IDX))
+    flog = None
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        rx = fe2.vrings[0]
+        early = g2.alloc(2048, align=4096)
+        _post(rx, early, 2048, WRITE)
+        frame = _frame(1, b"before" + bytes(60))
+        src = g1.alloc(len(frame))
+        g1.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        _post(fe1.vrings[1], src, len(frame), 0)
+        assert _wait(lambda: rx.used_idx == 1)  # direct datapath
+        flog = FrontendLog(g2)
+        fe2.set_logging(True, flog)
+        assert _wait(lambda: dev2.sw_running)
+        assert sorted(dev2.mediated) == [0]  # net: the RX vrings
+        assert shm.vf[1][V_LOG_ON] == 0  # the card does not log: the relay does
+        bufs = [g2.alloc(2048, align=4096) for _ in range(3)]
+        for b in bufs:
+            _post(rx, b, 2048, WRITE)
+        for i in range(3):
+            f = _frame(1, bytes([i]) * 64)
+            g1.view(src, len(f))[:] = np.frombuffer(f, np.uint8)
+            _post(fe1.vrings[1], src, len(f), 0)
+            assert _wait(lambda i=i: rx.used_idx == 2 + i), rx.used_idx
+            assert bytes(g2.view(bufs[i], len(f)))[12:] == f[12:]
+        assert dev2.relayed_used >= 3, (dev2.vring_relay and dev2.vring_relay.events, dev2.mediated[0].iova, dev2.relayed_kicks)
+        pages = flog.pages()
+        for b in bufs:
+            assert b // 4096 in pages
+        assert early // 4096 not in pages  # written before logging started
+        assert eventfd_count(rx.call_fd) >= 1  # the relay signalled the guest
+        assert fe2.get_vring_base(0) == 4
+        assert rx.used_gpa // 4096 in flog.pages()  # the used ring is logged at stop
+        assert not dev2.sw_running and not dev2.mediated
+        assert flog.slack_untouched()
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        if flog is not None:
+            flog.close()
         shm.close()

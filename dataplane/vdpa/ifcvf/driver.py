@@ -127,6 +127,50 @@ class _Relay(threading.Thread):
         os.close(self._stop_fd)
 
 
+class _Mediated:
+    """A mediated split ring (§2.8) in a memfd the card DMA-maps at ``iova``: desc | avail | used, the used
+    ring page-aligned; the card writes the used entries here, the relay copies them to the guest."""
+
+    def __init__(self, num: int, iova: int):
+        import mmap as _mmap
+
+        self.num = num
+        self.iova = iova
+        self.avail_off = 16 * num
+        self.used_off = (self.avail_off + 6 + 2 * num + 4095) & ~4095
+        self.size = (self.used_off + 6 + 8 * num + 4095) & ~4095
+        self.fd = os.memfd_create("ifcvf-mediated", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.size)
+        self.mm = _mmap.mmap(self.fd, self.size)
+        import ctypes
+
+        self._buf = (ctypes.c_char * self.size).from_buffer(self.mm)
+        self.addr = ctypes.addressof(self._buf)
+        self.intr_fd = -1
+        self.call_fd = -1
+
+    def _u16(self, off: int, v: int) -> None:
+        self.mm[off:off + 2] = (v & 0xFFFF).to_bytes(2, "little")
+
+    def avail_idx(self, v: int) -> None:
+        self._u16(self.avail_off + 2, v)
+
+    def used_idx(self, v: int) -> None:
+        self._u16(self.used_off + 2, v)
+
+    def close(self) -> None:
+        if self.intr_fd >= 0:
+            os.close(self.intr_fd)
+            self.intr_fd = -1
+        self.guest = self.vring = None
+        del self._buf
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
+        os.close(self.fd)
+
+
 class IfcvfDevice:
     """One probed VF: its hardware, its registry entry, the connection it serves."""
 
@@ -145,8 +189,11 @@ class IfcvfDevice:
             self.hw.close()
             raise IfcvfHwError(f"Device {bdf} does not support HW assist live migration, please enable sw-live-migration!")
         self.max_queues = min(R.IFCVF_MAX_QUEUES, (self.hw.num_queues - 1) // 2)
-        self.features = ifcvf_features(self.hw.device_features, live_migration=not sw_lm)
-        self.protocol_features = IFCVF_NET_PROTOCOL_FEATURES_NO_LM if sw_lm else IFCVF_NET_PROTOCOL_FEATURES
+        self.features = ifcvf_features(self.hw.device_features)
+        self.protocol_features = IFCVF_NET_PROTOCOL_FEATURES
+        self.sw_running = False  # the SW-assisted live-migration relay runs (§2.8)
+        self.mediated: dict[int, "_Mediated"] = {}
+        self.vring_relay: _Relay | None = None
         self.log_map: tuple[int, int] | None = None  # the dirty log's DMA map while the card logs
         self.mgmtdev = mgmtdev
         self.user_created = mgmtdev is not None
@@ -160,6 +207,7 @@ class IfcvfDevice:
         self.config_fd = -1
         self.relay: _Relay | None = None
         self.intr: _Relay | None = None
+        self.relayed_used = 0  # used entries the SW relay copied to the guest
         self.relayed_kicks = 0  # kicks the notify relay wrote to doorbells (the card cannot tell who kicked)
         self.config_interrupts = 0
         self.host_notifiers: dict[int, Any] = {}
@@ -210,7 +258,8 @@ class IfcvfDevice:
 
     def figures(self) -> dict:
         """The driver's own counts (the card counts every doorbell write, whoever made it)."""
-        return {"relayed_kicks": self.relayed_kicks, "config_interrupts": self.config_interrupts,
+        return {"relayed_kicks": self.relayed_kicks, "relayed_used": self.relayed_used,
+                "config_interrupts": self.config_interrupts,
                 "host_notifiers": sorted(q for q, on in self.host_notifiers.items() if on)}
 
     def vendor_stats(self, qidx: int):
@@ -240,9 +289,11 @@ class IfcvfDevice:
                     kick_fd=vq.kick_fd, call_fd=vq.call_fd)
 
     def _bind_irqs(self, vid: int) -> None:
+        """Vector 0: the config eventfd; vector q+1: vring q's guest callfd (a mediated ring's: the relay's)."""
         fds = [self.config_fd]
         for q in range(self.lib.get_vring_num(vid)):
-            fds.append(self.lib.get_vhost_vring(vid, q).call_fd)
+            m = self.mediated.get(q)
+            fds.append(m.intr_fd if m is not None else self.lib.get_vhost_vring(vid, q).call_fd)
         self.hw.set_irqs(fds)
 
     def _start_relay(self, rings: list[dict]) -> None:
@@ -292,7 +343,12 @@ class IfcvfDevice:
             except Exception:
                 self._teardown(vid, save=False)
                 raise
-            if features & bit(VF.VHOST_F_LOG_ALL) and not self.sw_lm:
+            if features & bit(VF.VHOST_F_LOG_ALL):
+                if self.sw_lm:
+                    self.configured = True
+                    self.negotiated_features = features
+                    self._sw_switchover(vid)
+                    return
                 self._log_start(vid)
             self._start_relay(rings)
             self.intr = _Relay(f"ifc-intr-{vid}", {self.config_fd: vid}, self._config_irq)
@@ -326,6 +382,9 @@ class IfcvfDevice:
                 t.stop()
         self.intr = None
         self._stop_relay()
+        if self.vring_relay is not None:
+            self.vring_relay.stop()
+            self.vring_relay = None
         states: dict[int, int] = {}
         if self.hw.bar0 is not None:
             try:
@@ -334,6 +393,8 @@ class IfcvfDevice:
                 log.error("ifcvf: hardware stop failed", bdf=self.bdf, error=str(e))
         if self.log_map is not None:
             self._log_stop(vid, list(states))
+        if self.mediated or self.sw_running:
+            self._sw_stop(vid, states)
         if save:
             for q, v in states.items():
                 # net: every chain the hardware took is completed, both indices are the high half
@@ -409,14 +470,126 @@ class IfcvfDevice:
                 log.warning("ifcvf: used ring not logged", bdf=self.bdf, vring=q, error=str(e))
         log.info("ifcvf: hardware dirty logging off", bdf=self.bdf, vid=vid)
 
+    # -- SW-assisted live migration (§2.8) ---------------------------------------------------
+    def _sw_switchover(self, vid: int) -> None:
+        """Stop the direct datapath and restart it with mediated used rings for the RX (even) vrings,
+        relayed to the guest (with dirty logging) by the ``ifc-vring-<vid>`` thread."""
+        from dataplane.rings.split import split_vring_from_addrs
+        from dataplane.vhost.dirty_log import make_log
+
+        dev = self.lib.get_device(vid)
+        if dev.has_feature(VF.VIRTIO_F_RING_PACKED):
+            raise IfcvfHwError("SW-assisted live migration needs split rings (as DPDK's relay)")
+        self._stop_relay()
+        if self.intr is not None:
+            self.intr.stop()
+            self.intr = None
+        qids = list(self.started_qids)
+        states = self.hw.stop(qids)
+        self.hw.set_irqs([])
+        try:
+            self.lib.host_notifier_ctrl(vid, 0xFFFF, False)
+        except Exception:
+            pass
+        lg = make_log(dev.dirty_log.bitmap, on=True) if dev.dirty_log is not None else make_log()
+        rings = []
+        iova = R.IFCVF_MEDIATED_VRING
+        irq_fds = [self.config_fd]
+        for q in range(self.lib.get_vring_num(vid)):
+            vq = self.lib.get_vhost_vring(vid, q)
+            irq_fds.append(vq.call_fd)
+        for q in qids:
+            vq = self.lib.get_vhost_vring(vid, q)
+            base = states.get(q, 0) >> 16 & 0xFFFF
+            ring = self._ring(vq, q)
+            ring["state"] = base | base << 16
+            if q % 2 == 0:
+                m = _Mediated(vq.size, iova)
+                m.avail_idx(base)
+                m.used_idx(base)
+                self.hw.dma_map(iova, m.size, m.fd, 0)
+                iova += m.size
+                m.guest = split_vring_from_addrs(vq.desc_hva, vq.avail_hva, vq.used_hva, vq.size)
+                m.vring = split_vring_from_addrs(m.addr, m.addr + m.avail_off, m.addr + m.used_off, vq.size)
+                m.call_fd = vq.call_fd
+                m.intr_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                m.regions = dev.region_table
+                m.log = lg
+                m.event_idx = dev.has_feature(VF.VIRTIO_RING_F_EVENT_IDX)
+                self.mediated[q] = m
+                ring["used"] = m.iova + m.used_off
+                irq_fds[q + 1] = m.intr_fd
+            rings.append(ring)
+        self.hw.set_irqs(irq_fds)
+        hw_features = self.negotiated_features & ~(bit(VF.VHOST_USER_F_PROTOCOL_FEATURES) | bit(VF.VHOST_F_LOG_ALL)
+                                                   | bit(VF.VIRTIO_NET_F_GUEST_ANNOUNCE) | bit(VF.VIRTIO_NET_F_CTRL_VQ))
+        self.notify = self.hw.start(hw_features, [{k: r[k] for k in ("qid", "desc", "avail", "used", "size", "state")}
+                                                  for r in rings])
+        self.started_qids = [r["qid"] for r in rings]
+        fds = {r["kick_fd"]: ("kick", r["qid"]) for r in rings if r["kick_fd"] >= 0}
+        fds.update({m.intr_fd: ("intr", q) for q, m in self.mediated.items()})
+        for q in self.mediated:
+            self._relay_used(q)
+        self.vring_relay = _Relay(f"ifc-vring-{vid}", fds, self._vring_event)
+        self.vring_relay.start()
+        for q in self.started_qids:
+            self._kick(q)
+        self.sw_running = True
+        for q in self.started_qids:
+            self._host_notifier(vid, q, True)
+        log.info("ifcvf: SW-assisted live migration: mediated used rings relayed", bdf=self.bdf, vid=vid,
+                 mediated=sorted(self.mediated))
+
+    def _relay_used(self, q: int) -> int:
+        from dataplane.vdpa.relay import relay_used_entries
+
+        m = self.mediated.get(q)
+        if m is None:
+            return -1
+        n = int(relay_used_entries(m.guest, m.vring, m.num, m.regions, m.log, m.event_idx))
+        if n > 0 and m.call_fd >= 0:
+            os.eventfd_write(m.call_fd, 1)
+        elif n < 0:
+            log.error("ifcvf: relay of the mediated used ring failed", bdf=self.bdf, vring=q)
+        return n
+
+    def _vring_event(self, key: tuple[str, int]) -> None:
+        what, q = key
+        if what == "kick":
+            self._kick(q)
+        else:
+            self.relayed_used += max(0, self._relay_used(q))
+
+    def _sw_stop(self, vid: int, states: dict[int, int]) -> None:
+        """After the hardware stopped: a last relay, the used rings logged, the mediated rings unmapped."""
+        for q, m in sorted(self.mediated.items()):
+            self._relay_used(q)
+        for q in states:
+            try:
+                vq = self.lib.get_vhost_vring(vid, q)
+                self.lib.log_used_vring(vid, q, 0, vq.size * 8 + 6)
+            except Exception as e:
+                log.warning("ifcvf: used ring not logged", bdf=self.bdf, vring=q, error=str(e))
+        for q, m in sorted(self.mediated.items()):
+            try:
+                self.hw.dma_unmap(m.iova, m.size)
+            except IfcvfHwError as e:
+                log.warning("ifcvf: mediated ring unmap failed", bdf=self.bdf, vring=q, error=str(e))
+            m.close()
+        self.mediated = {}
+        self.sw_running = False
+
     def features_changed(self, vid: int) -> None:
-        """set_features: LOG_ALL toggled while running starts or stops the card's dirty logging."""
+        """set_features: LOG_ALL while running starts the card's dirty logging, or with
+        sw-live-migration=1 switches to the SW relay (which stays until dev_close, as in DPDK)."""
         with self._lock:
             self.vid = vid
             self.negotiated_features = features = self.lib.get_negotiated_features(vid)
-            if not self.configured or self.sw_lm:
-                if self.sw_lm and features & bit(VF.VHOST_F_LOG_ALL):
-                    log.error("ifcvf: SW-assisted live migration is not implemented", bdf=self.bdf)
+            if not self.configured:
+                return
+            if self.sw_lm:
+                if features & bit(VF.VHOST_F_LOG_ALL) and not self.sw_running:
+                    self._sw_switchover(vid)
                 return
             if features & bit(VF.VHOST_F_LOG_ALL):
                 self._log_start(vid)
@@ -444,6 +617,10 @@ class IfcvfDevice:
                 self._bind_irqs(vid)
                 if state:
                     ring = self._ring(self.lib.get_vhost_vring(vid, vring), vring)
+                    m = self.mediated.get(vring)
+                    if m is not None:  # SW relay: the card keeps writing the mediated used ring
+                        ring["used"] = m.iova + m.used_off
+                        ring["state"] = self.hw.ring_state(vring) if vring in self.started_qids else ring["state"]
                     if vring not in self.started_qids:
                         self.started_qids.append(vring)
                     n = len(self.started_qids)
@@ -460,8 +637,9 @@ class IfcvfDevice:
                 log.error("ifcvf: set_vring_state failed", bdf=self.bdf, vring=vring, state=state, error=str(e))
                 return -1
             finally:
-                rings = [dict(qid=q, kick_fd=self.lib.get_vhost_vring(vid, q).kick_fd) for q in self.started_qids]
-                self._start_relay(rings)
+                if not self.sw_running:  # the SW relay thread carries the kicks itself
+                    rings = [dict(qid=q, kick_fd=self.lib.get_vhost_vring(vid, q).kick_fd) for q in self.started_qids]
+                    self._start_relay(rings)
             return 0 if self._host_notifier(vid, vring, bool(state)) or not state else -1
 
     # -- lifetime -----------------------------------------------------------------------
