@@ -42,13 +42,14 @@ ethtool -L eth0 combined 2 2>/dev/null || true
 
 
 @contextlib.contextmanager
-def _card_and_driver(vfs: int = 2):
+def _card_and_driver(vfs: int = 2, sw_lm: bool = False):
     rt = tempfile.mkdtemp(prefix="ifg", dir="/tmp")
     old = os.environ.get("DATAPLANE_RUNTIME_DIR")
     os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the app's runtime directory
     card = CardProc(rt, vfs=vfs)
     try:
-        with VdpaProcess(allow=[f"{bdf},vdpa=1" for bdf in (VF1, VF2, VF3)[:vfs]]) as app:
+        lm = ",sw-live-migration=1" if sw_lm else ""
+        with VdpaProcess(allow=[f"{bdf},vdpa=1{lm}" for bdf in (VF1, VF2, VF3)[:vfs]]) as app:
             yield card, app
     finally:
         card.stop()
@@ -138,10 +139,13 @@ result rounds=$ROUNDS
 """
 
 
-def test_live_migration_with_hardware_dirty_logging(image):
-    """The client guest migrates from VF1 to VF3 while it fetches data from the server on VF2: the card marks
-    the pages it writes while QEMU logs (LOG_ALL), so what it wrote reaches the destination: md5 rounds."""
-    with _card_and_driver(vfs=3) as (card, app):
+@pytest.mark.parametrize("sw_lm", [False, True], ids=["hw-logging", "sw-relay"])
+def test_live_migration(image, sw_lm):
+    """The client guest migrates from VF1 to VF3 while it fetches data from the server on VF2: while QEMU
+    logs (LOG_ALL) the card marks the pages it writes (hw-logging), or the driver's relay copies the card's
+    used entries from mediated rings and marks the buffers (sw-relay, ``sw-live-migration=1``), so what the
+    card wrote reaches the destination: md5-checked rounds."""
+    with _card_and_driver(vfs=3, sw_lm=sw_lm) as (card, app):
         server = Guest(image, SERVER, name="server", params={"mib": 4}, nics=[Nic(app.socket(1))],
                        script_timeout=600)
         src = Guest(image, CLIENT, name="client", params={"max_rounds": 40, "after": 2, "mib": 4}, cpu=MIGRATION_CPU,
@@ -161,7 +165,12 @@ def test_live_migration_with_hardware_dirty_logging(image):
             assert int(shm.queues[2][0, Q_BYTES]) > 0  # the destination VF received after the migration
         finally:
             shm.close()
+        figures = app.stop()["devices"]
         log = app.output
-    # the source VF's card logged while QEMU migrated, and stopped when the source stopped
-    assert re.search(rf"hardware dirty logging on .*bdf={VF1}", log), log[-3000:]
-    assert re.search(rf"hardware dirty logging off .*bdf={VF1}", log), log[-3000:]
+    if sw_lm:
+        assert figures[VF1]["relayed_used"] > 0, figures  # the relay copied the card's RX completions  # the source VF switched to the relay when QEMU turned logging on
+        assert re.search(rf"mediated used rings relayed .*bdf={VF1}", log), log[-3000:]
+        assert "hardware dirty logging" not in log
+    else:  # the source VF's card logged while QEMU migrated, and stopped when the source stopped
+        assert re.search(rf"hardware dirty logging on .*bdf={VF1}", log), log[-3000:]
+        assert re.search(rf"hardware dirty logging off .*bdf={VF1}", log), log[-3000:]

@@ -15,10 +15,10 @@ CTRL_VQ, STATUS and PROTOCOL_FEATURES.  CTRL_VQ and GUEST_ANNOUNCE are offered a
 card has no control queue: over vhost-user the control queue never reaches the back-end —
 QEMU's virtio-net model serves it (and sends the announcements) itself, only the data vrings
 are handed over — so a front-end negotiating them gets them implemented, as with DPDK.
-LOG_ALL and LOG_SHMFD: HW-assisted live migration (§2.7) is implemented — the card marks the
-pages it writes in the vhost log, DMA-mapped at IFCVF_LOG_BASE — so they are offered; with
-``sw-live-migration=1`` they are withdrawn, the SW relay (§2.8) is not implemented yet and
-offering them would promise dirty logging that does not happen.
+LOG_ALL and LOG_SHMFD are offered: live migration is implemented both ways — HW-assisted
+(§2.7: the card marks the pages it writes in the vhost log, DMA-mapped at IFCVF_LOG_BASE) and,
+with ``sw-live-migration=1``, SW-assisted (§2.8: mediated RX used rings relayed to the guest
+by the ``ifc-vring-<vid>`` thread, which marks the buffers).
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ IFCVF_NET_PROTOCOL_FEATURES = sum(bit(f) for f in (
     PF.VHOST_USER_PROTOCOL_F_REPLY_ACK, PF.VHOST_USER_PROTOCOL_F_BACKEND_REQ,
     PF.VHOST_USER_PROTOCOL_F_BACKEND_SEND_FD, PF.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
     PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD, PF.VHOST_USER_PROTOCOL_F_MQ, PF.VHOST_USER_PROTOCOL_F_STATUS))
-#: Without LOG_SHMFD: what a sw-live-migration=1 device offers (the SW relay is not implemented yet).
-IFCVF_NET_PROTOCOL_FEATURES_NO_LM = IFCVF_NET_PROTOCOL_FEATURES & ~bit(PF.VHOST_USER_PROTOCOL_F_LOG_SHMFD)
 
 _NET_EXTRA = sum(bit(f) for f in (VF.VIRTIO_NET_F_GUEST_ANNOUNCE, VF.VIRTIO_NET_F_CTRL_VQ, VF.VIRTIO_NET_F_STATUS,
                                   VF.VHOST_USER_F_PROTOCOL_FEATURES, VF.VHOST_F_LOG_ALL))
