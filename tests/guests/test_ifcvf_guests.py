@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 import tempfile
 
 import pytest
@@ -121,13 +122,19 @@ CLIENT = r"""
 ip addr add 10.0.0.1/24 dev eth0
 ip link set eth0 up
 wait_until 60 ping -c 1 -W 1 10.0.0.2 || fail "no ping reply from the server"
-fetch() {  # port file bytes: read from the server until the whole file is here (stdin stays open)
-    sleep 120 | nc 10.0.0.2 $1 > $2 &
-    _p=$!
-    wait_until 90 sh -c "[ \$(wc -c < $2) -ge $3 ]"
-    _ok=$?
-    kill $_p 2>/dev/null
-    return $_ok
+fetch() {  # port file bytes: read from the server until the whole file is here (stdin stays open);
+           # a refused or broken connection is tried again
+    _n=0
+    while [ $_n -lt 20 ]; do
+        _n=$((_n + 1))
+        sleep 120 | nc 10.0.0.2 $1 > $2 &
+        _p=$!
+        wait_until 60 sh -c "[ \$(wc -c < $2) -ge $3 ] || ! kill -0 $_p"
+        kill $_p 2>/dev/null
+        [ $(wc -c < $2) -ge $3 ] && return 0
+        sleep 1
+    done
+    return 1
 }
 fetch_round() {
     fetch 5002 want 33 || fail "round $1: no md5 from the server"
@@ -174,3 +181,49 @@ def test_live_migration(image, sw_lm):
     else:  # the source VF's card logged while QEMU migrated, and stopped when the source stopped
         assert re.search(rf"hardware dirty logging on .*bdf={VF1}", log), log[-3000:]
         assert re.search(rf"hardware dirty logging off .*bdf={VF1}", log), log[-3000:]
+
+
+def test_driver_killed_and_restarted_while_the_card_and_qemu_keep_running(image):
+    """``dataplane-vdpa`` is killed (SIGKILL) while two guests talk through the card: the card sees its
+    control channels close and drops every DMA mapping and interrupt; a new ``dataplane-vdpa`` probes the
+    VFs again, QEMU reconnects (``reconnect=1``) and the md5-checked rounds go on."""
+    from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS
+
+    d = tempfile.mkdtemp(prefix="ifr", dir="/tmp")
+    sockets = os.path.join(d, "vf")
+    allow = [f"{VF1},vdpa=1", f"{VF2},vdpa=1"]
+    with _card_and_driver(vfs=2) as (card, unused):
+        unused.close()  # this test runs its own driver processes, on fixed socket paths
+        first = VdpaProcess(allow=allow, iface=False, extra=["--iface", sockets])
+        try:
+            server = Guest(image, SERVER, name="server", params={"mib": 4},
+                           nics=[Nic(sockets + "1", reconnect=1)], script_timeout=600)
+            client = Guest(image, CLIENT, name="client", params={"max_rounds": 60, "after": 2, "mib": 4},
+                           nics=[Nic(sockets + "0", reconnect=1)], script_timeout=600)
+            with server, client:
+                server.wait_console("serving", 300)
+                client.wait_console(r"^round 2 ok", 300)
+                first.kill()
+                shm = CardShm(os.path.join(card.dir, "counters"))
+                try:
+                    deadline = time.monotonic() + 30
+                    while any(shm.vf[i][V_CONNECTED] or shm.vf[i][V_DMA_MAPS] for i in (0, 1)):
+                        assert time.monotonic() < deadline, "the card kept a dead driver's mappings"
+                        time.sleep(0.05)
+                    for n in (0, 1):  # the killed process left its socket files (server mode refuses them)
+                        os.unlink(f"{sockets}{n}")
+                    with VdpaProcess(allow=allow, iface=False, extra=["--iface", sockets]) as second:
+                        client.tell("stop")
+                        r = client.wait(600)
+                        server.tell("done")
+                        server.wait(120)
+                        assert all(shm.vf[i][V_CONNECTED] == 1 for i in (0, 1))
+                        log = second.output
+                finally:
+                    shm.close()
+        finally:
+            first.close()
+            shutil.rmtree(d, ignore_errors=True)
+    assert r.passed, r.console[-4000:]
+    assert int(r.values["rounds"]) >= 4, r.line
+    assert "ifcvf: datapath started" in log, log[-3000:]
