@@ -126,9 +126,15 @@ def load_drivers() -> None:
 
 
 def list_drivers() -> list[VdpaDriverInfo]:
-    """Every driver's column (the installation's driver modules are loaded first)."""
+    """Every driver's column (the installation's driver modules are loaded first), in the order of
+    :data:`DRIVER_MODULES` whatever order they were imported in (others after, as registered)."""
     load_drivers()
-    return list(_drivers)
+
+    def rank(info: VdpaDriverInfo) -> int:
+        module = getattr(info.ops_class, "__module__", "")
+        return DRIVER_MODULES.index(module) if module in DRIVER_MODULES else len(DRIVER_MODULES)
+
+    return sorted(_drivers, key=rank)
 
 
 def docs_dir() -> str:
