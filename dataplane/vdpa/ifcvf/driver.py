@@ -34,7 +34,7 @@ from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, Vd
     register_device, unregister_device
 from dataplane.vdpa.ifcvf import regs as R
 from dataplane.vdpa.ifcvf.hw import IfcvfHw, IfcvfHwError, find_vf_dir
-from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioDeviceStatus, VirtioFeature as VF, bit
+from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
 
 __all__ = ["IFCVF_DEVARGS", "IFCVF_NET_PROTOCOL_FEATURES", "IfcvfDevice", "IfcvfOps", "IfcvfMgmtDev",
            "NotOurDevice", "parse_devargs", "probe", "ifcvf_features"]
