@@ -68,7 +68,8 @@ The guest's ``/init``
     on the PCI bus.
 
 Live migration (:func:`migrate`)
-    Every guest has an HMP monitor on a unix socket (:meth:`Guest.monitor`)
+    Every guest has an HMP monitor on a unix socket (:meth:`Guest.monitor`),
+    a QMP socket for management agents (:attr:`Guest.qmp_socket`; NIC ids ``nic0``...)
     and a second serial port, ``ttyS1``, for lines from the host
     (:meth:`Guest.tell`, read in the guest with ``host_said``).
     :meth:`Guest.destination` makes the guest that receives it: the same
@@ -497,6 +498,7 @@ class Guest:
             "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{self.log_file}",
             "-serial", f"unix:{self._path('host.sock')},server=on,wait=off",  # ttyS1: Guest.tell
             "-monitor", f"unix:{self._path('monitor.sock')},server=on,wait=off",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",  # for management agents
             "-kernel", self.image.kernel, "-initrd", self._initrd(),
             # no_timer_check: on a loaded host the kernel's early IO-APIC timer check can miss
             # its ticks under TCG and panic ("IO-APIC + timer doesn't work")
@@ -505,7 +507,7 @@ class Guest:
         for i, nic in enumerate(self.nics):
             mac = nic.mac or f"52:54:00:{(self.seq >> 8) & 0xFF:02x}:{self.seq & 0xFF:02x}:{i:02x}"
             netdev = f"vhost-user,id=n{i},chardev=nc{i}"
-            dev = f"virtio-net-pci,netdev=n{i},mac={mac},vectors=0"
+            dev = f"virtio-net-pci,id=nic{i},netdev=n{i},mac={mac},vectors=0"
             if nic.queues > 1:
                 netdev += f",queues={nic.queues}"
                 dev += ",mq=on"
@@ -532,6 +534,11 @@ class Guest:
                      nics=self.nics if nics is None else nics, disks=self.disks if disks is None else disks,
                      memory_mb=self.memory_mb, smp=self.smp, name=name or f"{self.name}-dst", extra=self.extra,
                      append=self.append, script_timeout=self.script_timeout, cpu=self.cpu, incoming_from=self)
+
+    @property
+    def qmp_socket(self) -> str:
+        """QEMU's QMP socket (for a management agent); the NICs are ``nic0``, ``nic1``..."""
+        return self._path("qmp.sock")
 
     def monitor(self, timeout: float = 60.0) -> "Monitor":
         """The guest's HMP monitor (connected on first use)."""

@@ -55,6 +55,33 @@ class VdpaProcess(AppProcess):
         out = out[: out.index(self.PROMPT)]
         return "".join(ln for ln in out.splitlines(keepends=True) if not _LOG_LINE.match(ln))
 
+    def follow_guest_mac(self, qmp_socket: str, nics: dict[str, str], timeout: float = 60.0) -> subprocess.Popen:
+        """Start ``dataplane vdpa follow-guest-mac`` (QEMU NIC id -> device) on a guest's QMP socket;
+        returns once it has synced every NIC (its ``following`` line).  The caller ends it."""
+        import select
+        import time
+
+        cmd = [sys.executable, "-m", "dataplane.cli", "vdpa", "--file-prefix", self.prefix, "follow-guest-mac",
+               "--qmp", qmp_socket, *(f"{n}={d}" for n, d in nics.items())]
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(qmp_socket):  # QEMU creates it as it starts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no QMP socket {qmp_socket}")
+            time.sleep(0.05)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        while time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                line = proc.stdout.readline()
+                lines.append(line)
+                if line.startswith("following ") or not line:
+                    break
+        if not lines or not lines[-1].startswith("following "):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"follow-guest-mac did not start: {''.join(lines)}")
+        return proc
+
     def tool(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """``dataplane vdpa --file-prefix P ARGS`` against this process (text output)."""
         cmd = [sys.executable, "-m", "dataplane.cli", "vdpa", "--file-prefix", self.prefix, *args]

@@ -681,8 +681,19 @@ def _c_int(n: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``dataplane vdpa ARGS`` (``argv`` without the ``vdpa`` word)."""
-    return VdpaTool().run(list(sys.argv[1:] if argv is None else argv))
+    """Entry point: ``dataplane vdpa ARGS`` (``argv`` without the ``vdpa`` word).
+
+    ``[--file-prefix P] follow-guest-mac ...`` is not iproute2's: it runs the agent of
+    :mod:`.guest_mac`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "follow-guest-mac" in argv:
+        i = argv.index("follow-guest-mac")
+        pre = argv[:i]
+        if not pre or (len(pre) == 2 and pre[0] == "--file-prefix"):
+            from .guest_mac import main as follow_main
+
+            return follow_main(argv[i + 1:], pre[1] if pre else None)
+    return VdpaTool().run(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
