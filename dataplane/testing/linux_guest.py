@@ -560,7 +560,16 @@ class Guest:
                     pass
             except BlockingIOError:
                 pass
-            self._host_line.sendall(line.encode() + b"\n")
+            except OSError:  # QEMU closed the port: the guest ended (below)
+                pass
+            if heard and rx.search(self.console):  # heard the previous send meanwhile
+                return
+            try:
+                self._host_line.sendall(line.encode() + b"\n")
+            except OSError:  # BrokenPipe / reset: QEMU is gone (the console says whether it heard first)
+                if heard and rx.search(self.console):
+                    return
+                raise GuestError(f"guest {self.name}: ended before it heard {line!r}" + self._tails()) from None
             if not heard:
                 return
             resend = time.monotonic() + 2.0
@@ -568,6 +577,8 @@ class Guest:
                 if rx.search(self.console):
                     return
                 if self.proc.poll() is not None or RESULT_RE.search(self.console):
+                    if rx.search(self.console):  # it heard, then ended, between the two looks
+                        return
                     raise GuestError(f"guest {self.name}: ended before it heard {line!r}" + self._tails())
                 if time.monotonic() > deadline:
                     raise GuestError(f"guest {self.name}: did not hear {line!r} within {timeout} s" + self._tails())
