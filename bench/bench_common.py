@@ -118,8 +118,8 @@ def table_lines(rows: Iterable[Row], *, unit: str = "Mpps", ours_label: str = "o
     extras: list[str] = []
     for row in rows:
         extras += [k for k in row.extra if k not in extras]
-    head = ["row", f"{ours_label} runs", f"{ours_label} median {unit}", f"{ref_label} runs",
-            f"{ref_label} median {unit}", "ratio", *extras]
+    head = ["row", f"{ours_label} runs", f"{ours_label} median {unit}".strip(), f"{ref_label} runs",
+            f"{ref_label} median {unit}".strip(), "ratio", *extras]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
