@@ -430,6 +430,7 @@ def main(argv=None) -> int:
     bench_common.print_headline(rows.values())
     return 0
 
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
