@@ -3,7 +3,7 @@
 
 Usage::
 
-    python bench/blk_perf.py [--seconds S] [--size 256M] [--depth 32]
+    python bench/blk_perf.py [--seconds S] [--rounds N] [--size 256M] [--depth 32]
 
 Both back-ends serve the same image file on tmpfs (``/dev/shm``), one queue,
 and run side by side for the whole run (each is idle while the other is
@@ -22,9 +22,12 @@ rings' driver kernels (:class:`~dataplane.testing.blk_driver.RequestStream`)
 keeps ``--depth`` requests in flight, polling the used ring (interrupts
 off) and kicking when the ring asks for it.  Workloads: 4 KiB random read,
 4 KiB random write (IOPS), 128 KiB sequential read (MB/s); each runs
-``--seconds`` per back-end after a short warm-up, every request checked for
-status OK.  ``ratio`` = ours ÷ qsd.  The LAST line is
-``speed_ratio=<ours ÷ qemu-storage-daemon, 4 KiB random read>``.
+``--seconds`` per measurement after a short warm-up, every request checked
+for status OK.  Each workload (a row) alternates ours and qsd ``--rounds``
+times each (ours, qsd, ours, qsd, ...); the table has every run, the
+medians and ``ratio`` = ours' median ÷ qsd's (bench/bench_common.py).  The
+line before the last names the worst row (``worst_row=4k-randwrite``), the
+LAST line is ``speed_ratio=<its ratio>``: the minimum over the workloads.
 
 Figures from a loaded machine mean little; the 1-min load average is
 printed before and after.  Everything started is stopped and removed.
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import time
 
+import bench_common
 from dataplane.memory.units import parse_size
 from dataplane.rings.split import split_drv_enable_interrupt
 from dataplane.testing.blk_driver import BlkDriver, RequestStream
@@ -100,7 +104,8 @@ class Frontend:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per workload and back-end")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (one workload, one back-end)")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of ours and of qsd per workload, alternated")
     ap.add_argument("--size", default="256M", help="image size")
     ap.add_argument("--depth", type=int, default=32, help="requests in flight")
     args = ap.parse_args(argv)
@@ -116,10 +121,10 @@ def main(argv=None) -> int:
         chunk = os.urandom(1 << 20)
         for _ in range(size >> 20):
             f.write(chunk)
-    print(f"image {img} {size >> 20} MiB on tmpfs, queue depth {args.depth}, {args.seconds} s per workload; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"image {img} {size >> 20} MiB on tmpfs, queue depth {args.depth}, {args.seconds} s per measurement, "
+          f"{args.rounds} rounds; load average {os.getloadavg()[0]:.2f}", flush=True)
     ours = qsd = fe_ours = fe_qsd = None
-    results: dict[str, dict[str, float]] = {}
+    rows = []
     try:
         ours = BlkProcess(os.path.join(work, "ours.sock"), file=img, lcores="0-1")
         qsd = StorageDaemon(img, os.path.join(work, "qsd.sock"))
@@ -127,15 +132,16 @@ def main(argv=None) -> int:
             os.sched_setaffinity(0, {0})  # the front-end; the back-ends poll on cpu 1
         fe_ours = Frontend(os.path.join(work, "ours.sock"), args.depth)
         fe_qsd = Frontend(os.path.join(work, "qsd.sock"), args.depth)
-        print(f"{'workload':<14} {'ours':>14} {'qsd':>14} {'ratio':>7}", flush=True)
         for name, rtype, nbytes, seq, unit in WORKLOADS:
-            r = {}
-            for who, fe in (("ours", fe_ours), ("qsd", fe_qsd)):
-                rate = fe.measure(rtype, nbytes, seq, size, args.seconds)
-                r[who] = rate * nbytes / 1e6 if unit == "MB/s" else rate
-            results[name] = r
-            print(f"{name:<14} {r['ours']:>9.0f} {unit:<4} {r['qsd']:>9.0f} {unit:<4} {r['ours'] / r['qsd']:>7.2f}",
-                  flush=True)
+            scale = nbytes / 1e6 if unit == "MB/s" else 1.0
+
+            def run(fe):
+                return fe.measure(rtype, nbytes, seq, size, args.seconds) * scale
+
+            row = bench_common.alternate(name, lambda: run(fe_ours), lambda: run(fe_qsd), args.rounds,
+                                         unit=unit, ref_label="qsd")
+            row.extra["unit"] = unit
+            rows.append(row)
     finally:
         for fe in (fe_ours, fe_qsd):
             if fe is not None:
@@ -146,8 +152,9 @@ def main(argv=None) -> int:
             ours.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    r = results["4k-randread"]
-    print(f"speed_ratio={r['ours'] / r['qsd']:.2f}")
+    print()
+    bench_common.print_table(rows, unit="", ref_label="qsd", digits=0)
+    bench_common.print_headline(rows)
     return 0
 
 

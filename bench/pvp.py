@@ -3,7 +3,7 @@
 
 Usage::
 
-    python bench/pvp.py [--seconds S] [--sizes 64,1518] [--rings split,packed]
+    python bench/pvp.py [--seconds S] [--rounds N] [--sizes 64,1518] [--rings split,packed] [--no-write]
 
 Topology, 1 queue, two processes: a virtio-user side (DPDK's defaults:
 mergeable buffers, IN_ORDER, 256 entries) in io mode seeds the loop with
@@ -16,17 +16,22 @@ forwards every packet straight back (io) on cpu 1.  Each side is either
 
 A third figure has DPDK's virtio-user driving dataplane's vhost port.
 
-Figures: the vhost side's received packets per second (median of 1-s
-samples after a 1-s warm-up, from ``show port stats``), and CPU seconds per
-million packets of the vhost side's processes (utime + stime from
-``/proc/PID/stat``, over the same window).  ``ratio`` = dataplane ÷ DPDK.
+A measurement: the vhost side's received packets per second (median of
+1-s samples after a 1-s warm-up, from ``show port stats``), and CPU
+seconds per million packets of the vhost side's processes (utime + stime
+from ``/proc/PID/stat``, over the same window).  Each row (ring, size)
+alternates dataplane and DPDK ``--rounds`` times each (dataplane, DPDK,
+dataplane, DPDK, ...), then measures the mixed figure once; the table has
+every run, the medians and ``ratio`` = dataplane's median ÷ DPDK's
+(bench/bench_common.py).
 
 Warm start: the time from launching ``dataplane`` (second launch, numba's
 disk cache warm) to its ready prompt, and to the first packet it forwards
 (the virtio-user peer is started as soon as the socket exists).
 
-Writes the table to ``bench/results/latest.md``; the LAST line is
-``speed_ratio=<dataplane ÷ DPDK>`` for 64 B split.
+Writes the table to ``bench/results/latest.md`` (unless ``--no-write``).
+The line before the last names the worst row (``worst_row=packed 64B``),
+the LAST line is ``speed_ratio=<its ratio>``: the minimum over the rows.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_common
 from dataplane.testing.testpmd import TESTPMD, Testpmd, dataplane_shell
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -140,9 +146,11 @@ def warm_start(sock_dir: str) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--seconds", type=float, default=4, help="1-s samples per measurement (after a 1-s warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of dataplane and of DPDK per row, alternated")
     ap.add_argument("--sizes", default="64,1518")
     ap.add_argument("--rings", default="split,packed")
+    ap.add_argument("--no-write", action="store_true", help="do not write bench/results/latest.md")
     args = ap.parse_args()
     if TESTPMD is None:
         print("dpdk-testpmd is not installed (apt-get install dpdk)", file=sys.stderr)
@@ -156,42 +164,50 @@ def main() -> int:
         print(f"warm start: prompt after {ready:.2f} s, first forwarded packet after {first:.2f} s", flush=True)
         for ring in args.rings.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
-                ours, ours_cpu = measure("dataplane", ring == "packed", size, args.seconds, sock_dir)
-                dpdk, dpdk_cpu = measure("dpdk", ring == "packed", size, args.seconds, sock_dir)
-                mixed, _ = measure("dataplane", ring == "packed", size, args.seconds, sock_dir, gen_kind="dpdk")
-                rows.append((ring, size, ours, ours_cpu, dpdk, dpdk_cpu, mixed))
-                print(f"  {ring:6} {size:5} B: dataplane {ours:6.2f} Mpps ({ours_cpu:.2f} cpu-s/Mpkt)  "
-                      f"DPDK {dpdk:6.2f} Mpps ({dpdk_cpu:.2f} cpu-s/Mpkt)  DPDK virtio-user -> dataplane vhost "
-                      f"{mixed:6.2f} Mpps", flush=True)
+                packed = ring == "packed"
+                cpu = {"dataplane": [], "dpdk": []}
+
+                def run(kind):
+                    mpps, cpu_s = measure(kind, packed, size, args.seconds, sock_dir)
+                    cpu[kind].append(cpu_s)
+                    return mpps
+
+                row = bench_common.alternate(f"{ring} {size}B", lambda: run("dataplane"), lambda: run("dpdk"),
+                                             args.rounds, ours_label="dataplane")
+                mixed, _ = measure("dataplane", packed, size, args.seconds, sock_dir, gen_kind="dpdk")
+                print(f"  {row.name}: DPDK virtio-user -> dataplane vhost {mixed:.2f} Mpps", flush=True)
+                row.extra["dataplane cpu-s/Mpkt"] = f"{bench_common.median(cpu['dataplane']):.3f}"
+                row.extra["DPDK cpu-s/Mpkt"] = f"{bench_common.median(cpu['dpdk']):.3f}"
+                row.extra["DPDK→dataplane vhost Mpps"] = f"{mixed:.2f}"
+                rows.append(row)
     finally:
         os.rmdir(sock_dir)
     load_after = os.getloadavg()[0]
     lines = [
         "# PVP loopback: DPDK virtio-user ⇄ vhost io, 1 queue",
         "",
-        f"`python3 bench/pvp.py` on {time.strftime('%Y-%m-%d %H:%M')}; load average after: {load_after:.2f}.",
+        f"`python3 bench/pvp.py --seconds {args.seconds:g} --rounds {args.rounds}` on {time.strftime('%Y-%m-%d %H:%M')};"
+        f" load average after: {load_after:.2f}.",
         f"Warm start: ready prompt after {ready:.2f} s, first forwarded packet after {first:.2f} s.",
         "",
-        "Both sides dataplane (virtio-user and vhost ports, two processes) against both sides dpdk-testpmd;",
-        "the last column has DPDK's virtio-user driving dataplane's vhost port.",
+        "Both sides dataplane (virtio-user and vhost ports, two processes) against both sides dpdk-testpmd,",
+        "alternated per row; cpu-s/Mpkt are medians; the last column has DPDK's virtio-user driving",
+        "dataplane's vhost port (one measurement).",
         "",
-        "| ring | size | dataplane Mpps | dataplane cpu-s/Mpkt | DPDK Mpps | DPDK cpu-s/Mpkt | ratio | DPDK→dataplane vhost Mpps |",
-        "|---|---|---|---|---|---|---|---|",
+        *bench_common.table_lines(rows, unit="Mpps", ours_label="dataplane"),
+        "",
+        *bench_common.headline_lines(rows),
     ]
-    for ring, size, ours, oc, dpdk, dc, mixed in rows:
-        ratio = ours / dpdk if dpdk else float("nan")
-        lines.append(f"| {ring} | {size} B | {ours:.2f} | {oc:.3f} | {dpdk:.2f} | {dc:.3f} | {ratio:.2f} | {mixed:.2f} |")
     text = "\n".join(lines) + "\n"
-    out = Path(__file__).resolve().parent / "results" / "latest.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    if not args.no_write:
+        out = Path(__file__).resolve().parent / "results" / "latest.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text)
     print()
-    print(text)
-    key = [r for r in rows if r[0] == "split" and r[1] == 64]  # dataplane both sides ÷ DPDK both sides
-    ratio = key[0][2] / key[0][4] if key and key[0][4] else 0.0
-    print(f"speed_ratio={ratio:.3f}")
+    print("\n".join(lines[:-3]))
+    print()
+    bench_common.print_headline(rows)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

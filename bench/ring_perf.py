@@ -18,9 +18,13 @@ two-core tests cycles per *element* (enqueue side + dequeue side).  The table
 shows the printed figure, and cycles and ns per element (enqueue + dequeue)
 for both; ``ratio`` is DPDK cost / our cost (> 1: we are faster).
 
-The last line is ``speed_ratio=<X>``: our throughput / DPDK's for bulk (size
-32) SP/SC in one core.  Figures are the best of ``--rounds`` runs of each,
-interleaved, because this VM's timing drifts by 2-4x over minutes.
+Ours and DPDK alternate ``--rounds`` times (ours, DPDK, ours, DPDK, ...)
+because this VM's timing drifts by 2-4x over minutes; every figure in the
+table is the median of a side's rounds, and a row's ``ratio`` is DPDK's
+median cost ÷ ours (bench/bench_common.py).  The line before the last
+names the worst row (``worst_row=MP/MC: 2 cores bulk (size: 8)``), the
+LAST line is ``speed_ratio=<its ratio>``: the minimum over the rows both
+sides printed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+import bench_common
 from dataplane.rings.atomics import cpu_relax, fetch_add, load_acquire
 from dataplane.rings.ring import (
     Ring,
@@ -359,7 +364,7 @@ def _best(a: dict, b: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3, help="runs of each side (best is kept)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternated (medians)")
     ap.add_argument("--no-dpdk", action="store_true", help="skip dpdk-test")
     ap.add_argument("--scale", type=float, default=0.5, help="fraction of DPDK's one-core iteration counts")
     ap.add_argument("--two-core-iters", type=int, default=1 << 21, help="bulk calls per side in the two-core test")
@@ -373,19 +378,24 @@ def main(argv=None) -> int:
     mhz = cpuinfo_mhz()
     print(f"TSC {hz / 1e6:.1f} MHz measured (/proc/cpuinfo: {mhz} MHz)", flush=True)
 
-    ours: dict = {}
-    dpdk: dict = {}
+    ours_runs: dict = {}  # key -> the figure of each round
+    dpdk_runs: dict = {}
     dpdk_raw = ""
     for rnd in range(args.rounds):
-        ours = _best(ours, run_one_core(args.scale))
-        ours = _best(ours, run_two_core(args.two_core_iters))
+        got = run_one_core(args.scale)
+        got.update(run_two_core(args.two_core_iters))
+        for k, v in got.items():
+            ours_runs.setdefault(k, []).append(v)
         print(f"round {rnd + 1}: ours done", flush=True)
         if not args.no_dpdk:
             d, dpdk_raw = run_dpdk()
             if not d:
                 print("dpdk-test gave no figures:\n" + dpdk_raw[-2000:], flush=True)
-            dpdk = _best(dpdk, d)
+            for k, v in d.items():
+                dpdk_runs.setdefault(k, []).append(v)
             print(f"round {rnd + 1}: dpdk done", flush=True)
+    ours = {k: bench_common.median(v) for k, v in ours_runs.items()}
+    dpdk = {k: bench_common.median(v) for k, v in dpdk_runs.items()}
 
     ns = 1e9 / hz
     hdr = (
@@ -393,7 +403,7 @@ def main(argv=None) -> int:
         f"{'dpdk cyc/el':>11} {'ours cyc/el':>11} {'dpdk ns/el':>10} {'ours ns/el':>10} {'ratio':>6}"
     )
     print()
-    print("units: 'printed' as dpdk-test prints it (one core: cycles per enq+deq iteration;")
+    print(f"medians of {args.rounds} rounds; units: 'printed' as dpdk-test prints it (one core: cycles per enq+deq iteration;")
     print("       empty: cycles per call; two cores: cycles per element, enq side + deq side)")
     print(hdr)
     print("-" * len(hdr))
@@ -404,9 +414,13 @@ def main(argv=None) -> int:
         + [("empty", m, 8) for m in ("SP/SC", "MP/MC")]
         + [("2core", m, s) for s in BULK_SIZES for m in ("SP/SC", "MP/MC")]
     )
+    rows = []  # the rows both sides have, for the headline: cycles per element, a cost
     for key in order:
         kind, mode, size = key
         label = f"{mode}: {names[kind]}" + ("" if kind == "single" else f" (size: {size})")
+        if key in ours_runs and key in dpdk_runs:
+            rows.append(bench_common.Row(label, ours=[per_element(key, v) for v in ours_runs[key]],
+                                         ref=[per_element(key, v) for v in dpdk_runs[key]], higher_is_better=False))
         o = ours.get(key)
         d = dpdk.get(key)
         oe = per_element(key, o) if o is not None else None
@@ -434,10 +448,10 @@ def main(argv=None) -> int:
 
     key = ("bulk", "SP/SC", 32)
     if key in ours and key in dpdk:
-        ratio = dpdk[key] / ours[key]
         print(f"\nbulk-32 SP/SC one core: ours {per_element(key, ours[key]) * ns:.3f} ns/elem, "
               f"dpdk {per_element(key, dpdk[key]) * ns:.3f} ns/elem")
-        print(f"speed_ratio={ratio:.3f}")
+    if not args.no_dpdk:
+        bench_common.print_headline(rows)
     else:
         print("speed_ratio=nan")
     return 0

@@ -3,8 +3,8 @@
 
 Usage::
 
-    python bench/vhost_perf.py [--seconds S] [--sizes 64,1518] [--rings split,packed] [--modes rxonly,io]
-                               [--log-rows yes|no|only]
+    python bench/vhost_perf.py [--seconds S] [--rounds N] [--sizes 64,1518] [--rings split,packed]
+                               [--modes rxonly,io] [--log-rows yes|no|only]
 
 Topology (both back-ends, same cpus): a ``dpdk-testpmd`` with ``net_virtio_user``
 (DPDK's defaults: mergeable Rx buffers, IN_ORDER, queue size 256, burst 32)
@@ -21,10 +21,14 @@ Two modes per back-end:
 * ``io``: a loop: virtio-user ``io`` forwarding after ``start tx_first 32``, the
   back-end echoes every packet (``io``): dequeue and enqueue on the same queue.
 
-The figure is the back-end's received packets per second: the median of
-1-s samples after a 1-s warm-up (ours from its shared-memory counters, DPDK
-from testpmd's ``show port stats``).  ``ratio`` = ours ÷ DPDK.  The LAST
-line is ``speed_ratio=<ours ÷ DPDK>`` for 64 B split rxonly.
+A measurement is the back-end's received packets per second: the median
+of 1-s samples after a 1-s warm-up (ours from its shared-memory counters,
+DPDK from testpmd's ``show port stats``).  Each row (mode, ring, size)
+alternates ours and DPDK ``--rounds`` times each (ours, DPDK, ours, DPDK,
+...); the table has every run, each side's median and ``ratio`` = ours'
+median ÷ DPDK's (bench/bench_common.py).  The line before the last names
+the worst row (``worst_row=io packed 64B``), the LAST line is
+``speed_ratio=<its ratio>``: the minimum over the rows.
 
 **Dirty-logging rows** (``--log-rows``, default yes; the issue's goal: logging
 costs at most 15 % at 64 B).  DPDK's virtio-user never negotiates
@@ -59,6 +63,7 @@ import tempfile
 import threading
 import time
 
+import bench_common
 from dataplane.testing.guest_net import GuestMemory, GuestNet
 from dataplane.testing.testpmd import TESTPMD, Testpmd
 from dataplane.testing.vhost_echo_proc import EchoProcess
@@ -209,7 +214,8 @@ def measure_logging(mode: str, packed: bool, size: int, seconds: float, sock_dir
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--seconds", type=float, default=4, help="1-s samples per measurement (after a 1-s warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of ours and of DPDK per row, alternated")
     ap.add_argument("--sizes", default="64,1518")
     ap.add_argument("--rings", default="split,packed")
     ap.add_argument("--modes", default="rxonly,io")
@@ -230,13 +236,15 @@ def main() -> int:
         for mode in modes:
             for ring in rings:
                 for size in sizes:
+                    packed = ring == "packed"
                     if args.log_rows != "only":
-                        ours = measure(Ours, mode, ring == "packed", size, args.seconds, sock_dir)
-                        dpdk = measure(Dpdk, mode, ring == "packed", size, args.seconds, sock_dir)
-                        rows.append((mode, ring, size, ours, dpdk))
-                        print(f"  {mode:6} {ring:6} {size:5} B: ours {ours:6.2f} Mpps  DPDK {dpdk:6.2f} Mpps", flush=True)
+                        rows.append(bench_common.alternate(
+                            f"{mode} {ring} {size}B",
+                            lambda: measure(Ours, mode, packed, size, args.seconds, sock_dir),
+                            lambda: measure(Dpdk, mode, packed, size, args.seconds, sock_dir),
+                            args.rounds))
                     if args.log_rows != "no":
-                        off, on, off2 = measure_logging(mode, ring == "packed", size, args.seconds, sock_dir)
+                        off, on, off2 = measure_logging(mode, packed, size, args.seconds, sock_dir)
                         log_rows.append((mode, ring, size, off, on, off2))
                         print(f"  {mode:6} {ring:6} {size:5} B: ours, our front-end: log off {off:6.2f}  on {on:6.2f}"
                               f"  off {off2:6.2f} Mpps", flush=True)
@@ -245,11 +253,7 @@ def main() -> int:
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print()
     if rows:
-        print("| mode | ring | size | ours Mpps | DPDK Mpps | ratio |")
-        print("|---|---|---|---|---|---|")
-    for mode, ring, size, ours, dpdk in rows:
-        ratio = ours / dpdk if dpdk else float("nan")
-        print(f"| {mode} | {ring} | {size} B | {ours:.2f} | {dpdk:.2f} | {ratio:.2f} |")
+        bench_common.print_table(rows, unit="Mpps")
     if log_rows:
         print()
         print("Dirty logging (ours, driven by our front-end; see the module doc):")
@@ -265,11 +269,8 @@ def main() -> int:
         print(f"dirty logging cost at 64 B (worst row): {100 * worst:.1f} % (goal: at most 15 %)")
     if args.log_rows == "only":
         return 0  # no DPDK figure to compare with
-    key = [r for r in rows if r[0] == "rxonly" and r[1] == "split" and r[2] == 64]
-    ratio = key[0][3] / key[0][4] if key and key[0][4] else 0.0
-    print(f"speed_ratio={ratio:.3f}")
+    bench_common.print_headline(rows)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

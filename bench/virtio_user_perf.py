@@ -3,7 +3,8 @@
 
 Usage::
 
-    python bench/virtio_user_perf.py [--seconds S] [--min-share F] [--quiet-wait S] [--no-dpdk]
+    python bench/virtio_user_perf.py [--seconds S] [--rounds N] [--sizes 64,1518] [--rings split,packed]
+                                     [--min-share F] [--quiet-wait S] [--no-dpdk]
 
 **Back-end** (both figures): ``dpdk-testpmd --vdev net_vhost0,iface=SOCK,queues=1``
 in rxonly mode, forwarding lcore on cpu 0 (vhost dequeue copies each packet
@@ -23,9 +24,13 @@ few thousand bursts to check for the stop signal.
 **DPDK**: ``dpdk-testpmd --vdev net_virtio_user0,path=SOCK`` txonly on cpu 1
 (same defaults), measured by ``bench/virtqueue_perf.py``'s ``run_dpdk``.
 
-Configurations: 64 B and 1518 B, split and packed.  The LAST line is
-``speed_ratio=<ours ÷ DPDK>`` for 64 B split.  Everything started is
-stopped and reaped, sockets and ``/var/run/dpdk`` dirs removed.
+Rows: 64 B and 1518 B, split and packed.  Each row alternates ours and
+DPDK ``--rounds`` times each (ours, DPDK, ours, DPDK, ...); the table has
+every run, each side's median and ours' median ÷ DPDK's
+(bench/bench_common.py).  The line before the last names the worst row
+(``worst_row=packed 64B``), the LAST line is ``speed_ratio=<its ratio>``:
+the minimum over the rows.  Everything started is stopped and reaped,
+sockets and ``/var/run/dpdk`` dirs removed.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
+import bench_common  # noqa: E402
 import virtqueue_perf as vqp  # noqa: E402  (DPDK helpers: run_dpdk, wait_quiet, ...)
 from dataplane.log import configure_logging  # noqa: E402
 
@@ -207,6 +213,9 @@ def run_ours(packed: bool, payload: int, seconds: int, workdir: str, min_share: 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5, help="steady 1-s Rx-pps samples per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of ours and of DPDK per row, alternated")
+    ap.add_argument("--sizes", default="64,1518", help="packet sizes (bytes)")
+    ap.add_argument("--rings", default="split,packed", help="ring layouts")
     ap.add_argument("--min-share", type=float, default=0.9, help="drop samples where a poll loop got less of its cpu")
     ap.add_argument("--quiet-wait", type=float, default=vqp.QUIET_WAIT, help="seconds to wait for other load to stop")
     ap.add_argument("--no-dpdk", action="store_true", help="ours only")
@@ -219,37 +228,45 @@ def main(argv=None) -> int:
     if shutil.which("dpdk-testpmd") is None:
         print("dpdk-testpmd not found (it is the back-end of both figures)", file=sys.stderr)
         return 2
-    configs = [(p, packed) for p in (64, 1518) for packed in (False, True)]
-    ours, dpdk = {}, {}
+    configs = [(int(p), ring == "packed") for p in args.sizes.split(",") for ring in args.rings.split(",")]
+    rows = []
     workdir = tempfile.mkdtemp(prefix="vu_bench_")
     try:
         for payload, packed in configs:
             kind = "packed" if packed else "split"
-            o, osamp, osh = run_ours(packed, payload, args.seconds, workdir, args.min_share)
-            ours[(payload, packed)] = o
-            line = f"# {payload:4d} B {kind:6s}: ours {o:.2f} Mpps (samples {', '.join(f'{x / 1e6:.2f}' for x in osamp)}; cpu share >= {min(osh):.2f})"
-            if not args.no_dpdk:
+            shares = {"ours": [], "DPDK": []}
+
+            def ours():
+                o, osamp, osh = run_ours(packed, payload, args.seconds, workdir, args.min_share)
+                shares["ours"] += osh
+                print(f"#   ours samples {', '.join(f'{x / 1e6:.2f}' for x in osamp)}; cpu share >= {min(osh):.2f}",
+                      flush=True)
+                return o
+
+            def dpdk():
                 d, dsamp, dsh, _other = vqp.run_dpdk(packed, payload, True, args.seconds, workdir, args.min_share)
-                dpdk[(payload, packed)] = d
-                line += f"; DPDK {d:.2f} Mpps (cpu share >= {min(dsh):.2f})"
-            print(line, flush=True)
+                shares["DPDK"] += dsh
+                print(f"#   DPDK samples {', '.join(f'{x / 1e6:.2f}' for x in dsamp)}; cpu share >= {min(dsh):.2f}",
+                      flush=True)
+                return d
+
+            row = bench_common.alternate(f"{kind} {payload}B", ours, None if args.no_dpdk else dpdk, args.rounds)
+            row.extra["cpu share ours/DPDK"] = "/".join(
+                f"{min(v):.2f}" if v else "-" for v in (shares["ours"], shares["DPDK"]))
+            rows.append(row)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         vqp._clean_run_dirs()
     print()
-    hdr = f"{'payload':>7}  {'ring':6}  {'ours Mpps':>9}  {'DPDK Mpps':>9}  {'ours/DPDK':>9}"
-    print(hdr)
-    print("-" * len(hdr))
-    for payload, packed in configs:
-        o = ours[(payload, packed)]
-        d = dpdk.get((payload, packed), float("nan"))
-        print(f"{payload:>5} B  {'packed' if packed else 'split':6}  {o:9.2f}  {d:9.2f}  {o / d:9.2f}")
-    if dpdk:
-        r = ours[(64, False)] / dpdk[(64, False)]
-        print(f"goal 64 B split >= 0.5x DPDK: ours/DPDK {r:.2f} ({'met' if r >= 0.5 else 'NOT met'})")
-        print(f"speed_ratio={r:.3f}")
+    bench_common.print_table(rows, unit="Mpps")
+    print("(cpu share: the least cpu time / wall time a poll loop got in the samples kept)")
+    if not args.no_dpdk:
+        key = next((r for r in rows if r.name == "split 64B"), None)
+        if key is not None:
+            r = key.ratio
+            print(f"goal 64 B split >= 0.5x DPDK: ours/DPDK {r:.2f} ({'met' if r >= 0.5 else 'NOT met'})")
+        bench_common.print_headline(rows)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python bench/virtqueue_perf.py [--runs N] [--count-64 N] [--count-1518 N]
+    python bench/virtqueue_perf.py [--rounds N] [--count-64 N] [--count-1518 N] [--sizes 64,1518]
                                    [--dpdk-seconds S] [--min-share F] [--quiet-wait S]
                                    [--no-dpdk] [--no-in-order]
 
@@ -12,8 +12,8 @@ posts buffers carrying sequence numbers in bursts of 32 on a 256-entry ring;
 a device process on cpu 0 fetches them in bursts, copies each payload (64 B
 or 1518 B) into its own buffer area, checks every sequence number, pushes
 used entries and flushes once per burst.  Poll mode, notifications
-suppressed.  Mpps = buffers / wall time of the exchange; the figure is the
-median of ``--runs`` runs, each of which must finish with no error.
+suppressed.  Mpps = buffers / wall time of the exchange; each run must
+finish with no error.
 
 **DPDK** (same invocation, same cpus): two ``dpdk-testpmd`` processes,
 ``net_vhost`` rxonly (vhost dequeue: copies each packet into an mbuf) with
@@ -27,8 +27,15 @@ DPDK topology is run twice, with ``in_order=0`` and ``in_order=1``, and
 compared with ours without / with IN_ORDER: like with like.  ``ratio`` is
 ours ÷ DPDK (> 1: we are faster); ``packed/split`` compares our two layouts.
 
-The LAST line is ``speed_ratio=<ours ÷ DPDK>`` for 64 B split without
-IN_ORDER (``in_order=0`` on the DPDK side: the same feature set).
+Each row (size, ring, IN_ORDER) alternates ours and DPDK ``--rounds`` times
+each (ours, DPDK, ours, DPDK, ...; ``--runs`` is the old name); the table
+has every run, the medians and ``ratio`` = ours' median ÷ DPDK's
+(bench/bench_common.py).  Then, per size and IN_ORDER, packed/split (of
+our medians) against the goal of 0.9, and the worst of them.  The line
+before the last names the worst ours ÷ DPDK row (``worst_row=packed 64B
+in_order=0``), the LAST line is ``speed_ratio=<its ratio>``: the minimum
+over the rows.  With ``--no-dpdk`` the bench ends with the packed/split
+lines.
 
 Other engineers run things on this 2-cpu VM, and a poll loop that shares
 its cpu with another process runs at half speed or worse.  So before each
@@ -38,8 +45,8 @@ the children's thread cpu time / wall time, for DPDK the forwarding lcores'
 ``schedstat`` per 1-s sample.  Runs / samples below ``--min-share`` are
 retried / dropped (a DPDK run disturbed throughout is repeated, up to 3
 times); the table shows the least share kept per row, so a row < 0.9 is
-visibly untrustworthy.  Each configuration runs ours right before and after
-DPDK's: only figures taken side by side mean anything here.
+visibly untrustworthy.  Ours and DPDK alternate within each row: only
+figures taken side by side mean anything here.
 
 Everything started is stopped and reaped (SIGINT, then SIGTERM, SIGKILL),
 and the socket, the logs and ``/var/run/dpdk/{vh_bench,vu_bench}`` are
@@ -61,6 +68,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_common  # noqa: E402  (this script's directory is first on sys.path)
 from dataplane.log import configure_logging  # noqa: E402
 from dataplane.testing.virtq_exchange import (  # noqa: E402
     PACKED,
@@ -323,9 +331,11 @@ def _tail(path: str, n: int = 15) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of ours per configuration (median)")
+    ap.add_argument("--rounds", "--runs", type=int, default=3,
+                    help="runs of ours and of DPDK per configuration, alternated (medians)")
     ap.add_argument("--count-64", type=int, default=5_000_000, help="buffers per run of ours, 64 B")
     ap.add_argument("--count-1518", type=int, default=2_000_000, help="buffers per run of ours, 1518 B")
+    ap.add_argument("--sizes", default="64,1518", help="payload sizes (64 and/or 1518)")
     ap.add_argument("--dpdk-seconds", type=int, default=6, help="steady 1-s Rx-pps samples per DPDK run")
     ap.add_argument("--min-share", type=float, default=0.9,
                     help="drop runs / samples where a poll loop got less than this share of its cpu (other load)")
@@ -342,23 +352,32 @@ def main(argv=None) -> int:
     if not args.no_dpdk and shutil.which("dpdk-testpmd") is None:
         print("dpdk-testpmd not found (apt install dpdk); use --no-dpdk", file=sys.stderr)
         return 2
+    sizes = [int(x) for x in args.sizes.split(",")]
+    if any(p not in (64, 1518) for p in sizes):
+        print("--sizes: 64 and/or 1518", file=sys.stderr)
+        return 2
 
     t0 = time.monotonic()
     compile_loops(SPLIT)
     compile_loops(PACKED)
     print(f"# numba loops ready in {time.monotonic() - t0:.1f} s", flush=True)
 
-    configs = [(p, k, io) for p in (64, 1518) for io in ((False,) if args.no_in_order else (False, True)) for k in (SPLIT, PACKED)]
-    ours: dict = {}
-    dpdk: dict = {}
-    shares: dict = {}  # config -> (min cpu share of our kept runs, of DPDK's kept samples)
+    in_orders = (False,) if args.no_in_order else (False, True)
+    configs = [(p, k, io) for p in sizes for io in in_orders for k in (SPLIT, PACKED)]
+    rows: dict = {}  # config -> bench_common.Row
     workdir = tempfile.mkdtemp(prefix="vq_bench_")
     try:
         for payload, kind, io in configs:
             count = args.count_64 if payload == 64 else args.count_1518
-            half = max(1, args.runs // 2)
-            mpps, share = run_ours(kind, payload, io, count, half, args.min_share)
-            if not args.no_dpdk:
+            shares = {"ours": [], "DPDK": []}
+
+            def ours():
+                mpps, share = run_ours(kind, payload, io, count, 1, args.min_share)
+                shares["ours"] += share
+                print(f"#   ours cpu share {min(share):.2f}", flush=True)
+                return mpps[0]
+
+            def dpdk():
                 best = None
                 for _attempt in range(3):  # a run disturbed throughout by other load is repeated
                     got = run_dpdk(kind == PACKED, payload, io, args.dpdk_seconds, workdir, args.min_share)
@@ -370,57 +389,45 @@ def main(argv=None) -> int:
                     print(f"#   (DPDK {payload} B {kind} in_order={int(io)} disturbed by other load:"
                           f" cpu share {max(dsh):.2f}; repeating)", flush=True)
                 d, samples, dshares, dother = best
-                dpdk[(payload, kind, io)] = d
-            m2, s2 = run_ours(kind, payload, io, count, max(1, args.runs - half), args.min_share)
-            mpps += m2
-            share += s2
-            ours[(payload, kind, io)] = statistics.median(mpps)
-            shares[(payload, kind, io)] = (min(share), min(dshares) if not args.no_dpdk else float("nan"))
-            line = (
-                f"# {payload:4d} B {kind:6s} in_order={int(io)}: ours {', '.join(f'{x:.1f}' for x in mpps)} Mpps"
-                f" (cpu share {min(share):.2f})"
-            )
-            if not args.no_dpdk:
-                line += (
-                    f"; DPDK {', '.join(f'{x / 1e6:.1f}' for x in samples)} Mpps"
-                    f" (cpu share {min(dshares):.2f}..{max(dshares):.2f}; testpmd's other threads {dother:.2f} cpu)"
-                )
-            print(line, flush=True)
+                shares["DPDK"] += dshares
+                print(f"#   DPDK samples {', '.join(f'{x / 1e6:.1f}' for x in samples)} Mpps"
+                      f" (cpu share {min(dshares):.2f}..{max(dshares):.2f}; testpmd's other threads {dother:.2f} cpu)",
+                      flush=True)
+                return d
+
+            row = bench_common.alternate(f"{kind} {payload}B in_order={int(io)}", ours,
+                                         None if args.no_dpdk else dpdk, args.rounds)
+            row.extra["cpu share ours/DPDK"] = "/".join(
+                f"{min(v):.2f}" if v else "-" for v in (shares["ours"], shares["DPDK"]))
+            rows[(payload, kind, io)] = row
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         _clean_run_dirs()
 
+    for (payload, kind, io), row in rows.items():
+        if kind == PACKED:
+            split = rows[(payload, SPLIT, io)].ours_median
+            row.extra["packed/split"] = f"{row.ours_median / split:.2f}" if split else "-"
     print()
-    hdr = (
-        f"{'payload':>7}  {'ring':6}  {'IN_ORDER':8}  {'ours Mpps':>9}  {'DPDK Mpps':>9}  {'ours/DPDK':>9}  "
-        f"{'packed/split':>12}  {'cpu share ours/DPDK':>19}"
-    )
-    print(hdr)
-    print("-" * len(hdr))
-    for payload, kind, io in configs:
-        o = ours[(payload, kind, io)]
-        d = dpdk.get((payload, kind, io))
-        ps = o / ours[(payload, SPLIT, io)] if kind == PACKED else None
-        print(
-            f"{payload:>5} B  {kind:6}  {'yes' if io else 'no':8}  {o:9.2f}  "
-            f"{d if d is not None else float('nan'):9.2f}  {o / d if d else float('nan'):9.2f}  "
-            f"{ps if ps is not None else float('nan'):12.2f}  "
-            f"{shares[(payload, kind, io)][0]:9.2f}/{shares[(payload, kind, io)][1]:.2f}"
-        )
+    bench_common.print_table(rows.values(), unit="Mpps")
     print("(cpu share: the least cpu time / wall time a poll loop got in the figures kept; < 0.9 means")
     print(" other processes took part of a cpu and that row is not trustworthy)")
     print()
-    s64 = ours[(64, SPLIT, False)]
-    if dpdk:
-        r = s64 / dpdk[(64, SPLIT, False)]
+    # packed/split: our packed median "against" our split median, one row per size and IN_ORDER
+    ps_rows = [bench_common.Row(f"{p}B in_order={int(io)}", ours=rows[(p, PACKED, io)].ours,
+                                ref=rows[(p, SPLIT, io)].ours) for p in sizes for io in in_orders]
+    for r in ps_rows:
+        print(f"goal packed within 10% of split, {r.name}: packed/split {r.ratio:.2f}"
+              f" ({'met' if r.ratio >= 0.9 else 'NOT met'})")
+    w = bench_common.worst(ps_rows)
+    print(f"packed/split, worst: {w.name}: {w.ratio:.3f}")
+    if args.no_dpdk:
+        return 0
+    s64 = rows.get((64, SPLIT, False))
+    if s64 is not None:
+        r = s64.ratio
         print(f"goal 64 B split >= 0.8x DPDK: ours/DPDK {r:.2f} ({'met' if r >= 0.8 else 'NOT met'})")
-    for io in ((False,) if args.no_in_order else (False, True)):
-        for p in (64, 1518):
-            r = ours[(p, PACKED, io)] / ours[(p, SPLIT, io)]
-            print(f"goal packed within 10% of split, {p} B in_order={int(io)}: packed/split {r:.2f}"
-                  f" ({'met' if r >= 0.9 else 'NOT met'})")
-    if not args.no_dpdk:
-        print(f"speed_ratio={s64 / dpdk[(64, SPLIT, False)]:.3f}")
+    bench_common.print_headline(rows.values())
     return 0
 
 
