@@ -119,6 +119,13 @@ class DmaMap:
                 return o_iova, iova - o_iova
         return None
 
+    def mapping_at(self, iova: int) -> tuple[int, int, int] | None:
+        """(IOVA, size, the card's address) of the mapping holding byte ``iova``, or None."""
+        for o_iova, (o_size, hva, _f, _r) in self.maps.items():
+            if o_iova <= iova < o_iova + o_size:
+                return o_iova, o_size, hva
+        return None
+
     def translate(self, iova: int, length: int) -> int:
         for o_iova, (o_size, hva, _f, _r) in self.maps.items():
             if o_iova <= iova and iova + length <= o_iova + o_size:

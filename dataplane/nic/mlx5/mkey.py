@@ -219,11 +219,7 @@ class MkeyStore:
             # a segment lies in one mapping (a direct mkey does, when created); split at maps anyway
             pos = 0
             while pos < s_len:
-                hit = None
-                for o_iova, (o_size, hva, _f, _r) in self.dma.maps.items():
-                    if o_iova <= s_iova + pos < o_iova + o_size:
-                        hit = (o_iova, o_size, hva)
-                        break
+                hit = self.dma.mapping_at(s_iova + pos)
                 if hit is None:
                     break
                 o_iova, o_size, hva = hit
