@@ -8,4 +8,7 @@ interrupts.  The card's process (:mod:`~dataplane.nic.card`) polls its
 registers and doorbells and walks the guest rings through the DMA map with
 numba kernels (:mod:`~dataplane.nic.kernels`), switching frames between its
 VFs.  Counters are in ``<card dir>/counters`` (:mod:`~dataplane.nic.shm`).
+The DMA map every card uses is :mod:`~dataplane.nic.dma`.  The ConnectX-6 Dx
+(mlx5) card is being built in :mod:`dataplane.nic.mlx5` (its firmware command
+interface so far; not yet startable).
 """

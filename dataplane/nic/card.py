@@ -61,20 +61,18 @@ import select
 import shutil
 import signal
 import socket
-import stat
 import time
 
 import numpy as np
 
 from dataplane import log as dplog
 from dataplane.rings.packed import packed_dev_get_used_base
-from dataplane.rings.regions import REGION_GPA, REGION_HVA, REGION_LEN
 from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_INDIRECT, STATE_LAST_USED, STATE_SIGNALLED_USED
 from dataplane.vhost.dev_ring import queue_rings
 from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
-from dataplane.vhost.guest_memory import map_shared, unmap
 
 from . import kernels as K
+from .dma import MAX_DMA_MAPS, DmaMap, RequestError, close_fds as _close
 from .pci import (
     ACK_SEQ,
     BAR4_SIZE,
@@ -146,8 +144,6 @@ class F:
 DEVICE_FEATURES = sum(1 << b for b in (F.VERSION_1, F.ACCESS_PLATFORM, F.MAC, F.STATUS, F.MTU, F.MQ,
                                        F.INDIRECT_DESC, F.EVENT_IDX, F.RING_PACKED))
 MAX_QUEUE_SIZE = 32768
-MAX_DMA_MAPS = 64
-PAGE = 4096
 MTU = 1500
 VIRTIO_NET_S_LINK_UP = 1
 ISR_CONFIG = 0x2
@@ -165,104 +161,6 @@ MAX_MSG = 65536
 
 def card_dir(parent: str, pf: str) -> str:
     return os.path.join(parent, f"nic-{pf}")
-
-
-def _close(fds) -> None:
-    for fd in fds:
-        if fd is not None and fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class RequestError(Exception):
-    """A control-channel request refused (answered with the message, never fatal)."""
-
-
-# =============================================================================
-# the IOMMU: a VF's DMA map
-# =============================================================================
-
-
-class DmaMap:
-    """IOVA -> the card's own mapping of the fds the driver gave (a region table the kernels read)."""
-
-    def __init__(self):
-        self.table = np.zeros((MAX_DMA_MAPS, 3), np.uint64)  # (iova, len, hva); len 0 = unused
-        self.maps: dict[int, tuple[int, int, int, int]] = {}  # iova -> (size, hva, fd, row)
-
-    def __len__(self) -> int:
-        return len(self.maps)
-
-    def map(self, iova: int, size: int, fd: int, offset: int) -> None:
-        """Map ``size`` bytes of ``fd`` at ``offset`` at ``iova``; takes ``fd`` (closed on refusal too)."""
-        try:
-            if size <= 0:
-                raise RequestError("dma_map: size must be > 0")
-            if iova < 0 or offset < 0 or iova % PAGE or size % PAGE or offset % PAGE:
-                raise RequestError("dma_map: iova, size and offset must be 4 KiB aligned")
-            if iova + size > 1 << 64:
-                raise RequestError("dma_map: iova + size wraps")
-            for o_iova, (o_size, _h, _f, _r) in self.maps.items():
-                if iova < o_iova + o_size and o_iova < iova + size:
-                    raise RequestError(f"dma_map: [{iova:#x}, +{size:#x}) overlaps the map at {o_iova:#x}")
-            free = [r for r in range(MAX_DMA_MAPS) if self.table[r, REGION_LEN] == 0]
-            if not free:
-                raise RequestError(f"dma_map: no more than {MAX_DMA_MAPS} mappings")
-            try:
-                st = os.fstat(fd)
-            except OSError as e:
-                raise RequestError(f"dma_map: bad fd: {e}") from None
-            if not stat.S_ISREG(st.st_mode):
-                raise RequestError("dma_map: the fd is not a memory file")
-            if offset + size > (st.st_size + PAGE - 1) & ~(PAGE - 1):  # the file's last page may be partial
-                raise RequestError(f"dma_map: offset {offset:#x} + size {size:#x} is past the file's end "
-                                   f"({st.st_size:#x})")
-            try:
-                hva = map_shared(fd, size, offset)
-            except OSError as e:
-                raise RequestError(f"dma_map: mmap failed: {e}") from None
-        except BaseException:
-            _close([fd])
-            raise
-        row = free[0]
-        self.table[row, REGION_GPA] = iova
-        self.table[row, REGION_HVA] = hva
-        self.table[row, REGION_LEN] = size  # last: the row is live once its length is set
-        self.maps[iova] = (size, hva, fd, row)
-
-    def covered(self, iova: int, size: int) -> list[int]:
-        """The IOVAs of the mappings ``[iova, iova+size)`` covers wholly; RequestError if it cuts one."""
-        if size <= 0:
-            raise RequestError("dma_unmap: size must be > 0")
-        out = []
-        for o_iova, (o_size, _h, _f, _r) in self.maps.items():
-            if iova < o_iova + o_size and o_iova < iova + size:
-                if o_iova < iova or o_iova + o_size > iova + size:
-                    raise RequestError(f"dma_unmap: [{iova:#x}, +{size:#x}) cuts the map at {o_iova:#x}")
-                out.append(o_iova)
-        if not out:
-            raise RequestError(f"dma_unmap: nothing is mapped in [{iova:#x}, +{size:#x})")
-        return out
-
-    def unmap(self, iova: int) -> None:
-        size, hva, fd, row = self.maps.pop(iova)
-        self.table[row, REGION_LEN] = 0
-        self.table[row, REGION_GPA] = 0
-        self.table[row, REGION_HVA] = 0
-        unmap(hva, size)
-        _close([fd])
-
-    def translate(self, iova: int, length: int) -> int:
-        for o_iova, (o_size, hva, _f, _r) in self.maps.items():
-            if o_iova <= iova and iova + length <= o_iova + o_size:
-                return hva + (iova - o_iova)
-        return 0
-
-    def clear(self) -> None:
-        for iova in list(self.maps):
-            self.unmap(iova)
 
 
 # =============================================================================

@@ -1,0 +1,12 @@
+"""The emulated ConnectX-6 Dx (mlx5) card, in progress: its firmware command interface.
+
+* :mod:`~dataplane.nic.mlx5.commands` -- opcodes, statuses, syndromes and the wire layouts, as data;
+* :mod:`~dataplane.nic.mlx5.mailbox` -- the command slot in a BAR file, polled by the card;
+* :mod:`~dataplane.nic.mlx5.objects` -- the object model a command acts on (PD, umem, counters,
+  VIRTIO_NET_Q and its state machine);
+* :mod:`~dataplane.nic.mlx5.mkey` -- direct and indirect (KLM, KLM_FBS) mkeys and their translation
+  into the region tables the ring kernels read.
+
+Not yet wired into ``dataplane-nic start`` (no datapath, VAR doorbell, CQ/QP events, RQT/TIR):
+see docs/nic.md, "mlx5 card: command interface (in progress)".
+"""

@@ -1,0 +1,428 @@
+"""The mlx5 card's firmware commands as data: opcodes, statuses, syndromes, wire layouts.
+
+Every command is an input buffer and an output buffer, **big-endian** like the device's
+own mailboxes.  An input starts with an 8-byte header (``opcode`` u16, ``uid`` u16, a
+reserved u16, ``op_mod`` u16); the general-object commands use a 16-byte header
+(``opcode``, ``uid``, reserved, ``obj_type`` in the ``op_mod`` place, ``obj_id`` u32,
+reserved u32).  An output starts with ``status`` u8, 3 reserved bytes, ``syndrome`` u32.
+
+A :class:`Layout` is an ordered list of fields (name, struct code, bit width); the
+width is what the device accepts (``event_mode`` is 3 bits, ``state`` 4...): a wider
+value is refused with :data:`Status.BAD_PARAM` / :data:`Syn.FIELD_TOO_WIDE`.  Fields
+named ``_r*`` are reserved (ignored).
+
+:data:`COMMANDS` is the opcode table the card dispatches on; an opcode that is not in
+it is answered :data:`Status.BAD_OP`.  The numbers (opcodes, object types, access modes,
+enums, modify bits, status codes) are the device's (VDPA-FACTS §3.3/§3.4 and the
+device's command reference); the syndromes are this emulation's own (a real device's
+are opaque 32-bit values), one per reason, so a driver and a test can tell them apart.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+__all__ = [
+    "Op", "ObjType", "CmdError", "Status", "Syn", "STATUS_NAMES", "SYNDROME_NAMES", "CapType", "AccessMode", "QType",
+    "EventMode", "QState", "Modify", "MODIFY_FIELDS", "MODIFY_KNOWN", "Field", "Layout",
+    "IN_HDR", "OUT_HDR", "OBJ_IN_HDR", "OBJ_OUT", "GENERAL_CAPS", "VDPA_CAPS", "MKEY_IN", "KLM", "MKEY_OUT",
+    "MKEY_REF", "SPECIAL_CONTEXTS_OUT", "PD_OUT", "PD_REF", "UMEM_IN", "UMEM_OUT", "UMEM_REF", "VIRTQ",
+    "COUNTERS", "Command", "COMMANDS", "OBJECT_TYPES", "MAX_KLM_BYTE_COUNT", "MIN_KLM_FIXED_BUFFER_SIZE",
+    "COUNTER_NAMES", "STAT_NAMES", "cap_op_mod",
+]
+
+
+class Op:
+    """Command opcodes."""
+
+    QUERY_HCA_CAP = 0x100
+    CREATE_MKEY = 0x200
+    DESTROY_MKEY = 0x202
+    QUERY_SPECIAL_CONTEXTS = 0x203
+    ALLOC_PD = 0x800
+    DEALLOC_PD = 0x801
+    CREATE_GENERAL_OBJECT = 0xA00
+    MODIFY_GENERAL_OBJECT = 0xA01
+    QUERY_GENERAL_OBJECT = 0xA02
+    DESTROY_GENERAL_OBJECT = 0xA03
+    CREATE_UMEM = 0xA08
+    DESTROY_UMEM = 0xA0A
+
+
+class ObjType:
+    """General object types (``obj_type`` of the general-object header)."""
+
+    VIRTIO_NET_Q = 0x000D
+    VIRTIO_Q_COUNTERS = 0x001C
+
+
+class Status:
+    """Command status codes (the output header's ``status``)."""
+
+    OK = 0x00
+    INTERNAL_ERR = 0x01
+    BAD_OP = 0x02
+    BAD_PARAM = 0x03
+    BAD_SYS_STATE = 0x04
+    BAD_RESOURCE = 0x05
+    RESOURCE_BUSY = 0x06
+    EXCEED_LIM = 0x08
+    BAD_RES_STATE = 0x09
+    NO_RESOURCES = 0x0F
+    BAD_INPUT_LEN = 0x50
+    BAD_OUTPUT_LEN = 0x51
+
+
+STATUS_NAMES = {v: k for k, v in vars(Status).items() if not k.startswith("_")}
+
+
+class Syn:
+    """Syndromes: why a command was refused (this emulation's values, one per reason)."""
+
+    NONE = 0
+    # framing
+    IN_TOO_SHORT = 0x01  # shorter than the header, or than the command's fixed part
+    IN_TOO_LONG = 0x02  # longer than the input buffer, or trailing bytes after the command
+    OUT_TOO_SHORT = 0x03  # the driver's output length cannot hold the answer
+    UNKNOWN_OPCODE = 0x04
+    BAD_OP_MOD = 0x05
+    UNKNOWN_OBJ_TYPE = 0x06
+    FIELD_TOO_WIDE = 0x07  # a value wider than the field's bits
+    INTERNAL = 0x08  # a bug in the card (logged), never the driver's fault
+    # object references
+    UNKNOWN_OBJECT = 0x10  # obj_id names no object of that type
+    UNKNOWN_PD = 0x11
+    UNKNOWN_MKEY = 0x12
+    UNKNOWN_UMEM = 0x13
+    UNKNOWN_COUNTERS = 0x14
+    UNKNOWN_TIS = 0x15
+    OBJECT_IN_USE = 0x16  # destroying something another object still uses
+    TOO_MANY_OBJECTS = 0x17
+    # memory
+    NOT_ALIGNED = 0x20
+    UNMAPPED = 0x21  # an IOVA range outside the DMA map
+    BAD_ACCESS_MODE = 0x22
+    BAD_LENGTH = 0x23
+    KLM_COUNT = 0x24  # 0 entries, or more than the caps allow, or not what the length needs
+    KLM_BYTE_COUNT = 0x25  # 0 or over 2 GiB, or the entries do not add up to the length
+    KLM_TARGET = 0x26  # an entry's mkey is unknown, indirect, or its range leaves the target
+    ENTITY_SIZE = 0x27  # KLM_FBS log_entity_size out of [12, 31]
+    NULL_MKEY = 0x28  # the null mkey where memory is needed, or destroying it
+    # virtq
+    QUEUE_INDEX = 0x30  # >= max_num_virtio_queues
+    QUEUE_INDEX_IN_USE = 0x31
+    QUEUE_SIZE = 0x32  # 0, over the max, or (split) not a power of two
+    Q_TYPE = 0x33  # unknown or not in the caps
+    EVENT_MODE = 0x34  # unknown or not in the caps
+    EVENT_TARGET = 0x35  # MSIX: qp_id is not a vector of the function
+    BAD_STATE = 0x36  # a state value that may not be asked for
+    STATE_TRANSITION = 0x37  # a transition the state machine does not have
+    FIELD_NOT_MODIFIABLE = 0x38  # a modify bit not allowed in the object's state
+    UNKNOWN_MODIFY_BIT = 0x39
+    MODIFY_CAP = 0x3A  # a modify bit the caps do not announce
+    QUEUE_PERIOD = 0x40  # hw_latency_mode 3 (only 0, 1, 2 exist)
+    UMEM_SIZE = 0x3B  # a umem size below a*q_size+b
+    UMEM_RANGE = 0x3C  # offset + size past the umem
+    RING_UNMAPPED = 0x3D  # a ring area the mkey does not translate (checked going RDY)
+    FEATURE_CAP = 0x3E  # a queue feature (tso, csum) the caps do not announce
+    DIRTY_BITMAP = 0x3F  # dirty bitmap area not translated by its mkey
+
+
+SYNDROME_NAMES = {v: k for k, v in vars(Syn).items() if not k.startswith("_")}
+
+
+class CapType:
+    """QUERY_HCA_CAP capability types (``op_mod`` = type << 1 | current)."""
+
+    GENERAL = 0x00
+    VDPA_EMULATION = 0x13
+
+
+def cap_op_mod(cap_type: int, current: bool = True) -> int:
+    return (cap_type << 1) | int(current)
+
+
+class AccessMode:
+    """mkey access modes (facts §3.3)."""
+
+    PA = 0x0
+    MTT = 0x1  # direct: the mkey's range is a range of the DMA map
+    KLM = 0x2
+    KLM_FBS = 0x3
+
+
+#: MLX5_MAX_KLM_BYTE_COUNT: a KLM entry covers at most 2 GiB.
+MAX_KLM_BYTE_COUNT = 0x80000000
+#: MLX5_MIN_KLM_FIXED_BUFFER_SIZE: the smallest KLM_FBS entity.
+MIN_KLM_FIXED_BUFFER_SIZE = 0x1000
+
+
+class QType:
+    SPLIT = 0
+    PACKED = 1
+
+
+class EventMode:
+    NO_MSIX = 0
+    QP = 1
+    MSIX = 2
+
+
+class QState:
+    INIT = 0
+    RDY = 1
+    SUSPEND = 2
+    ERROR = 3
+
+
+class Modify:
+    """``modify_field_select`` bits of a VIRTIO_NET_Q (facts §3.4)."""
+
+    STATE = 1 << 0
+    DIRTY_BITMAP_PARAMS = 1 << 3
+    DIRTY_BITMAP_DUMP_ENABLE = 1 << 4
+    QUEUE_PERIOD = 1 << 5
+    ADDR = 1 << 6
+    HW_AVAILABLE_INDEX = 1 << 7
+    HW_USED_INDEX = 1 << 8
+    Q_TYPE = 1 << 9
+    VERSION_1_0 = 1 << 10
+    Q_MKEY = 1 << 11
+    QUEUE_FEATURE_BIT_MASK = 1 << 12
+    EVENT_MODE = 1 << 13
+
+
+#: modify bit -> the virtq attributes it changes.
+MODIFY_FIELDS = {
+    Modify.STATE: ("state",),
+    Modify.DIRTY_BITMAP_PARAMS: ("dirty_bitmap_mkey", "dirty_bitmap_size", "dirty_bitmap_addr"),
+    Modify.DIRTY_BITMAP_DUMP_ENABLE: ("dirty_bitmap_dump_enable",),
+    Modify.QUEUE_PERIOD: ("hw_latency_mode", "hw_max_latency_us", "hw_max_pending_comp"),
+    Modify.ADDR: ("desc_addr", "used_addr", "available_addr"),
+    Modify.HW_AVAILABLE_INDEX: ("hw_available_index",),
+    Modify.HW_USED_INDEX: ("hw_used_index",),
+    Modify.Q_TYPE: ("q_type",),
+    Modify.VERSION_1_0: ("virtio_version_1_0",),
+    Modify.Q_MKEY: ("mkey",),
+    Modify.QUEUE_FEATURE_BIT_MASK: ("tso_ipv4", "tso_ipv6", "tx_csum", "rx_csum"),
+    Modify.EVENT_MODE: ("event_mode", "qp_id"),
+}
+MODIFY_KNOWN = sum(MODIFY_FIELDS)
+
+#: The counters object's fields, in the order of DPDK's stats names (facts §3.9).
+COUNTER_NAMES = ("received_desc", "completed_desc", "bad_desc_errors", "exceed_max_chain", "invalid_buffer",
+                 "error_cqes")
+STAT_NAMES = ("received_descriptors", "completed_descriptors", "bad descriptor errors", "exceed max chain",
+              "invalid buffer", "completion errors")
+
+_WIDTH = {"B": 8, "H": 16, "I": 32, "Q": 64}
+
+
+class CmdError(Exception):
+    """A command refused: answered with ``status`` and ``syndrome``, never escaping the card loop."""
+
+    def __init__(self, status: int, syndrome: int, msg: str = ""):
+        super().__init__(msg or SYNDROME_NAMES.get(syndrome, hex(syndrome)))
+        self.status = status
+        self.syndrome = syndrome
+
+
+class Field(NamedTuple):
+    name: str
+    code: str
+    bits: int
+    offset: int
+
+
+class Layout:
+    """A big-endian structure: ``[(name, code) | (name, code, bits), ...]`` with codes B, H, I, Q."""
+
+    def __init__(self, name: str, fields):
+        self.name = name
+        self.fields: list[Field] = []
+        off = 0
+        for f in fields:
+            fname, code = f[0], f[1]
+            bits = f[2] if len(f) > 2 else _WIDTH[code]
+            self.fields.append(Field(fname, code, bits, off))
+            off += struct.calcsize(">" + code)
+        self.struct = struct.Struct(">" + "".join(f.code for f in self.fields))
+        self.size = self.struct.size
+        self.names = tuple(f.name for f in self.fields if not f.name.startswith("_r"))
+        self.by_name = {f.name: f for f in self.fields}
+
+    def pack(self, **values) -> bytes:
+        """The bytes of ``values`` (absent fields are 0); KeyError for a name the layout lacks."""
+        for k in values:
+            if k not in self.by_name:
+                raise KeyError(f"{self.name} has no field {k!r}")
+        return self.struct.pack(*(int(values.get(f.name, 0)) & ((1 << _WIDTH[f.code]) - 1) for f in self.fields))
+
+    def unpack(self, buf, offset: int = 0) -> dict:
+        vals = self.struct.unpack_from(buf, offset)
+        return {f.name: v for f, v in zip(self.fields, vals) if not f.name.startswith("_r")}
+
+    def too_wide(self, values: dict) -> str | None:
+        """The first field whose value does not fit its bits, or None."""
+        for f in self.fields:
+            v = values.get(f.name, 0)
+            if f.bits < _WIDTH[f.code] and v >> f.bits:
+                return f.name
+        return None
+
+
+IN_HDR = Layout("in_hdr", [("opcode", "H"), ("uid", "H"), ("_r0", "H"), ("op_mod", "H")])
+OUT_HDR = Layout("out_hdr", [("status", "B"), ("_r0", "B"), ("_r1", "H"), ("syndrome", "I")])
+OBJ_IN_HDR = Layout("general_obj_in_hdr", [("opcode", "H"), ("uid", "H"), ("_r0", "H"), ("obj_type", "H"),
+                                           ("obj_id", "I"), ("_r1", "I")])
+OBJ_OUT = Layout("general_obj_out", [("obj_id", "I"), ("_r0", "I")])
+
+#: QUERY_HCA_CAP, cap type GENERAL: what the vDPA driver reads besides the vdpa caps.
+GENERAL_CAPS = Layout("general_caps", [
+    ("log_max_rqt_size", "B", 5),
+    ("log_max_klm_list_size", "B", 6),  # entries one indirect mkey may have: 1 << this
+    ("vnet_modify_ext", "B", 1),
+    ("queue_counters_valid", "B", 1),  # VIRTIO_Q_COUNTERS objects exist
+    ("num_msix_vectors", "H"),  # vectors a virtq may name in MSIX event mode
+    ("_r0", "H"),
+    ("general_obj_types", "Q"),  # bit n: general object type n is supported
+])
+
+#: QUERY_HCA_CAP, cap type VDPA_EMULATION (facts §3.2, §3.4).
+VDPA_CAPS = Layout("vdpa_caps", [
+    ("valid", "B", 1),
+    ("virtio_queue_type", "B", 2),  # bit 0 split, bit 1 packed
+    ("event_mode", "B", 3),  # bit n: event_mode n supported (NO_MSIX, QP, MSIX)
+    ("virtio_version_1_0", "B", 1),
+    ("tso_ipv4", "B", 1),
+    ("tso_ipv6", "B", 1),
+    ("tx_csum", "B", 1),
+    ("rx_csum", "B", 1),
+    ("virtio_net_q_addr_modify", "B", 1),
+    ("virtio_q_index_modify", "B", 1),
+    ("_r0", "B"),
+    ("max_num_virtio_queues", "H"),
+    ("max_queue_size", "H"),  # 0 = 65536 is not used: at most 32768
+    ("_r1", "H"),
+    ("umem_1_buffer_param_a", "I"),
+    ("umem_1_buffer_param_b", "I"),
+    ("umem_2_buffer_param_a", "I"),
+    ("umem_2_buffer_param_b", "I"),
+    ("umem_3_buffer_param_a", "I"),
+    ("umem_3_buffer_param_b", "I"),
+])
+
+#: CREATE_MKEY after IN_HDR; then ``klm_num`` :data:`KLM` entries (indirect modes).
+MKEY_IN = Layout("create_mkey", [
+    ("access_mode", "B", 2),
+    ("log_entity_size", "B", 5),
+    ("local_write", "B", 1),
+    ("mkey_7_0", "B"),  # the key byte the caller chooses (the mkey is index << 8 | this)
+    ("pd", "I"),
+    ("start_addr", "Q"),  # the mkey's own address space begins here
+    ("len", "Q"),
+    ("klm_num", "I"),  # KLM / KLM_FBS entries that follow
+    ("_r0", "I"),
+    ("mtt_iova", "Q"),  # MTT (direct): the DMA-map IOVA start_addr stands for
+])
+#: One KLM entry: ``byte_count`` (KLM mode; ignored in KLM_FBS), the target ``mkey``, the
+#: ``address`` in that mkey's space.
+KLM = Layout("klm", [("byte_count", "I"), ("mkey", "I"), ("address", "Q")])
+MKEY_OUT = Layout("create_mkey_out", [("mkey", "I"), ("_r0", "I")])
+MKEY_REF = Layout("mkey_ref", [("mkey", "I"), ("_r0", "I")])
+SPECIAL_CONTEXTS_OUT = Layout("special_contexts", [("_r0", "I"), ("null_mkey", "I")])
+PD_OUT = Layout("alloc_pd_out", [("pd", "I"), ("_r0", "I")])
+PD_REF = Layout("pd_ref", [("pd", "I"), ("_r0", "I")])
+#: CREATE_UMEM: memory the driver registers for the card's own use, a range of the DMA map.
+UMEM_IN = Layout("create_umem", [("iova", "Q"), ("size", "Q")])
+UMEM_OUT = Layout("create_umem_out", [("umem_id", "I"), ("_r0", "I")])
+UMEM_REF = Layout("umem_ref", [("umem_id", "I"), ("_r0", "I")])
+
+#: The VIRTIO_NET_Q object body (create, modify, query) after the general-object header.
+VIRTQ = Layout("virtio_net_q", [
+    ("modify_field_select", "Q"),
+    ("queue_index", "H"),
+    ("q_type", "B", 2),
+    ("event_mode", "B", 3),
+    ("state", "B", 4),
+    ("error_type", "B"),  # query only
+    ("hw_latency_mode", "B", 2),
+    ("virtio_version_1_0", "B", 1),
+    ("tso_ipv4", "B", 1),
+    ("tso_ipv6", "B", 1),
+    ("tx_csum", "B", 1),
+    ("rx_csum", "B", 1),
+    ("dirty_bitmap_dump_enable", "B", 1),
+    ("_r0", "B"),
+    ("q_size", "H"),
+    ("hw_available_index", "H"),
+    ("hw_used_index", "H"),
+    ("hw_max_latency_us", "H", 12),
+    ("hw_max_pending_comp", "H"),
+    ("_r1", "H"),
+    ("qp_id", "I", 24),  # the event QPN (QP mode) or the MSI-X vector (MSIX mode)
+    ("mkey", "I"),
+    ("pd", "I", 24),
+    ("tis_id", "I", 24),
+    ("counters_obj_id", "I"),
+    ("dirty_bitmap_mkey", "I"),
+    ("dirty_bitmap_size", "I"),
+    ("_r2", "I"),
+    ("desc_addr", "Q"),
+    ("used_addr", "Q"),
+    ("available_addr", "Q"),
+    ("dirty_bitmap_addr", "Q"),
+    ("umem_1_id", "I"), ("umem_1_size", "I"), ("umem_1_offset", "Q"),
+    ("umem_2_id", "I"), ("umem_2_size", "I"), ("umem_2_offset", "Q"),
+    ("umem_3_id", "I"), ("umem_3_size", "I"), ("umem_3_offset", "Q"),
+])
+
+#: The VIRTIO_Q_COUNTERS object as queried (create has no body).
+COUNTERS = Layout("virtio_q_counters", [
+    ("received_desc", "Q"),
+    ("completed_desc", "Q"),
+    ("bad_desc_errors", "I"),
+    ("exceed_max_chain", "I"),
+    ("invalid_buffer", "I"),
+    ("error_cqes", "I"),
+])
+
+#: General object type -> (name, body layout for create/modify, body layout a query returns).
+OBJECT_TYPES = {
+    ObjType.VIRTIO_NET_Q: ("VIRTIO_NET_Q", VIRTQ, VIRTQ),
+    ObjType.VIRTIO_Q_COUNTERS: ("VIRTIO_Q_COUNTERS", None, COUNTERS),
+}
+
+
+class Command(NamedTuple):
+    """One row of the opcode table.
+
+    ``header``: the input header layout; ``body``: the fixed input after it (None: nothing);
+    ``tail``: a repeated entry after the body (its count is the body field ``count``);
+    ``handler``: the name of the :class:`~dataplane.nic.mlx5.objects.Hca` method that runs it.
+    """
+
+    name: str
+    header: Layout
+    body: Layout | None
+    tail: Layout | None
+    count: str | None
+    handler: str
+
+
+COMMANDS: dict[int, Command] = {
+    Op.QUERY_HCA_CAP: Command("QUERY_HCA_CAP", IN_HDR, None, None, None, "query_hca_cap"),
+    Op.CREATE_MKEY: Command("CREATE_MKEY", IN_HDR, MKEY_IN, KLM, "klm_num", "create_mkey"),
+    Op.DESTROY_MKEY: Command("DESTROY_MKEY", IN_HDR, MKEY_REF, None, None, "destroy_mkey"),
+    Op.QUERY_SPECIAL_CONTEXTS: Command("QUERY_SPECIAL_CONTEXTS", IN_HDR, None, None, None, "query_special_contexts"),
+    Op.ALLOC_PD: Command("ALLOC_PD", IN_HDR, None, None, None, "alloc_pd"),
+    Op.DEALLOC_PD: Command("DEALLOC_PD", IN_HDR, PD_REF, None, None, "dealloc_pd"),
+    Op.CREATE_UMEM: Command("CREATE_UMEM", IN_HDR, UMEM_IN, None, None, "create_umem"),
+    Op.DESTROY_UMEM: Command("DESTROY_UMEM", IN_HDR, UMEM_REF, None, None, "destroy_umem"),
+    # general objects: the body depends on obj_type (OBJECT_TYPES)
+    Op.CREATE_GENERAL_OBJECT: Command("CREATE_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "create_object"),
+    Op.MODIFY_GENERAL_OBJECT: Command("MODIFY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "modify_object"),
+    Op.QUERY_GENERAL_OBJECT: Command("QUERY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "query_object"),
+    Op.DESTROY_GENERAL_OBJECT: Command("DESTROY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "destroy_object"),
+}
