@@ -79,7 +79,7 @@ _STATUS_NAMES = ((0x01, "ACK"), (0x02, "DRIVER"), (0x08, "FEATURES_OK"), (0x04, 
 def list_cards(parent: str) -> list[dict]:
     """The cards under ``parent`` and their VFs (read from their files)."""
     from .kernels import QUEUE_COUNTER_NAMES, Q_FAULTS, Q_RUNNING
-    from .shm import VF_COUNTER_NAMES, CardShm, V_CONNECTED, V_FAULTS
+    from .shm import HDR_PAIRS, VF_COUNTER_NAMES, CardShm, V_CONNECTED, V_FAULTS, V_MAC, V_STATUS
 
     out = []
     if not os.path.isdir(parent):
@@ -89,24 +89,35 @@ def list_cards(parent: str) -> list[dict]:
         if not name.startswith("nic-") or not os.path.isdir(d):
             continue
         pid = _read_pid(d)
-        card = {"pf": name[4:], "dir": d, "pid": pid, "running": bool(pid) and _alive(pid), "model": "ifcvf",
-                "vfs": []}
         try:
             shm = CardShm(os.path.join(d, "counters"))
         except (OSError, ValueError):
             shm = None
+        model = shm.model if shm is not None else "unknown"
+        card = {"pf": name[4:], "dir": d, "pid": pid, "running": bool(pid) and _alive(pid), "model": model,
+                "vfs": []}
         vfs = sorted(v for v in os.listdir(d) if os.path.isdir(os.path.join(d, v)))
         for i, bdf in enumerate(vfs):
-            try:
-                b0 = BarFile(os.path.join(d, bdf, "resource0"))
-            except (OSError, ValueError):
+            if model != "mlx5":
+                try:
+                    b0 = BarFile(os.path.join(d, bdf, "resource0"))
+                except (OSError, ValueError):
+                    continue
+                mac = ":".join(f"{x:02x}" for x in b0.u8[DEVICE_OFF : DEVICE_OFF + 6])
+                st = b0.r8(CC.DEVICE_STATUS)
+                nq, pairs = b0.r16(CC.NUM_QUEUES), b0.r16(DEVICE_OFF + 8)
+                b0.close()
+            elif shm is not None and i < shm.nvfs:  # mlx5: no virtio registers; the card's words say it
+                m = int(shm.vf[i][V_MAC])
+                mac = ":".join(f"{(m >> (8 * (5 - k))) & 0xFF:02x}" for k in range(6))
+                st = int(shm.vf[i][V_STATUS])
+                pairs = int(shm.hdr[HDR_PAIRS])
+                nq = 2 * pairs
+            else:
                 continue
-            mac = ":".join(f"{x:02x}" for x in b0.u8[DEVICE_OFF : DEVICE_OFF + 6])
-            st = b0.r8(CC.DEVICE_STATUS)
             vf = {"bdf": bdf, "mac": mac, "status": st,
-                  "status_names": [n for bit, n in _STATUS_NAMES if st & bit],
-                  "num_queues": b0.r16(CC.NUM_QUEUES), "max_queue_pairs": b0.r16(DEVICE_OFF + 8)}
-            b0.close()
+                  "status_names": [n for bit, n in _STATUS_NAMES if st & bit] if model != "mlx5" else [],
+                  "num_queues": nq, "max_queue_pairs": pairs}
             if shm is not None and i < shm.nvfs:
                 rows = shm.queues[i]
                 vf["queues_running"] = [q for q in range(vf["num_queues"]) if rows[q][Q_RUNNING]]
@@ -134,7 +145,7 @@ def _show(args) -> int:
         state = f"pid {c['pid']}" if c["running"] else "not running (stale: `dataplane-nic stop` cleans it)"
         print(f"card {c['pf']} {c['model']} {state} vfs {len(c['vfs'])}")
         for v in c["vfs"]:
-            names = "|".join(v["status_names"]) or "RESET"
+            names = "|".join(v["status_names"]) or ("RESET" if c["model"] != "mlx5" else "-")
             q = ",".join(str(x) for x in v.get("queues_running", [])) or "-"
             drv = "driver" if v.get("driver") else "no driver"
             print(f"  {v['bdf']} mac {v['mac']} status {v['status']:#04x} ({names}) {drv} "

@@ -102,6 +102,15 @@ class DmaMap:
             raise RequestError(f"dma_unmap: nothing is mapped in [{iova:#x}, +{size:#x})")
         return out
 
+    def hit_test(self, iovas: list[int]):
+        """A test ``hit(addr, length)``: does ``[addr, addr+length)`` touch one of the mappings at ``iovas``?"""
+        spans = [(i, self.maps[i][0]) for i in iovas]
+
+        def hit(a: int, ln: int) -> bool:
+            return any(a < i + s and i < a + ln for i, s in spans)
+
+        return hit
+
     def unmap(self, iova: int) -> None:
         size, hva, fd, row = self.maps.pop(iova)
         self.table[row, REGION_LEN] = 0

@@ -52,7 +52,7 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
+    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
     "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
@@ -415,6 +415,42 @@ def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: in
     cfg[CFG_CALLFD] = int(callfd)
     return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(1, MAX_SEGS),
                        cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
+
+
+def open_queue(addrs, size: int, *, packed: bool, feat: int, last_avail: int, last_used: int, regions,
+               callfd: int, counters: np.ndarray, log=None) -> NicQueueCtx:
+    """A running queue over the ring areas at the card's addresses ``addrs`` (desc, driver area, device
+    area), from the indices ``last_avail`` / ``last_used`` (packed: offset | wrap counter << 15);
+    ``regions``: the table its buffers translate through.  ValueError if the indices do not fit.
+
+    Its counter row's error code is cleared and it is marked running; kicks are turned off (an RX queue
+    never needs them: the card looks for buffers when a frame arrives; a TX queue starts busy, polled)."""
+    from dataplane.rings.virtqueue import STATE_LAST_USED, STATE_SIGNALLED_USED
+    from dataplane.vhost.dev_ring import queue_rings
+
+    if packed:
+        sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=last_avail,
+                                 last_used_idx=last_used)
+    else:
+        sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat, last_avail_idx=last_avail)
+        st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = last_used
+    counters[Q_ERR] = 0
+    q = make_queue_ctx(sp, pk, st, regions, is_packed=packed, callfd=callfd, counters=counters, log=log)
+    q.cfg[CFG_RUNNING] = 1
+    counters[Q_RUNNING] = 1
+    set_notify(q, False)
+    return q
+
+
+def queue_used_index(q: NicQueueCtx) -> int:
+    """The queue's used index (packed: offset | wrap counter << 15).  The card completes every chain it
+    takes within the burst that took it, so it is also where the next chain will be taken from."""
+    from dataplane.rings.packed import packed_dev_get_used_base
+    from dataplane.rings.virtqueue import STATE_LAST_USED
+
+    if q.cfg[CFG_PACKED]:
+        return int(packed_dev_get_used_base(q.state)) & 0xFFFF
+    return int(q.state[STATE_LAST_USED]) & 0xFFFF
 
 
 def idle_queue_ctx() -> NicQueueCtx:
