@@ -547,9 +547,5 @@ class Card(CardBase):
     model = "ifcvf"
 
     def __init__(self, parent: str, pf: str, nvfs: int, *, mac_base: bytes, pairs: int = 4):
-        if not 1 <= nvfs <= 63:
-            raise ValueError("--vfs must be 1..63")
-        if not 1 <= pairs <= 32:
-            raise ValueError("--queue-pairs must be 1..32")
         super().__init__(parent, pf, nvfs, pairs=pairs)
         self._build(nvfs, mac_base, lambda i, bdf, mac: VF(self, i, bdf, mac, pairs))

@@ -66,6 +66,10 @@ class CardBase:
     model = "ifcvf"
 
     def __init__(self, parent: str, pf: str, nvfs: int, *, pairs: int):
+        if not 1 <= nvfs <= 63:
+            raise ValueError("--vfs must be 1..63")
+        if not 1 <= pairs <= 32:
+            raise ValueError("--queue-pairs must be 1..32")
         self.pf = pf
         self.dir = card_dir(parent, pf)
         if os.path.exists(os.path.join(self.dir, "pid")):

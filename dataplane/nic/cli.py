@@ -4,11 +4,13 @@
 
     dataplane-nic start ifcvf --pf 0000:00:05.0 --vfs N [--mac-base MAC] [--queue-pairs P]
                               [--file-prefix P] [--daemon] [--log-level L]
+    dataplane-nic start mlx5 --pf 0000:00:06.0 --vfs N [same options]
     dataplane-nic show [--file-prefix P] [-j]
     dataplane-nic stop PF [--file-prefix P]
     dataplane-nic link PF VF up|down [--file-prefix P]
 
-``start`` runs the card in the foreground until SIGTERM / SIGINT (``stop``
+``start`` runs a card (``ifcvf``: :mod:`dataplane.nic.card`; ``mlx5``, a ConnectX-6 Dx:
+:mod:`dataplane.nic.mlx5.card`) in the foreground until SIGTERM / SIGINT (``stop``
 sends SIGTERM); it prints ``ready <card dir>`` on stdout once every VF's files
 exist.  ``--daemon`` forks: the command returns once the card is ready, and
 the card runs on in the background (its log goes to ``<card dir>.log``,
@@ -36,6 +38,7 @@ __all__ = ["main", "cards_parent", "list_cards"]
 
 DEFAULT_MAC_BASE = "02:00:00:00:00:01"
 STOP_WAIT_S = 20.0
+DEFAULT_PAIRS = {"ifcvf": 4, "mlx5": 16}
 
 
 def cards_parent(prefix: str | None) -> str:
@@ -201,8 +204,10 @@ def _link(args) -> int:
 
 
 def _start(args) -> int:
-    from .card import Card, install_signals
+    from .card import Card
+    from .cardproc import install_signals
     from .kernels import warm_up, warm_up_switch
+    from .mlx5.card import Mlx5Card
 
     parse_bdf(args.pf)
     mac = _parse_mac(args.mac_base)
@@ -234,7 +239,9 @@ def _start(args) -> int:
     try:
         warm_up()
         warm_up_switch(args.vfs)
-        card = Card(parent, args.pf, args.vfs, mac_base=mac, pairs=args.queue_pairs)
+        cls = Mlx5Card if args.model == "mlx5" else Card
+        pairs = args.queue_pairs if args.queue_pairs is not None else DEFAULT_PAIRS[args.model]
+        card = cls(parent, args.pf, args.vfs, mac_base=mac, pairs=pairs)
     except (ValueError, OSError) as e:
         msg = f"dataplane-nic: {e}"
         print(msg, file=sys.stderr)
@@ -264,11 +271,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="dataplane-nic", description="emulated vDPA-capable NICs")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("start", help="run a card")
-    st.add_argument("model", choices=["ifcvf"])
+    st.add_argument("model", choices=["ifcvf", "mlx5"])
     st.add_argument("--pf", required=True, help="the PF's PCI address; VFs are the following functions")
     st.add_argument("--vfs", type=int, required=True)
     st.add_argument("--mac-base", default=DEFAULT_MAC_BASE, help="VF i gets this MAC + i")
-    st.add_argument("--queue-pairs", type=int, default=4, help="max_virtqueue_pairs of each VF (1..32)")
+    st.add_argument("--queue-pairs", type=int, default=None,
+                    help="queue pairs of each VF (1..32; ifcvf: max_virtqueue_pairs, default 4; mlx5: "
+                         "max_num_virtio_queues / 2, default 16)")
     st.add_argument("--file-prefix", default=None)
     st.add_argument("--daemon", action="store_true", help="return once ready; the card runs in the background")
     st.add_argument("--log-level", default="info")

@@ -112,10 +112,20 @@ class DmaMap:
         return hit
 
     def unmap(self, iova: int) -> None:
+        self.release(self.detach(iova))
+
+    def detach(self, iova: int) -> tuple[int, int, int]:
+        """Take the mapping at ``iova`` out of the map (no translation reaches it any more) but keep its
+        memory mapped until :meth:`release`: what a card does while it rebuilds tables that point there."""
         size, hva, fd, row = self.maps.pop(iova)
         self.table[row, REGION_LEN] = 0
         self.table[row, REGION_GPA] = 0
         self.table[row, REGION_HVA] = 0
+        return size, hva, fd
+
+    @staticmethod
+    def release(detached: tuple[int, int, int]) -> None:
+        size, hva, fd = detached
         unmap(hva, size)
         close_fds([fd])
 

@@ -52,7 +52,8 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
+    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "poll_var_doorbell",
+    "set_notify", "VAR_IDLE",
     "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
@@ -225,6 +226,26 @@ def poll_doorbells(db16, nq, stride, rows, kicked):
             kicked[q] = 1
             got += 1
     return got
+
+
+#: What the VAR doorbell word holds when no kick is pending (a kick writes a queue index).
+VAR_IDLE = 0xFFFFFFFF
+
+
+@kernel
+def poll_var_doorbell(db32, nq, rows):
+    """Take the pending write of a VAR doorbell (word 0 of ``db32``, uint32; mlx5, facts §3.5): the word
+    is swapped back to :data:`VAR_IDLE` atomically.  A queue index below ``nq`` is a kick, counted in
+    ``rows[index, Q_KICKS]``, and returned; -1: no write pending; -2: a value that is no queue index
+    (a write narrower than 32 bits leaves the idle bits above it, so it never names a queue: the
+    hardware detects only 4-byte doorbell writes)."""
+    if load_relaxed(db32, 0) == VAR_IDLE:
+        return -1
+    v = np.int64(exchange(db32, 0, VAR_IDLE))
+    if v < nq:
+        rows[v, Q_KICKS] += 1
+        return v
+    return -2
 
 
 @kernel
@@ -486,5 +507,6 @@ def warm_up_switch(nvfs: int) -> None:
     tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
+    poll_var_doorbell(np.full(1024, VAR_IDLE, np.uint32), 1, np.zeros((1, Q_WORDS), np.int64))
 
 
