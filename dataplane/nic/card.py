@@ -161,10 +161,6 @@ class Queue:
         return (self.size, self.msix, self.enable, self.desc, self.avail, self.used)
 
 
-def _ring_sizes(size: int, packed: bool) -> tuple[int, int, int]:
-    return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
-
-
 # =============================================================================
 # a VF
 # =============================================================================
@@ -404,7 +400,7 @@ class VF(Function):
         if q.desc == 0 or q.avail == 0 or q.used == 0:
             return self._fault(q, K.ERR_RING_ZERO, desc=hex(q.desc), avail=hex(q.avail), used=hex(q.used))
         addrs = []
-        for iova, ln in zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)):
+        for iova, ln in zip((q.desc, q.avail, q.used), K.ring_area_sizes(size, packed)):
             hva = self.dma.translate(iova, ln)
             if not hva:
                 return self._fault(q, K.ERR_RING_DMA, iova=hex(iova), length=ln)
@@ -413,7 +409,7 @@ class VF(Function):
         last_avail, last_used = rs & 0xFFFF, rs >> 16
         feat = (FEAT_INDIRECT if self.features >> F.INDIRECT_DESC & 1 else 0) | \
             (FEAT_EVENT_IDX if self.features >> F.EVENT_IDX & 1 else 0)
-        q.areas = list(zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)))
+        q.areas = list(zip((q.desc, q.avail, q.used), K.ring_area_sizes(size, packed)))
         try:
             q.ctx = K.open_queue(addrs, size, packed=packed, feat=feat, last_avail=last_avail, last_used=last_used,
                                  regions=self.dma.table, callfd=self._irq_fd(q.msix), counters=self.rows[q.qid],

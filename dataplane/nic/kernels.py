@@ -52,7 +52,8 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "poll_var_doorbell",
+    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
+    "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "poll_var_doorbell",
     "set_notify", "VAR_IDLE",
     "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
@@ -436,6 +437,12 @@ def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: in
     cfg[CFG_CALLFD] = int(callfd)
     return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(1, MAX_SEGS),
                        cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
+
+
+def ring_area_sizes(size: int, packed: bool) -> tuple[int, int, int]:
+    """Bytes of a ring's three areas: descriptors, driver area, device area (split: avail and used
+    rings with their event words; packed: the 4-byte event suppression areas)."""
+    return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
 
 
 def open_queue(addrs, size: int, *, packed: bool, feat: int, last_avail: int, last_used: int, regions,

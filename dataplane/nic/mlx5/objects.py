@@ -28,6 +28,7 @@ import numpy as np
 from dataplane import log as dplog
 
 from ..dma import PAGE, DmaMap
+from ..kernels import ring_area_sizes
 from .commands import (
     COMMANDS,
     COUNTER_NAMES,
@@ -170,12 +171,10 @@ class VirtQ:
 
 
 def ring_areas(a: dict) -> list[tuple[str, int, int]]:
-    n = a["q_size"]
-    if a["q_type"] == QType.PACKED:
-        return [("desc_addr", a["desc_addr"], 16 * n), ("available_addr", a["available_addr"], 4),
-                ("used_addr", a["used_addr"], 4)]
-    return [("desc_addr", a["desc_addr"], 16 * n), ("available_addr", a["available_addr"], 6 + 2 * n),
-            ("used_addr", a["used_addr"], 6 + 8 * n)]
+    """(attribute, address, bytes) of a virtq's ring areas."""
+    names = ("desc_addr", "available_addr", "used_addr")
+    sizes = ring_area_sizes(a["q_size"], a["q_type"] == QType.PACKED)
+    return [(n, a[n], ln) for n, ln in zip(names, sizes)]
 
 
 class Hca:
