@@ -217,16 +217,21 @@ class Mlx5Driver(VfioClient):
         return r
 
     def _guest_mkey(self, mem) -> int:
-        """A direct mkey per region (IOVA = GPA) and a KLM mkey over [first GPA, last end): the virtqs' mkey."""
+        """A direct mkey per region (IOVA = GPA) and a KLM mkey over [first GPA, last end), the holes between
+        regions on the null mkey (facts §3.3): the virtqs' mkey."""
         regions = sorted(mem.regions, key=lambda r: r.gpa)
+        null = self.fw.null_mkey()
         klms = []
+        end = regions[0].gpa
         for r in regions:
+            if r.gpa > end:
+                klms.append((r.gpa - end, null, 0))
             k = self.ok(self.fw.create_mkey(AccessMode.MTT, pd=self.pd, start_addr=r.gpa, len=r.size,
                                             mtt_iova=r.gpa, local_write=1)).fields["mkey"]
             klms.append((r.size, k, r.gpa))
+            end = r.gpa + r.size
         start = regions[0].gpa
-        total = sum(n for n, _k, _a in klms)
-        return self.ok(self.fw.create_mkey(AccessMode.KLM, klms, pd=self.pd, start_addr=start, len=total,
+        return self.ok(self.fw.create_mkey(AccessMode.KLM, klms, pd=self.pd, start_addr=start, len=end - start,
                                            local_write=1)).fields["mkey"]
 
     def _umem(self, size: int) -> int:

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from dataplane.nic.kernels import ERR_RING_DMA, Q_KICKS, Q_RUNNING
+from dataplane.nic.kernels import ERR_RING_DMA, MAX_SEGS, Q_KICKS, Q_RUNNING
 from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
 from dataplane.nic.mlx5.commands import CapType, EventMode, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
-from dataplane.nic.pci import PCI_CAP_ID_MSIX
+from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
 from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS
-from dataplane.rings.virtqueue import ERR_ADDR
+from dataplane.rings.virtqueue import ERR_ADDR, ERR_TOO_MANY_SEGS
 from dataplane.testing.mlx5_cmd import Mlx5Driver
 from dataplane.testing.nic_card import MLX5_PF, ROOT, CardProc, wait_for
 from dataplane.testing.nic_driver import NicQueue, net_frame
@@ -41,8 +41,8 @@ def card(runtime):
 class Vf:
     """A VF's driver, guest memory and queue pair 0 (RX virtq 0, TX virtq 1), created in INIT."""
 
-    def __init__(self, vf_dir, *, packed=False, num=64, rx_mode=EventMode.MSIX):
-        self.mem = GuestMemoryLayout.simple(8 << 20, gpa=1 << 20)
+    def __init__(self, vf_dir, *, packed=False, num=64, rx_mode=EventMode.MSIX, nregions=1):
+        self.mem = GuestMemoryLayout.simple(8 << 20, nregions=nregions, gpa=1 << 20, gap=16 << 20)
         self.drv = Mlx5Driver(vf_dir, self.mem)
         self.drv.set_irqs(4)
         self.rx = NicQueue(self.drv, self.mem, 0, num=num, packed=packed)
@@ -188,6 +188,65 @@ def test_dma_fault_puts_the_virtq_in_error(card, vfs):
     assert (r.status, r.syndrome) == (Status.BAD_RES_STATE, Syn.FIELD_NOT_MODIFIABLE)
     _deliver(b, a, 3)
     assert a.drv.fw.destroy_virtq(a.txq).status == Status.OK
+
+
+def test_guest_memory_in_two_regions_through_a_klm_mkey(card, vfs):
+    """Buffers in the second region translate through the KLM mkey; one in the hole (null mkey) is a fault."""
+    a, b = vfs(0, nregions=2), vfs(1, nregions=2)
+    a.ready()
+    b.ready()
+    g_rx = b.mem.alloc(2048, 64, region=1)
+    b.rx.ring.add([(g_rx, 2048, True)], b.rx.ring.alloc_slot())
+    b.rx.kick(force=True)
+    f = net_frame(BCAST, b"\x02\x00\x00\x00\x00\x01", b"second region" * 4)
+    g_tx = a.mem.alloc(len(f), 64, region=1)
+    a.mem.view(g_tx, len(f))[:] = list(f)
+    a.tx.ring.add([(g_tx, len(f), False)], a.tx.ring.alloc_slot())
+    a.tx.kick(force=True)
+    assert len(a.tx.wait_used(1)) == 1
+    [(_slot, ln)] = b.rx.wait_used(1)
+    assert ln == len(f) and bytes(b.mem.view(g_rx, ln))[12:] == f[12:]
+    hole = (1 << 20) + (8 << 20) + 0x1000
+    a.tx.ring.add([(hole, 64, False)], a.tx.ring.alloc_slot())
+    a.tx.kick(force=True)
+    wait_for(lambda: a.drv.query(a.txq)["state"] == QState.ERROR, what="ERROR")
+    assert a.drv.query(a.txq)["error_type"] == ERR_ADDR
+
+
+def test_chain_too_long_exceeds_max_chain(card, vfs):
+    a, b = vfs(0, num=128), vfs(1, num=128)
+    a.ready()
+    b.ready()
+    slot = a.tx.ring.alloc_slot()
+    g = a.tx.ring.data_gpa(slot)
+    a.tx.ring.add([(g + i, 1, False) for i in range(MAX_SEGS + 6)], slot)
+    a.tx.kick(force=True)
+    wait_for(lambda: a.drv.query(a.txq)["state"] == QState.ERROR, what="ERROR")
+    assert a.drv.query(a.txq)["error_type"] == ERR_TOO_MANY_SEGS
+    c = a.drv.counters(a.txq)
+    assert c["exceed_max_chain"] == 1 and c["received_desc"] == 0 and c["bad_desc_errors"] == 0
+
+
+def test_link_down_stops_delivery(card, vfs):
+    a, b = vfs(0), vfs(1)
+    a.ready()
+    b.ready()
+    _deliver(a, b, 2)
+    assert _run(card.runtime, "link", card.pf, vf_bdf(card.pf, 1), "down").returncode == 0
+    for _ in range(2):
+        b.rx.post_rx()
+    b.rx.kick(force=True)
+    for f in _frames(2, b"\x02\x00\x00\x00\x00\x01"):
+        a.tx.send(f)
+    a.tx.kick(force=True)
+    assert len(a.tx.wait_used(2)) == 2  # taken and dropped: nobody to deliver to
+    time.sleep(0.2)
+    assert b.rx.harvest() == []
+    assert _run(card.runtime, "link", card.pf, vf_bdf(card.pf, 1), "up").returncode == 0
+    for f in _frames(2, b"\x02\x00\x00\x00\x00\x01"):
+        a.tx.send(f)
+    a.tx.kick(force=True)
+    assert len(b.rx.wait_used(2)) == 2
 
 
 def test_dma_unmap_under_running_rings(card, vfs):
