@@ -16,7 +16,7 @@ from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
 from dataplane.nic.mlx5.commands import CapType, EventMode, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
 from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
-from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS
+from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_TOO_MANY_SEGS
 from dataplane.testing.mlx5_cmd import Mlx5Driver
 from dataplane.testing.nic_card import MLX5_PF, ROOT, CardProc, wait_for
@@ -282,6 +282,32 @@ def test_doorbell_takes_only_32_bit_writes(card, vfs):
         wait_for(lambda: shm.queues[0][5][Q_KICKS] == 1, what="the kick of queue 5")
         a.drv.doorbell(999)  # not a queue of the function
         wait_for(lambda: shm.vf[0][V_DOORBELLS_IGNORED] == 2, what="the bad index ignored")
+    finally:
+        shm.close()
+
+
+def test_msix_vectors_rebound_under_a_running_virtq(card, vfs):
+    a, b = vfs(0), vfs(1)
+    a.ready()
+    b.ready()
+    _deliver(a, b, 2)
+    old = b.drv.irq_fd(1)
+    assert b.drv.interrupts(0) >= 1
+    b.drv.set_irqs(4)  # new eventfds: the running RX virtq's vector 1 follows
+    assert b.drv.irq_fd(1) != old
+    _deliver(a, b, 2)
+    assert b.drv.interrupts(0) >= 1
+
+
+def test_reset_request_drops_the_firmware_objects(card, vfs):
+    a = vfs(0)
+    a.ready()
+    a.drv.request("reset")
+    r = a.drv.fw.query_virtq(a.txq)
+    assert r.status == Status.BAD_RESOURCE
+    shm = card.counters()
+    try:
+        assert shm.queues[0][1][Q_RUNNING] == 0 and shm.vf[0][V_RESETS] == 1
     finally:
         shm.close()
 
