@@ -41,11 +41,9 @@ compares them with what it saw last (its shadow):
 **Doorbells.**  A kick is a 16-bit write of the queue index at offset 0 of
 the queue's notify page; the card swaps the word back to 0xFFFF atomically
 (:func:`~dataplane.nic.kernels.poll_doorbells`), counts it in the queue's
-``kicks`` and serves the queue.  A served queue stays busy (polled every turn)
-for :data:`BUSY_TURNS` turns without work, then idles until its next kick.
-The loop sleeps (in ``poll()`` on the control sockets) only when every queue
-idles: :data:`FAST_S` for :data:`ACTIVE_S` after the last activity, then
-:data:`SLOW_S`.
+``kicks`` and serves the queue.  The main loop, the busy/idle scheme and the
+switch are every card's (:mod:`~dataplane.nic.cardproc`); the control channel
+too (:mod:`~dataplane.nic.function`).
 
 **Interrupts.**  The eventfd bound to a queue's MSI-X vector (control channel
 ``set_irqs``) is written when the driver wants an interrupt
@@ -55,24 +53,18 @@ idles: :data:`FAST_S` for :data:`ACTIVE_S` after the last activity, then
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import select
-import shutil
-import signal
-import socket
-import time
 
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.rings.packed import packed_dev_get_used_base
-from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_INDIRECT, STATE_LAST_USED, STATE_SIGNALLED_USED
-from dataplane.vhost.dev_ring import queue_rings
+from dataplane.rings.virtqueue import FEAT_EVENT_IDX, FEAT_INDIRECT
 from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
 
 from . import kernels as K
-from .dma import MAX_DMA_MAPS, DmaMap, RequestError, close_fds as _close
+from .cardproc import BUSY_TURNS, FAST_S, SLOW_S, CardBase, card_dir, install_signals
+from .dma import MAX_DMA_MAPS
+from .function import Function
 from .pci import (
     ACK_SEQ,
     BAR4_SIZE,
@@ -92,30 +84,20 @@ from .pci import (
     bar0_size,
     build_config,
     ring_state_off,
-    vf_bdf,
 )
 from .shm import (
-    HDR_LOOPS,
-    HDR_PAIRS,
-    HDR_PID,
-    V_BAD_REQUESTS,
     V_CONFIG_IRQS,
-    V_CONNECTED,
     V_DMA_FAULTS,
-    V_DMA_MAPS,
-    V_DRIVERS,
     V_FAULTS,
     V_FEATURES,
     V_FLUSHES,
-    V_IRQS_SET,
     V_LOG_ON,
     V_RESETS,
     V_STATUS,
-    CardShm,
 )
 
-__all__ = ["Card", "DEVICE_FEATURES", "MAX_QUEUE_SIZE", "MAX_DMA_MAPS", "BUSY_TURNS", "FAST_S", "SLOW_S",
-           "card_dir", "F"]
+__all__ = ["Card", "VF", "DEVICE_FEATURES", "MAX_QUEUE_SIZE", "MAX_DMA_MAPS", "BUSY_TURNS", "FAST_S", "SLOW_S",
+           "card_dir", "install_signals", "F"]
 
 log = dplog.get_logger("dataplane.nic")
 
@@ -147,20 +129,6 @@ MAX_QUEUE_SIZE = 32768
 MTU = 1500
 VIRTIO_NET_S_LINK_UP = 1
 ISR_CONFIG = 0x2
-BUSY_TURNS = 200
-#: Frames one busy window of a TX queue may move (a window also ends after SERVE_SPIN empty pulls).
-SERVE_BUDGET = 4096
-SERVE_SPIN = 32
-#: While queues are busy, the registers are polled every this many turns (always when idle).
-REG_EVERY = 8
-FAST_S = 0.0002
-SLOW_S = 0.002
-ACTIVE_S = 0.5
-MAX_MSG = 65536
-
-
-def card_dir(parent: str, pf: str) -> str:
-    return os.path.join(parent, f"nic-{pf}")
 
 
 # =============================================================================
@@ -193,48 +161,28 @@ class Queue:
         return (self.size, self.msix, self.enable, self.desc, self.avail, self.used)
 
 
-def _ring_sizes(size: int, packed: bool) -> tuple[int, int, int]:
-    return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
-
-
 # =============================================================================
 # a VF
 # =============================================================================
 
 
-class VF:
+class VF(Function):
+    model = "ifcvf"
+
     def __init__(self, card: "Card", index: int, bdf: str, mac: bytes, pairs: int):
-        self.card = card
-        self.index = index
-        self.bdf = bdf
-        self.mac = mac
         self.pairs = pairs
         self.num_queues = 2 * pairs + 1  # IFCVF counts a control queue
-        self.nvec = self.num_queues + 1
-        self.dir = os.path.join(card.dir, bdf)
-        os.makedirs(self.dir, exist_ok=True)
+        self.queues = [Queue(q) for q in range(self.num_queues)]
+        super().__init__(card, index, bdf, mac, self.num_queues + 1)
         with open(os.path.join(self.dir, "config"), "wb") as f:
             f.write(build_config(self.num_queues, self.nvec))
         self.bar0 = BarFile(os.path.join(self.dir, "resource0"), bar0_size(self.num_queues), create=True)
         self.bar4 = BarFile(os.path.join(self.dir, "resource4"), BAR4_SIZE, create=True)
         self.db16 = self.bar0.u16[NOTIFY_OFF // 2 :]
         self.kicked = np.zeros(self.num_queues, np.uint8)
-        self.rows = card.shm.queues[index]
-        self.vrow = card.shm.vf[index]
-        self.dma = DmaMap()
-        self.irqs: list[int] = []  # eventfd per vector, -1: none
-        self.queues = [Queue(q) for q in range(self.num_queues)]
         self.log_ctl = np.zeros(LOG_CTL_SLOTS, np.int64)
         self.log_bitmap = np.zeros(0, np.uint8)
         self.log_on = False
-        self.conn: socket.socket | None = None
-        self.rejects: list[socket.socket] = []
-        self.link_up = True
-        self.sock_path = os.path.join(self.dir, "vfio.sock")
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(self.sock_path)
-        self.listener.listen(4)
-        self.listener.setblocking(False)
         self._reset_registers()
 
     # -- registers ----------------------------------------------------------------------
@@ -452,7 +400,7 @@ class VF:
         if q.desc == 0 or q.avail == 0 or q.used == 0:
             return self._fault(q, K.ERR_RING_ZERO, desc=hex(q.desc), avail=hex(q.avail), used=hex(q.used))
         addrs = []
-        for iova, ln in zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)):
+        for iova, ln in zip((q.desc, q.avail, q.used), K.ring_area_sizes(size, packed)):
             hva = self.dma.translate(iova, ln)
             if not hva:
                 return self._fault(q, K.ERR_RING_DMA, iova=hex(iova), length=ln)
@@ -461,27 +409,14 @@ class VF:
         last_avail, last_used = rs & 0xFFFF, rs >> 16
         feat = (FEAT_INDIRECT if self.features >> F.INDIRECT_DESC & 1 else 0) | \
             (FEAT_EVENT_IDX if self.features >> F.EVENT_IDX & 1 else 0)
+        q.areas = list(zip((q.desc, q.avail, q.used), K.ring_area_sizes(size, packed)))
         try:
-            if packed:
-                sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=last_avail,
-                                         last_used_idx=last_used)
-            else:
-                sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat, last_avail_idx=last_avail)
-                st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = last_used
+            q.ctx = K.open_queue(addrs, size, packed=packed, feat=feat, last_avail=last_avail, last_used=last_used,
+                                 regions=self.dma.table, callfd=self._irq_fd(q.msix), counters=self.rows[q.qid],
+                                 log=self._queue_log(q))
         except ValueError as e:
             return self._fault(q, K.ERR_RING_STATE, state=hex(rs), error=str(e))
-        row = self.rows[q.qid]
-        row[K.Q_ERR] = 0
         q.packed = packed
-        q.areas = list(zip((q.desc, q.avail, q.used), _ring_sizes(size, packed)))
-        q.ctx = K.make_queue_ctx(sp, pk, st, self.dma.table, is_packed=packed, callfd=self._irq_fd(q.msix),
-                                 counters=row, log=None)
-        q.ctx = q.ctx._replace(log=self._queue_log(q))
-        q.ctx.cfg[K.CFG_RUNNING] = 1
-        row[K.Q_RUNNING] = 1
-        # RX kicks are never needed (the card looks for buffers when a frame arrives): suppressed for good.
-        # TX: busy from the start (chains made available before it are served), kicks off while busy.
-        K.set_notify(q.ctx, False)
         q.busy = BUSY_TURNS if q.qid % 2 else 0
         self.card.active_changed = True
         log.info("ifcvf: queue started", vf=self.bdf, qid=q.qid, size=size, packed=packed,
@@ -489,11 +424,7 @@ class VF:
         return True
 
     def _ring_state(self, q: Queue) -> int:
-        st = q.ctx.state
-        if q.packed:
-            used = int(packed_dev_get_used_base(st)) & 0xFFFF
-        else:
-            used = int(st[STATE_LAST_USED]) & 0xFFFF
+        used = K.queue_used_index(q.ctx)
         return used | used << 16  # net: every taken chain is completed, last_avail == last_used
 
     def _stop_queue(self, q: Queue) -> None:
@@ -524,7 +455,6 @@ class VF:
         b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if up else 0)
         b.w8(CC.CONFIG_GENERATION, b.r8(CC.CONFIG_GENERATION) + 1)
         b.w8(ISR_OFF, b.r8(ISR_OFF) | ISR_CONFIG)
-        self.card.active_changed = True  # a VF whose link is down gets no frames
         fd = self._irq_fd(self.msix_config)
         if fd >= 0:
             os.eventfd_write(fd, 1)
@@ -533,29 +463,20 @@ class VF:
 
     # -- interrupts -------------------------------------------------------------------------
     def _irq_fd(self, vector: int) -> int:
-        if vector == NO_VECTOR or vector >= len(self.irqs):
-            return -1
-        return self.irqs[vector]
+        return -1 if vector == NO_VECTOR else self.irq_fd(vector)
 
     def _bind_irq(self, q: Queue) -> None:
         if q.ctx is not None:
             q.ctx.cfg[K.CFG_CALLFD] = self._irq_fd(q.msix)
 
-    def _set_irqs(self, fds: list[int]) -> None:
-        old = self.irqs
-        self.irqs = fds
+    def bind_irqs(self) -> None:
         for q in self.queues:
             self._bind_irq(q)
-        _close(old)
-        self.vrow[V_IRQS_SET] = sum(1 for f in fds if f >= 0)
 
     # -- DMA --------------------------------------------------------------------------------
-    def _dma_unmap(self, iova: int, size: int) -> list[int]:
+    def dma_unmap(self, iova: int, size: int) -> list[int]:
         gone = self.dma.covered(iova, size)
-        spans = [(i, self.dma.maps[i][0]) for i in gone]
-
-        def hit(a, ln):
-            return any(a < i + s and i < a + ln for i, s in spans)
+        hit = self.dma.hit_test(gone)
 
         for q in self.queues:
             if q.ctx is not None and any(hit(a, ln) for a, ln in q.areas):
@@ -572,153 +493,41 @@ class VF:
                 self.bar4.w32(LM.LOGGING_CTRL, 0)
         for i in gone:
             self.dma.unmap(i)
-        self.vrow[V_DMA_MAPS] = len(self.dma)
         return gone
 
-    # -- control channel --------------------------------------------------------------------
-    def accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        if self.conn is not None:  # its first request is answered with the refusal, then it is closed
-            conn.setblocking(False)
-            self.rejects.append(conn)
-            return
-        conn.setblocking(False)
-        self.conn = conn
-        self.vrow[V_CONNECTED] = 1
-        self.vrow[V_DRIVERS] += 1
-        log.info("ifcvf: driver connected", vf=self.bdf)
+    # -- the driver, the switch ----------------------------------------------------------------
+    def region_files(self) -> dict:
+        return {0: "resource0", 4: "resource4", "config": "config"}
 
-    def reject(self, conn: socket.socket) -> None:
-        try:
-            _data, fds, _fl, _ad = socket.recv_fds(conn, MAX_MSG, 256)
-            _close(fds)
-            conn.send(json.dumps({"ok": False, "error": f"{self.bdf} is in use by another driver"}).encode())
-        except OSError:
-            pass
-        self.rejects.remove(conn)
-        conn.close()
+    def device_info(self) -> dict:
+        return {"num_queues": self.num_queues,
+                "regions": {"0": self.bar0.size, "4": self.bar4.size, "config": CONFIG_SIZE}}
 
-    def disconnect(self) -> None:
-        """The driver went away: its DMA maps and irqs are dropped and the function is reset."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+    def drop_driver(self) -> None:
         for q in self.queues:
             self._stop_queue(q)
         self._set_log(False)
-        self.dma.clear()
-        self._set_irqs([])
         self.bar4.w32(LM.LOGGING_CTRL, 0)
         self._reset_registers()
-        self.vrow[V_CONNECTED] = 0
-        self.vrow[V_DMA_MAPS] = 0
-        log.info("ifcvf: driver gone: DMA maps and interrupts dropped, function reset", vf=self.bdf)
 
-    def serve(self) -> None:
-        """Answer the queued requests of the connected driver."""
-        while self.conn is not None:
-            try:
-                data, fds, _fl, _ad = socket.recv_fds(self.conn, MAX_MSG, 256)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.disconnect()
-                return
-            if not data:
-                _close(fds)
-                self.disconnect()
-                return
-            try:
-                out = self._request(data, list(fds))
-                reply = {"ok": True, **out}
-            except RequestError as e:
-                self.vrow[V_BAD_REQUESTS] += 1
-                log.error("ifcvf: request refused", vf=self.bdf, error=str(e))
-                reply = {"ok": False, "error": str(e)}
-            except Exception as e:  # a request the checks above missed: refused, never fatal
-                self.vrow[V_BAD_REQUESTS] += 1
-                log.exception("ifcvf: request failed", vf=self.bdf, error=repr(e))
-                reply = {"ok": False, "error": f"internal error: {e!r}"}
-            try:
-                self.conn.send(json.dumps(reply).encode())
-            except OSError:
-                self.disconnect()
-                return
+    def poll_doorbells(self) -> None:
+        self.kicked[:] = 0
+        if K.poll_doorbells(self.db16, self.num_queues, NOTIFY_MULT // 2, self.rows, self.kicked):
+            for k in np.flatnonzero(self.kicked[1 : 2 * self.pairs : 2]):
+                self.card.kicked(self.queues[2 * int(k) + 1])  # TX; an RX kick (buffers) is only counted
 
-    def _request(self, data: bytes, fds: list[int]) -> dict:
-        try:
-            msg = json.loads(data)
-            if not isinstance(msg, dict):
-                raise ValueError("not an object")
-            op = msg.get("op")
-        except ValueError as e:
-            _close(fds)
-            raise RequestError(f"malformed request: {e}") from None
+    def tx_queues(self):
+        return self.queues[1 : 2 * self.pairs : 2]
 
-        def num(key):
-            v = msg.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 1 << 64:
-                raise RequestError(f"{op}: {key} must be an unsigned 64-bit integer")
-            return v
+    def rx_ctx(self, pair: int):
+        return self.queues[2 * (pair % self.mq_pairs())].ctx
 
-        try:
-            if op == "dma_map":
-                if len(fds) != 1:
-                    raise RequestError(f"dma_map: one fd expected, {len(fds)} given")
-                iova, size, offset = num("iova"), num("size"), num("offset")
-                fd = fds.pop()
-                self.dma.map(iova, size, fd, offset)
-                self.vrow[V_DMA_MAPS] = len(self.dma)
-                return {}
-            if op == "dma_unmap":
-                gone = self._dma_unmap(num("iova"), num("size"))
-                return {"unmapped": gone}
-            if op == "set_irqs":
-                vecs = msg.get("vectors")
-                if not isinstance(vecs, list) or len(vecs) > self.nvec:
-                    raise RequestError(f"set_irqs: vectors must be a list of at most {self.nvec} entries")
-                if any(not isinstance(v, int) or isinstance(v, bool) or v < -1 or v >= len(fds) for v in vecs):
-                    raise RequestError("set_irqs: each vector is -1 or the index of an fd sent")
-                for fd in fds:
-                    try:
-                        os.fstat(fd)
-                    except OSError:
-                        raise RequestError("set_irqs: bad fd") from None
-                own = [os.dup(fds[v]) if v >= 0 else -1 for v in vecs]
-                self._set_irqs(own)
-                return {}
-            if op == "get_region_info":
-                bar = msg.get("bar")
-                files = {0: "resource0", 4: "resource4", "config": "config"}
-                if bar not in files:
-                    raise RequestError(f"get_region_info: no region {bar!r} (0, 4, 'config')")
-                path = os.path.join(self.dir, files[bar])
-                return {"path": path, "size": os.path.getsize(path)}
-            if op == "get_device_info":
-                return {"bdf": self.bdf, "num_irqs": self.nvec, "num_queues": self.num_queues,
-                        "regions": {"0": self.bar0.size, "4": self.bar4.size, "config": CONFIG_SIZE}}
-            if op == "reset":
-                self.reset()
-                return {}
-            raise RequestError(f"unknown request {op!r}")
-        finally:
-            _close(fds)
+    def switch_active(self) -> bool:
+        return bool(self.link_up and self.status & S_DRIVER_OK
+                    and any(q.running for q in self.queues[0 : 2 * self.pairs : 2]))
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.disconnect()
-        else:
-            for q in self.queues:
-                self._stop_queue(q)
-            self.dma.clear()
-            self._set_irqs([])
-        for c in list(self.rejects):
-            c.close()
-        self.rejects = []
-        self.listener.close()
+        super().close()
         self.bar0.close()
         self.bar4.close()
 
@@ -728,195 +537,11 @@ class VF:
 # =============================================================================
 
 
-class Card:
+class Card(CardBase):
     """An IFC card: ``nvfs`` VFs of PF ``pf`` under ``<parent>/nic-<pf>/``."""
 
+    model = "ifcvf"
+
     def __init__(self, parent: str, pf: str, nvfs: int, *, mac_base: bytes, pairs: int = 4):
-        if not 1 <= nvfs <= 63:
-            raise ValueError("--vfs must be 1..63")
-        if not 1 <= pairs <= 32:
-            raise ValueError("--queue-pairs must be 1..32")
-        self.pf = pf
-        self.dir = card_dir(parent, pf)
-        if os.path.exists(os.path.join(self.dir, "pid")):
-            raise FileExistsError(f"card {pf} is running (or was killed): {self.dir} exists; "
-                                  f"`dataplane-nic stop {pf}` cleans it")
-        os.makedirs(self.dir, exist_ok=True)
-        self.shm = CardShm(os.path.join(self.dir, "counters"), nvfs)
-        self.shm.hdr[HDR_PAIRS] = pairs
-        self.active_changed = True
-        base = int.from_bytes(mac_base, "big")
-        self.vfs: list[VF] = []
-        try:
-            for i in range(nvfs):
-                mac = ((base + i) & ((1 << 48) - 1)).to_bytes(6, "big")
-                self.vfs.append(VF(self, i, vf_bdf(pf, i), mac, pairs))
-        except BaseException:
-            self.close()
-            raise
-        self.mgmt_path = os.path.join(self.dir, "card.sock")
-        self.mgmt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.mgmt.bind(self.mgmt_path)
-        self.mgmt.listen(4)
-        self.mgmt.setblocking(False)
-        self.stage = np.zeros((K.BURST, K.SLOT), np.uint8)
-        self.slen = np.zeros(K.BURST, np.int64)
-        self.smask = np.zeros(K.BURST, np.int64)
-        self.fdb = self.shm.fdb
-        self.stopping = False
-
-    def write_pid(self) -> None:
-        self.shm.hdr[HDR_PID] = os.getpid()
-        with open(os.path.join(self.dir, "pid"), "w") as f:
-            f.write(f"{os.getpid()}\n")
-
-    # -- datapath ---------------------------------------------------------------------------
-    def _active(self) -> int:
-        m = 0
-        for vf in self.vfs:
-            if vf.link_up and vf.status & S_DRIVER_OK and any(q.running for q in vf.queues[0 : 2 * vf.pairs : 2]):
-                m |= 1 << vf.index
-        return m
-
-    def switch_round(self, active: int) -> bool:
-        """Serve every busy TX queue once; True when any frame moved."""
-        moved = False
-        for vf in self.vfs:
-            for q in vf.queues[1 : 2 * vf.pairs : 2]:
-                if q.busy <= 0 or q.ctx is None:
-                    continue
-                pair = q.qid // 2
-                idle = K.idle_queue_ctx()
-                rxqs = []
-                for dvf in self.vfs:
-                    rq = dvf.queues[2 * (pair % dvf.mq_pairs())] if active >> dvf.index & 1 else None
-                    rxqs.append(rq.ctx if rq is not None and rq.ctx is not None else idle)
-                n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen, self.smask,
-                               SERVE_BUDGET, SERVE_SPIN)
-                if n == 0:
-                    q.busy -= 1
-                    if not q.running:
-                        q.busy = 0
-                    elif q.busy == 0 and K.set_notify(q.ctx, True):  # idle: kicks on; chains came meanwhile?
-                        K.set_notify(q.ctx, False)
-                        q.busy = BUSY_TURNS
-                    continue
-                q.busy = BUSY_TURNS
-                moved = True
-        return moved
-
-    def run(self) -> None:
-        active = 0
-        last_activity = time.monotonic()
-        loops = 0
-        was_busy = False
-        while not self.stopping:
-            loops += 1
-            if loops & 0xFF == 0:
-                self.shm.hdr[HDR_LOOPS] = loops
-            busy = False
-            regs = not was_busy or loops % REG_EVERY == 0
-            for vf in self.vfs:
-                try:
-                    if regs and vf.poll_registers():
-                        last_activity = time.monotonic()
-                except Exception as e:  # registers no check foresaw: the function resets, the card lives on
-                    log.exception("ifcvf: register handling failed: function reset", vf=vf.bdf, error=repr(e))
-                    vf.vrow[V_FAULTS] += 1
-                    vf.reset()
-                vf.kicked[:] = 0
-                if K.poll_doorbells(vf.db16, vf.num_queues, NOTIFY_MULT // 2, vf.rows, vf.kicked):
-                    for k in np.flatnonzero(vf.kicked[1 : 2 * vf.pairs : 2]):
-                        q = vf.queues[2 * int(k) + 1]  # TX; an RX kick (buffers) is only counted
-                        if q.busy <= 0 and q.ctx is not None and q.running:
-                            K.set_notify(q.ctx, False)  # busy: polled, no kicks wanted meanwhile
-                        q.busy = BUSY_TURNS
-            if self.active_changed:
-                self.active_changed = False
-                active = self._active()
-            if self.switch_round(active):
-                busy = True
-            if not busy:
-                busy = any(q.busy > 0 for vf in self.vfs for q in vf.queues)
-            was_busy = busy
-            if busy:
-                last_activity = time.monotonic()
-                timeout = 0.0
-            else:
-                timeout = FAST_S if time.monotonic() - last_activity < ACTIVE_S else SLOW_S
-            self._wait(timeout)
-        self.shm.hdr[HDR_LOOPS] = loops
-
-    def _manage(self) -> None:
-        """One management request on ``card.sock`` (the CLI's): ``{"op": "link", "vf": BDF, "up": bool}``."""
-        try:
-            conn, _ = self.mgmt.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(2.0)
-            try:
-                msg = json.loads(conn.recv(MAX_MSG))
-                if msg.get("op") != "link":
-                    raise ValueError(f"unknown request {msg.get('op')!r}")
-                vfs = [v for v in self.vfs if v.bdf == msg.get("vf")]
-                if not vfs:
-                    raise ValueError(f"no VF {msg.get('vf')!r} on card {self.pf}")
-                vfs[0].link_up = bool(msg.get("up"))
-                vfs[0].set_link(vfs[0].link_up)
-                reply = {"ok": True}
-            except (ValueError, AttributeError, TypeError) as e:
-                reply = {"ok": False, "error": str(e)}
-            except OSError:
-                return
-            try:
-                conn.send(json.dumps(reply).encode())
-            except OSError:
-                pass
-
-    def _wait(self, timeout: float) -> None:
-        socks = {}
-        socks[self.mgmt.fileno()] = (None, None)
-        for vf in self.vfs:
-            socks[vf.listener.fileno()] = (vf, False)
-            if vf.conn is not None:
-                socks[vf.conn.fileno()] = (vf, True)
-            for c in vf.rejects:
-                socks[c.fileno()] = (vf, c)
-        p = select.poll()
-        for fd in socks:
-            p.register(fd, select.POLLIN)
-        try:
-            ready = p.poll(timeout * 1000)
-        except InterruptedError:
-            return
-        for fd, _ev in ready:
-            vf, is_conn = socks[fd]
-            if vf is None:
-                self._manage()
-            elif isinstance(is_conn, socket.socket):
-                vf.reject(is_conn)
-            elif is_conn:
-                vf.serve()
-            else:
-                vf.accept()
-
-    def close(self) -> None:
-        for vf in self.vfs:
-            try:
-                vf.close()
-            except Exception as e:  # keep closing the others
-                log.error("ifcvf: closing a VF failed", vf=vf.bdf, error=str(e))
-        self.vfs = []
-        if getattr(self, "mgmt", None) is not None:
-            self.mgmt.close()
-        self.shm.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def install_signals(card: Card) -> None:
-    def stop(_sig, _frm):
-        card.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+        super().__init__(parent, pf, nvfs, pairs=pairs)
+        self._build(nvfs, mac_base, lambda i, bdf, mac: VF(self, i, bdf, mac, pairs))

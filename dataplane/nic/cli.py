@@ -4,11 +4,13 @@
 
     dataplane-nic start ifcvf --pf 0000:00:05.0 --vfs N [--mac-base MAC] [--queue-pairs P]
                               [--file-prefix P] [--daemon] [--log-level L]
+    dataplane-nic start mlx5 --pf 0000:00:06.0 --vfs N [same options]
     dataplane-nic show [--file-prefix P] [-j]
     dataplane-nic stop PF [--file-prefix P]
     dataplane-nic link PF VF up|down [--file-prefix P]
 
-``start`` runs the card in the foreground until SIGTERM / SIGINT (``stop``
+``start`` runs a card (``ifcvf``: :mod:`dataplane.nic.card`; ``mlx5``, a ConnectX-6 Dx:
+:mod:`dataplane.nic.mlx5.card`) in the foreground until SIGTERM / SIGINT (``stop``
 sends SIGTERM); it prints ``ready <card dir>`` on stdout once every VF's files
 exist.  ``--daemon`` forks: the command returns once the card is ready, and
 the card runs on in the background (its log goes to ``<card dir>.log``,
@@ -36,6 +38,7 @@ __all__ = ["main", "cards_parent", "list_cards"]
 
 DEFAULT_MAC_BASE = "02:00:00:00:00:01"
 STOP_WAIT_S = 20.0
+DEFAULT_PAIRS = {"ifcvf": 4, "mlx5": 16}
 
 
 def cards_parent(prefix: str | None) -> str:
@@ -79,7 +82,7 @@ _STATUS_NAMES = ((0x01, "ACK"), (0x02, "DRIVER"), (0x08, "FEATURES_OK"), (0x04, 
 def list_cards(parent: str) -> list[dict]:
     """The cards under ``parent`` and their VFs (read from their files)."""
     from .kernels import QUEUE_COUNTER_NAMES, Q_FAULTS, Q_RUNNING
-    from .shm import VF_COUNTER_NAMES, CardShm, V_CONNECTED, V_FAULTS
+    from .shm import HDR_PAIRS, VF_COUNTER_NAMES, CardShm, V_CONNECTED, V_FAULTS, V_MAC, V_STATUS
 
     out = []
     if not os.path.isdir(parent):
@@ -89,24 +92,35 @@ def list_cards(parent: str) -> list[dict]:
         if not name.startswith("nic-") or not os.path.isdir(d):
             continue
         pid = _read_pid(d)
-        card = {"pf": name[4:], "dir": d, "pid": pid, "running": bool(pid) and _alive(pid), "model": "ifcvf",
-                "vfs": []}
         try:
             shm = CardShm(os.path.join(d, "counters"))
         except (OSError, ValueError):
             shm = None
+        model = shm.model if shm is not None else "unknown"
+        card = {"pf": name[4:], "dir": d, "pid": pid, "running": bool(pid) and _alive(pid), "model": model,
+                "vfs": []}
         vfs = sorted(v for v in os.listdir(d) if os.path.isdir(os.path.join(d, v)))
         for i, bdf in enumerate(vfs):
-            try:
-                b0 = BarFile(os.path.join(d, bdf, "resource0"))
-            except (OSError, ValueError):
+            if model != "mlx5":
+                try:
+                    b0 = BarFile(os.path.join(d, bdf, "resource0"))
+                except (OSError, ValueError):
+                    continue
+                mac = ":".join(f"{x:02x}" for x in b0.u8[DEVICE_OFF : DEVICE_OFF + 6])
+                st = b0.r8(CC.DEVICE_STATUS)
+                nq, pairs = b0.r16(CC.NUM_QUEUES), b0.r16(DEVICE_OFF + 8)
+                b0.close()
+            elif shm is not None and i < shm.nvfs:  # mlx5: no virtio registers; the card's words say it
+                m = int(shm.vf[i][V_MAC])
+                mac = ":".join(f"{(m >> (8 * (5 - k))) & 0xFF:02x}" for k in range(6))
+                st = int(shm.vf[i][V_STATUS])
+                pairs = int(shm.hdr[HDR_PAIRS])
+                nq = 2 * pairs
+            else:
                 continue
-            mac = ":".join(f"{x:02x}" for x in b0.u8[DEVICE_OFF : DEVICE_OFF + 6])
-            st = b0.r8(CC.DEVICE_STATUS)
             vf = {"bdf": bdf, "mac": mac, "status": st,
-                  "status_names": [n for bit, n in _STATUS_NAMES if st & bit],
-                  "num_queues": b0.r16(CC.NUM_QUEUES), "max_queue_pairs": b0.r16(DEVICE_OFF + 8)}
-            b0.close()
+                  "status_names": [n for bit, n in _STATUS_NAMES if st & bit] if model != "mlx5" else [],
+                  "num_queues": nq, "max_queue_pairs": pairs}
             if shm is not None and i < shm.nvfs:
                 rows = shm.queues[i]
                 vf["queues_running"] = [q for q in range(vf["num_queues"]) if rows[q][Q_RUNNING]]
@@ -134,7 +148,7 @@ def _show(args) -> int:
         state = f"pid {c['pid']}" if c["running"] else "not running (stale: `dataplane-nic stop` cleans it)"
         print(f"card {c['pf']} {c['model']} {state} vfs {len(c['vfs'])}")
         for v in c["vfs"]:
-            names = "|".join(v["status_names"]) or "RESET"
+            names = "|".join(v["status_names"]) or ("RESET" if c["model"] != "mlx5" else "-")
             q = ",".join(str(x) for x in v.get("queues_running", [])) or "-"
             drv = "driver" if v.get("driver") else "no driver"
             print(f"  {v['bdf']} mac {v['mac']} status {v['status']:#04x} ({names}) {drv} "
@@ -190,8 +204,10 @@ def _link(args) -> int:
 
 
 def _start(args) -> int:
-    from .card import Card, install_signals
+    from .card import Card
+    from .cardproc import install_signals
     from .kernels import warm_up, warm_up_switch
+    from .mlx5.card import Mlx5Card
 
     parse_bdf(args.pf)
     mac = _parse_mac(args.mac_base)
@@ -223,7 +239,9 @@ def _start(args) -> int:
     try:
         warm_up()
         warm_up_switch(args.vfs)
-        card = Card(parent, args.pf, args.vfs, mac_base=mac, pairs=args.queue_pairs)
+        cls = Mlx5Card if args.model == "mlx5" else Card
+        pairs = args.queue_pairs if args.queue_pairs is not None else DEFAULT_PAIRS[args.model]
+        card = cls(parent, args.pf, args.vfs, mac_base=mac, pairs=pairs)
     except (ValueError, OSError) as e:
         msg = f"dataplane-nic: {e}"
         print(msg, file=sys.stderr)
@@ -253,11 +271,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="dataplane-nic", description="emulated vDPA-capable NICs")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("start", help="run a card")
-    st.add_argument("model", choices=["ifcvf"])
+    st.add_argument("model", choices=["ifcvf", "mlx5"])
     st.add_argument("--pf", required=True, help="the PF's PCI address; VFs are the following functions")
     st.add_argument("--vfs", type=int, required=True)
     st.add_argument("--mac-base", default=DEFAULT_MAC_BASE, help="VF i gets this MAC + i")
-    st.add_argument("--queue-pairs", type=int, default=4, help="max_virtqueue_pairs of each VF (1..32)")
+    st.add_argument("--queue-pairs", type=int, default=None,
+                    help="queue pairs of each VF (1..32; ifcvf: max_virtqueue_pairs, default 4; mlx5: "
+                         "max_num_virtio_queues / 2, default 16)")
     st.add_argument("--file-prefix", default=None)
     st.add_argument("--daemon", action="store_true", help="return once ready; the card runs in the background")
     st.add_argument("--log-level", default="info")

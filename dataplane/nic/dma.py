@@ -102,11 +102,30 @@ class DmaMap:
             raise RequestError(f"dma_unmap: nothing is mapped in [{iova:#x}, +{size:#x})")
         return out
 
+    def hit_test(self, iovas: list[int]):
+        """A test ``hit(addr, length)``: does ``[addr, addr+length)`` touch one of the mappings at ``iovas``?"""
+        spans = [(i, self.maps[i][0]) for i in iovas]
+
+        def hit(a: int, ln: int) -> bool:
+            return any(a < i + s and i < a + ln for i, s in spans)
+
+        return hit
+
     def unmap(self, iova: int) -> None:
+        self.release(self.detach(iova))
+
+    def detach(self, iova: int) -> tuple[int, int, int]:
+        """Take the mapping at ``iova`` out of the map (no translation reaches it any more) but keep its
+        memory mapped until :meth:`release`: what a card does while it rebuilds tables that point there."""
         size, hva, fd, row = self.maps.pop(iova)
         self.table[row, REGION_LEN] = 0
         self.table[row, REGION_GPA] = 0
         self.table[row, REGION_HVA] = 0
+        return size, hva, fd
+
+    @staticmethod
+    def release(detached: tuple[int, int, int]) -> None:
+        size, hva, fd = detached
         unmap(hva, size)
         close_fds([fd])
 

@@ -52,7 +52,9 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "idle_queue_ctx", "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "set_notify",
+    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
+    "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "poll_var_doorbell",
+    "set_notify", "VAR_IDLE",
     "warm_up",
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
@@ -225,6 +227,26 @@ def poll_doorbells(db16, nq, stride, rows, kicked):
             kicked[q] = 1
             got += 1
     return got
+
+
+#: What the VAR doorbell word holds when no kick is pending (a kick writes a queue index).
+VAR_IDLE = 0xFFFFFFFF
+
+
+@kernel
+def poll_var_doorbell(db32, nq, rows):
+    """Take the pending write of a VAR doorbell (word 0 of ``db32``, uint32; mlx5, facts §3.5): the word
+    is swapped back to :data:`VAR_IDLE` atomically.  A queue index below ``nq`` is a kick, counted in
+    ``rows[index, Q_KICKS]``, and returned; -1: no write pending; -2: a value that is no queue index
+    (a write narrower than 32 bits leaves the idle bits above it, so it never names a queue: the
+    hardware detects only 4-byte doorbell writes)."""
+    if load_relaxed(db32, 0) == VAR_IDLE:
+        return -1
+    v = np.int64(exchange(db32, 0, VAR_IDLE))
+    if v < nq:
+        rows[v, Q_KICKS] += 1
+        return v
+    return -2
 
 
 @kernel
@@ -417,6 +439,48 @@ def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: in
                        cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
 
 
+def ring_area_sizes(size: int, packed: bool) -> tuple[int, int, int]:
+    """Bytes of a ring's three areas: descriptors, driver area, device area (split: avail and used
+    rings with their event words; packed: the 4-byte event suppression areas)."""
+    return (16 * size, 4, 4) if packed else (16 * size, 6 + 2 * size, 6 + 8 * size)
+
+
+def open_queue(addrs, size: int, *, packed: bool, feat: int, last_avail: int, last_used: int, regions,
+               callfd: int, counters: np.ndarray, log=None) -> NicQueueCtx:
+    """A running queue over the ring areas at the card's addresses ``addrs`` (desc, driver area, device
+    area), from the indices ``last_avail`` / ``last_used`` (packed: offset | wrap counter << 15);
+    ``regions``: the table its buffers translate through.  ValueError if the indices do not fit.
+
+    Its counter row's error code is cleared and it is marked running; kicks are turned off (an RX queue
+    never needs them: the card looks for buffers when a frame arrives; a TX queue starts busy, polled)."""
+    from dataplane.rings.virtqueue import STATE_LAST_USED, STATE_SIGNALLED_USED
+    from dataplane.vhost.dev_ring import queue_rings
+
+    if packed:
+        sp, pk, st = queue_rings(*addrs, size, packed=True, feat=feat, last_avail_idx=last_avail,
+                                 last_used_idx=last_used)
+    else:
+        sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat, last_avail_idx=last_avail)
+        st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = last_used
+    counters[Q_ERR] = 0
+    q = make_queue_ctx(sp, pk, st, regions, is_packed=packed, callfd=callfd, counters=counters, log=log)
+    q.cfg[CFG_RUNNING] = 1
+    counters[Q_RUNNING] = 1
+    set_notify(q, False)
+    return q
+
+
+def queue_used_index(q: NicQueueCtx) -> int:
+    """The queue's used index (packed: offset | wrap counter << 15).  The card completes every chain it
+    takes within the burst that took it, so it is also where the next chain will be taken from."""
+    from dataplane.rings.packed import packed_dev_get_used_base
+    from dataplane.rings.virtqueue import STATE_LAST_USED
+
+    if q.cfg[CFG_PACKED]:
+        return int(packed_dev_get_used_base(q.state)) & 0xFFFF
+    return int(q.state[STATE_LAST_USED]) & 0xFFFF
+
+
 def idle_queue_ctx() -> NicQueueCtx:
     """A context that never runs."""
     if "ctx" not in _IDLE:
@@ -450,5 +514,6 @@ def warm_up_switch(nvfs: int) -> None:
     tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
+    poll_var_doorbell(np.full(1024, VAR_IDLE, np.uint32), 1, np.zeros((1, Q_WORDS), np.int64))
 
 

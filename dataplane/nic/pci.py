@@ -45,7 +45,7 @@ __all__ = [
     "MSIX_TABLE_OFF", "MSIX_PBA_OFF", "NOTIFY_OFF", "NOTIFY_MULT", "BAR0_SIZE", "BAR4_SIZE", "CONFIG_SIZE",
     "CC", "LM", "NO_VECTOR", "DOORBELL_IDLE",
     "S_ACK", "S_DRIVER", "S_DRIVER_OK", "S_FEATURES_OK", "S_NEEDS_RESET", "S_FAILED",
-    "build_config", "parse_bdf", "vf_bdf", "ring_state_off", "BarFile", "MAX_PAIRS",
+    "build_config", "config_header", "parse_bdf", "vf_bdf", "ring_state_off", "BarFile", "MAX_PAIRS",
 ]
 
 VENDOR_ID = 0x1AF4
@@ -143,21 +143,31 @@ def _vndr_cap(nxt: int, cfg_type: int, bar: int, off: int, length: int, extra: b
     return struct.pack("<BBBBB3xII", PCI_CAP_ID_VNDR, nxt, cap_len, cfg_type, bar, off, length) + extra
 
 
-def build_config(num_queues: int, nvectors: int) -> bytes:
-    """The VF's 256-byte config space (capability list at 0x40: MSI-X, COMMON, NOTIFY, ISR, DEVICE)."""
+def config_header(vendor: int, device: int, subsys_vendor: int, subsys_device: int, revision: int,
+                  nvectors: int, *, msix_table: int, msix_pba: int, next_cap: int) -> bytearray:
+    """A function's 256-byte config space: the type 0 header (a network controller, BAR0 and BAR4
+    32-bit memory, bus master on) and the MSI-X capability at 0x40 (``nvectors``, table and PBA
+    in BAR0), whose next pointer is ``next_cap``."""
     cs = bytearray(CONFIG_SIZE)
-    struct.pack_into("<HH", cs, 0x00, VENDOR_ID, DEVICE_ID)
+    struct.pack_into("<HH", cs, 0x00, vendor, device)
     struct.pack_into("<HH", cs, 0x04, 0x0006, 0x0010)  # command: memory + bus master; status: capability list
-    cs[0x08] = 0x01  # revision (modern)
+    cs[0x08] = revision
     cs[0x09:0x0C] = CLASS_NET.to_bytes(3, "little")
     cs[0x0E] = 0x00  # header type 0
     struct.pack_into("<I", cs, 0x10, 0xFE000000)  # BAR0: 32-bit memory (addresses are symbolic here)
     struct.pack_into("<I", cs, 0x20, 0xFD000000)  # BAR4
-    struct.pack_into("<HH", cs, 0x2C, SUBSYS_VENDOR_ID, SUBSYS_DEVICE_ID)
+    struct.pack_into("<HH", cs, 0x2C, subsys_vendor, subsys_device)
     cs[CAP_PTR] = 0x40
     # MSI-X: id, next, message control (table size - 1), table offset|BIR, PBA offset|BIR
-    struct.pack_into("<BBHII", cs, 0x40, PCI_CAP_ID_MSIX, 0x4C, (nvectors - 1) & 0x7FF, MSIX_TABLE_OFF | 0,
-                     MSIX_PBA_OFF | 0)
+    struct.pack_into("<BBHII", cs, 0x40, PCI_CAP_ID_MSIX, next_cap, (nvectors - 1) & 0x7FF, msix_table | 0,
+                     msix_pba | 0)
+    return cs
+
+
+def build_config(num_queues: int, nvectors: int) -> bytes:
+    """The VF's 256-byte config space (capability list at 0x40: MSI-X, COMMON, NOTIFY, ISR, DEVICE)."""
+    cs = config_header(VENDOR_ID, DEVICE_ID, SUBSYS_VENDOR_ID, SUBSYS_DEVICE_ID, 0x01, nvectors,
+                       msix_table=MSIX_TABLE_OFF, msix_pba=MSIX_PBA_OFF, next_cap=0x4C)
     caps = [
         (0x4C, 0x5C, COMMON_CFG, COMMON_OFF, COMMON_LEN, b""),
         (0x5C, 0x70, NOTIFY_CFG, NOTIFY_OFF, num_queues * NOTIFY_MULT, struct.pack("<I", NOTIFY_MULT)),

@@ -10,14 +10,26 @@ the card's layouts::
     fw = Mlx5Cmd(bar_path, poll=slot.poll)
     pd = fw.alloc_pd().fields["pd"]
     key = fw.create_mkey(AccessMode.MTT, pd=pd, start_addr=gpa, len=size, mtt_iova=gpa).fields["mkey"]
+
+:class:`Mlx5Driver` drives a running card's VF (``dataplane-nic start mlx5``): the control
+channel (:class:`~dataplane.testing.nic_driver.VfioClient`), the command slot in BAR0, the VAR
+doorbell, and the objects a vDPA driver makes (facts §3.3-§3.4): a PD, a direct mkey per guest
+region under one KLM mkey over guest memory (GPA addressing), umems in memory of its own, a
+counters object and a VIRTIO_NET_Q per :class:`~dataplane.testing.nic_driver.NicQueue`::
+
+    drv = Mlx5Driver(vf_dir, mem)            # DMA map, PD, mkeys, umem memory
+    tx = NicQueue(drv, mem, 1, packed=True)
+    oid = drv.create_virtq(tx)               # INIT, then drv.set_state(oid, QState.RDY)
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, NamedTuple
 
 from dataplane.nic.mlx5.commands import (
+    COUNTER_NAMES,
     COUNTERS,
     GENERAL_CAPS,
     IN_HDR,
@@ -39,6 +51,12 @@ from dataplane.nic.mlx5.commands import (
     CapType,
     ObjType,
     Op,
+    AccessMode,
+    EventMode,
+    Modify,
+    QState,
+    QType,
+    Status,
     cap_op_mod,
 )
 from dataplane.nic.mlx5.mailbox import (
@@ -52,8 +70,14 @@ from dataplane.nic.mlx5.mailbox import (
     R_OUT_WRITTEN,
 )
 from dataplane.nic.pci import BarFile
+from dataplane.testing.nic_driver import NicError, VfioClient
 
-__all__ = ["Mlx5Cmd", "Reply"]
+__all__ = ["Mlx5Cmd", "Reply", "Mlx5Driver", "UMEM_IOVA"]
+
+#: where the driver DMA-maps the memory its umems live in (apart from guest memory)
+UMEM_IOVA = 0x40000000
+UMEM_BYTES = 4 << 20
+PAGE = 4096
 
 
 class Reply(NamedTuple):
@@ -159,3 +183,113 @@ class Mlx5Cmd:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class Mlx5Driver(VfioClient):
+    """A driver bound to the mlx5 VF in ``vf_dir``, with guest memory ``mem`` (see the module doc)."""
+
+    def __init__(self, vf_dir: str, mem, timeout: float = 10.0):
+        super().__init__(vf_dir, timeout)
+        self.bar0 = None
+        self.umem_fd = -1
+        try:
+            self.info = self.request("get_device_info")
+            self.config = open(self.request("get_region_info", bar="config")["path"], "rb").read()
+            self.bar0 = BarFile(self.request("get_region_info", bar=0)["path"])
+            self.fw = Mlx5Cmd(self.bar0, timeout=timeout)
+            self.doorbell_off = self.info["doorbell"]["offset"]
+            self.mem = mem
+            self.dma_map_memory(mem)
+            self.umem_fd = os.memfd_create("mlx5umem")
+            os.ftruncate(self.umem_fd, UMEM_BYTES)
+            self.dma_map(UMEM_IOVA, UMEM_BYTES, self.umem_fd)
+            self._umem_next = UMEM_IOVA
+            self.pd = self.ok(self.fw.alloc_pd()).fields["pd"]
+            self.mkey = self._guest_mkey(mem)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def ok(r: Reply) -> Reply:
+        if r.status != Status.OK:
+            raise NicError(f"command refused: status {r.status:#x} syndrome {r.syndrome:#x}")
+        return r
+
+    def _guest_mkey(self, mem) -> int:
+        """A direct mkey per region (IOVA = GPA) and a KLM mkey over [first GPA, last end), the holes between
+        regions on the null mkey (facts §3.3): the virtqs' mkey."""
+        regions = sorted(mem.regions, key=lambda r: r.gpa)
+        null = self.fw.null_mkey()
+        klms = []
+        end = regions[0].gpa
+        for r in regions:
+            if r.gpa > end:
+                klms.append((r.gpa - end, null, 0))
+            k = self.ok(self.fw.create_mkey(AccessMode.MTT, pd=self.pd, start_addr=r.gpa, len=r.size,
+                                            mtt_iova=r.gpa, local_write=1)).fields["mkey"]
+            klms.append((r.size, k, r.gpa))
+            end = r.gpa + r.size
+        start = regions[0].gpa
+        return self.ok(self.fw.create_mkey(AccessMode.KLM, klms, pd=self.pd, start_addr=start, len=end - start,
+                                           local_write=1)).fields["mkey"]
+
+    def _umem(self, size: int) -> int:
+        size = (size + PAGE - 1) & ~(PAGE - 1)
+        iova = self._umem_next
+        if iova + size > UMEM_IOVA + UMEM_BYTES:
+            raise NicError("out of umem memory")
+        self._umem_next += size
+        return self.ok(self.fw.create_umem(iova, size)).fields["umem_id"]
+
+    def create_virtq(self, q, *, event_mode: int = EventMode.NO_MSIX, vector: int = 0, counters: bool = True,
+                     **over) -> int:
+        """A VIRTIO_NET_Q (INIT) for NicQueue ``q``: its rings, size, umems (a x size + b each, from the caps),
+        a counters object; ``over`` overrides attributes.  Returns the object id."""
+        caps = self.ok(self.fw.query_caps()).fields
+        n = q.num
+        a = dict(queue_index=q.qid, q_type=QType.PACKED if q.ring.packed else QType.SPLIT, event_mode=event_mode,
+                 state=QState.INIT, q_size=n, pd=self.pd, mkey=self.mkey, virtio_version_1_0=1,
+                 desc_addr=q.ring.desc_gpa, available_addr=q.ring.avail_gpa, used_addr=q.ring.used_gpa,
+                 qp_id=vector if event_mode == EventMode.MSIX else 0)
+        if q.ring.packed:
+            a["hw_available_index"] = a["hw_used_index"] = 0x8000  # offset 0, wrap counter 1
+        for i in (1, 2, 3):
+            size = caps[f"umem_{i}_buffer_param_a"] * n + caps[f"umem_{i}_buffer_param_b"]
+            a[f"umem_{i}_id"] = self._umem(size)
+            a[f"umem_{i}_size"] = size
+        if counters:
+            a["counters_obj_id"] = self.ok(self.fw.create_counters()).fields["obj_id"]
+        a.update(over)
+        if event_mode == EventMode.MSIX:
+            self.queue_vectors[q.qid] = vector
+        return self.ok(self.fw.create_virtq(**a)).fields["obj_id"]
+
+    def set_state(self, oid: int, state: int) -> Reply:
+        return self.fw.modify_virtq(oid, Modify.STATE, state=state)
+
+    def query(self, oid: int) -> dict:
+        return self.ok(self.fw.query_virtq(oid)).fields
+
+    def counters(self, oid: int) -> dict:
+        """The counters object of virtq ``oid``, by DPDK's stat order (COUNTER_NAMES)."""
+        cid = self.query(oid)["counters_obj_id"]
+        f = self.ok(self.fw.query_counters(cid)).fields
+        return {k: f[k] for k in COUNTER_NAMES}
+
+    def doorbell(self, qid: int, width: int = 4) -> None:
+        """A kick: a 32-bit write of the queue index into the VAR page (``width`` 2: the narrow write a
+        guest makes, which the hardware does not see)."""
+        if width == 4:
+            self.bar0.w32(self.doorbell_off, qid)
+        else:
+            self.bar0.w16(self.doorbell_off, qid)
+
+    def close(self) -> None:
+        super().close()
+        if self.bar0 is not None:
+            self.bar0.close()
+            self.bar0 = None
+        if self.umem_fd >= 0:
+            os.close(self.umem_fd)
+            self.umem_fd = -1

@@ -1,4 +1,4 @@
-"""A running emulated IFC card (``python -m dataplane.nic start ifcvf`` in the foreground), for tests."""
+"""A running emulated card (``python -m dataplane.nic start ifcvf|mlx5`` in the foreground), for tests."""
 
 from __future__ import annotations
 
@@ -9,21 +9,34 @@ import subprocess
 import sys
 import time
 
-__all__ = ["CardProc", "PF", "ROOT"]
+__all__ = ["CardProc", "PF", "MLX5_PF", "ROOT", "wait_for"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PF = "0000:00:05.0"
+MLX5_PF = "0000:00:06.0"
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond()`` every 2 ms until it is true; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.002)
 
 
 class CardProc:
-    """``dataplane-nic start ifcvf --pf PF --vfs N`` with ``DATAPLANE_RUNTIME_DIR=runtime``; waits for ``ready``."""
+    """``dataplane-nic start MODEL --pf PF --vfs N`` with ``DATAPLANE_RUNTIME_DIR=runtime``; waits for ``ready``
+    (``pf`` defaults to :data:`PF` for ifcvf, :data:`MLX5_PF` for mlx5)."""
 
-    def __init__(self, runtime: str, vfs: int = 2, pf: str = PF, extra=()):
+    def __init__(self, runtime: str, vfs: int = 2, pf: str | None = None, extra=(), model: str = "ifcvf"):
         self.runtime = runtime
+        pf = pf or (MLX5_PF if model == "mlx5" else PF)
         self.pf = pf
+        self.model = model
         env = dict(os.environ, DATAPLANE_RUNTIME_DIR=runtime, PYTHONPATH=ROOT)
         self.env = env
-        self.proc = subprocess.Popen([sys.executable, "-m", "dataplane.nic", "start", "ifcvf", "--pf", pf,
+        self.proc = subprocess.Popen([sys.executable, "-m", "dataplane.nic", "start", model, "--pf", pf,
                                       "--vfs", str(vfs), *extra], stdout=subprocess.PIPE, env=env, text=True)
         deadline = time.monotonic() + 120
         line = ""
@@ -43,6 +56,12 @@ class CardProc:
         from dataplane.nic.pci import vf_bdf
 
         return os.path.join(self.dir, vf_bdf(self.pf, i))
+
+    def counters(self):
+        """The card's counters file (:class:`dataplane.nic.shm.CardShm`; close it when done)."""
+        from dataplane.nic.shm import CardShm
+
+        return CardShm(os.path.join(self.dir, "counters"))
 
     def alive(self) -> bool:
         return self.proc.poll() is None

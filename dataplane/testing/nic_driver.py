@@ -53,7 +53,7 @@ from dataplane.nic.pci import (  # the register map is the card's public face: t
 from dataplane.testing.blk_driver import BlkDriver
 from dataplane.testing.vhost_frontend import GuestMemoryLayout, eventfd_count
 
-__all__ = ["NicDriver", "NicQueue", "NicError", "net_frame"]
+__all__ = ["VfioClient", "NicDriver", "NicQueue", "NicError", "net_frame"]
 
 
 class NicError(Exception):
@@ -124,33 +124,16 @@ class NicQueue:
         return out
 
 
-class NicDriver:
-    """A driver bound to the VF in directory ``vf_dir`` (see the module doc)."""
+class VfioClient:
+    """The driver's end of a function's control channel ``vfio.sock`` (any card): requests, the DMA
+    map of guest memory, MSI-X vectors bound to eventfds."""
 
     def __init__(self, vf_dir: str, timeout: float = 10.0):
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.settimeout(timeout)
         self.sock.connect(os.path.join(vf_dir, "vfio.sock"))
-        self.bar0 = self.bar4 = None
         self.irqs: list[int] = []
-        try:
-            self.info = self.request("get_device_info")
-            self.config = open(self.request("get_region_info", bar="config")["path"], "rb").read()
-            self.bar0 = BarFile(self.request("get_region_info", bar=0)["path"])
-            self.bar4 = BarFile(self.request("get_region_info", bar=4)["path"])
-        except BaseException:
-            self.close()
-            raise
-        self.seq = self.bar0.r32(WRITE_SEQ)
-        self.caps = self.walk_caps()
-        for t in (COMMON_CFG, NOTIFY_CFG, ISR_CFG, DEVICE_CFG):
-            if t not in self.caps:
-                raise NicError("capability incomplete")
-        self.common = self.caps[COMMON_CFG]["offset"]
-        self.notify_base = self.caps[NOTIFY_CFG]["offset"]
-        self.notify_mult = self.caps[NOTIFY_CFG]["multiplier"]
-        self.device = self.caps[DEVICE_CFG]["offset"]
         self.queue_vectors: dict[int, int] = {}
 
     # -- control channel ---------------------------------------------------------------
@@ -205,6 +188,43 @@ class NicDriver:
         """Interrupts of queue ``qid`` since last asked (reads its vector's eventfd)."""
         fd = self.irq_fd(self.vector_of(qid))
         return eventfd_count(fd) if fd >= 0 else 0
+
+    def _close_irqs(self) -> None:
+        for fd in self.irqs:
+            os.close(fd)
+        self.irqs = []
+
+    def close(self) -> None:
+        """Close the channel (the card drops the DMA maps and irqs and resets the function)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self._close_irqs()
+
+
+class NicDriver(VfioClient):
+    """A driver bound to the VF in directory ``vf_dir`` (see the module doc)."""
+
+    def __init__(self, vf_dir: str, timeout: float = 10.0):
+        super().__init__(vf_dir, timeout)
+        self.bar0 = self.bar4 = None
+        try:
+            self.info = self.request("get_device_info")
+            self.config = open(self.request("get_region_info", bar="config")["path"], "rb").read()
+            self.bar0 = BarFile(self.request("get_region_info", bar=0)["path"])
+            self.bar4 = BarFile(self.request("get_region_info", bar=4)["path"])
+        except BaseException:
+            self.close()
+            raise
+        self.seq = self.bar0.r32(WRITE_SEQ)
+        self.caps = self.walk_caps()
+        for t in (COMMON_CFG, NOTIFY_CFG, ISR_CFG, DEVICE_CFG):
+            if t not in self.caps:
+                raise NicError("capability incomplete")
+        self.common = self.caps[COMMON_CFG]["offset"]
+        self.notify_base = self.caps[NOTIFY_CFG]["offset"]
+        self.notify_mult = self.caps[NOTIFY_CFG]["multiplier"]
+        self.device = self.caps[DEVICE_CFG]["offset"]
 
     # -- config space ------------------------------------------------------------------
     def walk_caps(self) -> dict:
@@ -367,17 +387,9 @@ class NicDriver:
         self.bar4.w32(LM.LOGGING_CTRL, 0)
         self.flush()
 
-    def _close_irqs(self) -> None:
-        for fd in self.irqs:
-            os.close(fd)
-        self.irqs = []
-
     def close(self) -> None:
         """Close the channel (the card drops the DMA maps and irqs and resets the function)."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        self._close_irqs()
+        super().close()
         for b in (self.bar0, self.bar4):
             if b is not None:
                 b.close()

@@ -29,6 +29,22 @@ def card(runtime):
     assert not os.path.exists(c.dir), "the card left its directory"
 
 
+@pytest.fixture
+def on_vf(card):
+    """``make(cls, i, **kw)``: ``cls(card.vf_dir(i), **kw)`` (a test's driver-side object of VF ``i``);
+    each one made is closed when the test ends."""
+    made = []
+
+    def make(cls, i, **kw):
+        o = cls(card.vf_dir(i), **kw)
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        o.close()
+
+
 class Mlx5Fw:
     """The mlx5 card's firmware in-process: a BAR file with the command slot, a DMA map, and the
     test driver (its own mapping of the BAR) that calls the card's poll after each doorbell."""

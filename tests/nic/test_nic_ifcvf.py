@@ -35,8 +35,9 @@ from dataplane.nic.pci import (
     SUBSYS_VENDOR_ID,
     VENDOR_ID,
 )
-from dataplane.nic.shm import CardShm, V_CONNECTED, V_DMA_MAPS, V_FAULTS, V_IRQS_SET
+from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_FAULTS, V_IRQS_SET
 from dataplane.rings.virtqueue import ERR_ADDR
+from dataplane.testing.nic_card import wait_for
 from dataplane.testing.nic_driver import NicDriver, NicError, NicQueue, net_frame
 from dataplane.testing.vhost_frontend import GuestMemoryLayout
 
@@ -44,12 +45,6 @@ FEATS = (1 << F.VERSION_1) | (1 << F.ACCESS_PLATFORM) | (1 << F.MAC) | (1 << F.M
 BCAST = b"\xff" * 6
 
 
-def _wait(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 class Guest:
@@ -76,21 +71,9 @@ class Guest:
 
 
 @pytest.fixture
-def guests(card):
-    made = []
+def guests(on_vf):
+    return lambda i, **kw: on_vf(Guest, i, **kw)
 
-    def make(i, **kw):
-        g = Guest(card.vf_dir(i), **kw)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.close()
-
-
-def _shm(card):
-    return CardShm(os.path.join(card.dir, "counters"))
 
 
 # -----------------------------------------------------------------------------------------
@@ -148,7 +131,7 @@ def test_reset_and_feature_negotiation(card):
         assert drv.status == 0
         assert drv.negotiate(FEATS)
         assert drv.status & S_FEATURES_OK
-        shm = _shm(card)
+        shm = card.counters()
         assert shm.vf[0][8] == FEATS  # V_FEATURES
         # the guest features read back per select
         drv.w32(CC.GUEST_FEATURE_SELECT, 1)
@@ -202,7 +185,7 @@ def test_switch_learning_flooding_interrupts(card, guests, packed, event_idx):
     assert a.rx.data(slot, n)[12:] == f2[12:]
     b.tx.wait_used(1)
     # now B is learnt too: A -> B unicast, not flooded
-    shm = _shm(card)
+    shm = card.counters()
     flooded = int(shm.queues[0][1][Q_FLOODED])
     f3 = net_frame(b.mac, a.mac, b"x" * 1000)
     a.tx.send(f3)
@@ -262,7 +245,7 @@ def test_many_frames_and_rx_without_buffers(card, guests):
         b.rx.kick()
         if len(got) < total:
             time.sleep(0.001)
-        shm = _shm(card)
+        shm = card.counters()
         lost = int(shm.queues[1][0][Q_NOBUF])
         shm.close()
         if len(got) + lost >= total:
@@ -284,14 +267,14 @@ def test_queue_disable_writes_ring_state_and_resumes(card, guests):
     b.rx.wait_used(5)
     rs = a.drv.stop_queue(1)
     assert rs == 5 | 5 << 16  # net: last_used in both halves
-    shm = _shm(card)
+    shm = card.counters()
     assert shm.queues[0][1][Q_RUNNING] == 0
     # frames added while the queue is disabled stay in the ring
     a.tx.send(net_frame(b.mac, a.mac, b"late" * 20))
     rx_before = int(shm.queues[1][0][Q_PACKETS])
     kicks = int(shm.queues[0][1][Q_KICKS])
     a.tx.kick(force=True)
-    _wait(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="the kick taken")
+    wait_for(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="the kick taken")
     a.drv.flush()  # acknowledged on the card's next turn: the turn that took the kick has switched
     assert shm.queues[1][0][Q_PACKETS] == rx_before  # nothing moved: the queue is stopped
     assert a.tx.harvest() == []
@@ -315,9 +298,9 @@ def test_dirty_logging_marks_written_pages(card, guests):
         size = (log.size + 4095) & ~4095
         b.drv.dma_map(LOG_IOVA, size, log.fd, 0)
         # B's TX queue idles first: its kick-suppression flag is written before logging starts
-        _wait(lambda: _shm(card).queues[1][1][Q_POLLED] == 0, what="B's TX queue idle")
+        wait_for(lambda: card.counters().queues[1][1][Q_POLLED] == 0, what="B's TX queue idle")
         b.drv.log_start(LOG_IOVA, log.size)
-        shm = _shm(card)
+        shm = card.counters()
         assert shm.vf[1][10] == 1  # V_LOG_ON
         slots = [b.rx.post_rx(2048) for _ in range(3)]
         b.rx.kick()
@@ -334,7 +317,7 @@ def test_dirty_logging_marks_written_pages(card, guests):
         ring = b.rx.ring
         pages.add((ring.used_gpa + 2) >> 12)
         pages |= {(ring.used_gpa + 4 + 8 * i) >> 12 for i in range(3)}
-        _wait(lambda: log.pages() >= pages, what="pages logged")
+        wait_for(lambda: log.pages() >= pages, what="pages logged")
         assert log.pages() == pages  # exactly the written pages: no ring page of A, no unwritten buffer
         assert log.slack_untouched()
         assert slots == [s for s, _ in used]
@@ -348,7 +331,7 @@ def test_dirty_logging_marks_written_pages(card, guests):
         a.rx.wait_used(1)
         tx_used = b.tx.ring.used_gpa
         pages |= {tx_used >> 12, (tx_used + 4) >> 12}
-        _wait(lambda: log.pages() >= pages, what="TX used ring logged")
+        wait_for(lambda: log.pages() >= pages, what="TX used ring logged")
         assert log.pages() == pages
         b.drv.log_stop()
         assert shm.vf[1][10] == 0
@@ -371,7 +354,7 @@ def test_bad_programming_is_a_counted_fault(card, guests):
     d = g.drv
     d.reset()
     assert d.negotiate(FEATS)
-    shm = _shm(card)
+    shm = card.counters()
     d.program_queue(g.rx)
     d.add_status(S_DRIVER_OK)
     # split size not a power of two
@@ -393,7 +376,7 @@ def test_bad_programming_is_a_counted_fault(card, guests):
     assert d.queue_enabled(1) and shm.queues[0][1][Q_ERR] == 0
     g.tx.ring.add([(0x7000_0000, 64, False)])
     g.tx.kick()
-    _wait(lambda: shm.queues[0][1][Q_ERR] != 0, what="DMA fault")
+    wait_for(lambda: shm.queues[0][1][Q_ERR] != 0, what="DMA fault")
     assert shm.queues[0][1][Q_ERR] == ERR_ADDR
     assert shm.queues[0][1][Q_RUNNING] == 0
     assert card.alive()
@@ -441,7 +424,7 @@ def test_hostile_control_requests(card):
             drv.request("dma_unmap", iova=-1, size=4096)
         drv.sock.send(b"not json")
         assert b'"ok": false' in drv.sock.recv(4096)
-        shm = _shm(card)
+        shm = card.counters()
         assert shm.vf[0][V_DMA_MAPS] == 1
         # a second driver is refused while the first holds the function
         with pytest.raises(NicError, match="in use"):
@@ -457,11 +440,11 @@ def test_hostile_control_requests(card):
 
 def test_driver_death_drops_dma_maps_and_resets(card, guests):
     a = guests(0)
-    shm = _shm(card)
+    shm = card.counters()
     assert shm.vf[0][V_DMA_MAPS] == 1 and shm.vf[0][V_IRQS_SET] == a.drv.num_irqs
     assert shm.queues[0][0][Q_RUNNING] == 1
     a.drv.close()
-    _wait(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
+    wait_for(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
     assert shm.vf[0][V_DMA_MAPS] == 0 and shm.vf[0][V_IRQS_SET] == 0
     assert shm.queues[0][0][Q_RUNNING] == 0 and shm.queues[0][1][Q_RUNNING] == 0
     # the function was reset, and the card has no mapping of the old memory left
@@ -508,7 +491,7 @@ def test_two_queue_pairs_and_mq_cfg(card):
         a.tx1.kick()
         [(slot, n)] = b.rx.wait_used(1)
         assert b.rx.data(slot, n)[26:31] == b"again"
-        shm = _shm(card)
+        shm = card.counters()
         assert shm.queues[0][3][Q_PACKETS] == 2 and shm.queues[0][1][Q_PACKETS] == 1
         assert shm.queues[1][2][Q_PACKETS] == 1 and shm.queues[1][0][Q_PACKETS] == 2
         shm.close()
@@ -519,7 +502,7 @@ def test_two_queue_pairs_and_mq_cfg(card):
 
 def test_unmap_under_a_running_queue_stops_it(card, guests):
     a = guests(0)
-    shm = _shm(card)
+    shm = card.counters()
     assert shm.queues[0][1][Q_RUNNING] == 1
     r = a.mem.regions[0]
     assert a.drv.dma_unmap(r.gpa, r.size) == [r.gpa]
@@ -532,7 +515,7 @@ def test_unmap_under_a_running_queue_stops_it(card, guests):
     a.tx.kick()
     kicks = int(shm.queues[0][1][Q_KICKS])
     a.tx.kick(force=True)
-    _wait(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="kick counted")
+    wait_for(lambda: shm.queues[0][1][Q_KICKS] > kicks, what="kick counted")
     assert card.alive()
     shm.close()
 
@@ -545,10 +528,10 @@ def test_idle_queue_wakes_on_its_doorbell(card, guests, packed, event_idx):
     for _ in range(8):
         b.rx.post_rx()
     b.rx.kick(force=True)
-    shm = _shm(card)
+    shm = card.counters()
     for i in range(3):
         # wait until the card has gone idle on A's TX queue: it asks for kicks again
-        _wait(lambda: shm.queues[0][1][Q_POLLED] == 0, what="the TX queue asking for kicks")
+        wait_for(lambda: shm.queues[0][1][Q_POLLED] == 0, what="the TX queue asking for kicks")
         kicks = int(shm.queues[0][1][Q_KICKS])
         a.tx.send(net_frame(b.mac, a.mac, bytes([i]) * 80))
         assert a.tx.kick()  # the card wants this kick: it is the only way the frame moves
@@ -566,7 +549,7 @@ def test_interrupts_follow_the_driver_suppression(card, guests, packed):
     a = guests(0, packed=packed)
     b = guests(1, packed=packed)
     enable_irq = packed_drv_enable_interrupt if packed else split_drv_enable_interrupt
-    shm = _shm(card)
+    shm = card.counters()
     for _ in range(16):
         b.rx.post_rx()
     b.rx.kick()
@@ -581,7 +564,7 @@ def test_interrupts_follow_the_driver_suppression(card, guests, packed):
     a.tx.send(net_frame(b.mac, a.mac, b"irq" * 30))
     a.tx.kick()
     b.rx.wait_used(1)
-    _wait(lambda: shm.queues[1][0][Q_IRQS] == 1, what="the RX interrupt")
+    wait_for(lambda: shm.queues[1][0][Q_IRQS] == 1, what="the RX interrupt")
     assert b.drv.interrupts(0) == 1
     shm.close()
 
@@ -613,7 +596,7 @@ def test_link_down_raises_the_config_interrupt(card, guests):
 
     a = guests(0)
     b = guests(1)
-    shm = _shm(card)
+    shm = card.counters()
     gen = b.drv.r8(CC.CONFIG_GENERATION)
     status_off = b.drv.device + 6
 
@@ -623,12 +606,12 @@ def test_link_down_raises_the_config_interrupt(card, guests):
         assert r.returncode == 0, r.stderr
 
     link("down")
-    _wait(lambda: b.drv.bar0.r16(status_off) == 0, what="link down in device cfg")
+    wait_for(lambda: b.drv.bar0.r16(status_off) == 0, what="link down in device cfg")
     assert b.drv.r8(CC.CONFIG_GENERATION) == (gen + 1) & 0xFF
     assert b.drv.bar0.r8(0x40) & 2  # ISR: config change
     from dataplane.testing.vhost_frontend import eventfd_count
 
-    _wait(lambda: shm.vf[1][12] == 1, what="config interrupt")  # V_CONFIG_IRQS
+    wait_for(lambda: shm.vf[1][12] == 1, what="config interrupt")  # V_CONFIG_IRQS
     assert eventfd_count(b.drv.irq_fd(0)) == 1  # msix_config = vector 0
     # no frame reaches a VF whose link is down
     b.rx.post_rx()
@@ -639,7 +622,7 @@ def test_link_down_raises_the_config_interrupt(card, guests):
     assert shm.queues[0][1][Q_PACKETS] == 1 and shm.queues[1][0][Q_PACKETS] == 0
     assert b.rx.harvest() == []
     link("up")
-    _wait(lambda: b.drv.bar0.r16(status_off) == 1, what="link up")
+    wait_for(lambda: b.drv.bar0.r16(status_off) == 1, what="link up")
     a.tx.send(net_frame(BCAST, a.mac, b"hello again" * 10))
     a.tx.kick()
     [(slot, n)] = b.rx.wait_used(1)
@@ -658,11 +641,11 @@ def test_driver_restart_resumes_from_bar4_state(card, guests):
     a.tx.kick()
     a.tx.wait_used(3)
     b.rx.wait_used(3)
-    shm = _shm(card)
+    shm = card.counters()
     # A's driver dies: the card stops A's queues (state to BAR4), drops its maps and irqs, resets A
     a.drv.sock.close()
     a.drv.sock = None
-    _wait(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
+    wait_for(lambda: shm.vf[0][V_CONNECTED] == 0, what="disconnect")
     assert shm.vf[0][V_DMA_MAPS] == 0
     old = a.drv
     # a new driver for the same guest memory and rings, from the ring state the card saved
@@ -704,8 +687,8 @@ def test_doorbell_page_mapped_elsewhere_is_a_kick(card, guests):
     for _ in range(4):
         b.rx.post_rx()
     b.rx.kick()
-    shm = _shm(card)
-    _wait(lambda: shm.queues[0][1][Q_POLLED] == 0, what="A's TX queue idle")
+    shm = card.counters()
+    wait_for(lambda: shm.queues[0][1][Q_POLLED] == 0, what="A's TX queue idle")
     off = a.drv.notify_base + a.drv.notify_off(1) * a.drv.notify_mult
     fd = os.open(os.path.join(card.vf_dir(0), "resource0"), os.O_RDWR)
     try:

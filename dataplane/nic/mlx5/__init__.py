@@ -1,5 +1,7 @@
-"""The emulated ConnectX-6 Dx (mlx5) card, in progress: its firmware command interface.
+"""The emulated ConnectX-6 Dx (mlx5) card, in progress.
 
+* :mod:`~dataplane.nic.mlx5.card` -- the running card (``dataplane-nic start mlx5``): PCI face, VAR doorbell,
+  the VIRTIO_NET_Q datapath through the shared switch;
 * :mod:`~dataplane.nic.mlx5.commands` -- opcodes, statuses, syndromes and the wire layouts, as data;
 * :mod:`~dataplane.nic.mlx5.mailbox` -- the command slot in a BAR file, polled by the card;
 * :mod:`~dataplane.nic.mlx5.objects` -- the object model a command acts on (PD, umem, counters,
@@ -7,6 +9,6 @@
 * :mod:`~dataplane.nic.mlx5.mkey` -- direct and indirect (KLM, KLM_FBS) mkeys and their translation
   into the region tables the ring kernels read.
 
-Not yet wired into ``dataplane-nic start`` (no datapath, VAR doorbell, CQ/QP events, RQT/TIR):
-see docs/nic.md, "mlx5 card: command interface (in progress)".
+Not yet: CQ/QP event objects, RQT/TIR steering, error events, the hardware dirty bitmap
+(docs/nic.md, "mlx5 card").
 """

@@ -127,6 +127,7 @@ class Syn:
     RING_UNMAPPED = 0x3D  # a ring area the mkey does not translate (checked going RDY)
     FEATURE_CAP = 0x3E  # a queue feature (tso, csum) the caps do not announce
     DIRTY_BITMAP = 0x3F  # dirty bitmap area not translated by its mkey
+    RING_INDEX = 0x41  # hw_available_index / hw_used_index that do not fit the ring (going RDY)
 
 
 SYNDROME_NAMES = {v: k for k, v in vars(Syn).items() if not k.startswith("_")}

@@ -28,6 +28,7 @@ import numpy as np
 from dataplane import log as dplog
 
 from ..dma import PAGE, DmaMap
+from ..kernels import ring_area_sizes
 from .commands import (
     COMMANDS,
     COUNTER_NAMES,
@@ -60,7 +61,7 @@ from .commands import (
 )
 from .mkey import NULL_MKEY, MkeyStore
 
-__all__ = ["Hca", "Caps", "VirtQ", "Umem", "Counters", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
+__all__ = ["Hca", "Caps", "ring_areas", "VirtQ", "Umem", "Counters", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
            "MAX_OBJECTS", "umem_size"]
 
 log = dplog.get_logger("dataplane.nic.mlx5")
@@ -169,13 +170,11 @@ class VirtQ:
         return self.attrs["state"]
 
 
-def _ring_areas(a: dict) -> list[tuple[str, int, int]]:
-    n = a["q_size"]
-    if a["q_type"] == QType.PACKED:
-        return [("desc_addr", a["desc_addr"], 16 * n), ("available_addr", a["available_addr"], 4),
-                ("used_addr", a["used_addr"], 4)]
-    return [("desc_addr", a["desc_addr"], 16 * n), ("available_addr", a["available_addr"], 6 + 2 * n),
-            ("used_addr", a["used_addr"], 6 + 8 * n)]
+def ring_areas(a: dict) -> list[tuple[str, int, int]]:
+    """(attribute, address, bytes) of a virtq's ring areas."""
+    names = ("desc_addr", "available_addr", "used_addr")
+    sizes = ring_area_sizes(a["q_size"], a["q_type"] == QType.PACKED)
+    return [(n, a[n], ln) for n, ln in zip(names, sizes)]
 
 
 class Hca:
@@ -196,6 +195,10 @@ class Hca:
         self._next_obj = 1
         self.executed = 0
         self.refused = 0
+        #: the device side (the card's datapath), told of virtq changes before they are committed:
+        #: ``virtq_modify(vq, new_attrs)`` (may refuse with CmdError, may update ``new_attrs``: the indices
+        #: a suspended queue reached), ``virtq_destroy(vq)``, ``counters_sync()`` (before a counters query)
+        self.observer = None
 
     # =========================================================================
     # dispatch
@@ -432,6 +435,8 @@ class Hca:
             if (cur, to) not in TRANSITIONS:
                 raise CmdError(Status.BAD_RES_STATE, Syn.STATE_TRANSITION, f"virtq {vq.obj_id}: {cur} -> {to}")
         self._check_virtq(new, vq.obj_id)
+        if self.observer is not None:
+            self.observer.virtq_modify(vq, new)
         self._release(vq.obj_id, vq.attrs)
         vq.attrs = new
         self._take(vq.obj_id, new)
@@ -443,6 +448,8 @@ class Hca:
             c = self.counters.get(oid)
             if c is None:
                 raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT, f"QUERY: no counters object {oid}")
+            if self.observer is not None:
+                self.observer.counters_sync()
             return COUNTERS.pack(**{n: int(v) for n, v in zip(COUNTER_NAMES, c.values)})
         return VIRTQ.pack(**self._virtq(oid, "QUERY").attrs)
 
@@ -457,6 +464,8 @@ class Hca:
             del self.counters[oid]
             return b""
         vq = self._virtq(oid, "DESTROY")
+        if self.observer is not None:
+            self.observer.virtq_destroy(vq)
         self._release(oid, vq.attrs)
         del self.virtqs[oid]
         return b""
@@ -539,7 +548,7 @@ class Hca:
                                f"dirty bitmap [{a['dirty_bitmap_addr']:#x}, +{a['dirty_bitmap_size']:#x}) "
                                f"not in mkey {key:#x}")
         if a["state"] == QState.RDY:
-            for name, addr, length in _ring_areas(a):
+            for name, addr, length in ring_areas(a):
                 if not addr or self.mkeys.translate(a["mkey"], addr, length) is None:
                     raise CmdError(Status.BAD_PARAM, Syn.RING_UNMAPPED,
                                    f"{name} [{addr:#x}, +{length:#x}) is not translated by mkey {a['mkey']:#x}")

@@ -1,0 +1,316 @@
+"""The emulated ConnectX-6 Dx card: its VFs' PCI face, command slot, VAR doorbell and datapath.
+
+Every card's process, main loop, switch and control channel are shared with the IFC card
+(:mod:`~dataplane.nic.cardproc`, :mod:`~dataplane.nic.function`); what is mlx5 here:
+
+**The PCI face.**  A VF directory holds ``config`` (vendor 0x15b3 Mellanox, device 0x101e,
+the ConnectX family's VF id a ConnectX-6 Dx VF shows; subsystem the same; class network; an
+MSI-X capability of :attr:`Mlx5Function.nvec` vectors) and ``resource0``, BAR0::
+
+    0x00000  the command slot (:mod:`~dataplane.nic.mlx5.mailbox`, SLOT_SIZE bytes)
+    0x13000  MSI-X table, 0x14000 PBA (present; vectors are bound to eventfds over vfio.sock)
+    0x20000  the VAR page (VAR_SIZE bytes): the doorbell, a u32 at offset 0
+
+``get_device_info`` answers where the doorbell is (``doorbell: {bar, offset, size}``), the
+number of virtqs and the regions.
+
+**The VAR doorbell** (facts §3.5).  A kick is a 32-bit write of the virtq's queue index; the
+card swaps the word back to 0xFFFFFFFF (:func:`~dataplane.nic.kernels.poll_var_doorbell`),
+counts it in the queue's ``kicks`` and wakes the function's TX virtqs.  One word serves every
+queue, so two writes between two looks leave only the last one counted; every TX virtq is
+woken on any kick so no chain waits for a kick that was overwritten.  A write narrower than 32
+bits leaves the high idle bits and is ignored (``doorbells_ignored``).
+
+**The datapath.**  A VIRTIO_NET_Q that goes RDY runs: its rings (split or packed) are walked
+by the IFC card's kernels through the region table of its mkey
+(:meth:`~dataplane.nic.mlx5.mkey.MkeyStore.regions`: addresses are GPAs), from
+``hw_available_index`` / ``hw_used_index``.  Going SUSPEND (or destroyed) stops it; the
+indices it reached are written into the object, so QUERY returns them and a second RDY resumes
+from there.  A TX virtq is an odd queue index, an RX virtq an even one (virtio-net); frames from
+the TX virtq of pair p go through the switch to the RX virtq 2p of the destination VF (RX virtq 0
+when that one does not run: steering by RQT/TIR comes later).  A fault of the kernels (a buffer
+outside the mkey or the DMA map, a bad descriptor, a chain too long) puts the virtq in ERROR
+(:meth:`~dataplane.nic.mlx5.objects.Hca.virtq_error`, ``error_type`` = the fault code of
+:func:`~dataplane.nic.kernels.fault_name`) and is counted (the function's ``faults``, and
+``dma_faults`` for a buffer outside the memory).  A DMA unmap under a running virtq's rings is
+the same fault (code ring_dma); otherwise the region tables of the running virtqs are rebuilt.
+
+**Counters objects** (facts §3.9): the datapath's queue rows (``dataplane.nic.shm``) feed the
+virtq's VIRTIO_Q_COUNTERS: received_desc and completed_desc count the chains taken (every one is
+completed in the burst that took it), invalid_buffer the chains completed unused (a writable buffer
+in a TX chain, a runt or oversized frame, a read-only or too small RX buffer) and the
+bad-address faults, bad_desc_errors the descriptor faults (index, indirect, layout, avail index
+jump), exceed_max_chain the chain faults (loop, too many segments).  error_cqes stays 0: there are
+no CQs yet.
+
+**Interrupts.**  event_mode NO_MSIX: none (the driver polls); MSIX: the eventfd bound to vector
+``qp_id`` is written when the driver wants an interrupt.  QP (event QP/CQ objects) is not offered.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dataplane import log as dplog
+from dataplane.rings.virtqueue import ERR_ADDR, ERR_AVAIL_IDX, ERR_CHAIN_LOOP, ERR_DESC_INDEX, ERR_INDIRECT, \
+    ERR_LAYOUT, ERR_TOO_MANY_SEGS
+
+from .. import kernels as K
+from ..cardproc import BUSY_TURNS, CardBase
+from ..function import Function
+from ..pci import BarFile, config_header
+from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
+from .commands import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
+from .mailbox import SLOT_SIZE, CommandSlot
+from .objects import Caps, Hca, VirtQ, ring_areas
+
+__all__ = ["Mlx5Card", "Mlx5Function", "VENDOR_ID", "DEVICE_ID", "VAR_OFF", "VAR_SIZE", "BAR0_SIZE",
+           "MSIX_TABLE_OFF", "MSIX_PBA_OFF", "DEFAULT_PF"]
+
+log = dplog.get_logger("dataplane.nic.mlx5")
+
+VENDOR_ID = 0x15B3  # Mellanox
+DEVICE_ID = 0x101E  # ConnectX family VF (a ConnectX-6 Dx VF)
+DEFAULT_PF = "0000:00:06.0"
+MSIX_TABLE_OFF = 0x13000
+MSIX_PBA_OFF = 0x14000
+VAR_OFF = 0x20000
+VAR_SIZE = 0x1000
+BAR0_SIZE = 0x40000
+assert SLOT_SIZE <= MSIX_TABLE_OFF
+
+_C = {n: i for i, n in enumerate(COUNTER_NAMES)}
+#: which counters-object field a kernel fault code adds to
+_FAULT_COUNTER = {ERR_DESC_INDEX: "bad_desc_errors", ERR_INDIRECT: "bad_desc_errors", ERR_LAYOUT: "bad_desc_errors",
+                  ERR_AVAIL_IDX: "bad_desc_errors", ERR_CHAIN_LOOP: "exceed_max_chain",
+                  ERR_TOO_MANY_SEGS: "exceed_max_chain", ERR_ADDR: "invalid_buffer"}
+
+
+class Run:
+    """A RDY virtq's datapath: queue ``qid`` (its queue_index), the object ``obj_id``."""
+
+    __slots__ = ("qid", "obj_id", "ctx", "busy", "seen")
+
+    def __init__(self, qid: int, obj_id: int, ctx):
+        self.qid = qid
+        self.obj_id = obj_id
+        self.ctx = ctx
+        self.busy = BUSY_TURNS if qid % 2 else 0
+        self.seen = (0, 0)  # (chains taken, chains completed unused) already added to the counters object
+
+    @property
+    def running(self) -> bool:
+        return self.ctx is not None and self.ctx.cfg[K.CFG_RUNNING] != 0
+
+
+def _hva(regions: np.ndarray, addr: int, length: int) -> int:
+    for a, n, h in regions:
+        a, n, h = int(a), int(n), int(h)
+        if a <= addr and addr + length <= a + n:
+            return h + (addr - a)
+    return 0
+
+
+class Mlx5Function(Function):
+    model = "mlx5"
+
+    def __init__(self, card: "Mlx5Card", index: int, bdf: str, mac: bytes, pairs: int):
+        self.nq = 2 * pairs
+        self.caps = Caps(max_num_virtio_queues=self.nq)
+        self.runs: dict[int, Run] = {}
+        super().__init__(card, index, bdf, mac, self.caps.num_msix_vectors)
+        with open(os.path.join(self.dir, "config"), "wb") as f:
+            f.write(bytes(config_header(VENDOR_ID, DEVICE_ID, VENDOR_ID, DEVICE_ID, 0x00, self.nvec,
+                                        msix_table=MSIX_TABLE_OFF, msix_pba=MSIX_PBA_OFF, next_cap=0)))
+        self.bar0 = BarFile(os.path.join(self.dir, "resource0"), BAR0_SIZE, create=True)
+        self.db32 = self.bar0.u32[VAR_OFF // 4 : (VAR_OFF + VAR_SIZE) // 4]
+        self.db32[0] = K.VAR_IDLE
+        self._new_firmware()
+
+    def _new_firmware(self) -> None:
+        """A fresh firmware (no objects): at start and at a function reset."""
+        self.hca = Hca(self.dma, self.caps, name=self.bdf)
+        self.hca.observer = self
+        self.slot = CommandSlot(self.bar0, self.hca)
+
+    # -- Function ----------------------------------------------------------------------------
+    def region_files(self) -> dict:
+        return {0: "resource0", "config": "config"}
+
+    def device_info(self) -> dict:
+        return {"num_queues": self.nq, "regions": {"0": self.bar0.size, "config": 256},
+                "doorbell": {"bar": 0, "offset": VAR_OFF, "size": VAR_SIZE}}
+
+    def poll_registers(self) -> bool:
+        for r in list(self.runs.values()):
+            if not r.running:
+                self._halted(r)
+        if not self.slot.pending():
+            return False
+        self.slot.poll()
+        return True
+
+    def poll_doorbells(self) -> None:
+        v = K.poll_var_doorbell(self.db32, self.nq, self.rows)
+        if v == -1:
+            return
+        if v == -2:
+            self.vrow[V_DOORBELLS_IGNORED] += 1
+            return
+        for r in self.tx_queues():
+            self.card.kicked(r)
+
+    def reset(self) -> None:
+        self.drop_driver()
+        self.vrow[V_RESETS] += 1
+        log.info("mlx5: function reset", vf=self.bdf)
+
+    def drop_driver(self) -> None:
+        for r in list(self.runs.values()):
+            self._stop(r)
+        self._new_firmware()
+
+    def bind_irqs(self) -> None:
+        for r in self.runs.values():
+            if r.ctx is not None:
+                r.ctx.cfg[K.CFG_CALLFD] = self._callfd(self.hca.virtqs[r.obj_id].attrs)
+
+    def set_link(self, up: bool) -> None:
+        log.info("mlx5: link " + ("up" if up else "down"), vf=self.bdf)
+
+    def tx_queues(self):
+        return [r for r in self.runs.values() if r.qid % 2]
+
+    def rx_ctx(self, pair: int):
+        r = self.runs.get(2 * pair) or self.runs.get(0)
+        return r.ctx if r is not None else None
+
+    def switch_active(self) -> bool:
+        return self.link_up and any(r.running for q, r in self.runs.items() if q % 2 == 0)
+
+    def dma_unmap(self, iova: int, size: int) -> list[int]:
+        gone = self.dma.covered(iova, size)
+        for r in list(self.runs.values()):
+            a = self.hca.virtqs[r.obj_id].attrs
+            for _name, addr, ln in ring_areas(a):
+                t = self.hca.mkeys.translate(a["mkey"], addr, ln)
+                if t is None or t[0] in gone:
+                    self.rows[r.qid][K.Q_ERR] = K.ERR_RING_DMA
+                    self.rows[r.qid][K.Q_FAULTS] += 1
+                    self._halted(r)
+                    break
+        detached = [self.dma.detach(i) for i in gone]
+        for r in self.runs.values():  # the memory leaves the region tables before it is unmapped
+            r.ctx = r.ctx._replace(regions=self.hca.mkeys.regions(self.hca.virtqs[r.obj_id].attrs["mkey"]))
+        for d in detached:
+            self.dma.release(d)
+        return gone
+
+    # -- the Hca's observer: virtq state changes ---------------------------------------------------
+    def virtq_modify(self, vq: VirtQ, new: dict) -> None:
+        was, now = vq.state, new["state"]
+        r = self.runs.get(vq.attrs["queue_index"])
+        if was == QState.RDY and now != QState.RDY and r is not None:
+            used = self._stop(r)
+            new["hw_available_index"] = new["hw_used_index"] = used
+        elif now == QState.RDY and was != QState.RDY:
+            self._start(vq.obj_id, new)
+
+    def virtq_destroy(self, vq: VirtQ) -> None:
+        r = self.runs.get(vq.attrs["queue_index"])
+        if r is not None and r.obj_id == vq.obj_id:
+            self._stop(r)
+
+    def counters_sync(self) -> None:
+        for r in self.runs.values():
+            self._sync(r)
+
+    # -- the datapath ------------------------------------------------------------------------------
+    def _callfd(self, a: dict) -> int:
+        return self.irq_fd(a["qp_id"]) if a["event_mode"] == EventMode.MSIX else -1
+
+    def _start(self, obj_id: int, a: dict) -> None:
+        qid = a["queue_index"]
+        packed = a["q_type"] == QType.PACKED
+        regions = self.hca.mkeys.regions(a["mkey"])
+        addrs = [_hva(regions, addr, ln) for _n, addr, ln in ring_areas(a)]
+        if not all(addrs):  # the object model checked the mkey translates them: a ring across two mappings
+            raise CmdError(Status.BAD_PARAM, Syn.RING_UNMAPPED, f"virtq {obj_id}: a ring area is not one mapping")
+        try:
+            ctx = K.open_queue(addrs, a["q_size"], packed=packed, feat=0, last_avail=a["hw_available_index"],
+                               last_used=a["hw_used_index"], regions=regions, callfd=self._callfd(a),
+                               counters=self.rows[qid])
+        except ValueError as e:
+            raise CmdError(Status.BAD_PARAM, Syn.RING_INDEX, f"virtq {obj_id}: {e}") from None
+        r = Run(qid, obj_id, ctx)
+        r.seen = self._taken(r)
+        self.runs[qid] = r
+        self.card.active_changed = True
+        log.info("mlx5: virtq running", vf=self.bdf, obj_id=obj_id, queue_index=qid, size=a["q_size"],
+                 packed=packed, hw_available_index=a["hw_available_index"], hw_used_index=a["hw_used_index"])
+
+    def _stop(self, r: Run) -> int:
+        """Stop ``r``'s datapath; the used index it reached."""
+        r.ctx.cfg[K.CFG_RUNNING] = 0
+        self._sync(r)
+        used = K.queue_used_index(r.ctx)
+        row = self.rows[r.qid]
+        row[K.Q_RUNNING] = 0
+        row[K.Q_POLLED] = 0
+        del self.runs[r.qid]
+        r.ctx = None
+        r.busy = 0
+        self.card.active_changed = True
+        log.info("mlx5: virtq stopped", vf=self.bdf, obj_id=r.obj_id, queue_index=r.qid, used_index=used)
+        return used
+
+    def _halted(self, r: Run) -> None:
+        """The kernels stopped ``r`` on a fault: the virtq goes to ERROR, the fault is counted."""
+        code = int(self.rows[r.qid][K.Q_ERR])
+        c = self._counters(r)
+        if c is not None and code in _FAULT_COUNTER:
+            c.values[_C[_FAULT_COUNTER[code]]] += 1
+        used = self._stop(r)
+        vq = self.hca.virtqs[r.obj_id]
+        vq.attrs["hw_available_index"] = vq.attrs["hw_used_index"] = used
+        self.hca.virtq_error(r.obj_id, code)
+        self.vrow[V_FAULTS] += 1
+        if code in (ERR_ADDR, K.ERR_RING_DMA):
+            self.vrow[V_DMA_FAULTS] += 1
+        log.error("mlx5: virtq fault: ERROR", vf=self.bdf, queue_index=r.qid, fault=K.fault_name(code))
+
+    def _counters(self, r: Run):
+        cid = self.hca.virtqs[r.obj_id].attrs["counters_obj_id"]
+        return self.hca.counters.get(cid) if cid else None
+
+    def _taken(self, r: Run) -> tuple[int, int]:
+        row = self.rows[r.qid]
+        return int(row[K.Q_PACKETS] + row[K.Q_ERRORS]), int(row[K.Q_ERRORS])
+
+    def _sync(self, r: Run) -> None:
+        """Add what the datapath did since the last look to the virtq's counters object."""
+        now = self._taken(r)
+        c = self._counters(r)
+        if c is not None:
+            taken, unused = now[0] - r.seen[0], now[1] - r.seen[1]
+            c.values[_C["received_desc"]] += taken
+            c.values[_C["completed_desc"]] += taken
+            c.values[_C["invalid_buffer"]] += unused
+        r.seen = now
+
+    def close(self) -> None:
+        super().close()
+        self.db32 = None
+        self.bar0.close()
+
+
+class Mlx5Card(CardBase):
+    """A ConnectX-6 Dx card: ``nvfs`` VFs of PF ``pf``, each with ``pairs`` queue pairs (2 x pairs virtqs)."""
+
+    model = "mlx5"
+
+    def __init__(self, parent: str, pf: str, nvfs: int, *, mac_base: bytes, pairs: int = 16):
+        super().__init__(parent, pf, nvfs, pairs=pairs)
+        self._build(nvfs, mac_base, lambda i, bdf, mac: Mlx5Function(self, i, bdf, mac, pairs))
