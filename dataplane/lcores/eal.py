@@ -12,6 +12,7 @@ import socket
 import threading
 
 from dataplane import log as dplog
+from dataplane._version import __version__
 from dataplane.lcores.eal_args import EalConfig, parse_eal_args
 from dataplane.lcores.launch import Launcher
 from dataplane.memory.memory import Memory
@@ -46,7 +47,11 @@ class Eal:
             raise RuntimeError("the EAL is already initialised in this process")
         self.cfg = cfg
         dplog.configure_logging(cfg.log_levels, cfg.log_format)
+        if cfg.show_version:
+            log.info("version", version=f"dataplane {__version__}")
         for flag, value in (
+            ("--no-telemetry", cfg.no_telemetry),
+            ("--proc-type", cfg.proc_type if cfg.proc_type != "primary" else None),
             ("--no-pci", cfg.no_pci),
             ("--single-file-segments", cfg.single_file_segments),
             ("--force-max-simd-bitwidth", cfg.force_max_simd_bitwidth),
