@@ -127,6 +127,7 @@ class Engine:
         try:
             env = PortEnv(memory=self.memory, mempool=self.pool, launcher=self.launcher,
                           max_rx_pkt_len=fwd.max_pkt_len or max(1518, sum(fwd.txpkts)))
+            self.port_env = env  # what every port was built with
             for pid, d in enumerate(vdevs):
                 self.ports.append(self._make_port(d, pid, env))
             by_name = {p.name: p for p in self.ports}
@@ -264,6 +265,10 @@ class Engine:
         finally:
             self.running = False
         return self.forward_stats()
+
+    def peer_mac(self, pid: int) -> int:
+        """The destination MAC the mac-rewriting modes put on frames sent on port ``pid`` (--eth-peer)."""
+        return self._peer_mac(pid)
 
     def _peer_mac(self, pid: int) -> int:
         peer = self.fwd.eth_peer.get(pid)

@@ -165,6 +165,19 @@ def format_port_info(eng: Engine, pid: int) -> str:
     )
 
 
+def format_fwd_config(eng: Engine) -> str:
+    """testpmd's ``show config fwd``: the streams of each forwarding lcore, in ``--port-topology`` order."""
+    lcores = sorted({s.lcore for s in eng.streams})
+    out = [f"{eng.fwd.mode} packet forwarding - ports={eng.nb_ports} - cores={len(lcores)} - "
+           f"streams={len(eng.streams)} - port topology={eng.fwd.port_topology}\n"]
+    for lc in lcores:
+        streams = [s for s in eng.streams if s.lcore == lc]
+        out.append(f"Logical Core {lc} (socket 0) forwards packets on {len(streams)} streams:\n")
+        out += [f"  RX P={s.rx_port}/Q={s.rx_queue} (socket 0) -> TX P={s.tx_port}/Q={s.tx_queue} (socket 0) "
+                f"peer={mac_str(eng.peer_mac(s.tx_port))}\n" for s in streams]
+    return "".join(out) + "\n"
+
+
 class Shell:
     """testpmd's interactive commands over an :class:`Engine` (``handle(line)`` returns the output text)."""
 
@@ -212,6 +225,8 @@ class Shell:
                     out.append(f"###### NIC extended statistics for port {p}\n")
                     out += [f"{k}: {v}\n" for k, v in eng.xstats(p).items()]
                 return "".join(out)
+            if w == ["show", "config", "fwd"]:
+                return format_fwd_config(eng)
             if w[:3] == ["show", "port", "info"] and len(w) == 4:
                 return "".join(format_port_info(eng, p) for p in self._ports(w[3]))
             if w[:3] == ["clear", "port", "stats"] and len(w) == 4:

@@ -143,3 +143,17 @@ def test_bad_application_option_is_one_line_pointing_at_the_usage():
     r = _run("dataplane", "--no-huge", "--", "--port-topology=ring")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "--port-topology" in r.stderr and "dataplane --help" in r.stderr
+
+
+def test_eal_v_logs_the_version_and_compat_options_are_logged(tmp_path):
+    """DPDK's ``-v`` shows the version at start-up; --no-telemetry and --proc-type=auto are no-ops, logged."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DATAPLANE_RUNTIME_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "-v", "-l", str(sorted(os.sched_getaffinity(0))[0]),
+                        "--no-huge", "-m", "16", "--no-telemetry", "--proc-type=auto", "--file-prefix", "ver",
+                        "--", "--demo", "--demo-count", "10"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert any("] version " in line and f"version='dataplane {VERSION}'" in line for line in lines), r.stderr
+    for option in ("--no-telemetry", "--proc-type"):
+        assert any("option accepted for compatibility, no effect" in line and f"option={option} " in line
+                   for line in lines), option
