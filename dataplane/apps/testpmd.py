@@ -294,6 +294,7 @@ def _interactive(eng: Engine, opts) -> int:
         if out is None:
             break
         print(out, end="", flush=True)
+    eng.eal.mark_exiting()  # a successor started on "Bye..." waits for our teardown
     if eng.running:
         print(sh.handle("stop"), end="", flush=True)
     print("Bye...", flush=True)
@@ -313,6 +314,7 @@ def _batch(eng: Engine, opts) -> int:
                 print(sh.handle("show port stats all"), end="", flush=True)
     except KeyboardInterrupt:
         pass
+    eng.eal.mark_exiting()
     print(sh.handle("stop"), end="", flush=True)
     print("Bye...", flush=True)
     return 0

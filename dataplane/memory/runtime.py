@@ -30,6 +30,7 @@ import fcntl
 import os
 import re
 import shutil
+import threading
 import time
 import weakref
 
@@ -87,6 +88,7 @@ class RuntimeDir:
         self.lock_path = os.path.join(self.path, LOCK_NAME)
         self._lock_fd: int | None = None
         self._owner_pid: int | None = None
+        self._mutex = threading.RLock()
 
     @property
     def acquired(self) -> bool:
@@ -164,11 +166,14 @@ class RuntimeDir:
 
         Only the acquiring process does it; the lock is still held until :meth:`release`.
         """
-        if self._lock_fd is None or os.getpid() != self._owner_pid:
+        if os.getpid() != self._owner_pid:
             return
-        line = f"{os.getpid()} {EXITING}\n".encode()
-        os.pwrite(self._lock_fd, line, 0)
-        os.ftruncate(self._lock_fd, len(line))
+        with self._mutex:  # a signal-watching thread may call it while release() closes the fd
+            if self._lock_fd is None:
+                return
+            line = f"{os.getpid()} {EXITING}\n".encode()
+            os.pwrite(self._lock_fd, line, 0)
+            os.ftruncate(self._lock_fd, len(line))
 
     def _busy_error(self, pid: int | None, more: str = "") -> RuntimeDirBusy:
         who = f"pid {pid}" if pid else "another process"
@@ -246,7 +251,8 @@ class RuntimeDir:
         child it does nothing (the directory belongs to the primary)."""
         if self._lock_fd is None or os.getpid() != self._owner_pid:
             return
-        fd, self._lock_fd = self._lock_fd, None
+        with self._mutex:
+            fd, self._lock_fd = self._lock_fd, None
         _HELD.discard(self)
         try:
             for name in os.listdir(self.path):

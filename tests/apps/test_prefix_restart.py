@@ -1,8 +1,12 @@
-"""Restarting with the same file prefix right after the previous instance exited.
+"""Restarting with the same file prefix right after the previous instance.
 
-An instance ends by ``quit``, SIGTERM or SIGINT while its lcore worker forwards;
-the next one, same ``--file-prefix``, starts as soon as the old process is gone:
-never "file prefix ... is in use", and never waiting for it (no lock outlives it).
+An instance ends by ``quit``, SIGTERM or SIGINT while its lcore worker forwards. The next one,
+same ``--file-prefix``:
+
+* started when the old process has exited, starts at once: never "file prefix ... is in use",
+  and never waiting (no lock outlives the process, whatever its lcore workers do);
+* started while the old one is still on its way out (at its "Bye...", or right after the
+  signal), is not refused either: it waits for the old one to exit.
 """
 
 import os
@@ -15,67 +19,95 @@ import pytest
 
 CPUS = sorted(os.sched_getaffinity(0))
 ROUNDS = 10
-PROMPT = "testpmd> "
+PROMPT = b"testpmd> "
 WAITING = "waiting for the previous owner of the file prefix to exit"
 
 
-def _start(prefix, env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "dataplane.cli", "-l", f"{CPUS[0]}-{CPUS[1]}", "--no-huge", "-m", "64",
-         "--file-prefix", prefix, "--vdev", "net_ring0", "--", "-i", "--auto-start"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
+class _Instance:
+    def __init__(self, prefix, env):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dataplane.cli", "-l", f"{CPUS[0]}-{CPUS[1]}", "--no-huge", "-m", "64",
+             "--file-prefix", prefix, "--vdev", "net_ring0", "--", "-i", "--auto-start"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )
+        self.out = b""
+        os.set_blocking(self.proc.stdout.fileno(), False)
 
+    def read_until(self, text: bytes, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.out:
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.text}"
+            try:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                raise AssertionError(f"exited ({self.proc.wait()}) before {text!r}:\n{self.text}")
+            self.out += chunk
+        return self.text
 
-def _wait_prompt(proc, timeout):
-    """Read until the shell's prompt; returns what was read."""
-    out = b""
-    deadline = time.monotonic() + timeout
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    while PROMPT.encode() not in out:
-        assert time.monotonic() < deadline, f"no prompt within {timeout} s:\n{out.decode(errors='replace')}"
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            chunk = None
-        if chunk == b"":
-            raise AssertionError(f"exited ({proc.wait()}) before its prompt:\n{out.decode(errors='replace')}")
-        if chunk:
-            out += chunk
+    @property
+    def text(self) -> str:
+        return self.out.decode(errors="replace")
+
+    def end(self, how: str) -> None:
+        if how.startswith("quit"):
+            self.proc.stdin.write(b"quit\n")
+            self.proc.stdin.flush()
         else:
-            time.sleep(0.02)
-    return out.decode(errors="replace")
+            self.proc.send_signal(getattr(signal, how.split("-")[0]))
+
+    def finish(self, timeout: float = 60) -> str:
+        try:
+            self.proc.wait(timeout)
+            os.set_blocking(self.proc.stdout.fileno(), True)
+            self.out += self.proc.stdout.read()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+        return self.text
 
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two cpus (an lcore worker)")
 @pytest.mark.timeout(1800)  # the first start may compile the forwarding loop for minutes
-@pytest.mark.parametrize("how", ["quit", "SIGTERM", "SIGINT"])
-def test_restart_with_same_prefix_at_once(tmp_path, how):
+@pytest.mark.parametrize("how", ["quit", "SIGTERM", "SIGINT", "quit-at-bye", "SIGTERM-at-once"])
+def test_restart_with_same_prefix(tmp_path, how):
     env = dict(os.environ, DATAPLANE_RUNTIME_DIR=str(tmp_path))
     prefix = f"rs{how.lower()}"
-    for round_ in range(ROUNDS):
-        proc = _start(prefix, env)
+    overlap = how.endswith(("-at-bye", "-at-once"))
+    old = None
+    for round_ in range(ROUNDS + 1):
+        new = _Instance(prefix, env) if round_ < ROUNDS else None
+        if old is not None:  # the previous one was told to end; it may still be exiting (overlap)
+            out = old.finish()
+            assert "is in use" not in out, f"round {round_ - 1}:\n{out}"
+            if how.startswith("quit"):
+                assert old.proc.returncode == 0 and "Bye..." in out, out
+        if new is None:
+            break
         try:
             # the first start may compile the forwarding loop
-            text = _wait_prompt(proc, 900 if round_ == 0 else 120)
-            assert "packet forwarding - ports=1" in text, text  # the worker lcore forwards
+            text = new.read_until(PROMPT, 900 if round_ == 0 else 120)
+        except BaseException:
+            new.finish(0)
+            raise
+        assert "is in use" not in text, f"round {round_}: refused:\n{text}"
+        assert "packet forwarding - ports=1" in text, text  # the worker lcore forwards
+        if not overlap:
+            assert WAITING not in text, f"round {round_}: the previous instance's lock outlived it:\n{text}"
+        new.end(how)
+        if how == "quit-at-bye":
+            new.read_until(b"Bye...", 60)  # and start the next one at once, while this one tears down
+        elif not overlap:
+            new.finish()
+        old = None if not overlap else new
+        if not overlap:
+            out = new.text
+            assert "is in use" not in out, out
             if how == "quit":
-                proc.stdin.write(b"quit\n")
-                proc.stdin.flush()
-            else:
-                proc.send_signal(getattr(signal, how))
-            proc.wait(60)
-            rest = proc.stdout.read().decode(errors="replace")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdin.close()
-            proc.stdout.close()
-        out = text + rest
-        assert "is in use" not in out, f"round {round_}:\n{out}"
-        assert WAITING not in out, f"round {round_}: the previous instance's lock outlived it:\n{out}"
-        if how == "quit":
-            assert proc.returncode == 0 and "Bye..." in out, out
+                assert new.proc.returncode == 0 and "Bye..." in out, out
     assert not os.path.exists(tmp_path / prefix)
