@@ -320,13 +320,18 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs: a zombie (exited, not yet reaped by its parent) holds no lock."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def _remove(path: str) -> None:

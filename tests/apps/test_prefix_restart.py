@@ -6,7 +6,9 @@ same ``--file-prefix``:
 * started when the old process has exited, starts at once: never "file prefix ... is in use",
   and never waiting (no lock outlives the process, whatever its lcore workers do);
 * started while the old one is still on its way out (at its "Bye...", or right after the
-  signal), is not refused either: it waits for the old one to exit.
+  signal), is not refused either: it waits for the old one to exit;
+* started right after a SIGKILL of the old one (not yet reaped, its lcore worker perhaps
+  still alive) is not refused: it cleans up what the dead run left.
 """
 
 import os
@@ -74,7 +76,7 @@ class _Instance:
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two cpus (an lcore worker)")
 @pytest.mark.timeout(1800)  # the first start may compile the forwarding loop for minutes
-@pytest.mark.parametrize("how", ["quit", "SIGTERM", "SIGINT", "quit-at-bye", "SIGTERM-at-once"])
+@pytest.mark.parametrize("how", ["quit", "SIGTERM", "SIGINT", "quit-at-bye", "SIGTERM-at-once", "SIGKILL-at-once"])
 def test_restart_with_same_prefix(tmp_path, how):
     env = dict(os.environ, DATAPLANE_RUNTIME_DIR=str(tmp_path))
     prefix = f"rs{how.lower()}"
@@ -110,4 +112,5 @@ def test_restart_with_same_prefix(tmp_path, how):
             assert "is in use" not in out, out
             if how == "quit":
                 assert new.proc.returncode == 0 and "Bye..." in out, out
-    assert not os.path.exists(tmp_path / prefix)
+    if how != "SIGKILL-at-once":  # a killed run leaves its files to the next start (tests/memory)
+        assert not os.path.exists(tmp_path / prefix)

@@ -265,3 +265,24 @@ def test_unused_hugepage_files_without_runtime_dir_removed(huge_dir):
         assert hugepages.clear_files(huge_dir, "stray") == []  # ours is locked: kept
         assert os.path.exists(mem.segments[0].path)
     os.unlink(other)
+
+
+def test_a_zombie_owner_is_dead(no_leaks):
+    """An owner that exited but is not reaped yet (a zombie) holds nothing: its successor starts."""
+    from dataplane.memory.runtime import _alive
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(pid):  # a zombie as soon as it exited; we have not reaped it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert os.waitpid(pid, os.WNOHANG)[0] == pid  # it was a zombie, not gone
+    finally:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    assert _alive(os.getpid())
