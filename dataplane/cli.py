@@ -14,7 +14,7 @@ from dataplane.memory.errors import MemoryLayerError
 #: The subcommands, for the usage.
 COMMANDS = [
     ("run [FILE.toml]", "run the forwarding engine from a TOML config (see: dataplane run --help)"),
-    ("vdpa OBJECT COMMAND", "the vdpa tool of iproute2, on this dataplane's vDPA devices (dataplane vdpa help)"),
+    ("vdpa OBJECT COMMAND", "the vdpa tool of iproute2, on this dataplane's vDPA devices (dataplane vdpa --help)"),
     ("vdpa features", "the table of the vDPA drivers' features"),
 ]
 

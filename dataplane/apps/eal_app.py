@@ -30,10 +30,9 @@ def eal_main(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: li
     application options: ``parser`` is a :class:`~dataplane.lcores.usage.UsageParser`) or the
     version.  ``check(opts)`` may return an error message for options argparse cannot judge.
     """
-    from dataplane.lcores.usage import version_text
-
     from dataplane.lcores.eal import Eal
     from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
+    from dataplane.lcores.usage import version_text
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
