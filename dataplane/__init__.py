@@ -4,7 +4,7 @@ Layers call only downward: core -> memory -> lcores -> rings -> net -> vhost, vi
 -> apps -> api (the table, enforced: tests/test_layers.py).
 """
 
-__version__ = "0.1.0"
+from dataplane._version import __version__
 
 from dataplane import _jitcache
 

@@ -7,7 +7,16 @@ import sys
 
 from dataplane.config import ConfigError
 from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
+from dataplane.lcores.usage import version_text
 from dataplane.memory.errors import MemoryLayerError
+
+
+#: The subcommands, for the usage.
+COMMANDS = [
+    ("run [FILE.toml]", "run the forwarding engine from a TOML config (see: dataplane run --help)"),
+    ("vdpa OBJECT COMMAND", "the vdpa tool of iproute2, on this dataplane's vDPA devices (dataplane vdpa --help)"),
+    ("vdpa features", "the table of the vDPA drivers' features"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     from dataplane.apps.testpmd import app_parser
 
     app = app_parser()
+    app.sections.append(("Commands (instead of options)", COMMANDS))
+    if cfg.usage == "help":
+        app.print_help()
+        return 0
+    if cfg.usage == "version":
+        sys.stdout.write(version_text("dataplane"))
+        return 0
     try:
         opts = app.parse_args(cfg.app_args)
     except SystemExit as exc:  # argparse already printed the one-line error

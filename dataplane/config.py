@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataplane.memory.mbuf import RTE_PKTMBUF_HEADROOM
 from dataplane.lcores.eal_args import (
     EalConfig,
     check_eal_config,
@@ -602,6 +603,22 @@ def _eth_peers(value: list[str]) -> dict[int, str]:
     return out
 
 
+#: testpmd's ``--port-topology`` values: how ports are paired for forwarding.
+PORT_TOPOLOGIES = ("paired", "chained", "loop")
+#: ``--mbuf-size``: more than the headroom, and a uint16 (testpmd's limit).
+MIN_MBUF_SIZE = RTE_PKTMBUF_HEADROOM + 1
+MAX_MBUF_SIZE = 0xFFFF
+#: ``--max-pkt-len``: at least an Ethernet minimum frame (RTE_ETHER_MIN_LEN), at most what a uint16 length says.
+MIN_PKT_LEN = 64
+MAX_PKT_LEN = 0xFFFF
+
+
+def _port_topology(v: str) -> str:
+    if v not in PORT_TOPOLOGIES:
+        raise ValueError(f"expected one of {', '.join(PORT_TOPOLOGIES)}, got {_show(v)}")
+    return v
+
+
 def _range(lo: int, hi: int) -> Callable[[int], int]:
     def check(v: int) -> int:
         if not lo <= v <= hi:
@@ -629,6 +646,11 @@ class ForwardConfig:
     eth_peer: dict[int, str] = field(default_factory=dict)
     total_num_mbufs: int = 8192
     stats_period: float = 1.0
+    port_topology: str = "paired"
+    #: data room of the pool's mbufs, headroom included (None: RTE_MBUF_DEFAULT_BUF_SIZE, 2176)
+    mbuf_size: int | None = None
+    #: largest frame to receive (None: 1518, or the txpkts total if larger)
+    max_pkt_len: int | None = None
 
 
 FORWARD_TABLE = Table(
@@ -647,6 +669,10 @@ FORWARD_TABLE = Table(
         Field("eth_peer", ListOf(STR), _eth_peers, {}, "--eth-peer values, \"PORT,MAC\""),
         Field("total_num_mbufs", INT, _range(64, 1 << 24), 8192, "--total-num-mbufs"),
         Field("stats_period", NUMBER, lambda v: float(_range(0, 3600)(v)), 1.0, "--stats-period, seconds (0: off)"),
+        Field("port_topology", STR, _port_topology, "paired", "--port-topology: paired, chained or loop"),
+        Field("mbuf_size", INT, _range(MIN_MBUF_SIZE, MAX_MBUF_SIZE), None,
+              "--mbuf-size, mbuf data room in bytes (headroom included)"),
+        Field("max_pkt_len", INT, _range(MIN_PKT_LEN, MAX_PKT_LEN), None, "--max-pkt-len, largest frame to receive"),
     ),
 )  # fmt: skip
 

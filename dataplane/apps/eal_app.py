@@ -26,14 +26,23 @@ def eal_main(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: li
              check: Callable | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), then ``run(eal, opts)``; 2 on bad arguments.
 
-    ``check(opts)`` may return an error message for options argparse cannot judge.
+    ``-h``/``--help`` and ``--version``, before or after ``--``, print the usage (EAL and
+    application options: ``parser`` is a :class:`~dataplane.lcores.usage.UsageParser`) or the
+    version.  ``check(opts)`` may return an error message for options argparse cannot judge.
     """
     from dataplane.lcores.eal import Eal
     from dataplane.lcores.eal_args import EalArgsError, parse_eal_args
+    from dataplane.lcores.usage import version_text
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_eal_args(argv)
+        if cfg.usage == "help":
+            parser.print_help()
+            return 0
+        if cfg.usage == "version":
+            sys.stdout.write(version_text(prog))
+            return 0
         opts = parser.parse_args(cfg.app_args)
     except EalArgsError as e:
         print(f"{prog}: {e}", file=sys.stderr)

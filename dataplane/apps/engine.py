@@ -6,8 +6,9 @@ It does what testpmd's core does:
   the driver its name selects (:mod:`dataplane.ethdev.registry`: ``net_vhost*``,
   ``net_virtio_user*``, ``net_ring*``, ...), through the port interface of
   :mod:`dataplane.ethdev.port` only;
-* **paired topology**: port 0 forwards to 1 and 1 to 0, 2 to 3, ...; an odd
-  last port forwards to itself;
+* **port topology** (testpmd's ``--port-topology``): ``paired`` (the default)
+  forwards port 0 to 1 and 1 to 0, 2 to 3, ..., an odd last port to itself;
+  ``chained`` port i to i+1 and the last to 0; ``loop`` each port to itself;
 * **streams**: one per (port, Rx queue), transmitting on the same queue
   number of the paired port (``q % txq``), spread over ``nb_cores``
   forwarding lcores in consecutive blocks (the worker lcores, in order);
@@ -32,12 +33,14 @@ import numpy as np
 from dataplane import log as dplog
 from dataplane.apps import fwd_loop as FL
 from dataplane.apps.fwd_modes import FLOWGEN_DEFAULT_FLOWS, csum_counters
-from dataplane.config import FORWARD_MODES, ForwardConfig
+from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBUF_SIZE, MIN_PKT_LEN, PORT_TOPOLOGIES,
+                              ForwardConfig)
 from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
 from dataplane.ethdev.queue import KIND_NONE, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.lcores import launch
 from dataplane.lcores.eal_args import MAX_LCORE
+from dataplane.memory.mbuf import RTE_MBUF_DEFAULT_BUF_SIZE, RTE_PKTMBUF_HEADROOM
 from dataplane.memory.mempool import mempool_create, mempool_free, mempool_lookup
 from dataplane.rings.atomics import py_load_acquire
 from dataplane.net.ether import mac_to_int
@@ -78,6 +81,18 @@ def check_fwd(fwd: FwdConfig) -> None:
         v = getattr(fwd, name)
         if not 1 <= v <= MAX_QUEUES:
             raise ValueError(f"{name} {v} out of range 1..{MAX_QUEUES}")
+    if fwd.port_topology not in PORT_TOPOLOGIES:
+        raise ValueError(f"port topology {fwd.port_topology!r} is not one of {', '.join(PORT_TOPOLOGIES)}")
+    if fwd.mbuf_size is not None:
+        if not MIN_MBUF_SIZE <= fwd.mbuf_size <= MAX_MBUF_SIZE:
+            raise ValueError(f"mbuf size {fwd.mbuf_size} out of range {MIN_MBUF_SIZE}..{MAX_MBUF_SIZE} "
+                             f"(it includes the {RTE_PKTMBUF_HEADROOM}-byte headroom)")
+        room = fwd.mbuf_size - RTE_PKTMBUF_HEADROOM
+        if fwd.mode in ("txonly", "flowgen") and max(fwd.txpkts) > room:
+            raise ValueError(f"txpkts segment of {max(fwd.txpkts)} bytes does not fit an mbuf of {fwd.mbuf_size} "
+                             f"bytes ({room} after the headroom)")
+    if fwd.max_pkt_len is not None and not MIN_PKT_LEN <= fwd.max_pkt_len <= MAX_PKT_LEN:
+        raise ValueError(f"max packet length {fwd.max_pkt_len} out of range {MIN_PKT_LEN}..{MAX_PKT_LEN}")
 
 
 @dataclass
@@ -106,11 +121,13 @@ class Engine:
         vdevs = list(eal.cfg.vdevs if vdevs is None else vdevs)
         if not vdevs:
             raise EthdevError("no ports: give at least one --vdev (net_vhostN,iface=... or net_ringN)")
-        self.pool = mempool_create(self.memory, _POOL, fwd.total_num_mbufs, cache_size=256)
+        self.pool = mempool_create(self.memory, _POOL, fwd.total_num_mbufs, cache_size=256,
+                                   data_room_size=fwd.mbuf_size or RTE_MBUF_DEFAULT_BUF_SIZE)
         self.ports: list = []
         try:
             env = PortEnv(memory=self.memory, mempool=self.pool, launcher=self.launcher,
-                          max_rx_pkt_len=max(1518, sum(fwd.txpkts)))
+                          max_rx_pkt_len=fwd.max_pkt_len or max(1518, sum(fwd.txpkts)))
+            self.port_env = env  # what every port was built with
             for pid, d in enumerate(vdevs):
                 self.ports.append(self._make_port(d, pid, env))
             by_name = {p.name: p for p in self.ports}
@@ -156,7 +173,12 @@ class Engine:
         return port
 
     def fwd_peer(self, pid: int) -> int:
-        """testpmd's paired topology: 0<->1, 2<->3, an odd last port with itself."""
+        """The port ``pid`` forwards to, after ``--port-topology`` (see the module doc)."""
+        topology = self.fwd.port_topology
+        if topology == "loop":
+            return pid
+        if topology == "chained":
+            return (pid + 1) % self.nb_ports
         if pid % 2 == 0:
             return pid + 1 if pid + 1 < self.nb_ports else pid
         return pid - 1
@@ -243,6 +265,10 @@ class Engine:
         finally:
             self.running = False
         return self.forward_stats()
+
+    def peer_mac(self, pid: int) -> int:
+        """The destination MAC the mac-rewriting modes put on frames sent on port ``pid`` (--eth-peer)."""
+        return self._peer_mac(pid)
 
     def _peer_mac(self, pid: int) -> int:
         peer = self.fwd.eth_peer.get(pid)

@@ -15,6 +15,7 @@ import time
 from importlib import resources
 
 from dataplane.config import ConfigError, load_config
+from dataplane.lcores.usage import UsageParser
 
 __all__ = ["main", "DEFAULT_CONFIG"]
 
@@ -26,9 +27,15 @@ def default_config_text() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dataplane run", description="run the forwarding engine from a TOML config")
-    p.add_argument("config", nargs="?", help="TOML file (default: the embedded default configuration)")
-    p.add_argument("--duration", type=float, default=0.0, help="seconds to forward (0: until SIGINT)")
+    from dataplane.config import SCHEMA
+
+    sections = [(f"[{'[' if t.array else ''}{t.name}{']' if t.array else ''}] settings of FILE.toml ({t.doc.rstrip('.')})",
+                 [(f.name, f.doc or "") for f in t.fields]) for t in SCHEMA.tables]
+    p = UsageParser("dataplane run", head="[FILE.toml] [options]", sections=sections,
+                    description="Run the forwarding engine from a TOML config: EAL settings, ports, forwarding.")
+    p.add_argument("config", nargs="?", metavar="FILE.toml",
+                   help="the configuration (default: the embedded default configuration)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="seconds to forward (0: until SIGINT)")
     return p
 
 

@@ -23,7 +23,9 @@ import time
 
 from dataplane.apps.engine import Engine, FwdConfig, mac_str
 from dataplane.apps.fwd_loop import MODES
+from dataplane.config import MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBUF_SIZE, MIN_PKT_LEN, PORT_TOPOLOGIES
 from dataplane.ethdev import EthdevError
+from dataplane.lcores.usage import UsageParser
 
 __all__ = ["app_parser", "fwd_config", "run", "Shell"]
 
@@ -52,34 +54,37 @@ def _eth_peer(text: str) -> tuple[int, str]:
     return pid, mac
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad options: one line on stderr and exit status 2 (no usage dump)."""
-
-    def error(self, message):
-        print(f"dataplane: {message} (see: dataplane -- --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def app_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="dataplane [EAL options] --", description="testpmd-compatible forwarding")
+def app_parser() -> UsageParser:
+    """testpmd's options (after ``--``); ``-h``/``--help`` print the EAL options too."""
+    p = UsageParser("dataplane", eal=True, app="testpmd", description="testpmd-compatible forwarding")
     p.add_argument("-i", "--interactive", action="store_true", help="interactive shell on stdin")
     p.add_argument("-a", "--auto-start", action="store_true", help="start forwarding at once (with -i)")
-    p.add_argument("--forward-mode", default="io", help=f"one of {', '.join(sorted(MODES))}")
-    p.add_argument("--nb-cores", type=int, default=None)
-    p.add_argument("--rxq", type=int, default=1)
-    p.add_argument("--txq", type=int, default=1)
-    p.add_argument("--rxd", type=int, default=256, help="accepted; vhost ring sizes come from the guest")
-    p.add_argument("--txd", type=int, default=256, help="accepted; vhost ring sizes come from the guest")
-    p.add_argument("--burst", type=int, default=32)
-    p.add_argument("--tx-first", action="store_true")
-    p.add_argument("--stats-period", type=float, default=0.0)
-    p.add_argument("--txpkts", type=_int_list, default=[64])
-    p.add_argument("--txonly-multi-flow", action="store_true")
-    p.add_argument("--no-flush-rx", action="store_true")
-    p.add_argument("--total-num-mbufs", type=int, default=8192)
-    p.add_argument("--eth-peer", type=_eth_peer, action="append", default=[])
+    p.add_argument("--forward-mode", default="io", metavar="MODE", help=f"one of {', '.join(sorted(MODES))}")
+    p.add_argument("--nb-cores", type=int, default=None, metavar="N", help="forwarding lcores (default: all workers)")
+    p.add_argument("--rxq", type=int, default=1, metavar="N", help="RX queues per port")
+    p.add_argument("--txq", type=int, default=1, metavar="N", help="TX queues per port")
+    p.add_argument("--rxd", type=int, default=256, metavar="N", help="accepted; vhost ring sizes come from the guest")
+    p.add_argument("--txd", type=int, default=256, metavar="N", help="accepted; vhost ring sizes come from the guest")
+    p.add_argument("--burst", type=int, default=32, metavar="N", help="packets per burst (1-512)")
+    p.add_argument("--tx-first", action="store_true", help="send a first burst before forwarding")
+    p.add_argument("--stats-period", type=float, default=0.0, metavar="S",
+                   help="print port statistics every S seconds (without -i)")
+    p.add_argument("--txpkts", type=_int_list, default=[64], metavar="L[,L...]", help="txonly packet segment lengths")
+    p.add_argument("--txonly-multi-flow", action="store_true", help="txonly: vary the source IP per packet")
+    p.add_argument("--no-flush-rx", action="store_true", help="accepted; nothing is flushed at start")
+    p.add_argument("--total-num-mbufs", type=int, default=8192, metavar="N", help="mbufs in the pool")
+    p.add_argument("--mbuf-size", type=_int_list, default=None, metavar="N[,N...]",
+                   help=f"mbuf data room in bytes, headroom included, {MIN_MBUF_SIZE}-{MAX_MBUF_SIZE} (default: 2176; "
+                        "one pool: a list's first size)")
+    p.add_argument("--max-pkt-len", type=int, default=None, metavar="N",
+                   help=f"largest frame to receive, {MIN_PKT_LEN}-{MAX_PKT_LEN} bytes: sizes virtio-user Rx buffers "
+                        "(default: 1518, or the --txpkts total)")
+    p.add_argument("--port-topology", choices=PORT_TOPOLOGIES, default="paired",
+                   help="paired (0<->1, 2<->3, ...), chained (0->1->...->0) or loop (each port to itself)")
+    p.add_argument("--eth-peer", type=_eth_peer, action="append", default=[], metavar="PORT,MAC",
+                   help="destination MAC of the mac forwarding mode for PORT")
     p.add_argument("--demo", action="store_true", help="run the launcher demo instead")
-    p.add_argument("--demo-count", type=int, default=1_000_000)
+    p.add_argument("--demo-count", type=int, default=1_000_000, metavar="N", help="increments per lcore in the demo")
     return p
 
 
@@ -88,6 +93,8 @@ def fwd_config(opts) -> FwdConfig:
         mode=opts.forward_mode, nb_cores=opts.nb_cores, rxq=opts.rxq, txq=opts.txq, burst=opts.burst,
         txpkts=list(opts.txpkts), eth_peer=dict(opts.eth_peer), total_num_mbufs=opts.total_num_mbufs,
         txonly_multi_flow=opts.txonly_multi_flow, tx_first=opts.tx_first, stats_period=opts.stats_period,
+        port_topology=opts.port_topology, mbuf_size=opts.mbuf_size[0] if opts.mbuf_size else None,
+        max_pkt_len=opts.max_pkt_len,
     )
 
 
@@ -158,6 +165,19 @@ def format_port_info(eng: Engine, pid: int) -> str:
     )
 
 
+def format_fwd_config(eng: Engine) -> str:
+    """testpmd's ``show config fwd``: the streams of each forwarding lcore, in ``--port-topology`` order."""
+    lcores = sorted({s.lcore for s in eng.streams})
+    out = [f"{eng.fwd.mode} packet forwarding - ports={eng.nb_ports} - cores={len(lcores)} - "
+           f"streams={len(eng.streams)} - port topology={eng.fwd.port_topology}\n"]
+    for lc in lcores:
+        streams = [s for s in eng.streams if s.lcore == lc]
+        out.append(f"Logical Core {lc} (socket 0) forwards packets on {len(streams)} streams:\n")
+        out += [f"  RX P={s.rx_port}/Q={s.rx_queue} (socket 0) -> TX P={s.tx_port}/Q={s.tx_queue} (socket 0) "
+                f"peer={mac_str(eng.peer_mac(s.tx_port))}\n" for s in streams]
+    return "".join(out) + "\n"
+
+
 class Shell:
     """testpmd's interactive commands over an :class:`Engine` (``handle(line)`` returns the output text)."""
 
@@ -205,6 +225,8 @@ class Shell:
                     out.append(f"###### NIC extended statistics for port {p}\n")
                     out += [f"{k}: {v}\n" for k, v in eng.xstats(p).items()]
                 return "".join(out)
+            if w == ["show", "config", "fwd"]:
+                return format_fwd_config(eng)
             if w[:3] == ["show", "port", "info"] and len(w) == 4:
                 return "".join(format_port_info(eng, p) for p in self._ports(w[3]))
             if w[:3] == ["clear", "port", "stats"] and len(w) == 4:
@@ -272,6 +294,7 @@ def _interactive(eng: Engine, opts) -> int:
         if out is None:
             break
         print(out, end="", flush=True)
+    eng.eal.mark_exiting()  # a successor started on "Bye..." waits for our teardown
     if eng.running:
         print(sh.handle("stop"), end="", flush=True)
     print("Bye...", flush=True)
@@ -291,6 +314,7 @@ def _batch(eng: Engine, opts) -> int:
                 print(sh.handle("show port stats all"), end="", flush=True)
     except KeyboardInterrupt:
         pass
+    eng.eal.mark_exiting()
     print(sh.handle("stop"), end="", flush=True)
     print("Bye...", flush=True)
     return 0

@@ -43,6 +43,7 @@ import sys
 import threading
 
 from dataplane import log as dplog
+from dataplane.lcores.usage import UsageParser
 from dataplane.apps.eal_app import StdinShell, eal_main, wait_for_stop
 from dataplane.net.ether import mac_to_int
 from dataplane.vdpa import device as vdpa
@@ -69,7 +70,7 @@ quit                : exit the application
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="vDPA devices on vhost-user sockets (dpdk-vdpa compatible)")
+    p = UsageParser(PROG, eal=True, app="vdpa", description="vDPA devices on vhost-user sockets (dpdk-vdpa compatible)")
     p.add_argument("--iface", metavar="PREFIX", help="socket path prefix: one socket PREFIX<n> per device")
     p.add_argument("--client", action="store_true", help="connect to the sockets instead of listening")
     p.add_argument("-i", "--interactive", action="store_true", help="read commands from stdin")

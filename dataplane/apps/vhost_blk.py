@@ -48,6 +48,7 @@ import signal
 import sys
 
 from dataplane import log as dplog
+from dataplane.lcores.usage import UsageParser
 from dataplane.apps.eal_app import StdinShell, eal_main, stop_lcores, wait_for_stop
 from dataplane.memory.units import format_size, parse_size
 from dataplane.vhost.backend_channel import ACK_TIMEOUT
@@ -65,14 +66,14 @@ PROMPT = "vhost-blk> "
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{PROG} [EAL options] --")
+    p = UsageParser(PROG, eal=True, app="vhost-blk", description="a vhost-user-blk back-end serving a RAM disk or a file")
     p.add_argument("--socket", required=True, help="vhost-user unix socket path")
     disk = p.add_mutually_exclusive_group(required=True)
     disk.add_argument("--size", help="RAM disk size (512M, 1G, bytes)")
     disk.add_argument("--file", help="disk image file, mapped shared")
-    p.add_argument("--queues", type=int, default=1)
-    p.add_argument("--readonly", action="store_true")
-    p.add_argument("--serial", default="")
+    p.add_argument("--queues", type=int, default=1, help="virtqueues, spread over the worker lcores")
+    p.add_argument("--readonly", action="store_true", help="a read-only disk (the RO feature)")
+    p.add_argument("--serial", default="", help="what GET_ID returns (at most 20 bytes)")
     p.add_argument("--client", action="store_true", help="connect to the socket instead of listening")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until SIGINT/SIGTERM)")
     p.add_argument("-i", "--interactive", action="store_true",

@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.lcores.usage import UsageParser
 from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
 from dataplane.ethdev import EthdevError
 from dataplane.ethdev.vhost import DRIVER_NAME, VhostPort, lcore_queues
@@ -170,12 +171,12 @@ def _warm_up(mp, queue_counts, opts) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vhost_echo [EAL options] --")
-    p.add_argument("--mode", choices=sorted(MODES), default="io")
-    p.add_argument("--check", choices=sorted(CHECKS), default="none")
-    p.add_argument("--burst", type=int, default=32)
-    p.add_argument("--total-num-mbufs", type=int, default=8192)
-    p.add_argument("--stats-file", default=None)
+    p = UsageParser("vhost_echo", eal=True, description="vhost-user ports that send back what they receive")
+    p.add_argument("--mode", choices=sorted(MODES), default="io", help="how a packet is sent back")
+    p.add_argument("--check", choices=sorted(CHECKS), default="none", help="what is checked in each packet")
+    p.add_argument("--burst", type=int, default=32, help="packets per burst")
+    p.add_argument("--total-num-mbufs", type=int, default=8192, help="mbufs in the pool")
+    p.add_argument("--stats-file", default=None, help="write the counters there as JSON while running")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until SIGINT/SIGTERM)")
     return p
 

@@ -15,6 +15,10 @@ Devargs (DPDK's names; each ``0|1`` flag defaults to 0):
 ``ext-buffer``       RTE_VHOST_USER_EXTBUF_SUPPORT
 ``iommu-support``    RTE_VHOST_USER_IOMMU_SUPPORT -- not implemented: refused with an error
 ``postcopy-support`` RTE_VHOST_USER_POSTCOPY_SUPPORT: offer PAGEFAULT (postcopy live migration)
+``legacy-ol-flags``  1: lib/vhost's legacy offload flags, what this port always uses (see
+                     Offloads below); 0 (DPDK's default: compliant Rx flags) is refused
+                     with an error, as the Rx software checksum that goes with it is not
+                     implemented
 
 Queue ``q`` of the port is the guest's queue pair ``q``: the port receives
 from vring ``2q+1`` (guest Tx) and transmits into vring ``2q`` (guest Rx).
@@ -72,7 +76,7 @@ log = dplog.get_logger("dataplane.ethdev")
 
 DRIVER_NAME = "net_vhost"
 _FLAGS = ("client", "tso", "linear-buffer", "ext-buffer", "iommu-support", "postcopy-support")
-_KEYS = ("iface", "queues") + _FLAGS
+_KEYS = ("iface", "queues", "legacy-ol-flags") + _FLAGS
 #: DPDK's vhost PMD MAC address (56:48:4F:53:54:xx, "VHOST" + port id).
 VHOST_PMD_MAC = 0x56484F535400
 #: DPDK's vhost PMD speed: 10 Gbit/s, full duplex.
@@ -108,6 +112,14 @@ class VhostPortArgs:
             if v not in ("0", "1"):
                 raise EthdevError(f"{self.name}: {key}={v!r} must be 0 or 1")
             setattr(self, key.replace("-", "_"), v == "1")
+        legacy = args.get("legacy-ol-flags", "1")
+        if legacy not in ("0", "1"):
+            raise EthdevError(f"{self.name}: legacy-ol-flags={legacy!r} must be 0 or 1")
+        if legacy == "0":
+            raise EthdevError(
+                f"{self.name}: legacy-ol-flags=0 (compliant Rx offload flags) is not implemented: this port "
+                "hands a guest's checksum or GSO request on as Tx flags (legacy-ol-flags=1)"
+            )
         if self.tso and self.linear_buffer and not self.ext_buffer:
             raise EthdevError(
                 f"{self.name}: tso=1 cannot be offered with linear-buffer=1 unless ext-buffer=1: "

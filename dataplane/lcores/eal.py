@@ -12,6 +12,7 @@ import socket
 import threading
 
 from dataplane import log as dplog
+from dataplane._version import __version__
 from dataplane.lcores.eal_args import EalConfig, parse_eal_args
 from dataplane.lcores.launch import Launcher
 from dataplane.memory.memory import Memory
@@ -46,7 +47,11 @@ class Eal:
             raise RuntimeError("the EAL is already initialised in this process")
         self.cfg = cfg
         dplog.configure_logging(cfg.log_levels, cfg.log_format)
+        if cfg.show_version:
+            log.info("version", version=f"dataplane {__version__}")
         for flag, value in (
+            ("--no-telemetry", cfg.no_telemetry),
+            ("--proc-type", cfg.proc_type if cfg.proc_type != "primary" else None),
             ("--no-pci", cfg.no_pci),
             ("--single-file-segments", cfg.single_file_segments),
             ("--force-max-simd-bitwidth", cfg.force_max_simd_bitwidth),
@@ -116,21 +121,29 @@ class Eal:
                 if not data:
                     return
                 if self.launcher is not None and (signal.SIGINT in data or signal.SIGTERM in data):
+                    self.mark_exiting()
                     self.launcher.request_stop()
 
         threading.Thread(target=watch, name="eal-signals", daemon=True).start()
 
     def _on_signal(self, signum, frame):
         log.warning("signal received, stopping", signal=signal.Signals(signum).name)
+        self.mark_exiting()
         if self.launcher is not None:
             self.launcher.request_stop()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    def mark_exiting(self) -> None:
+        """Say that this instance is on its way out (``quit``, a signal): from now on a successor
+        with our file prefix waits for us to exit instead of being refused."""
+        memory = self.memory
+        if memory is not None and memory.runtime is not None:
+            memory.runtime.mark_exiting()
+
     def close(self) -> None:
         """Stop and reap every worker, release memory and the runtime directory."""
         global _CURRENT
-        if self.memory is not None and self.memory.runtime is not None:
-            self.memory.runtime.mark_exiting()  # a successor with our prefix waits for us
+        self.mark_exiting()  # a successor with our prefix waits for us
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()

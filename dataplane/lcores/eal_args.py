@@ -30,6 +30,10 @@ guide); the code is our own.  Supported options:
 ``--no-pci``                   compat: recorded
 ``--single-file-segments``     compat: recorded
 ``--force-max-simd-bitwidth``  compat: recorded
+``--proc-type primary|auto``   always a primary process here
+``--no-telemetry``             compat: there is no telemetry socket
+``-v``                         log the version at start-up
+``-h/--help``, ``--version``   print the usage or the version and exit
 ``--``                         the rest goes to the application
 =============================  ==========================================
 
@@ -57,6 +61,7 @@ __all__ = [
     "format_cpuset",
     "lcores_from_ids",
     "parse_coremask",
+    "eal_options_help",
     "parse_devargs",
     "parse_eal_args",
     "parse_file_prefix",
@@ -491,6 +496,12 @@ class EalConfig:
     no_pci: bool = False
     single_file_segments: bool = False
     force_max_simd_bitwidth: int | None = None
+    proc_type: str = "primary"
+    #: ``-v``: log the version at start-up.
+    show_version: bool = False
+    no_telemetry: bool = False
+    #: ``"help"`` (``-h/--help``) or ``"version"`` (``--version``): print it and exit; nothing else is parsed.
+    usage: str | None = None
     app_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -521,6 +532,9 @@ CLI_NAMES: dict[str, str] = {
     "no_pci": "--no-pci",
     "single_file_segments": "--single-file-segments",
     "force_max_simd_bitwidth": "--force-max-simd-bitwidth",
+    "proc_type": "--proc-type",
+    "show_version": "-v",
+    "no_telemetry": "--no-telemetry",
 }
 
 
@@ -565,6 +579,7 @@ class _Builder:
         self.allow: list[Devargs] = []
         self.log_levels: list[tuple[str | None, str]] = []
         self.lcore_option: str | None = None
+        self.usage: str | None = None
 
     def set_lcores(self, option: str, value: LcoreMap) -> None:
         if self.lcore_option is not None:
@@ -579,11 +594,16 @@ class _Builder:
 
 @dataclass(frozen=True)
 class _Option:
-    """One EAL option: its spellings and what it does with its value."""
+    """One EAL option: its spellings, what it does with its value, and its line in the usage."""
 
     names: tuple[str, ...]
     apply: Callable[[_Builder, str, str], None]
-    takes_value: bool = True
+    metavar: str = ""  # "" for a flag
+    help: str = ""
+
+    @property
+    def takes_value(self) -> bool:
+        return bool(self.metavar)
 
 
 def _store(dest: str, convert: Callable[[str], object]) -> Callable[[_Builder, str, str], None]:
@@ -607,26 +627,64 @@ def _lcores(convert: Callable[[str], LcoreMap]) -> Callable[[_Builder, str, str]
     return apply
 
 
+def _proc_type(value: str) -> str:
+    if value not in ("primary", "auto"):
+        raise EalArgsError(f"expected primary or auto (there are no secondary processes), got {value!r}")
+    return value
+
+
+def _usage_request(what: str) -> Callable[[_Builder, str, str], None]:
+    def apply(builder: _Builder, _option: str, _value: str) -> None:
+        builder.usage = what
+
+    return apply
+
+
 _OPTIONS: tuple[_Option, ...] = (
-    _Option(("-l",), _lcores(parse_lcores_list)),
-    _Option(("-c",), _lcores(parse_coremask)),
-    _Option(("--lcores",), _lcores(parse_lcores_map)),
-    _Option(("--main-lcore",), _store("main_lcore", parse_lcore_id)),
-    _Option(("-n",), _store("memory_channels", parse_positive_int)),
-    _Option(("--vdev",), lambda b, _o, v: b.vdevs.append(parse_devargs(v))),
-    _Option(("-a", "--allow"), lambda b, _o, v: b.allow.append(parse_devargs(v))),
-    _Option(("--no-huge",), _flag("no_huge"), takes_value=False),
-    _Option(("-m",), _store("memory_mb", parse_positive_int)),
-    _Option(("--socket-mem",), _store("socket_mem", parse_socket_mem)),
-    _Option(("--huge-dir",), _store("huge_dir", str)),
-    _Option(("--file-prefix",), _store("file_prefix", parse_file_prefix)),
-    _Option(("--in-memory",), _flag("in_memory"), takes_value=False),
-    _Option(("--log-level",), lambda b, _o, v: b.log_levels.append(parse_log_level_arg(v))),
-    _Option(("--log-format",), _store("log_format", parse_log_format)),
-    _Option(("--no-pci",), _flag("no_pci"), takes_value=False),
-    _Option(("--single-file-segments",), _flag("single_file_segments"), takes_value=False),
-    _Option(("--force-max-simd-bitwidth",), _store("force_max_simd_bitwidth", parse_simd_bitwidth)),
+    _Option(("-l",), _lcores(parse_lcores_list), "CORELIST",
+            "lcores to run on, e.g. 0-3 or 1,3,5-7; lcore i runs on cpu i"),
+    _Option(("-c",), _lcores(parse_coremask), "COREMASK", "lcores to run on as a hex bitmask, e.g. 0x3"),
+    _Option(("--lcores",), _lcores(parse_lcores_map), "COREMAP",
+            "lcore sets mapped to cpu sets, e.g. 1,2@(5-7),(3-5)@(0,2)"),
+    _Option(("--main-lcore",), _store("main_lcore", parse_lcore_id), "ID",
+            "the lcore that runs the application (default: the lowest)"),
+    _Option(("-n",), _store("memory_channels", parse_positive_int), "CHANNELS",
+            "memory channels (recorded, no effect)"),
+    _Option(("--vdev",), lambda b, _o, v: b.vdevs.append(parse_devargs(v)), "DEVARGS",
+            "add a virtual device, e.g. net_vhost0,iface=/tmp/vh0,queues=2 (repeatable)"),
+    _Option(("-a", "--allow"), lambda b, _o, v: b.allow.append(parse_devargs(v)), "DEVARGS",
+            "allow a device by its bus address, with its devargs (repeatable)"),
+    _Option(("--no-huge",), _flag("no_huge"), help="use anonymous shared memory instead of hugepages"),
+    _Option(("-m",), _store("memory_mb", parse_positive_int), "MB", "memory to preallocate, in megabytes"),
+    _Option(("--socket-mem",), _store("socket_mem", parse_socket_mem), "MB,MB,...",
+            "memory to preallocate per NUMA socket, in megabytes"),
+    _Option(("--huge-dir",), _store("huge_dir", str), "DIR", "the hugetlbfs mount to use"),
+    _Option(("--file-prefix",), _store("file_prefix", parse_file_prefix), "PREFIX",
+            "prefix of the runtime directory and hugepage files (default: dataplane)"),
+    _Option(("--in-memory",), _flag("in_memory"), help="create no runtime files"),
+    _Option(("--proc-type",), _store("proc_type", _proc_type), "TYPE",
+            "primary or auto (always a primary process here)"),
+    _Option(("--log-level",), lambda b, _o, v: b.log_levels.append(parse_log_level_arg(v)), "[PATTERN:]LEVEL",
+            "log level, globally or for loggers matching PATTERN; 1-8 or a name (repeatable)"),
+    _Option(("--log-format",), _store("log_format", parse_log_format), "FORMAT",
+            "console or json (not a DPDK option)"),
+    _Option(("--no-pci",), _flag("no_pci"), help="no PCI bus scan (there is none to do: recorded)"),
+    _Option(("--single-file-segments",), _flag("single_file_segments"),
+            help="fewer hugepage files (recorded, no effect)"),
+    _Option(("--force-max-simd-bitwidth",), _store("force_max_simd_bitwidth", parse_simd_bitwidth), "BITS",
+            "cap the SIMD width of vector paths (recorded)"),
+    _Option(("--no-telemetry",), _flag("no_telemetry"), help="no telemetry socket (there is none)"),
+    _Option(("-v",), _flag("show_version"), help="log the version at start-up"),
+    _Option(("-h", "--help"), _usage_request("help"), help="print this usage and exit"),
+    _Option(("--version",), _usage_request("version"), help="print the version and exit"),
 )
+
+
+def eal_options_help() -> list[tuple[str, str]]:
+    """``(spelling, help)`` of every EAL option, in usage order: ``("-l CORELIST", "...")``."""
+    return [(", ".join(opt.names) + (f" {opt.metavar}" if opt.metavar else ""), opt.help) for opt in _OPTIONS]
+
+
 _BY_NAME: dict[str, _Option] = {name: opt for opt in _OPTIONS for name in opt.names}
 
 
@@ -682,6 +740,8 @@ def parse_eal_args(argv: Iterable[str], *, allowed_cpus: Iterable[int] | None = 
             option.apply(builder, name, value or "")
         except EalArgsError as err:
             raise EalArgsError(f"{name}: {err}", field=err.field) from None
+        if builder.usage is not None:  # -h/--help/--version: print and exit, as DPDK does at once
+            return EalConfig(usage=builder.usage)
 
     cfg = EalConfig(
         **builder.values,  # type: ignore[arg-type]

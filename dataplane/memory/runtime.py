@@ -1,13 +1,16 @@
 """The runtime directory of a file prefix: ``/var/run/dataplane/<prefix>/``.
 
 The primary process of a prefix holds an exclusive flock on ``<dir>/lock``
-(which contains its pid) for its whole life; forked workers share that lock
-through the inherited open file description. A second instance with the same
-prefix is refused with :class:`RuntimeDirBusy`, unless the owner is on its way
-out: an instance that is closing marks its lock file ``<pid> exiting``
-(:meth:`RuntimeDir.mark_exiting`), and when the recorded owner is dead the
-lock can only be held by its lcore workers, which die with it. In both cases
-the newcomer waits for the lock (up to :data:`EXIT_WAIT` seconds), so a
+(which contains its pid) for its whole life, and only the primary: a process
+forked from it (an lcore worker) closes its inherited copy of the lock fd at
+once (:func:`os.register_at_fork`), and the fd is ``O_CLOEXEC`` for programs
+it runs, so the lock ends with the primary process whatever its workers do.
+(An flock belongs to the open file description, which fork shares; DPDK's
+fcntl lock on its config file is per process, so it too ends with the
+primary.)  A second instance with the same prefix is refused with
+:class:`RuntimeDirBusy`, unless the owner is on its way out: an instance that
+is closing marks its lock file ``<pid> exiting`` (:meth:`RuntimeDir.mark_exiting`),
+and the newcomer waits for it (up to :data:`EXIT_WAIT` seconds), so a
 back-end restarted right after ``quit`` with the same prefix starts.
 
 A run that was killed leaves its lock file behind, unlocked. The next start
@@ -27,7 +30,9 @@ import fcntl
 import os
 import re
 import shutil
+import threading
 import time
+import weakref
 
 from dataplane import log as dplog
 
@@ -41,7 +46,8 @@ RUNTIME_DIR_ENV = "DATAPLANE_RUNTIME_DIR"
 LOCK_NAME = "lock"
 HUGE_DIRS_NAME = "huge_dirs"
 EXITING = "exiting"
-#: seconds a new instance waits for an owner that is exiting (or dead, its workers dying)
+#: seconds a new instance waits for an owner that is exiting (or dead, a process it forked
+#: outside os.fork still holding the lock)
 EXIT_WAIT = 30.0
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -82,6 +88,7 @@ class RuntimeDir:
         self.lock_path = os.path.join(self.path, LOCK_NAME)
         self._lock_fd: int | None = None
         self._owner_pid: int | None = None
+        self._mutex = threading.RLock()
 
     @property
     def acquired(self) -> bool:
@@ -101,21 +108,21 @@ class RuntimeDir:
         """
         if self._lock_fd is not None:
             raise RuntimeError(f"runtime directory {self.path} is already acquired")
-        for _ in range(10):  # retry if a releasing owner removes the dir under us
+        waiter = _Waiter(self.prefix)
+        for _ in range(1000):  # reopen while releasing owners unlink the file under us
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             try:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 continue
             try:
-                self._lock(fd)
+                locked = self._lock(fd, waiter)
             except BaseException:
                 os.close(fd)
                 raise
-            if os.fstat(fd).st_nlink == 0:  # the owner unlinked it while we opened it
-                os.close(fd)
-                continue
-            break
+            if locked and os.fstat(fd).st_nlink > 0:
+                break
+            os.close(fd)  # the owner removed that file while we waited: take the new one
         else:
             raise RuntimeError(f"cannot create the runtime directory {self.path}")
         self._lock_fd = fd
@@ -128,44 +135,47 @@ class RuntimeDir:
             self._lock_fd = None
             os.close(fd)
             raise
+        _HELD.add(self)
         log.debug("runtime directory acquired", prefix=self.prefix, path=self.path)
         return self
 
-    def _lock(self, fd: int) -> None:
-        """Take the exclusive lock on ``fd``; wait while the owner is exiting or dead."""
-        deadline = None
+    def _lock(self, fd: int, waiter: "_Waiter") -> bool:
+        """Take the exclusive lock on ``fd``, waiting while the owner is exiting or dead.
+
+        False when the file was unlinked meanwhile (its owner released it): the
+        caller opens the lock file again.
+        """
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
-            pid, exiting = self._owner()
+            if os.fstat(fd).st_nlink == 0:
+                return False
+            pid, exiting = _read_owner(fd)  # the file we tried, not whatever the path names now
             leaving = exiting or (pid is not None and not _alive(pid))
             if not leaving:
-                raise self._busy_error()
-            if deadline is None:
-                log.info("waiting for the previous owner of the file prefix to exit", prefix=self.prefix,
-                         old_pid=pid, exiting=exiting)
-                deadline = time.monotonic() + EXIT_WAIT
-            elif time.monotonic() > deadline:
-                raise self._busy_error(f"; it has been exiting for more than {EXIT_WAIT:g} s")
-            time.sleep(0.02)
+                raise self._busy_error(pid)
+            if not waiter.wait(pid, exiting):
+                raise self._busy_error(pid, f"; it has been exiting for more than {EXIT_WAIT:g} s")
 
     def mark_exiting(self) -> None:
         """Record in the lock file that this instance is closing (see the module docstring).
 
         Only the acquiring process does it; the lock is still held until :meth:`release`.
         """
-        if self._lock_fd is None or os.getpid() != self._owner_pid:
+        if os.getpid() != self._owner_pid:
             return
-        line = f"{os.getpid()} {EXITING}\n".encode()
-        os.pwrite(self._lock_fd, line, 0)
-        os.ftruncate(self._lock_fd, len(line))
+        with self._mutex:  # a signal-watching thread may call it while release() closes the fd
+            if self._lock_fd is None:
+                return
+            line = f"{os.getpid()} {EXITING}\n".encode()
+            os.pwrite(self._lock_fd, line, 0)
+            os.ftruncate(self._lock_fd, len(line))
 
-    def _busy_error(self, more: str = "") -> RuntimeDirBusy:
-        pid = self._read_pid()
+    def _busy_error(self, pid: int | None, more: str = "") -> RuntimeDirBusy:
         who = f"pid {pid}" if pid else "another process"
         return RuntimeDirBusy(
             f"file prefix {self.prefix!r} is in use by {who} (lock {self.lock_path}){more}; "
@@ -175,18 +185,30 @@ class RuntimeDir:
     def _owner(self) -> tuple[int | None, bool]:
         """The pid in the lock file, and whether it is marked exiting."""
         try:
-            with open(self.lock_path) as f:
-                words = f.read().split()
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None, False
         try:
-            pid = int(words[0]) if words else None
-        except ValueError:
-            return None, False
-        return pid or None, words[1:2] == [EXITING]
+            return _read_owner(fd)
+        finally:
+            os.close(fd)
 
     def _read_pid(self) -> int | None:
         return self._owner()[0]
+
+    def _forget_after_fork(self) -> None:
+        """In a child just forked from the owner: close the inherited lock fd.
+
+        Only ``close``: ``flock(LOCK_UN)`` would unlock the open file
+        description the owner still uses.  The child owns nothing (release()
+        and mark_exiting() do nothing in it).
+        """
+        if self._lock_fd is not None and os.getpid() != self._owner_pid:
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _clean_stale(self) -> None:
         """Remove what a dead previous owner left (we hold the lock now)."""
@@ -229,7 +251,9 @@ class RuntimeDir:
         child it does nothing (the directory belongs to the primary)."""
         if self._lock_fd is None or os.getpid() != self._owner_pid:
             return
-        fd, self._lock_fd = self._lock_fd, None
+        with self._mutex:
+            fd, self._lock_fd = self._lock_fd, None
+        _HELD.discard(self)
         try:
             for name in os.listdir(self.path):
                 _remove(os.path.join(self.path, name))
@@ -251,14 +275,63 @@ class RuntimeDir:
         return f"<RuntimeDir {self.path}{' locked' if self.acquired else ''}>"
 
 
+class _Waiter:
+    """The newcomer's patience with an owner on its way out: logs once, gives up after EXIT_WAIT."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.deadline: float | None = None
+
+    def wait(self, pid: int | None, exiting: bool) -> bool:
+        if self.deadline is None:
+            log.info("waiting for the previous owner of the file prefix to exit", prefix=self.prefix,
+                     old_pid=pid, exiting=exiting)
+            self.deadline = time.monotonic() + EXIT_WAIT
+        elif time.monotonic() > self.deadline:
+            return False
+        time.sleep(0.02)
+        return True
+
+
+def _read_owner(fd: int) -> tuple[int | None, bool]:
+    """The pid written in an open lock file, and whether it is marked exiting."""
+    try:
+        words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    except OSError:
+        return None, False
+    try:
+        pid = int(words[0]) if words else None
+    except ValueError:
+        return None, False
+    return pid or None, words[1:2] == [EXITING]
+
+
+#: The runtime directories this process holds; a forked child closes their lock fds.
+_HELD: "weakref.WeakSet[RuntimeDir]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for rundir in list(_HELD):
+        rundir._forget_after_fork()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs: a zombie (exited, not yet reaped by its parent) holds no lock."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def _remove(path: str) -> None:

@@ -30,6 +30,7 @@ import sys
 import time
 
 from dataplane import log as dplog
+from dataplane.lcores.usage import UsageParser
 from dataplane.memory.runtime import runtime_parent, validate_prefix
 
 from .pci import BarFile, CC, DEVICE_OFF, parse_bdf
@@ -268,8 +269,8 @@ def _start(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="dataplane-nic", description="emulated vDPA-capable NICs")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = UsageParser("dataplane-nic", description="Emulated vDPA-capable NICs.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     st = sub.add_parser("start", help="run a card")
     st.add_argument("model", choices=["ifcvf", "mlx5"])
     st.add_argument("--pf", required=True, help="the PF's PCI address; VFs are the following functions")

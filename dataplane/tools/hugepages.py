@@ -20,14 +20,15 @@ from typing import NoReturn
 
 from dataplane import log as dplog
 
+from dataplane.lcores.usage import UsageParser
 from dataplane.memory import hugepages
 from dataplane.memory.units import format_size, parse_size
 
 PROG = "dataplane-hugepages"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump)."""
+class _Parser(UsageParser):
+    """The common usage layout, with this tool's one-line error message (no usage dump)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message}\n")

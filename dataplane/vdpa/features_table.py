@@ -212,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     """``dataplane vdpa features``: print the table of every driver this installation has."""
     import sys
 
+    from dataplane.lcores.usage import version_text
+
+    if argv in (["-h"], ["--help"]):
+        print("Usage: dataplane vdpa features\n\nPrint the table of the vDPA drivers' features.")
+        return 0
+    if argv == ["--version"]:
+        sys.stdout.write(version_text("dataplane"))
+        return 0
     load_drivers()
 
     if argv:

@@ -13,7 +13,10 @@ Keys and defaults (DPDK's virtio-user vdev)::
     mrg_rxbuf=0|1    offer VIRTIO_NET_F_MRG_RXBUF                   1
     in_order=0|1     offer VIRTIO_F_IN_ORDER                        1
     packed_vq=0|1    offer VIRTIO_F_RING_PACKED                     0
-    vectorized=0|1   allow the vector Rx path                       0
+    vectorized=0|1   allow the vector Rx path (split rings; with    0
+                     packed_vq=1 the packed scalar path is used and
+                     a log line says so, as DPDK does on a CPU
+                     without AVX-512)
     speed=MBPS       link speed reported                            10000
 
 Every impossible value or combination is a :class:`DevargsError` naming the
@@ -27,10 +30,13 @@ import random
 import stat
 from dataclasses import dataclass
 
+from dataplane import log as dplog
 from dataplane.lcores.eal_args import EalArgsError, parse_devargs
 from dataplane.rings.virtqueue import MAX_QUEUE_SIZE
 
 __all__ = ["DevargsError", "VirtioUserArgs", "parse_virtio_user_devargs", "VALID_KEYS", "VALID_SPEEDS", "MAX_QUEUE_PAIRS"]
+
+log = dplog.get_logger("dataplane.virtio")
 
 #: DPDK's VIRTIO_MAX_VIRTQUEUE_PAIRS.
 MAX_QUEUE_PAIRS = 128
@@ -178,7 +184,8 @@ def parse_virtio_user_devargs(text: str) -> VirtioUserArgs:
             "iface",
         )
     if vectorized and packed:
-        raise DevargsError("virtio_user: vectorized=1 with packed_vq=1: there is no vector path for packed virtqueues (seed 003)", "vectorized")
+        log.info("packed ring vectorized path not available, using the packed scalar path", port=d.name,
+                 devargs="packed_vq=1,vectorized=1", rx="virtio_recv_pkts_packed", tx="virtio_xmit_pkts_packed")
     return VirtioUserArgs(
         name=d.name,
         path=path,

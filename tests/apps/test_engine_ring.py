@@ -122,3 +122,55 @@ def test_txonly_through_the_engine_builds_testpmd_frames(eal):
             assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].len) == (9, 9, 4000 - 34)
         mp.free(out.astype(np.uint32))
         assert mp.audit().in_use == 0
+
+
+@pytest.mark.parametrize("topology, peers", [("paired", [1, 0]), ("chained", [1, 0]), ("loop", [0, 1])])
+def test_port_topology_decides_where_each_port_forwards(eal, topology, peers):
+    """testpmd's --port-topology over two loopback rings: with paired (and chained, on two
+    ports) packets put on port 0 cross to port 1 and back; with loop they never leave port 0."""
+    vdevs = parse_eal_args(["--vdev", "net_ring0,size=64", "--vdev", "net_ring1,size=64"]).vdevs
+    with Engine(eal, FwdConfig(mode="io", port_topology=topology), vdevs=vdevs) as eng:
+        assert [s.tx_port for s in eng.streams] == peers and [eng.fwd_peer(p) for p in (0, 1)] == peers
+        ring = ring_lookup(eal.memory, "net_ring0_rx0")
+        assert ring.enqueue_burst(_frames(eng.pool, 32)) == 32
+        eng.start()
+        deadline = time.monotonic() + 60
+        while eng.forward_stats()["rx"] < 10_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fs = eng.stop()
+        assert fs["rx"] >= 10_000 and fs["dropped"] == 0
+        p0, p1 = eng.port_stats(0), eng.port_stats(1)
+        if topology == "loop":
+            assert p0["ipackets"] == p0["opackets"] == fs["rx"] and p1["ipackets"] == p1["opackets"] == 0
+        else:
+            assert p0["opackets"] > 0 and p1["opackets"] > 0 and p0["opackets"] + p1["opackets"] == fs["tx"]
+
+
+def test_chained_topology_forwards_to_the_next_port_and_the_last_to_the_first():
+    vdevs = parse_eal_args(["--vdev", "net_ring0", "--vdev", "net_ring1", "--vdev", "net_ring2"]).vdevs
+    eng = Engine.__new__(Engine)  # only the pairing rule: no ports, nothing compiled
+    eng.fwd, eng.nb_ports = FwdConfig(port_topology="chained"), len(vdevs)
+    assert [eng.fwd_peer(p) for p in range(3)] == [1, 2, 0]
+    eng.fwd = FwdConfig(port_topology="paired")
+    assert [eng.fwd_peer(p) for p in range(3)] == [1, 0, 2]  # an odd last port with itself
+
+
+def test_mbuf_size_and_max_pkt_len_reach_the_pool_and_the_ports(eal):
+    fwd = FwdConfig(mode="rxonly", mbuf_size=4096, max_pkt_len=9000)
+    with Engine(eal, fwd, vdevs=parse_eal_args(["--vdev", "net_ring0"]).vdevs) as eng:
+        assert eng.pool.buf_len == 4096 and eng.pool.data_room == 4096 - 128
+        assert eng.port_env.max_rx_pkt_len == 9000
+    with Engine(eal, FwdConfig(mode="rxonly"), vdevs=parse_eal_args(["--vdev", "net_ring0"]).vdevs) as eng:
+        assert eng.pool.buf_len == 2176 and eng.port_env.max_rx_pkt_len == 1518  # testpmd's defaults
+
+
+@pytest.mark.parametrize("fwd, error", [
+    (FwdConfig(mbuf_size=128), "mbuf size 128 out of range 129..65535"),
+    (FwdConfig(mode="txonly", txpkts=[3000], mbuf_size=2176), "txpkts segment of 3000 bytes does not fit"),
+    (FwdConfig(max_pkt_len=63), "max packet length 63 out of range 64..65535"),
+    (FwdConfig(port_topology="ring"), "port topology 'ring' is not one of paired, chained, loop"),
+])
+def test_bad_dts_options_are_refused(eal, fwd, error):
+    with pytest.raises(ValueError, match=error):
+        Engine(eal, fwd, vdevs=parse_eal_args(["--vdev", "net_ring0"]).vdevs)
+    assert eal.memory.memzones() == []

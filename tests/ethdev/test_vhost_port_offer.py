@@ -65,7 +65,8 @@ def _wire_offer(env, devargs: str) -> tuple[int, int]:
     (",tso=1,linear-buffer=1,ext-buffer=1", 0, False),
     (",linear-buffer=1", HOST_TSO_FEATURES, False),
     (",queues=2,client=0,postcopy-support=1", HOST_TSO_FEATURES, True),
-], ids=["default", "tso", "tso-ext-buffer", "linear-buffer", "postcopy"])
+    (",legacy-ol-flags=1", HOST_TSO_FEATURES, False),
+], ids=["default", "tso", "tso-ext-buffer", "linear-buffer", "postcopy", "legacy-ol-flags"])
 def test_devargs_decide_the_offer_on_the_wire(env, devargs, withdrawn, pagefault):
     features, protocol = _wire_offer(env, devargs)
     assert features == NET_FEATURES & ~withdrawn
@@ -86,7 +87,10 @@ def test_devargs_decide_the_offer_on_the_wire(env, devargs, withdrawn, pagefault
      "VIRTIO_NET_F_HOST_TSO4|VIRTIO_NET_F_HOST_TSO6|VIRTIO_NET_F_HOST_ECN"),
     (",ctrl-vq=1", "unknown devarg\\(s\\) ctrl-vq"),
     (",tso=2", "tso='2' must be 0 or 1"),
-], ids=["tso-linear-buffer", "unknown", "bad-value"])
+    (",legacy-ol-flags=0", "legacy-ol-flags=0 \\(compliant Rx offload flags\\) is not implemented"),
+    (",legacy-ol-flags=yes", "legacy-ol-flags='yes' must be 0 or 1"),
+    (",dequeue-zero-copy=1", "unknown devarg\\(s\\) dequeue-zero-copy"),  # removed in DPDK 20.11
+], ids=["tso-linear-buffer", "unknown", "bad-value", "compliant-ol-flags", "bad-legacy", "dequeue-zero-copy"])
 def test_devargs_that_cannot_be_offered_are_refused(devargs, error):
     with pytest.raises(EthdevError, match=error):
         VhostPortArgs(f"net_vhost0,iface=/tmp/x.sock{devargs}")

@@ -94,3 +94,25 @@ def test_second_instance_with_same_prefix_is_refused():
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _fds_on(pid, path):
+    """The fds of process ``pid`` open on ``path``."""
+    out = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.path.realpath(f"/proc/{pid}/fd/{n}") == path:
+                out.append(int(n))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two cpus")
+def test_lcore_workers_hold_no_fd_of_the_prefix_lock():
+    """Only the main process holds the prefix lock: it cannot outlive it through a worker."""
+    with eal_init(["-l", LCORES, "--no-huge", "-m", "16", "--file-prefix", "lockfd"], handle_signals=False) as eal:
+        lock = os.path.realpath(eal.memory.runtime.lock_path)
+        workers = [eal.launcher.lcores[i].pid for i in eal.launcher.worker_ids]
+        assert workers and all(_fds_on(pid, lock) == [] for pid in workers)
+        assert len(_fds_on(os.getpid(), lock)) == 1

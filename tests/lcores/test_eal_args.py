@@ -7,6 +7,7 @@ import os
 import pytest
 
 from dataplane.lcores.eal_args import (
+    CLI_NAMES,
     MAX_LCORE,
     Devargs,
     EalArgsError,
@@ -409,3 +410,32 @@ def test_check_affinity_with_explicit_set():
     check_affinity({0: {0}, 1: {5}}, allowed_cpus={0, 5})
     with pytest.raises(EalArgsError, match=r"lcore 1 -> cpu 5: cpu 5 is not in the allowed cpus 0-2"):
         check_affinity({0: {0}, 1: {5}}, allowed_cpus={0, 1, 2})
+
+
+def test_dpdk_compat_options():
+    cfg = parse("-l", "0", "-v", "--proc-type", "auto", "--no-telemetry")
+    assert (cfg.show_version, cfg.proc_type, cfg.no_telemetry) == (True, "auto", True)
+    assert parse("-l", "0", "--proc-type=primary").proc_type == "primary"
+    with pytest.raises(EalArgsError, match="--proc-type: expected primary or auto .* got 'secondary'"):
+        parse("-l", "0", "--proc-type", "secondary")
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["-h"], "help"),
+    (["--help"], "help"),
+    (["--version"], "version"),
+    (["-l", "0", "--help", "-l", "99999"], "help"),  # what follows is not parsed (DPDK prints at once)
+])
+def test_help_and_version_stop_parsing(argv, usage):
+    assert parse(*argv).usage == usage
+
+
+def test_every_option_has_a_usage_line():
+    from dataplane.lcores.eal_args import eal_options_help
+
+    rows = eal_options_help()
+    assert all(help_text for _, help_text in rows)
+    spellings = " ".join(s for s, _ in rows)
+    for name in CLI_NAMES.values():
+        for alias in name.split("/"):
+            assert alias in spellings, alias

@@ -148,9 +148,9 @@ def test_successor_waits_for_an_owner_that_is_exiting(fork, no_leaks):
         assert mem.runtime.acquired
 
 
-def test_successor_waits_for_the_workers_of_a_dead_owner(no_leaks):
-    """The owner died (SIGKILL, or it exited without reaping) and its forked lcore
-    workers, which share its lock, are dying with it: the successor waits for them."""
+def test_lock_does_not_outlive_its_owner_through_forked_workers(no_leaks):
+    """The owner exited (without releasing) while a process it forked, e.g. an lcore
+    worker, still runs: the successor starts at once, without waiting for that process."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the owner: takes the prefix, forks a "worker", dies without releasing
@@ -158,7 +158,7 @@ def test_successor_waits_for_the_workers_of_a_dead_owner(no_leaks):
             os.close(w)
             mem = Memory(1 * MiB, huge=False, file_prefix="orphan")  # noqa: F841 (kept: its lock)
             if os.fork() == 0:
-                os.read(r, 1)  # the worker holds the inherited lock until the test lets it go
+                os.read(r, 1)  # the worker lives on until the test lets it go
             os._exit(0)
         except BaseException:
             os._exit(1)
@@ -166,18 +166,35 @@ def test_successor_waits_for_the_workers_of_a_dead_owner(no_leaks):
     try:
         assert os.waitpid(pid, 0)[1] == 0
         with capture_logs() as logs:
-            thread, box = _acquire_in_thread("orphan")
-            waiting = _await_event(logs, _WAITING, thread, box)
-            assert (waiting["old_pid"], waiting["exiting"]) == (pid, False)
-            os.close(w)
-            w = None
-            thread.join(60)
-        assert "error" not in box, box
-        assert any(e["event"] == "removing stale files of a dead run" for e in logs)
-        box["mem"].close()
+            mem = Memory(1 * MiB, huge=False, file_prefix="orphan")  # the worker still runs
+        with mem:
+            assert not any(e["event"] == _WAITING for e in logs)
+            assert any(e["event"] == "removing stale files of a dead run" and e["old_pid"] == pid for e in logs)
     finally:
-        if w is not None:
-            os.close(w)
+        os.close(w)
+
+
+def test_forked_child_holds_no_lock_fd(no_leaks):
+    """A process forked from the owner closes its copy of the lock fd at once; the owner keeps the lock."""
+    with Memory(1 * MiB, huge=False, file_prefix="forked") as mem:
+        lock = os.path.realpath(mem.runtime.lock_path)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                held = [n for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == lock]
+                os.write(w, b"%d %d" % (len(held), mem.runtime.acquired))
+            finally:
+                os._exit(0)
+        os.close(w)
+        held, acquired = map(int, os.read(r, 64).split())
+        os.close(r)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert (held, acquired) == (0, 0)
+        assert mem.runtime.acquired
+        with pytest.raises(RuntimeDirBusy):  # still ours
+            RuntimeDir("forked").acquire()
 
 
 def test_in_memory_creates_no_runtime_dir(no_leaks):
@@ -248,3 +265,24 @@ def test_unused_hugepage_files_without_runtime_dir_removed(huge_dir):
         assert hugepages.clear_files(huge_dir, "stray") == []  # ours is locked: kept
         assert os.path.exists(mem.segments[0].path)
     os.unlink(other)
+
+
+def test_a_zombie_owner_is_dead(no_leaks):
+    """An owner that exited but is not reaped yet (a zombie) holds nothing: its successor starts."""
+    from dataplane.memory.runtime import _alive
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(pid):  # a zombie as soon as it exited; we have not reaped it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert os.waitpid(pid, os.WNOHANG)[0] == pid  # it was a zombie, not gone
+    finally:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    assert _alive(os.getpid())

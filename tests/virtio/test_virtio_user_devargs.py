@@ -6,7 +6,11 @@ import os
 
 import pytest
 
+from structlog.testing import capture_logs
+
 from dataplane.virtio.devargs import DevargsError, parse_virtio_user_devargs
+from dataplane.vhost_user.features import VirtioFeature as VF
+from dataplane.virtio.paths import select_paths
 
 
 def test_defaults_are_the_seed_s():
@@ -45,7 +49,6 @@ def test_every_key_parses():
         ("mac=00:11:22:33:44", "mac"),
         ("mac=zz:11:22:33:44:55", "mac"),
         ("cq=3", "cq"),
-        ("packed_vq=1,vectorized=1", "vectorized"),
         ("bogus=1", "bogus"),
     ],
 )
@@ -54,6 +57,19 @@ def test_bad_values_name_the_key(extra, key):
         parse_virtio_user_devargs(f"net_virtio_user0,path=/tmp/s,{extra}")
     assert ei.value.key == key
     assert key in str(ei.value)
+
+
+def test_packed_vectorized_falls_back_to_the_packed_scalar_path_with_a_log_line():
+    """DPDK 22.11 accepts packed_vq=1,vectorized=1 and, on a CPU without AVX-512, uses the scalar path."""
+    with capture_logs() as logs:
+        a = parse_virtio_user_devargs("net_virtio_user0,path=/tmp/s,packed_vq=1,vectorized=1")
+    assert a.packed_vq and a.vectorized
+    fallback = [e for e in logs if "vectorized" in e["event"]]
+    assert len(fallback) == 1 and fallback[0]["log_level"] == "info"
+    assert fallback[0]["rx"] == "virtio_recv_pkts_packed" and fallback[0]["port"] == "net_virtio_user0"
+    features = (1 << int(VF.VIRTIO_F_RING_PACKED)) | (1 << int(VF.VIRTIO_F_IN_ORDER))
+    paths = select_paths(features, a.vectorized)
+    assert (paths.rx, paths.tx, paths.packed) == ("virtio_recv_pkts_packed", "virtio_xmit_pkts_packed", True)
 
 
 def test_path_is_mandatory_and_the_name_is_checked():
