@@ -353,9 +353,10 @@ def _watched(name: str) -> bool:
 
 
 def _loop_shapes(specs: list[StreamSpec], watched: list[bool]) -> tuple[int, int]:
-    """(streams, watched ports) of one lcore: the loop's tuple sizes, which its numba type depends on."""
+    """(streams, watched ports) of one lcore, as the padded tuple sizes the loop's numba type has
+    (:func:`~dataplane.apps.fwd_loop.shape_size`)."""
     ports = {p for s in specs for p in (s.rx_port, s.tx_port) if watched[p]}
-    return len(specs), max(1, len(ports))
+    return FL.shape_size(len(specs)), FL.shape_size(max(1, len(ports)))
 
 
 def _warm_up(shapes, loop=None) -> None:
@@ -372,7 +373,9 @@ def _warm_up(shapes, loop=None) -> None:
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
     for nstreams, nwatches in sorted(set(shapes)):
-        loop(tuple(st for _ in range(nstreams)), tuple(watch for _ in range(nwatches)), mp.arrays, 0,
+        cfg[FL.CFG_NSTREAMS] = nstreams
+        cfg[FL.CFG_NWATCHES] = nwatches
+        loop((st,) * nstreams, (watch,) * nwatches, mp.arrays, 0,
              np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(),
              np.zeros(1024, np.uint32))
 
@@ -407,6 +410,7 @@ def _lcore_main(arg):
     pkts = np.zeros(1024, np.uint32)
     csum = csum_counters()
     flows = {s.index: np.zeros(2, np.int64) for s in specs}
+    idle_q = make_port_queue(KIND_NONE)
 
     def build():
         out = []
@@ -420,11 +424,16 @@ def _lcore_main(arg):
             params[FL.P_SRC_MAC] = tp["mac"]
             params[FL.P_DST_MAC] = tp["peer_mac"]
             out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params, flow=flows[s.index]))
-        watches = tuple(FL.RingWatch(ctl=lp.watch[0], qids=lp.watch[1], gens=lp.watch[2])
-                        for lp in lps.values() if lp.watch is not None)
-        if not watches:
-            watches = (FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64)),)
-        return tuple(out), watches
+        watches = [FL.RingWatch(ctl=lp.watch[0], qids=lp.watch[1], gens=lp.watch[2])
+                   for lp in lps.values() if lp.watch is not None]
+        idle_watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
+        cfg[FL.CFG_NSTREAMS] = len(out)
+        cfg[FL.CFG_NWATCHES] = len(watches)
+        # padding: the tuples' lengths are part of the loop's numba type (one compiled loop serves
+        # every lcore of up to 8 streams)
+        idle_stream = FL.Stream(rx=idle_q, tx=idle_q, stats=np.zeros(FL.S_SLOTS, np.int64),
+                                params=np.zeros(FL.P_SLOTS, np.int64), flow=np.zeros(2, np.int64))
+        return FL.pad_to_shape(out, idle_stream), FL.pad_to_shape(watches or [idle_watch], idle_watch)
 
     _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
     # attach the queues already handed over (tx_first must find them); their messages were sent

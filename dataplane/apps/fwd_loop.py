@@ -69,6 +69,8 @@ __all__ = [
     "RUN_FORWARDING",
     "S_NAMES",
     "S_SLOTS",
+    "pad_to_shape",
+    "shape_size",
 ]
 
 # forwarding modes (testpmd's names)
@@ -85,7 +87,31 @@ CFG_NSEG = 3  # --txpkts: number of segments (lengths in the seg_lens array)
 CFG_MULTI_FLOW = 4  # --txonly-multi-flow
 CFG_NB_FLOWS = 5  # flowgen flows
 CFG_TX_PKT_LEN = 6  # flowgen frame size (sum of --txpkts)
+CFG_NSTREAMS = 7  # streams[:n] are the lcore's; the rest of the tuple is padding (see pad_to_shape)
+CFG_NWATCHES = 8  # watches[:n] likewise
 CFG_SLOTS = 16
+
+#: The tuple sizes the loop is compiled for.  numba types a tuple with its length, so an lcore's
+#: streams and watched ports are padded up to a power of two, at least 2: a one-port and a
+#: two-port configuration run the same compiled (and cached) loop, 3 and 4 streams another.
+#: Not one size for all: a runtime index into a tuple of 8 streams (each ~140 arrays) made the
+#: loop's compile take 1.8 times as long as with 2 (757 s against 413 s, same load).
+SHAPE_MIN = 2
+
+
+def shape_size(n: int) -> int:
+    """The tuple size ``n`` items are padded to: :data:`SHAPE_MIN`, else the next power of two."""
+    size = SHAPE_MIN
+    while size < n:
+        size *= 2
+    return size
+
+
+def pad_to_shape(items, filler) -> tuple:
+    """``items`` as a tuple of :func:`shape_size` entries, padded with ``filler`` (never used:
+    the loop reads only the first ``cfg[CFG_NSTREAMS]`` / ``cfg[CFG_NWATCHES]``)."""
+    items = tuple(items)
+    return items + (filler,) * (shape_size(len(items)) - len(items))
 
 # stream counter slots (int64 array per stream, shared memory)
 S_NAMES = ("rx_packets", "tx_packets", "fwd_dropped", "rx_bad_ip_csum", "rx_bad_l4_csum")
@@ -135,10 +161,19 @@ def _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg):
 
 
 @inline_kernel
+def _count(cfg, slot, items):
+    """How many of the (padded) tuple ``items`` are real: ``cfg[slot]``, at most its length."""
+    n = cfg[slot]
+    if n > len(items):
+        n = len(items)
+    return n
+
+
+@inline_kernel
 def _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg):
     if cfg[CFG_TX_FIRST] > 0:
         for b in range(cfg[CFG_TX_FIRST]):
-            for si in range(len(streams)):
+            for si in range(_count(cfg, CFG_NSTREAMS, streams)):
                 _txonly_burst(streams[si], mp, lcore, pkts, burst, seg_lens, cfg)
         cfg[CFG_TX_FIRST] = 0
 
@@ -151,12 +186,12 @@ def _forwarding(run, lcore):
 
 
 @inline_kernel
-def _loop_control(turn, stop, run, watches):
+def _loop_control(turn, stop, run, watches, nwatches):
     """Every 16 turns: LOOP_STOP / LOOP_RINGS / LOOP_TICK when due, else 0."""
     if (turn & 15) == 0:
         if load_acquire(stop, 0) != 0 or load_acquire(run, RUN_SWITCH) == 0:
             return LOOP_STOP
-        for w in range(len(watches)):
+        for w in range(nwatches):
             if vrings_changed(watches[w].ctl, watches[w].qids, watches[w].gens):
                 return LOOP_RINGS
         if (turn & 0xFFFFF) == 0:
@@ -168,6 +203,9 @@ def _loop_control(turn, stop, run, watches):
 def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """Forward on every stream until stop / ring change / tick (returns ``LOOP_*``).
 
+    ``streams`` and ``watches`` are tuples padded by :func:`pad_to_shape`; ``cfg[CFG_NSTREAMS]``
+    and ``cfg[CFG_NWATCHES]`` say how many entries are real.
+
     ``run`` (uint32, :data:`RUN_SWITCH` / :data:`RUN_FORWARDING` slots) is the
     engine's start/stop switch (0: stop forwarding) and where the loop says it
     forwards; ``stop`` the EAL's shared stop flag.  ``seg_lens`` holds
@@ -176,15 +214,17 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """
     mode = cfg[CFG_MODE]
     burst = cfg[CFG_BURST]
+    nstreams = _count(cfg, CFG_NSTREAMS, streams)
+    nwatches = _count(cfg, CFG_NWATCHES, watches)
     _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
     _forwarding(run, lcore)
     turn = 0
     while True:
         turn += 1
-        rc = _loop_control(turn, stop, run, watches)
+        rc = _loop_control(turn, stop, run, watches, nwatches)
         if rc != 0:
             return rc
-        for si in range(len(streams)):
+        for si in range(nstreams):
             s = streams[si]
             if mode == MODE_TXONLY:
                 _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg)
@@ -246,15 +286,17 @@ def make_custom_loop(user_fn):
     @njit(nogil=True, _nrt=False)
     def custom_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
         burst = cfg[CFG_BURST]
+        nstreams = _count(cfg, CFG_NSTREAMS, streams)
+        nwatches = _count(cfg, CFG_NWATCHES, watches)
         _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
         _forwarding(run, lcore)
         turn = 0
         while True:
             turn += 1
-            rc = _loop_control(turn, stop, run, watches)
+            rc = _loop_control(turn, stop, run, watches, nwatches)
             if rc != 0:
                 return rc
-            for si in range(len(streams)):
+            for si in range(nstreams):
                 s = streams[si]
                 n = port_rx_burst(s.rx, mp, lcore, pkts, burst)
                 if n == 0:
