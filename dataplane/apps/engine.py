@@ -429,8 +429,8 @@ def _lcore_main(arg):
         idle_watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
         cfg[FL.CFG_NSTREAMS] = len(out)
         cfg[FL.CFG_NWATCHES] = len(watches)
-        # padding: the tuples' lengths are part of the loop's numba type (one compiled loop serves
-        # every lcore of up to 8 streams)
+        # padding: the tuples' lengths are part of the loop's numba type (lcores of 1 or 2 streams
+        # share one compiled loop, 3-4 another, ...)
         idle_stream = FL.Stream(rx=idle_q, tx=idle_q, stats=np.zeros(FL.S_SLOTS, np.int64),
                                 params=np.zeros(FL.P_SLOTS, np.int64), flow=np.zeros(2, np.int64))
         return FL.pad_to_shape(out, idle_stream), FL.pad_to_shape(watches or [idle_watch], idle_watch)
