@@ -40,6 +40,7 @@ __all__ = [
     "WQE_COUNTER_INIT",
     "EventCq",
     "Action",
+    "EventHooks",
     "TimerPolicy",
     "InterruptPolicy",
     "make_policy",
