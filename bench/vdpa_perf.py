@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataplane.nic.kernels import QUEUE_COUNTER_NAMES  # noqa: E402
 from dataplane.nic.shm import CardShm  # noqa: E402
-from dataplane.testing.nic_card import CardProc  # noqa: E402
+from dataplane.testing.nic_card import CardProc, card_in_runtime  # noqa: E402
 from dataplane.testing.testpmd import TESTPMD, Testpmd, dataplane_shell  # noqa: E402
 from dataplane.testing.vdpa_proc import VdpaProcess  # noqa: E402
 
@@ -123,24 +123,13 @@ def _card_counters(card: CardProc) -> None:
 
 
 def run_card(size: int, seconds: int) -> float:
-    rt = tempfile.mkdtemp(prefix="vdpab", dir="/tmp")
-    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
-    os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the app's runtime directory
-    card = CardProc(rt, vfs=2)
-    try:
+    with card_in_runtime(vfs=2, prefix="vdpab") as card:
         _pin_all_threads(card.proc.pid, MIDDLE_CPU)
         with VdpaProcess(allow=[f"{VF1},vdpa=1", f"{VF2},vdpa=1"]) as app:
             with _vms(app.socket(0), app.socket(1), size) as vm:
                 mpps = _measure(vm, seconds)
                 _card_counters(card)
                 return mpps
-    finally:
-        card.stop()
-        if old is None:
-            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
-        else:
-            os.environ["DATAPLANE_RUNTIME_DIR"] = old
-        shutil.rmtree(rt, ignore_errors=True)
 
 
 def run_vm2vm(kind: str, size: int, seconds: int) -> float:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-__all__ = ["CardProc", "PF", "MLX5_PF", "ROOT", "wait_for"]
+__all__ = ["CardProc", "PF", "MLX5_PF", "ROOT", "card_in_runtime", "wait_for"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PF = "0000:00:05.0"
@@ -76,3 +79,25 @@ class CardProc:
                 self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def card_in_runtime(vfs: int = 2, prefix: str = "nicrt", **kwargs):
+    """A card in a fresh runtime directory under /tmp (short socket paths) that this process's
+    ``DATAPLANE_RUNTIME_DIR`` points at while it runs, so the drivers and apps started meanwhile
+    find it; the variable, the card and the directory are put back or removed on exit."""
+    rt = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
+    os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the apps' runtime directory
+    card = None
+    try:
+        card = CardProc(rt, vfs=vfs, **kwargs)
+        yield card
+    finally:
+        if card is not None:
+            card.stop()
+        if old is None:
+            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
+        else:
+            os.environ["DATAPLANE_RUNTIME_DIR"] = old
+        shutil.rmtree(rt, ignore_errors=True)

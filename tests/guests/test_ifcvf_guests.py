@@ -17,7 +17,7 @@ import pytest
 from dataplane.nic.kernels import Q_BYTES, Q_KICKS
 from dataplane.nic.shm import CardShm
 from dataplane.testing.linux_guest import MIGRATION_CPU, Guest, Nic, migrate_midway, run_guests
-from dataplane.testing.nic_card import CardProc
+from dataplane.testing.nic_card import card_in_runtime
 from dataplane.testing.vdpa_proc import VdpaProcess
 
 pytestmark = pytest.mark.timeout(1200)
@@ -44,21 +44,10 @@ ethtool -L eth0 combined 2 2>/dev/null || true
 
 @contextlib.contextmanager
 def _card_and_driver(vfs: int = 2, sw_lm: bool = False):
-    rt = tempfile.mkdtemp(prefix="ifg", dir="/tmp")
-    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
-    os.environ["DATAPLANE_RUNTIME_DIR"] = rt  # the card's files, and the app's runtime directory
-    card = CardProc(rt, vfs=vfs)
-    try:
+    with card_in_runtime(vfs=vfs, prefix="ifg") as card:
         lm = ",sw-live-migration=1" if sw_lm else ""
         with VdpaProcess(allow=[f"{bdf},vdpa=1{lm}" for bdf in (VF1, VF2, VF3)[:vfs]]) as app:
             yield card, app
-    finally:
-        card.stop()
-        if old is None:
-            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
-        else:
-            os.environ["DATAPLANE_RUNTIME_DIR"] = old
-        shutil.rmtree(rt, ignore_errors=True)
 
 
 @pytest.mark.parametrize("packed,page_per_vq,pairs", [

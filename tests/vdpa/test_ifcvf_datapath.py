@@ -18,7 +18,7 @@ import pytest
 
 from dataplane.nic.kernels import Q_IRQS, Q_KICKS, Q_PACKETS, Q_RUNNING
 from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_LOG_ON, V_STATUS, CardShm
-from dataplane.testing.nic_card import ROOT, CardProc
+from dataplane.testing.nic_card import ROOT, card_in_runtime
 from dataplane.testing.vhost_frontend import FrontendLog, GuestMemoryLayout, VhostUserFrontend, eventfd_count
 from dataplane.vdpa import device as vdpa
 from dataplane.vdpa.ifcvf import NotOurDevice, parse_devargs, probe
@@ -36,19 +36,8 @@ GUEST_GPA = 0x100000
 
 @pytest.fixture(scope="module")
 def card():
-    rt = tempfile.mkdtemp(prefix="ifc")
-    old = os.environ.get("DATAPLANE_RUNTIME_DIR")
-    os.environ["DATAPLANE_RUNTIME_DIR"] = rt
-    c = CardProc(rt, vfs=2)
-    try:
+    with card_in_runtime(vfs=2, prefix="ifc") as c:
         yield c
-    finally:
-        c.stop()
-        if old is None:
-            os.environ.pop("DATAPLANE_RUNTIME_DIR", None)
-        else:
-            os.environ["DATAPLANE_RUNTIME_DIR"] = old
-        shutil.rmtree(rt, ignore_errors=True)
 
 
 @pytest.fixture
