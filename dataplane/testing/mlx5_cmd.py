@@ -28,7 +28,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
     COUNTER_NAMES,
     COUNTERS,
     GENERAL_CAPS,

@@ -13,7 +13,7 @@ import pytest
 
 from dataplane.nic.kernels import ERR_RING_DMA, MAX_SEGS, Q_KICKS, Q_RUNNING
 from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.nic.mlx5.commands import CapType, EventMode, QState, Status, Syn
+from dataplane.hwspec.mlx5_prm import CapType, EventMode, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
 from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
 from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataplane.nic.mlx5 import objects
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
     COMMANDS,
     IN_HDR,
     OBJ_IN_HDR,
@@ -278,7 +278,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     """Structure-aware fuzzing: commands of the right lengths, built plausible (from the ids that
     exist) and then mutated in a field or two with limits and noise; no INTERNAL_ERR, and the
     reference counts always add up."""
-    from dataplane.nic.mlx5.commands import KLM, MKEY_IN, OBJECT_TYPES, VIRTQ, AccessMode, Layout, Modify
+    from dataplane.hwspec.mlx5_prm import KLM, MKEY_IN, OBJECT_TYPES, VIRTQ, AccessMode, Layout, Modify
     from dataplane.nic.mlx5.objects import umem_size
 
     mlx5.map_memory(0, 1 << 22)

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
     OBJ_IN_HDR,
     VIRTQ,
     AccessMode,

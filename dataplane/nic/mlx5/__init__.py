@@ -2,7 +2,8 @@
 
 * :mod:`~dataplane.nic.mlx5.card` -- the running card (``dataplane-nic start mlx5``): PCI face, VAR doorbell,
   the VIRTIO_NET_Q datapath through the shared switch;
-* :mod:`~dataplane.nic.mlx5.commands` -- opcodes, statuses, syndromes and the wire layouts, as data;
+* :mod:`~dataplane.hwspec.mlx5_prm` (below both card and driver) -- PCI ids, registers, opcodes,
+  statuses, syndromes and the wire layouts, as data;
 * :mod:`~dataplane.nic.mlx5.mailbox` -- the command slot in a BAR file, polled by the card;
 * :mod:`~dataplane.nic.mlx5.objects` -- the object model a command acts on (PD, umem, counters,
   VIRTIO_NET_Q and its state machine);

@@ -62,8 +62,9 @@ from ..cardproc import BUSY_TURNS, CardBase
 from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
-from .commands import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
-from .mailbox import SLOT_SIZE, CommandSlot
+from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
+from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
+from .mailbox import CommandSlot
 from .objects import Caps, Hca, VirtQ, ring_areas
 
 __all__ = ["Mlx5Card", "Mlx5Function", "VENDOR_ID", "DEVICE_ID", "VAR_OFF", "VAR_SIZE", "BAR0_SIZE",
@@ -71,15 +72,7 @@ __all__ = ["Mlx5Card", "Mlx5Function", "VENDOR_ID", "DEVICE_ID", "VAR_OFF", "VAR
 
 log = dplog.get_logger("dataplane.nic.mlx5")
 
-VENDOR_ID = 0x15B3  # Mellanox
-DEVICE_ID = 0x101E  # ConnectX family VF (a ConnectX-6 Dx VF)
 DEFAULT_PF = "0000:00:06.0"
-MSIX_TABLE_OFF = 0x13000
-MSIX_PBA_OFF = 0x14000
-VAR_OFF = 0x20000
-VAR_SIZE = 0x1000
-BAR0_SIZE = 0x40000
-assert SLOT_SIZE <= MSIX_TABLE_OFF
 
 _C = {n: i for i, n in enumerate(COUNTER_NAMES)}
 #: which counters-object field a kernel fault code adds to

@@ -2,7 +2,7 @@
 
 :meth:`Hca.execute` runs one command (input bytes -> output bytes) and never raises: a
 refused command is answered with a status and a syndrome
-(:mod:`~dataplane.nic.mlx5.commands`), a bug in the card with ``INTERNAL_ERR`` (logged).
+(:mod:`~dataplane.hwspec.mlx5_prm`), a bug in the card with ``INTERNAL_ERR`` (logged).
 
 **The VIRTIO_NET_Q state machine** (facts §3.4).  A virtq is created in INIT.
 Transitions asked for with MODIFY (bit STATE): INIT -> RDY, RDY -> SUSPEND, SUSPEND -> RDY,
@@ -29,7 +29,7 @@ from dataplane import log as dplog
 
 from ..dma import PAGE, DmaMap
 from ..kernels import ring_area_sizes
-from .commands import (
+from dataplane.hwspec.mlx5_prm import (
     COMMANDS,
     COUNTER_NAMES,
     COUNTERS,

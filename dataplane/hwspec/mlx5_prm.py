@@ -1,4 +1,6 @@
-"""The mlx5 card's firmware commands as data: opcodes, statuses, syndromes, wire layouts.
+"""The mlx5 (ConnectX-6 Dx) device interface as data: PCI ids, BAR0 and mailbox registers, command
+opcodes, statuses, syndromes, wire layouts -- read by the emulated card (``dataplane.nic.mlx5``) and
+by the vDPA driver (``dataplane.vdpa.mlx5``), neither of which imports the other.
 
 Every command is an input buffer and an output buffer, **big-endian** like the device's
 own mailboxes.  An input starts with an 8-byte header (``opcode`` u16, ``uid`` u16, a
@@ -24,6 +26,10 @@ import struct
 from typing import NamedTuple
 
 __all__ = [
+    "VENDOR_ID", "DEVICE_ID", "MSIX_TABLE_OFF", "MSIX_PBA_OFF", "VAR_OFF", "VAR_SIZE", "BAR0_SIZE", "FW_REV",
+    "CMDIF_REV", "IN_MAX", "OUT_MAX", "IN_OFF", "OUT_OFF", "SLOT_SIZE", "BAR_SIZE", "R_FW_REV", "R_CMDIF_REV",
+    "R_IN_MAX", "R_OUT_MAX", "R_CMD_SEQ", "R_CMD_ACK", "R_IN_LEN", "R_OUT_LEN", "R_OUT_WRITTEN", "R_CMDS_DONE",
+    "R_CMDS_REFUSED",
     "Op", "ObjType", "CmdError", "Status", "Syn", "STATUS_NAMES", "SYNDROME_NAMES", "CapType", "AccessMode", "QType",
     "EventMode", "QState", "Modify", "MODIFY_FIELDS", "MODIFY_KNOWN", "Field", "Layout",
     "IN_HDR", "OUT_HDR", "OBJ_IN_HDR", "OBJ_OUT", "GENERAL_CAPS", "VDPA_CAPS", "MKEY_IN", "KLM", "MKEY_OUT",
@@ -31,6 +37,41 @@ __all__ = [
     "COUNTERS", "Command", "COMMANDS", "OBJECT_TYPES", "MAX_KLM_BYTE_COUNT", "MIN_KLM_FIXED_BUFFER_SIZE",
     "COUNTER_NAMES", "STAT_NAMES", "cap_op_mod",
 ]
+
+
+# -- the PCI face and BAR0 (a VF) ------------------------------------------------------------
+
+VENDOR_ID = 0x15B3  # Mellanox
+DEVICE_ID = 0x101E  # ConnectX family VF (a ConnectX-6 Dx VF)
+MSIX_TABLE_OFF = 0x13000
+MSIX_PBA_OFF = 0x14000
+VAR_OFF = 0x20000
+VAR_SIZE = 0x1000
+BAR0_SIZE = 0x40000
+
+# -- the command mailbox at BAR0 offset 0 (registers u32 in host byte order) ------------------
+
+FW_REV = (22 << 16) | 35  # this emulation's firmware: 22.35
+CMDIF_REV = 5
+R_FW_REV = 0x000
+R_CMDIF_REV = 0x004
+R_IN_MAX = 0x008
+R_OUT_MAX = 0x00C
+R_CMD_SEQ = 0x010
+R_CMD_ACK = 0x014
+R_IN_LEN = 0x018
+R_OUT_LEN = 0x01C
+R_OUT_WRITTEN = 0x020
+R_CMDS_DONE = 0x024
+R_CMDS_REFUSED = 0x028
+IN_OFF = 0x1000
+IN_MAX = 0x10000
+OUT_OFF = IN_OFF + IN_MAX
+OUT_MAX = 0x1000
+SLOT_SIZE = OUT_OFF + OUT_MAX
+#: The BAR the slot sits in when it is alone (a power of two).
+BAR_SIZE = 0x20000
+assert SLOT_SIZE <= MSIX_TABLE_OFF
 
 
 class Op:
@@ -401,7 +442,7 @@ class Command(NamedTuple):
 
     ``header``: the input header layout; ``body``: the fixed input after it (None: nothing);
     ``tail``: a repeated entry after the body (its count is the body field ``count``);
-    ``handler``: the name of the :class:`~dataplane.nic.mlx5.objects.Hca` method that runs it.
+    ``handler``: the name of the card's method that runs it (``nic.mlx5.objects.Hca``; a driver ignores it).
     """
 
     name: str
