@@ -70,9 +70,10 @@ from dataplane.nic.mlx5.mailbox import (
     R_OUT_WRITTEN,
 )
 from dataplane.nic.pci import BarFile
-from dataplane.testing.nic_driver import NicError, VfioClient
+from dataplane.testing.nic_driver import NicError, NicQueue, VfioClient
+from dataplane.testing.vhost_frontend import GuestMemoryLayout
 
-__all__ = ["Mlx5Cmd", "Reply", "Mlx5Driver", "UMEM_IOVA"]
+__all__ = ["Mlx5Cmd", "Reply", "Mlx5Driver", "Mlx5Vf", "UMEM_IOVA"]
 
 #: where the driver DMA-maps the memory its umems live in (apart from guest memory)
 UMEM_IOVA = 0x40000000
@@ -293,3 +294,25 @@ class Mlx5Driver(VfioClient):
         if self.umem_fd >= 0:
             os.close(self.umem_fd)
             self.umem_fd = -1
+
+
+class Mlx5Vf:
+    """A VF's driver, guest memory and queue pair 0 (RX virtq 0, TX virtq 1), created in INIT."""
+
+    def __init__(self, vf_dir, *, packed=False, num=64, rx_mode=EventMode.MSIX, nregions=1):
+        self.mem = GuestMemoryLayout.simple(8 << 20, nregions=nregions, gpa=1 << 20, gap=16 << 20)
+        self.drv = Mlx5Driver(vf_dir, self.mem)
+        self.drv.set_irqs(4)
+        self.rx = NicQueue(self.drv, self.mem, 0, num=num, packed=packed)
+        self.tx = NicQueue(self.drv, self.mem, 1, num=num, packed=packed)
+        self.rxq = self.drv.create_virtq(self.rx, event_mode=rx_mode, vector=1)
+        self.txq = self.drv.create_virtq(self.tx)
+
+    def ready(self):
+        for oid in (self.rxq, self.txq):
+            r = self.drv.set_state(oid, QState.RDY)
+            assert r.status == Status.OK, r
+
+    def close(self):
+        self.drv.close()
+        self.mem.close()

@@ -49,11 +49,13 @@ no CQs yet.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_AVAIL_IDX, ERR_CHAIN_LOOP, ERR_DESC_INDEX, ERR_INDIRECT, \
     ERR_LAYOUT, ERR_TOO_MANY_SEGS
 
@@ -195,8 +197,9 @@ class Mlx5Function(Function):
                     self._halted(r)
                     break
         detached = [self.dma.detach(i) for i in gone]
-        for r in self.runs.values():  # the memory leaves the region tables before it is unmapped
-            r.ctx = r.ctx._replace(regions=self.hca.mkeys.regions(self.hca.virtqs[r.obj_id].attrs["mkey"]))
+        for r in self.runs.values():  # the memory leaves the region tables (and the bitmap) before it is unmapped
+            a = self.hca.virtqs[r.obj_id].attrs
+            r.ctx = r.ctx._replace(regions=self.hca.mkeys.regions(a["mkey"]), log=self._queue_log(a))
         for d in detached:
             self.dma.release(d)
         return gone
@@ -210,6 +213,8 @@ class Mlx5Function(Function):
             new["hw_available_index"] = new["hw_used_index"] = used
         elif now == QState.RDY and was != QState.RDY:
             self._start(vq.obj_id, new)
+        elif now == QState.RDY and r is not None and r.obj_id == vq.obj_id:  # dirty-bitmap bits while running
+            r.ctx = r.ctx._replace(log=self._queue_log(new))
 
     def virtq_destroy(self, vq: VirtQ) -> None:
         r = self.runs.get(vq.attrs["queue_index"])
@@ -224,6 +229,24 @@ class Mlx5Function(Function):
     def _callfd(self, a: dict) -> int:
         return self.irq_fd(a["qp_id"]) if a["event_mode"] == EventMode.MSIX else -1
 
+    def _queue_log(self, a: dict):
+        """The dirty log of a virtq with ``a``'s attributes: the vhost bitmap (1 bit per 4 KiB GPA page) at
+        ``dirty_bitmap_addr`` in ``dirty_bitmap_mkey`` while DIRTY_BITMAP_DUMP_ENABLE is set; none (no
+        logging: :func:`~dataplane.nic.kernels.no_log`) otherwise, or when the bitmap is no longer in one DMA mapping (counted, logged)."""
+        if not a["dirty_bitmap_dump_enable"] or not a["dirty_bitmap_size"]:
+            return K.no_log()
+        size = a["dirty_bitmap_size"]
+        hva = _hva(self.hca.mkeys.regions(a["dirty_bitmap_mkey"]), a["dirty_bitmap_addr"], size)
+        if not hva:
+            self.vrow[V_DMA_FAULTS] += 1
+            self.vrow[V_FAULTS] += 1
+            log.error("mlx5: dirty bitmap not in the DMA map: not logging", vf=self.bdf,
+                      queue_index=a["queue_index"], addr=hex(a["dirty_bitmap_addr"]), size=size)
+            return K.no_log()
+        bitmap = np.frombuffer((ctypes.c_uint8 * size).from_address(hva), np.uint8)
+        return make_log(bitmap, np.zeros(LOG_CTL_SLOTS, np.int64), desc_gpa=a["desc_addr"], used_gpa=a["used_addr"],
+                        on=True)
+
     def _start(self, obj_id: int, a: dict) -> None:
         qid = a["queue_index"]
         packed = a["q_type"] == QType.PACKED
@@ -234,7 +257,7 @@ class Mlx5Function(Function):
         try:
             ctx = K.open_queue(addrs, a["q_size"], packed=packed, feat=0, last_avail=a["hw_available_index"],
                                last_used=a["hw_used_index"], regions=regions, callfd=self._callfd(a),
-                               counters=self.rows[qid])
+                               counters=self.rows[qid], log=self._queue_log(a))
         except ValueError as e:
             raise CmdError(Status.BAD_PARAM, Syn.RING_INDEX, f"virtq {obj_id}: {e}") from None
         r = Run(qid, obj_id, ctx)
