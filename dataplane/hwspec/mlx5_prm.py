@@ -36,6 +36,10 @@ __all__ = [
     "MKEY_REF", "SPECIAL_CONTEXTS_OUT", "PD_OUT", "PD_REF", "UMEM_IN", "UMEM_OUT", "UMEM_REF", "VIRTQ",
     "COUNTERS", "Command", "COMMANDS", "OBJECT_TYPES", "MAX_KLM_BYTE_COUNT", "MIN_KLM_FIXED_BUFFER_SIZE",
     "COUNTER_NAMES", "STAT_NAMES", "cap_op_mod",
+    "RqType", "TirDisp", "HashFn", "HashField", "HASH_FIELDS_KNOWN", "L3Type", "L4Type", "Match", "MATCH_KNOWN",
+    "VDPA_RSS_KEY", "FLOW_TABLE_NIC_RX", "MAX_FLOW_PRIORITY", "RQT_IN", "RQT_MODIFY", "RQ_ENTRY", "RQT_OUT",
+    "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
+    "toeplitz_key_bytes",
 ]
 
 
@@ -89,6 +93,15 @@ class Op:
     DESTROY_GENERAL_OBJECT = 0xA03
     CREATE_UMEM = 0xA08
     DESTROY_UMEM = 0xA0A
+    # RSS steering (facts §3.7)
+    CREATE_TIR = 0x900
+    DESTROY_TIR = 0x902
+    CREATE_RQT = 0x916
+    MODIFY_RQT = 0x917
+    DESTROY_RQT = 0x918
+    QUERY_RQT = 0x919
+    SET_FLOW_TABLE_ENTRY = 0x936
+    DELETE_FLOW_TABLE_ENTRY = 0x938
 
 
 class ObjType:
@@ -169,6 +182,18 @@ class Syn:
     FEATURE_CAP = 0x3E  # a queue feature (tso, csum) the caps do not announce
     DIRTY_BITMAP = 0x3F  # dirty bitmap area not translated by its mkey
     RING_INDEX = 0x41  # hw_available_index / hw_used_index that do not fit the ring (going RDY)
+    # steering
+    RQT_SIZE = 0x50  # rqt_max_size 0 or over 1 << log_max_rqt_size, actual size 0 or over the max
+    RQ_TYPE = 0x51  # an RQT of anything but virtqs
+    UNKNOWN_RQT = 0x52
+    UNKNOWN_TIR = 0x53
+    TIR_DISP = 0x54  # a TIR that is not indirect
+    HASH_FN = 0x55  # an unknown rx_hash_fn, or hash fields without Toeplitz
+    HASH_FIELDS = 0x56  # unknown selected_fields bits, or L4 ports on a TIR with no L4 type
+    FLOW_TABLE = 0x57  # a flow table other than the NIC RX root table 0
+    FLOW_MATCH = 0x58  # unknown match criteria, ip_version not 4 or 6
+    UNKNOWN_FLOW = 0x59
+    FLOW_PRIORITY = 0x5A
 
 
 SYNDROME_NAMES = {v: k for k, v in vars(Syn).items() if not k.startswith("_")}
@@ -257,6 +282,63 @@ COUNTER_NAMES = ("received_desc", "completed_desc", "bad_desc_errors", "exceed_m
                  "error_cqes")
 STAT_NAMES = ("received_descriptors", "completed_descriptors", "bad descriptor errors", "exceed max chain",
               "invalid buffer", "completion errors")
+
+class RqType:
+    """An RQT's entries: receive queues or VIRTIO_NET_Q virtqs (``MLX5_INLINE_Q_TYPE_VIRTQ``)."""
+
+    RQ = 0
+    VIRTQ = 1
+
+
+class TirDisp:
+    DIRECT = 0
+    INDIRECT = 1
+
+
+class HashFn:
+    """``rx_hash_fn`` of a TIR."""
+
+    NONE = 0
+    INVERTED_XOR8 = 1
+    TOEPLITZ = 2
+
+
+class HashField:
+    """``selected_fields`` bits of a TIR's hash."""
+
+    SRC_IP = 1 << 0
+    DST_IP = 1 << 1
+    L4_SPORT = 1 << 2
+    L4_DPORT = 1 << 3
+
+
+HASH_FIELDS_KNOWN = HashField.SRC_IP | HashField.DST_IP | HashField.L4_SPORT | HashField.L4_DPORT
+
+
+class L3Type:
+    IPV4 = 0
+    IPV6 = 1
+
+
+class L4Type:
+    TCP = 0
+    UDP = 1
+
+
+class Match:
+    """``match_criteria`` bits of a flow rule (the outer headers)."""
+
+    IP_VERSION = 1 << 0
+    IP_PROTOCOL = 1 << 1
+
+
+MATCH_KNOWN = Match.IP_VERSION | Match.IP_PROTOCOL
+
+#: The symmetric Toeplitz key DPDK's mlx5 vDPA driver gives its TIRs (facts §3.7).
+VDPA_RSS_KEY = bytes.fromhex("2cc681d15bdbf4f7fca28319db1a3e946b9e38d92c9c03d1ad9944a7d9563d59063c25f3fc1fdc2a")
+#: The NIC RX root flow table: the only table.
+FLOW_TABLE_NIC_RX = 0
+MAX_FLOW_PRIORITY = 15
 
 _WIDTH = {"B": 8, "H": 16, "I": 32, "Q": 64}
 
@@ -430,6 +512,61 @@ COUNTERS = Layout("virtio_q_counters", [
     ("error_cqes", "I"),
 ])
 
+#: CREATE_RQT after IN_HDR: then ``rqt_actual_size`` :data:`RQ_ENTRY` (the virtq object ids).
+RQT_IN = Layout("create_rqt", [("rq_type", "B", 1), ("_r0", "B"), ("rqt_max_size", "H"), ("rqt_actual_size", "H"),
+                               ("_r1", "H")])
+#: MODIFY_RQT after IN_HDR: the RQT number, then a new list.
+RQT_MODIFY = Layout("modify_rqt", [("rqtn", "I", 24), ("_r0", "I"), ("rq_type", "B", 1), ("_r1", "B"),
+                                   ("rqt_max_size", "H"), ("rqt_actual_size", "H"), ("_r2", "H")])
+RQ_ENTRY = Layout("rq_entry", [("rq_num", "I", 24)])
+RQT_OUT = Layout("create_rqt_out", [("rqtn", "I", 24), ("_r0", "I")])
+RQT_REF = Layout("rqt_ref", [("rqtn", "I", 24), ("_r0", "I")])
+#: QUERY_RQT's answer: the context, then the list (``rqt_actual_size`` entries, up to the output room).
+RQT_QUERY_OUT = RQT_IN
+#: CREATE_TIR after IN_HDR: an indirect TIR hashing into an RQT.  ``toeplitz_key_0..4`` are the
+#: 40-byte key, big-endian, first byte first.
+TIR_IN = Layout("create_tir", [
+    ("disp_type", "B", 1),
+    ("rx_hash_fn", "B", 2),
+    ("rx_hash_symmetric", "B", 1),
+    ("l3_prot_type", "B", 1),
+    ("l4_prot_type", "B", 1),
+    ("_r0", "B"), ("_r1", "B"),
+    ("selected_fields", "I"),
+    ("indirect_table", "I", 24),  # the RQT number
+    ("transport_domain", "I", 24),  # recorded, not checked
+    ("_r2", "I"),
+    ("toeplitz_key_0", "Q"), ("toeplitz_key_1", "Q"), ("toeplitz_key_2", "Q"), ("toeplitz_key_3", "Q"),
+    ("toeplitz_key_4", "Q"),
+])
+TIR_OUT = Layout("create_tir_out", [("tirn", "I", 24), ("_r0", "I")])
+TIR_REF = Layout("tir_ref", [("tirn", "I", 24), ("_r0", "I")])
+#: SET_FLOW_TABLE_ENTRY after IN_HDR: create (or replace) rule ``flow_index`` of table ``table_id``:
+#: frames matching ``match_criteria`` (:class:`Match`) go to TIR ``tirn``; the lowest ``priority``
+#: value wins.  DELETE_FLOW_TABLE_ENTRY takes :data:`FLOW_REF`.
+FLOW_IN = Layout("set_flow_table_entry", [
+    ("table_id", "I", 24),
+    ("flow_index", "I"),
+    ("priority", "B", 4),
+    ("match_criteria", "B", 2),
+    ("ip_version", "B", 4),
+    ("ip_protocol", "B"),
+    ("tirn", "I", 24),
+])
+FLOW_REF = Layout("flow_ref", [("table_id", "I", 24), ("flow_index", "I")])
+
+
+def toeplitz_key_fields(key: bytes) -> dict:
+    """A 40-byte key as the TIR's ``toeplitz_key_0..4`` fields."""
+    if len(key) != 40:
+        raise ValueError("a Toeplitz key is 40 bytes")
+    return {f"toeplitz_key_{i}": int.from_bytes(key[8 * i : 8 * i + 8], "big") for i in range(5)}
+
+
+def toeplitz_key_bytes(fields: dict) -> bytes:
+    return b"".join(fields[f"toeplitz_key_{i}"].to_bytes(8, "big") for i in range(5))
+
+
 #: General object type -> (name, body layout for create/modify, body layout a query returns).
 OBJECT_TYPES = {
     ObjType.VIRTIO_NET_Q: ("VIRTIO_NET_Q", VIRTQ, VIRTQ),
@@ -467,4 +604,13 @@ COMMANDS: dict[int, Command] = {
     Op.MODIFY_GENERAL_OBJECT: Command("MODIFY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "modify_object"),
     Op.QUERY_GENERAL_OBJECT: Command("QUERY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "query_object"),
     Op.DESTROY_GENERAL_OBJECT: Command("DESTROY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "destroy_object"),
+    # RSS steering
+    Op.CREATE_RQT: Command("CREATE_RQT", IN_HDR, RQT_IN, RQ_ENTRY, "rqt_actual_size", "create_rqt"),
+    Op.MODIFY_RQT: Command("MODIFY_RQT", IN_HDR, RQT_MODIFY, RQ_ENTRY, "rqt_actual_size", "modify_rqt"),
+    Op.QUERY_RQT: Command("QUERY_RQT", IN_HDR, RQT_REF, None, None, "query_rqt"),
+    Op.DESTROY_RQT: Command("DESTROY_RQT", IN_HDR, RQT_REF, None, None, "destroy_rqt"),
+    Op.CREATE_TIR: Command("CREATE_TIR", IN_HDR, TIR_IN, None, None, "create_tir"),
+    Op.DESTROY_TIR: Command("DESTROY_TIR", IN_HDR, TIR_REF, None, None, "destroy_tir"),
+    Op.SET_FLOW_TABLE_ENTRY: Command("SET_FLOW_TABLE_ENTRY", IN_HDR, FLOW_IN, None, None, "set_flow"),
+    Op.DELETE_FLOW_TABLE_ENTRY: Command("DELETE_FLOW_TABLE_ENTRY", IN_HDR, FLOW_REF, None, None, "delete_flow"),
 }

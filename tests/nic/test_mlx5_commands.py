@@ -81,8 +81,8 @@ def test_query_hca_cap_unknown_type(mlx5):
 
 
 def test_unknown_opcode_is_bad_op(mlx5):
-    # CREATE_CQ (0x400) and CREATE_RQT (0x916) are not built yet: not in the table
-    for op in (0x400, 0x916, 0xFFFF):
+    # CREATE_CQ (0x400) is not built yet: not in the table
+    for op in (0x400, 0x9FF, 0xFFFF):
         r = mlx5.fw.cmd(IN_HDR.pack(opcode=op))
         assert (r.status, r.syndrome) == (Status.BAD_OP, Syn.UNKNOWN_OPCODE)
 
@@ -269,6 +269,12 @@ def _check_references(hca):
             assert umem_user[a[f"umem_{i}_id"]] == 0
             umem_user[a[f"umem_{i}_id"]] = oid
     assert mkey_users == {k: m.users for k, m in hca.mkeys.mkeys.items()}
+    # steering: an RQT names existing virtqs, a TIR an existing RQT, a flow rule an existing TIR
+    for r in hca.rqts.values():
+        assert all(o in hca.virtqs for o in r.rqs)
+        assert r.users == sum(1 for x in hca.tirs.values() if x.rqtn == r.rqtn)
+    for x in hca.tirs.values():
+        assert x.users == sum(1 for f in hca.flows.values() if f.tirn == x.tirn)
     assert pd_users == hca.pds
     assert umem_user == {u: x.user for u, x in hca.umems.items()}
     assert counters_user == {c: x.user for c, x in hca.counters.items()}
@@ -278,7 +284,8 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     """Structure-aware fuzzing: commands of the right lengths, built plausible (from the ids that
     exist) and then mutated in a field or two with limits and noise; no INTERNAL_ERR, and the
     reference counts always add up."""
-    from dataplane.hwspec.mlx5_prm import KLM, MKEY_IN, OBJECT_TYPES, VIRTQ, AccessMode, Layout, Modify
+    from dataplane.hwspec.mlx5_prm import (FLOW_IN, FLOW_REF, KLM, MKEY_IN, OBJECT_TYPES, RQ_ENTRY, RQT_IN, RQT_MODIFY,
+                                           RQT_REF, TIR_IN, TIR_REF, VIRTQ, AccessMode, Layout, Modify)
     from dataplane.nic.mlx5.objects import umem_size
 
     mlx5.map_memory(0, 1 << 22)
@@ -293,6 +300,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     def noise(f):
         pool = [0, 1, 2, (1 << f.bits) - 1, int(rng.integers(0, 1 << min(f.bits, 62))), 0x100]
         pool += list(hca.pds) + list(hca.umems) + list(hca.mkeys.mkeys) + list(hca.virtqs) + list(hca.counters)
+        pool += list(hca.rqts) + list(hca.tirs) + list(hca.flows)
         return pick(pool) & ((1 << f.bits) - 1)
 
     def mutate(lay: Layout, vals: dict) -> bytes:
@@ -335,7 +343,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
 
     ok = 0
     seen_ok = set()
-    for _ in range(3000):
+    for _ in range(5000):
         op = int(rng.choice(list(COMMANDS)))
         cmd = COMMANDS[op]
         if cmd.header is OBJ_IN_HDR:
@@ -351,6 +359,25 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
                 data += plausible_mkey()
             elif op == Op.CREATE_UMEM:
                 data += UMEM_IN.pack(iova=0x10000000 + 0x40000 * int(rng.integers(0, 17)), size=0x40000)
+            elif op in (Op.CREATE_RQT, Op.MODIFY_RQT):
+                rqs = [pick(list(hca.virtqs) + [99]) for _ in range(int(rng.integers(1, 4)))]
+                v = dict(rqtn=pick(list(hca.rqts) + [99]), rq_type=1, rqt_max_size=4, rqt_actual_size=len(rqs))
+                lay = RQT_IN if op == Op.CREATE_RQT else RQT_MODIFY
+                data += lay.pack(**{k: x for k, x in v.items() if k in lay.by_name})
+                data += b"".join(RQ_ENTRY.pack(rq_num=o) for o in rqs)
+            elif op == Op.CREATE_TIR:
+                data += mutate(TIR_IN, dict(disp_type=1, rx_hash_fn=2, selected_fields=pick([0, 3, 15]),
+                                            indirect_table=pick(list(hca.rqts) + [99])))
+            elif op == Op.SET_FLOW_TABLE_ENTRY:
+                data += mutate(FLOW_IN, dict(flow_index=int(rng.integers(0, 8)), priority=int(rng.integers(0, 8)),
+                                             match_criteria=pick([0, 1, 3]), ip_version=pick([4, 6]),
+                                             ip_protocol=pick([6, 17]), tirn=pick(list(hca.tirs) + [99])))
+            elif op in (Op.QUERY_RQT, Op.DESTROY_RQT):
+                data += RQT_REF.pack(rqtn=pick(list(hca.rqts) + [99]))
+            elif op == Op.DESTROY_TIR:
+                data += TIR_REF.pack(tirn=pick(list(hca.tirs) + [99]))
+            elif op == Op.DELETE_FLOW_TABLE_ENTRY:
+                data += FLOW_REF.pack(table_id=0, flow_index=pick(list(hca.flows) + [99]))
             elif cmd.body is not None:
                 f = cmd.body.fields[0]
                 data += cmd.body.pack(**{f.name: noise(f)})

@@ -3,29 +3,18 @@ running virtq; the card marks, in the vhost log format, exactly the guest pages 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from dataplane.hwspec.mlx5_prm import AccessMode, Modify, Status, Syn
 from dataplane.testing.mlx5_cmd import Mlx5Vf
-from dataplane.testing.nic_card import CardProc
 from dataplane.testing.nic_driver import net_frame
 from dataplane.testing.vhost_frontend import FrontendLog
 
+CARD_MODEL = "mlx5"
 BCAST = b"\xff" * 6
 SRC = b"\x02\x00\x00\x00\x00\x01"
 LOG_IOVA = 0x100000000000
-
-
-@pytest.fixture
-def card(runtime):
-    c = CardProc(runtime, vfs=2, model="mlx5")
-    try:
-        yield c
-    finally:
-        c.stop()
-    assert not os.path.exists(c.dir), "the card left its directory"
 
 
 def _bitmap_mkey(v, log):

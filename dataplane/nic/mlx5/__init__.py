@@ -8,8 +8,9 @@
 * :mod:`~dataplane.nic.mlx5.objects` -- the object model a command acts on (PD, umem, counters,
   VIRTIO_NET_Q and its state machine);
 * :mod:`~dataplane.nic.mlx5.mkey` -- direct and indirect (KLM, KLM_FBS) mkeys and their translation
-  into the region tables the ring kernels read.
+  into the region tables the ring kernels read;
+* :mod:`~dataplane.nic.mlx5.steer` -- RSS: flow rules -> TIR -> RQT as arrays, the Toeplitz kernel
+  that picks a frame's RX virtq, and its plain-Python reference.
 
-Not yet: CQ/QP event objects, RQT/TIR steering, error events, the hardware dirty bitmap
-(docs/nic.md, "mlx5 card").
+Not yet: CQ/QP event objects, error events (docs/nic.md, "mlx5 card").
 """

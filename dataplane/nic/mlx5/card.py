@@ -28,7 +28,8 @@ by the IFC card's kernels through the region table of its mkey
 indices it reached are written into the object, so QUERY returns them and a second RDY resumes
 from there.  A TX virtq is an odd queue index, an RX virtq an even one (virtio-net); frames from
 the TX virtq of pair p go through the switch to the RX virtq 2p of the destination VF (RX virtq 0
-when that one does not run: steering by RQT/TIR comes later).  A fault of the kernels (a buffer
+when that one does not run), or, on a VF with flow rules, to the RX virtq its RSS steering picks per
+frame (:mod:`~dataplane.nic.mlx5.steer`).  A fault of the kernels (a buffer
 outside the mkey or the DMA map, a bad descriptor, a chain too long) puts the virtq in ERROR
 (:meth:`~dataplane.nic.mlx5.objects.Hca.virtq_error`, ``error_type`` = the fault code of
 :func:`~dataplane.nic.kernels.fault_name`) and is counted (the function's ``faults``, and
@@ -68,6 +69,7 @@ from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_T
 from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
 from .mailbox import CommandSlot
 from .objects import Caps, Hca, VirtQ, ring_areas
+from .steer import rss_select, steering_table
 
 __all__ = ["Mlx5Card", "Mlx5Function", "VENDOR_ID", "DEVICE_ID", "VAR_OFF", "VAR_SIZE", "BAR0_SIZE",
            "MSIX_TABLE_OFF", "MSIX_PBA_OFF", "DEFAULT_PF"]
@@ -115,6 +117,9 @@ class Mlx5Function(Function):
         self.nq = 2 * pairs
         self.caps = Caps(max_num_virtio_queues=self.nq)
         self.runs: dict[int, Run] = {}
+        self.steer = None  # SteerTable while flow rules exist
+        self.sel = np.zeros(K.BURST, np.int64)
+        self.steer_tmp = np.zeros(64, np.uint8)
         super().__init__(card, index, bdf, mac, self.caps.num_msix_vectors)
         with open(os.path.join(self.dir, "config"), "wb") as f:
             f.write(bytes(config_header(VENDOR_ID, DEVICE_ID, VENDOR_ID, DEVICE_ID, 0x00, self.nvec,
@@ -129,6 +134,7 @@ class Mlx5Function(Function):
         self.hca = Hca(self.dma, self.caps, name=self.bdf)
         self.hca.observer = self
         self.slot = CommandSlot(self.bar0, self.hca)
+        self.steering_changed()
 
     # -- Function ----------------------------------------------------------------------------
     def region_files(self) -> dict:
@@ -181,6 +187,26 @@ class Mlx5Function(Function):
     def rx_ctx(self, pair: int):
         r = self.runs.get(2 * pair) or self.runs.get(0)
         return r.ctx if r is not None else None
+
+    def steering_changed(self) -> None:
+        """Flow rules, TIRs or RQTs changed: the arrays the switch reads are rebuilt."""
+        self.steer = steering_table(self.hca)
+        self.steered = self.steer is not None
+
+    def deliver(self, pair: int, bit: int, stage, slen, smask, n: int, idle) -> int:
+        t = self.steer
+        if t is None:
+            return super().deliver(pair, bit, stage, slen, smask, n, idle)
+        sel = self.sel
+        rss_select(stage, slen, smask, n, bit, t.rules, t.keys, t.rqt, t.rqt_len, t.n, self.steer_tmp, sel)
+        done = 0
+        for qi in np.unique(sel[:n]):
+            if qi < 0:
+                continue
+            r = self.runs.get(int(qi))
+            mask = np.where(sel[:n] == qi, smask[:n], 0)
+            done += K.rx_deliver(r.ctx if r is not None and r.ctx is not None else idle, bit, stage, slen, mask, n)
+        return done
 
     def switch_active(self) -> bool:
         return self.link_up and any(r.running for q, r in self.runs.items() if q % 2 == 0)

@@ -30,6 +30,18 @@ from dataplane import log as dplog
 from ..dma import PAGE, DmaMap
 from ..kernels import ring_area_sizes
 from dataplane.hwspec.mlx5_prm import (
+    FLOW_TABLE_NIC_RX,
+    HASH_FIELDS_KNOWN,
+    MATCH_KNOWN,
+    RQ_ENTRY,
+    RQT_OUT,
+    RQT_QUERY_OUT,
+    TIR_OUT,
+    HashFn,
+    Match,
+    RqType,
+    TirDisp,
+    toeplitz_key_bytes,
     COMMANDS,
     COUNTER_NAMES,
     COUNTERS,
@@ -61,13 +73,14 @@ from dataplane.hwspec.mlx5_prm import (
 )
 from .mkey import NULL_MKEY, MkeyStore
 
-__all__ = ["Hca", "Caps", "ring_areas", "VirtQ", "Umem", "Counters", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
+__all__ = ["Hca", "Caps", "ring_areas", "VirtQ", "Umem", "Counters", "Rqt", "Tir", "FlowRule", "MAX_FLOWS", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
            "MAX_OBJECTS", "umem_size"]
 
 log = dplog.get_logger("dataplane.nic.mlx5")
 
 MAX_QUEUE_SIZE = 32768
 MAX_OBJECTS = 1024
+MAX_FLOWS = 64
 
 #: modify bits allowed besides STATE, per current state.
 MODIFIABLE = {
@@ -138,6 +151,36 @@ class Caps:
         return d
 
 
+@dataclass
+class Rqt:
+    rqtn: int
+    max_size: int
+    rqs: list  # VIRTIO_NET_Q object ids, in table order
+    users: int = 0  # TIRs on it
+
+
+@dataclass
+class Tir:
+    tirn: int
+    rqtn: int
+    symmetric: bool
+    l3: int
+    l4: int
+    fields: int  # HashField bits (0: no hash, the first RQT entry)
+    key: bytes
+    users: int = 0  # flow rules to it
+
+
+@dataclass
+class FlowRule:
+    flow_index: int
+    priority: int
+    criteria: int  # Match bits
+    ip_version: int
+    ip_protocol: int
+    tirn: int
+
+
 def umem_size(caps: Caps, i: int, q_size: int) -> int:
     """Bytes umem ``i`` (1..3) of a virtq of ``q_size`` entries needs: a x q_size + b."""
     a, b = caps.umems[i - 1]
@@ -190,6 +233,11 @@ class Hca:
         self.virtqs: dict[int, VirtQ] = {}
         self.counters: dict[int, Counters] = {}
         self.tis: set[int] = set()  # TIS objects come with the RQT/TIR work
+        self.rqts: dict[int, Rqt] = {}
+        self.tirs: dict[int, Tir] = {}
+        self.flows: dict[int, FlowRule] = {}
+        self._next_rqt = 1
+        self._next_tir = 1
         self._next_pd = 1
         self._next_umem = 1
         self._next_obj = 1
@@ -197,7 +245,8 @@ class Hca:
         self.refused = 0
         #: the device side (the card's datapath), told of virtq changes before they are committed:
         #: ``virtq_modify(vq, new_attrs)`` (may refuse with CmdError, may update ``new_attrs``: the indices
-        #: a suspended queue reached), ``virtq_destroy(vq)``, ``counters_sync()`` (before a counters query)
+        #: a suspended queue reached), ``virtq_destroy(vq)``, ``counters_sync()`` (before a counters query),
+        #: ``steering_changed()`` (after an RQT, TIR or flow rule changed)
         self.observer = None
 
     # =========================================================================
@@ -299,6 +348,12 @@ class Hca:
             return UMEM_OUT.size
         if op == Op.CREATE_GENERAL_OBJECT:
             return OBJ_OUT.size
+        if op == Op.CREATE_RQT:
+            return RQT_OUT.size
+        if op == Op.QUERY_RQT:
+            return RQT_QUERY_OUT.size
+        if op == Op.CREATE_TIR:
+            return TIR_OUT.size
         if op == Op.QUERY_GENERAL_OBJECT:
             row = OBJECT_TYPES.get(hdr.get("obj_type"))
             return row[2].size if row else 0
@@ -464,6 +519,9 @@ class Hca:
             del self.counters[oid]
             return b""
         vq = self._virtq(oid, "DESTROY")
+        for rqt in self.rqts.values():
+            if oid in rqt.rqs:
+                raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY: virtq {oid} is in RQT {rqt.rqtn}")
         if self.observer is not None:
             self.observer.virtq_destroy(vq)
         self._release(oid, vq.attrs)
@@ -475,6 +533,128 @@ class Hca:
         if vq is None:
             raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT, f"{what}: no VIRTIO_NET_Q object {oid}")
         return vq
+
+    # =========================================================================
+    # RSS steering: RQT, TIR, flow rules (facts §3.7)
+    # =========================================================================
+
+    def _steering_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.steering_changed()
+
+    def _rq_list(self, body, tail, what: str) -> list[int]:
+        if body["rq_type"] != RqType.VIRTQ:
+            raise CmdError(Status.BAD_PARAM, Syn.RQ_TYPE, f"{what}: rq_type {body['rq_type']}, only VIRTQ")
+        mx, n, limit = body["rqt_max_size"], body["rqt_actual_size"], 1 << self.caps.log_max_rqt_size
+        if not 0 < mx <= limit or not 0 < n <= mx:
+            raise CmdError(Status.BAD_PARAM, Syn.RQT_SIZE,
+                           f"{what}: rqt_max_size {mx}, rqt_actual_size {n} (limit {limit})")
+        rqs = [e["rq_num"] for e in tail]
+        for oid in rqs:
+            if oid not in self.virtqs:
+                raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT, f"{what}: no VIRTIO_NET_Q object {oid}")
+        return rqs
+
+    def create_rqt(self, hdr, body, tail) -> bytes:
+        rqs = self._rq_list(body, tail, "CREATE_RQT")
+        if len(self.rqts) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_RQT")
+        n = self._next_rqt
+        self._next_rqt += 1
+        self.rqts[n] = Rqt(n, body["rqt_max_size"], rqs)
+        self._steering_changed()
+        return RQT_OUT.pack(rqtn=n)
+
+    def _rqt(self, n: int, what: str) -> Rqt:
+        r = self.rqts.get(n)
+        if r is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_RQT, f"{what}: no RQT {n}")
+        return r
+
+    def modify_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "MODIFY_RQT")
+        rqs = self._rq_list(body, tail, "MODIFY_RQT")
+        if body["rqt_max_size"] != r.max_size:
+            raise CmdError(Status.BAD_PARAM, Syn.RQT_SIZE, f"MODIFY_RQT: rqt_max_size {body['rqt_max_size']} "
+                                                           f"is not the RQT's {r.max_size}")
+        r.rqs = rqs
+        self._steering_changed()
+        return b""
+
+    def query_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "QUERY_RQT")
+        return RQT_QUERY_OUT.pack(rq_type=RqType.VIRTQ, rqt_max_size=r.max_size, rqt_actual_size=len(r.rqs)) + \
+            b"".join(RQ_ENTRY.pack(rq_num=o) for o in r.rqs)
+
+    def destroy_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "DESTROY_RQT")
+        if r.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_RQT: {r.users} TIRs use RQT {r.rqtn}")
+        del self.rqts[r.rqtn]
+        self._steering_changed()
+        return b""
+
+    def create_tir(self, hdr, body, tail) -> bytes:
+        if body["disp_type"] != TirDisp.INDIRECT:
+            raise CmdError(Status.BAD_PARAM, Syn.TIR_DISP, "CREATE_TIR: only indirect TIRs (on an RQT)")
+        fields, fn = body["selected_fields"], body["rx_hash_fn"]
+        if fn not in (HashFn.NONE, HashFn.TOEPLITZ) or (fields and fn != HashFn.TOEPLITZ):
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FN, f"CREATE_TIR: rx_hash_fn {fn} with fields {fields:#x}")
+        if fields & ~HASH_FIELDS_KNOWN:
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FIELDS, f"CREATE_TIR: selected_fields {fields:#x}")
+        rqt = self._rqt(body["indirect_table"], "CREATE_TIR")
+        if len(self.tirs) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_TIR")
+        n = self._next_tir
+        self._next_tir += 1
+        self.tirs[n] = Tir(n, rqt.rqtn, bool(body["rx_hash_symmetric"]), body["l3_prot_type"], body["l4_prot_type"],
+                           fields, toeplitz_key_bytes(body))
+        rqt.users += 1
+        self._steering_changed()
+        return TIR_OUT.pack(tirn=n)
+
+    def destroy_tir(self, hdr, body, tail) -> bytes:
+        tir = self.tirs.get(body["tirn"])
+        if tir is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_TIR, f"DESTROY_TIR: no TIR {body['tirn']}")
+        if tir.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_TIR: {tir.users} flow rules use it")
+        self.rqts[tir.rqtn].users -= 1
+        del self.tirs[tir.tirn]
+        self._steering_changed()
+        return b""
+
+    def set_flow(self, hdr, body, tail) -> bytes:
+        if body["table_id"] != FLOW_TABLE_NIC_RX:
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_TABLE, f"SET_FLOW_TABLE_ENTRY: table {body['table_id']}")
+        crit = body["match_criteria"]
+        if crit & ~MATCH_KNOWN or (crit & Match.IP_VERSION and body["ip_version"] not in (4, 6)):
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_MATCH,
+                           f"SET_FLOW_TABLE_ENTRY: criteria {crit:#x}, ip_version {body['ip_version']}")
+        tir = self.tirs.get(body["tirn"])
+        if tir is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_TIR, f"SET_FLOW_TABLE_ENTRY: no TIR {body['tirn']}")
+        idx = body["flow_index"]
+        old = self.flows.get(idx)
+        if old is None and len(self.flows) >= MAX_FLOWS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, f"SET_FLOW_TABLE_ENTRY: {MAX_FLOWS} rules")
+        if old is not None:
+            self.tirs[old.tirn].users -= 1
+        self.flows[idx] = FlowRule(idx, body["priority"], crit, body["ip_version"] if crit & Match.IP_VERSION else 0,
+                                   body["ip_protocol"] if crit & Match.IP_PROTOCOL else -1, tir.tirn)
+        tir.users += 1
+        self._steering_changed()
+        return b""
+
+    def delete_flow(self, hdr, body, tail) -> bytes:
+        if body["table_id"] != FLOW_TABLE_NIC_RX:
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_TABLE, f"DELETE_FLOW_TABLE_ENTRY: table {body['table_id']}")
+        f = self.flows.pop(body["flow_index"], None)
+        if f is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_FLOW, f"DELETE_FLOW_TABLE_ENTRY: no rule {body['flow_index']}")
+        self.tirs[f.tirn].users -= 1
+        self._steering_changed()
+        return b""
 
     # -- the device side ------------------------------------------------------------------
 
