@@ -40,6 +40,10 @@ __all__ = [
     "VDPA_RSS_KEY", "FLOW_TABLE_NIC_RX", "MAX_FLOW_PRIORITY", "RQT_IN", "RQT_MODIFY", "RQ_ENTRY", "RQT_OUT",
     "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
     "toeplitz_key_bytes",
+    "UAR_OFF", "UAR_CQ_DB", "UAR_IDLE", "EVQ_OFF", "ERRQ_OFF", "EQ_PROD", "EQ_NENT", "EQ_LOST", "EQ_ENTRIES",
+    "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_WQE_COUNTER", "CQE_OP_OWN",
+    "CQE_OPCODE_REQ", "DBR_CI", "DBR_ARM", "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
+    "CQ_REF", "QP_IN", "QP_OUT", "QP_REF", "QP_MODIFY", "QP_QUERY_OUT", "SUBSCRIBE_IN",
 ]
 
 
@@ -52,6 +56,22 @@ MSIX_PBA_OFF = 0x14000
 VAR_OFF = 0x20000
 VAR_SIZE = 0x1000
 BAR0_SIZE = 0x40000
+#: the UAR page: a CQ doorbell (arming) is a write of the u64 at UAR_OFF + UAR_CQ_DB
+UAR_OFF = 0x21000
+UAR_CQ_DB = 0x20
+UAR_IDLE = 0xFFFFFFFFFFFFFFFF
+#: the event rings (completion events, error events): one page each, see EQ_*
+EVQ_OFF = 0x22000
+ERRQ_OFF = 0x23000
+#: an event ring page: u32 ``EQ_PROD`` (records written, ever), ``EQ_NENT`` (slots), ``EQ_LOST``
+#: (records that overwrote one the driver had not read: prod - driver's count > nent); then
+#: ``EQ_NENT`` records of EQE_SIZE bytes at EQ_ENTRIES: cookie u64, info u64 (host byte order).
+EQ_PROD = 0x0
+EQ_NENT = 0x4
+EQ_LOST = 0x8
+EQ_ENTRIES = 0x10
+EQE_SIZE = 16
+EQ_SLOTS = 255
 
 # -- the command mailbox at BAR0 offset 0 (registers u32 in host byte order) ------------------
 
@@ -93,6 +113,17 @@ class Op:
     DESTROY_GENERAL_OBJECT = 0xA03
     CREATE_UMEM = 0xA08
     DESTROY_UMEM = 0xA0A
+    # event objects (facts §3.6)
+    CREATE_CQ = 0x400
+    DESTROY_CQ = 0x401
+    CREATE_QP = 0x500
+    DESTROY_QP = 0x501
+    RST2INIT_QP = 0x502
+    INIT2RTR_QP = 0x503
+    RTR2RTS_QP = 0x504
+    QUERY_QP = 0x50B
+    #: this emulation's: DevX subscribes to an object's events with an ioctl; here it is a command
+    SUBSCRIBE_EVENT = 0xA40
     # RSS steering (facts §3.7)
     CREATE_TIR = 0x900
     DESTROY_TIR = 0x902
@@ -194,6 +225,13 @@ class Syn:
     FLOW_MATCH = 0x58  # unknown match criteria, ip_version not 4 or 6
     UNKNOWN_FLOW = 0x59
     FLOW_PRIORITY = 0x5A
+    # event objects
+    CQ_SIZE = 0x60  # log_cq_size 0 or over MAX_LOG_CQ_SIZE
+    UNKNOWN_CQ = 0x61
+    UNKNOWN_QP = 0x62
+    QP_STATE = 0x63  # a QP state move from the wrong state
+    EVENT_VECTOR = 0x64  # an event's MSI-X vector is not one of the function's
+    EVENT_TYPE = 0x65  # an event type or object type that cannot be subscribed to
 
 
 SYNDROME_NAMES = {v: k for k, v in vars(Syn).items() if not k.startswith("_")}
@@ -333,6 +371,35 @@ class Match:
 
 
 MATCH_KNOWN = Match.IP_VERSION | Match.IP_PROTOCOL
+
+class QpState:
+    RST = 0
+    INIT = 1
+    RTR = 2
+    RTS = 3
+
+
+#: QP state moves: opcode -> (from, to)
+QP_MOVES = {Op.RST2INIT_QP: (QpState.RST, QpState.INIT), Op.INIT2RTR_QP: (QpState.INIT, QpState.RTR),
+            Op.RTR2RTS_QP: (QpState.RTR, QpState.RTS)}
+
+MAX_LOG_CQ_SIZE = 15
+#: a CQE: 64 bytes; the card writes cqes[0] only when use_first_only, else cqes[n % size]
+CQE_SIZE = 64
+CQE_WQE_COUNTER = 0x3C  # big-endian u16
+CQE_OP_OWN = 0x3F  # opcode << 4 | owner bit
+CQE_OPCODE_REQ = 0x0
+#: the CQ doorbell record: u32 BE consumer index at 0, u32 BE arm word at 4 (sn << 28 | cmd << 24 | ci)
+DBR_CI = 0x0
+DBR_ARM = 0x4
+CQ_DB_CMD_ALL = 0  # an event on any completion
+CQ_DB_CMD_SOL = 1  # (solicited only: treated as ALL)
+
+
+class EventType:
+    OBJECT_CHANGE = 0x27
+    COMPLETION = 0x00
+
 
 #: The symmetric Toeplitz key DPDK's mlx5 vDPA driver gives its TIRs (facts §3.7).
 VDPA_RSS_KEY = bytes.fromhex("2cc681d15bdbf4f7fca28319db1a3e946b9e38d92c9c03d1ad9944a7d9563d59063c25f3fc1fdc2a")
@@ -512,6 +579,25 @@ COUNTERS = Layout("virtio_q_counters", [
     ("error_cqes", "I"),
 ])
 
+#: CREATE_CQ after IN_HDR: 2^log_cq_size CQEs at ``cqe_iova`` (DMA map), the doorbell record at
+#: ``dbr_iova``; completion events go to the event ring with ``cookie`` and signal MSI-X ``vector``.
+CQ_IN = Layout("create_cq", [("log_cq_size", "B", 5), ("use_first_only", "B", 1), ("_r0", "H"), ("vector", "I"),
+                             ("cqe_iova", "Q"), ("dbr_iova", "Q"), ("cookie", "Q")])
+CQ_OUT = Layout("create_cq_out", [("cqn", "I", 24), ("_r0", "I")])
+CQ_REF = Layout("cq_ref", [("cqn", "I", 24), ("_r0", "I")])
+#: CREATE_QP after IN_HDR: ``cqn`` 0 for a QP with no CQ (the FW QP a virtq points at).
+QP_IN = Layout("create_qp", [("cqn", "I", 24), ("log_rq_size", "B", 5), ("_r0", "B"), ("_r1", "H")])
+QP_OUT = Layout("create_qp_out", [("qpn", "I", 24), ("_r0", "I")])
+QP_REF = Layout("qp_ref", [("qpn", "I", 24), ("_r0", "I")])
+#: RST2INIT / INIT2RTR / RTR2RTS after IN_HDR: ``remote_qpn`` is taken at INIT2RTR (the peer QP).
+QP_MODIFY = Layout("qp_modify", [("qpn", "I", 24), ("remote_qpn", "I", 24)])
+QP_QUERY_OUT = Layout("query_qp_out", [("state", "B", 4), ("_r0", "B"), ("_r1", "H"), ("cqn", "I", 24),
+                                       ("remote_qpn", "I", 24), ("_r2", "I")])
+#: SUBSCRIBE_EVENT after IN_HDR: events ``event_type`` of object (obj_type, obj_id) go to the error
+#: event ring with ``cookie`` and signal MSI-X ``vector``.  OBJECT_CHANGE of a VIRTIO_NET_Q only.
+SUBSCRIBE_IN = Layout("subscribe_event", [("obj_type", "H"), ("event_type", "H"), ("obj_id", "I"), ("vector", "I"),
+                                          ("_r0", "I"), ("cookie", "Q")])
+
 #: CREATE_RQT after IN_HDR: then ``rqt_actual_size`` :data:`RQ_ENTRY` (the virtq object ids).
 RQT_IN = Layout("create_rqt", [("rq_type", "B", 1), ("_r0", "B"), ("rqt_max_size", "H"), ("rqt_actual_size", "H"),
                                ("_r1", "H")])
@@ -604,6 +690,16 @@ COMMANDS: dict[int, Command] = {
     Op.MODIFY_GENERAL_OBJECT: Command("MODIFY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "modify_object"),
     Op.QUERY_GENERAL_OBJECT: Command("QUERY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "query_object"),
     Op.DESTROY_GENERAL_OBJECT: Command("DESTROY_GENERAL_OBJECT", OBJ_IN_HDR, None, None, None, "destroy_object"),
+    # event objects
+    Op.CREATE_CQ: Command("CREATE_CQ", IN_HDR, CQ_IN, None, None, "create_cq"),
+    Op.DESTROY_CQ: Command("DESTROY_CQ", IN_HDR, CQ_REF, None, None, "destroy_cq"),
+    Op.CREATE_QP: Command("CREATE_QP", IN_HDR, QP_IN, None, None, "create_qp"),
+    Op.DESTROY_QP: Command("DESTROY_QP", IN_HDR, QP_REF, None, None, "destroy_qp"),
+    Op.RST2INIT_QP: Command("RST2INIT_QP", IN_HDR, QP_MODIFY, None, None, "move_qp"),
+    Op.INIT2RTR_QP: Command("INIT2RTR_QP", IN_HDR, QP_MODIFY, None, None, "move_qp"),
+    Op.RTR2RTS_QP: Command("RTR2RTS_QP", IN_HDR, QP_MODIFY, None, None, "move_qp"),
+    Op.QUERY_QP: Command("QUERY_QP", IN_HDR, QP_REF, None, None, "query_qp"),
+    Op.SUBSCRIBE_EVENT: Command("SUBSCRIBE_EVENT", IN_HDR, SUBSCRIBE_IN, None, None, "subscribe_event"),
     # RSS steering
     Op.CREATE_RQT: Command("CREATE_RQT", IN_HDR, RQT_IN, RQ_ENTRY, "rqt_actual_size", "create_rqt"),
     Op.MODIFY_RQT: Command("MODIFY_RQT", IN_HDR, RQT_MODIFY, RQ_ENTRY, "rqt_actual_size", "modify_rqt"),
