@@ -63,9 +63,11 @@ UAR_IDLE = 0xFFFFFFFFFFFFFFFF
 #: the event rings (completion events, error events): one page each, see EQ_*
 EVQ_OFF = 0x22000
 ERRQ_OFF = 0x23000
-#: an event ring page: u32 ``EQ_PROD`` (records written, ever), ``EQ_NENT`` (slots), ``EQ_LOST``
-#: (records that overwrote one the driver had not read: prod - driver's count > nent); then
-#: ``EQ_NENT`` records of EQE_SIZE bytes at EQ_ENTRIES: cookie u64, info u64 (host byte order).
+#: an event ring page: u32 ``EQ_PROD`` (records written, ever; record i is in slot i % nent),
+#: ``EQ_NENT`` (slots), ``EQ_LOST`` (reserved, 0: a driver that fell more than nent behind sees it
+#: from its own count); then ``EQ_NENT`` records of EQE_SIZE bytes at EQ_ENTRIES: cookie u64, info
+#: u64 (host byte order).  Completion info: the cqn.  Error info: event_type << 56 | error_type << 48
+#: | queue_index << 32 | obj_id.
 EQ_PROD = 0x0
 EQ_NENT = 0x4
 EQ_LOST = 0x8

@@ -12,5 +12,5 @@
 * :mod:`~dataplane.nic.mlx5.steer` -- RSS: flow rules -> TIR -> RQT as arrays, the Toeplitz kernel
   that picks a frame's RX virtq, and its plain-Python reference.
 
-Not yet: CQ/QP event objects, error events (docs/nic.md, "mlx5 card").
+Not yet: TIS objects, CQ moderation (docs/nic.md, "mlx5 card").
 """

@@ -41,17 +41,20 @@ virtq's VIRTIO_Q_COUNTERS: received_desc and completed_desc count the chains tak
 completed in the burst that took it), invalid_buffer the chains completed unused (a writable buffer
 in a TX chain, a runt or oversized frame, a read-only or too small RX buffer) and the
 bad-address faults, bad_desc_errors the descriptor faults (index, indirect, layout, avail index
-jump), exceed_max_chain the chain faults (loop, too many segments).  error_cqes stays 0: there are
-no CQs yet.
+jump), exceed_max_chain the chain faults (loop, too many segments).  error_cqes stays 0: the card
+writes no error CQEs.
 
 **Interrupts.**  event_mode NO_MSIX: none (the driver polls); MSIX: the eventfd bound to vector
-``qp_id`` is written when the driver wants an interrupt.  QP (event QP/CQ objects) is not offered.
+``qp_id`` is written when the driver wants an interrupt.  QP: completions advance the event CQ's
+cqes[0].wqe_counter and an armed CQ gets one event (:meth:`Mlx5Function._poll_events`); a
+subscribed virtq going ERROR gets an error event (docs/nic.md, "Events").
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 import numpy as np
 
@@ -66,6 +69,9 @@ from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
+from dataplane.hwspec.mlx5_prm import (CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
+                                        EQ_NENT, EQ_PROD, EQ_SLOTS, EQE_SIZE, ERRQ_OFF, EVQ_OFF, UAR_CQ_DB, UAR_IDLE,
+                                        UAR_OFF, EventType)
 from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
 from .mailbox import CommandSlot
 from .objects import Caps, Hca, VirtQ, ring_areas
@@ -88,7 +94,7 @@ _FAULT_COUNTER = {ERR_DESC_INDEX: "bad_desc_errors", ERR_INDIRECT: "bad_desc_err
 class Run:
     """A RDY virtq's datapath: queue ``qid`` (its queue_index), the object ``obj_id``."""
 
-    __slots__ = ("qid", "obj_id", "ctx", "busy", "seen")
+    __slots__ = ("qid", "obj_id", "ctx", "busy", "seen", "cq_seen")
 
     def __init__(self, qid: int, obj_id: int, ctx):
         self.qid = qid
@@ -96,6 +102,7 @@ class Run:
         self.ctx = ctx
         self.busy = BUSY_TURNS if qid % 2 else 0
         self.seen = (0, 0)  # (chains taken, chains completed unused) already added to the counters object
+        self.cq_seen = 0  # chains completed already reported in the event CQ (QP mode)
 
     @property
     def running(self) -> bool:
@@ -127,6 +134,10 @@ class Mlx5Function(Function):
         self.bar0 = BarFile(os.path.join(self.dir, "resource0"), BAR0_SIZE, create=True)
         self.db32 = self.bar0.u32[VAR_OFF // 4 : (VAR_OFF + VAR_SIZE) // 4]
         self.db32[0] = K.VAR_IDLE
+        self.uar64 = self.bar0.u8[UAR_OFF + UAR_CQ_DB : UAR_OFF + UAR_CQ_DB + 8].view(np.uint64)
+        self.uar64[0] = UAR_IDLE
+        for base in (EVQ_OFF, ERRQ_OFF):
+            self.bar0.w32(base + EQ_NENT, EQ_SLOTS)
         self._new_firmware()
 
     def _new_firmware(self) -> None:
@@ -148,6 +159,8 @@ class Mlx5Function(Function):
         for r in list(self.runs.values()):
             if not r.running:
                 self._halted(r)
+        if self.hca.cqs:
+            self._poll_events()
         if not self.slot.pending():
             return False
         self.slot.poll()
@@ -255,6 +268,63 @@ class Mlx5Function(Function):
     def _callfd(self, a: dict) -> int:
         return self.irq_fd(a["qp_id"]) if a["event_mode"] == EventMode.MSIX else -1
 
+    # -- events: completions into CQs, error events (facts §3.6, §3.10) ----------------------------
+    def _push_event(self, base: int, vector: int, cookie: int, info: int) -> None:
+        """A record in the event ring at ``base`` of BAR0, then the vector's eventfd."""
+        prod = self.bar0.r32(base + EQ_PROD)
+        struct.pack_into("<QQ", self.bar0.u8, base + EQ_ENTRIES + EQE_SIZE * (prod % EQ_SLOTS), cookie & (2**64 - 1),
+                         info)
+        self.bar0.w32(base + EQ_PROD, (prod + 1) & 0xFFFFFFFF)
+        fd = self.irq_fd(vector)
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def _poll_events(self) -> None:
+        """QP-mode virtqs: new completions advance their CQ's cqes[0].wqe_counter; an armed CQ (its
+        doorbell record's arm word carries the CQ's arm sn) gets one event, then is disarmed."""
+        if int(self.uar64[0]) != UAR_IDLE:  # the arm doorbell: taken; the arm words say which CQs
+            self.uar64[0] = UAR_IDLE
+        for r in self.runs.values():
+            a = self.hca.virtqs[r.obj_id].attrs
+            if a["event_mode"] != EventMode.QP:
+                continue
+            taken = self._taken(r)[0]
+            delta = taken - r.cq_seen
+            if delta <= 0:
+                continue
+            cq = self.hca.event_cq(a["qp_id"])
+            r.cq_seen = taken
+            if cq is None:
+                continue
+            cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
+            dbr = self.dma.translate(cq.dbr_iova, 8)
+            if not cqes or not dbr:
+                self.vrow[V_DMA_FAULTS] += 1
+                self.vrow[V_FAULTS] += 1
+                log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+                continue
+            mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
+            wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+            slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+            struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+            mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
+            if slot:
+                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+            arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
+            if (arm >> 28) & 3 == cq.sn:
+                cq.sn = (cq.sn + 1) & 3
+                cq.events += 1
+                self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)
+
+    def error_event(self, sub, vq: VirtQ) -> None:
+        a = vq.attrs
+        info = EventType.OBJECT_CHANGE << 56 | (a["error_type"] & 0xFF) << 48 | a["queue_index"] << 32 | vq.obj_id
+        self._push_event(ERRQ_OFF, sub.vector, sub.cookie, info)
+        log.info("mlx5: error event", vf=self.bdf, obj_id=vq.obj_id, queue_index=a["queue_index"])
+
     def _queue_log(self, a: dict):
         """The dirty log of a virtq with ``a``'s attributes: the vhost bitmap (1 bit per 4 KiB GPA page) at
         ``dirty_bitmap_addr`` in ``dirty_bitmap_mkey`` while DIRTY_BITMAP_DUMP_ENABLE is set; none (no
@@ -288,6 +358,7 @@ class Mlx5Function(Function):
             raise CmdError(Status.BAD_PARAM, Syn.RING_INDEX, f"virtq {obj_id}: {e}") from None
         r = Run(qid, obj_id, ctx)
         r.seen = self._taken(r)
+        r.cq_seen = r.seen[0]
         self.runs[qid] = r
         self.card.active_changed = True
         log.info("mlx5: virtq running", vf=self.bdf, obj_id=obj_id, queue_index=qid, size=a["q_size"],
@@ -344,7 +415,7 @@ class Mlx5Function(Function):
 
     def close(self) -> None:
         super().close()
-        self.db32 = None
+        self.db32 = self.uar64 = None
         self.bar0.close()
 
 
