@@ -80,3 +80,29 @@ def test_dirty_bitmap_marks_exactly_the_written_pages(card, on_vf, packed):
         assert log.pages() == set()
     finally:
         log.close()
+
+
+def test_a_bitmap_unmapped_under_the_card_stops_logging_counted(card, on_vf):
+    from dataplane.nic.shm import V_DMA_FAULTS
+
+    a, b = on_vf(Mlx5Vf, 0), on_vf(Mlx5Vf, 1)
+    a.ready()
+    b.ready()
+    log = FrontendLog(b.mem)
+    try:
+        key = _bitmap_mkey(b, log)
+        b.drv.ok(b.drv.fw.modify_virtq(b.rxq, Modify.DIRTY_BITMAP_PARAMS | Modify.DIRTY_BITMAP_DUMP_ENABLE,
+                                       dirty_bitmap_mkey=key, dirty_bitmap_addr=LOG_IOVA, dirty_bitmap_size=log.size,
+                                       dirty_bitmap_dump_enable=1))
+        _send(a, b, 1)
+        assert log.pages()
+        shm = card.counters()
+        before = int(shm.vf[1][V_DMA_FAULTS])
+        b.drv.dma_unmap(LOG_IOVA, (log.size + 4095) & ~4095)
+        assert int(shm.vf[1][V_DMA_FAULTS]) == before + 1
+        log.clear()
+        assert len(_send(a, b, 2)) == 2  # the datapath goes on, the card writes nothing into the old bitmap
+        assert log.pages() == set()
+        shm.close()
+    finally:
+        log.close()

@@ -288,36 +288,40 @@ class Mlx5Function(Function):
         if int(self.uar64[0]) != UAR_IDLE:  # the arm doorbell: taken; the arm words say which CQs
             self.uar64[0] = UAR_IDLE
         for r in self.runs.values():
-            a = self.hca.virtqs[r.obj_id].attrs
-            if a["event_mode"] != EventMode.QP:
-                continue
-            taken = self._taken(r)[0]
-            delta = taken - r.cq_seen
-            if delta <= 0:
-                continue
-            cq = self.hca.event_cq(a["qp_id"])
-            r.cq_seen = taken
-            if cq is None:
-                continue
-            cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
-            dbr = self.dma.translate(cq.dbr_iova, 8)
-            if not cqes or not dbr:
-                self.vrow[V_DMA_FAULTS] += 1
-                self.vrow[V_FAULTS] += 1
-                log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
-                continue
-            mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
-            wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
-            slot = 0 if cq.first_only else wc % (1 << cq.log_size)
-            struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
-            mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
-            if slot:
-                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
-            arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
-            if (arm >> 28) & 3 == cq.sn:
-                cq.sn = (cq.sn + 1) & 3
-                cq.events += 1
-                self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)
+            self._complete(r)
+
+    def _complete(self, r: Run) -> None:
+        """Report ``r``'s new completions in its event CQ (QP mode only)."""
+        a = self.hca.virtqs[r.obj_id].attrs
+        if a["event_mode"] != EventMode.QP:
+            return
+        taken = self._taken(r)[0]
+        delta = taken - r.cq_seen
+        if delta <= 0:
+            return
+        cq = self.hca.event_cq(a["qp_id"])
+        r.cq_seen = taken
+        if cq is None:
+            return
+        cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
+        dbr = self.dma.translate(cq.dbr_iova, 8)
+        if not cqes or not dbr:
+            self.vrow[V_DMA_FAULTS] += 1
+            self.vrow[V_FAULTS] += 1
+            log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+            return
+        mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
+        wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+        slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+        struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+        mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
+        if slot:
+            struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+        arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
+        if (arm >> 28) & 3 == cq.sn:
+            cq.sn = (cq.sn + 1) & 3
+            cq.events += 1
+            self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)
 
     def error_event(self, sub, vq: VirtQ) -> None:
         a = vq.attrs
@@ -368,6 +372,7 @@ class Mlx5Function(Function):
         """Stop ``r``'s datapath; the used index it reached."""
         r.ctx.cfg[K.CFG_RUNNING] = 0
         self._sync(r)
+        self._complete(r)  # the last completions reach the event CQ before the datapath goes
         used = K.queue_used_index(r.ctx)
         row = self.rows[r.qid]
         row[K.Q_RUNNING] = 0
