@@ -38,7 +38,7 @@ __all__ = [
     "COUNTER_NAMES", "STAT_NAMES", "cap_op_mod",
     "RqType", "TirDisp", "HashFn", "HashField", "HASH_FIELDS_KNOWN", "L3Type", "L4Type", "Match", "MATCH_KNOWN",
     "VDPA_RSS_KEY", "FLOW_TABLE_NIC_RX", "MAX_FLOW_PRIORITY", "RQT_IN", "RQT_MODIFY", "RQ_ENTRY", "RQT_OUT",
-    "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
+    "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_MODIFY", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
     "toeplitz_key_bytes",
     "UAR_OFF", "UAR_CQ_DB", "UAR_IDLE", "EVQ_OFF", "ERRQ_OFF", "EQ_PROD", "EQ_NENT", "EQ_LOST", "EQ_ENTRIES",
     "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_WQE_COUNTER", "CQE_OP_OWN",
@@ -128,6 +128,7 @@ class Op:
     SUBSCRIBE_EVENT = 0xA40
     # RSS steering (facts §3.7)
     CREATE_TIR = 0x900
+    MODIFY_TIR = 0x901
     DESTROY_TIR = 0x902
     CREATE_RQT = 0x916
     MODIFY_RQT = 0x917
@@ -627,6 +628,9 @@ TIR_IN = Layout("create_tir", [
     ("toeplitz_key_0", "Q"), ("toeplitz_key_1", "Q"), ("toeplitz_key_2", "Q"), ("toeplitz_key_3", "Q"),
     ("toeplitz_key_4", "Q"),
 ])
+#: MODIFY_TIR after IN_HDR: the TIR number, then the whole context anew (as CREATE_TIR's).
+TIR_MODIFY = Layout("modify_tir", [("tirn", "I", 24), ("_rm", "I")] + [
+    (f.name, f.code, f.bits) for f in TIR_IN.fields])
 TIR_OUT = Layout("create_tir_out", [("tirn", "I", 24), ("_r0", "I")])
 TIR_REF = Layout("tir_ref", [("tirn", "I", 24), ("_r0", "I")])
 #: SET_FLOW_TABLE_ENTRY after IN_HDR: create (or replace) rule ``flow_index`` of table ``table_id``:
@@ -708,6 +712,7 @@ COMMANDS: dict[int, Command] = {
     Op.QUERY_RQT: Command("QUERY_RQT", IN_HDR, RQT_REF, None, None, "query_rqt"),
     Op.DESTROY_RQT: Command("DESTROY_RQT", IN_HDR, RQT_REF, None, None, "destroy_rqt"),
     Op.CREATE_TIR: Command("CREATE_TIR", IN_HDR, TIR_IN, None, None, "create_tir"),
+    Op.MODIFY_TIR: Command("MODIFY_TIR", IN_HDR, TIR_MODIFY, None, None, "modify_tir"),
     Op.DESTROY_TIR: Command("DESTROY_TIR", IN_HDR, TIR_REF, None, None, "destroy_tir"),
     Op.SET_FLOW_TABLE_ENTRY: Command("SET_FLOW_TABLE_ENTRY", IN_HDR, FLOW_IN, None, None, "set_flow"),
     Op.DELETE_FLOW_TABLE_ENTRY: Command("DELETE_FLOW_TABLE_ENTRY", IN_HDR, FLOW_REF, None, None, "delete_flow"),

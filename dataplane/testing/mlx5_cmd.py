@@ -226,6 +226,13 @@ class Mlx5Cmd:
         return self.cmd(IN_HDR.pack(opcode=Op.CREATE_TIR) + TIR_IN.pack(disp_type=disp_type, indirect_table=rqtn,
                                                                          **toeplitz_key_fields(key), **kw), TIR_OUT)
 
+    def modify_tir(self, tirn: int, rqtn: int, *, key: bytes = b"\0" * 40, disp_type: int = TirDisp.INDIRECT,
+                   **kw) -> Reply:
+        from dataplane.hwspec.mlx5_prm import TIR_MODIFY, toeplitz_key_fields
+
+        return self.cmd(IN_HDR.pack(opcode=Op.MODIFY_TIR) + TIR_MODIFY.pack(
+            tirn=tirn, disp_type=disp_type, indirect_table=rqtn, **toeplitz_key_fields(key), **kw))
+
     def destroy_tir(self, tirn: int) -> Reply:
         return self.cmd(IN_HDR.pack(opcode=Op.DESTROY_TIR) + TIR_REF.pack(tirn=tirn))
 

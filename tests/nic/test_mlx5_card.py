@@ -13,7 +13,7 @@ import pytest
 
 from dataplane.nic.kernels import ERR_RING_DMA, MAX_SEGS, Q_KICKS, Q_RUNNING
 from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.hwspec.mlx5_prm import CapType, EventMode, QState, Status, Syn
+from dataplane.hwspec.mlx5_prm import ERRQ_OFF, EVQ_OFF, UAR_OFF, CapType, EventMode, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
 from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
 from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
@@ -77,6 +77,8 @@ def test_pci_face(card, vfs):
     assert (struct.unpack_from("<H", cs, 0x42)[0] & 0x7FF) + 1 == v.drv.num_irqs
     info = v.drv.info
     assert info["doorbell"] == {"bar": 0, "offset": VAR_OFF, "size": VAR_SIZE}
+    assert info["uar"] == {"bar": 0, "offset": UAR_OFF, "size": 0x1000}
+    assert info["event_rings"] == {"bar": 0, "completion": EVQ_OFF, "error": ERRQ_OFF}
     assert info["num_queues"] == 32  # 16 queue pairs by default
     assert v.drv.bar0.r32(R_FW_REV) == FW_REV
     caps = v.drv.fw.query_caps().fields

@@ -291,7 +291,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     exist) and then mutated in a field or two with limits and noise; no INTERNAL_ERR, and the
     reference counts always add up."""
     from dataplane.hwspec.mlx5_prm import (FLOW_IN, FLOW_REF, KLM, MKEY_IN, OBJECT_TYPES, RQ_ENTRY, RQT_IN, RQT_MODIFY,
-                                           RQT_REF, TIR_IN, TIR_REF, VIRTQ, QP_MODIFY, SUBSCRIBE_IN, AccessMode, Layout, Modify)
+                                           RQT_REF, TIR_IN, TIR_MODIFY, TIR_REF, VIRTQ, QP_MODIFY, SUBSCRIBE_IN, AccessMode, Layout, Modify)
     from dataplane.nic.mlx5.objects import umem_size
 
     mlx5.map_memory(0, 1 << 22)
@@ -372,9 +372,10 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
                 lay = RQT_IN if op == Op.CREATE_RQT else RQT_MODIFY
                 data += lay.pack(**{k: x for k, x in v.items() if k in lay.by_name})
                 data += b"".join(RQ_ENTRY.pack(rq_num=o) for o in rqs)
-            elif op == Op.CREATE_TIR:
-                data += mutate(TIR_IN, dict(disp_type=1, rx_hash_fn=2, selected_fields=pick([0, 3, 15]),
-                                            indirect_table=pick(list(hca.rqts) + [99])))
+            elif op in (Op.CREATE_TIR, Op.MODIFY_TIR):
+                data += mutate(TIR_IN if op == Op.CREATE_TIR else TIR_MODIFY,
+                               dict(tirn=pick(list(hca.tirs) + [99]), disp_type=1, rx_hash_fn=2,
+                                    selected_fields=pick([0, 3, 15]), indirect_table=pick(list(hca.rqts) + [99])))
             elif op == Op.SET_FLOW_TABLE_ENTRY:
                 data += mutate(FLOW_IN, dict(flow_index=int(rng.integers(0, 8)), priority=int(rng.integers(0, 8)),
                                              match_criteria=pick([0, 1, 3]), ip_version=pick([4, 6]),

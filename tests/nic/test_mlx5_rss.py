@@ -215,6 +215,10 @@ def test_steering_commands_refuse_hostile_input(card, on_vf):
     refused(fw.create_tir(rqtn, rx_hash_fn=HashFn.TOEPLITZ, selected_fields=1 << 7), Status.BAD_PARAM,
             Syn.HASH_FIELDS)
     tirn = v.drv.ok(fw.create_tir(rqtn, rx_hash_fn=HashFn.TOEPLITZ, selected_fields=IP2)).fields["tirn"]
+    refused(fw.modify_tir(tirn + 7, rqtn), Status.BAD_RESOURCE, Syn.UNKNOWN_TIR)
+    refused(fw.modify_tir(tirn, rqtn + 7), Status.BAD_RESOURCE, Syn.UNKNOWN_RQT)
+    refused(fw.modify_tir(tirn, rqtn, selected_fields=IP2), Status.BAD_PARAM, Syn.HASH_FN)
+    v.drv.ok(fw.modify_tir(tirn, rqtn, rx_hash_fn=HashFn.TOEPLITZ, selected_fields=IP4, key=VDPA_RSS_KEY))
     refused(fw.set_flow(0, tirn + 7, priority=1), Status.BAD_RESOURCE, Syn.UNKNOWN_TIR)
     refused(fw.set_flow(0, tirn, priority=1, table_id=3), Status.BAD_PARAM, Syn.FLOW_TABLE)
     refused(fw.set_flow(0, tirn, priority=1, match_criteria=Match.IP_VERSION, ip_version=5), Status.BAD_PARAM,

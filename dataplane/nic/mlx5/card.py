@@ -153,7 +153,9 @@ class Mlx5Function(Function):
 
     def device_info(self) -> dict:
         return {"num_queues": self.nq, "regions": {"0": self.bar0.size, "config": 256},
-                "doorbell": {"bar": 0, "offset": VAR_OFF, "size": VAR_SIZE}}
+                "doorbell": {"bar": 0, "offset": VAR_OFF, "size": VAR_SIZE},
+                "uar": {"bar": 0, "offset": UAR_OFF, "size": 0x1000},
+                "event_rings": {"bar": 0, "completion": EVQ_OFF, "error": ERRQ_OFF}}
 
     def poll_registers(self) -> bool:
         for r in list(self.runs.values()):

@@ -744,24 +744,40 @@ class Hca:
         self._steering_changed()
         return b""
 
-    def create_tir(self, hdr, body, tail) -> bytes:
+    def _tir_ctx(self, body, what: str) -> tuple[Rqt, dict]:
         if body["disp_type"] != TirDisp.INDIRECT:
-            raise CmdError(Status.BAD_PARAM, Syn.TIR_DISP, "CREATE_TIR: only indirect TIRs (on an RQT)")
+            raise CmdError(Status.BAD_PARAM, Syn.TIR_DISP, f"{what}: only indirect TIRs (on an RQT)")
         fields, fn = body["selected_fields"], body["rx_hash_fn"]
         if fn not in (HashFn.NONE, HashFn.TOEPLITZ) or (fields and fn != HashFn.TOEPLITZ):
-            raise CmdError(Status.BAD_PARAM, Syn.HASH_FN, f"CREATE_TIR: rx_hash_fn {fn} with fields {fields:#x}")
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FN, f"{what}: rx_hash_fn {fn} with fields {fields:#x}")
         if fields & ~HASH_FIELDS_KNOWN:
-            raise CmdError(Status.BAD_PARAM, Syn.HASH_FIELDS, f"CREATE_TIR: selected_fields {fields:#x}")
-        rqt = self._rqt(body["indirect_table"], "CREATE_TIR")
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FIELDS, f"{what}: selected_fields {fields:#x}")
+        rqt = self._rqt(body["indirect_table"], what)
+        return rqt, dict(rqtn=rqt.rqtn, symmetric=bool(body["rx_hash_symmetric"]), l3=body["l3_prot_type"],
+                         l4=body["l4_prot_type"], fields=fields, key=toeplitz_key_bytes(body))
+
+    def create_tir(self, hdr, body, tail) -> bytes:
+        rqt, ctx = self._tir_ctx(body, "CREATE_TIR")
         if len(self.tirs) >= MAX_OBJECTS:
             raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_TIR")
         n = self._next_tir
         self._next_tir += 1
-        self.tirs[n] = Tir(n, rqt.rqtn, bool(body["rx_hash_symmetric"]), body["l3_prot_type"], body["l4_prot_type"],
-                           fields, toeplitz_key_bytes(body))
+        self.tirs[n] = Tir(n, **ctx)
         rqt.users += 1
         self._steering_changed()
         return TIR_OUT.pack(tirn=n)
+
+    def modify_tir(self, hdr, body, tail) -> bytes:
+        tir = self.tirs.get(body["tirn"])
+        if tir is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_TIR, f"MODIFY_TIR: no TIR {body['tirn']}")
+        rqt, ctx = self._tir_ctx(body, "MODIFY_TIR")
+        self.rqts[tir.rqtn].users -= 1
+        rqt.users += 1
+        for k, v in ctx.items():
+            setattr(tir, k, v)
+        self._steering_changed()
+        return b""
 
     def destroy_tir(self, hdr, body, tail) -> bytes:
         tir = self.tirs.get(body["tirn"])
