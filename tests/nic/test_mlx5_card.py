@@ -13,15 +13,14 @@ import pytest
 
 from dataplane.nic.kernels import ERR_RING_DMA, MAX_SEGS, Q_KICKS, Q_RUNNING
 from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.hwspec.mlx5_prm import ERRQ_OFF, EVQ_OFF, UAR_OFF, CapType, EventMode, QState, Status, Syn
+from dataplane.hwspec.mlx5_prm import ERRQ_OFF, EVQ_OFF, UAR_OFF, CapType, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
 from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
 from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_TOO_MANY_SEGS
-from dataplane.testing.mlx5_cmd import Mlx5Driver, Mlx5Vf as Vf
+from dataplane.testing.mlx5_cmd import Mlx5Vf as Vf
 from dataplane.testing.nic_card import MLX5_PF, ROOT, CardProc, wait_for
-from dataplane.testing.nic_driver import NicQueue, net_frame
-from dataplane.testing.vhost_frontend import GuestMemoryLayout
+from dataplane.testing.nic_driver import net_frame
 
 BCAST = b"\xff" * 6
 

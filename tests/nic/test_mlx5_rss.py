@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -26,10 +25,11 @@ from dataplane.hwspec.mlx5_prm import (
     Syn,
     TirDisp,
 )
-from dataplane.nic.kernels import BURST, HDR_LEN, SLOT
+from dataplane.nic.kernels import BURST, HDR_LEN, Q_DROPS, SLOT
 from dataplane.nic.mlx5.steer import (R_SLOTS, rss_select, reference_queue, toeplitz)
 from dataplane.testing.mlx5_cmd import Mlx5Vf
-from dataplane.testing.nic_driver import NicQueue, net_frame
+from dataplane.testing.nic_card import wait_for
+from dataplane.testing.nic_driver import NicQueue
 
 CARD_MODEL = "mlx5"
 IP2 = HashField.SRC_IP | HashField.DST_IP
@@ -161,7 +161,7 @@ def test_rss_spreads_flows_over_two_rx_virtqs(card, on_vf):
     a, b = on_vf(Mlx5Vf, 0, num=256), on_vf(RssVf, 1)
     a.ready()
     b.ready()
-    _steer(b, [b.rxq, b.rx2q])
+    rqtn, _tirs = _steer(b, [b.rxq, b.rx2q])
     frames = _flows(90)
     frames += [_reverse(f) for f in frames[:40] if Ether(f).haslayer(TCP) or Ether(f).haslayer(UDP)]
     want = [reference_queue(f, REF_FLOWS, key=VDPA_RSS_KEY, rqt=[0, 2]) for f in frames]
@@ -187,6 +187,28 @@ def test_rss_spreads_flows_over_two_rx_virtqs(card, on_vf):
     assert rev and all(where[f] == where[r] for f, r in rev.items())
     c0, c2 = b.drv.counters(b.rxq), b.drv.counters(b.rx2q)
     assert (c0["completed_desc"], c2["completed_desc"]) == (n0, n2)
+    # the RQT modified to RX virtq 2 alone: every flow goes there from the next frame on
+    b.drv.ok(b.drv.fw.modify_rqt(rqtn, [b.rx2q], max_size=512))
+    for _ in range(10):
+        b.rx2.post_rx()
+    b.rx2.kick(force=True)
+    for f in frames[:10]:
+        a.tx.send(bytes(HDR_LEN) + f)
+    a.tx.kick(force=True)
+    a.tx.wait_used(10)
+    assert [b.rx2.data(s, n)[HDR_LEN:] for s, n in b.rx2.wait_used(10)] == frames[:10]
+    assert b.rx.harvest() == []
+    # steered to an RX virtq that is suspended: dropped, counted in that queue's row
+    b.drv.ok(b.drv.fw.modify_rqt(rqtn, [b.rxq], max_size=512))
+    assert b.drv.set_state(b.rxq, QState.SUSPEND).status == Status.OK
+    shm = card.counters()
+    drops = int(shm.queues[1][0][Q_DROPS])
+    a.tx.send(bytes(HDR_LEN) + frames[0])
+    a.tx.kick(force=True)
+    a.tx.wait_used(1)
+    wait_for(lambda: int(shm.queues[1][0][Q_DROPS]) == drops + 1, what="the drop counted")
+    assert b.rx2.harvest() == []
+    shm.close()
 
 
 def test_steering_commands_refuse_hostile_input(card, on_vf):

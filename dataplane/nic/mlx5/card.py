@@ -220,7 +220,11 @@ class Mlx5Function(Function):
                 continue
             r = self.runs.get(int(qi))
             mask = np.where(sel[:n] == qi, smask[:n], 0)
-            done += K.rx_deliver(r.ctx if r is not None and r.ctx is not None else idle, bit, stage, slen, mask, n)
+            if r is None or r.ctx is None:  # steered to an RX virtq that does not run: dropped, counted there
+                if int(qi) < len(self.rows):
+                    self.rows[int(qi)][K.Q_DROPS] += int(np.count_nonzero(mask & bit))
+                continue
+            done += K.rx_deliver(r.ctx, bit, stage, slen, mask, n)
         return done
 
     def switch_active(self) -> bool:
