@@ -29,7 +29,7 @@ from dataplane.rings.jit import kernel
 
 from ..kernels import HDR_LEN
 
-__all__ = ["steering_table", "rss_select", "toeplitz", "frame_fields", "reference_queue", "SteerTable",
+__all__ = ["steering_table", "rss_select", "warm_up_steer", "toeplitz", "frame_fields", "reference_queue", "SteerTable",
            "R_PRIO", "R_CRIT", "R_IPV", "R_PROTO", "R_FIELDS", "R_SYM", "R_L3", "R_L4", "R_SLOTS", "MAX_RQT"]
 
 R_PRIO, R_CRIT, R_IPV, R_PROTO, R_FIELDS, R_SYM, R_L3, R_L4 = range(8)
@@ -169,6 +169,16 @@ def rss_select(stage, slen, smask, n, bit, rules, keys, rqt, rqt_len, nrules, tm
             break
         sel[i] = q
     return cnt
+
+
+def warm_up_steer() -> None:
+    """Compile (or load from the cache) :func:`rss_select` in this process, before frames wait on it."""
+    from ..kernels import BURST, SLOT
+
+    t = SteerTable(1)
+    z = np.zeros(BURST, np.int64)
+    rss_select(np.zeros((BURST, SLOT), np.uint8), z, z, 0, 1, t.rules, t.keys, t.rqt, t.rqt_len, 1,
+               np.zeros(64, np.uint8), np.zeros(BURST, np.int64))
 
 
 # -- plain Python: the reference, for tests ------------------------------------------------------
