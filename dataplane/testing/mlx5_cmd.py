@@ -29,6 +29,16 @@ import time
 from typing import Callable, NamedTuple
 
 from dataplane.hwspec.mlx5_prm import (
+    CQ_IN,
+    CQ_OUT,
+    CQ_REF,
+    QP_IN,
+    QP_MODIFY,
+    QP_OUT,
+    QP_QUERY_OUT,
+    QP_REF,
+    SUBSCRIBE_IN,
+    EventType,
     FLOW_IN,
     FLOW_REF,
     RQ_ENTRY,
@@ -193,6 +203,35 @@ class Mlx5Cmd:
 
     def destroy_counters(self, obj_id: int) -> Reply:
         return self.obj(Op.DESTROY_GENERAL_OBJECT, ObjType.VIRTIO_Q_COUNTERS, obj_id)
+
+    # -- event objects -----------------------------------------------------------------
+
+    def create_cq(self, *, log_cq_size: int, cqe_iova: int, dbr_iova: int, vector: int = 0, cookie: int = 0,
+                  use_first_only: int = 1) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.CREATE_CQ) + CQ_IN.pack(
+            log_cq_size=log_cq_size, use_first_only=use_first_only, vector=vector, cqe_iova=cqe_iova,
+            dbr_iova=dbr_iova, cookie=cookie), CQ_OUT)
+
+    def destroy_cq(self, cqn: int) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.DESTROY_CQ) + CQ_REF.pack(cqn=cqn))
+
+    def create_qp(self, cqn: int = 0, log_rq_size: int = 0) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.CREATE_QP) + QP_IN.pack(cqn=cqn, log_rq_size=log_rq_size), QP_OUT)
+
+    def destroy_qp(self, qpn: int) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.DESTROY_QP) + QP_REF.pack(qpn=qpn))
+
+    def move_qp(self, op: int, qpn: int, remote_qpn: int = 0) -> Reply:
+        """``op``: RST2INIT_QP, INIT2RTR_QP (takes ``remote_qpn``) or RTR2RTS_QP."""
+        return self.cmd(IN_HDR.pack(opcode=op) + QP_MODIFY.pack(qpn=qpn, remote_qpn=remote_qpn))
+
+    def query_qp(self, qpn: int) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.QUERY_QP) + QP_REF.pack(qpn=qpn), QP_QUERY_OUT)
+
+    def subscribe(self, obj_id: int, *, vector: int, cookie: int, obj_type: int = ObjType.VIRTIO_NET_Q,
+                  event_type: int = EventType.OBJECT_CHANGE) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.SUBSCRIBE_EVENT) + SUBSCRIBE_IN.pack(
+            obj_type=obj_type, event_type=event_type, obj_id=obj_id, vector=vector, cookie=cookie))
 
     # -- RSS steering ------------------------------------------------------------------
 

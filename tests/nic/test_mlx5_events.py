@@ -9,9 +9,6 @@ import struct
 import time
 
 from dataplane.hwspec.mlx5_prm import (
-    CQ_IN,
-    CQ_OUT,
-    CQ_REF,
     CQE_OP_OWN,
     CQE_WQE_COUNTER,
     DBR_ARM,
@@ -21,13 +18,6 @@ from dataplane.hwspec.mlx5_prm import (
     EQ_SLOTS,
     ERRQ_OFF,
     EVQ_OFF,
-    IN_HDR,
-    QP_IN,
-    QP_MODIFY,
-    QP_OUT,
-    QP_QUERY_OUT,
-    QP_REF,
-    SUBSCRIBE_IN,
     UAR_CQ_DB,
     UAR_OFF,
     EventMode,
@@ -69,25 +59,19 @@ class EvVf(Mlx5Vf):
         struct.pack_into(">H", self.cqes, CQE_WQE_COUNTER, 0xFFFF)  # HW ownership, as the driver starts it
         self.cqes[CQE_OP_OWN] = 1
         if qp_mode:
-            self.cqn = self.cmd(Op.CREATE_CQ, CQ_IN, CQ_OUT, log_cq_size=6, use_first_only=1, vector=CQ_VEC,
-                                cqe_iova=self.cqe_gpa, dbr_iova=self.dbr_gpa, cookie=COOKIE)["cqn"]
-            self.sw = self.cmd(Op.CREATE_QP, QP_IN, QP_OUT, cqn=self.cqn, log_rq_size=6)["qpn"]
-            self.fwqp = self.cmd(Op.CREATE_QP, QP_IN, QP_OUT, cqn=0)["qpn"]
+            ok = self.drv.ok
+            self.cqn = ok(self.fw.create_cq(log_cq_size=6, vector=CQ_VEC, cqe_iova=self.cqe_gpa, dbr_iova=self.dbr_gpa,
+                                            cookie=COOKIE)).fields["cqn"]
+            self.sw = ok(self.fw.create_qp(self.cqn, log_rq_size=6)).fields["qpn"]
+            self.fwqp = ok(self.fw.create_qp()).fields["qpn"]
         self.rxq = self.drv.create_virtq(self.rx, event_mode=EventMode.QP if qp_mode else EventMode.NO_MSIX,
                                          qp_id=self.fwqp if qp_mode else 0)
         self.txq = self.drv.create_virtq(self.tx)
 
-    def raw(self, op, body_layout, out_layout=None, **kw):
-        return self.fw.cmd(IN_HDR.pack(opcode=op) + body_layout.pack(**kw), out_layout)
-
-    def cmd(self, op, body_layout, out_layout=None, **kw):
-        return self.drv.ok(self.raw(op, body_layout, out_layout, **kw)).fields
-
     def connect(self):
         for a, b in ((self.fwqp, self.sw), (self.sw, self.fwqp)):
-            self.cmd(Op.RST2INIT_QP, QP_MODIFY, qpn=a)
-            self.cmd(Op.INIT2RTR_QP, QP_MODIFY, qpn=a, remote_qpn=b)
-            self.cmd(Op.RTR2RTS_QP, QP_MODIFY, qpn=a)
+            for op in (Op.RST2INIT_QP, Op.INIT2RTR_QP, Op.RTR2RTS_QP):
+                self.drv.ok(self.fw.move_qp(op, a, b))
 
     def arm(self, sn):
         """DPDK's arm: the arm word (sn, CMD_ALL, ci) in the doorbell record, then the UAR CQ doorbell."""
@@ -128,19 +112,19 @@ def test_qp_states_and_refusals(card, on_vf):
     # the virtq names its FW QP: RDY needs it RTS and connected to a QP with a CQ
     r = v.drv.set_state(v.rxq, QState.RDY)
     assert (r.status, r.syndrome) == (Status.BAD_PARAM, Syn.EVENT_TARGET)
-    r = v.raw(Op.RTR2RTS_QP, QP_MODIFY, qpn=v.fwqp)
+    r = v.fw.move_qp(Op.RTR2RTS_QP, v.fwqp)
     assert (r.status, r.syndrome) == (Status.BAD_RES_STATE, Syn.QP_STATE)
-    r = v.raw(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=v.sw)
+    r = v.fw.move_qp(Op.INIT2RTR_QP, v.fwqp, v.sw)
     assert (r.status, r.syndrome) == (Status.BAD_RES_STATE, Syn.QP_STATE)
-    v.cmd(Op.RST2INIT_QP, QP_MODIFY, qpn=v.fwqp)
-    r = v.raw(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=999)
+    v.drv.ok(v.fw.move_qp(Op.RST2INIT_QP, v.fwqp))
+    r = v.fw.move_qp(Op.INIT2RTR_QP, v.fwqp, 999)
     assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_QP)
-    assert v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.fwqp)["state"] == QpState.INIT
-    v.cmd(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=v.sw)
-    v.cmd(Op.RTR2RTS_QP, QP_MODIFY, qpn=v.fwqp)
-    q = v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.fwqp)
+    assert v.drv.ok(v.fw.query_qp(v.fwqp)).fields["state"] == QpState.INIT
+    v.drv.ok(v.fw.move_qp(Op.INIT2RTR_QP, v.fwqp, v.sw))
+    v.drv.ok(v.fw.move_qp(Op.RTR2RTS_QP, v.fwqp))
+    q = v.drv.ok(v.fw.query_qp(v.fwqp)).fields
     assert (q["state"], q["remote_qpn"], q["cqn"]) == (QpState.RTS, v.sw, 0)
-    assert v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.sw)["cqn"] == v.cqn
+    assert v.drv.ok(v.fw.query_qp(v.sw)).fields["cqn"] == v.cqn
     assert v.drv.set_state(v.rxq, QState.RDY).status == Status.OK
     # hostile: bad CQ sizes, vectors, memory; objects in use
     for kw, syn in ((dict(log_cq_size=0), Syn.CQ_SIZE), (dict(log_cq_size=16), Syn.CQ_SIZE),
@@ -148,23 +132,21 @@ def test_qp_states_and_refusals(card, on_vf):
                     (dict(log_cq_size=6, cqe_iova=0x7000_0000), Syn.UNMAPPED),
                     (dict(log_cq_size=6, cqe_iova=v.cqe_gpa + 8), Syn.NOT_ALIGNED)):
         kw = dict(dict(cqe_iova=v.cqe_gpa, dbr_iova=v.dbr_gpa), **kw)
-        r = v.raw(Op.CREATE_CQ, CQ_IN, CQ_OUT, **kw)
+        r = v.fw.create_cq(**kw)
         assert (r.status, r.syndrome) == (Status.BAD_PARAM, syn), kw
-    r = v.raw(Op.CREATE_QP, QP_IN, QP_OUT, cqn=999)
+    r = v.fw.create_qp(999)
     assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_CQ)
-    r = v.raw(Op.DESTROY_CQ, CQ_REF, cqn=v.cqn)
+    r = v.fw.destroy_cq(v.cqn)
     assert (r.status, r.syndrome) == (Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE)
-    r = v.raw(Op.DESTROY_QP, QP_REF, qpn=v.fwqp)
+    r = v.fw.destroy_qp(v.fwqp)
     assert (r.status, r.syndrome) == (Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE)
-    r = v.raw(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_Q_COUNTERS,
-              event_type=EventType.OBJECT_CHANGE, obj_id=v.rxq)
+    r = v.fw.subscribe(v.rxq, vector=0, cookie=0, obj_type=ObjType.VIRTIO_Q_COUNTERS)
     assert (r.status, r.syndrome) == (Status.BAD_PARAM, Syn.EVENT_TYPE)
     # torn down in order: virtq, FW QP, SW QP, CQ
     assert v.drv.set_state(v.rxq, QState.SUSPEND).status == Status.OK
     v.drv.ok(v.fw.destroy_virtq(v.rxq))
-    v.cmd(Op.DESTROY_QP, QP_REF, qpn=v.fwqp)
-    v.cmd(Op.DESTROY_QP, QP_REF, qpn=v.sw)
-    v.cmd(Op.DESTROY_CQ, CQ_REF, cqn=v.cqn)
+    for r in (v.fw.destroy_qp(v.fwqp), v.fw.destroy_qp(v.sw), v.fw.destroy_cq(v.cqn)):
+        v.drv.ok(r)
 
 
 def test_completions_write_the_cqe_and_an_armed_cq_signals_once(card, on_vf):
@@ -211,12 +193,12 @@ def test_a_dma_fault_gives_the_subscribed_error_event(card, on_vf):
     a, b = on_vf(Sender, 0), on_vf(Sender, 1)
     a.ready()
     b.ready()
-    r = b.raw(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_NET_Q, event_type=EventType.OBJECT_CHANGE,
-              obj_id=999, vector=ERR_VEC, cookie=1)
+    r = b.fw.subscribe(999, vector=ERR_VEC, cookie=1)
     assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT)
     cookie = 1 << 32 | 0  # DPDK's (version << 32) | index
-    b.cmd(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_NET_Q, event_type=EventType.OBJECT_CHANGE,
-          obj_id=b.rxq, vector=ERR_VEC, cookie=cookie)
+    r = b.fw.subscribe(b.rxq, vector=ERR_VEC + 40, cookie=cookie)
+    assert (r.status, r.syndrome) == (Status.BAD_PARAM, Syn.EVENT_VECTOR)
+    b.drv.ok(b.fw.subscribe(b.rxq, vector=ERR_VEC, cookie=cookie))
     _send(a, b, 1)
     assert b.ring(ERRQ_OFF) == []
     b.drv.dma_unmap(b.mem.regions[0].gpa, b.mem.regions[0].size)  # the rings go: a fault, ERROR
