@@ -208,6 +208,7 @@ def _start(args) -> int:
     from .card import Card
     from .cardproc import install_signals
     from .kernels import warm_up, warm_up_switch
+    from .mlx5.steer import warm_up_steer
     from .mlx5.card import Mlx5Card
 
     parse_bdf(args.pf)
@@ -240,6 +241,8 @@ def _start(args) -> int:
     try:
         warm_up()
         warm_up_switch(args.vfs)
+        if args.model == "mlx5":
+            warm_up_steer()
         cls = Mlx5Card if args.model == "mlx5" else Card
         pairs = args.queue_pairs if args.queue_pairs is not None else DEFAULT_PAIRS[args.model]
         card = cls(parent, args.pf, args.vfs, mac_base=mac, pairs=pairs)
