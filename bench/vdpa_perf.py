@@ -7,7 +7,8 @@ Usage::
 
 Every row has the same two "VMs": two DPDK ``net_virtio_user`` ports (MACs 02:00:00:00:00:01
 and :02, each the other's ``--eth-peer``) in one ``dpdk-testpmd`` pinned to cpu 0, forwarding
-io between them, seeded by ``start tx_first 8`` with ``--txpkts=SIZE`` frames: frames sent by
+io between them (rings of ``QUEUE_SIZE`` = 1024 entries), seeded by ``start tx_first 32`` with
+``--txpkts=SIZE`` frames: frames sent by
 port 0 cross the middle to port 1, which sends them back into the middle from port 0's side,
 and the same the other way.  (Separate txonly and rxonly testpmds would make three busy
 pollers on two cpus; time-slicing them drops whole rings.)  What sits between the ports gets
@@ -49,7 +50,10 @@ VF1, VF2 = "0000:00:05.1", "0000:00:05.2"
 VM_CPU, MIDDLE_CPU = "0", 1
 MACS = ("02:00:00:00:00:01", "02:00:00:00:00:02")  # VF1's and VF2's with the card's default --mac-base
 MBUFS = 16384
-SEED_BURSTS = 8  # ``start tx_first 8``: 8 bursts of 32 frames per port circulate
+SEED_BURSTS = 32  # ``start tx_first 32``: 32 bursts of 32 frames per port circulate
+#: virtio-user ring size: with DPDK's default of 256 and 8 bursts in flight, one run read card 1.61 /
+#: DPDK vm2vm 6.20 Mpps; with 1024 and 32 bursts, 4.44 / 10.19 -- both rows at their best
+QUEUE_SIZE = 1024
 
 
 def _pin_all_threads(pid: int, cpu: int) -> None:
@@ -68,7 +72,7 @@ def _vms(sock0: str, sock1: str, size: int) -> Testpmd:
     always enter through port 0, so the card's switch learns each source MAC on one VF)."""
     eal = []
     for i, s in enumerate((sock0, sock1)):
-        eal += ["--vdev", f"net_virtio_user{i},path={s},queues=1,mac={MACS[i]}"]
+        eal += ["--vdev", f"net_virtio_user{i},path={s},queues=1,queue_size={QUEUE_SIZE},mac={MACS[i]}"]
     app = ["--forward-mode=io", f"--txpkts={size}", "--nb-cores=1", "--burst=32",
            f"--eth-peer=0,{MACS[1]}", f"--eth-peer=1,{MACS[0]}"]
     vm = Testpmd(eal, app, cpus=VM_CPU, mbufs=MBUFS, memory_mb=1024)
