@@ -15,6 +15,9 @@ layer  row             modules
 3      rings           ``rings``: virtqueue layouts and kernels, regions, the queue hand-over
 4      net             ``net``: packet formats and checksums
 5      vhost_user      ``vhost_user``: the protocol both sides speak
+5      hwspec          ``hwspec``: device interface specifications (PCI ids, register and
+                       command layouts) a driver and its emulated card both read; imports
+                       only core
 6      vhost, virtio   ``vhost`` (the back-end), ``virtio`` (the virtio-user front-end): peers
 7      vdpa, nic       ``vdpa`` (drivers: control path), ``nic`` (emulated cards): peers,
                        meeting only through BARs, doorbells and DMA maps
@@ -50,6 +53,7 @@ LAYERS = [
     (3, "rings", ["dataplane.rings"]),
     (4, "net", ["dataplane.net"]),
     (5, "vhost_user", ["dataplane.vhost_user"]),
+    (5, "hwspec", ["dataplane.hwspec"]),
     (6, "vhost", ["dataplane.vhost"]),
     (6, "virtio", ["dataplane.virtio"]),
     (7, "vdpa", ["dataplane.vdpa"]),

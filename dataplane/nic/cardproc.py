@@ -18,7 +18,8 @@ The loop sleeps (in ``poll()`` on the control sockets) only when every queue idl
 :func:`~dataplane.nic.kernels.tx_serve` into, for each function the switch may deliver to
 (:meth:`Function.switch_active`), the RX queue :meth:`Function.rx_ctx` names for ``p``; the
 forwarding table (MAC learning, flooding of unknown, broadcast and multicast) is the one in the
-counters file.
+counters file.  A function that steers per frame (:attr:`Function.steered`: the mlx5 card's RSS)
+takes each burst through :meth:`Function.deliver` instead.
 """
 
 from __future__ import annotations
@@ -127,12 +128,15 @@ class CardBase:
                 if q.busy <= 0 or q.ctx is None:
                     continue
                 pair = q.qid // 2
-                rxqs = []
-                for dvf in self.vfs:
-                    ctx = dvf.rx_ctx(pair) if active >> dvf.index & 1 else None
-                    rxqs.append(ctx if ctx is not None else idle)
-                n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen, self.smask,
-                               SERVE_BUDGET, SERVE_SPIN)
+                if any(dvf.steered for dvf in self.vfs if active >> dvf.index & 1):
+                    n = self._serve_steered(vf, q, pair, active, idle)
+                else:
+                    rxqs = []
+                    for dvf in self.vfs:
+                        ctx = dvf.rx_ctx(pair) if active >> dvf.index & 1 else None
+                        rxqs.append(ctx if ctx is not None else idle)
+                    n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen,
+                                   self.smask, SERVE_BUDGET, SERVE_SPIN)
                 if n == 0:
                     q.busy -= 1
                     if not q.running:
@@ -144,6 +148,28 @@ class CardBase:
                 q.busy = BUSY_TURNS
                 moved = True
         return moved
+
+    def _serve_steered(self, vf, q, pair: int, active: int, idle) -> int:
+        """:func:`~dataplane.nic.kernels.tx_serve`'s busy window when a destination steers per frame: each
+        burst pulled is handed to every destination's :meth:`Function.deliver`."""
+        total = 0
+        empty = 0
+        while total < SERVE_BUDGET:
+            n = K.tx_pull(q.ctx, vf.index, self.fdb, active, self.stage, self.slen, self.smask,
+                          min(K.BURST, SERVE_BUDGET - total))
+            if n == 0:
+                empty += 1
+                if empty >= SERVE_SPIN or not q.running:
+                    break
+                continue
+            empty = 0
+            total += n
+            dests = int(np.bitwise_or.reduce(self.smask[:n]))
+            for dvf in self.vfs:
+                bit = 1 << dvf.index
+                if dests & bit:
+                    dvf.deliver(pair, bit, self.stage, self.slen, self.smask, n, idle)
+        return total
 
     @staticmethod
     def kicked(q) -> None:

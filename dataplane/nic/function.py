@@ -118,6 +118,17 @@ class Function:
         """True when the switch may deliver to this function (link up, an RX queue running)."""
         raise NotImplementedError
 
+    #: True when this function picks an RX queue per frame (:meth:`deliver`), not per queue pair
+    steered = False
+
+    def deliver(self, pair: int, bit: int, stage, slen, smask, n: int, idle) -> int:
+        """Write the staged frames ``[0, n)`` whose mask has ``bit`` (sent on queue pair ``pair``) into
+        this function's RX queues; the frames written.  By default all into :meth:`rx_ctx`."""
+        from . import kernels as K
+
+        ctx = self.rx_ctx(pair)
+        return K.rx_deliver(ctx if ctx is not None else idle, bit, stage, slen, smask, n)
+
     # -- interrupts -------------------------------------------------------------------------
     def irq_fd(self, vector: int) -> int:
         if vector < 0 or vector >= len(self.irqs):

@@ -28,7 +28,19 @@ import os
 import time
 from typing import Callable, NamedTuple
 
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
+    FLOW_IN,
+    FLOW_REF,
+    RQ_ENTRY,
+    RQT_IN,
+    RQT_MODIFY,
+    RQT_OUT,
+    RQT_REF,
+    TIR_IN,
+    TIR_OUT,
+    TIR_REF,
+    RqType,
+    TirDisp,
     COUNTER_NAMES,
     COUNTERS,
     GENERAL_CAPS,
@@ -70,9 +82,10 @@ from dataplane.nic.mlx5.mailbox import (
     R_OUT_WRITTEN,
 )
 from dataplane.nic.pci import BarFile
-from dataplane.testing.nic_driver import NicError, VfioClient
+from dataplane.testing.nic_driver import NicError, NicQueue, VfioClient
+from dataplane.testing.vhost_frontend import GuestMemoryLayout
 
-__all__ = ["Mlx5Cmd", "Reply", "Mlx5Driver", "UMEM_IOVA"]
+__all__ = ["Mlx5Cmd", "Reply", "Mlx5Driver", "Mlx5Vf", "UMEM_IOVA"]
 
 #: where the driver DMA-maps the memory its umems live in (apart from guest memory)
 UMEM_IOVA = 0x40000000
@@ -180,6 +193,49 @@ class Mlx5Cmd:
 
     def destroy_counters(self, obj_id: int) -> Reply:
         return self.obj(Op.DESTROY_GENERAL_OBJECT, ObjType.VIRTIO_Q_COUNTERS, obj_id)
+
+    # -- RSS steering ------------------------------------------------------------------
+
+    def create_rqt(self, rqs, *, max_size: int | None = None, rq_type: int = RqType.VIRTQ, **kw) -> Reply:
+        """An RQT of virtq object ids ``rqs`` (``rqt_actual_size`` defaults to their count)."""
+        kw.setdefault("rqt_actual_size", len(rqs))
+        mx = len(rqs) if max_size is None else max_size
+        data = IN_HDR.pack(opcode=Op.CREATE_RQT) + RQT_IN.pack(rq_type=rq_type, rqt_max_size=mx, **kw)
+        return self.cmd(data + b"".join(RQ_ENTRY.pack(rq_num=o) for o in rqs), RQT_OUT)
+
+    def modify_rqt(self, rqtn: int, rqs, *, max_size: int, rq_type: int = RqType.VIRTQ) -> Reply:
+        data = IN_HDR.pack(opcode=Op.MODIFY_RQT) + RQT_MODIFY.pack(rqtn=rqtn, rq_type=rq_type, rqt_max_size=max_size,
+                                                                   rqt_actual_size=len(rqs))
+        return self.cmd(data + b"".join(RQ_ENTRY.pack(rq_num=o) for o in rqs))
+
+    def query_rqt(self, rqtn: int) -> Reply:
+        """``fields``: the context and ``rqs``, the list."""
+        r = self.cmd(IN_HDR.pack(opcode=Op.QUERY_RQT) + RQT_REF.pack(rqtn=rqtn), RQT_IN)
+        if r.status == 0:
+            base = OUT_HDR.size + RQT_IN.size
+            r.fields["rqs"] = [RQ_ENTRY.unpack(r.raw, base + 4 * i)["rq_num"]
+                               for i in range(r.fields["rqt_actual_size"])]
+        return r
+
+    def destroy_rqt(self, rqtn: int) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.DESTROY_RQT) + RQT_REF.pack(rqtn=rqtn))
+
+    def create_tir(self, rqtn: int, *, key: bytes = b"\0" * 40, disp_type: int = TirDisp.INDIRECT, **kw) -> Reply:
+        from dataplane.hwspec.mlx5_prm import toeplitz_key_fields
+
+        return self.cmd(IN_HDR.pack(opcode=Op.CREATE_TIR) + TIR_IN.pack(disp_type=disp_type, indirect_table=rqtn,
+                                                                         **toeplitz_key_fields(key), **kw), TIR_OUT)
+
+    def destroy_tir(self, tirn: int) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.DESTROY_TIR) + TIR_REF.pack(tirn=tirn))
+
+    def set_flow(self, flow_index: int, tirn: int, *, priority: int, table_id: int = 0, **match) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.SET_FLOW_TABLE_ENTRY) + FLOW_IN.pack(
+            table_id=table_id, flow_index=flow_index, priority=priority, tirn=tirn, **match))
+
+    def delete_flow(self, flow_index: int, table_id: int = 0) -> Reply:
+        return self.cmd(IN_HDR.pack(opcode=Op.DELETE_FLOW_TABLE_ENTRY) + FLOW_REF.pack(table_id=table_id,
+                                                                                        flow_index=flow_index))
 
     def close(self) -> None:
         self.bar.close()
@@ -293,3 +349,25 @@ class Mlx5Driver(VfioClient):
         if self.umem_fd >= 0:
             os.close(self.umem_fd)
             self.umem_fd = -1
+
+
+class Mlx5Vf:
+    """A VF's driver, guest memory and queue pair 0 (RX virtq 0, TX virtq 1), created in INIT."""
+
+    def __init__(self, vf_dir, *, packed=False, num=64, rx_mode=EventMode.MSIX, nregions=1):
+        self.mem = GuestMemoryLayout.simple(8 << 20, nregions=nregions, gpa=1 << 20, gap=16 << 20)
+        self.drv = Mlx5Driver(vf_dir, self.mem)
+        self.drv.set_irqs(4)
+        self.rx = NicQueue(self.drv, self.mem, 0, num=num, packed=packed)
+        self.tx = NicQueue(self.drv, self.mem, 1, num=num, packed=packed)
+        self.rxq = self.drv.create_virtq(self.rx, event_mode=rx_mode, vector=1)
+        self.txq = self.drv.create_virtq(self.tx)
+
+    def ready(self):
+        for oid in (self.rxq, self.txq):
+            r = self.drv.set_state(oid, QState.RDY)
+            assert r.status == Status.OK, r
+
+    def close(self):
+        self.drv.close()
+        self.mem.close()

@@ -20,8 +20,9 @@ def runtime():
 
 
 @pytest.fixture
-def card(runtime):
-    c = CardProc(runtime)
+def card(request, runtime):
+    """The card: the IFC one, or the model a test module names in ``CARD_MODEL``."""
+    c = CardProc(runtime, model=getattr(request.module, "CARD_MODEL", "ifcvf"))
     try:
         yield c
     finally:

@@ -13,12 +13,12 @@ import pytest
 
 from dataplane.nic.kernels import ERR_RING_DMA, MAX_SEGS, Q_KICKS, Q_RUNNING
 from dataplane.nic.mlx5.card import DEVICE_ID, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.nic.mlx5.commands import CapType, EventMode, QState, Status, Syn
+from dataplane.hwspec.mlx5_prm import CapType, EventMode, QState, Status, Syn
 from dataplane.nic.mlx5.mailbox import FW_REV, R_FW_REV
 from dataplane.nic.pci import PCI_CAP_ID_MSIX, vf_bdf
 from dataplane.nic.shm import V_CONNECTED, V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_TOO_MANY_SEGS
-from dataplane.testing.mlx5_cmd import Mlx5Driver
+from dataplane.testing.mlx5_cmd import Mlx5Driver, Mlx5Vf as Vf
 from dataplane.testing.nic_card import MLX5_PF, ROOT, CardProc, wait_for
 from dataplane.testing.nic_driver import NicQueue, net_frame
 from dataplane.testing.vhost_frontend import GuestMemoryLayout
@@ -36,28 +36,6 @@ def card(runtime):
     finally:
         c.stop()
     assert not os.path.exists(c.dir), "the card left its directory"
-
-
-class Vf:
-    """A VF's driver, guest memory and queue pair 0 (RX virtq 0, TX virtq 1), created in INIT."""
-
-    def __init__(self, vf_dir, *, packed=False, num=64, rx_mode=EventMode.MSIX, nregions=1):
-        self.mem = GuestMemoryLayout.simple(8 << 20, nregions=nregions, gpa=1 << 20, gap=16 << 20)
-        self.drv = Mlx5Driver(vf_dir, self.mem)
-        self.drv.set_irqs(4)
-        self.rx = NicQueue(self.drv, self.mem, 0, num=num, packed=packed)
-        self.tx = NicQueue(self.drv, self.mem, 1, num=num, packed=packed)
-        self.rxq = self.drv.create_virtq(self.rx, event_mode=rx_mode, vector=1)
-        self.txq = self.drv.create_virtq(self.tx)
-
-    def ready(self):
-        for oid in (self.rxq, self.txq):
-            r = self.drv.set_state(oid, QState.RDY)
-            assert r.status == Status.OK, r
-
-    def close(self):
-        self.drv.close()
-        self.mem.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataplane.nic.mlx5 import objects
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
     COMMANDS,
     IN_HDR,
     OBJ_IN_HDR,
@@ -61,7 +61,7 @@ def test_query_hca_cap_vdpa_and_general(mlx5):
     c = r.fields
     assert c["valid"] == 1 and c["max_num_virtio_queues"] == 32 and c["max_queue_size"] == 32768
     assert c["virtio_queue_type"] == 0b11  # split and packed
-    assert c["event_mode"] == 0b101  # NO_MSIX and MSIX: no QP objects yet
+    assert c["event_mode"] == 0b111  # NO_MSIX, QP (event CQ/QP objects) and MSIX
     assert c["virtio_net_q_addr_modify"] == 1 and c["virtio_q_index_modify"] == 1
     assert [(c[f"umem_{i}_buffer_param_a"], c[f"umem_{i}_buffer_param_b"]) for i in (1, 2, 3)] == \
         list(objects.Caps().umems)
@@ -81,8 +81,8 @@ def test_query_hca_cap_unknown_type(mlx5):
 
 
 def test_unknown_opcode_is_bad_op(mlx5):
-    # CREATE_CQ (0x400) and CREATE_RQT (0x916) are not built yet: not in the table
-    for op in (0x400, 0x916, 0xFFFF):
+    # opcodes the card does not have (CREATE_EQ 0x301 among them)
+    for op in (0x301, 0x9FF, 0xFFFF):
         r = mlx5.fw.cmd(IN_HDR.pack(opcode=op))
         assert (r.status, r.syndrome) == (Status.BAD_OP, Syn.UNKNOWN_OPCODE)
 
@@ -269,6 +269,18 @@ def _check_references(hca):
             assert umem_user[a[f"umem_{i}_id"]] == 0
             umem_user[a[f"umem_{i}_id"]] = oid
     assert mkey_users == {k: m.users for k, m in hca.mkeys.mkeys.items()}
+    # steering: an RQT names existing virtqs, a TIR an existing RQT, a flow rule an existing TIR
+    for r in hca.rqts.values():
+        assert all(o in hca.virtqs for o in r.rqs)
+        assert r.users == sum(1 for x in hca.tirs.values() if x.rqtn == r.rqtn)
+    for x in hca.tirs.values():
+        assert x.users == sum(1 for f in hca.flows.values() if f.tirn == x.tirn)
+    # events: a QP's CQ exists and counts it, a QP-mode virtq's QP exists and counts it
+    for c in hca.cqs.values():
+        assert c.users == sum(1 for q in hca.qps.values() if q.cqn == c.cqn)
+    for q in hca.qps.values():
+        assert q.users == sum(1 for v in hca.virtqs.values() if v.attrs["event_mode"] == 1 and v.attrs["qp_id"] == q.qpn)
+    assert set(hca.subs) <= set(hca.virtqs)
     assert pd_users == hca.pds
     assert umem_user == {u: x.user for u, x in hca.umems.items()}
     assert counters_user == {c: x.user for c, x in hca.counters.items()}
@@ -278,7 +290,8 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     """Structure-aware fuzzing: commands of the right lengths, built plausible (from the ids that
     exist) and then mutated in a field or two with limits and noise; no INTERNAL_ERR, and the
     reference counts always add up."""
-    from dataplane.nic.mlx5.commands import KLM, MKEY_IN, OBJECT_TYPES, VIRTQ, AccessMode, Layout, Modify
+    from dataplane.hwspec.mlx5_prm import (FLOW_IN, FLOW_REF, KLM, MKEY_IN, OBJECT_TYPES, RQ_ENTRY, RQT_IN, RQT_MODIFY,
+                                           RQT_REF, TIR_IN, TIR_REF, VIRTQ, QP_MODIFY, SUBSCRIBE_IN, AccessMode, Layout, Modify)
     from dataplane.nic.mlx5.objects import umem_size
 
     mlx5.map_memory(0, 1 << 22)
@@ -293,6 +306,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
     def noise(f):
         pool = [0, 1, 2, (1 << f.bits) - 1, int(rng.integers(0, 1 << min(f.bits, 62))), 0x100]
         pool += list(hca.pds) + list(hca.umems) + list(hca.mkeys.mkeys) + list(hca.virtqs) + list(hca.counters)
+        pool += list(hca.rqts) + list(hca.tirs) + list(hca.flows)
         return pick(pool) & ((1 << f.bits) - 1)
 
     def mutate(lay: Layout, vals: dict) -> bytes:
@@ -323,7 +337,8 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
         q = pick([64, 256])
         v = dict(modify_field_select=pick([Modify.STATE, Modify.STATE | Modify.ADDR, Modify.HW_AVAILABLE_INDEX,
                                             Modify.QUEUE_PERIOD, Modify.Q_MKEY, Modify.DIRTY_BITMAP_PARAMS]),
-                 queue_index=int(rng.integers(0, 40)), q_type=pick([0, 1]), event_mode=pick([0, 2]),
+                 queue_index=int(rng.integers(0, 40)), q_type=pick([0, 1]), event_mode=pick([0, 1, 2]),
+                 qp_id=pick(list(hca.qps) + [0]),
                  state=pick([0, 0, 1, 2]), q_size=q, pd=pick(hca.pds), mkey=pick(hca.mkeys.mkeys),
                  desc_addr=0x1000 * int(rng.integers(0, 1100)), available_addr=0x2000, used_addr=0x3000,
                  counters_obj_id=pick(list(hca.counters) + [0]), hw_available_index=int(rng.integers(0, 65536)),
@@ -335,7 +350,7 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
 
     ok = 0
     seen_ok = set()
-    for _ in range(3000):
+    for _ in range(8000):
         op = int(rng.choice(list(COMMANDS)))
         cmd = COMMANDS[op]
         if cmd.header is OBJ_IN_HDR:
@@ -351,6 +366,30 @@ def test_well_formed_random_commands_keep_the_store_consistent(mlx5):
                 data += plausible_mkey()
             elif op == Op.CREATE_UMEM:
                 data += UMEM_IN.pack(iova=0x10000000 + 0x40000 * int(rng.integers(0, 17)), size=0x40000)
+            elif op in (Op.CREATE_RQT, Op.MODIFY_RQT):
+                rqs = [pick(list(hca.virtqs) + [99]) for _ in range(int(rng.integers(1, 4)))]
+                v = dict(rqtn=pick(list(hca.rqts) + [99]), rq_type=1, rqt_max_size=4, rqt_actual_size=len(rqs))
+                lay = RQT_IN if op == Op.CREATE_RQT else RQT_MODIFY
+                data += lay.pack(**{k: x for k, x in v.items() if k in lay.by_name})
+                data += b"".join(RQ_ENTRY.pack(rq_num=o) for o in rqs)
+            elif op == Op.CREATE_TIR:
+                data += mutate(TIR_IN, dict(disp_type=1, rx_hash_fn=2, selected_fields=pick([0, 3, 15]),
+                                            indirect_table=pick(list(hca.rqts) + [99])))
+            elif op == Op.SET_FLOW_TABLE_ENTRY:
+                data += mutate(FLOW_IN, dict(flow_index=int(rng.integers(0, 8)), priority=int(rng.integers(0, 8)),
+                                             match_criteria=pick([0, 1, 3]), ip_version=pick([4, 6]),
+                                             ip_protocol=pick([6, 17]), tirn=pick(list(hca.tirs) + [99])))
+            elif op in (Op.RST2INIT_QP, Op.INIT2RTR_QP, Op.RTR2RTS_QP):
+                data += QP_MODIFY.pack(qpn=pick(list(hca.qps) + [99]), remote_qpn=pick(list(hca.qps) + [99]))
+            elif op == Op.SUBSCRIBE_EVENT:
+                data += mutate(SUBSCRIBE_IN, dict(obj_type=ObjType.VIRTIO_NET_Q, event_type=0x27,
+                                                  obj_id=pick(list(hca.virtqs) + [99]), vector=pick([0, 3, 40])))
+            elif op in (Op.QUERY_RQT, Op.DESTROY_RQT):
+                data += RQT_REF.pack(rqtn=pick(list(hca.rqts) + [99]))
+            elif op == Op.DESTROY_TIR:
+                data += TIR_REF.pack(tirn=pick(list(hca.tirs) + [99]))
+            elif op == Op.DELETE_FLOW_TABLE_ENTRY:
+                data += FLOW_REF.pack(table_id=0, flow_index=pick(list(hca.flows) + [99]))
             elif cmd.body is not None:
                 f = cmd.body.fields[0]
                 data += cmd.body.pack(**{f.name: noise(f)})

@@ -7,7 +7,7 @@ import mmap
 import numpy as np
 import pytest
 
-from dataplane.nic.mlx5.commands import MAX_KLM_BYTE_COUNT, AccessMode, Status, Syn
+from dataplane.hwspec.mlx5_prm import MAX_KLM_BYTE_COUNT, AccessMode, Status, Syn
 from dataplane.rings.regions import translate as ring_translate
 
 GIB = 1 << 30

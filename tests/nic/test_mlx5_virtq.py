@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from dataplane.nic.mlx5.commands import (
+from dataplane.hwspec.mlx5_prm import (
     OBJ_IN_HDR,
     VIRTQ,
     AccessMode,
@@ -287,7 +287,7 @@ def test_ready_rings_through_an_indirect_mkey_hole(mlx5, vq):
     ("split q_size not a power of two", Status.BAD_PARAM, Syn.QUEUE_SIZE),
     ("q_size past the max", Status.BAD_PARAM, Syn.QUEUE_SIZE),
     ("q_type 2", Status.BAD_PARAM, Syn.Q_TYPE),
-    ("event_mode QP (no QP objects yet)", Status.BAD_PARAM, Syn.EVENT_MODE),
+    ("event_mode QP, no such QP", Status.BAD_PARAM, Syn.EVENT_TARGET),
     ("event_mode 5", Status.BAD_PARAM, Syn.EVENT_MODE),
     ("event_mode wider than 3 bits", Status.BAD_PARAM, Syn.FIELD_TOO_WIDE),
     ("MSIX vector past the function's", Status.BAD_PARAM, Syn.EVENT_TARGET),
@@ -319,7 +319,7 @@ def test_hostile_create_virtq(vq, case, status, syn):
         "split q_size not a power of two": dict(q_size=300),
         "q_size past the max": dict(q_size=65535, q_type=QType.PACKED),
         "q_type 2": dict(q_type=2),
-        "event_mode QP (no QP objects yet)": dict(event_mode=EventMode.QP, qp_id=1),
+        "event_mode QP, no such QP": dict(event_mode=EventMode.QP, qp_id=1),
         "event_mode 5": dict(event_mode=5),
         "event_mode wider than 3 bits": dict(event_mode=8),
         "MSIX vector past the function's": dict(event_mode=EventMode.MSIX, qp_id=33),

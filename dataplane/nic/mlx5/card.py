@@ -28,7 +28,8 @@ by the IFC card's kernels through the region table of its mkey
 indices it reached are written into the object, so QUERY returns them and a second RDY resumes
 from there.  A TX virtq is an odd queue index, an RX virtq an even one (virtio-net); frames from
 the TX virtq of pair p go through the switch to the RX virtq 2p of the destination VF (RX virtq 0
-when that one does not run: steering by RQT/TIR comes later).  A fault of the kernels (a buffer
+when that one does not run), or, on a VF with flow rules, to the RX virtq its RSS steering picks per
+frame (:mod:`~dataplane.nic.mlx5.steer`).  A fault of the kernels (a buffer
 outside the mkey or the DMA map, a bad descriptor, a chain too long) puts the virtq in ERROR
 (:meth:`~dataplane.nic.mlx5.objects.Hca.virtq_error`, ``error_type`` = the fault code of
 :func:`~dataplane.nic.kernels.fault_name`) and is counted (the function's ``faults``, and
@@ -40,20 +41,25 @@ virtq's VIRTIO_Q_COUNTERS: received_desc and completed_desc count the chains tak
 completed in the burst that took it), invalid_buffer the chains completed unused (a writable buffer
 in a TX chain, a runt or oversized frame, a read-only or too small RX buffer) and the
 bad-address faults, bad_desc_errors the descriptor faults (index, indirect, layout, avail index
-jump), exceed_max_chain the chain faults (loop, too many segments).  error_cqes stays 0: there are
-no CQs yet.
+jump), exceed_max_chain the chain faults (loop, too many segments).  error_cqes stays 0: the card
+writes no error CQEs.
 
 **Interrupts.**  event_mode NO_MSIX: none (the driver polls); MSIX: the eventfd bound to vector
-``qp_id`` is written when the driver wants an interrupt.  QP (event QP/CQ objects) is not offered.
+``qp_id`` is written when the driver wants an interrupt.  QP: completions advance the event CQ's
+cqes[0].wqe_counter and an armed CQ gets one event (:meth:`Mlx5Function._poll_events`); a
+subscribed virtq going ERROR gets an error event (docs/nic.md, "Events").
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import struct
 
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_AVAIL_IDX, ERR_CHAIN_LOOP, ERR_DESC_INDEX, ERR_INDIRECT, \
     ERR_LAYOUT, ERR_TOO_MANY_SEGS
 
@@ -62,24 +68,21 @@ from ..cardproc import BUSY_TURNS, CardBase
 from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
-from .commands import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
-from .mailbox import SLOT_SIZE, CommandSlot
+from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
+from dataplane.hwspec.mlx5_prm import (CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
+                                        EQ_NENT, EQ_PROD, EQ_SLOTS, EQE_SIZE, ERRQ_OFF, EVQ_OFF, UAR_CQ_DB, UAR_IDLE,
+                                        UAR_OFF, EventType)
+from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
+from .mailbox import CommandSlot
 from .objects import Caps, Hca, VirtQ, ring_areas
+from .steer import rss_select, steering_table
 
 __all__ = ["Mlx5Card", "Mlx5Function", "VENDOR_ID", "DEVICE_ID", "VAR_OFF", "VAR_SIZE", "BAR0_SIZE",
            "MSIX_TABLE_OFF", "MSIX_PBA_OFF", "DEFAULT_PF"]
 
 log = dplog.get_logger("dataplane.nic.mlx5")
 
-VENDOR_ID = 0x15B3  # Mellanox
-DEVICE_ID = 0x101E  # ConnectX family VF (a ConnectX-6 Dx VF)
 DEFAULT_PF = "0000:00:06.0"
-MSIX_TABLE_OFF = 0x13000
-MSIX_PBA_OFF = 0x14000
-VAR_OFF = 0x20000
-VAR_SIZE = 0x1000
-BAR0_SIZE = 0x40000
-assert SLOT_SIZE <= MSIX_TABLE_OFF
 
 _C = {n: i for i, n in enumerate(COUNTER_NAMES)}
 #: which counters-object field a kernel fault code adds to
@@ -91,7 +94,7 @@ _FAULT_COUNTER = {ERR_DESC_INDEX: "bad_desc_errors", ERR_INDIRECT: "bad_desc_err
 class Run:
     """A RDY virtq's datapath: queue ``qid`` (its queue_index), the object ``obj_id``."""
 
-    __slots__ = ("qid", "obj_id", "ctx", "busy", "seen")
+    __slots__ = ("qid", "obj_id", "ctx", "busy", "seen", "cq_seen")
 
     def __init__(self, qid: int, obj_id: int, ctx):
         self.qid = qid
@@ -99,6 +102,7 @@ class Run:
         self.ctx = ctx
         self.busy = BUSY_TURNS if qid % 2 else 0
         self.seen = (0, 0)  # (chains taken, chains completed unused) already added to the counters object
+        self.cq_seen = 0  # chains completed already reported in the event CQ (QP mode)
 
     @property
     def running(self) -> bool:
@@ -120,6 +124,9 @@ class Mlx5Function(Function):
         self.nq = 2 * pairs
         self.caps = Caps(max_num_virtio_queues=self.nq)
         self.runs: dict[int, Run] = {}
+        self.steer = None  # SteerTable while flow rules exist
+        self.sel = np.zeros(K.BURST, np.int64)
+        self.steer_tmp = np.zeros(64, np.uint8)
         super().__init__(card, index, bdf, mac, self.caps.num_msix_vectors)
         with open(os.path.join(self.dir, "config"), "wb") as f:
             f.write(bytes(config_header(VENDOR_ID, DEVICE_ID, VENDOR_ID, DEVICE_ID, 0x00, self.nvec,
@@ -127,6 +134,10 @@ class Mlx5Function(Function):
         self.bar0 = BarFile(os.path.join(self.dir, "resource0"), BAR0_SIZE, create=True)
         self.db32 = self.bar0.u32[VAR_OFF // 4 : (VAR_OFF + VAR_SIZE) // 4]
         self.db32[0] = K.VAR_IDLE
+        self.uar64 = self.bar0.u8[UAR_OFF + UAR_CQ_DB : UAR_OFF + UAR_CQ_DB + 8].view(np.uint64)
+        self.uar64[0] = UAR_IDLE
+        for base in (EVQ_OFF, ERRQ_OFF):
+            self.bar0.w32(base + EQ_NENT, EQ_SLOTS)
         self._new_firmware()
 
     def _new_firmware(self) -> None:
@@ -134,6 +145,7 @@ class Mlx5Function(Function):
         self.hca = Hca(self.dma, self.caps, name=self.bdf)
         self.hca.observer = self
         self.slot = CommandSlot(self.bar0, self.hca)
+        self.steering_changed()
 
     # -- Function ----------------------------------------------------------------------------
     def region_files(self) -> dict:
@@ -147,6 +159,8 @@ class Mlx5Function(Function):
         for r in list(self.runs.values()):
             if not r.running:
                 self._halted(r)
+        if self.hca.cqs:
+            self._poll_events()
         if not self.slot.pending():
             return False
         self.slot.poll()
@@ -187,6 +201,26 @@ class Mlx5Function(Function):
         r = self.runs.get(2 * pair) or self.runs.get(0)
         return r.ctx if r is not None else None
 
+    def steering_changed(self) -> None:
+        """Flow rules, TIRs or RQTs changed: the arrays the switch reads are rebuilt."""
+        self.steer = steering_table(self.hca)
+        self.steered = self.steer is not None
+
+    def deliver(self, pair: int, bit: int, stage, slen, smask, n: int, idle) -> int:
+        t = self.steer
+        if t is None:
+            return super().deliver(pair, bit, stage, slen, smask, n, idle)
+        sel = self.sel
+        rss_select(stage, slen, smask, n, bit, t.rules, t.keys, t.rqt, t.rqt_len, t.n, self.steer_tmp, sel)
+        done = 0
+        for qi in np.unique(sel[:n]):
+            if qi < 0:
+                continue
+            r = self.runs.get(int(qi))
+            mask = np.where(sel[:n] == qi, smask[:n], 0)
+            done += K.rx_deliver(r.ctx if r is not None and r.ctx is not None else idle, bit, stage, slen, mask, n)
+        return done
+
     def switch_active(self) -> bool:
         return self.link_up and any(r.running for q, r in self.runs.items() if q % 2 == 0)
 
@@ -202,8 +236,9 @@ class Mlx5Function(Function):
                     self._halted(r)
                     break
         detached = [self.dma.detach(i) for i in gone]
-        for r in self.runs.values():  # the memory leaves the region tables before it is unmapped
-            r.ctx = r.ctx._replace(regions=self.hca.mkeys.regions(self.hca.virtqs[r.obj_id].attrs["mkey"]))
+        for r in self.runs.values():  # the memory leaves the region tables (and the bitmap) before it is unmapped
+            a = self.hca.virtqs[r.obj_id].attrs
+            r.ctx = r.ctx._replace(regions=self.hca.mkeys.regions(a["mkey"]), log=self._queue_log(a))
         for d in detached:
             self.dma.release(d)
         return gone
@@ -217,6 +252,8 @@ class Mlx5Function(Function):
             new["hw_available_index"] = new["hw_used_index"] = used
         elif now == QState.RDY and was != QState.RDY:
             self._start(vq.obj_id, new)
+        elif now == QState.RDY and r is not None and r.obj_id == vq.obj_id:  # dirty-bitmap bits while running
+            r.ctx = r.ctx._replace(log=self._queue_log(new))
 
     def virtq_destroy(self, vq: VirtQ) -> None:
         r = self.runs.get(vq.attrs["queue_index"])
@@ -231,6 +268,85 @@ class Mlx5Function(Function):
     def _callfd(self, a: dict) -> int:
         return self.irq_fd(a["qp_id"]) if a["event_mode"] == EventMode.MSIX else -1
 
+    # -- events: completions into CQs, error events (facts §3.6, §3.10) ----------------------------
+    def _push_event(self, base: int, vector: int, cookie: int, info: int) -> None:
+        """A record in the event ring at ``base`` of BAR0, then the vector's eventfd."""
+        prod = self.bar0.r32(base + EQ_PROD)
+        struct.pack_into("<QQ", self.bar0.u8, base + EQ_ENTRIES + EQE_SIZE * (prod % EQ_SLOTS), cookie & (2**64 - 1),
+                         info)
+        self.bar0.w32(base + EQ_PROD, (prod + 1) & 0xFFFFFFFF)
+        fd = self.irq_fd(vector)
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def _poll_events(self) -> None:
+        """QP-mode virtqs: new completions advance their CQ's cqes[0].wqe_counter; an armed CQ (its
+        doorbell record's arm word carries the CQ's arm sn) gets one event, then is disarmed."""
+        if int(self.uar64[0]) != UAR_IDLE:  # the arm doorbell: taken; the arm words say which CQs
+            self.uar64[0] = UAR_IDLE
+        for r in self.runs.values():
+            self._complete(r)
+
+    def _complete(self, r: Run) -> None:
+        """Report ``r``'s new completions in its event CQ (QP mode only)."""
+        a = self.hca.virtqs[r.obj_id].attrs
+        if a["event_mode"] != EventMode.QP:
+            return
+        taken = self._taken(r)[0]
+        delta = taken - r.cq_seen
+        if delta <= 0:
+            return
+        cq = self.hca.event_cq(a["qp_id"])
+        r.cq_seen = taken
+        if cq is None:
+            return
+        cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
+        dbr = self.dma.translate(cq.dbr_iova, 8)
+        if not cqes or not dbr:
+            self.vrow[V_DMA_FAULTS] += 1
+            self.vrow[V_FAULTS] += 1
+            log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+            return
+        mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
+        wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+        slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+        struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+        mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
+        if slot:
+            struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+        arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
+        if (arm >> 28) & 3 == cq.sn:
+            cq.sn = (cq.sn + 1) & 3
+            cq.events += 1
+            self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)
+
+    def error_event(self, sub, vq: VirtQ) -> None:
+        a = vq.attrs
+        info = EventType.OBJECT_CHANGE << 56 | (a["error_type"] & 0xFF) << 48 | a["queue_index"] << 32 | vq.obj_id
+        self._push_event(ERRQ_OFF, sub.vector, sub.cookie, info)
+        log.info("mlx5: error event", vf=self.bdf, obj_id=vq.obj_id, queue_index=a["queue_index"])
+
+    def _queue_log(self, a: dict):
+        """The dirty log of a virtq with ``a``'s attributes: the vhost bitmap (1 bit per 4 KiB GPA page) at
+        ``dirty_bitmap_addr`` in ``dirty_bitmap_mkey`` while DIRTY_BITMAP_DUMP_ENABLE is set; none (no
+        logging: :func:`~dataplane.nic.kernels.no_log`) otherwise, or when the bitmap is no longer in one DMA mapping (counted, logged)."""
+        if not a["dirty_bitmap_dump_enable"] or not a["dirty_bitmap_size"]:
+            return K.no_log()
+        size = a["dirty_bitmap_size"]
+        hva = _hva(self.hca.mkeys.regions(a["dirty_bitmap_mkey"]), a["dirty_bitmap_addr"], size)
+        if not hva:
+            self.vrow[V_DMA_FAULTS] += 1
+            self.vrow[V_FAULTS] += 1
+            log.error("mlx5: dirty bitmap not in the DMA map: not logging", vf=self.bdf,
+                      queue_index=a["queue_index"], addr=hex(a["dirty_bitmap_addr"]), size=size)
+            return K.no_log()
+        bitmap = np.frombuffer((ctypes.c_uint8 * size).from_address(hva), np.uint8)
+        return make_log(bitmap, np.zeros(LOG_CTL_SLOTS, np.int64), desc_gpa=a["desc_addr"], used_gpa=a["used_addr"],
+                        on=True)
+
     def _start(self, obj_id: int, a: dict) -> None:
         qid = a["queue_index"]
         packed = a["q_type"] == QType.PACKED
@@ -241,11 +357,12 @@ class Mlx5Function(Function):
         try:
             ctx = K.open_queue(addrs, a["q_size"], packed=packed, feat=0, last_avail=a["hw_available_index"],
                                last_used=a["hw_used_index"], regions=regions, callfd=self._callfd(a),
-                               counters=self.rows[qid])
+                               counters=self.rows[qid], log=self._queue_log(a))
         except ValueError as e:
             raise CmdError(Status.BAD_PARAM, Syn.RING_INDEX, f"virtq {obj_id}: {e}") from None
         r = Run(qid, obj_id, ctx)
         r.seen = self._taken(r)
+        r.cq_seen = r.seen[0]
         self.runs[qid] = r
         self.card.active_changed = True
         log.info("mlx5: virtq running", vf=self.bdf, obj_id=obj_id, queue_index=qid, size=a["q_size"],
@@ -255,6 +372,7 @@ class Mlx5Function(Function):
         """Stop ``r``'s datapath; the used index it reached."""
         r.ctx.cfg[K.CFG_RUNNING] = 0
         self._sync(r)
+        self._complete(r)  # the last completions reach the event CQ before the datapath goes
         used = K.queue_used_index(r.ctx)
         row = self.rows[r.qid]
         row[K.Q_RUNNING] = 0
@@ -302,7 +420,7 @@ class Mlx5Function(Function):
 
     def close(self) -> None:
         super().close()
-        self.db32 = None
+        self.db32 = self.uar64 = None
         self.bar0.close()
 
 

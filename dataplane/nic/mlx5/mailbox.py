@@ -1,7 +1,7 @@
 """The mlx5 card's command mailbox: one command slot in a BAR file, polled by the card.
 
-Layout (from ``base`` in the BAR; control words are u32 in host byte order, like the IFC
-card's registers; the command buffers are big-endian, :mod:`~dataplane.nic.mlx5.commands`)::
+Layout (the numbers are in :mod:`~dataplane.hwspec.mlx5_prm`; from ``base`` in the BAR; control words are u32 in host byte order, like the IFC
+card's registers; the command buffers are big-endian, :mod:`~dataplane.hwspec.mlx5_prm`)::
 
     0x000  FW_REV       (card)   firmware revision, major << 16 | minor
     0x004  CMDIF_REV    (card)   command interface revision (CMDIF_REV)
@@ -29,33 +29,15 @@ One command at a time; a bad command is an answer (status + syndrome), never a c
 from __future__ import annotations
 
 from ..pci import BarFile
-from .commands import Status, Syn
+from dataplane.hwspec.mlx5_prm import (BAR_SIZE, CMDIF_REV, FW_REV, IN_MAX, IN_OFF, OUT_MAX, OUT_OFF, R_CMD_ACK,
+                                        R_CMD_SEQ, R_CMDIF_REV, R_CMDS_DONE, R_CMDS_REFUSED, R_FW_REV, R_IN_LEN,
+                                        R_IN_MAX, R_OUT_LEN, R_OUT_MAX, R_OUT_WRITTEN, SLOT_SIZE, Status, Syn)
 from .objects import Hca
 
 __all__ = ["CommandSlot", "FW_REV", "CMDIF_REV", "IN_MAX", "OUT_MAX", "IN_OFF", "OUT_OFF", "SLOT_SIZE", "BAR_SIZE",
            "R_FW_REV", "R_CMDIF_REV", "R_IN_MAX", "R_OUT_MAX", "R_CMD_SEQ", "R_CMD_ACK", "R_IN_LEN", "R_OUT_LEN",
            "R_OUT_WRITTEN", "R_CMDS_DONE", "R_CMDS_REFUSED"]
 
-FW_REV = (22 << 16) | 35  # this emulation's firmware: 22.35
-CMDIF_REV = 5
-R_FW_REV = 0x000
-R_CMDIF_REV = 0x004
-R_IN_MAX = 0x008
-R_OUT_MAX = 0x00C
-R_CMD_SEQ = 0x010
-R_CMD_ACK = 0x014
-R_IN_LEN = 0x018
-R_OUT_LEN = 0x01C
-R_OUT_WRITTEN = 0x020
-R_CMDS_DONE = 0x024
-R_CMDS_REFUSED = 0x028
-IN_OFF = 0x1000
-IN_MAX = 0x10000
-OUT_OFF = IN_OFF + IN_MAX
-OUT_MAX = 0x1000
-SLOT_SIZE = OUT_OFF + OUT_MAX
-#: The BAR the slot sits in when it is alone (a power of two).
-BAR_SIZE = 0x20000
 
 
 class CommandSlot:

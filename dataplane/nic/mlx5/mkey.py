@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dma import DmaMap
-from .commands import MAX_KLM_BYTE_COUNT, AccessMode, CmdError, Status, Syn
+from dataplane.hwspec.mlx5_prm import MAX_KLM_BYTE_COUNT, AccessMode, CmdError, Status, Syn
 
 __all__ = ["Mkey", "MkeyStore", "NULL_MKEY", "MIN_LOG_ENTITY", "MAX_LOG_ENTITY"]
 

@@ -2,7 +2,7 @@
 
 :meth:`Hca.execute` runs one command (input bytes -> output bytes) and never raises: a
 refused command is answered with a status and a syndrome
-(:mod:`~dataplane.nic.mlx5.commands`), a bug in the card with ``INTERNAL_ERR`` (logged).
+(:mod:`~dataplane.hwspec.mlx5_prm`), a bug in the card with ``INTERNAL_ERR`` (logged).
 
 **The VIRTIO_NET_Q state machine** (facts §3.4).  A virtq is created in INIT.
 Transitions asked for with MODIFY (bit STATE): INIT -> RDY, RDY -> SUSPEND, SUSPEND -> RDY,
@@ -29,7 +29,27 @@ from dataplane import log as dplog
 
 from ..dma import PAGE, DmaMap
 from ..kernels import ring_area_sizes
-from .commands import (
+from dataplane.hwspec.mlx5_prm import (
+    CQ_OUT,
+    CQE_SIZE,
+    MAX_LOG_CQ_SIZE,
+    QP_MOVES,
+    QP_OUT,
+    QP_QUERY_OUT,
+    EventType,
+    QpState,
+    FLOW_TABLE_NIC_RX,
+    HASH_FIELDS_KNOWN,
+    MATCH_KNOWN,
+    RQ_ENTRY,
+    RQT_OUT,
+    RQT_QUERY_OUT,
+    TIR_OUT,
+    HashFn,
+    Match,
+    RqType,
+    TirDisp,
+    toeplitz_key_bytes,
     COMMANDS,
     COUNTER_NAMES,
     COUNTERS,
@@ -61,13 +81,14 @@ from .commands import (
 )
 from .mkey import NULL_MKEY, MkeyStore
 
-__all__ = ["Hca", "Caps", "ring_areas", "VirtQ", "Umem", "Counters", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
+__all__ = ["Hca", "Caps", "ring_areas", "VirtQ", "Umem", "Counters", "Cq", "Qp", "Sub", "Rqt", "Tir", "FlowRule", "MAX_FLOWS", "MODIFIABLE", "TRANSITIONS", "MAX_QUEUE_SIZE",
            "MAX_OBJECTS", "umem_size"]
 
 log = dplog.get_logger("dataplane.nic.mlx5")
 
 MAX_QUEUE_SIZE = 32768
 MAX_OBJECTS = 1024
+MAX_FLOWS = 64
 
 #: modify bits allowed besides STATE, per current state.
 MODIFIABLE = {
@@ -100,8 +121,8 @@ class Caps:
     max_num_virtio_queues: int = 32
     max_queue_size: int = MAX_QUEUE_SIZE
     virtio_queue_type: int = (1 << QType.SPLIT) | (1 << QType.PACKED)
-    #: NO_MSIX and MSIX; QP comes with the CQ/QP event objects.
-    event_mode: int = (1 << EventMode.NO_MSIX) | (1 << EventMode.MSIX)
+    #: NO_MSIX, QP (event CQ/QP objects) and MSIX
+    event_mode: int = (1 << EventMode.NO_MSIX) | (1 << EventMode.QP) | (1 << EventMode.MSIX)
     virtio_version_1_0: int = 1
     #: offloads: none until the card's datapath does them.
     tso_ipv4: int = 0
@@ -136,6 +157,68 @@ class Caps:
             d[f"umem_{i}_buffer_param_a"] = a
             d[f"umem_{i}_buffer_param_b"] = b
         return d
+
+
+@dataclass
+class Cq:
+    cqn: int
+    log_size: int
+    first_only: bool
+    vector: int
+    cqe_iova: int
+    dbr_iova: int
+    cookie: int
+    sn: int = 0  # the arm sequence number the next arm must carry (2 bits)
+    armed: bool = False
+    events: int = 0
+    users: int = 0  # QPs on it
+
+
+@dataclass
+class Qp:
+    qpn: int
+    cqn: int
+    state: int = QpState.RST
+    remote: int = 0
+    users: int = 0  # virtqs naming it
+
+
+@dataclass
+class Sub:
+    """An error-event subscription of a virtq."""
+
+    cookie: int
+    vector: int
+
+
+@dataclass
+class Rqt:
+    rqtn: int
+    max_size: int
+    rqs: list  # VIRTIO_NET_Q object ids, in table order
+    users: int = 0  # TIRs on it
+
+
+@dataclass
+class Tir:
+    tirn: int
+    rqtn: int
+    symmetric: bool
+    l3: int
+    l4: int
+    fields: int  # HashField bits (0: no hash, the first RQT entry)
+    key: bytes
+    users: int = 0  # flow rules to it
+
+
+@dataclass
+class FlowRule:
+    flow_index: int
+    priority: int
+    criteria: int  # Match bits
+    ip_version: int
+    ip_protocol: int
+    tirn: int
 
 
 def umem_size(caps: Caps, i: int, q_size: int) -> int:
@@ -190,6 +273,16 @@ class Hca:
         self.virtqs: dict[int, VirtQ] = {}
         self.counters: dict[int, Counters] = {}
         self.tis: set[int] = set()  # TIS objects come with the RQT/TIR work
+        self.cqs: dict[int, Cq] = {}
+        self.qps: dict[int, Qp] = {}
+        self.subs: dict[int, Sub] = {}  # virtq obj_id -> its OBJECT_CHANGE subscription
+        self._next_cq = 1
+        self._next_qp = 1
+        self.rqts: dict[int, Rqt] = {}
+        self.tirs: dict[int, Tir] = {}
+        self.flows: dict[int, FlowRule] = {}
+        self._next_rqt = 1
+        self._next_tir = 1
         self._next_pd = 1
         self._next_umem = 1
         self._next_obj = 1
@@ -197,7 +290,9 @@ class Hca:
         self.refused = 0
         #: the device side (the card's datapath), told of virtq changes before they are committed:
         #: ``virtq_modify(vq, new_attrs)`` (may refuse with CmdError, may update ``new_attrs``: the indices
-        #: a suspended queue reached), ``virtq_destroy(vq)``, ``counters_sync()`` (before a counters query)
+        #: a suspended queue reached), ``virtq_destroy(vq)``, ``counters_sync()`` (before a counters query),
+        #: ``steering_changed()`` (after an RQT, TIR or flow rule changed), ``error_event(sub, vq)`` (a
+        #: subscribed virtq went to ERROR)
         self.observer = None
 
     # =========================================================================
@@ -299,6 +394,18 @@ class Hca:
             return UMEM_OUT.size
         if op == Op.CREATE_GENERAL_OBJECT:
             return OBJ_OUT.size
+        if op == Op.CREATE_RQT:
+            return RQT_OUT.size
+        if op == Op.CREATE_CQ:
+            return CQ_OUT.size
+        if op == Op.CREATE_QP:
+            return QP_OUT.size
+        if op == Op.QUERY_QP:
+            return QP_QUERY_OUT.size
+        if op == Op.QUERY_RQT:
+            return RQT_QUERY_OUT.size
+        if op == Op.CREATE_TIR:
+            return TIR_OUT.size
         if op == Op.QUERY_GENERAL_OBJECT:
             row = OBJECT_TYPES.get(hdr.get("obj_type"))
             return row[2].size if row else 0
@@ -464,10 +571,14 @@ class Hca:
             del self.counters[oid]
             return b""
         vq = self._virtq(oid, "DESTROY")
+        for rqt in self.rqts.values():
+            if oid in rqt.rqs:
+                raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY: virtq {oid} is in RQT {rqt.rqtn}")
         if self.observer is not None:
             self.observer.virtq_destroy(vq)
         self._release(oid, vq.attrs)
         del self.virtqs[oid]
+        self.subs.pop(oid, None)
         return b""
 
     def _virtq(self, oid: int, what: str) -> VirtQ:
@@ -475,6 +586,225 @@ class Hca:
         if vq is None:
             raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT, f"{what}: no VIRTIO_NET_Q object {oid}")
         return vq
+
+    # =========================================================================
+    # event objects: CQ, QP, subscriptions (facts §3.6, §3.10)
+    # =========================================================================
+
+    def _vector(self, v: int, what: str) -> None:
+        if v >= self.caps.num_msix_vectors:
+            raise CmdError(Status.BAD_PARAM, Syn.EVENT_VECTOR, f"{what}: vector {v} >= {self.caps.num_msix_vectors}")
+
+    def create_cq(self, hdr, body, tail) -> bytes:
+        log_n = body["log_cq_size"]
+        if not 0 < log_n <= MAX_LOG_CQ_SIZE:
+            raise CmdError(Status.BAD_PARAM, Syn.CQ_SIZE, f"CREATE_CQ: log_cq_size {log_n}")
+        self._vector(body["vector"], "CREATE_CQ")
+        size = CQE_SIZE << log_n
+        for name, iova, ln in (("cqe_iova", body["cqe_iova"], size), ("dbr_iova", body["dbr_iova"], 8)):
+            if iova % (64 if name == "cqe_iova" else 8):
+                raise CmdError(Status.BAD_PARAM, Syn.NOT_ALIGNED, f"CREATE_CQ: {name} {iova:#x}")
+            if self.dma.find(iova, ln) is None:
+                raise CmdError(Status.BAD_PARAM, Syn.UNMAPPED, f"CREATE_CQ: {name} [{iova:#x}, +{ln:#x}) not mapped")
+        if len(self.cqs) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_CQ")
+        n = self._next_cq
+        self._next_cq += 1
+        self.cqs[n] = Cq(n, log_n, bool(body["use_first_only"]), body["vector"], body["cqe_iova"], body["dbr_iova"],
+                         body["cookie"])
+        return CQ_OUT.pack(cqn=n)
+
+    def destroy_cq(self, hdr, body, tail) -> bytes:
+        cq = self.cqs.get(body["cqn"])
+        if cq is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_CQ, f"DESTROY_CQ: no CQ {body['cqn']}")
+        if cq.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_CQ: {cq.users} QPs use CQ {cq.cqn}")
+        del self.cqs[cq.cqn]
+        return b""
+
+    def _qp(self, n: int, what: str) -> Qp:
+        qp = self.qps.get(n)
+        if qp is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_QP, f"{what}: no QP {n}")
+        return qp
+
+    def create_qp(self, hdr, body, tail) -> bytes:
+        cqn = body["cqn"]
+        if cqn and cqn not in self.cqs:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_CQ, f"CREATE_QP: no CQ {cqn}")
+        if len(self.qps) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_QP")
+        n = self._next_qp
+        self._next_qp += 1
+        self.qps[n] = Qp(n, cqn)
+        if cqn:
+            self.cqs[cqn].users += 1
+        return QP_OUT.pack(qpn=n)
+
+    def destroy_qp(self, hdr, body, tail) -> bytes:
+        qp = self._qp(body["qpn"], "DESTROY_QP")
+        if qp.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_QP: {qp.users} virtqs name QP {qp.qpn}")
+        if qp.cqn:
+            self.cqs[qp.cqn].users -= 1
+        del self.qps[qp.qpn]
+        return b""
+
+    def move_qp(self, hdr, body, tail) -> bytes:
+        op = hdr["opcode"]
+        qp = self._qp(body["qpn"], COMMANDS[op].name)
+        frm, to = QP_MOVES[op]
+        if qp.state != frm:
+            raise CmdError(Status.BAD_RES_STATE, Syn.QP_STATE, f"{COMMANDS[op].name}: QP {qp.qpn} is in state {qp.state}")
+        if to == QpState.RTR:
+            self._qp(body["remote_qpn"], "INIT2RTR_QP remote_qpn")
+            qp.remote = body["remote_qpn"]
+        qp.state = to
+        return b""
+
+    def query_qp(self, hdr, body, tail) -> bytes:
+        qp = self._qp(body["qpn"], "QUERY_QP")
+        return QP_QUERY_OUT.pack(state=qp.state, cqn=qp.cqn, remote_qpn=qp.remote)
+
+    def event_cq(self, qpn: int) -> Cq | None:
+        """The CQ a virtq in QP mode completes into: its FW QP (``qpn``, RTS), that QP's peer, the peer's CQ."""
+        qp = self.qps.get(qpn)
+        if qp is None or qp.state != QpState.RTS:
+            return None
+        peer = self.qps.get(qp.remote)
+        return self.cqs.get(peer.cqn) if peer is not None and peer.cqn else None
+
+    def subscribe_event(self, hdr, body, tail) -> bytes:
+        if body["obj_type"] != ObjType.VIRTIO_NET_Q or body["event_type"] != EventType.OBJECT_CHANGE:
+            raise CmdError(Status.BAD_PARAM, Syn.EVENT_TYPE,
+                           f"SUBSCRIBE_EVENT: obj_type {body['obj_type']:#x} event_type {body['event_type']:#x}")
+        self._virtq(body["obj_id"], "SUBSCRIBE_EVENT")
+        self._vector(body["vector"], "SUBSCRIBE_EVENT")
+        self.subs[body["obj_id"]] = Sub(body["cookie"], body["vector"])
+        return b""
+
+    # =========================================================================
+    # RSS steering: RQT, TIR, flow rules (facts §3.7)
+    # =========================================================================
+
+    def _steering_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.steering_changed()
+
+    def _rq_list(self, body, tail, what: str) -> list[int]:
+        if body["rq_type"] != RqType.VIRTQ:
+            raise CmdError(Status.BAD_PARAM, Syn.RQ_TYPE, f"{what}: rq_type {body['rq_type']}, only VIRTQ")
+        mx, n, limit = body["rqt_max_size"], body["rqt_actual_size"], 1 << self.caps.log_max_rqt_size
+        if not 0 < mx <= limit or not 0 < n <= mx:
+            raise CmdError(Status.BAD_PARAM, Syn.RQT_SIZE,
+                           f"{what}: rqt_max_size {mx}, rqt_actual_size {n} (limit {limit})")
+        rqs = [e["rq_num"] for e in tail]
+        for oid in rqs:
+            if oid not in self.virtqs:
+                raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT, f"{what}: no VIRTIO_NET_Q object {oid}")
+        return rqs
+
+    def create_rqt(self, hdr, body, tail) -> bytes:
+        rqs = self._rq_list(body, tail, "CREATE_RQT")
+        if len(self.rqts) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_RQT")
+        n = self._next_rqt
+        self._next_rqt += 1
+        self.rqts[n] = Rqt(n, body["rqt_max_size"], rqs)
+        self._steering_changed()
+        return RQT_OUT.pack(rqtn=n)
+
+    def _rqt(self, n: int, what: str) -> Rqt:
+        r = self.rqts.get(n)
+        if r is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_RQT, f"{what}: no RQT {n}")
+        return r
+
+    def modify_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "MODIFY_RQT")
+        rqs = self._rq_list(body, tail, "MODIFY_RQT")
+        if body["rqt_max_size"] != r.max_size:
+            raise CmdError(Status.BAD_PARAM, Syn.RQT_SIZE, f"MODIFY_RQT: rqt_max_size {body['rqt_max_size']} "
+                                                           f"is not the RQT's {r.max_size}")
+        r.rqs = rqs
+        self._steering_changed()
+        return b""
+
+    def query_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "QUERY_RQT")
+        return RQT_QUERY_OUT.pack(rq_type=RqType.VIRTQ, rqt_max_size=r.max_size, rqt_actual_size=len(r.rqs)) + \
+            b"".join(RQ_ENTRY.pack(rq_num=o) for o in r.rqs)
+
+    def destroy_rqt(self, hdr, body, tail) -> bytes:
+        r = self._rqt(body["rqtn"], "DESTROY_RQT")
+        if r.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_RQT: {r.users} TIRs use RQT {r.rqtn}")
+        del self.rqts[r.rqtn]
+        self._steering_changed()
+        return b""
+
+    def create_tir(self, hdr, body, tail) -> bytes:
+        if body["disp_type"] != TirDisp.INDIRECT:
+            raise CmdError(Status.BAD_PARAM, Syn.TIR_DISP, "CREATE_TIR: only indirect TIRs (on an RQT)")
+        fields, fn = body["selected_fields"], body["rx_hash_fn"]
+        if fn not in (HashFn.NONE, HashFn.TOEPLITZ) or (fields and fn != HashFn.TOEPLITZ):
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FN, f"CREATE_TIR: rx_hash_fn {fn} with fields {fields:#x}")
+        if fields & ~HASH_FIELDS_KNOWN:
+            raise CmdError(Status.BAD_PARAM, Syn.HASH_FIELDS, f"CREATE_TIR: selected_fields {fields:#x}")
+        rqt = self._rqt(body["indirect_table"], "CREATE_TIR")
+        if len(self.tirs) >= MAX_OBJECTS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, "CREATE_TIR")
+        n = self._next_tir
+        self._next_tir += 1
+        self.tirs[n] = Tir(n, rqt.rqtn, bool(body["rx_hash_symmetric"]), body["l3_prot_type"], body["l4_prot_type"],
+                           fields, toeplitz_key_bytes(body))
+        rqt.users += 1
+        self._steering_changed()
+        return TIR_OUT.pack(tirn=n)
+
+    def destroy_tir(self, hdr, body, tail) -> bytes:
+        tir = self.tirs.get(body["tirn"])
+        if tir is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_TIR, f"DESTROY_TIR: no TIR {body['tirn']}")
+        if tir.users:
+            raise CmdError(Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE, f"DESTROY_TIR: {tir.users} flow rules use it")
+        self.rqts[tir.rqtn].users -= 1
+        del self.tirs[tir.tirn]
+        self._steering_changed()
+        return b""
+
+    def set_flow(self, hdr, body, tail) -> bytes:
+        if body["table_id"] != FLOW_TABLE_NIC_RX:
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_TABLE, f"SET_FLOW_TABLE_ENTRY: table {body['table_id']}")
+        crit = body["match_criteria"]
+        if crit & ~MATCH_KNOWN or (crit & Match.IP_VERSION and body["ip_version"] not in (4, 6)):
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_MATCH,
+                           f"SET_FLOW_TABLE_ENTRY: criteria {crit:#x}, ip_version {body['ip_version']}")
+        tir = self.tirs.get(body["tirn"])
+        if tir is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_TIR, f"SET_FLOW_TABLE_ENTRY: no TIR {body['tirn']}")
+        idx = body["flow_index"]
+        old = self.flows.get(idx)
+        if old is None and len(self.flows) >= MAX_FLOWS:
+            raise CmdError(Status.NO_RESOURCES, Syn.TOO_MANY_OBJECTS, f"SET_FLOW_TABLE_ENTRY: {MAX_FLOWS} rules")
+        if old is not None:
+            self.tirs[old.tirn].users -= 1
+        self.flows[idx] = FlowRule(idx, body["priority"], crit, body["ip_version"] if crit & Match.IP_VERSION else 0,
+                                   body["ip_protocol"] if crit & Match.IP_PROTOCOL else -1, tir.tirn)
+        tir.users += 1
+        self._steering_changed()
+        return b""
+
+    def delete_flow(self, hdr, body, tail) -> bytes:
+        if body["table_id"] != FLOW_TABLE_NIC_RX:
+            raise CmdError(Status.BAD_PARAM, Syn.FLOW_TABLE, f"DELETE_FLOW_TABLE_ENTRY: table {body['table_id']}")
+        f = self.flows.pop(body["flow_index"], None)
+        if f is None:
+            raise CmdError(Status.BAD_RESOURCE, Syn.UNKNOWN_FLOW, f"DELETE_FLOW_TABLE_ENTRY: no rule {body['flow_index']}")
+        self.tirs[f.tirn].users -= 1
+        self._steering_changed()
+        return b""
 
     # -- the device side ------------------------------------------------------------------
 
@@ -485,6 +815,9 @@ class Hca:
         vq.attrs["error_type"] = error_type & 0xFF
         log.error("mlx5: virtq in error", function=self.name, obj_id=oid, queue_index=vq.attrs["queue_index"],
                   error_type=error_type)
+        sub = self.subs.get(oid)
+        if sub is not None and self.observer is not None:
+            self.observer.error_event(sub, vq)
 
     # -- virtq checks and references -------------------------------------------------------
 
@@ -504,6 +837,12 @@ class Hca:
             raise CmdError(Status.BAD_PARAM, Syn.QUEUE_SIZE, f"q_size {n}")
         if not caps.event_mode >> a["event_mode"] & 1:
             raise CmdError(Status.BAD_PARAM, Syn.EVENT_MODE, f"event_mode {a['event_mode']}")
+        if a["event_mode"] == EventMode.QP:
+            if a["qp_id"] not in self.qps:
+                raise CmdError(Status.BAD_PARAM, Syn.EVENT_TARGET, f"event QP {a['qp_id']} does not exist")
+            if a["state"] == QState.RDY and self.event_cq(a["qp_id"]) is None:
+                raise CmdError(Status.BAD_PARAM, Syn.EVENT_TARGET,
+                               f"event QP {a['qp_id']} is not RTS, connected to a QP with a CQ")
         if a["event_mode"] == EventMode.MSIX and a["qp_id"] >= caps.num_msix_vectors:
             raise CmdError(Status.BAD_PARAM, Syn.EVENT_TARGET,
                            f"MSIX vector {a['qp_id']} >= num_msix_vectors {caps.num_msix_vectors}")
@@ -555,6 +894,8 @@ class Hca:
 
     def _refs(self, a: dict):
         yield "pd", a["pd"]
+        if a["event_mode"] == EventMode.QP:
+            yield "qp", a["qp_id"]
         yield "mkey", a["mkey"]
         if a["dirty_bitmap_mkey"]:
             yield "mkey", a["dirty_bitmap_mkey"]
@@ -571,6 +912,8 @@ class Hca:
                 self.mkeys.mkeys[ref].users += 1
             elif kind == "counters":
                 self.counters[ref].user = oid
+            elif kind == "qp":
+                self.qps[ref].users += 1
             else:
                 self.umems[ref].user = oid
 
@@ -582,6 +925,8 @@ class Hca:
                 self.mkeys.mkeys[ref].users -= 1
             elif kind == "counters":
                 self.counters[ref].user = 0
+            elif kind == "qp":
+                self.qps[ref].users -= 1
             else:
                 self.umems[ref].user = 0
 

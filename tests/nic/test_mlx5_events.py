@@ -1,0 +1,231 @@
+"""The mlx5 card's event objects (facts §3.6, §3.10): a virtq in QP mode completes into a CQ through its FW QP
+and the SW QP peer; an armed CQ gets one event (a record in the completion event ring, the CQ's MSI-X eventfd),
+then is disarmed until the driver arms it with the next sn; a virtq going ERROR gives a subscribed OBJECT_CHANGE
+error event."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from dataplane.hwspec.mlx5_prm import (
+    CQ_IN,
+    CQ_OUT,
+    CQ_REF,
+    CQE_OP_OWN,
+    CQE_WQE_COUNTER,
+    DBR_ARM,
+    EQ_ENTRIES,
+    EQ_NENT,
+    EQ_PROD,
+    EQ_SLOTS,
+    ERRQ_OFF,
+    EVQ_OFF,
+    IN_HDR,
+    QP_IN,
+    QP_MODIFY,
+    QP_OUT,
+    QP_QUERY_OUT,
+    QP_REF,
+    SUBSCRIBE_IN,
+    UAR_CQ_DB,
+    UAR_OFF,
+    EventMode,
+    EventType,
+    ObjType,
+    Op,
+    QpState,
+    QState,
+    Status,
+    Syn,
+)
+from dataplane.nic.kernels import ERR_RING_DMA
+from dataplane.testing.mlx5_cmd import Mlx5Driver, Mlx5Vf
+from dataplane.testing.nic_card import wait_for
+from dataplane.testing.nic_driver import NicQueue, net_frame
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, eventfd_count
+
+CARD_MODEL = "mlx5"
+BCAST = b"\xff" * 6
+SRC = b"\x02\x00\x00\x00\x00\x01"
+CQ_VEC, ERR_VEC = 2, 3
+COOKIE = 0xC0FFEE0000000001
+
+
+class EvVf(Mlx5Vf):
+    """A VF whose RX virtq 0 runs in QP mode: CQ (64 entries, use_first_only), SW QP on it, FW QP (Mlx5Vf's
+    ready and close)."""
+
+    def __init__(self, vf_dir, *, qp_mode=True):  # the base's queues, made here around the event objects
+        self.mem = GuestMemoryLayout.simple(8 << 20, gpa=1 << 20)
+        self.drv = Mlx5Driver(vf_dir, self.mem)
+        self.fw = self.drv.fw
+        self.drv.set_irqs(4)
+        self.rx = NicQueue(self.drv, self.mem, 0, num=64)
+        self.tx = NicQueue(self.drv, self.mem, 1, num=64)
+        self.cqe_gpa = self.mem.alloc(64 * 64, 4096)
+        self.dbr_gpa = self.mem.alloc(64, 64)
+        self.cqes = self.mem.view(self.cqe_gpa, 64 * 64)
+        struct.pack_into(">H", self.cqes, CQE_WQE_COUNTER, 0xFFFF)  # HW ownership, as the driver starts it
+        self.cqes[CQE_OP_OWN] = 1
+        if qp_mode:
+            self.cqn = self.cmd(Op.CREATE_CQ, CQ_IN, CQ_OUT, log_cq_size=6, use_first_only=1, vector=CQ_VEC,
+                                cqe_iova=self.cqe_gpa, dbr_iova=self.dbr_gpa, cookie=COOKIE)["cqn"]
+            self.sw = self.cmd(Op.CREATE_QP, QP_IN, QP_OUT, cqn=self.cqn, log_rq_size=6)["qpn"]
+            self.fwqp = self.cmd(Op.CREATE_QP, QP_IN, QP_OUT, cqn=0)["qpn"]
+        self.rxq = self.drv.create_virtq(self.rx, event_mode=EventMode.QP if qp_mode else EventMode.NO_MSIX,
+                                         qp_id=self.fwqp if qp_mode else 0)
+        self.txq = self.drv.create_virtq(self.tx)
+
+    def raw(self, op, body_layout, out_layout=None, **kw):
+        return self.fw.cmd(IN_HDR.pack(opcode=op) + body_layout.pack(**kw), out_layout)
+
+    def cmd(self, op, body_layout, out_layout=None, **kw):
+        return self.drv.ok(self.raw(op, body_layout, out_layout, **kw)).fields
+
+    def connect(self):
+        for a, b in ((self.fwqp, self.sw), (self.sw, self.fwqp)):
+            self.cmd(Op.RST2INIT_QP, QP_MODIFY, qpn=a)
+            self.cmd(Op.INIT2RTR_QP, QP_MODIFY, qpn=a, remote_qpn=b)
+            self.cmd(Op.RTR2RTS_QP, QP_MODIFY, qpn=a)
+
+    def arm(self, sn):
+        """DPDK's arm: the arm word (sn, CMD_ALL, ci) in the doorbell record, then the UAR CQ doorbell."""
+        word = sn << 28 | 0 << 24
+        struct.pack_into(">I", self.mem.view(self.dbr_gpa, 8), DBR_ARM, word)
+        self.drv.bar0.u8[UAR_OFF + UAR_CQ_DB : UAR_OFF + UAR_CQ_DB + 8] = \
+            memoryview(struct.pack("<Q", word << 32 | self.cqn))
+
+    def wqe_counter(self):
+        return struct.unpack_from(">H", self.cqes, CQE_WQE_COUNTER)[0]
+
+    def ring(self, base):
+        bar = self.drv.bar0
+        prod = bar.r32(base + EQ_PROD)
+        assert bar.r32(base + EQ_NENT) == EQ_SLOTS
+        return [struct.unpack_from("<QQ", bar.u8, base + EQ_ENTRIES + 16 * (i % EQ_SLOTS)) for i in range(prod)]
+
+
+
+class Sender(EvVf):
+    def __init__(self, vf_dir):
+        super().__init__(vf_dir, qp_mode=False)
+
+
+def _send(a, b, n):
+    for _ in range(n):
+        b.rx.post_rx()
+    b.rx.kick(force=True)
+    for i in range(n):
+        a.tx.send(net_frame(BCAST, SRC, bytes([i]) * 60))
+    a.tx.kick(force=True)
+    a.tx.wait_used(n)
+    return b.rx.wait_used(n)
+
+
+def test_qp_states_and_refusals(card, on_vf):
+    v = on_vf(EvVf, 0)
+    # the virtq names its FW QP: RDY needs it RTS and connected to a QP with a CQ
+    r = v.drv.set_state(v.rxq, QState.RDY)
+    assert (r.status, r.syndrome) == (Status.BAD_PARAM, Syn.EVENT_TARGET)
+    r = v.raw(Op.RTR2RTS_QP, QP_MODIFY, qpn=v.fwqp)
+    assert (r.status, r.syndrome) == (Status.BAD_RES_STATE, Syn.QP_STATE)
+    r = v.raw(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=v.sw)
+    assert (r.status, r.syndrome) == (Status.BAD_RES_STATE, Syn.QP_STATE)
+    v.cmd(Op.RST2INIT_QP, QP_MODIFY, qpn=v.fwqp)
+    r = v.raw(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=999)
+    assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_QP)
+    assert v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.fwqp)["state"] == QpState.INIT
+    v.cmd(Op.INIT2RTR_QP, QP_MODIFY, qpn=v.fwqp, remote_qpn=v.sw)
+    v.cmd(Op.RTR2RTS_QP, QP_MODIFY, qpn=v.fwqp)
+    q = v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.fwqp)
+    assert (q["state"], q["remote_qpn"], q["cqn"]) == (QpState.RTS, v.sw, 0)
+    assert v.cmd(Op.QUERY_QP, QP_REF, QP_QUERY_OUT, qpn=v.sw)["cqn"] == v.cqn
+    assert v.drv.set_state(v.rxq, QState.RDY).status == Status.OK
+    # hostile: bad CQ sizes, vectors, memory; objects in use
+    for kw, syn in ((dict(log_cq_size=0), Syn.CQ_SIZE), (dict(log_cq_size=16), Syn.CQ_SIZE),
+                    (dict(log_cq_size=6, vector=40), Syn.EVENT_VECTOR),
+                    (dict(log_cq_size=6, cqe_iova=0x7000_0000), Syn.UNMAPPED),
+                    (dict(log_cq_size=6, cqe_iova=v.cqe_gpa + 8), Syn.NOT_ALIGNED)):
+        kw = dict(dict(cqe_iova=v.cqe_gpa, dbr_iova=v.dbr_gpa), **kw)
+        r = v.raw(Op.CREATE_CQ, CQ_IN, CQ_OUT, **kw)
+        assert (r.status, r.syndrome) == (Status.BAD_PARAM, syn), kw
+    r = v.raw(Op.CREATE_QP, QP_IN, QP_OUT, cqn=999)
+    assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_CQ)
+    r = v.raw(Op.DESTROY_CQ, CQ_REF, cqn=v.cqn)
+    assert (r.status, r.syndrome) == (Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE)
+    r = v.raw(Op.DESTROY_QP, QP_REF, qpn=v.fwqp)
+    assert (r.status, r.syndrome) == (Status.RESOURCE_BUSY, Syn.OBJECT_IN_USE)
+    r = v.raw(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_Q_COUNTERS,
+              event_type=EventType.OBJECT_CHANGE, obj_id=v.rxq)
+    assert (r.status, r.syndrome) == (Status.BAD_PARAM, Syn.EVENT_TYPE)
+    # torn down in order: virtq, FW QP, SW QP, CQ
+    assert v.drv.set_state(v.rxq, QState.SUSPEND).status == Status.OK
+    v.drv.ok(v.fw.destroy_virtq(v.rxq))
+    v.cmd(Op.DESTROY_QP, QP_REF, qpn=v.fwqp)
+    v.cmd(Op.DESTROY_QP, QP_REF, qpn=v.sw)
+    v.cmd(Op.DESTROY_CQ, CQ_REF, cqn=v.cqn)
+
+
+def test_completions_write_the_cqe_and_an_armed_cq_signals_once(card, on_vf):
+    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
+    b.connect()
+    a.ready()
+    b.ready()
+    ev = b.drv.irq_fd(CQ_VEC)
+    b.arm(0)
+    _send(a, b, 3)
+    wait_for(lambda: b.wqe_counter() == 2, what="wqe_counter 0xFFFF + 3")
+    wait_for(lambda: b.ring(EVQ_OFF), what="the completion event")
+    assert b.ring(EVQ_OFF) == [(COOKIE, b.cqn)]
+    assert eventfd_count(ev) == 1
+    assert b.cqes[CQE_OP_OWN] >> 4 == 0  # a requester completion
+    # disarmed: more completions advance the counter, no event
+    _send(a, b, 2)
+    wait_for(lambda: b.wqe_counter() == 4, what="wqe_counter advanced by 2")
+    time.sleep(0.05)
+    assert eventfd_count(ev) == 0 and len(b.ring(EVQ_OFF)) == 1
+    # an arm with the old sn is stale: still nothing
+    b.arm(0)
+    _send(a, b, 1)
+    wait_for(lambda: b.wqe_counter() == 5, what="wqe_counter 5")
+    time.sleep(0.05)
+    assert eventfd_count(ev) == 0
+    # armed with the next sn: the next completion signals, once
+    b.arm(1)
+    time.sleep(0.05)
+    assert eventfd_count(ev) == 0  # arming alone is no event
+    _send(a, b, 4)
+    wait_for(lambda: b.wqe_counter() == 9, what="wqe_counter 9")
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 2, what="the second event")
+    assert eventfd_count(ev) == 1
+    # the driver's drain resets the counter: the card counts on from what is there
+    struct.pack_into(">H", b.cqes, CQE_WQE_COUNTER, 0xFFFF)
+    _send(a, b, 2)
+    wait_for(lambda: b.wqe_counter() == 1, what="wqe_counter from 0xFFFF")
+    assert b.drv.counters(b.rxq)["error_cqes"] == 0
+    assert b.drv.counters(b.rxq)["completed_desc"] == 12
+
+
+def test_a_dma_fault_gives_the_subscribed_error_event(card, on_vf):
+    a, b = on_vf(Sender, 0), on_vf(Sender, 1)
+    a.ready()
+    b.ready()
+    r = b.raw(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_NET_Q, event_type=EventType.OBJECT_CHANGE,
+              obj_id=999, vector=ERR_VEC, cookie=1)
+    assert (r.status, r.syndrome) == (Status.BAD_RESOURCE, Syn.UNKNOWN_OBJECT)
+    cookie = 1 << 32 | 0  # DPDK's (version << 32) | index
+    b.cmd(Op.SUBSCRIBE_EVENT, SUBSCRIBE_IN, obj_type=ObjType.VIRTIO_NET_Q, event_type=EventType.OBJECT_CHANGE,
+          obj_id=b.rxq, vector=ERR_VEC, cookie=cookie)
+    _send(a, b, 1)
+    assert b.ring(ERRQ_OFF) == []
+    b.drv.dma_unmap(b.mem.regions[0].gpa, b.mem.regions[0].size)  # the rings go: a fault, ERROR
+    wait_for(lambda: b.ring(ERRQ_OFF), what="the error event")
+    (ck, info), = b.ring(ERRQ_OFF)[:1]
+    assert ck == cookie
+    assert info >> 56 == EventType.OBJECT_CHANGE
+    assert (info >> 48) & 0xFF == ERR_RING_DMA
+    assert (info >> 32) & 0xFFFF == 0 and info & 0xFFFFFFFF == b.rxq
+    assert eventfd_count(b.drv.irq_fd(ERR_VEC)) >= 1
+    q = b.drv.query(b.rxq)
+    assert (q["state"], q["error_type"]) == (QState.ERROR, ERR_RING_DMA)
