@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import threading
 from typing import Any
 
 from dataplane import log as dplog
 from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, VdpaDevOps, VdpaDevice, VdpaError, \
     register_device, unregister_device
+from dataplane.vdpa.fdthread import EventfdRelay as _Relay
 from dataplane.vdpa.ifcvf import regs as R
 from dataplane.vdpa.ifcvf.hw import IfcvfHw, IfcvfHwError, find_vf_dir
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
@@ -82,47 +82,6 @@ def parse_devargs(args: dict[str, str]) -> bool:
     if "vdpa" not in args or num("vdpa") != 1:
         raise NotOurDevice("vdpa=1 not given: the function is left to another driver")
     return "sw-live-migration" in args and num("sw-live-migration") != 0
-
-
-class _Relay(threading.Thread):
-    """A thread waiting on eventfds: ``handler(key)`` for each event, until :meth:`stop`."""
-
-    def __init__(self, name: str, fds: dict[int, Any], handler):
-        super().__init__(name=name, daemon=True)
-        self.fds = dict(fds)
-        self.handler = handler
-        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.events = 0
-
-    def run(self) -> None:
-        ep = select.epoll()
-        try:
-            ep.register(self._stop_fd, select.EPOLLIN)
-            for fd in self.fds:
-                ep.register(fd, select.EPOLLIN | select.EPOLLPRI)
-            while True:
-                for fd, _ in ep.poll():
-                    if fd == self._stop_fd:
-                        return
-                    try:
-                        os.eventfd_read(fd)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError:
-                        continue
-                    self.events += 1
-                    try:
-                        self.handler(self.fds[fd])
-                    except Exception:
-                        log.exception("ifcvf: relay handler failed", thread=self.name)
-        finally:
-            ep.close()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        os.eventfd_write(self._stop_fd, 1)
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
-        os.close(self._stop_fd)
 
 
 class _Mediated:
