@@ -1,0 +1,256 @@
+"""The mlx5 vDPA driver on the emulated ConnectX-6 Dx (a card process): probe, registry, mgmtdev; dev_conf
+programs the card (guest mkey, virtqs RDY in QP event mode, RSS steering); frames cross the card's switch from
+VF1's TX ring to VF2's RX ring; completions reach the front-ends' callfds through the event thread in each
+event mode; GET_VRING_BASE returns the card's indices and a second connection resumes; the six stats; a DMA
+fault gives error events, recoveries, and the driver gives up after 3 errors in 3 s."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from dataplane.hwspec import mlx5_prm as P
+from dataplane.testing.nic_card import card_in_runtime
+from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend, eventfd_count
+from dataplane.vdpa import device as vdpa
+from dataplane.vdpa.device import VdpaError
+from dataplane.vdpa.mlx5 import rss as RSS
+from dataplane.vdpa.mlx5.devargs import NotOurDevice
+from dataplane.vdpa.mlx5.driver import probe
+from dataplane.vdpa.mlx5.features import MLX5_VDPA_PROTOCOL_FEATURES
+from dataplane.vdpa.mlx5.hw import Mlx5HwError
+from dataplane.vdpa.mlx5.stats import STATS_NAMES
+from dataplane.vhost.library import VhostLibrary
+from dataplane.vhost_user.features import VirtioFeature as VF, bit
+
+VF1, VF2 = "0000:00:06.1", "0000:00:06.2"
+WRITE = 2
+GUEST_GPA = 0x100000
+SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)
+
+
+@pytest.fixture(scope="module")
+def card():
+    with card_in_runtime(vfs=2, prefix="m5w", model="mlx5") as c:
+        yield c
+
+
+@pytest.fixture
+def served(card):
+    """``make(bdf, args)``: the probed VF on a fresh socket of a private vhost library."""
+    d = tempfile.mkdtemp(prefix="vh")
+    lib = VhostLibrary()
+    made = []
+
+    def make(bdf, args=None):
+        dev = probe(bdf, args or {"class": "vdpa"}, lib)
+        made.append(dev)
+        path = os.path.join(d, f"{bdf}.sock")
+        lib.driver_register(path, 0)
+        lib.driver_attach_vdpa_device(path, dev.vdev)
+        lib.driver_start(path)
+        return path, dev
+
+    yield make
+    lib.close()
+    for dev in made:
+        dev.delete()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _post(vr, addr, length, flags, kick=True):
+    head = vr.avail_idx % vr.num
+    words = vr.desc.view(np.uint64)
+    words[2 * head] = addr
+    words[2 * head + 1] = length | flags << 32
+    vr.avail[2 + head] = head
+    vr.avail_idx = vr.avail_idx + 1
+    if kick:
+        os.eventfd_write(vr.kick_fd, 1)
+
+
+def _connect(path, bases=None, resume=None, pairs=1):
+    guest = GuestMemoryLayout.simple(4 << 20, gpa=GUEST_GPA)
+    fe = VhostUserFrontend.connect(path, memory=guest)
+    for q, idx in (resume or {}).items():
+        for r in range(2 * pairs):
+            if r not in fe.vrings:
+                fe.alloc_vring(r, 64, packed=False)
+        vr = fe.vrings[q]
+        vr.avail_idx = idx
+        vr.used.view(np.uint16)[1] = idx
+    fe.start(num_queues=pairs, queue_size=64, bases=bases, features=SPLIT)
+    return guest, fe
+
+
+def _frame(src_last: int, payload: bytes) -> bytes:
+    return bytes(12) + b"\xff" * 6 + bytes([2, 0, 0, 0, 0, src_last]) + b"\x88\xb5" + payload
+
+
+def _send(guest, vr, frame):
+    src = guest.alloc(len(frame))
+    guest.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
+    _post(vr, src, len(frame), 0)
+
+
+def _query(dev, q):
+    return dev.hw.obj(P.Op.QUERY_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, dev.virtqs[q].oid, out=P.VIRTQ)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_probe_registers_the_vf_with_dpdk_features(card, served):
+    path, dev = served(VF1)
+    vdev = vdpa.find_device_by_name(VF1)
+    assert vdev is dev.vdev and vdev.driver == "mlx5"
+    assert vdpa.get_queue_num(vdev) == 16  # max_num_virtio_queues 32 / 2
+    f = vdpa.get_features(vdev)
+    assert f & 0x104c600008 == 0x104c600008
+    assert f & bit(VF.VIRTIO_F_VERSION_1) and f & bit(VF.VIRTIO_F_RING_PACKED)
+    assert vdpa.get_protocol_features(vdev) == MLX5_VDPA_PROTOCOL_FEATURES == 0x10c33
+    assert vdpa.get_stats_names(vdev) == list(STATS_NAMES)
+    assert dev.mgmtdev.bus == "pci" and dev.mgmtdev.name == VF1
+    ops = dev.vdev.ops
+    assert ops.get_notify_area(0, 0) == ops.get_notify_area(0, 5) == (P.VAR_OFF, P.VAR_SIZE)
+    with pytest.raises(NotOurDevice):
+        probe(VF2, {"class": "eth"}, None)
+    with pytest.raises(NotOurDevice):
+        probe(VF2, {}, None)
+    with pytest.raises(Mlx5HwError, match="no such PCI function"):
+        probe("0000:00:07.1", {"class": "vdpa"}, None)
+    with pytest.raises(Mlx5HwError, match="in use"):  # one driver at a time: the card refuses a second
+        probe(VF1, {"class": "vdpa"}, None, vf_dir=card.vf_dir(0))
+    # stats before any virtq: EINVAL (no counters object yet), E2BIG past the queues
+    with pytest.raises(VdpaError) as e:
+        vdpa.get_stats(vdev, 0)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(VdpaError) as e:
+        vdpa.get_stats(vdev, 32)
+    assert e.value.errno == errno.E2BIG
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_frames_cross_the_card_and_completions_reach_the_callfds(card, served, mode):
+    args = {"class": "vdpa", "event_mode": str(mode), "event_us": "200", "no_traffic_time": "4"}
+    path1, dev1 = served(VF1, args)
+    path2, dev2 = served(VF2, args)
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured), "dev_conf did not run"
+        assert dev1.ev_thread is not None and dev1.ev_thread.name.startswith("vDPA-mlx5-")
+        for dev in (dev1, dev2):
+            for q in (0, 1):
+                a = _query(dev, q)
+                assert a["state"] == P.QState.RDY and a["event_mode"] == P.EventMode.QP
+                assert a["mkey"] == dev.gpa_mkey and a["counters_obj_id"] == dev.virtqs[q].counters
+            assert dev.rqtn is not None and len(dev.tirs) == 7
+        rx, tx = fe2.vrings[0], fe1.vrings[1]
+        # the setup wrote 1 to every callfd once
+        assert eventfd_count(rx.call_fd) == 1 and eventfd_count(tx.call_fd) == 1
+        bufs = [g2.alloc(2048) for _ in range(4)]
+        for b in bufs:
+            _post(rx, b, 2048, WRITE)
+        irq0 = dev2.interrupts
+        frame = _frame(1, b"hello through the mlx5 card" + bytes(40))
+        _send(g1, tx, frame)
+        assert _wait(lambda: rx.used_idx == 1), "the frame did not reach VF2's RX ring"
+        assert bytes(g2.view(bufs[0], len(frame)))[12:] == frame[12:]
+        assert _wait(lambda: tx.used_idx == 1)
+        assert dev1.relayed_kicks >= 1
+        # the event thread completed the CQs and wrote the callfds
+        assert _wait(lambda: dev2.interrupts > irq0), "no completion interrupt"
+        assert _wait(lambda: eventfd_count(rx.call_fd) >= 1)
+        assert _wait(lambda: eventfd_count(tx.call_fd) >= 1)
+        # again after the thread fell back to interrupt wait (modes 0/1) or re-armed (mode 2)
+        time.sleep(0.2)
+        _send(g1, tx, _frame(1, b"second" + bytes(60)))
+        assert _wait(lambda: rx.used_idx == 2)
+        assert _wait(lambda: eventfd_count(rx.call_fd) >= 1), "no interrupt for the second frame"
+        if mode != 2:
+            assert dev1.policy.blocks >= 1  # the no-traffic fall-back happened
+        # stats: the six counters of the card's counters objects
+        st = dict(vdpa.get_stats(dev1.vdev, 1))
+        assert st[0] == 2 and st[1] == 2 and st[2] == st[3] == st[4] == st[5] == 0
+        assert dict(vdpa.get_stats(dev2.vdev, 0))[1] == 2
+        assert vdpa.reset_stats(dev1.vdev, 1) == 0
+        assert dict(vdpa.get_stats(dev1.vdev, 1))[0] == 0
+        # GET_VRING_BASE stops the device: the answer is the card's indices
+        assert fe1.get_vring_base(1) == 2
+        assert fe1.get_vring_base(0) == 0
+        assert not dev1.configured and dev1.ev_thread is None
+    finally:
+        fe1.close()
+        g1.close()
+    # a second connection on VF1 resumes from the saved indices
+    g1, fe1 = _connect(path1, bases={1: 2}, resume={1: 2})
+    try:
+        assert _wait(lambda: dev1.configured)
+        assert _query(dev1, 1)["hw_available_index"] >= 2
+        tx = fe1.vrings[1]
+        frame = _frame(1, b"second connection" + bytes(40))
+        _send(g1, tx, frame)
+        assert _wait(lambda: tx.used_idx == 3), tx.used_idx
+        assert _wait(lambda: rx.used_idx == 3)
+        assert bytes(g2.view(bufs[2], len(frame)))[12:] == frame[12:]
+        # the counters persist across reconfiguration (from the reset snapshot)
+        assert dict(vdpa.get_stats(dev1.vdev, 1))[0] == 1
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+
+
+def test_a_dma_fault_is_recovered_then_given_up_after_3_in_3s(card, served):
+    path1, dev1 = served(VF1, {"class": "vdpa", "event_mode": "2"})
+    path2, dev2 = served(VF2, {"class": "vdpa", "event_mode": "2"})
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        tx = fe1.vrings[1]
+        oid0 = dev1.virtqs[1].oid
+        _post(tx, 0x7000_0000, 64, 0)  # outside guest memory: the card faults, the virtq goes ERROR
+        # each error event: query, destroy, set up again from the saved indices (the same bad chain faults again)
+        assert _wait(lambda: dev1.gave_up == [1], timeout=30), (dev1.recoveries, dev1.gave_up)
+        assert dev1.recoveries == 3  # recovered 3 times, the 4th error within 3 s gives up
+        assert dev1.virtqs[1].oid is None and dev1.virtqs[1].oid != oid0
+        # the other virtq and the other VF go on
+        assert _query(dev1, 0)["state"] == P.QState.RDY
+        assert _query(dev2, 1)["state"] == P.QState.RDY
+    finally:
+        for x in (fe1, g1, fe2, g2):
+            x.close()
+
+
+def test_rss_reference_agrees_with_the_cards_symmetric_hash():
+    """rss.py (the driver's reference) and the card's steering compute the same queue for the same flows."""
+    from dataplane.nic.mlx5 import steer
+
+    flows = [(RSS.FLOW_PRIORITY[i], ipv, proto if crit & P.Match.IP_PROTOCOL else -1, fields, 1, l3, l4)
+             for i, (crit, ipv, proto, fields, l3, l4) in enumerate(__import__(
+                 "dataplane.vdpa.mlx5.driver", fromlist=["FLOWS"]).FLOWS)]
+    table = RSS.rqt_table([0, 2])
+    import struct
+
+    for sport in range(1000, 1040):
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+        frame = b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x00" + ip + struct.pack("!HHHH", sport, 4789, 8, 0)
+        assert steer.reference_queue(frame, flows, key=RSS.MLX5_VDPA_RSS_KEY, rqt=table) == RSS.predict(frame, table)
