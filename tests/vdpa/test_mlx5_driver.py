@@ -189,7 +189,7 @@ def test_frames_cross_the_card_and_completions_reach_the_callfds(card, served, m
         st = dict(vdpa.get_stats(dev1.vdev, 1))
         assert st[0] == 2 and st[1] == 2 and st[2] == st[3] == st[4] == st[5] == 0
         assert dict(vdpa.get_stats(dev2.vdev, 0))[1] == 2
-        assert vdpa.reset_stats(dev1.vdev, 1) == 0
+        vdpa.reset_stats(dev1.vdev, 1)
         assert dict(vdpa.get_stats(dev1.vdev, 1))[0] == 0
         # GET_VRING_BASE stops the device: the answer is the card's indices
         assert fe1.get_vring_base(1) == 2
