@@ -225,13 +225,29 @@ def test_a_dma_fault_is_recovered_then_given_up_after_3_in_3s(card, served):
     g2, fe2 = _connect(path2)
     try:
         assert _wait(lambda: dev1.configured and dev2.configured)
-        tx = fe1.vrings[1]
+        tx, rx = fe1.vrings[1], fe2.vrings[0]
+        buf = g2.alloc(2048)
+        _post(rx, buf, 2048, WRITE)
         oid0 = dev1.virtqs[1].oid
-        _post(tx, 0x7000_0000, 64, 0)  # outside guest memory: the card faults, the virtq goes ERROR
-        # each error event: query, destroy, set up again from the saved indices (the same bad chain faults again)
-        assert _wait(lambda: dev1.gave_up == [1], timeout=30), (dev1.recoveries, dev1.gave_up)
-        assert dev1.recoveries == 3  # recovered 3 times, the 4th error within 3 s gives up
-        assert dev1.virtqs[1].oid is None and dev1.virtqs[1].oid != oid0
+        frame = _frame(1, b"after the recovery" + bytes(40))
+        good = g1.alloc(len(frame))
+        g1.view(good, len(frame))[:] = np.frombuffer(frame, np.uint8)
+        head = tx.avail_idx % tx.num
+        with dev1._lock:  # the recovery waits while the guest mends its descriptor
+            _post(tx, 0x7000_0000, 64, 0)  # outside guest memory: the card faults, the virtq goes ERROR
+            assert _wait(lambda: _query(dev1, 1)["state"] == P.QState.ERROR)
+            tx.desc.view(np.uint64)[2 * head] = good
+            tx.desc.view(np.uint64)[2 * head + 1] = len(frame)
+        # the error event: query (indices saved), destroy, set up again from there: the mended chain goes
+        assert _wait(lambda: dev1.recoveries == 1), "no recovery"
+        assert dev1.virtqs[1].oid not in (None, oid0)
+        assert _wait(lambda: rx.used_idx == 1), "no traffic after the recovery"
+        assert _query(dev1, 1)["state"] == P.QState.RDY
+        assert bytes(g2.view(buf, len(frame)))[12:] == frame[12:]
+        # a chain that keeps faulting: recovered twice more, then the 4th error within 3 s gives up
+        _post(tx, 0x7000_0000, 64, 0)
+        assert _wait(lambda: dev1.gave_up == [1]), (dev1.recoveries, dev1.gave_up)
+        assert dev1.recoveries == 3 and dev1.virtqs[1].oid is None
         # the other virtq and the other VF go on
         assert _query(dev1, 0)["state"] == P.QState.RDY
         assert _query(dev2, 1)["state"] == P.QState.RDY

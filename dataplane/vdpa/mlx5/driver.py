@@ -377,6 +377,10 @@ class Mlx5VdpaDevice:
             attrs.update(self._bitmap_attrs(), dirty_bitmap_dump_enable=1)
         try:
             v.oid = self.hw.obj(P.Op.CREATE_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, out=P.OBJ_OUT, **attrs)["obj_id"]
+            # subscribed before RDY (DPDK does it after): a chain that faults at once still gives its event
+            cookie = self.recovery.subscribe(index)
+            self.hw.op(P.Op.SUBSCRIBE_EVENT, P.SUBSCRIBE_IN, obj_type=P.ObjType.VIRTIO_NET_Q,
+                       event_type=P.EventType.OBJECT_CHANGE, obj_id=v.oid, vector=ERR_VECTOR, cookie=cookie)
             self.hw.obj(P.Op.MODIFY_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, v.oid,
                         modify_field_select=P.Modify.STATE, state=P.QState.RDY)
         except Exception:
@@ -386,9 +390,6 @@ class Mlx5VdpaDevice:
         if v.cq is not None:
             self._arm(v)
         self.hw.doorbell(index)
-        cookie = self.recovery.subscribe(index)
-        self.hw.op(P.Op.SUBSCRIBE_EVENT, P.SUBSCRIBE_IN, obj_type=P.ObjType.VIRTIO_NET_Q,
-                   event_type=P.EventType.OBJECT_CHANGE, obj_id=v.oid, vector=ERR_VECTOR, cookie=cookie)
         if v.callfd >= 0:
             os.eventfd_write(v.callfd, 1)  # the front-end looks at buffers completed before
         log.debug("mlx5: virtq ready", bdf=self.bdf, virtq=index, obj=v.oid, event_mode=v.event_mode,

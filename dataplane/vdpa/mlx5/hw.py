@@ -10,6 +10,7 @@ them and raises :class:`Mlx5HwError` with the card's status and syndrome names o
 from __future__ import annotations
 
 import struct
+import threading
 import time
 
 from dataplane.hwspec import mlx5_prm as P
@@ -40,6 +41,7 @@ class Mlx5Hw(VfioChannel):
     def __init__(self, bdf: str, vf_dir: str, timeout: float = 10.0):
         super().__init__(bdf, vf_dir, timeout)
         self.bar0: Bar | None = None
+        self._slot = threading.Lock()  # one command at a time (the ops, the error thread)
         try:
             self.connect()
             self.info = self.request("get_device_info")
@@ -59,6 +61,10 @@ class Mlx5Hw(VfioChannel):
 
     # -- the command slot ----------------------------------------------------------------
     def _ring(self, data: bytes) -> bytes:
+        with self._slot:
+            return self._ring_locked(data)
+
+    def _ring_locked(self, data: bytes) -> bytes:
         bar = self.bar0
         if bar is None:
             raise Mlx5HwError(f"{self.bdf}: BAR0 is not mapped")
