@@ -270,3 +270,76 @@ def test_rss_reference_agrees_with_the_cards_symmetric_hash():
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
         frame = b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x00" + ip + struct.pack("!HHHH", sport, 4789, 8, 0)
         assert steer.reference_queue(frame, flows, key=RSS.MLX5_VDPA_RSS_KEY, rqt=table) == RSS.predict(frame, table)
+
+
+def test_dataplane_vdpa_probes_class_vdpa_and_the_tools_show_it(card):
+    """``dataplane-vdpa -a VF1,class=vdpa,event_mode=2 -a VF2,class=eth``: VF1 probed (mgmtdev ``pci/VF1``), VF2
+    left to another class; a front-end's frames are counted by ``vdpa dev vstats`` and the ``stats`` command."""
+    import signal
+    import subprocess
+    import sys
+
+    from dataplane.testing.nic_card import ROOT
+
+    d = tempfile.mkdtemp(prefix="vh")
+    prefix = f"m5app{os.getpid()}"
+    sock = os.path.join(d, "vd")
+    env = dict(card.env, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane.apps.vdpa", "-l", "0", "--no-huge", "-m", "64",
+                             "--file-prefix", prefix, "-a", f"{VF1},class=vdpa,event_mode=2", "-a", f"{VF2},class=eth",
+                             "--", "--iface", sock, "-i"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        ready = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "vdpa: ready" in line:
+                ready = line
+                break
+            if not line and proc.poll() is not None:
+                break
+        assert ready, proc.stderr.read()[-2000:] if proc.poll() is not None else "not ready"
+        assert f"devices={VF1}" in ready and VF2 not in ready
+        tool = [sys.executable, "-m", "dataplane.cli", "vdpa", "--file-prefix", prefix]
+        out = subprocess.run(tool + ["mgmtdev", "show", f"pci/{VF1}"], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == f"pci/{VF1}: " and "supported_classes net" in out.stdout
+        g, fe = _connect(sock + "0")
+        try:
+            tx = fe.vrings[1]
+            for i in range(3):
+                _send(g, tx, _frame(1, bytes([i]) * 60))
+            assert _wait(lambda: tx.used_idx == 3)
+            out = subprocess.run(tool + ["dev", "vstats", "show", VF1, "qidx", "1"], capture_output=True, text=True,
+                                 env=env, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.split() == [f"{VF1}:", "queue_type", "tx", "received_desc", "3", "completed_desc", "3"]
+            proc.stdin.write(f"stats {VF1} 1\n")
+            proc.stdin.flush()
+            seen = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any("completion errors" in x for x in seen):
+                seen.append(proc.stdout.readline())
+            text = "".join(seen)
+            for name in STATS_NAMES:
+                assert name in text, text
+            assert "received_descriptors" in text and "3" in text
+        finally:
+            fe.close()
+            g.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except BrokenPipeError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)

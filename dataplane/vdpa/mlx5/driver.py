@@ -224,20 +224,33 @@ class Mlx5VdpaDevice:
     def device_features(self) -> int:
         return self.features
 
-    mac = bytes(6)
+    mac = bytes(6)  # the VF has no virtio config space: no MAC of its own
     mtu = 1500
     net_status = 1
-    status = 0
+
+    @property
+    def status(self) -> int:
+        """The virtio status as the management tool sees it: ACK|DRIVER|FEATURES_OK|DRIVER_OK while configured."""
+        return 0xF if self.configured else 0
 
     def figures(self) -> dict:
         return {"relayed_kicks": self.relayed_kicks, "interrupts": self.interrupts, "recoveries": self.recoveries,
                 "gave_up": list(self.gave_up),
                 "host_notifiers": sorted(q for q, v in self.virtqs.items() if v.notifier == NOTIFIER_ENABLED)}
 
-    def vendor_stats(self, qidx: int):
+    def vendor_stats(self, qidx: int) -> list[tuple[str, int]]:
+        """``vdpa dev vstats``: Linux mlx5_vnet's two counters of virtq ``qidx`` (its counters object's raw values)."""
         from dataplane.vdpa.mgmt.service import VdpaMgmtError
 
-        raise VdpaMgmtError(errno.EOPNOTSUPP)
+        if not self.gcaps.get("queue_counters_valid"):
+            raise VdpaMgmtError(errno.EOPNOTSUPP)
+        if not 0 <= qidx < self.max_virtqs:
+            raise VdpaMgmtError(errno.EINVAL)
+        v = self.virtqs.get(qidx)
+        if v is None or v.counters is None:
+            raise VdpaMgmtError(errno.EAGAIN)
+        raw = self.raw_counters(qidx)
+        return [("received_desc", raw["received_desc"]), ("completed_desc", raw["completed_desc"])]
 
     # -- guest memory (facts §3.3) -----------------------------------------------------------
     def _mem_register(self, vid: int) -> None:
