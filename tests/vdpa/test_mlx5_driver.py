@@ -343,3 +343,98 @@ def test_dataplane_vdpa_probes_class_vdpa_and_the_tools_show_it(card):
             except BrokenPipeError:
                 pass
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _flow_frames(n):
+    """Scapy-built IPv4/IPv6 UDP/TCP flows (broadcast, from VF1's source MAC) and an ARP-like one."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    out = []
+    for i in range(n):
+        l4 = (UDP if i % 2 else TCP)(sport=10000 + 7 * i, dport=80 + i % 5)
+        ip = IP(src=f"10.0.0.{i % 200 + 1}", dst="10.0.1.1") if i % 3 else IPv6(src=f"fd00::{i + 1:x}", dst="fd00::ff")
+        out.append(bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:01") / ip / l4 / (bytes([i % 256]) * 8)))
+    return out
+
+
+def test_two_queue_pairs_flows_spread_as_rss_predicts(card, served):
+    """MQ: the driver's RQT over VF2's RX virtqs 0 and 2, 7 TIRs and flow rules; every flow lands on the queue the
+    reference Toeplitz (rss.py, the symmetric key) predicts, counted by the card and by the virtq counters."""
+    from dataplane.nic.kernels import Q_PACKETS
+
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    shm = card.counters()
+    g1, fe1 = _connect(path1, pairs=2)
+    g2, fe2 = _connect(path2, pairs=2)
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        assert sorted(q for q, v in dev2.virtqs.items() if v.running) == [0, 1, 2, 3]
+        assert len(dev2.flows) == 7
+        rqt = dev2.hw.op(P.Op.QUERY_RQT, P.RQT_REF, P.RQT_IN, rqtn=dev2.rqtn)
+        assert rqt["rqt_actual_size"] == 512 and rqt["rq_type"] == P.RqType.VIRTQ
+        table = RSS.rqt_table([0, 2])
+        frames = _flow_frames(24)
+        want = {0: 0, 2: 0}
+        for f in frames:
+            want[RSS.predict(f, table)] += 1
+        assert want[0] and want[2], want  # the flows do spread
+        rx = {q: fe2.vrings[q] for q in (0, 2)}
+        for q, vr in rx.items():
+            for _ in range(32):
+                _post(vr, g2.alloc(2048), 2048, WRITE, kick=False)
+            os.eventfd_write(vr.kick_fd, 1)
+        pk0 = {q: int(shm.queues[1][q, Q_PACKETS]) for q in (0, 2)}
+        tx = fe1.vrings[1]
+        for f in frames:
+            _send(g1, tx, bytes(12) + f)
+        assert _wait(lambda: rx[0].used_idx + rx[2].used_idx == len(frames)), (rx[0].used_idx, rx[2].used_idx)
+        assert {q: rx[q].used_idx for q in (0, 2)} == want
+        assert {q: int(shm.queues[1][q, Q_PACKETS]) - pk0[q] for q in (0, 2)} == want
+        assert {q: dict(vdpa.get_stats(dev2.vdev, q))[1] for q in (0, 2)} == want
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        shm.close()
+
+
+def test_log_all_turns_on_the_hardware_dirty_bitmap(card, served):
+    """LOG_ALL while running: the log DMA-mapped, DIRTY_BITMAP_PARAMS then DUMP_ENABLE on every virtq; the card
+    marks the RX buffer and used ring pages it writes; at close the used rings are logged."""
+    from dataplane.testing.vhost_frontend import FrontendLog
+
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    flog = None
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        flog = FrontendLog(g2)
+        fe2.set_logging(True, flog)
+        assert _wait(lambda: dev2.log_map is not None)
+        for q in (0, 1):
+            a = _query(dev2, q)
+            assert a["dirty_bitmap_dump_enable"] == 1 and a["dirty_bitmap_mkey"] == dev2.log_mkey
+        rx = fe2.vrings[0]
+        buf = g2.alloc(2048, align=4096)
+        _post(rx, buf, 2048, WRITE)
+        _send(g1, fe1.vrings[1], _frame(1, b"logged" + bytes(60)))
+        assert _wait(lambda: rx.used_idx == 1)
+        pages = flog.pages()
+        assert buf // 4096 in pages and rx.used_gpa // 4096 in pages
+        assert all(GUEST_GPA // 4096 <= p < (GUEST_GPA + (4 << 20)) // 4096 for p in pages)
+        assert fe2.get_vring_base(0) == 1  # dev_close: suspended, indices saved, the log unmapped
+        assert dev2.log_map is None
+        assert flog.slack_untouched()
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        if flog is not None:
+            flog.close()

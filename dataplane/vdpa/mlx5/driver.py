@@ -427,6 +427,8 @@ class Mlx5VdpaDevice:
                     "vring base not saved")
 
     def _virtq_release(self, v: _Virtq) -> None:
+        if v.oid is not None and self.rqtn is not None and v.index in RSS.rx_vrings(self.nr_vring):
+            self._steer_unset()  # an RX virtq in the RQT is not destroyed; _after_virtq_change sets it again
         if v.oid is not None:
             self._quiet(lambda: self.hw.obj(P.Op.DESTROY_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, v.oid),
                         "virtq not destroyed")
