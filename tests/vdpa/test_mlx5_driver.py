@@ -17,7 +17,9 @@ import pytest
 
 from dataplane.hwspec import mlx5_prm as P
 from dataplane.testing.nic_card import card_in_runtime
-from dataplane.testing.vhost_frontend import GuestMemoryLayout, VhostUserFrontend, eventfd_count
+from dataplane.testing.vdpa_card import GUEST_GPA, WRITE, connect_guest, post_chain, send_frame, served_vfs, vnet_frame, \
+    wait_until
+from dataplane.testing.vhost_frontend import eventfd_count
 from dataplane.vdpa import device as vdpa
 from dataplane.vdpa.device import VdpaError
 from dataplane.vdpa.mlx5 import rss as RSS
@@ -26,13 +28,10 @@ from dataplane.vdpa.mlx5.driver import probe
 from dataplane.vdpa.mlx5.features import MLX5_VDPA_PROTOCOL_FEATURES
 from dataplane.vdpa.mlx5.hw import Mlx5HwError
 from dataplane.vdpa.mlx5.stats import STATS_NAMES
-from dataplane.vhost.library import VhostLibrary
 from dataplane.vhost_user.features import VirtioFeature as VF, bit
 
 VF1, VF2 = "0000:00:06.1", "0000:00:06.2"
-WRITE = 2
-GUEST_GPA = 0x100000
-SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)
+_wait, _post, _connect, _frame, _send = wait_until, post_chain, connect_guest, vnet_frame, send_frame
 
 
 @pytest.fixture(scope="module")
@@ -44,68 +43,8 @@ def card():
 @pytest.fixture
 def served(card):
     """``make(bdf, args)``: the probed VF on a fresh socket of a private vhost library."""
-    d = tempfile.mkdtemp(prefix="vh")
-    lib = VhostLibrary()
-    made = []
-
-    def make(bdf, args=None):
-        dev = probe(bdf, args or {"class": "vdpa"}, lib)
-        made.append(dev)
-        path = os.path.join(d, f"{bdf}.sock")
-        lib.driver_register(path, 0)
-        lib.driver_attach_vdpa_device(path, dev.vdev)
-        lib.driver_start(path)
-        return path, dev
-
-    yield make
-    lib.close()
-    for dev in made:
-        dev.delete()
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _wait(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _post(vr, addr, length, flags, kick=True):
-    head = vr.avail_idx % vr.num
-    words = vr.desc.view(np.uint64)
-    words[2 * head] = addr
-    words[2 * head + 1] = length | flags << 32
-    vr.avail[2 + head] = head
-    vr.avail_idx = vr.avail_idx + 1
-    if kick:
-        os.eventfd_write(vr.kick_fd, 1)
-
-
-def _connect(path, bases=None, resume=None, pairs=1):
-    guest = GuestMemoryLayout.simple(4 << 20, gpa=GUEST_GPA)
-    fe = VhostUserFrontend.connect(path, memory=guest)
-    for q, idx in (resume or {}).items():
-        for r in range(2 * pairs):
-            if r not in fe.vrings:
-                fe.alloc_vring(r, 64, packed=False)
-        vr = fe.vrings[q]
-        vr.avail_idx = idx
-        vr.used.view(np.uint16)[1] = idx
-    fe.start(num_queues=pairs, queue_size=64, bases=bases, features=SPLIT)
-    return guest, fe
-
-
-def _frame(src_last: int, payload: bytes) -> bytes:
-    return bytes(12) + b"\xff" * 6 + bytes([2, 0, 0, 0, 0, src_last]) + b"\x88\xb5" + payload
-
-
-def _send(guest, vr, frame):
-    src = guest.alloc(len(frame))
-    guest.view(src, len(frame))[:] = np.frombuffer(frame, np.uint8)
-    _post(vr, src, len(frame), 0)
+    with served_vfs(probe, {"class": "vdpa"}) as make:
+        yield make
 
 
 def _query(dev, q):

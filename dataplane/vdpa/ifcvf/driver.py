@@ -29,7 +29,8 @@ import threading
 from typing import Any
 
 from dataplane import log as dplog
-from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, VdpaDevOps, VdpaDevice, VdpaError, \
+from dataplane.vdpa.card_ops import CardDeviceOps
+from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, VdpaDevice, VdpaError, \
     register_device, unregister_device
 from dataplane.vdpa.fdthread import EventfdRelay as _Relay
 from dataplane.vdpa.ifcvf import regs as R
@@ -626,49 +627,17 @@ class IfcvfDevice:
         return f"IfcvfDevice({self.bdf!r})"
 
 
-class IfcvfOps(VdpaDevOps):
+class IfcvfOps(CardDeviceOps):
     """DPDK's ifcvf ops for one :class:`IfcvfDevice`."""
 
-    def __init__(self, dev: IfcvfDevice):
-        self.dev = dev
+    driver = "ifcvf"
+    log = log
 
     def get_queue_num(self, vdev: VdpaDevice) -> int:
         return self.dev.max_queues
 
-    def get_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.features
-
-    def get_protocol_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.protocol_features
-
     def get_dev_type(self, vdev: VdpaDevice) -> int:
         return VDPA_DEVICE_TYPE_NET if self.dev.hw.net else VDPA_DEVICE_TYPE_BLK
-
-    def dev_conf(self, vid: int) -> int:
-        try:
-            self.dev.conf(vid)
-        except Exception as e:
-            log.error("ifcvf: dev_conf failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def dev_close(self, vid: int) -> int:
-        self.dev.close_dev(vid)
-        return 0
-
-    def set_vring_state(self, vid: int, vring: int, state: int) -> int:
-        return self.dev.vring_state(vid, vring, state)
-
-    def set_features(self, vid: int) -> int:
-        try:
-            self.dev.features_changed(vid)
-        except Exception as e:
-            log.error("ifcvf: set_features failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def get_vfio_device_fd(self, vid: int) -> int:
-        return self.dev._fd0
 
     def get_notify_area(self, vid: int, qid: int) -> tuple[int, int]:
         hw = self.dev.hw

@@ -33,7 +33,8 @@ from typing import Any
 
 from dataplane import log as dplog
 from dataplane.hwspec import mlx5_prm as P
-from dataplane.vdpa.device import VDPA_DEVICE_TYPE_NET, VdpaDevOps, VdpaDevice, VdpaError, register_device, \
+from dataplane.vdpa.card_ops import CardDeviceOps
+from dataplane.vdpa.device import VDPA_DEVICE_TYPE_NET, VdpaDevice, VdpaError, register_device, \
     unregister_device
 from dataplane.vdpa.fdthread import EventfdRelay
 from dataplane.vdpa.mlx5 import features as F, mem as M, rss as RSS
@@ -816,53 +817,18 @@ class Mlx5VdpaDevice:
         return f"Mlx5VdpaDevice({self.bdf!r})"
 
 
-class Mlx5VdpaOps(VdpaDevOps):
+class Mlx5VdpaOps(CardDeviceOps):
     """DPDK's mlx5 vDPA ops for one :class:`Mlx5VdpaDevice`."""
 
-    def __init__(self, dev: Mlx5VdpaDevice):
-        self.dev = dev
+    driver = "mlx5"
+    log = log
 
     def get_queue_num(self, vdev: VdpaDevice) -> int:
         return self.dev.queue_num
 
-    def get_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.features
-
-    def get_protocol_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.protocol_features
-
-    def get_dev_type(self, vdev: VdpaDevice) -> int:
-        return VDPA_DEVICE_TYPE_NET
-
-    def dev_conf(self, vid: int) -> int:
-        try:
-            self.dev.conf(vid)
-        except Exception as e:
-            log.error("mlx5: dev_conf failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def dev_close(self, vid: int) -> int:
-        self.dev.close_dev(vid)
-        return 0
-
     def dev_cleanup(self, vid: int) -> int:
         self.dev.cleanup(vid)
         return 0
-
-    def set_vring_state(self, vid: int, vring: int, state: int) -> int:
-        return self.dev.vring_state(vid, vring, state)
-
-    def set_features(self, vid: int) -> int:
-        try:
-            self.dev.features_changed(vid)
-        except Exception as e:
-            log.error("mlx5: set_features failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def get_vfio_device_fd(self, vid: int) -> int:
-        return self.dev._fd0
 
     def get_notify_area(self, vid: int, qid: int) -> tuple[int, int]:
         """The VAR page, the same for every queue."""
