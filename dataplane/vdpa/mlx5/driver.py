@@ -446,6 +446,8 @@ class Mlx5VdpaDevice:
 
     # -- RSS steering (facts §3.7) ---------------------------------------------------------------
     def _steer_update(self) -> None:
+        if self.vid is not None:
+            self.nr_vring = self.lib.get_vring_num(self.vid)  # vrings come later with a front-end's queue pairs
         rx = [q for q in RSS.rx_vrings(self.nr_vring) if q in self.virtqs and self.virtqs[q].running]
         if not rx:
             self._steer_unset()
@@ -453,6 +455,7 @@ class Mlx5VdpaDevice:
         table = [self.virtqs[q].oid for q in RSS.rqt_table(rx, int(self.gcaps["log_max_rqt_size"]))]
         entries = b"".join(P.RQ_ENTRY.pack(rq_num=o) for o in table)
         if self.rqtn is not None:
+            log.info("mlx5: RSS table modified", bdf=self.bdf, rx=rx)
             self.hw.op(P.Op.MODIFY_RQT, P.RQT_MODIFY, extra=entries, rqtn=self.rqtn, rq_type=P.RqType.VIRTQ,
                        rqt_max_size=len(table), rqt_actual_size=len(table))
             return
@@ -468,7 +471,7 @@ class Mlx5VdpaDevice:
                        priority=RSS.FLOW_PRIORITY[i], match_criteria=crit, ip_version=ipv, ip_protocol=proto,
                        tirn=tirn)
             self.flows.append(i)
-        log.debug("mlx5: RSS steering set", bdf=self.bdf, rx=rx, rqt_size=len(table))
+        log.info("mlx5: RSS steering set", bdf=self.bdf, rx=rx, rqt_size=len(table))
 
     def _steer_unset(self) -> None:
         for i in self.flows:
