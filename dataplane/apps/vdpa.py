@@ -17,7 +17,9 @@
 * PCI devices: ``-a 0000:00:05.1,vdpa=1[,sw-live-migration=1]`` probes an IFC VF with the
   ifcvf driver (:mod:`~dataplane.vdpa.ifcvf`; the function's files are found in the runtime
   parent, where ``dataplane-nic`` puts its cards); without ``vdpa=1`` the function is not
-  ours and is skipped with a message.  Its management device is ``pci/<bdf>``.
+  ours and is skipped with a message.  ``-a 0000:00:06.1,class=vdpa[,event_mode=..,...]`` probes
+  a ConnectX VF with the mlx5 driver (:mod:`~dataplane.vdpa.mlx5`); a ``class`` without vdpa
+  leaves the function to another class driver.  Either's management device is ``pci/<bdf>``.
 * ``--iface PREFIX``: each device gets socket ``PREFIX<n>`` (n from 0, in
   probe order; devices added with the tool continue the numbering);
   without it, ``create SOCKET DEV`` makes one.  ``--client``: connect to the
@@ -141,18 +143,23 @@ class VdpaApp:
         return dev
 
     def probe_pci(self, devargs):
-        """``-a BDF,vdpa=1[,sw-live-migration=1]``: the ifcvf device, or None when the function is not ours."""
-        from dataplane.vdpa.ifcvf import NotOurDevice, probe
-        from dataplane.vdpa.ifcvf.hw import IfcvfHwError
+        """``-a BDF,vdpa=1[,sw-live-migration=1]`` (ifcvf) or ``-a BDF,class=vdpa[,key=value...]`` (mlx5): the
+        device, or None when the function is not ours."""
+        args = dict(devargs.args)
+        if "class" in args:
+            from dataplane.vdpa.mlx5.devargs import NotOurDevice
+            from dataplane.vdpa.mlx5.driver import probe
+            from dataplane.vdpa.vfio import VfioError as HwError
+        else:
+            from dataplane.vdpa.ifcvf import NotOurDevice, probe
+            from dataplane.vdpa.ifcvf.hw import IfcvfHwError as HwError
 
         try:
-            dev = probe(devargs.name, dict(devargs.args), self.lib)
+            dev = probe(devargs.name, args, self.lib)
         except NotOurDevice as e:
             print(f"{PROG}: -a {devargs}: {e}", file=sys.stderr)
             return None
-        except IfcvfHwError as e:
-            raise ValueError(f"-a {devargs}: {e}") from None
-        except ValueError as e:
+        except (HwError, VdpaError, ValueError) as e:
             raise ValueError(f"-a {devargs}: {e}") from None
         dev.on_delete = self.device_deleted
         self.pci_mgmtdevs.append(dev.mgmtdev)

@@ -114,7 +114,7 @@ def register_driver(info: VdpaDriverInfo) -> None:
 
 
 #: The driver modules of this installation (each registers its column when imported).
-DRIVER_MODULES = ("dataplane.vdpa.vdpasim", "dataplane.vdpa.ifcvf.driver")
+DRIVER_MODULES = ("dataplane.vdpa.vdpasim", "dataplane.vdpa.ifcvf.driver", "dataplane.vdpa.mlx5.driver")
 
 
 def load_drivers() -> None:

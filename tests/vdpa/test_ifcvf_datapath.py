@@ -19,19 +19,18 @@ import pytest
 from dataplane.nic.kernels import Q_IRQS, Q_KICKS, Q_PACKETS, Q_RUNNING
 from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_LOG_ON, V_STATUS, CardShm
 from dataplane.testing.nic_card import ROOT, card_in_runtime
+from dataplane.testing.vdpa_card import GUEST_GPA, SPLIT, WRITE, connect_guest, post_chain, served_vfs, vnet_frame, \
+    wait_until
 from dataplane.testing.vhost_frontend import FrontendLog, GuestMemoryLayout, VhostUserFrontend, eventfd_count
 from dataplane.vdpa import device as vdpa
 from dataplane.vdpa.ifcvf import NotOurDevice, parse_devargs, probe
 from dataplane.vdpa.ifcvf.driver import IFCVF_NET_PROTOCOL_FEATURES
 from dataplane.vdpa.ifcvf.hw import IfcvfHwError
-from dataplane.vhost.library import VhostLibrary
 from dataplane.vhost_user.errors import EndpointTimeout
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
 
 VF1, VF2 = "0000:00:05.1", "0000:00:05.2"
-WRITE = 2
 DRIVER_OK = 4
-GUEST_GPA = 0x100000
 
 
 @pytest.fixture(scope="module")
@@ -43,76 +42,15 @@ def card():
 @pytest.fixture
 def served(card):
     """``make(bdf)``: the probed VF on a fresh socket of a private vhost library."""
-    d = tempfile.mkdtemp(prefix="vh")
-    lib = VhostLibrary()
-    made = []
-
-    def make(bdf, args=None):
-        dev = probe(bdf, args or {"vdpa": "1"}, lib)
-        made.append(dev)
-        path = os.path.join(d, f"{bdf}.sock")
-        lib.driver_register(path, 0)
-        lib.driver_attach_vdpa_device(path, dev.vdev)
-        lib.driver_start(path)
-        return path, dev
-
-    yield make
-    lib.close()
-    for dev in made:
-        dev.delete()
-    shutil.rmtree(d, ignore_errors=True)
+    with served_vfs(probe, {"vdpa": "1"}) as make:
+        yield make
 
 
 def _shm(card):
     return CardShm(os.path.join(card.dir, "counters"))
 
 
-def _wait(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _post(vr, addr, length, flags, kick=True):
-    """One-descriptor chain at the next avail slot (head = slot)."""
-    head = vr.avail_idx % vr.num
-    words = vr.desc.view(np.uint64)
-    words[2 * head] = addr
-    words[2 * head + 1] = length | flags << 32
-    vr.avail[2 + head] = head
-    vr.avail_idx = vr.avail_idx + 1
-    if kick:
-        os.eventfd_write(vr.kick_fd, 1)
-
-
-SPLIT = (1 << 64) - 1 & ~bit(VF.VIRTIO_F_RING_PACKED) & ~bit(VF.VHOST_F_LOG_ALL)  # no LOG_ALL at start, as QEMU
-
-
-def _connect(path, bases=None, backend=False, features=SPLIT, resume=None, pairs=1):
-    """``resume``: {vring: index}: the guest's rings already hold that many avail and used entries."""
-    guest = GuestMemoryLayout.simple(4 << 20, gpa=GUEST_GPA)  # a ring at GPA 0 is refused (DPDK, the card)
-    fe = VhostUserFrontend.connect(path, memory=guest)
-    for q, idx in (resume or {}).items():
-        for r in (0, 1):
-            if r not in fe.vrings:
-                fe.alloc_vring(r, 64, packed=False)
-        vr = fe.vrings[q]
-        vr.avail_idx = idx
-        vr.used.view(np.uint16)[1] = idx
-    if backend:
-        fe.negotiate(features)
-        fe.open_backend_channel()
-        fe.start(num_queues=pairs, queue_size=64, bases=bases, features=features)  # negotiates again (same values)
-    else:
-        fe.start(num_queues=pairs, queue_size=64, bases=bases, features=features)
-    return guest, fe
-
-
-def _frame(src_last: int, payload: bytes) -> bytes:
-    return bytes(12) + b"\xff" * 6 + bytes([2, 0, 0, 0, 0, src_last]) + b"\x88\xb5" + payload
+_wait, _post, _connect, _frame = wait_until, post_chain, connect_guest, vnet_frame
 
 
 # ----------------------------------------------------------------------------------------------

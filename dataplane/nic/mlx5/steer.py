@@ -11,9 +11,10 @@ for the function, the queue index of its RX virtq:
    lowest flow_index); no rule: RX virtq 0;
 3. its TIR hashes, with Toeplitz over its 40-byte key, the selected fields in the order SRC_IP,
    DST_IP, L4_SPORT, L4_DPORT -- the addresses only when the frame's IP version is the TIR's l3
-   type, the ports only when its protocol is the TIR's l4 type.  **Symmetric** (this emulation's
-   definition): the two addresses are hashed in ascending order (as big-endian bytes), and so are
-   the two ports, so (a -> b) and (b -> a) hash the same;
+   type, the ports only when its protocol is the TIR's l4 type.  **Symmetric** (ConnectX's "OR-XOR"
+   input, as the vDPA driver's reference :mod:`dataplane.vdpa.mlx5.rss` has it): a pair of source
+   and destination fields is hashed as (src | dst, src ^ dst), so (a -> b) and (b -> a) hash the
+   same;
 4. the RQT entry ``hash % rqt_actual_size`` names the virtq.  No fields selected: hash 0, the
    first entry.
 
@@ -93,22 +94,20 @@ def _hash(key, buf, n):
 
 @kernel
 def _put_pair(tmp, pos, row, a, b, ln, both, sym):
-    """Append the fields at row[a:a+ln] and row[b:b+ln] (``both``: 1 a only, 2 b only, 3 both), in
-    ascending order when ``sym`` and both."""
-    swap = False
+    """Append the fields at row[a:a+ln] and row[b:b+ln] (``both``: 1 a only, 2 b only, 3 both); when
+    ``sym`` and both, the symmetric OR-XOR input instead: (a | b, a ^ b)."""
     if sym and both == 3:
         for k in range(ln):
-            if row[a + k] != row[b + k]:
-                swap = row[a + k] > row[b + k]
-                break
-    first, second = (b, a) if swap else (a, b)
+            tmp[pos + k] = row[a + k] | row[b + k]
+            tmp[pos + ln + k] = row[a + k] ^ row[b + k]
+        return pos + 2 * ln
     if both & 1:
         for k in range(ln):
-            tmp[pos + k] = row[first + k] if both == 3 else row[a + k]
+            tmp[pos + k] = row[a + k]
         pos += ln
     if both & 2:
         for k in range(ln):
-            tmp[pos + k] = row[second + k] if both == 3 else row[b + k]
+            tmp[pos + k] = row[b + k]
         pos += ln
     return pos
 
@@ -209,6 +208,11 @@ def frame_fields(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes]:
     return 0, -1, b"", b"", b"", b""
 
 
+def _or_xor(pair) -> bytes:
+    a, b = pair
+    return bytes(x | y for x, y in zip(a, b)) + bytes(x ^ y for x, y in zip(a, b))
+
+
 def reference_queue(frame: bytes, flows, *, key: bytes, rqt: list[int]) -> int:
     """The RX queue of ``frame`` (Ethernet, no virtio header) by ``flows``: (priority, ip_version | 0,
     ip_protocol | -1, fields, symmetric, l3, l4) tuples, all on one RQT of queue indices ``rqt``."""
@@ -219,9 +223,9 @@ def reference_queue(frame: bytes, flows, *, key: bytes, rqt: list[int]) -> int:
         data = b""
         if ipv == (4 if l3 == L3Type.IPV4 else 6):
             pair = [f for f, m in ((src, HashField.SRC_IP), (dst, HashField.DST_IP)) if fields & m]
-            data += b"".join(sorted(pair) if sym and len(pair) == 2 else pair)
+            data += _or_xor(pair) if sym and len(pair) == 2 else b"".join(pair)
         if sp and proto == _L4[l4]:
             pair = [f for f, m in ((sp, HashField.L4_SPORT), (dp, HashField.L4_DPORT)) if fields & m]
-            data += b"".join(sorted(pair) if sym and len(pair) == 2 else pair)
+            data += _or_xor(pair) if sym and len(pair) == 2 else b"".join(pair)
         return rqt[toeplitz(key, data) % len(rqt)] if data else rqt[0]
     return 0

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import threading
 from typing import Any
 
 from dataplane import log as dplog
-from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, VdpaDevOps, VdpaDevice, VdpaError, \
+from dataplane.vdpa.card_ops import CardDeviceOps
+from dataplane.vdpa.device import VDPA_DEVICE_TYPE_BLK, VDPA_DEVICE_TYPE_NET, VdpaDevice, VdpaError, \
     register_device, unregister_device
+from dataplane.vdpa.fdthread import EventfdRelay as _Relay
 from dataplane.vdpa.ifcvf import regs as R
 from dataplane.vdpa.ifcvf.hw import IfcvfHw, IfcvfHwError, find_vf_dir
 from dataplane.vhost_user.features import VhostUserProtocolFeature as PF, VirtioFeature as VF, bit
@@ -82,47 +83,6 @@ def parse_devargs(args: dict[str, str]) -> bool:
     if "vdpa" not in args or num("vdpa") != 1:
         raise NotOurDevice("vdpa=1 not given: the function is left to another driver")
     return "sw-live-migration" in args and num("sw-live-migration") != 0
-
-
-class _Relay(threading.Thread):
-    """A thread waiting on eventfds: ``handler(key)`` for each event, until :meth:`stop`."""
-
-    def __init__(self, name: str, fds: dict[int, Any], handler):
-        super().__init__(name=name, daemon=True)
-        self.fds = dict(fds)
-        self.handler = handler
-        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.events = 0
-
-    def run(self) -> None:
-        ep = select.epoll()
-        try:
-            ep.register(self._stop_fd, select.EPOLLIN)
-            for fd in self.fds:
-                ep.register(fd, select.EPOLLIN | select.EPOLLPRI)
-            while True:
-                for fd, _ in ep.poll():
-                    if fd == self._stop_fd:
-                        return
-                    try:
-                        os.eventfd_read(fd)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError:
-                        continue
-                    self.events += 1
-                    try:
-                        self.handler(self.fds[fd])
-                    except Exception:
-                        log.exception("ifcvf: relay handler failed", thread=self.name)
-        finally:
-            ep.close()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        os.eventfd_write(self._stop_fd, 1)
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
-        os.close(self._stop_fd)
 
 
 class _Mediated:
@@ -667,49 +627,17 @@ class IfcvfDevice:
         return f"IfcvfDevice({self.bdf!r})"
 
 
-class IfcvfOps(VdpaDevOps):
+class IfcvfOps(CardDeviceOps):
     """DPDK's ifcvf ops for one :class:`IfcvfDevice`."""
 
-    def __init__(self, dev: IfcvfDevice):
-        self.dev = dev
+    driver = "ifcvf"
+    log = log
 
     def get_queue_num(self, vdev: VdpaDevice) -> int:
         return self.dev.max_queues
 
-    def get_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.features
-
-    def get_protocol_features(self, vdev: VdpaDevice) -> int:
-        return self.dev.protocol_features
-
     def get_dev_type(self, vdev: VdpaDevice) -> int:
         return VDPA_DEVICE_TYPE_NET if self.dev.hw.net else VDPA_DEVICE_TYPE_BLK
-
-    def dev_conf(self, vid: int) -> int:
-        try:
-            self.dev.conf(vid)
-        except Exception as e:
-            log.error("ifcvf: dev_conf failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def dev_close(self, vid: int) -> int:
-        self.dev.close_dev(vid)
-        return 0
-
-    def set_vring_state(self, vid: int, vring: int, state: int) -> int:
-        return self.dev.vring_state(vid, vring, state)
-
-    def set_features(self, vid: int) -> int:
-        try:
-            self.dev.features_changed(vid)
-        except Exception as e:
-            log.error("ifcvf: set_features failed", bdf=self.dev.bdf, vid=vid, error=str(e))
-            return -1
-        return 0
-
-    def get_vfio_device_fd(self, vid: int) -> int:
-        return self.dev._fd0
 
     def get_notify_area(self, vid: int, qid: int) -> tuple[int, int]:
         hw = self.dev.hw

@@ -8,82 +8,35 @@ polls its registers, so every write whose effect is relied on is followed by :me
 
 from __future__ import annotations
 
-import glob
-import json
-import mmap
-import os
-import socket
 import struct
 import time
 
-import numpy as np
-
 from dataplane import log as dplog
+from dataplane.vdpa import vfio
 from dataplane.vdpa.ifcvf import regs as R
+from dataplane.vdpa.vfio import Bar, VfioChannel, VfioError
 
 __all__ = ["IfcvfHwError", "Bar", "IfcvfHw", "find_vf_dir"]
 
 log = dplog.get_logger("dataplane.vdpa.ifcvf")
 
 
-class IfcvfHwError(Exception):
+class IfcvfHwError(VfioError):
     """The function could not be probed or programmed, or the card refused a request."""
 
 
 def find_vf_dir(bdf: str, parent: str | None = None) -> str:
-    """The directory of PCI function ``bdf`` (``<runtime parent>[/<prefix>]/nic-<pf>/<bdf>``, docs/nic.md)."""
-    if parent is None:
-        from dataplane.memory.runtime import runtime_parent
-
-        parent = runtime_parent()
-    found = sorted(set(glob.glob(os.path.join(glob.escape(parent), "nic-*", bdf))
-                       + glob.glob(os.path.join(glob.escape(parent), "*", "nic-*", bdf))))
-    found = [d for d in found if os.path.exists(os.path.join(d, "vfio.sock"))]
-    if not found:
-        raise IfcvfHwError(f"{bdf}: no such PCI function (no card directory nic-*/{bdf} under {parent})")
-    if len(found) > 1:
-        raise IfcvfHwError(f"{bdf}: more than one card has this function: {', '.join(found)}")
-    return found[0]
+    """The directory of PCI function ``bdf`` (:func:`dataplane.vdpa.vfio.find_vf_dir`)."""
+    return vfio.find_vf_dir(bdf, parent, error=IfcvfHwError)
 
 
-class Bar:
-    """A BAR file mapped shared (``resourceN``): aligned 8/16/32-bit accesses, each one store/load."""
-
-    def __init__(self, path: str):
-        self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            self.size = os.fstat(fd).st_size
-            self.mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        self.u8 = np.frombuffer(self.mm, np.uint8)
-        self.u16 = np.frombuffer(self.mm, np.uint16, self.size // 2)
-        self.u32 = np.frombuffer(self.mm, np.uint32, self.size // 4)
-
-    def r8(self, off: int) -> int: return int(self.u8[off])  # noqa: E704
-    def r16(self, off: int) -> int: return int(self.u16[off >> 1])  # noqa: E704
-    def r32(self, off: int) -> int: return int(self.u32[off >> 2])  # noqa: E704
-    def w8(self, off: int, v: int) -> None: self.u8[off] = v & 0xFF  # noqa: E704
-    def w16(self, off: int, v: int) -> None: self.u16[off >> 1] = v & 0xFFFF  # noqa: E704
-    def w32(self, off: int, v: int) -> None: self.u32[off >> 2] = v & 0xFFFFFFFF  # noqa: E704
-
-    def close(self) -> None:
-        self.u8 = self.u16 = self.u32 = None  # type: ignore[assignment]
-        try:
-            self.mm.close()
-        except BufferError:  # a view is still alive somewhere: the mapping goes with it
-            pass
-
-
-class IfcvfHw:
+class IfcvfHw(VfioChannel):
     """One VF (``vf_dir``): probed through its capability list, its BARs mapped, its channel open."""
 
+    error = IfcvfHwError
+
     def __init__(self, bdf: str, vf_dir: str, timeout: float = 10.0):
-        self.bdf = bdf
-        self.dir = vf_dir
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
+        super().__init__(bdf, vf_dir, timeout)
         self.bar0: Bar | None = None
         self.lm: Bar | None = None
         try:
@@ -94,14 +47,7 @@ class IfcvfHw:
 
     # -- probe ------------------------------------------------------------------------
     def _probe(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(os.path.join(self.dir, "vfio.sock"))
-        except OSError as e:
-            sock.close()
-            raise IfcvfHwError(f"{self.bdf}: control channel: {e}") from None
-        self.sock = sock
+        self.connect()
         self.info = self.request("get_device_info")
         with open(self.request("get_region_info", bar="config")["path"], "rb") as f:
             self.config = f.read()
@@ -162,40 +108,6 @@ class IfcvfHw:
                     out.setdefault(cfg_type, cap)
             pos = nxt
         return out
-
-    # -- control channel ----------------------------------------------------------------
-    def request(self, op: str, fds=(), **kw) -> dict:
-        if self.sock is None:
-            raise IfcvfHwError(f"{self.bdf}: control channel closed")
-        msg = json.dumps({"op": op, **kw}).encode()
-        try:
-            if fds:
-                socket.send_fds(self.sock, [msg], list(fds))
-            else:
-                self.sock.send(msg)
-            data = self.sock.recv(65536)
-        except OSError as e:
-            raise IfcvfHwError(f"{self.bdf}: control channel: {op}: {e}") from None
-        if not data:
-            raise IfcvfHwError(f"{self.bdf}: the card closed the control channel")
-        reply = json.loads(data)
-        if not reply.get("ok"):
-            raise IfcvfHwError(f"{self.bdf}: {op} refused: {reply.get('error', 'refused')}")
-        return reply
-
-    def dma_map(self, iova: int, size: int, fd: int, offset: int) -> None:
-        self.request("dma_map", [fd], iova=iova, size=size, offset=offset)
-
-    def dma_unmap(self, iova: int, size: int) -> list[int]:
-        return self.request("dma_unmap", iova=iova, size=size)["unmapped"]
-
-    def set_irqs(self, fds: list[int]) -> None:
-        """MSI-X: vector v -> ``fds[v]`` (-1: none); ``[]`` disables all."""
-        used = [fd for fd in fds if fd >= 0]
-        vectors = []
-        for fd in fds:
-            vectors.append(used.index(fd) if fd >= 0 else -1)
-        self.request("set_irqs", used, vectors=vectors if used else [])
 
     # -- registers ------------------------------------------------------------------------
     def r8(self, off: int) -> int: return self.bar0.r8(self.common + off)  # noqa: E704
@@ -345,9 +257,7 @@ class IfcvfHw:
         return states
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.close_channel()
         for b in (self.bar0, self.lm):
             if b is not None:
                 b.close()

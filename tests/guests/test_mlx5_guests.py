@@ -1,0 +1,184 @@
+"""Two Linux guests (QEMU, TCG) with ``mq=on`` and 2 queue pairs on two VFs of the emulated ConnectX-6 Dx, driven
+by the mlx5 vDPA driver of ``dataplane-vdpa``: they ping each other, exchange 4 MiB md5-checked, and TCP flows
+from chosen source ports (half of them predicted, by the reference Toeplitz of rss.py over scapy-built headers,
+on each RX virtq) reach the receiver, counted by the card's per-queue byte counters."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+from dataplane.nic.kernels import Q_BYTES
+from dataplane.nic.shm import CardShm
+from dataplane.testing.linux_guest import Guest, Nic, run_guests
+from dataplane.testing.nic_card import card_in_runtime
+from dataplane.testing.vdpa_proc import VdpaProcess
+from dataplane.vdpa.mlx5 import rss as RSS
+
+pytestmark = pytest.mark.timeout(1200)
+
+VF1, VF2 = "0000:00:06.1", "0000:00:06.2"
+A, B, DPORT = "10.0.0.1", "10.0.0.2", 5001
+FLOW_KIB = 512  # what each flow offers (busybox nc delivers about 100 KiB of it before it closes)
+
+SCRIPT = """
+ethtool -L eth0 combined 2 2>/dev/null || true
+[ "$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)" = 2 ] || fail "the guest uses one queue pair"
+ip addr add $ip/24 dev eth0
+ip link set eth0 up
+wait_until 60 ping -c 1 -W 1 $peer || fail "no ping reply from $peer"
+ping -c 3 -W 5 $peer | grep -q "3 packets received" || fail "ping lost replies"
+if [ "$role" = server ]; then
+    (while true; do nc -l -p 5001 | wc -c >> flows; done) &
+    dd if=/dev/urandom of=tx bs=1M count=4 2>/dev/null
+    nc_listen 5002 rx
+    wait_until 60 nc -w 10 $peer 5002 < tx || fail "cannot send to $peer"
+    wait_pid 180 $NC_PID || fail "received $(wc -c < rx) bytes"
+    nc_listen 5003 fin  # up until the client's flows are done
+    wait_pid 400 $NC_PID || fail "the client did not finish its flows"
+    wait_until 10 sh -c "[ \$(wc -l < flows) -ge $nflows ]" || fail "counted $(wc -l < flows) flows"
+else
+    dd if=/dev/urandom of=tx bs=1M count=4 2>/dev/null
+    nc_listen 5002 rx
+    wait_until 60 nc -w 10 -p $xport $peer 5002 < tx || fail "cannot send to $peer"
+    wait_pid 180 $NC_PID || fail "received $(wc -c < rx) bytes"
+    for sport in $sports; do
+        # the server's listener is back between two connections: a refused one is tried again (a SYN, no data)
+        wait_until 30 sh -c "dd if=/dev/zero bs=1K count=$kib 2>/dev/null | nc -w 10 -p $sport $peer 5001" \
+            || fail "flow from $sport"
+    done
+    wait_until 30 sh -c "echo done | nc -w 5 $peer 5003" || fail "cannot tell the server"
+fi
+[ "$role" = server ] && flows=$(cat flows | tr '\\n' ,) || flows=none
+result sent=$(md5sum < tx | cut -d" " -f1) received=$(md5sum < rx | cut -d" " -f1) flows=$flows
+"""
+
+
+XPORT = 19999  # the client's source port for its 4 MiB to the server (port 5002)
+
+
+def _flow(sport: int, dport: int = DPORT) -> bytes:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    return bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP(src=A, dst=B)
+                 / TCP(sport=sport, dport=dport))
+
+
+def _sports(table, per_queue: int = 3) -> dict[int, list[int]]:
+    """Source ports whose flows the reference hash puts on RX virtq 0 and on RX virtq 2, ``per_queue`` each."""
+    out: dict[int, list[int]] = {0: [], 2: []}
+    sport = 20000
+    while min(len(v) for v in out.values()) < per_queue:
+        q = RSS.predict(_flow(sport), table)
+        if len(out[q]) < per_queue:
+            out[q].append(sport)
+        sport += 1
+    return out
+
+
+def test_two_guests_mq_2_pairs_through_mlx5_vfs(image):
+    table = RSS.rqt_table([0, 2])
+    sports = _sports(table)
+    flows = sports[0] + sports[2]
+    with card_in_runtime(vfs=2, prefix="m5g", model="mlx5") as card:
+        with VdpaProcess(allow=[f"{bdf},class=vdpa,event_mode=2" for bdf in (VF1, VF2)]) as app:
+            guests = [Guest(image, SCRIPT, name=f"g{i}", script_timeout=500, smp=2,
+                            params={"ip": ip, "peer": peer, "role": role, "sports": " ".join(map(str, flows)),
+                                    "kib": FLOW_KIB, "xport": XPORT, "nflows": len(flows)},
+                            nics=[Nic(app.socket(i), queues=2)])
+                      for i, (ip, peer, role) in enumerate(((A, B, "client"), (B, A, "server")))]
+            with contextlib.ExitStack() as stack:
+                for g in guests:
+                    stack.enter_context(g)
+                results = run_guests(*guests)
+            for r in results:
+                assert r.passed, r.console[-3000:] + "".join(app.output)[-3000:]
+            a, b = results
+            assert a.values["sent"] == b.values["received"] and b.values["sent"] == a.values["received"]
+            shm = CardShm(os.path.join(card.dir, "counters"))
+            try:
+                rx_bytes = {q: int(shm.queues[1][q, Q_BYTES]) for q in (0, 2)}  # the server's RX virtqs
+            finally:
+                shm.close()
+            app.stop()
+    # the server received the client's 4 MiB and the chosen flows (the bytes it counted per connection) on its two
+    # RX virtqs, both in use.  Which RX virtq each took is not predictable: busybox nc ignores -p for a connection
+    # (the source port is an ephemeral one); the ICMP test below chooses its flows.
+    got = [int(n) for n in b.values["flows"].strip(",").split(",")]
+    assert len(got) == len(flows) and all(n > 0 for n in got), got
+    total = sum(got) + (4 << 20)
+    assert total <= rx_bytes[0] + rx_bytes[2] <= total * 1.1 + (1 << 20), (rx_bytes, got)
+    assert min(rx_bytes.values()) > 0, rx_bytes
+
+
+PINGS = """
+ethtool -L eth0 combined 2 2>/dev/null || true
+[ "$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)" = 2 ] || fail "the guest uses one queue pair"
+ip addr add $ip/24 dev eth0
+for a in $extra; do ip addr add $a/24 dev eth0; done
+ip link set eth0 up
+if [ "$role" = client ]; then
+    for a in $extra; do
+        wait_until 60 ping -c 1 -W 1 -I $a $peer || fail "no ping reply from $peer to $a"
+        ping -c $count -s $size -i 0.05 -W 5 -I $a $peer | grep -q "$count packets received" || fail "ping from $a lost replies"
+    done
+    wait_until 30 sh -c "echo done | nc -w 5 $peer 5003" || fail "cannot tell the server"
+else
+    nc_listen 5003 fin
+    wait_pid 400 $NC_PID || fail "the client did not finish"
+fi
+result done=1
+"""
+
+COUNT, SIZE = 30, 1400
+
+
+def _icmp(src: str) -> bytes:
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+
+    return bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP(src=src, dst=B) / ICMP())
+
+
+def test_two_guests_mq_icmp_flows_land_on_the_rx_virtq_rss_predicts(image):
+    """ICMP flows (IPv4, hashed on the two addresses) from source addresses chosen so that three are predicted on
+    each RX virtq (rss.py over scapy-built headers): the card's per-queue byte counters of both VFs (the echo
+    requests on the server's, the replies on the client's: the hash is symmetric) say the same.  (TCP flows cannot
+    be chosen from the guest: busybox nc takes no source port for a connection.)"""
+    table = RSS.rqt_table([0, 2])
+    picked: dict[int, list[str]] = {0: [], 2: []}
+    host = 10
+    while min(len(v) for v in picked.values()) < 3:
+        src = f"10.0.0.{host}"
+        q = RSS.predict(_icmp(src), table)
+        if len(picked[q]) < 3:
+            picked[q].append(src)
+        host += 1
+    extra = picked[0] + picked[2]
+    with card_in_runtime(vfs=2, prefix="m5i", model="mlx5") as card:
+        with VdpaProcess(allow=[f"{bdf},class=vdpa,event_mode=2" for bdf in (VF1, VF2)]) as app:
+            guests = [Guest(image, PINGS, name=f"g{i}", script_timeout=300, smp=2,
+                            params={"ip": ip, "peer": peer, "role": role, "extra": " ".join(extra) if i == 0 else "",
+                                    "count": COUNT, "size": SIZE},
+                            nics=[Nic(app.socket(i), queues=2)])
+                      for i, (ip, peer, role) in enumerate(((A, B, "client"), (B, A, "server")))]
+            with contextlib.ExitStack() as stack:
+                for g in guests:
+                    stack.enter_context(g)
+                results = run_guests(*guests)
+            for r in results:
+                assert r.passed, r.console[-3000:] + "".join(app.output)[-3000:]
+            shm = CardShm(os.path.join(card.dir, "counters"))
+            try:
+                rx = [{q: int(shm.queues[vf][q, Q_BYTES]) for q in (0, 2)} for vf in (0, 1)]
+            finally:
+                shm.close()
+            app.stop()
+    # each source address's echoes carry COUNT x SIZE bytes of payload (plus its first ping's): all on its queue
+    for vf in (0, 1):
+        for q in (0, 2):
+            want = len(picked[q]) * COUNT * SIZE
+            assert want <= rx[vf][q] <= want * 1.1 + (32 << 10), (vf, q, rx, picked)
