@@ -38,7 +38,7 @@ if [ "$role" = server ]; then
     wait_pid 180 $NC_PID || fail "received $(wc -c < rx) bytes"
     nc_listen 5003 fin  # up until the client's flows are done
     wait_pid 400 $NC_PID || fail "the client did not finish its flows"
-    wait_until 10 sh -c "[ \$(wc -l < flows) -ge $nflows ]" || fail "counted $(wc -l < flows) flows"
+    wait_until 10 sh -c "[ \\$(wc -l < flows) -ge $nflows ]" || fail "counted $(wc -l < flows) flows"
 else
     dd if=/dev/urandom of=tx bs=1M count=4 2>/dev/null
     nc_listen 5002 rx
