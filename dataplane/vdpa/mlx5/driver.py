@@ -33,6 +33,7 @@ from typing import Any
 
 from dataplane import log as dplog
 from dataplane.hwspec import mlx5_prm as P
+from dataplane.lcores.threads import set_thread_name, set_timer_slack_ns
 from dataplane.vdpa.card_ops import CardDeviceOps
 from dataplane.vdpa.device import VDPA_DEVICE_TYPE_NET, VdpaDevice, VdpaError, register_device, \
     unregister_device
@@ -173,6 +174,7 @@ class Mlx5VdpaDevice:
         self.relay: EventfdRelay | None = None
         self.err_thread: EventfdRelay | None = None
         self.ev_thread: threading.Thread | None = None
+        self.ev_tid = 0  # the event thread's kernel thread id (its /proc/PID/task/TID), once it runs
         self._ev_stop = False
         self._ev_stop_fd = -1
         self._ev_seen = self.hw.event_records(P.EVQ_OFF, 0)[0]
@@ -236,6 +238,7 @@ class Mlx5VdpaDevice:
 
     def figures(self) -> dict:
         return {"relayed_kicks": self.relayed_kicks, "interrupts": self.interrupts, "recoveries": self.recoveries,
+                "event_thread_blocks": getattr(self.policy, "blocks", 0),
                 "gave_up": list(self.gave_up),
                 "host_notifiers": sorted(q for q, v in self.virtqs.items() if v.notifier == NOTIFIER_ENABLED)}
 
@@ -579,15 +582,24 @@ class Mlx5VdpaDevice:
 
         core = d.event_core
 
+        name = f"vDPA-mlx5-{self.vid}"
+
         def run():
             try:
+                # DPDK names it (what top -H shows) and makes it real-time (no timer slack): a timer mode's
+                # sleeps are then event_us, not event_us plus the kernel's 50 us default slack
+                set_thread_name(name)
+                set_timer_slack_ns(1)
+                self.ev_tid = threading.get_native_id()
                 if core >= 0:
                     os.sched_setaffinity(0, {core})
+                log.info("mlx5: event thread", bdf=self.bdf, vid=self.vid, tid=self.ev_tid, event_mode=d.event_mode,
+                         event_us=d.event_us, no_traffic_time=d.no_traffic_max)
                 run_event_thread(policy, hooks)
             except Exception:
                 log.exception("mlx5: event thread failed", bdf=self.bdf)
 
-        self.ev_thread = threading.Thread(target=run, name=f"vDPA-mlx5-{self.vid}", daemon=True)
+        self.ev_thread = threading.Thread(target=run, name=name, daemon=True)
         self.ev_thread.start()
 
     def _event_stop(self) -> None:

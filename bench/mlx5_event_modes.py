@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""The mlx5 vDPA event thread per ``event_mode``: its CPU use at idle and under load, and the guests' ping latency.
+
+Usage::
+
+    python bench/mlx5_event_modes.py [--modes 0,1:100,1:1000,2] [--idle-seconds 10] [--load-seconds 10]
+                                     [--pings 50]
+
+A mode is ``M`` or ``M:EVENT_US`` (facts §3.6: 0 dynamic timer, 1 fixed timer, the default, 2
+interrupts only; ``event_us`` is mode 0's step and mode 1's fixed delay).  For each, in turn:
+the emulated ConnectX-6 Dx (``dataplane-nic``, model mlx5, two VFs) and ``dataplane-vdpa -a
+0000:00:06.1,class=vdpa,event_mode=M[,event_us=U] -a 0000:00:06.2,...`` (one event thread
+per VF, ``vDPA-mlx5-<vid>``: the driver names it for the kernel), and two Linux guests
+(QEMU TCG, one queue pair each), 10.0.0.1 (the client) and 10.0.0.2:
+
+1. **idle**: both guests up (they pinged each other once), no traffic: the CPU time
+   (the run time of ``/proc/PID/task/TID/schedstat``, else utime + stime of ``stat``) of each
+   event thread over ``--idle-seconds``,
+   as % of one CPU;
+2. **ping idle**: the client pings the server ``--pings`` times, 50 ms apart; the RTTs
+   are read from its console;
+3. **load**: the client streams zeros over TCP to the server (busybox ``nc``) and
+   pings meanwhile: the event threads' CPU over ``--load-seconds``, the RTTs under load, and
+   what the server received (MB/s).
+
+The table has one row per mode: each VF's event thread's CPU % (idle, load), the RTT median
+(and 10th/90th percentiles) in ms idle and under load, the load's throughput, and the
+driver's figures at stop (guest interrupts, times the timer thread blocked on the event
+channel).
+
+How to read it.  QEMU TCG puts the RTT in the millisecond range and makes it noisy; compare
+**medians**, and only between the rows of one run (the same machine, the same load).
+What a mode adds is the event thread's delay between the card's completion and the callfd
+write: mode 2 writes it when the completion event arrives; modes 0/1 when the thread is
+blocked (after ``no_traffic_time`` + 1 empty polls) do the same, and while they poll (for
+``no_traffic_time`` polls after any completion, e.g. the echo request's TX completion) the
+reply waits for the next poll, up to ``event_us`` later (half of it on average).  So mode
+1's RTT minus mode 2's should be between 0 and ``event_us`` (DPDK's promise: "adds at most
+event_us"); with event_us = 100 µs that is below TCG's noise, with 1000 µs it shows.
+At idle every mode should block: mode 2 always, modes 0/1 after their empty polls; an
+idle CPU share above a few % means the thread polls when it should sleep.
+
+The LAST lines are the headline: ``idle_cpu_mode2_pct=<the larger of the two event threads'
+idle share in mode 2>``, ``added_latency_us=<median RTT of mode 1 with the largest event_us
+minus mode 2's, µs>``, ``event_us=<that event_us>`` and ``added_latency_ratio=<the two's
+ratio: at most 1 keeps the promise>`` (mode 2, measured in the same run, is the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataplane.testing.linux_guest import QEMU, Guest, Nic, guest_image, run_guests  # noqa: E402
+from dataplane.testing.nic_card import card_in_runtime  # noqa: E402
+from dataplane.testing.vdpa_proc import VdpaProcess  # noqa: E402
+
+VF1, VF2 = "0000:00:06.1", "0000:00:06.2"
+A, B = "10.0.0.1", "10.0.0.2"
+THREAD_PREFIX = "vDPA-mlx5-"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SCRIPT = """
+wait_host() {
+    _t=$(( $2 * 5 ))
+    while ! host_said $1; do
+        _t=$(( _t - 1 )); [ $_t -gt 0 ] || fail "the host never said $1"
+        sleep 0.2
+    done
+}
+pings() {
+    echo "== ping $1 =="
+    ping -c $count -i 0.05 -W 5 $peer || true
+    echo "== end $1 =="
+}
+ip addr add $ip/24 dev eth0
+ip link set eth0 up
+wait_until 60 ping -c 1 -W 1 $peer || fail "no ping reply from $peer"
+if [ "$role" = server ]; then
+    mkfifo /tmp/hold
+    sleep 100000 > /tmp/hold &
+    (nc -l -p 5002 < /tmp/hold | wc -c > /tmp/got) &
+    echo "bench: up"
+    wait_host stop 900
+    sleep 2
+    result got=$(cat /tmp/got 2>/dev/null || echo 0)
+else
+    echo "bench: up"
+    wait_host ping 900
+    pings idle
+    wait_host load 900
+    (dd if=/dev/zero bs=64k count=1000000 2>/dev/null | nc $peer 5002) &
+    LOAD=$!
+    echo "bench: loading"
+    sleep 1
+    pings load
+    wait_host stop 900
+    kill $LOAD 2>/dev/null || true
+    killall nc 2>/dev/null || true
+    result done=1
+fi
+"""
+
+
+def event_threads(pid: int) -> dict[int, str]:
+    """The tids of ``pid``'s mlx5 event threads (the kernel names them ``vDPA-mlx5-<vid>``) and their names."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name.startswith(THREAD_PREFIX):
+            out[int(tid)] = name
+    return out
+
+
+def thread_cpu_s(pid: int, tid: int) -> float | None:
+    """The CPU time of thread ``tid`` in seconds (None once it is gone): the scheduler's run time
+    (``schedstat``, ns) where the kernel keeps it, else utime + stime of ``stat`` (clock ticks)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_window(pid: int, seconds: float) -> dict[str, float]:
+    """Each event thread's CPU share (% of one CPU) over ``seconds``, by thread name (threads alive throughout)."""
+    threads = event_threads(pid)
+    c0 = {tid: thread_cpu_s(pid, tid) for tid in threads}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    out = {}
+    for tid, name in threads.items():
+        c1 = thread_cpu_s(pid, tid)
+        if c0[tid] is not None and c1 is not None:
+            out[name] = 100.0 * (c1 - c0[tid]) / dt
+    return out
+
+
+def rtts(console: str, phase: str) -> list[float]:
+    """The ping RTTs (ms) the client printed between ``== ping PHASE ==`` and ``== end PHASE ==``."""
+    m = re.search(rf"== ping {phase} ==(.*?)== end {phase} ==", console, re.S)
+    return [float(x) for x in re.findall(r"time=([0-9.]+) ms", m.group(1))] if m else []
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def run_mode(image, mode: int, event_us: int | None, args) -> dict:
+    devargs = f"class=vdpa,event_mode={mode}" + (f",event_us={event_us}" if event_us is not None else "")
+    label = f"{mode}" + (f":{event_us}" if event_us is not None else "")
+    print(f"mode {label}: {devargs}", flush=True)
+    row: dict = {"label": label, "mode": mode, "event_us": event_us}
+    with card_in_runtime(vfs=2, prefix=f"m5e{mode}", model="mlx5"):
+        with VdpaProcess(allow=[f"{bdf},{devargs}" for bdf in (VF1, VF2)]) as app:
+            params = {"count": args.pings}
+            guests = [Guest(image, SCRIPT, name=f"ev{mode}g{i}", script_timeout=1200,
+                            params={**params, "ip": ip, "peer": peer, "role": role}, nics=[Nic(app.socket(i))])
+                      for i, (ip, peer, role) in enumerate(((A, B, "client"), (B, A, "server")))]
+            client, server = guests
+            with contextlib.ExitStack() as stack:
+                for g in guests:
+                    stack.enter_context(g)
+                for g in guests:
+                    g.wait_console(r"^bench: up", 400)
+                pid = app.proc.pid
+                deadline = time.monotonic() + 30
+                while len(event_threads(pid)) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                row["threads"] = sorted(event_threads(pid).values())
+                time.sleep(args.settle)
+                row["idle_cpu"] = cpu_window(pid, args.idle_seconds)
+                print(f"  idle: event threads' CPU % {_fmt_cpu(row['idle_cpu'])}", flush=True)
+                client.tell("ping")
+                client.wait_console(r"^== end idle ==", 120)
+                client.tell("load")
+                client.wait_console(r"^bench: loading", 120)
+                t0 = time.monotonic()
+                row["load_cpu"] = cpu_window(pid, args.load_seconds)
+                print(f"  load: event threads' CPU % {_fmt_cpu(row['load_cpu'])}", flush=True)
+                client.wait_console(r"^== end load ==", 120)
+                client.tell("stop")
+                row["load_s"] = time.monotonic() - t0
+                server.tell("stop")
+                results = run_guests(*guests)
+                for r in results:
+                    if not r.passed:
+                        raise RuntimeError(f"guest failed: {r.line}\n{r.console[-3000:]}\n{app.output[-3000:]}")
+                figures = app.stop()
+    row["rtt_idle"] = rtts(results[0].console, "idle")
+    row["rtt_load"] = rtts(results[0].console, "load")
+    got = int(results[1].values.get("got", "0") or 0)
+    row["load_mbps"] = got / 1e6 / row["load_s"]
+    devs = figures.get("devices", {})
+    row["interrupts"] = sum(int(f.get("interrupts", 0)) for f in devs.values() if isinstance(f, dict))
+    row["blocks"] = sum(int(f.get("event_thread_blocks", 0)) for f in devs.values() if isinstance(f, dict))
+    print(f"  ping idle median {median(row['rtt_idle']):.3f} ms ({len(row['rtt_idle'])} replies), "
+          f"under load {median(row['rtt_load']):.3f} ms ({len(row['rtt_load'])}); load {row['load_mbps']:.2f} MB/s; "
+          f"interrupts {row['interrupts']}, blocks {row['blocks']}", flush=True)
+    return row
+
+
+def _fmt_cpu(cpu: dict[str, float]) -> str:
+    return " / ".join(f"{v:.2f}" for _k, v in sorted(cpu.items())) or "-"
+
+
+def parse_modes(text: str) -> list[tuple[int, int | None]]:
+    out = []
+    for item in text.split(","):
+        mode, _, us = item.strip().partition(":")
+        out.append((int(mode), int(us) if us else None))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--modes", default="0,1:100,1:1000,2", help="M or M:EVENT_US, comma-separated")
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--load-seconds", type=float, default=10.0)
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds after both guests are up, before the idle window")
+    ap.add_argument("--pings", type=int, default=50, help="pings per phase, 50 ms apart")
+    args = ap.parse_args()
+    if QEMU is None:
+        print("qemu-system-x86_64 not found (Debian package qemu-system-x86)", file=sys.stderr)
+        return 2
+    image = guest_image()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    rows = [run_mode(image, mode, us, args) for mode, us in parse_modes(args.modes)]
+    print(f"load average at end: {os.getloadavg()}", flush=True)
+    print()
+    print("| mode | event_us | idle CPU % (per VF) | load CPU % (per VF) | RTT idle ms median (p10-p90) "
+          "| RTT load ms median (p10-p90) | load MB/s | interrupts | blocks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        us = "-" if r["event_us"] is None else str(r["event_us"])
+        ri, rl = r["rtt_idle"], r["rtt_load"]
+        print(f"| {r['mode']} | {us} | {_fmt_cpu(r['idle_cpu'])} | {_fmt_cpu(r['load_cpu'])} "
+              f"| {median(ri):.3f} ({pct(ri, 0.1):.3f}-{pct(ri, 0.9):.3f}) "
+              f"| {median(rl):.3f} ({pct(rl, 0.1):.3f}-{pct(rl, 0.9):.3f}) "
+              f"| {r['load_mbps']:.2f} | {r['interrupts']} | {r['blocks']} |")
+    print()
+    m2 = [r for r in rows if r["mode"] == 2]
+    m1 = sorted((r for r in rows if r["mode"] == 1 and r["event_us"]), key=lambda r: r["event_us"])
+    idle2 = max(m2[0]["idle_cpu"].values(), default=float("nan")) if m2 else float("nan")
+    print(f"idle_cpu_mode2_pct={idle2:.2f}")
+    if m1 and m2:
+        us = m1[-1]["event_us"]
+        added = (median(m1[-1]["rtt_idle"]) - median(m2[0]["rtt_idle"])) * 1000.0
+        print(f"added_latency_us={added:.0f}")
+        print(f"event_us={us}")
+        print(f"added_latency_ratio={added / us:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
