@@ -42,7 +42,7 @@ __all__ = [
     "toeplitz_key_bytes",
     "UAR_OFF", "UAR_CQ_DB", "UAR_IDLE", "EVQ_OFF", "ERRQ_OFF", "EQ_PROD", "EQ_NENT", "EQ_LOST", "EQ_ENTRIES",
     "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_WQE_COUNTER", "CQE_OP_OWN",
-    "CQE_OPCODE_REQ", "DBR_CI", "DBR_ARM", "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
+    "CQE_OPCODE_REQ", "DBR_CI", "DBR_ARM", "CQ_CI_MASK", "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
     "CQ_REF", "QP_IN", "QP_OUT", "QP_REF", "QP_MODIFY", "QP_QUERY_OUT", "SUBSCRIBE_IN",
 ]
 
@@ -395,6 +395,8 @@ CQE_OPCODE_REQ = 0x0
 #: the CQ doorbell record: u32 BE consumer index at 0, u32 BE arm word at 4 (sn << 28 | cmd << 24 | ci)
 DBR_CI = 0x0
 DBR_ARM = 0x4
+#: The CQ consumer index (doorbell record and arm word) is 24 bits (MLX5_CI_MASK).
+CQ_CI_MASK = 0xFFFFFF
 CQ_DB_CMD_ALL = 0  # an event on any completion
 CQ_DB_CMD_SOL = 1  # (solicited only: treated as ALL)
 

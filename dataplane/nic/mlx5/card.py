@@ -69,7 +69,7 @@ from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.hwspec.mlx5_prm import (CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
+from dataplane.hwspec.mlx5_prm import (CQ_CI_MASK, CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
                                         EQ_NENT, EQ_PROD, EQ_SLOTS, EQE_SIZE, ERRQ_OFF, EVQ_OFF, UAR_CQ_DB, UAR_IDLE,
                                         UAR_OFF, EventType)
 from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
@@ -290,41 +290,50 @@ class Mlx5Function(Function):
 
     def _poll_events(self) -> None:
         """QP-mode virtqs: new completions advance their CQ's cqes[0].wqe_counter; an armed CQ (its
-        doorbell record's arm word carries the CQ's arm sn) gets one event, then is disarmed."""
+        doorbell record's arm word carries the CQ's arm sn) with completions its consumer index (the
+        arm word's low 24 bits) has not reached gets one event, then is disarmed.  As on the
+        hardware, that includes completions written before the arm: a driver that arms after its
+        last empty poll misses none."""
         if int(self.uar64[0]) != UAR_IDLE:  # the arm doorbell: taken; the arm words say which CQs
             self.uar64[0] = UAR_IDLE
         for r in self.runs.values():
             self._complete(r)
 
     def _complete(self, r: Run) -> None:
-        """Report ``r``'s new completions in its event CQ (QP mode only)."""
+        """Report ``r``'s new completions in its event CQ (QP mode only), and the event an armed CQ owes."""
         a = self.hca.virtqs[r.obj_id].attrs
         if a["event_mode"] != EventMode.QP:
             return
         taken = self._taken(r)[0]
         delta = taken - r.cq_seen
-        if delta <= 0:
-            return
         cq = self.hca.event_cq(a["qp_id"])
-        r.cq_seen = taken
+        if delta > 0:
+            r.cq_seen = taken
+        elif cq is None or cq.produced == cq.consumed:
+            return  # nothing new, and the driver consumed all there was: no event can be owed
         if cq is None:
             return
-        cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
         dbr = self.dma.translate(cq.dbr_iova, 8)
-        if not cqes or not dbr:
-            self.vrow[V_DMA_FAULTS] += 1
-            self.vrow[V_FAULTS] += 1
-            log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+        if delta > 0:
+            cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
+            if not cqes or not dbr:
+                self.vrow[V_DMA_FAULTS] += 1
+                self.vrow[V_FAULTS] += 1
+                log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+                return
+            mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
+            wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+            slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+            struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+            mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
+            if slot:
+                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+            cq.produced = (cq.produced + delta) & CQ_CI_MASK
+        elif not dbr:
             return
-        mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
-        wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
-        slot = 0 if cq.first_only else wc % (1 << cq.log_size)
-        struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
-        mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
-        if slot:
-            struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
         arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
-        if (arm >> 28) & 3 == cq.sn:
+        cq.consumed = arm & CQ_CI_MASK
+        if (arm >> 28) & 3 == cq.sn and cq.produced != cq.consumed:
             cq.sn = (cq.sn + 1) & 3
             cq.events += 1
             self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)

@@ -172,6 +172,8 @@ class Cq:
     armed: bool = False
     events: int = 0
     users: int = 0  # QPs on it
+    produced: int = 0  # completions written (24 bits, as the consumer index the driver arms with)
+    consumed: int = 0  # the consumer index of the last arm word read
 
 
 @dataclass

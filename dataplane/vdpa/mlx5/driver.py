@@ -542,23 +542,28 @@ class Mlx5VdpaDevice:
         self.hw.cq_doorbell(uar)
 
     def _wait(self):
-        if self._pending:
-            return self._pending.popleft()
+        """Block until a completion event names one of our virtqs (that virtq), or until stop (None).
+
+        Like devx_get_event it does not time out: the thread sleeps until the card has something (the
+        epoll timeout only bounds how long a stop flag without its eventfd write would go unseen)."""
         ep = self._ep
-        for fd, _ in ep.poll(0.2):
-            if fd == self._ev_stop_fd:
+        while not self._pending:
+            if self._ev_stop:
                 return None
-            try:
-                os.eventfd_read(fd)
-            except (BlockingIOError, InterruptedError):
-                pass
-        self._ev_seen, recs = self.hw.event_records(P.EVQ_OFF, self._ev_seen)
-        by_cqn = {v.cqn: v for v in self._qp_virtqs}
-        for cookie, cqn in recs:
-            v = by_cqn.get(cqn)
-            if v is not None and v.index == cookie:
-                self._pending.append(v)
-        return self._pending.popleft() if self._pending else None
+            for fd, _ in ep.poll(5.0):
+                if fd == self._ev_stop_fd:
+                    return None
+                try:
+                    os.eventfd_read(fd)
+                except (BlockingIOError, InterruptedError):
+                    pass
+            self._ev_seen, recs = self.hw.event_records(P.EVQ_OFF, self._ev_seen)
+            by_cqn = {v.cqn: v for v in self._qp_virtqs}  # (a virtq set up later joins the running thread)
+            for cookie, cqn in recs:
+                v = by_cqn.get(cqn)
+                if v is not None and v.index == cookie:
+                    self._pending.append(v)
+        return self._pending.popleft()
 
     def _event_start(self) -> None:
         self._qp_virtqs = tuple(v for v in self.virtqs.values() if v.cq is not None)
@@ -574,7 +579,9 @@ class Mlx5VdpaDevice:
         self._pending.clear()
         hooks = EventHooks(
             poll_all=lambda: max((self._complete(v) for v in self._qp_virtqs), default=0),
-            arm_all=lambda: [self._arm(v) for v in self._qp_virtqs],
+            # only the CQs not armed yet (a completion disarms one): arming one twice before its event would put
+            # its arm sequence number ahead of the card's, which then ignores the arm (no event, a lost interrupt)
+            arm_all=lambda: [self._arm(v) for v in self._qp_virtqs if v.cq is not None and not v.cq.armed],
             wait=self._wait, complete=self._complete, arm=self._arm,
             sleep_us=lambda us: time.sleep(us / 1e6), yield_cpu=lambda: time.sleep(0),
             stop=lambda: self._ev_stop)
