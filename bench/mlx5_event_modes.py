@@ -4,7 +4,7 @@
 Usage::
 
     python bench/mlx5_event_modes.py [--modes 0,1:100,1:1000,2] [--idle-seconds 10] [--load-seconds 10]
-                                     [--pings 50]
+                                     [--pings 100]
 
 A mode is ``M`` or ``M:EVENT_US`` (facts §3.6: 0 dynamic timer, 1 fixed timer, the default, 2
 interrupts only; ``event_us`` is mode 0's step and mode 1's fixed delay).  For each, in turn:
@@ -21,7 +21,7 @@ per VF, ``vDPA-mlx5-<vid>``: the driver names it for the kernel), and two Linux 
    are read from its console;
 3. **load**: the client streams zeros over TCP to the server (busybox ``nc``) and
    pings meanwhile: the event threads' CPU over ``--load-seconds``, the RTTs under load, and
-   what the server received (MB/s).
+   what reached the server's RX virtq in that window (MB/s, the card's queue byte counter).
 
 The table has one row per mode: each VF's event thread's CPU % (idle, load), the RTT median
 (and 10th/90th percentiles) in ms idle and under load, the load's throughput, and the
@@ -58,6 +58,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataplane.nic.kernels import Q_BYTES  # noqa: E402
+from dataplane.nic.shm import CardShm  # noqa: E402
 from dataplane.testing.linux_guest import QEMU, Guest, Nic, guest_image, run_guests  # noqa: E402
 from dataplane.testing.nic_card import card_in_runtime  # noqa: E402
 from dataplane.testing.vdpa_proc import VdpaProcess  # noqa: E402
@@ -84,13 +86,10 @@ ip addr add $ip/24 dev eth0
 ip link set eth0 up
 wait_until 60 ping -c 1 -W 1 $peer || fail "no ping reply from $peer"
 if [ "$role" = server ]; then
-    mkfifo /tmp/hold
-    sleep 100000 > /tmp/hold &
-    (nc -l -p 5002 < /tmp/hold | wc -c > /tmp/got) &
+    nc_listen 5002 /dev/null
     echo "bench: up"
     wait_host stop 900
-    sleep 2
-    result got=$(cat /tmp/got 2>/dev/null || echo 0)
+    result done=1
 else
     echo "bench: up"
     wait_host ping 900
@@ -177,7 +176,7 @@ def run_mode(image, mode: int, event_us: int | None, args) -> dict:
     label = f"{mode}" + (f":{event_us}" if event_us is not None else "")
     print(f"mode {label}: {devargs}", flush=True)
     row: dict = {"label": label, "mode": mode, "event_us": event_us}
-    with card_in_runtime(vfs=2, prefix=f"m5e{mode}", model="mlx5"):
+    with card_in_runtime(vfs=2, prefix=f"m5e{mode}", model="mlx5") as card:
         with VdpaProcess(allow=[f"{bdf},{devargs}" for bdf in (VF1, VF2)]) as app:
             params = {"count": args.pings}
             guests = [Guest(image, SCRIPT, name=f"ev{mode}g{i}", script_timeout=1200,
@@ -201,12 +200,17 @@ def run_mode(image, mode: int, event_us: int | None, args) -> dict:
                 client.wait_console(r"^== end idle ==", 120)
                 client.tell("load")
                 client.wait_console(r"^bench: loading", 120)
-                t0 = time.monotonic()
-                row["load_cpu"] = cpu_window(pid, args.load_seconds)
-                print(f"  load: event threads' CPU % {_fmt_cpu(row['load_cpu'])}", flush=True)
+                shm = CardShm(os.path.join(card.dir, "counters"))
+                try:
+                    rx0, t0 = int(shm.queues[1][0, Q_BYTES]), time.monotonic()  # the server's RX virtq
+                    row["load_cpu"] = cpu_window(pid, args.load_seconds)
+                    row["load_mbps"] = (int(shm.queues[1][0, Q_BYTES]) - rx0) / 1e6 / (time.monotonic() - t0)
+                finally:
+                    shm.close()
+                print(f"  load: event threads' CPU % {_fmt_cpu(row['load_cpu'])}, {row['load_mbps']:.2f} MB/s "
+                      "to the server", flush=True)
                 client.wait_console(r"^== end load ==", 120)
                 client.tell("stop")
-                row["load_s"] = time.monotonic() - t0
                 server.tell("stop")
                 results = run_guests(*guests)
                 for r in results:
@@ -215,8 +219,6 @@ def run_mode(image, mode: int, event_us: int | None, args) -> dict:
                 figures = app.stop()
     row["rtt_idle"] = rtts(results[0].console, "idle")
     row["rtt_load"] = rtts(results[0].console, "load")
-    got = int(results[1].values.get("got", "0") or 0)
-    row["load_mbps"] = got / 1e6 / row["load_s"]
     devs = figures.get("devices", {})
     row["interrupts"] = sum(int(f.get("interrupts", 0)) for f in devs.values() if isinstance(f, dict))
     row["blocks"] = sum(int(f.get("event_thread_blocks", 0)) for f in devs.values() if isinstance(f, dict))
@@ -244,7 +246,7 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--load-seconds", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after both guests are up, before the idle window")
-    ap.add_argument("--pings", type=int, default=50, help="pings per phase, 50 ms apart")
+    ap.add_argument("--pings", type=int, default=100, help="pings per phase, 50 ms apart")
     args = ap.parse_args()
     if QEMU is None:
         print("qemu-system-x86_64 not found (Debian package qemu-system-x86)", file=sys.stderr)
