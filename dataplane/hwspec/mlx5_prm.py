@@ -41,7 +41,7 @@ __all__ = [
     "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_MODIFY", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
     "toeplitz_key_bytes",
     "UAR_OFF", "UAR_CQ_DB", "UAR_IDLE", "EVQ_OFF", "ERRQ_OFF", "EQ_PROD", "EQ_NENT", "EQ_LOST", "EQ_ENTRIES",
-    "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_WQE_COUNTER", "CQE_OP_OWN",
+    "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_TIMESTAMP", "CQE_WQE_COUNTER", "CQE_OP_OWN",
     "CQE_OPCODE_REQ", "DBR_CI", "DBR_ARM", "CQ_CI_MASK", "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
     "CQ_REF", "QP_IN", "QP_OUT", "QP_REF", "QP_MODIFY", "QP_QUERY_OUT", "SUBSCRIBE_IN",
 ]
@@ -389,6 +389,7 @@ QP_MOVES = {Op.RST2INIT_QP: (QpState.RST, QpState.INIT), Op.INIT2RTR_QP: (QpStat
 MAX_LOG_CQ_SIZE = 15
 #: a CQE: 64 bytes; the card writes cqes[0] only when use_first_only, else cqes[n % size]
 CQE_SIZE = 64
+CQE_TIMESTAMP = 0x30  # big-endian u64: when the CQE was written (the emulated card: CLOCK_MONOTONIC ns)
 CQE_WQE_COUNTER = 0x3C  # big-endian u16
 CQE_OP_OWN = 0x3F  # opcode << 4 | owner bit
 CQE_OPCODE_REQ = 0x0

@@ -10,6 +10,7 @@ from dataplane.vdpa.mlx5.event import (
     InterruptPolicy,
     TimerPolicy,
     WQE_COUNTER_INIT,
+    delay_summary,
     make_policy,
     run_event_thread,
 )
@@ -247,3 +248,9 @@ def test_interrupt_mode_completes_and_rearms():
     run_event_thread(policy, hooks)
     assert policy.events == 3 and arms == [1, 1, 1] and card.calls[1] == 3
     assert card.polls == 0 and card.sleeps == 0  # no timer at all in mode 2
+
+
+def test_delay_summary_in_microseconds():
+    assert delay_summary([]) == {"n": 0}
+    d = delay_summary([i * 1000 for i in range(1, 101)])  # 1..100 µs
+    assert d == {"n": 100, "median": 51.0, "p90": 91.0, "p99": 100.0, "max": 100.0}

@@ -102,6 +102,11 @@ def test_a_timer_mode_blocks_once_at_idle_and_each_completion_wakes_it(card, ser
             assert wait_until(lambda: eventfd_count(rx.call_fd) >= 1, timeout=5.0)
             assert wait_until(lambda: dev2.policy.blocks > blocks), f"no block after frame {n}"
             blocks = dev2.policy.blocks
+        # each interrupt's delay from the card's CQE timestamp (the host's monotonic clock) was recorded
+        delays = list(dev2.completion_delays_ns)
+        assert len(delays) >= 6 and all(0 < d < 60e9 for d in delays), delays
+        summary = dev2.figures()["completion_delay_us"]
+        assert summary["n"] == len(delays) and 0 < summary["median"] <= summary["max"]
     finally:
         for fe, g in ((fe1, g1), (fe2, g2)):
             fe.close()

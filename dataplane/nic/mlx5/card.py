@@ -46,7 +46,9 @@ writes no error CQEs.
 
 **Interrupts.**  event_mode NO_MSIX: none (the driver polls); MSIX: the eventfd bound to vector
 ``qp_id`` is written when the driver wants an interrupt.  QP: completions advance the event CQ's
-cqes[0].wqe_counter and an armed CQ gets one event (:meth:`Mlx5Function._poll_events`); a
+cqes[0].wqe_counter (and its timestamp: CLOCK_MONOTONIC ns when the CQE was written) and an armed
+CQ gets one event (:meth:`Mlx5Function._poll_events`), also when it is armed behind the completions
+written; a
 subscribed virtq going ERROR gets an error event (docs/nic.md, "Events").
 """
 
@@ -55,6 +57,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import time
 
 import numpy as np
 
@@ -69,7 +72,7 @@ from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.hwspec.mlx5_prm import (CQ_CI_MASK, CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
+from dataplane.hwspec.mlx5_prm import (CQ_CI_MASK, CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_TIMESTAMP, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
                                         EQ_NENT, EQ_PROD, EQ_SLOTS, EQE_SIZE, ERRQ_OFF, EVQ_OFF, UAR_CQ_DB, UAR_IDLE,
                                         UAR_OFF, EventType)
 from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
@@ -324,10 +327,13 @@ class Mlx5Function(Function):
             mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
             wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
             slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+            now = time.monotonic_ns()  # the CQE's timestamp: the card's clock is the host's CLOCK_MONOTONIC, in ns
+            struct.pack_into(">Q", mem, CQE_SIZE * slot + CQE_TIMESTAMP, now)
             struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
             mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
-            if slot:
-                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+            if slot:  # cqes[0] keeps the latest count (and its time) too
+                struct.pack_into(">Q", mem, CQE_TIMESTAMP, now)
+                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)
             cq.produced = (cq.produced + delta) & CQ_CI_MASK
         elif not dbr:
             return

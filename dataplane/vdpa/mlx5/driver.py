@@ -40,7 +40,7 @@ from dataplane.vdpa.device import VDPA_DEVICE_TYPE_NET, VdpaDevice, VdpaError, r
 from dataplane.vdpa.fdthread import EventfdRelay
 from dataplane.vdpa.mlx5 import features as F, mem as M, rss as RSS
 from dataplane.vdpa.mlx5.devargs import Mlx5VdpaDevargs, NotOurDevice, parse_devargs
-from dataplane.vdpa.mlx5.event import EventCq, EventHooks, make_policy, run_event_thread
+from dataplane.vdpa.mlx5.event import EventCq, EventHooks, delay_summary, make_policy, run_event_thread
 from dataplane.vdpa.mlx5.hw import Mlx5Hw, Mlx5HwError, find_vf_dir
 from dataplane.vdpa.mlx5.recovery import GIVE_UP, IGNORE, RecoveryPolicy
 from dataplane.vdpa.mlx5.stats import Mlx5VdpaStats
@@ -184,6 +184,8 @@ class Mlx5VdpaDevice:
         self.policy = None
         self.relayed_kicks = 0
         self.interrupts = 0  # callfd writes by the event thread
+        #: the last completions' delays, CQE written -> callfd written (ns): the event mode's latency
+        self.completion_delays_ns: collections.deque = collections.deque(maxlen=1 << 16)
         self.recoveries = 0
         self.gave_up: list[int] = []
         self._lock = threading.RLock()
@@ -239,6 +241,7 @@ class Mlx5VdpaDevice:
     def figures(self) -> dict:
         return {"relayed_kicks": self.relayed_kicks, "interrupts": self.interrupts, "recoveries": self.recoveries,
                 "event_thread_blocks": getattr(self.policy, "blocks", 0),
+                "completion_delay_us": delay_summary(self.completion_delays_ns),
                 "gave_up": list(self.gave_up),
                 "host_notifiers": sorted(q for q, v in self.virtqs.items() if v.notifier == NOTIFIER_ENABLED)}
 
@@ -531,6 +534,11 @@ class Mlx5VdpaDevice:
                     self.interrupts += 1
                 except OSError:
                     pass
+                # what the event mode costs a completion: from the CQE's timestamp (the card's clock is the host's
+                # CLOCK_MONOTONIC) to the guest's interrupt
+                ts = struct.unpack_from(">Q", mm, v.cqe_off + P.CQE_TIMESTAMP)[0]
+                if ts:
+                    self.completion_delays_ns.append(time.monotonic_ns() - ts)
         return comp
 
     def _arm(self, v: _Virtq) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "InterruptPolicy",
     "make_policy",
     "run_event_thread",
+    "delay_summary",
 ]
 
 log = dplog.get_logger("dataplane.vdpa.mlx5")
@@ -230,3 +231,15 @@ def run_event_thread(policy, hooks: EventHooks) -> None:
             hooks.sleep_us(action.delay_us)
         else:
             hooks.yield_cpu()
+
+
+def delay_summary(delays_ns) -> dict:
+    """Completion delays (ns, CQE written -> guest interrupt) as µs: ``n``, ``median``, ``p90``, ``p99``, ``max``."""
+    xs = sorted(delays_ns)
+    if not xs:
+        return {"n": 0}
+
+    def q(f: float) -> float:
+        return round(xs[min(len(xs) - 1, int(f * len(xs)))] / 1000.0, 1)
+
+    return {"n": len(xs), "median": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": round(xs[-1] / 1000.0, 1)}
