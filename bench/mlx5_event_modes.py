@@ -4,7 +4,7 @@
 Usage::
 
     python bench/mlx5_event_modes.py [--modes 0,1:100,1:1000,2] [--idle-seconds 10] [--load-seconds 10]
-                                     [--pings 100]
+                                     [--pings 100] [--rounds 1]
 
 A mode is ``M`` or ``M:EVENT_US`` (facts §3.6: 0 dynamic timer, 1 fixed timer, the default, 2
 interrupts only; ``event_us`` is mode 0's step and mode 1's fixed delay).  For each, in turn:
@@ -23,7 +23,8 @@ per VF, ``vDPA-mlx5-<vid>``: the driver names it for the kernel), and two Linux 
    pings meanwhile: the event threads' CPU over ``--load-seconds``, the RTTs under load, and
    what reached the server's RX virtq in that window (MB/s, the card's queue byte counter).
 
-The table has one row per mode: each VF's event thread's CPU % (idle, load); the
+With ``--rounds N`` the modes take turns N times and a row gives the medians of its rounds
+(the RTTs pooled).  The table has one row per mode: each VF's event thread's CPU % (idle, load); the
 **completion delay** per VF (median, 90th percentile, max, µs, over every completion of the
 run: the driver's figures at stop); the RTT median (and 10th/90th percentiles) in ms idle and
 under load; the load's throughput; the driver's counts at stop (guest interrupts, times the
@@ -251,6 +252,26 @@ def delay_of(row: dict, key: str) -> float:
     return max((d[key] for d in row["delay"] if key in d), default=float("nan"))
 
 
+def merge(runs: list[dict]) -> dict:
+    """One row from a mode's rounds: medians of the CPU shares, throughput, counts and each VF's delay figures;
+    the RTTs pooled."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    for key in ("idle_cpu", "load_cpu"):
+        names = sorted({n for r in runs for n in r[key]})
+        row[key] = {n: median(r[key][n] for r in runs if n in r[key]) for n in names}
+    for key in ("rtt_idle", "rtt_load"):
+        row[key] = [x for r in runs for x in r[key]]
+    for key in ("load_mbps", "interrupts", "blocks"):
+        row[key] = median(r[key] for r in runs)
+    nvf = max(len(r["delay"]) for r in runs)
+    row["delay"] = [{k: median(r["delay"][i][k] for r in runs if i < len(r["delay"]) and k in r["delay"][i])
+                     for k in ("n", "median", "p90", "p99", "max")
+                     if any(i < len(r["delay"]) and k in r["delay"][i] for r in runs)} for i in range(nvf)]
+    return row
+
+
 def parse_modes(text: str) -> list[tuple[int, int | None]]:
     out = []
     for item in text.split(","):
@@ -266,13 +287,22 @@ def main() -> int:
     ap.add_argument("--load-seconds", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after both guests are up, before the idle window")
     ap.add_argument("--pings", type=int, default=100, help="pings per phase, 50 ms apart")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times each mode is measured, the modes taking turns; a row gives the rounds' medians")
     args = ap.parse_args()
     if QEMU is None:
         print("qemu-system-x86_64 not found (Debian package qemu-system-x86)", file=sys.stderr)
         return 2
     image = guest_image()
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    rows = [run_mode(image, mode, us, args) for mode, us in parse_modes(args.modes)]
+    modes = parse_modes(args.modes)
+    runs: dict = {m: [] for m in modes}
+    for rnd in range(args.rounds):
+        for mode, us in modes:  # the modes take turns, so a change of load on the machine hits them all
+            if args.rounds > 1:
+                print(f"round {rnd + 1}/{args.rounds}", flush=True)
+            runs[(mode, us)].append(run_mode(image, mode, us, args))
+    rows = [merge(runs[m]) for m in modes]
     print(f"load average at end: {os.getloadavg()}", flush=True)
     print()
     print("| mode | event_us | idle CPU % (per VF) | load CPU % (per VF) | completion delay µs median (per VF) "
@@ -286,7 +316,7 @@ def main() -> int:
               f"| {_fmt_delay(r['delay'], 'median')} | {_fmt_delay(r['delay'], 'p90')} | {_fmt_delay(r['delay'], 'max')} "
               f"| {median(ri):.3f} ({pct(ri, 0.1):.3f}-{pct(ri, 0.9):.3f}) "
               f"| {median(rl):.3f} ({pct(rl, 0.1):.3f}-{pct(rl, 0.9):.3f}) "
-              f"| {r['load_mbps']:.2f} | {r['interrupts']} | {r['blocks']} |")
+              f"| {r['load_mbps']:.2f} | {r['interrupts']:.0f} | {r['blocks']:.0f} |")
     print()
     m2 = [r for r in rows if r["mode"] == 2]
     m1 = sorted((r for r in rows if r["mode"] == 1 and r["event_us"]), key=lambda r: r["event_us"])
