@@ -285,7 +285,8 @@ def main() -> int:
     ap.add_argument("--modes", default="0,1:100,1:1000,2", help="M or M:EVENT_US, comma-separated")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--load-seconds", type=float, default=10.0)
-    ap.add_argument("--settle", type=float, default=2.0, help="seconds after both guests are up, before the idle window")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds after both guests are up, before the idle window")
     ap.add_argument("--pings", type=int, default=100, help="pings per phase, 50 ms apart")
     ap.add_argument("--rounds", type=int, default=1,
                     help="times each mode is measured, the modes taking turns; a row gives the rounds' medians")
@@ -313,7 +314,8 @@ def main() -> int:
         us = "-" if r["event_us"] is None else str(r["event_us"])
         ri, rl = r["rtt_idle"], r["rtt_load"]
         print(f"| {r['mode']} | {us} | {_fmt_cpu(r['idle_cpu'])} | {_fmt_cpu(r['load_cpu'])} "
-              f"| {_fmt_delay(r['delay'], 'median')} | {_fmt_delay(r['delay'], 'p90')} | {_fmt_delay(r['delay'], 'max')} "
+              f"| {_fmt_delay(r['delay'], 'median')} | {_fmt_delay(r['delay'], 'p90')} "
+              f"| {_fmt_delay(r['delay'], 'max')} "
               f"| {median(ri):.3f} ({pct(ri, 0.1):.3f}-{pct(ri, 0.9):.3f}) "
               f"| {median(rl):.3f} ({pct(rl, 0.1):.3f}-{pct(rl, 0.9):.3f}) "
               f"| {r['load_mbps']:.2f} | {r['interrupts']:.0f} | {r['blocks']:.0f} |")

@@ -41,8 +41,9 @@ __all__ = [
     "RQT_REF", "RQT_QUERY_OUT", "TIR_IN", "TIR_MODIFY", "TIR_OUT", "TIR_REF", "FLOW_IN", "FLOW_REF", "toeplitz_key_fields",
     "toeplitz_key_bytes",
     "UAR_OFF", "UAR_CQ_DB", "UAR_IDLE", "EVQ_OFF", "ERRQ_OFF", "EQ_PROD", "EQ_NENT", "EQ_LOST", "EQ_ENTRIES",
-    "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_TIMESTAMP", "CQE_WQE_COUNTER", "CQE_OP_OWN",
-    "CQE_OPCODE_REQ", "DBR_CI", "DBR_ARM", "CQ_CI_MASK", "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
+    "EQE_SIZE", "EQ_SLOTS", "QpState", "QP_MOVES", "MAX_LOG_CQ_SIZE", "CQE_SIZE", "CQE_WQE_COUNTER", "CQE_OP_OWN",
+    "CQE_OPCODE_REQ", "CQE_TIMESTAMP", "DBR_CI", "DBR_ARM", "CQ_CI_MASK",
+    "CQ_DB_CMD_ALL", "CQ_DB_CMD_SOL", "EventType", "CQ_IN", "CQ_OUT",
     "CQ_REF", "QP_IN", "QP_OUT", "QP_REF", "QP_MODIFY", "QP_QUERY_OUT", "SUBSCRIBE_IN",
 ]
 

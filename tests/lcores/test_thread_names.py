@@ -1,4 +1,5 @@
-"""A service thread's kernel-side settings (dataplane.lcores.threads): its name, seen from /proc, and its timer slack."""
+"""A service thread's kernel-side settings (dataplane.lcores.threads): its name, seen from /proc, and its timer
+slack."""
 
 import ctypes
 import threading

@@ -72,7 +72,8 @@ from ..function import Function
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
-from dataplane.hwspec.mlx5_prm import (CQ_CI_MASK, CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_TIMESTAMP, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
+from dataplane.hwspec.mlx5_prm import CQ_CI_MASK, CQE_TIMESTAMP
+from dataplane.hwspec.mlx5_prm import (CQE_OP_OWN, CQE_OPCODE_REQ, CQE_SIZE, CQE_WQE_COUNTER, DBR_ARM, EQ_ENTRIES,
                                         EQ_NENT, EQ_PROD, EQ_SLOTS, EQE_SIZE, ERRQ_OFF, EVQ_OFF, UAR_CQ_DB, UAR_IDLE,
                                         UAR_OFF, EventType)
 from dataplane.hwspec.mlx5_prm import COUNTER_NAMES, CmdError, EventMode, QState, QType, Status, Syn
