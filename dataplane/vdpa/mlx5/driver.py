@@ -542,8 +542,10 @@ class Mlx5VdpaDevice:
         return comp
 
     def _arm(self, v: _Virtq) -> None:
+        """Arm ``v``'s CQ, unless it is armed already (no completion since its last arm): a second arm would carry
+        the next sn, one ahead of the card's, and the card would ignore the CQ's arms until the sn came round."""
         cq = v.cq
-        if cq is None:
+        if cq is None or cq.armed:
             return
         uar, word = cq.arm()
         struct.pack_into(">I", self.drv_mem.mm, v.dbr_off + P.DBR_ARM, word)
