@@ -61,8 +61,11 @@ def main(argv: list[str]) -> int:
     from dataplane.ethdev import EthdevError
     from dataplane.memory.errors import MemoryLayerError
 
+    from dataplane.compile_progress import show_compile_progress
+
     try:
-        eng = Engine(cfg, handle_signals=True)
+        with show_compile_progress():  # a cold cache compiles the loop here: say so while it does
+            eng = Engine(cfg, handle_signals=True)
     except (EthdevError, ValueError) as e:
         print(f"dataplane: {e}", file=sys.stderr)
         return 2

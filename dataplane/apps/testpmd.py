@@ -269,8 +269,11 @@ class Shell:
 
 def run(eal, opts) -> int:
     """Build the engine from the EAL's vdevs and run it (shell or until a signal)."""
+    from dataplane.compile_progress import show_compile_progress
+
     try:
-        eng = Engine(eal, fwd_config(opts))
+        with show_compile_progress():  # a cold cache compiles the loop here: say so while it does
+            eng = Engine(eal, fwd_config(opts))
     except (EthdevError, ValueError) as e:
         print(f"dataplane: {e}", file=sys.stderr)
         return 2
