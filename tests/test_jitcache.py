@@ -69,3 +69,30 @@ def test_numba_uses_the_closure_stamp():
     locator = caching.CacheImpl._locator_classes[0]
     assert locator.get_source_stamp is not caching.UserProvidedCacheLocator.get_source_stamp
     assert os.environ["NUMBA_CACHE_DIR"].endswith(_jitcache._CACHE_SUBDIR)
+
+
+def test_facts_are_kept_for_the_next_process_and_redone_when_a_file_changes(scratch_pkg, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    a, b = (os.path.join(scratch_pkg, n + ".py") for n in "ab")
+    write(a, "from . import b\n")
+    write(b, "X = 1\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    stamp = (f"from dataplane import _jitcache; print(_jitcache.closure_stamp({a!r})); "
+             "print(_jitcache._file_facts.cache_info().misses)")  # misses: files parsed in that process
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", stamp], env=env, capture_output=True, text=True, check=True)
+        s, misses = out.stdout.split()
+        return s, int(misses)
+
+    first, parsed = run()
+    assert parsed >= 2 and os.path.isfile(tmp_path / _jitcache._FACTS_FILE)
+    again, parsed = run()
+    assert again == first and parsed == 0  # nothing parsed: the stored facts answered
+    st = os.stat(b)
+    write(b, "X = 2\n")  # same size, new content and mtime
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed, parsed = run()
+    assert changed != first and parsed == 1
