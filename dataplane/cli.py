@@ -16,6 +16,7 @@ COMMANDS = [
     ("run [FILE.toml]", "run the forwarding engine from a TOML config (see: dataplane run --help)"),
     ("vdpa OBJECT COMMAND", "the vdpa tool of iproute2, on this dataplane's vDPA devices (dataplane vdpa --help)"),
     ("vdpa features", "the table of the vDPA drivers' features"),
+    ("precompile", "compile the forwarding loop for 1 and 2 queues per port into the cache (.ci/setup runs it)"),
 ]
 
 
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from dataplane.vdpa.mgmt.tool import main as vdpa_main
 
         return vdpa_main(argv[1:])
+    if argv[:1] == ["precompile"]:
+        from dataplane.apps.precompile import main as precompile_main
+
+        return precompile_main(argv[1:])
     if argv[:1] == ["run"]:
         from dataplane.apps.run import main as run_main
 

@@ -1,9 +1,9 @@
 """What numba is compiling, shown while it compiles (a cold start is minutes of work).
 
 numba broadcasts a ``numba:compile`` event when a dispatcher starts and ends
-compiling a signature, nested for the kernels a kernel calls, and a
-``numba:llvm_lock`` event around LLVM's work.  :func:`show_compile_progress`
-listens to both and, once a compile has run for a moment, prints a line that
+compiling a signature, nested for the kernels a kernel calls (a kernel loaded
+from the disk cache broadcasts nothing).  :func:`show_compile_progress`
+listens and, once a compile has run for a moment, prints a line that
 says which entry point is being compiled, how many kernels are done (of how
 many the last compile of that entry point took, when this cache has seen one),
 what is being compiled now, and for how long.  On a terminal the line is
@@ -47,7 +47,6 @@ class CompileProgress:
         self._done = 0
         self._expected = 0
         self._t0 = 0.0
-        self._llvm = 0  # LLVM lock holds in progress
         self._shown = False
         self._wake = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -81,12 +80,6 @@ class CompileProgress:
             if self._done > 1:
                 self._store(top, self._done)
 
-    def llvm_start(self, event) -> None:
-        self._llvm += 1
-
-    def llvm_end(self, event) -> None:
-        self._llvm = max(0, self._llvm - 1)
-
     # -- the ticker -------------------------------------------------------------------
     def _tick(self) -> None:
         wait = self.quiet_for
@@ -101,11 +94,11 @@ class CompileProgress:
     def status(self) -> str:
         """The progress line now (call with the lock held or from the ticker)."""
         top, now = self._stack[0], self._stack[-1]
-        of = f"/{self._expected}" if self._expected and self._done <= self._expected else ""
-        stage = "LLVM optimisation" if self._llvm else "typing and lowering"
+        # "of N" only while callees are being compiled: when they came from the cache, only the entry point is
+        of = f"/{self._expected}" if 0 < self._done <= self._expected else ""
         what = now if now != top else f"{top} itself"
         return (f"compiling {top} (first run of this code; cached afterwards): {self._done}{of} kernels done, "
-                f"now {what} [{stage}], {time.monotonic() - self._t0:.0f} s")
+                f"now {what}, {time.monotonic() - self._t0:.0f} s")
 
     def _emit(self, text: str, final: bool = False) -> None:
         self.lines += 1
@@ -165,8 +158,7 @@ def show_compile_progress(stream=None, period: float = 5.0, quiet_for: float = 2
     from numba.core import event as ev
 
     progress = CompileProgress(stream, period, quiet_for)
-    listeners = [("numba:compile", _Listener(progress.compile_start, progress.compile_end)),
-                 ("numba:llvm_lock", _Listener(progress.llvm_start, progress.llvm_end))]
+    listeners = [("numba:compile", _Listener(progress.compile_start, progress.compile_end))]
     for kind, listener in listeners:
         ev.register(kind, listener)
     try:

@@ -85,13 +85,14 @@ def test_dataplane_usage_lists_the_dts_options_and_the_commands():
                    "-i, --interactive", "--rxq N", "--total-num-mbufs N"):
         assert f"  {option}" in own, option
     commands = _section(out, "Commands (instead of options)")
-    assert "  run [FILE.toml]" in commands and "  vdpa features" in commands
+    assert "  run [FILE.toml]" in commands and "  vdpa features" in commands and "  precompile" in commands
 
 
 @pytest.mark.parametrize("args, head, sections", [
     (["run", "--help"], "Usage: dataplane run [FILE.toml] [options]",
      ["Arguments", "Options", "[eal] settings of FILE.toml", "[forward] settings of FILE.toml"]),
     (["vdpa", "features", "--help"], "Usage: dataplane vdpa features", []),
+    (["precompile", "--help"], "Usage: dataplane precompile [options]", ["Options"]),
 ])
 def test_dataplane_subcommand_usage(args, head, sections):
     r = _run("dataplane", *args)
@@ -130,7 +131,8 @@ def test_tool_usage(prog, args, head, commands):
 
 @pytest.mark.parametrize("prog, args", [
     ("dataplane", ["--version"]), ("dataplane", ["--", "--version"]), ("dataplane", ["run", "--version"]),
-    ("dataplane", ["vdpa", "features", "--version"]), ("dataplane-hugepages", ["--version"]),
+    ("dataplane", ["vdpa", "features", "--version"]), ("dataplane", ["precompile", "--version"]),
+    ("dataplane-hugepages", ["--version"]),
     ("dataplane-vhost-blk", ["--version"]), ("dataplane-vhost-blk", ["--", "--version"]),
     ("dataplane-vdpa", ["--version"]), ("dataplane-nic", ["--version"]),
 ])

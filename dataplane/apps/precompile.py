@@ -1,0 +1,78 @@
+"""``dataplane precompile``: compile the forwarding loop for the shapes users run, into the cache, now.
+
+numba types a loop with the sizes of its stream and port tuples (padded to powers of two, see
+:func:`~dataplane.apps.fwd_loop.shape_size`): one or two ports with one queue run one compiled
+loop, two ports with two queues another.  A configuration whose shape the cache has not seen
+compiles for minutes before it forwards.  This command builds an engine of each common shape
+(two ``net_ring`` ports, 1 and 2 queues; the loop's type is the same for every port kind) so
+that it and the port drivers' kernels are in the cache: afterwards those configurations start
+in seconds.  ``.ci/setup`` runs it.  It shows compile progress; when everything is cached it
+takes about a second per shape.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from dataplane.lcores.usage import UsageParser
+
+__all__ = ["main", "QUEUES"]
+
+#: Queues per port of the shapes compiled: 2 ports x 1 queue (2 streams), 2 ports x 2 queues (4 streams).
+QUEUES = (1, 2)
+
+_CONFIG = """
+[eal]
+lcores = "0@{cpu},1@{cpu2}"
+no_huge = true
+memory_mb = 256
+file_prefix = "dataplane_precompile_{pid}"
+
+[[port]]
+vdev = "net_ring0,queues={q}"
+
+[[port]]
+vdev = "net_ring1,queues={q}"
+
+[forward]
+mode = "io"
+rxq = {q}
+txq = {q}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = UsageParser("dataplane precompile", head="[options]",
+                    description="Compile the forwarding loop for 1 and 2 queues per port into the numba cache.")
+    p.add_argument("--queues", default=",".join(map(str, QUEUES)), metavar="N[,N...]",
+                   help="queues per port of the shapes to compile (default: %(default)s)")
+    try:
+        opts = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+        queues = [int(q) for q in opts.queues.split(",")]
+        if not all(1 <= q <= 64 for q in queues):
+            raise ValueError
+    except SystemExit as e:
+        return int(e.code or 0)
+    except ValueError:
+        print(f"dataplane precompile: --queues {opts.queues!r}: give numbers 1..64, comma separated", file=sys.stderr)
+        return 2
+    from dataplane.apps.embedded import Engine
+    from dataplane.compile_progress import show_compile_progress
+    from dataplane.config import load_config
+
+    cpus = sorted(os.sched_getaffinity(0))
+    for q in queues:
+        cfg = load_config(_CONFIG.format(cpu=cpus[0], cpu2=cpus[-1], pid=os.getpid(), q=q))
+        t0 = time.monotonic()
+        with show_compile_progress():
+            eng = Engine(cfg)
+        eng.close()
+        print(f"dataplane precompile: 2 ports x {q} queue{'s' if q > 1 else ''}: ready in "
+              f"{time.monotonic() - t0:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
