@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import functools
 import hashlib
 import json
@@ -216,3 +217,30 @@ def configure() -> None:
 
         config.reload_config()
     _install_locator()
+
+
+class WouldCompile(Exception):
+    """Raised inside :func:`load_only` for a kernel that is not in the disk cache."""
+
+
+@contextlib.contextmanager
+def load_only():
+    """Within the block a kernel is loaded from the disk cache or not at all: one that numba would
+    compile raises :class:`WouldCompile` instead (a process preloading kernels beside another that
+    compiles them must not compile them a second time)."""
+    from numba.core import event as ev
+
+    class Refuse(ev.Listener):
+        def on_start(self, event):
+            fn = getattr((event.data or {}).get("dispatcher"), "py_func", None)
+            raise WouldCompile(getattr(fn, "__qualname__", "a kernel"))
+
+        def on_end(self, event):
+            pass
+
+    listener = Refuse()
+    ev.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        ev.unregister("numba:compile", listener)

@@ -144,8 +144,18 @@ class Engine:
             self.port_up[:] = 1
             if fwd_fn is None:  # compile before any port is up (a second start loads the cache)
                 watched = [_watched(p.name) for p in self.ports]
-                _warm_up([_loop_shapes([s for s in self.streams if s.lcore == lc], watched)
-                          for lc in {s.lcore for s in self.streams}])
+                shapes = {lc: _loop_shapes([s for s in self.streams if s.lcore == lc], watched)
+                          for lc in {s.lcore for s in self.streams}}
+                for lc, shape in shapes.items():  # the lcores load the loop beside us, so start need not wait
+                    self.launcher.remote_launch(_lcore_preload, [shape], lc)
+                try:
+                    _warm_up(list(shapes.values()))
+                finally:
+                    for lc in shapes:
+                        try:
+                            self.launcher.wait_lcore(lc)
+                        except launch.LcoreError as e:  # start reports a dead lcore; a failed preload costs time only
+                            log.warning("lcore preload failed", lcore=lc, error=str(e))
             # listening sockets first: a port of this engine may connect to another port of it
             for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()
@@ -378,6 +388,21 @@ def _warm_up(shapes, loop=None) -> None:
         loop((st,) * nstreams, (watch,) * nwatches, mp.arrays, 0,
              np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(),
              np.zeros(1024, np.uint32))
+
+
+def _lcore_preload(shapes) -> bool:
+    """On a forwarding lcore, while the main process warms up: load the loop of ``shapes`` (and the
+    port drivers' lcore kernels) from the disk cache, never compile them (with a cold cache the main
+    process compiles; this lcore then loads them at ``start``).  True when everything was cached."""
+    from dataplane._jitcache import WouldCompile, load_only
+
+    try:
+        with load_only():
+            _warm_up(shapes)
+    except WouldCompile as e:
+        log.debug("lcore preload: not cached yet", kernel=str(e))
+        return False
+    return True
 
 
 def _memory():
