@@ -680,6 +680,7 @@ class Mlx5VdpaDevice:
         iova, size = self.log_map
         self.log_map = None
         self._quiet(lambda: self.hw.dma_unmap(iova, size), "log DMA unmap failed")
+        log.info("mlx5: hardware dirty bitmap off", bdf=self.bdf, vid=self.vid)
 
     # -- the ops' work ----------------------------------------------------------------------------------
     def conf(self, vid: int) -> None:
