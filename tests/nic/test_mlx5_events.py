@@ -73,9 +73,9 @@ class EvVf(Mlx5Vf):
             for op in (Op.RST2INIT_QP, Op.INIT2RTR_QP, Op.RTR2RTS_QP):
                 self.drv.ok(self.fw.move_qp(op, a, b))
 
-    def arm(self, sn):
+    def arm(self, sn, ci=0):
         """DPDK's arm: the arm word (sn, CMD_ALL, ci) in the doorbell record, then the UAR CQ doorbell."""
-        word = sn << 28 | 0 << 24
+        word = sn << 28 | 0 << 24 | ci
         struct.pack_into(">I", self.mem.view(self.dbr_gpa, 8), DBR_ARM, word)
         self.drv.bar0.u8[UAR_OFF + UAR_CQ_DB : UAR_OFF + UAR_CQ_DB + 8] = \
             memoryview(struct.pack("<Q", word << 32 | self.cqn))
@@ -173,14 +173,21 @@ def test_completions_write_the_cqe_and_an_armed_cq_signals_once(card, on_vf):
     wait_for(lambda: b.wqe_counter() == 5, what="wqe_counter 5")
     time.sleep(0.05)
     assert eventfd_count(ev) == 0
-    # armed with the next sn: the next completion signals, once
-    b.arm(1)
+    # armed with the next sn and every completion consumed (ci 6): the next completion signals, once
+    b.arm(1, ci=6)
     time.sleep(0.05)
     assert eventfd_count(ev) == 0  # arming alone is no event
     _send(a, b, 4)
     wait_for(lambda: b.wqe_counter() == 9, what="wqe_counter 9")
     wait_for(lambda: len(b.ring(EVQ_OFF)) == 2, what="the second event")
     assert eventfd_count(ev) == 1
+    # armed with a consumer index behind the completions (the driver consumed 6 of 10: 4 came between its
+    # poll and its arm): an event at once, without a new completion
+    b.arm(2, ci=6)
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 3, what="the event of the arm behind the completions")
+    assert eventfd_count(ev) == 1 and b.wqe_counter() == 9
+    time.sleep(0.05)
+    assert len(b.ring(EVQ_OFF)) == 3  # once: disarmed again
     # the driver's drain resets the counter: the card counts on from what is there
     struct.pack_into(">H", b.cqes, CQE_WQE_COUNTER, 0xFFFF)
     _send(a, b, 2)

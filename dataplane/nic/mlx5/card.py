@@ -85,6 +85,8 @@ log = dplog.get_logger("dataplane.nic.mlx5")
 DEFAULT_PF = "0000:00:06.0"
 
 _C = {n: i for i, n in enumerate(COUNTER_NAMES)}
+#: the consumer index in a CQ arm word (its low 24 bits)
+CQ_CI_MASK = 0xFFFFFF
 #: which counters-object field a kernel fault code adds to
 _FAULT_COUNTER = {ERR_DESC_INDEX: "bad_desc_errors", ERR_INDIRECT: "bad_desc_errors", ERR_LAYOUT: "bad_desc_errors",
                   ERR_AVAIL_IDX: "bad_desc_errors", ERR_CHAIN_LOOP: "exceed_max_chain",
@@ -294,41 +296,49 @@ class Mlx5Function(Function):
 
     def _poll_events(self) -> None:
         """QP-mode virtqs: new completions advance their CQ's cqes[0].wqe_counter; an armed CQ (its
-        doorbell record's arm word carries the CQ's arm sn) gets one event, then is disarmed."""
-        if int(self.uar64[0]) != UAR_IDLE:  # the arm doorbell: taken; the arm words say which CQs
+        doorbell record's arm word carries the CQ's arm sn) gets one event, then is disarmed.  An arm
+        doorbell whose consumer index is behind the completions reported is an event at once: DPDK
+        completes, then arms, and does not poll again, so a completion between the two would else
+        wait for the next one."""
+        rung = int(self.uar64[0]) != UAR_IDLE
+        if rung:  # the arm doorbell: taken; the arm words say which CQs
             self.uar64[0] = UAR_IDLE
         for r in self.runs.values():
-            self._complete(r)
+            self._complete(r, rung)
 
-    def _complete(self, r: Run) -> None:
-        """Report ``r``'s new completions in its event CQ (QP mode only)."""
+    def _complete(self, r: Run, rung: bool = False) -> None:
+        """Report ``r``'s new completions in its event CQ (QP mode only); its event, if armed."""
         a = self.hca.virtqs[r.obj_id].attrs
         if a["event_mode"] != EventMode.QP:
             return
         taken = self._taken(r)[0]
         delta = taken - r.cq_seen
-        if delta <= 0:
+        if delta <= 0 and not rung:
             return
         cq = self.hca.event_cq(a["qp_id"])
-        r.cq_seen = taken
+        if delta > 0:
+            r.cq_seen = taken
         if cq is None:
             return
         cqes = self.dma.translate(cq.cqe_iova, CQE_SIZE << cq.log_size)
         dbr = self.dma.translate(cq.dbr_iova, 8)
         if not cqes or not dbr:
-            self.vrow[V_DMA_FAULTS] += 1
-            self.vrow[V_FAULTS] += 1
-            log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
+            if delta > 0:
+                self.vrow[V_DMA_FAULTS] += 1
+                self.vrow[V_FAULTS] += 1
+                log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
             return
-        mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
-        wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
-        slot = 0 if cq.first_only else wc % (1 << cq.log_size)
-        struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
-        mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
-        if slot:
-            struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+        if delta > 0:
+            mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
+            wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+            slot = 0 if cq.first_only else wc % (1 << cq.log_size)
+            struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+            mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
+            if slot:
+                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)  # cqes[0] keeps the latest count too
+            cq.produced = (cq.produced + delta) & CQ_CI_MASK
         arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
-        if (arm >> 28) & 3 == cq.sn:
+        if (arm >> 28) & 3 == cq.sn and (delta > 0 or (arm & CQ_CI_MASK) != cq.produced):
             cq.sn = (cq.sn + 1) & 3
             cq.events += 1
             self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)
