@@ -59,7 +59,7 @@ __all__ = [
     "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
     "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
-    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
+    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_LOGGED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
     "ERR_RING_ZERO", "ERR_QUEUE_SIZE", "ERR_RING_DMA", "ERR_BASE", "fault_name",
 ]
 
@@ -83,10 +83,11 @@ CFG_SLOTS = 4
 
 # counter row of a queue (int64, shared)
 (Q_PACKETS, Q_BYTES, Q_ERRORS, Q_DROPS, Q_KICKS, Q_IRQS, Q_FAULTS, Q_ERR, Q_FLOODED, Q_NOBUF, Q_RUNNING,
- Q_POLLED) = range(12)
+ Q_POLLED, Q_LOGGED) = range(13)
 Q_WORDS = 16
+#: ``logged``: dirty-log bytes the queue ORed into a driver's bitmap (mlx5 DIRTY_BITMAP_DUMP_ENABLE)
 QUEUE_COUNTER_NAMES = ("packets", "bytes", "errors", "drops", "kicks", "irqs", "faults", "error_code", "flooded",
-                       "no_buffer", "running", "polled")
+                       "no_buffer", "running", "polled", "logged")
 
 # fault codes beyond the rings' ERR_* codes
 ERR_BASE = 32

@@ -717,6 +717,74 @@ rounds tcp_round $max_rounds $after
 result rounds=$ROUNDS
 """
 
+#: A guest serving ``$mib`` MiB of random data on 10.0.0.2 (its one NIC): the same file on every
+#: connection to port 5001, its md5 on port 5002; it prints ``serving`` and runs until the host says
+#: ``done``.  The peer of :data:`FETCH_ROUNDS`.
+FETCH_SERVER = """
+ip addr add 10.0.0.2/24 dev eth0
+ip link set eth0 up
+dd if=/dev/urandom of=data bs=1M count=$mib 2>/dev/null
+md5sum < data | cut -d' ' -f1 > sum
+(while true; do nc -l -p 5001 < data >/dev/null; done) &
+(while true; do nc -l -p 5002 < sum >/dev/null; done) &
+echo serving
+until host_said done; do :; done
+result served=1
+"""
+
+#: A guest on 10.0.0.1 fetching :data:`FETCH_SERVER`'s file in rounds (the device writes it into the
+#: guest's memory), each md5-checked (``rounds``, as :data:`SELF_TCP_ROUNDS`); a refused or broken
+#: connection is tried again (the server's listener is back between two connections, and a migration
+#: can break one).
+FETCH_ROUNDS = r"""
+ip addr add 10.0.0.1/24 dev eth0
+ip link set eth0 up
+wait_until 60 ping -c 1 -W 1 10.0.0.2 || fail "no ping reply from the server"
+fetch() {  # port file bytes: read from the server until the whole file is here (stdin stays open);
+           # a refused or broken connection is tried again
+    _n=0
+    while [ $_n -lt 20 ]; do
+        _n=$((_n + 1))
+        sleep 120 | nc 10.0.0.2 $1 > $2 &
+        _p=$!
+        wait_until 60 sh -c "[ \$(wc -c < $2) -ge $3 ] || ! kill -0 $_p"
+        kill $_p 2>/dev/null
+        [ $(wc -c < $2) -ge $3 ] && return 0
+        sleep 1
+    done
+    return 1
+}
+fetch_round() {
+    fetch 5002 want 33 || fail "round $1: no md5 from the server"
+    fetch 5001 rx $(( mib * 1048576 )) || fail "round $1: got $(wc -c < rx) of $mib MiB"
+    [ "$(md5sum < rx | cut -d' ' -f1)" = "$(cat want)" ] || fail "round $1: got $(wc -c < rx) bytes, md5 differs"
+}
+rounds fetch_round $max_rounds $after
+result rounds=$ROUNDS
+"""
+
+
+def fetch_migration(image: "GuestImage", *, server: str, src: str, dst: str, mib: int = 4, max_rounds: int = 40,
+                    after: int = 2, **migrate_kw) -> "tuple[GuestResult | None, MigrationResult]":
+    """A :data:`FETCH_SERVER` guest on vhost-user socket ``server`` and a :data:`FETCH_ROUNDS` guest on
+    ``src``, migrated after its round 2 (:func:`migrate_midway`) to a destination on ``dst``, which does
+    ``after`` more rounds once told ``stop``.  Returns the destination's result (None when the migration
+    did not complete) and the migration's; both guests are stopped."""
+    server_g = Guest(image, FETCH_SERVER, name="server", params={"mib": mib}, nics=[Nic(server)], script_timeout=600)
+    src_g = Guest(image, FETCH_ROUNDS, name="client", params={"max_rounds": max_rounds, "after": after, "mib": mib},
+                  cpu=MIGRATION_CPU, nics=[Nic(src)], script_timeout=600)
+    with server_g, src_g:
+        server_g.wait_console("serving", 300)
+        dst_g, mig = migrate_midway(src_g, nics=[Nic(dst)], **migrate_kw)
+        with dst_g:
+            if mig.status != "completed":
+                return None, mig
+            r = dst_g.wait(600)
+            server_g.tell("done")
+            server_g.wait(120)
+    return r, mig
+
+
 def _connect_unix(path: str, timeout: float, alive) -> socket.socket:
     """A stream connection to ``path``, retried while QEMU (``alive()``) has not made the socket yet."""
     deadline = time.monotonic() + timeout

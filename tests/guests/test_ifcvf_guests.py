@@ -16,7 +16,7 @@ import pytest
 
 from dataplane.nic.kernels import Q_BYTES, Q_KICKS
 from dataplane.nic.shm import CardShm
-from dataplane.testing.linux_guest import MIGRATION_CPU, Guest, Nic, migrate_midway, run_guests
+from dataplane.testing.linux_guest import FETCH_ROUNDS, FETCH_SERVER, Guest, Nic, fetch_migration, run_guests
 from dataplane.testing.nic_card import card_in_runtime
 from dataplane.testing.vdpa_proc import VdpaProcess
 
@@ -93,48 +93,6 @@ def test_two_guests_on_two_vfs_ping_and_exchange_4mib(image, packed, page_per_vq
             assert kicks[vf] <= f["relayed_kicks"], (kicks, f)
 
 
-# The peer serves the same random file on every connection, and its md5 on another port.
-SERVER = """
-ip addr add 10.0.0.2/24 dev eth0
-ip link set eth0 up
-dd if=/dev/urandom of=data bs=1M count=$mib 2>/dev/null
-md5sum < data | cut -d' ' -f1 > sum
-(while true; do nc -l -p 5001 < data >/dev/null; done) &
-(while true; do nc -l -p 5002 < sum >/dev/null; done) &
-echo serving
-until host_said done; do :; done
-result served=1
-"""
-
-# The migrating guest fetches the file in rounds (the card writes it into the guest's memory) and checks it.
-CLIENT = r"""
-ip addr add 10.0.0.1/24 dev eth0
-ip link set eth0 up
-wait_until 60 ping -c 1 -W 1 10.0.0.2 || fail "no ping reply from the server"
-fetch() {  # port file bytes: read from the server until the whole file is here (stdin stays open);
-           # a refused or broken connection is tried again
-    _n=0
-    while [ $_n -lt 20 ]; do
-        _n=$((_n + 1))
-        sleep 120 | nc 10.0.0.2 $1 > $2 &
-        _p=$!
-        wait_until 60 sh -c "[ \$(wc -c < $2) -ge $3 ] || ! kill -0 $_p"
-        kill $_p 2>/dev/null
-        [ $(wc -c < $2) -ge $3 ] && return 0
-        sleep 1
-    done
-    return 1
-}
-fetch_round() {
-    fetch 5002 want 33 || fail "round $1: no md5 from the server"
-    fetch 5001 rx $(( mib * 1048576 )) || fail "round $1: got $(wc -c < rx) of $mib MiB"
-    [ "$(md5sum < rx | cut -d' ' -f1)" = "$(cat want)" ] || fail "round $1: got $(wc -c < rx) bytes, md5 differs"
-}
-rounds fetch_round $max_rounds $after
-result rounds=$ROUNDS
-"""
-
-
 @pytest.mark.parametrize("sw_lm", [False, True], ids=["hw-logging", "sw-relay"])
 def test_live_migration(image, sw_lm):
     """The client guest migrates from VF1 to VF3 while it fetches data from the server on VF2: while QEMU
@@ -142,18 +100,8 @@ def test_live_migration(image, sw_lm):
     used entries from mediated rings and marks the buffers (sw-relay, ``sw-live-migration=1``), so what the
     card wrote reaches the destination: md5-checked rounds."""
     with _card_and_driver(vfs=3, sw_lm=sw_lm) as (card, app):
-        server = Guest(image, SERVER, name="server", params={"mib": 4}, nics=[Nic(app.socket(1))],
-                       script_timeout=600)
-        src = Guest(image, CLIENT, name="client", params={"max_rounds": 40, "after": 2, "mib": 4}, cpu=MIGRATION_CPU,
-                    nics=[Nic(app.socket(0))], script_timeout=600)
-        with server, src:
-            server.wait_console("serving", 300)
-            dst, mig = migrate_midway(src, nics=[Nic(app.socket(2))])
-            with dst:
-                assert mig.status == "completed", mig
-                r = dst.wait(600)
-                server.tell("done")
-                server.wait(120)
+        r, mig = fetch_migration(image, server=app.socket(1), src=app.socket(0), dst=app.socket(2))
+        assert mig.status == "completed", mig
         assert r.passed, r.console[-4000:]
         assert int(r.values["rounds"]) >= 3
         shm = CardShm(os.path.join(card.dir, "counters"))
@@ -185,9 +133,9 @@ def test_driver_killed_and_restarted_while_the_card_and_qemu_keep_running(image)
         unused.close()  # this test runs its own driver processes, on fixed socket paths
         first = VdpaProcess(allow=allow, iface=False, extra=["--iface", sockets])
         try:
-            server = Guest(image, SERVER, name="server", params={"mib": 4},
+            server = Guest(image, FETCH_SERVER, name="server", params={"mib": 4},
                            nics=[Nic(sockets + "1", reconnect=1)], script_timeout=600)
-            client = Guest(image, CLIENT, name="client", params={"max_rounds": 60, "after": 2, "mib": 4},
+            client = Guest(image, FETCH_ROUNDS, name="client", params={"max_rounds": 60, "after": 2, "mib": 4},
                            nics=[Nic(sockets + "0", reconnect=1)], script_timeout=600)
             with server, client:
                 server.wait_console("serving", 300)

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 
 import pytest
 
-from dataplane.nic.kernels import Q_BYTES
-from dataplane.nic.shm import CardShm
-from dataplane.testing.linux_guest import Guest, Nic, run_guests
+from dataplane.nic.kernels import Q_BYTES, Q_LOGGED
+from dataplane.nic.shm import V_FAULTS, CardShm
+from dataplane.testing.linux_guest import Guest, Nic, fetch_migration, run_guests
 from dataplane.testing.nic_card import card_in_runtime
 from dataplane.testing.vdpa_proc import VdpaProcess
 from dataplane.vdpa.mlx5 import rss as RSS
+from dataplane.vdpa.mlx5.stats import STATS_NAMES
 
 pytestmark = pytest.mark.timeout(1200)
 
-VF1, VF2 = "0000:00:06.1", "0000:00:06.2"
+VF1, VF2, VF3 = "0000:00:06.1", "0000:00:06.2", "0000:00:06.3"
 A, B, DPORT = "10.0.0.1", "10.0.0.2", 5001
 FLOW_KIB = 512  # what each flow offers (busybox nc delivers about 100 KiB of it before it closes)
 
@@ -182,3 +185,131 @@ def test_two_guests_mq_icmp_flows_land_on_the_rx_virtq_rss_predicts(image):
         for q in (0, 2):
             want = len(picked[q]) * COUNT * SIZE
             assert want <= rx[vf][q] <= want * 1.1 + (32 << 10), (vf, q, rx, picked)
+
+
+def test_live_migration_with_the_hardware_dirty_bitmap(image):
+    """The client guest migrates from VF1 to VF3 while it fetches data from the server on VF2 (the shared
+    FETCH_SERVER / FETCH_ROUNDS scripts of the ifcvf test): while QEMU logs (LOG_ALL) the driver points every
+    virtq of VF1 at the vhost log (DIRTY_BITMAP_PARAMS, DIRTY_BITMAP_DUMP_ENABLE) and the card marks the pages it
+    writes, so what it wrote into the client reaches the destination: md5-checked TCP rounds before, across and
+    after the migration.  The rounds alone do not prove the marking (a run with DIRTY_BITMAP_DUMP_ENABLE forced to 0
+    in the driver passed them too: the guest's own writes dirty most pages the card writes), so the card's
+    per-queue ``logged`` counters must show the source VF's virtqs marking, and no other VF's."""
+    with card_in_runtime(vfs=3, prefix="m5m", model="mlx5") as card:
+        with VdpaProcess(allow=[f"{bdf},class=vdpa,event_mode=2" for bdf in (VF1, VF2, VF3)]) as app:
+            r, mig = fetch_migration(image, server=app.socket(1), src=app.socket(0), dst=app.socket(2))
+            assert mig.status == "completed", mig
+            assert r.passed, r.console[-4000:] + app.output[-3000:]
+            shm = CardShm(os.path.join(card.dir, "counters"))
+            try:
+                dst_rx = int(shm.queues[2][0, Q_BYTES])
+                faults = [int(shm.vf[i][V_FAULTS]) for i in range(3)]
+                logged = [[int(shm.queues[vf][q, Q_LOGGED]) for q in (0, 1)] for vf in range(3)]
+            finally:
+                shm.close()
+            app.stop()
+            log = app.output
+    assert int(r.values["rounds"]) >= 3, r.line
+    assert dst_rx > 0  # the destination VF received after the migration
+    # the source VF's virtqs logged while QEMU migrated, and stopped when the source stopped; no other VF logged
+    assert re.search(rf"hardware dirty bitmap on .*bdf={VF1}", log), log[-3000:]
+    assert re.search(rf"hardware dirty bitmap off .*bdf={VF1}", log), log[-3000:]
+    assert not re.search(rf"hardware dirty bitmap on .*bdf=({VF2}|{VF3})", log), log[-3000:]
+    # the card marked the pages it wrote for the client on VF1 (RX buffers and used ring; the TX virtq's used
+    # ring), and only there: QEMU logs only the migrating guest, the destination (VF3) does not log
+    assert logged[0][0] > 0 and logged[0][1] > 0, logged
+    assert logged[1] == [0, 0] and logged[2] == [0, 0], logged
+    assert faults == [0, 0, 0], faults  # no virtq fault (a bitmap or buffer outside the DMA map among them)
+
+
+# Both guests: IPv6 off and the peer's ARP entry static (no frame but the pings); the client pings the server
+# $count times once the host says go; both read their interface counters when the host says read.
+COUNTED = r"""
+for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6 \
+         /proc/sys/net/ipv6/conf/eth0/disable_ipv6; do
+    [ -e $f ] && echo 1 > $f
+done
+ip addr add $ip/24 dev eth0
+arp -i eth0 -s $peer $peer_mac
+ip link set eth0 up
+echo up
+if [ "$role" = client ]; then
+    until host_said go; do :; done
+    ping -c $count -i 0.1 -W 5 $peer > ping.out
+    grep -q "$count packets received" ping.out || fail "ping: $(tail -2 ping.out)"
+    echo pinged
+fi
+until host_said read; do :; done
+s=/sys/class/net/eth0/statistics
+tx=$(cat $s/tx_packets) rx=$(cat $s/rx_packets)
+echo "counters tx=$tx rx=$rx"
+until host_said done; do :; done
+result tx=$tx rx=$rx
+"""
+
+PINGS_SENT = 40
+MACS = ("52:54:00:00:5a:01", "52:54:00:00:5a:02")
+
+
+def _stats_command(app, dev: str, qid: int) -> dict[str, int]:
+    """``stats DEV QID`` in dataplane-vdpa's shell: its rows, by name."""
+    out = app.shell(f"stats {dev} {qid}")
+    assert out.startswith(f"\nDevice {dev}:\n\tVirtq {qid}:\n"), out
+    rows = re.findall(r"^\t\t(.{64}) (\d+) *$", out, re.M)
+    return {name.rstrip(): int(v) for name, v in rows}
+
+
+def _vstats(app, dev: str, qid: int) -> dict:
+    """``dataplane vdpa -j dev vstats show DEV qidx QID``."""
+    import json
+
+    return json.loads(app.tool("-j", "dev", "vstats", "show", dev, "qidx", str(qid)).stdout)["vstats"][dev]
+
+
+def test_stats_and_vstats_agree_with_what_the_guests_sent(image):
+    """Two guests through mlx5 VFs; the client sends PINGS_SENT echo requests and the server answers them (and
+    nothing else crosses: static ARP, no IPv6).  Once both are idle, ``stats DEV QID`` (DPDK's six counters) and
+    ``vdpa dev vstats`` (mlx5_vnet's received_desc / completed_desc) of each VF's TX virtq (1) equal that guest's
+    ``tx_packets``, of its RX virtq (0) its ``rx_packets`` (one chain per frame: no MRG_RXBUF, no indirect
+    descriptors, so a descriptor chain the card takes is one frame), and every error counter is 0."""
+    with card_in_runtime(vfs=2, prefix="m5s", model="mlx5"):
+        with VdpaProcess(allow=[f"{bdf},class=vdpa,event_mode=2" for bdf in (VF1, VF2)]) as app:
+            guests = [Guest(image, COUNTED, name=f"g{i}", script_timeout=400,
+                            params={"ip": ip, "peer": peer, "peer_mac": MACS[1 - i], "role": role,
+                                    "count": PINGS_SENT},
+                            nics=[Nic(app.socket(i), mac=MACS[i])])
+                      for i, (ip, peer, role) in enumerate(((A, B, "client"), (B, A, "server")))]
+            with contextlib.ExitStack() as stack:
+                for g in guests:
+                    stack.enter_context(g)
+                client, server = guests
+                for g in guests:
+                    g.wait_console(r"^up\r?$", 400)
+                client.tell("go")
+                client.wait_console(r"^pinged\r?$", 300)
+                time.sleep(2)  # the last completions reach the guests (their TX reclaim, their RX poll)
+                counted = {}
+                for g in guests:
+                    g.tell("read")
+                    m = g.wait_console(r"^counters tx=(\d+) rx=(\d+)", 60)
+                    counted[g.name] = {"tx": int(m.group(1)), "rx": int(m.group(2))}
+                stats = {(bdf, q): _stats_command(app, bdf, q) for bdf in (VF1, VF2) for q in (0, 1)}
+                vstats = {(bdf, q): _vstats(app, bdf, q) for bdf in (VF1, VF2) for q in (0, 1)}
+                for g in guests:
+                    g.tell("done")
+                results = run_guests(*guests)
+            for r in results:
+                assert r.passed, r.console[-3000:] + app.output[-3000:]
+            app.stop()
+    # the guests saw exactly the pings: PINGS_SENT echo requests one way, as many replies back
+    assert counted == {"g0": {"tx": PINGS_SENT, "rx": PINGS_SENT}, "g1": {"tx": PINGS_SENT, "rx": PINGS_SENT}}, \
+        counted
+    for bdf, name in ((VF1, "g0"), (VF2, "g1")):
+        for q, queue_type, frames in ((0, "rx", counted[name]["rx"]), (1, "tx", counted[name]["tx"])):
+            st = stats[bdf, q]
+            assert list(st) == list(STATS_NAMES), st
+            assert st == {"received_descriptors": frames, "completed_descriptors": frames,
+                          "bad descriptor errors": 0, "exceed max chain": 0, "invalid buffer": 0,
+                          "completion errors": 0}, (bdf, q, st, counted)
+            assert vstats[bdf, q] == {"queue_type": queue_type, "received_desc": frames,
+                                      "completed_desc": frames}, (bdf, q, vstats[bdf, q], counted)

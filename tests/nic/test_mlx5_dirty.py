@@ -3,11 +3,14 @@ running virtq; the card marks, in the vhost log format, exactly the guest pages 
 
 from __future__ import annotations
 
+import time
 
 import pytest
 
 from dataplane.hwspec.mlx5_prm import AccessMode, Modify, Status, Syn
+from dataplane.nic.kernels import Q_LOGGED
 from dataplane.testing.mlx5_cmd import Mlx5Vf
+from dataplane.testing.nic_card import wait_for
 from dataplane.testing.nic_driver import net_frame
 from dataplane.testing.vhost_frontend import FrontendLog
 
@@ -73,11 +76,23 @@ def test_dirty_bitmap_marks_exactly_the_written_pages(card, on_vf, packed):
             pages |= {(ring.used_gpa + 4 + 8 * (i % ring.num)) >> 12 for i in range(2, 5)}
         assert log.pages() == pages  # exactly the written pages: no TX ring of A, no unwritten buffer
         assert log.slack_untouched()
-        # dump disabled: the card stops marking
-        b.drv.ok(b.drv.fw.modify_virtq(b.rxq, Modify.DIRTY_BITMAP_DUMP_ENABLE, dirty_bitmap_dump_enable=0))
-        log.clear()
-        _send(a, b, 2)
-        assert log.pages() == set()
+        # the RX queue's ``logged`` counter: the log bytes it ORed (one a burst and page byte at least)
+        shm = card.counters()
+        try:
+            wait_for(lambda: int(shm.queues[1][0][Q_LOGGED]) > 0, what="B's RX queue counting its log bytes")
+            time.sleep(0.2)
+            logged = int(shm.queues[1][0][Q_LOGGED])
+            assert len({p >> 3 for p in pages}) <= logged <= 3 * len(pages)
+            assert int(shm.queues[0][1][Q_LOGGED]) == 0  # A's TX queue logs nothing: no bitmap on it
+            # dump disabled: the card stops marking
+            b.drv.ok(b.drv.fw.modify_virtq(b.rxq, Modify.DIRTY_BITMAP_DUMP_ENABLE, dirty_bitmap_dump_enable=0))
+            log.clear()
+            _send(a, b, 2)
+            assert log.pages() == set()
+            time.sleep(0.2)
+            assert int(shm.queues[1][0][Q_LOGGED]) == logged
+        finally:
+            shm.close()
     finally:
         log.close()
 

@@ -379,6 +379,56 @@ def test_log_all_turns_on_the_hardware_dirty_bitmap(card, served):
             flog.close()
 
 
+def test_log_all_cleared_stops_the_marking_and_a_new_log_replaces_the_old(card, served):
+    """A cancelled migration, then another: LOG_ALL cleared turns DIRTY_BITMAP_DUMP_ENABLE off (the params
+    zeroed, the log's mkey and DMA map gone: QEMU drops that log), and LOG_ALL set again with a new log
+    (SET_LOG_BASE) has the card mark the new log, never the old one."""
+    from dataplane.testing.vhost_frontend import FrontendLog
+
+    path1, dev1 = served(VF1)
+    path2, dev2 = served(VF2)
+    g1, fe1 = _connect(path1)
+    g2, fe2 = _connect(path2)
+    logs = []
+    try:
+        assert _wait(lambda: dev1.configured and dev2.configured)
+        rx = fe2.vrings[0]
+
+        def receive(n):
+            buf = g2.alloc(2048, align=4096)
+            _post(rx, buf, 2048, WRITE)
+            _send(g1, fe1.vrings[1], _frame(1, b"logged" + bytes(60)))
+            assert _wait(lambda: rx.used_idx == n)
+            return buf // 4096
+
+        logs.append(FrontendLog(g2))
+        fe2.set_logging(True, logs[0])
+        assert _wait(lambda: dev2.log_map is not None)
+        assert receive(1) in logs[0].pages()
+        fe2.set_logging(False)
+        assert _wait(lambda: dev2.log_map is None)
+        for q in (0, 1):
+            a = _query(dev2, q)
+            assert (a["dirty_bitmap_dump_enable"], a["dirty_bitmap_mkey"], a["dirty_bitmap_size"]) == (0, 0, 0)
+        logs[0].clear()
+        assert receive(2) not in logs[0].pages() and logs[0].pages() == set()
+        logs.append(FrontendLog(g2))
+        fe2.set_logging(True, logs[1])
+        assert _wait(lambda: dev2.log_map is not None)
+        assert _query(dev2, 0)["dirty_bitmap_dump_enable"] == 1
+        page = receive(3)
+        assert page in logs[1].pages() and logs[0].pages() == set()
+        assert fe2.get_vring_base(0) == 3
+        assert dev2.log_map is None
+    finally:
+        fe1.close()
+        g1.close()
+        fe2.close()
+        g2.close()
+        for lg in logs:
+            lg.close()
+
+
 def _thread_cpu(tid: int) -> float:
     with open(f"/proc/self/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

@@ -62,7 +62,7 @@ import time
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, make_log
+from dataplane.vhost.dirty_log import LOG_CTL_SLOTS, LOG_CTL_SYNCED, make_log
 from dataplane.rings.virtqueue import ERR_ADDR, ERR_AVAIL_IDX, ERR_CHAIN_LOOP, ERR_DESC_INDEX, ERR_INDIRECT, \
     ERR_LAYOUT, ERR_TOO_MANY_SEGS
 
@@ -89,6 +89,8 @@ log = dplog.get_logger("dataplane.nic.mlx5")
 DEFAULT_PF = "0000:00:06.0"
 
 _C = {n: i for i, n in enumerate(COUNTER_NAMES)}
+#: the consumer index in a CQ arm word (its low 24 bits)
+CQ_CI_MASK = 0xFFFFFF
 #: which counters-object field a kernel fault code adds to
 _FAULT_COUNTER = {ERR_DESC_INDEX: "bad_desc_errors", ERR_INDIRECT: "bad_desc_errors", ERR_LAYOUT: "bad_desc_errors",
                   ERR_AVAIL_IDX: "bad_desc_errors", ERR_CHAIN_LOOP: "exceed_max_chain",
@@ -131,6 +133,8 @@ class Mlx5Function(Function):
         self.steer = None  # SteerTable while flow rules exist
         self.sel = np.zeros(K.BURST, np.int64)
         self.steer_tmp = np.zeros(64, np.uint8)
+        #: per queue index, the log control row of its dirty bitmap (kept: its LOG_CTL_SYNCED count is Q_LOGGED)
+        self.log_ctl = np.zeros((self.nq, LOG_CTL_SLOTS), np.int64)
         super().__init__(card, index, bdf, mac, self.caps.num_msix_vectors)
         with open(os.path.join(self.dir, "config"), "wb") as f:
             f.write(bytes(config_header(VENDOR_ID, DEVICE_ID, VENDOR_ID, DEVICE_ID, 0x00, self.nvec,
@@ -165,6 +169,8 @@ class Mlx5Function(Function):
         for r in list(self.runs.values()):
             if not r.running:
                 self._halted(r)
+            else:
+                self.rows[r.qid][K.Q_LOGGED] = self.log_ctl[r.qid, LOG_CTL_SYNCED]
         if self.hca.cqs:
             self._poll_events()
         if not self.slot.pending():
@@ -366,7 +372,7 @@ class Mlx5Function(Function):
                       queue_index=a["queue_index"], addr=hex(a["dirty_bitmap_addr"]), size=size)
             return K.no_log()
         bitmap = np.frombuffer((ctypes.c_uint8 * size).from_address(hva), np.uint8)
-        return make_log(bitmap, np.zeros(LOG_CTL_SLOTS, np.int64), desc_gpa=a["desc_addr"], used_gpa=a["used_addr"],
+        return make_log(bitmap, self.log_ctl[a["queue_index"]], desc_gpa=a["desc_addr"], used_gpa=a["used_addr"],
                         on=True)
 
     def _start(self, obj_id: int, a: dict) -> None:
@@ -394,6 +400,7 @@ class Mlx5Function(Function):
         """Stop ``r``'s datapath; the used index it reached."""
         r.ctx.cfg[K.CFG_RUNNING] = 0
         self._sync(r)
+        self.rows[r.qid][K.Q_LOGGED] = self.log_ctl[r.qid, LOG_CTL_SYNCED]
         self._complete(r)  # the last completions reach the event CQ before the datapath goes
         used = K.queue_used_index(r.ctx)
         row = self.rows[r.qid]

@@ -169,6 +169,7 @@ class Cq:
     dbr_iova: int
     cookie: int
     sn: int = 0  # the arm sequence number the next arm must carry (2 bits)
+    produced: int = 0  # completions reported in this CQ (24 bits, as the driver's consumer index)
     armed: bool = False
     events: int = 0
     users: int = 0  # QPs on it

@@ -171,6 +171,7 @@ class Mlx5VdpaDevice:
         self.flows: list[int] = []
         self.log_mkey = 0
         self.log_map: tuple[int, int] | None = None
+        self._log_src = None  # the vhost log (LogRegion) the virtqs mark while log_map is set
         self.relay: EventfdRelay | None = None
         self.err_thread: EventfdRelay | None = None
         self.ev_thread: threading.Thread | None = None
@@ -677,18 +678,25 @@ class Mlx5VdpaDevice:
                     dirty_bitmap_size=self._log_size)
 
     def _log_start(self, vid: int) -> None:
-        if self.log_map is not None:
-            return
+        """LOG_ALL: the vhost log DMA-mapped, a direct mkey over it, then DIRTY_BITMAP_PARAMS and
+        DIRTY_BITMAP_DUMP_ENABLE on every running virtq (DPDK's dirty_bitmap_set and logging_enable(1)).
+        Nothing to do if the virtqs already mark that log; a new log (QEMU's SET_LOG_BASE for another
+        migration) replaces the old one, as DPDK's set_features does each time."""
         dl = self.lib.get_device(vid).dirty_log
         if dl is None:
             log.error("mlx5: LOG_ALL without a log (SET_LOG_BASE): no dirty bitmap", bdf=self.bdf, vid=vid)
             return
+        if self.log_map is not None:
+            if dl is self._log_src:
+                return
+            self._log_off()
         page = dl.mmap_offset & ~(PAGE - 1)
         self._log_delta = dl.mmap_offset - page
         self._log_size = dl.mmap_size
         size = (self._log_delta + dl.mmap_size + PAGE - 1) & ~(PAGE - 1)
         self.hw.dma_map(LOG_IOVA, size, dl.fd, page)
         self.log_map = (LOG_IOVA, size)
+        self._log_src = dl
         self.log_mkey = self.hw.op(P.Op.CREATE_MKEY, P.MKEY_IN, P.MKEY_OUT, access_mode=P.AccessMode.MTT, pd=self.pd,
                                    start_addr=LOG_IOVA, len=size, mtt_iova=LOG_IOVA, local_write=1)["mkey"]
         running = [v for v in self.virtqs.values() if v.running]
@@ -698,7 +706,21 @@ class Mlx5VdpaDevice:
         for v in running:
             self.hw.obj(P.Op.MODIFY_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, v.oid,
                         modify_field_select=P.Modify.DIRTY_BITMAP_DUMP_ENABLE, dirty_bitmap_dump_enable=1)
-        log.info("mlx5: hardware dirty bitmap on", bdf=self.bdf, vid=vid, virtqs=[v.index for v in running])
+        log.info("mlx5: hardware dirty bitmap on", bdf=self.bdf, vid=vid, virtqs=[v.index for v in running],
+                 log_size=dl.mmap_size)
+
+    def _log_off(self) -> None:
+        """LOG_ALL cleared while running (QEMU cancelled the migration and is about to drop its log), or a new
+        log coming: the running virtqs stop marking and forget the bitmap, then the log goes (_log_stop).
+        (DPDK does nothing when LOG_ALL is cleared: its virtqs keep marking the old log.)"""
+        zero = dict(dirty_bitmap_addr=0, dirty_bitmap_mkey=0, dirty_bitmap_size=0, dirty_bitmap_dump_enable=0)
+        for v in self.virtqs.values():
+            if v.running:
+                self._quiet(lambda v=v: self.hw.obj(
+                    P.Op.MODIFY_GENERAL_OBJECT, P.ObjType.VIRTIO_NET_Q, v.oid,
+                    modify_field_select=P.Modify.DIRTY_BITMAP_DUMP_ENABLE | P.Modify.DIRTY_BITMAP_PARAMS, **zero),
+                    "virtq dirty bitmap not turned off")
+        self._log_stop()
 
     def _log_stop(self) -> None:
         if self.log_map is None:
@@ -708,7 +730,9 @@ class Mlx5VdpaDevice:
         self.log_mkey = 0
         iova, size = self.log_map
         self.log_map = None
+        self._log_src = None
         self._quiet(lambda: self.hw.dma_unmap(iova, size), "log DMA unmap failed")
+        log.info("mlx5: hardware dirty bitmap off", bdf=self.bdf, vid=self.vid)
 
     # -- the ops' work ----------------------------------------------------------------------------------
     def conf(self, vid: int) -> None:
@@ -811,6 +835,8 @@ class Mlx5VdpaDevice:
             self.negotiated_features = features = self.lib.get_negotiated_features(vid)
             if self.configured and features & bit(VF.VHOST_F_LOG_ALL):
                 self._log_start(vid)
+            elif self.configured and self.log_map is not None:
+                self._log_off()
 
     # -- lifetime -------------------------------------------------------------------------------------------
     def close_hw(self) -> None:
