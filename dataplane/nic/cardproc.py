@@ -8,7 +8,7 @@ A card is a directory ``<parent>/nic-<pf>/`` holding ``pid``, ``counters``
 
 **The main loop** (:meth:`CardBase.run`), one process, no threads: each turn every function
 looks at its registers (:meth:`Function.poll_registers`; while queues are busy only every
-:data:`REG_EVERY` turns) and takes its doorbells (:meth:`Function.poll_doorbells`), then the
+:data:`REG_EVERY` turns, and so are the control sockets) and takes its doorbells (:meth:`Function.poll_doorbells`), then the
 switch serves every busy TX queue (:meth:`CardBase.switch_round`).  A served queue stays busy
 (polled every turn) for :data:`BUSY_TURNS` turns without work, then idles until its next kick.
 The loop sleeps (in ``poll()`` on the control sockets) only when every queue idles:
@@ -235,6 +235,8 @@ class CardBase:
                 busy = any(q.busy > 0 for vf in self.vfs for q in vf.tx_queues())
             was_busy = busy
             if busy:
+                if not regs:
+                    continue  # the control sockets, like the registers, every REG_EVERY busy turns
                 last_activity = time.monotonic()
                 timeout = 0.0
             else:

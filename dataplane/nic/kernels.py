@@ -209,9 +209,13 @@ def _fdb_learn(fdb, mac, vf):
     s = _fdb_slot(mac)
     for k in range(_FDB_PROBE):
         i = (s + k) & (FDB_SIZE - 1)
-        if fdb[i, 0] == key or fdb[i, 0] == 0:
-            fdb[i, 0] = key
+        if fdb[i, 0] == key:
+            if fdb[i, 1] != vf:  # a station that moved; else no write (the table is shared memory)
+                fdb[i, 1] = vf
+            return
+        if fdb[i, 0] == 0:
             fdb[i, 1] = vf
+            fdb[i, 0] = key
             return
     fdb[s, 0] = key  # the probe window is full: the oldest home slot is taken over
     fdb[s, 1] = vf
@@ -919,14 +923,10 @@ def warm_up() -> None:
 
 
 def warm_up_switch(nvfs: int) -> None:
-    """Compile (or load) :func:`tx_serve` for a card of ``nvfs`` VFs (one specialisation per tuple length)."""
+    """Compile (or load) :func:`switch_window` for a card of ``nvfs`` VFs (one specialisation per tuple
+    length; :func:`tx_serve` and :func:`tx_switch`, which the card does not call, are left out)."""
     d = idle_queue_ctx()
-    stage = np.zeros((BURST, SLOT), np.uint8)
-    slen = np.zeros(BURST, np.int64)
-    smask = np.zeros(BURST, np.int64)
     fdb = np.zeros((FDB_SIZE, 2), np.int64)
-    tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
-    tx_switch(d, 0, fdb, 0, (d,) * nvfs, switch_scratch(), 1, 1)
     switch_window((d,) * nvfs, fdb, 0, (d,) * nvfs, switch_scratch(), 1, 1)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
