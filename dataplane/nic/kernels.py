@@ -558,6 +558,10 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             prefetch(a)
             prefetch(a + _U64(64))
     # 1. check, learn, decide
+    last_src = np.int64(-1)
+    last_dst = np.int64(-1)
+    last_m = np.int64(0)
+    last_fl = 0
     ntx = n
     fault = False
     dests = np.int64(0)
@@ -586,20 +590,28 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             continue
         dmac = _chain_mac(ch, s0, s_end, HDR_LEN)
         smac = _chain_mac(ch, s0, s_end, HDR_LEN + 6)
-        if (smac >> 40) & 1 == 0:
-            _fdb_learn(fdb, smac, vf)
-        if (dmac >> 40) & 1:
-            m = others
-            flooded += 1
-        else:
-            d = _fdb_lookup(fdb, dmac)
-            if d < 0:
-                m = others
-                flooded += 1
-            elif d == vf:
-                m = np.int64(0)
+        if smac != last_src:  # a burst mostly carries one flow: learn and look up once per run of frames
+            if (smac >> 40) & 1 == 0:
+                _fdb_learn(fdb, smac, vf)
+            last_src = smac
+            last_dst = np.int64(-1)  # a learn may move or evict any entry
+        if dmac != last_dst:
+            last_fl = 0
+            if (dmac >> 40) & 1:
+                last_m = others
+                last_fl = 1
             else:
-                m = (np.int64(1) << d) & active
+                d = _fdb_lookup(fdb, dmac)
+                if d < 0:
+                    last_m = others
+                    last_fl = 1
+                elif d == vf:
+                    last_m = np.int64(0)
+                else:
+                    last_m = (np.int64(1) << d) & active
+            last_dst = dmac
+        m = last_m
+        flooded += last_fl
         if m == 0:
             drops += 1
         mask[c] = m

@@ -178,3 +178,34 @@ def test_an_rx_buffer_outside_the_dma_map_is_a_fault_not_a_write(mode):
     finally:
         for v in vfs:
             v.close()
+
+
+@pytest.mark.parametrize("mode", ["serve", "window"])
+def test_a_station_learnt_mid_burst_steers_the_rest_of_the_burst(mode):
+    """One burst from VF0: MAC0 -> X (X unknown: flooded to VF1), then X -> X (X now learnt on VF0
+    itself: dropped), then MAC0 -> X again (dropped too): the direct path's per-burst lookup cache
+    follows what the burst learnt."""
+    x = b"\x02\x00\x00\x00\x00\x77"
+    vfs = [Vf(i, False) for i in range(2)]
+    try:
+        fdb = np.zeros((K.FDB_SIZE, 2), np.int64)
+        rxqs = tuple(v.ctx[0] for v in vfs)
+        vfs[1].post_rx(2048)
+        vfs[1].post_rx(2048)
+        vfs[0].send(frame(x, MACS[0], 64, 1))
+        vfs[0].send(frame(x, x, 64, 2))
+        vfs[0].send(frame(x, MACS[0], 64, 3))
+        if mode == "serve":
+            stage = np.zeros((K.BURST, K.SLOT), np.uint8)
+            K.tx_serve(vfs[0].ctx[1], 0, fdb, 0b11, rxqs, stage, np.zeros(K.BURST, np.int64),
+                       np.zeros(K.BURST, np.int64), 64, 2)
+        else:
+            sw = K.switch_scratch()
+            sw[K.SW_SERVE, :2] = [1, 0]
+            K.switch_window(tuple(v.ctx[1] for v in vfs), fdb, 0b11, rxqs, sw, 64, 2)
+        t0 = vfs[0].rows[1]
+        assert t0[K.Q_PACKETS] == 3 and t0[K.Q_FLOODED] == 1 and t0[K.Q_DROPS] == 2
+        assert vfs[1].received() == [FRESH + frame(x, MACS[0], 64, 1)[12:]]
+    finally:
+        for v in vfs:
+            v.close()
