@@ -15,7 +15,10 @@ way, a ring's worth of frames per queue.  It prints ns per frame (the Python tur
 
 ``window`` and ``serve`` alternated (bench_common), the ratio of their medians, and what a turn
 costs when the TX rings are empty (the per-turn overhead).  Stable even on a busy machine: one
-cpu, no processes.
+cpu, no processes.  ``--cross`` adds rows where the guests re-post from a thread on the other cpu
+(rings and buffers then cross between cpus as in vm2vm); those need a quiet machine: when other
+work time-slices either cpu, the card side waits for the guest's slices and the figures measure
+the scheduler (one probe at load 4 read microseconds per frame for both paths).
 
 **card**: a register-level driver (dataplane.testing.nic_driver) programs two VFs of a
 ``dataplane-nic`` card; a numba loop (dataplane.testing.vdpa_sim_guest.net_loop_split)
@@ -23,7 +26,7 @@ keeps VF1's TX ring full of one frame and VF2's RX ring full of buffers, and a
 relay thread turns its kick eventfd into doorbell writes (ifcvf's notify relay).
 No DPDK figure here: bench/vdpa_perf.py (issue 13) compares with DPDK's vm2vm.
 
-    python3 bench/nic_switch_perf.py [--part card|kernels|all] [--frames N] [--rounds R] [--ring N]
+    python3 bench/nic_switch_perf.py [--part card|kernels|all] [--frames N] [--rounds R] [--ring N] [--cross]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_common  # noqa: E402
 from dataplane.nic import kernels as K  # noqa: E402
+from dataplane.rings.atomics import load_acquire, load_relaxed, store_release  # noqa: E402
 from dataplane.nic.card import F  # noqa: E402
 from dataplane.testing.blk_driver import BlkDriver  # noqa: E402
 from dataplane.testing.nic_card import CardProc  # noqa: E402
@@ -133,6 +137,31 @@ def _repost(avail, used_u16, used_u32, num, seen):
     avail[1] = (a + k) & 0xFFFF
     seen[0] = u
     return k
+
+
+@njit(cache=True, inline="always")
+def _repost_sync(avail, used_u16, used_u32, num, seen, i):
+    u = np.int64(load_acquire(used_u16, 1))
+    k = (u - seen[i]) & 0xFFFF
+    if k == 0:
+        return 0
+    a = np.int64(avail[1])
+    mask = num - 1
+    for j in range(k):
+        avail[2 + ((a + j) & mask)] = used_u32[1 + 2 * ((seen[i] + j) & mask)]
+    store_release(avail, 1, (a + k) & 0xFFFF)
+    seen[i] = u
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _guest_loop(a0, u0, w0, a1, u1, w1, a2, u2, w2, a3, u3, w3, num, seen, stop):
+    """The guests on their own cpu: re-post every used chain of the four rings until ``stop[0]``."""
+    while load_relaxed(stop, 0) == 0:
+        _repost_sync(a0, u0, w0, num, seen, 0)
+        _repost_sync(a1, u1, w1, num, seen, 1)
+        _repost_sync(a2, u2, w2, num, seen, 2)
+        _repost_sync(a3, u3, w3, num, seen, 3)
 
 
 class _KVf:
@@ -240,6 +269,47 @@ class KernelBench:
                                64, 1)
         return (time.perf_counter() - t0) / calls * 1e6
 
+    def cross_cpu_ns(self, mode: str, seconds: float) -> float:
+        """ns per frame with the guests re-posting on the other cpu (a nogil numba loop in a thread),
+        as a VM does: the descriptors and avail rings cross between cpus as in vm2vm.  The card side
+        turns (``mode``: "window" or "serve") for ``seconds``, a turn as the card's (budget 4096 a
+        queue, 32 empty pulls)."""
+        a, b = self.vfs
+        rings = [d.vr for vf in (a, b) for d in vf.drv]
+        seen = np.array([vf.seen[i][0] for vf in (a, b) for i in (0, 1)], np.int64)
+        stop = np.zeros(1, np.int64)
+        args = [x for vr in rings for x in (vr.avail, vr.used_u16, vr.used_u32)]
+        me = os.sched_getaffinity(0)
+        cpus = sorted(me)
+        _guest_loop(*args, a.num, seen.copy(), np.ones(1, np.int64))  # compiled (or loaded) before the clock
+        th = threading.Thread(target=_guest_loop, args=(*args, a.num, seen, stop), daemon=True)
+        try:
+            if len(cpus) >= 2:
+                os.sched_setaffinity(0, {cpus[1]})
+            th.start()
+            if len(cpus) >= 2:
+                os.sched_setaffinity(0, {cpus[0]})  # the card side; the thread kept cpus[1]
+            rxqs = self.rxqs[0]
+            moved = 0
+            t0 = time.perf_counter()
+            end = t0 + seconds
+            while time.perf_counter() < end:
+                if mode == "window":
+                    self.sw[K.SW_SERVE, :2] = 1
+                    moved += self.window(self.txqs, self.fdb, self.active, rxqs, self.sw, 2 * 4096, 32)
+                else:
+                    for vf in (a, b):
+                        moved += K.tx_serve(vf.ctx[1], vf.index, self.fdb, self.active, rxqs, self.stage,
+                                            self.slen, self.smask, 4096, 32)
+            dt = time.perf_counter() - t0
+        finally:
+            stop[0] = 1
+            th.join()
+            os.sched_setaffinity(0, me)
+        for vf, i0 in ((a, 0), (b, 2)):  # the guests' view, for the next measurement
+            vf.seen[0][0], vf.seen[1][0] = seen[i0], seen[i0 + 1]
+        return dt / max(moved, 1) * 1e9
+
     def check(self) -> None:
         """Both paths deliver the frame with a fresh header (num_buffers 1) and count it."""
         for mode in MODES:
@@ -271,7 +341,7 @@ class KernelBench:
 MODES = ("serve", "switch", "window")
 
 
-def run_kernels(sizes, ring: int, frames: int, rounds: int) -> list:
+def run_kernels(sizes, ring: int, frames: int, rounds: int, cross: bool = False) -> list:
     """Per size a row: the card's turn now ("window") against the staged path ("serve"), alternated;
     the direct path called per queue ("switch") and each mode's empty turn as more columns."""
     rows = []
@@ -283,10 +353,19 @@ def run_kernels(sizes, ring: int, frames: int, rounds: int) -> list:
             row = bench_common.alternate(name, lambda: kb.ns_per_frame("window", frames),
                                          lambda: kb.ns_per_frame("serve", frames), rounds, higher_is_better=False,
                                          unit="ns/frame", ours_label="window", ref_label="serve")
-            row.extra["switch ns/frame"] = f"{bench_common.median(kb.ns_per_frame('switch', frames) for _ in range(rounds)):.1f}"
+            sw_ns = bench_common.median(kb.ns_per_frame("switch", frames) for _ in range(rounds))
+            row.extra["switch ns/frame"] = f"{sw_ns:.1f}"
+            if cross:
+                xrow = bench_common.alternate(name + " guests on the other cpu",
+                                              lambda: kb.cross_cpu_ns("window", 1.0),
+                                              lambda: kb.cross_cpu_ns("serve", 1.0), rounds,
+                                              higher_is_better=False, unit="ns/frame", ours_label="window",
+                                              ref_label="serve")
             row.extra["empty turn us (window/switch/serve)"] = " / ".join(
                 f"{kb.empty_call_us(m):.1f}" for m in ("window", "switch", "serve"))
             rows.append(row)
+            if cross:
+                rows.append(xrow)
         finally:
             kb.close()
     return rows
@@ -298,10 +377,12 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=500_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ring", type=int, default=256, help="ring entries of the kernels part")
+    ap.add_argument("--cross", action="store_true",
+                    help="kernels part: also rows with the guests re-posting on the other cpu")
     args = ap.parse_args()
     if args.part in ("kernels", "all"):
         print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus", flush=True)
-        rows = run_kernels((64, 1518), args.ring, args.frames, args.rounds)
+        rows = run_kernels((64, 1518), args.ring, args.frames, args.rounds, args.cross)
         bench_common.print_table(rows, unit="ns/frame", ours_label="window", ref_label="serve")
     if args.part in ("card", "all"):
         for size in (64, 1518):

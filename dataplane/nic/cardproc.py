@@ -8,8 +8,9 @@ A card is a directory ``<parent>/nic-<pf>/`` holding ``pid``, ``counters``
 
 **The main loop** (:meth:`CardBase.run`), one process, no threads: each turn every function
 looks at its registers (:meth:`Function.poll_registers`; while queues are busy only every
-:data:`REG_EVERY` turns, and so are the control sockets) and takes its doorbells (:meth:`Function.poll_doorbells`), then the
-switch serves every busy TX queue (:meth:`CardBase.switch_round`).  A served queue stays busy
+:data:`REG_EVERY` turns, and so are the control sockets) and takes its doorbells
+(:meth:`Function.poll_doorbells`), then the switch serves every busy TX queue
+(:meth:`CardBase.switch_round`).  A served queue stays busy
 (polled every turn) for :data:`BUSY_TURNS` turns without work, then idles until its next kick.
 The loop sleeps (in ``poll()`` on the control sockets) only when every queue idles:
 :data:`FAST_S` for :data:`ACTIVE_S` after the last activity, then :data:`SLOW_S`.

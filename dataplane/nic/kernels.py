@@ -61,7 +61,8 @@ from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
     "NicQueueCtx", "FastCall", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
-    "tx_pull", "rx_deliver", "tx_serve", "tx_switch", "switch_window", "switch_scratch", "SW_SERVE", "SW_MOVED", "poll_doorbells", "poll_var_doorbell",
+    "tx_pull", "rx_deliver", "tx_serve", "tx_switch", "switch_window", "switch_scratch", "SW_SERVE", "SW_MOVED",
+    "poll_doorbells", "poll_var_doorbell",
     "set_notify", "VAR_IDLE",
     "warm_up",
     "SLOT", "BURST", "FETCH", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
@@ -75,7 +76,8 @@ __all__ = [
 SLOT = 2048
 #: Frames one TX pull stages.
 BURST = 256
-#: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain scratch holds this many.
+#: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain
+#: scratch holds this many.
 FETCH = 32
 #: Forwarding table entries (open addressing; a source MAC is learnt per frame).
 FDB_SIZE = 1024
