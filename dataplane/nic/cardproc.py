@@ -8,15 +8,18 @@ A card is a directory ``<parent>/nic-<pf>/`` holding ``pid``, ``counters``
 
 **The main loop** (:meth:`CardBase.run`), one process, no threads: each turn every function
 looks at its registers (:meth:`Function.poll_registers`; while queues are busy only every
-:data:`REG_EVERY` turns) and takes its doorbells (:meth:`Function.poll_doorbells`), then the
-switch serves every busy TX queue (:meth:`CardBase.switch_round`).  A served queue stays busy
+:data:`REG_EVERY` turns, and so are the control sockets) and takes its doorbells
+(:meth:`Function.poll_doorbells`), then the switch serves every busy TX queue
+(:meth:`CardBase.switch_round`).  A served queue stays busy
 (polled every turn) for :data:`BUSY_TURNS` turns without work, then idles until its next kick.
 The loop sleeps (in ``poll()`` on the control sockets) only when every queue idles:
 :data:`FAST_S` for :data:`ACTIVE_S` after the last activity, then :data:`SLOW_S`.
 
-**The switch**: a TX queue of queue pair ``p`` is served by
-:func:`~dataplane.nic.kernels.tx_serve` into, for each function the switch may deliver to
-(:meth:`Function.switch_active`), the RX queue :meth:`Function.rx_ctx` names for ``p``; the
+**The switch**: the busy TX queues of queue pair ``p`` are served together by one
+:func:`~dataplane.nic.kernels.switch_window` call (through :class:`~dataplane.nic.kernels.FastCall`)
+into, for each function the switch may deliver to (:meth:`Function.switch_active`), the RX queue
+:meth:`Function.rx_ctx` names for ``p``, each frame copied from its TX chain straight into its
+RX chain; the
 forwarding table (MAC learning, flooding of unknown, broadcast and multicast) is the one in the
 counters file.  A function that steers per frame (:attr:`Function.steered`: the mlx5 card's RSS)
 takes each burst through :meth:`Function.deliver` instead.
@@ -85,6 +88,8 @@ class CardBase:
         self.stage = np.zeros((K.BURST, K.SLOT), np.uint8)
         self.slen = np.zeros(K.BURST, np.int64)
         self.smask = np.zeros(K.BURST, np.int64)
+        self.sw = K.switch_scratch()
+        self._window = K.FastCall(K.switch_window)
         self.fdb = self.shm.fdb
         self.stopping = False
 
@@ -120,34 +125,57 @@ class CardBase:
         return m
 
     def switch_round(self, active: int) -> bool:
-        """Serve every busy TX queue once; True when any frame moved."""
+        """Serve every busy TX queue once; True when any frame moved.
+
+        Without a steering destination, the busy TX queues of each queue pair are served together,
+        in one :func:`~dataplane.nic.kernels.switch_window` call (bursts round-robin, frames copied
+        straight from TX chain to RX chain)."""
         moved = False
         idle = K.idle_queue_ctx()
+        steered = any(dvf.steered for dvf in self.vfs if active >> dvf.index & 1)
+        served: dict[int, list] = {}  # pair -> the busy TX queues of that pair
         for vf in self.vfs:
             for q in vf.tx_queues():
                 if q.busy <= 0 or q.ctx is None:
                     continue
-                pair = q.qid // 2
-                if any(dvf.steered for dvf in self.vfs if active >> dvf.index & 1):
-                    n = self._serve_steered(vf, q, pair, active, idle)
+                if steered:
+                    n = self._serve_steered(vf, q, q.qid // 2, active, idle)
+                    self._account(q, n)
+                    moved = moved or n > 0
                 else:
-                    rxqs = []
-                    for dvf in self.vfs:
-                        ctx = dvf.rx_ctx(pair) if active >> dvf.index & 1 else None
-                        rxqs.append(ctx if ctx is not None else idle)
-                    n = K.tx_serve(q.ctx, vf.index, self.fdb, active, tuple(rxqs), self.stage, self.slen,
-                                   self.smask, SERVE_BUDGET, SERVE_SPIN)
-                if n == 0:
-                    q.busy -= 1
-                    if not q.running:
-                        q.busy = 0
-                    elif q.busy == 0 and K.set_notify(q.ctx, True):  # idle: kicks on; chains came meanwhile?
-                        K.set_notify(q.ctx, False)
-                        q.busy = BUSY_TURNS
-                    continue
-                q.busy = BUSY_TURNS
-                moved = True
+                    served.setdefault(q.qid // 2, []).append((vf.index, q))
+        for pair, queues in served.items():
+            txqs = [idle] * len(self.vfs)
+            serve = self.sw[K.SW_SERVE]
+            serve[: len(self.vfs)] = 0
+            for v, q in queues:
+                txqs[v] = q.ctx
+                serve[v] = 1
+            rxqs = []
+            for dvf in self.vfs:
+                ctx = dvf.rx_ctx(pair) if active >> dvf.index & 1 else None
+                rxqs.append(ctx if ctx is not None else idle)
+            self._window(tuple(txqs), self.fdb, active, tuple(rxqs), self.sw, SERVE_BUDGET * len(queues),
+                         SERVE_SPIN)
+            took = self.sw[K.SW_MOVED]
+            for v, q in queues:
+                n = int(took[v])
+                self._account(q, n)
+                moved = moved or n > 0
         return moved
+
+    def _account(self, q, n: int) -> None:
+        """A busy window of TX queue ``q`` took ``n`` chains: it stays busy, or counts down to idle
+        (then kicks are wanted again, unless chains came meanwhile)."""
+        if n > 0:
+            q.busy = BUSY_TURNS
+            return
+        q.busy -= 1
+        if not q.running:
+            q.busy = 0
+        elif q.busy == 0 and K.set_notify(q.ctx, True):  # idle: kicks on; chains came meanwhile?
+            K.set_notify(q.ctx, False)
+            q.busy = BUSY_TURNS
 
     def _serve_steered(self, vf, q, pair: int, active: int, idle) -> int:
         """:func:`~dataplane.nic.kernels.tx_serve`'s busy window when a destination steers per frame: each
@@ -208,6 +236,8 @@ class CardBase:
                 busy = any(q.busy > 0 for vf in self.vfs for q in vf.tx_queues())
             was_busy = busy
             if busy:
+                if not regs:
+                    continue  # the control sockets, like the registers, every REG_EVERY busy turns
                 last_activity = time.monotonic()
                 timeout = 0.0
             else:

@@ -38,8 +38,16 @@ import numpy as np
 from dataplane.rings.atomics import exchange, load_relaxed
 from dataplane.rings.chain_copy import chain_gather, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
-from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, make_chains
-from dataplane.vhost.dev_ring import dummy_vrings, ring_enable_notify, ring_fetch_one, ring_flush_used, ring_push_used
+from dataplane.rings.mem import copy_bytes, ld8, prefetch, prefetchw, st8, st32, st64
+from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
+from dataplane.vhost.dev_ring import (
+    dummy_vrings,
+    ring_enable_notify,
+    ring_fetch,
+    ring_fetch_one,
+    ring_flush_used,
+    ring_push_used,
+)
 from dataplane.vhost.dirty_log import (
     log_burst_start,
     log_enabled,
@@ -52,11 +60,12 @@ from dataplane.vhost.dirty_log import (
 from dataplane.vhost.inflight import no_inflight
 
 __all__ = [
-    "NicQueueCtx", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
-    "tx_pull", "rx_deliver", "tx_serve", "poll_doorbells", "poll_var_doorbell",
+    "NicQueueCtx", "FastCall", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
+    "tx_pull", "rx_deliver", "tx_serve", "tx_switch", "switch_window", "switch_scratch", "SW_SERVE", "SW_MOVED",
+    "poll_doorbells", "poll_var_doorbell",
     "set_notify", "VAR_IDLE",
     "warm_up",
-    "SLOT", "BURST", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
+    "SLOT", "BURST", "FETCH", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
     "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
     "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
     "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_LOGGED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
@@ -67,6 +76,9 @@ __all__ = [
 SLOT = 2048
 #: Frames one TX pull stages.
 BURST = 256
+#: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain
+#: scratch holds this many.
+FETCH = 32
 #: Forwarding table entries (open addressing; a source MAC is learnt per frame).
 FDB_SIZE = 1024
 _FDB_PROBE = 8
@@ -200,9 +212,13 @@ def _fdb_learn(fdb, mac, vf):
     s = _fdb_slot(mac)
     for k in range(_FDB_PROBE):
         i = (s + k) & (FDB_SIZE - 1)
-        if fdb[i, 0] == key or fdb[i, 0] == 0:
-            fdb[i, 0] = key
+        if fdb[i, 0] == key:
+            if fdb[i, 1] != vf:  # a station that moved; else no write (the table is shared memory)
+                fdb[i, 1] = vf
+            return
+        if fdb[i, 0] == 0:
             fdb[i, 1] = vf
+            fdb[i, 0] = key
             return
     fdb[s, 0] = key  # the probe window is full: the oldest home slot is taken over
     fdb[s, 1] = vf
@@ -423,9 +439,435 @@ def tx_serve(q, vf, fdb, active, rxqs, stage, slen, smask, budget, spin):
     return total
 
 
+# -- the direct switch: TX chain -> RX chain, no staging ----------------------------------------
+
+
+@inline_kernel
+def _chain_mac(ch, s, s_end, off):
+    """The 6 bytes at ``off`` of segments ``[s, s_end)`` as a big-endian int (the forwarding table's key;
+    -1: the chain is shorter)."""
+    while s < s_end and off >= np.int64(ch.seg_len[s]):
+        off -= np.int64(ch.seg_len[s])
+        s += 1
+    if s < s_end and off + 6 <= np.int64(ch.seg_len[s]):  # the common case: in one segment
+        a = ch.seg_addr[s] + _U64(off)
+        v = np.int64(0)
+        for i in range(6):
+            v = (v << 8) | np.int64(ld8(a + _U64(i)))
+        return v
+    v = np.int64(0)
+    got = 0
+    while s < s_end and got < 6:
+        ln = np.int64(ch.seg_len[s])
+        while off < ln and got < 6:
+            v = (v << 8) | np.int64(ld8(ch.seg_addr[s] + _U64(off)))
+            off += 1
+            got += 1
+        off = 0
+        s += 1
+    return v if got == 6 else np.int64(-1)
+
+
+@inline_kernel
+def _stream_copy(sch, s, s_end, soff, dch, d, d_end, doff, n):
+    """Copy ``n`` bytes from offset ``soff`` of segments ``[s, s_end)`` of chains ``sch`` to offset ``doff``
+    of segments ``[d, d_end)`` of ``dch`` (both already translated and bounds-checked by the fetch)."""
+    while s < s_end and soff >= _U64(sch.seg_len[s]):
+        soff -= _U64(sch.seg_len[s])
+        s += 1
+    while d < d_end and doff >= _U64(dch.seg_len[d]):
+        doff -= _U64(dch.seg_len[d])
+        d += 1
+    done = _Z
+    while done < n and s < s_end and d < d_end:
+        take = _U64(sch.seg_len[s]) - soff
+        dl = _U64(dch.seg_len[d]) - doff
+        if dl < take:
+            take = dl
+        if n - done < take:
+            take = n - done
+        copy_bytes(dch.seg_addr[d] + doff, sch.seg_addr[s] + soff, take)
+        done += take
+        soff += take
+        doff += take
+        if soff >= _U64(sch.seg_len[s]):
+            s += 1
+            soff = _Z
+        if doff >= _U64(dch.seg_len[d]):
+            d += 1
+            doff = _Z
+    return done
+
+
+@inline_kernel
+def _put_frame(tch, ts, ts_end, rch, rs, rs_end, ln):
+    """Write a received frame of ``ln`` bytes (header included) into RX segments ``[rs, rs_end)``: a fresh
+    virtio-net header (``num_buffers`` = 1), then the TX chain's bytes after its header."""
+    if np.int64(rch.seg_len[rs]) >= HDR_LEN:
+        a = rch.seg_addr[rs]
+        st64(a, _Z)
+        st32(a + _U64(8), np.uint32(1 << 16))  # bytes 8-11: csum_offset 0, num_buffers 1 (little-endian)
+        if ts_end - ts == 1 and _U64(rch.seg_len[rs]) >= ln:  # one segment each way: one copy
+            copy_bytes(a + _U64(HDR_LEN), tch.seg_addr[ts] + _U64(HDR_LEN), ln - _U64(HDR_LEN))
+            return
+    else:  # a header split over RX segments
+        k = 0
+        d = rs
+        off = 0
+        while k < HDR_LEN and d < rs_end:
+            if off < np.int64(rch.seg_len[d]):
+                st8(rch.seg_addr[d] + _U64(off), np.uint8(1 if k == 10 else 0))
+                off += 1
+                k += 1
+            else:
+                d += 1
+                off = 0
+    _stream_copy(tch, ts, ts_end, _U64(HDR_LEN), rch, rs, rs_end, _U64(HDR_LEN), ln - _U64(HDR_LEN))
+
+
+_SW_MASK, _SW_WANT = 0, 1
+#: rows of the scratch :func:`switch_window` reads (which VFs to serve) and fills (chains each took)
+SW_SERVE, SW_MOVED = 2, 3
+
+
+def switch_scratch() -> np.ndarray:
+    """The scratch :func:`tx_switch` works in (per burst: each TX frame's destinations; per VF: frames coming)."""
+    return np.zeros((4, max(FETCH, 64)), np.int64)
+
+
+@inline_kernel
+def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
+    """One burst of :func:`tx_switch`: up to ``w`` chains of TX queue ``q``.  Returns the chains taken;
+    0: none available; -1: the queue does not run (stopped, or it faulted now)."""
+    if not _usable(q):
+        return -1
+    packed = q.cfg[CFG_PACKED] != 0
+    logging = log_enabled(q.log)
+    if logging:
+        log_burst_start(q.log, q.state)
+    n = ring_fetch(packed, q.split, q.packed, q.state, q.regions, q.chains, w, q.inflight)
+    if n == 0:
+        if q.state[STATE_BROKEN] != 0:
+            _fault(q, ERR_AVAIL_IDX)
+            return -1
+        return 0
+    nvf = len(rxqs)
+    me = np.int64(1) << vf
+    others = active & ~me
+    ch = q.chains
+    for c in range(n):  # each frame's first two lines (header, MACs: the driver wrote them on its cpu)
+        if ch.seg_count[c] != 0:
+            a = ch.seg_addr[np.int64(ch.seg_start[c])]
+            prefetch(a)
+            prefetch(a + _U64(64))
+    # 1. check, learn, decide
+    last_src = np.int64(-1)
+    last_dst = np.int64(-1)
+    last_m = np.int64(0)
+    last_fl = 0
+    ntx = n
+    fault = False
+    dests = np.int64(0)
+    errs = 0
+    flooded = 0
+    drops = 0
+    nbytes = 0
+    for c in range(n):
+        st = np.int64(ch.status[c])
+        if st != 0:
+            _fault(q, st)
+            ntx = c
+            fault = True
+            break
+        s0 = np.int64(ch.seg_start[c])
+        s_end = s0 + np.int64(ch.seg_count[c])
+        rlen = _Z
+        wr = False
+        for s in range(s0, s_end):
+            if ch.seg_write[s] != 0:
+                wr = True
+            rlen += _U64(ch.seg_len[s])
+        if wr or rlen < _U64(_MIN_FRAME) or rlen > _SLOT:
+            errs += 1  # a writable buffer in a TX chain, a runt, a frame over the slot
+            mask[c] = -1
+            continue
+        dmac = _chain_mac(ch, s0, s_end, HDR_LEN)
+        smac = _chain_mac(ch, s0, s_end, HDR_LEN + 6)
+        if smac != last_src:  # a burst mostly carries one flow: learn and look up once per run of frames
+            if (smac >> 40) & 1 == 0:
+                _fdb_learn(fdb, smac, vf)
+            last_src = smac
+            last_dst = np.int64(-1)  # a learn may move or evict any entry
+        if dmac != last_dst:
+            last_fl = 0
+            if (dmac >> 40) & 1:
+                last_m = others
+                last_fl = 1
+            else:
+                d = _fdb_lookup(fdb, dmac)
+                if d < 0:
+                    last_m = others
+                    last_fl = 1
+                elif d == vf:
+                    last_m = np.int64(0)
+                else:
+                    last_m = (np.int64(1) << d) & active
+            last_dst = dmac
+        m = last_m
+        flooded += last_fl
+        if m == 0:
+            drops += 1
+        mask[c] = m
+        dests |= m
+        nbytes += np.int64(rlen) - HDR_LEN
+        b = 0
+        while m != 0:
+            if m & 1:
+                want[b] += 1
+            m >>= 1
+            b += 1
+    # 2. per destination: its RX chains in one fetch, the copies, one publication
+    for d in range(nvf):
+        if (dests >> d) & 1 == 0:
+            continue
+        rq = rxqs[d]  # once per destination and burst (indexing the tuple copies a whole context)
+        bit = np.int64(1) << d
+        k = want[d]
+        want[d] = 0
+        if not _usable(rq):
+            rq.counters[Q_DROPS] += k
+            continue
+        rl = log_enabled(rq.log)
+        if rl:
+            log_burst_start(rq.log, rq.state)
+        got = ring_fetch(rq.cfg[CFG_PACKED] != 0, rq.split, rq.packed, rq.state, rq.regions, rq.chains, k,
+                         rq.inflight)
+        if got == 0 and rq.state[STATE_BROKEN] != 0:
+            _fault(rq, ERR_AVAIL_IDX)
+            rq.counters[Q_DROPS] += 1  # the frame that found the ring broken (the old path stopped there)
+            continue
+        rch = rq.chains
+        for j in range(got):  # the RX buffers' first two lines, about to be written
+            if rch.seg_count[j] != 0:
+                a = rch.seg_addr[np.int64(rch.seg_start[j])]
+                prefetchw(a)
+                prefetchw(a + _U64(64))
+        j = 0
+        rpk = 0
+        rby = 0
+        for c in range(ntx):
+            if mask[c] <= 0 or mask[c] & bit == 0:
+                continue
+            if j >= got:
+                rq.counters[Q_NOBUF] += 1
+                continue
+            rst = np.int64(rch.status[j])
+            if rst != 0:
+                _fault(rq, rst)
+                rq.counters[Q_DROPS] += 1  # the old path stopped counting at the fault
+                break
+            r0 = np.int64(rch.seg_start[j])
+            r_end = r0 + np.int64(rch.seg_count[j])
+            rhead = rch.head[j]
+            rnd = rch.ndesc[j]
+            j += 1
+            ln = _U64(np.int64(ch.total_len[c]))
+            cap = _Z
+            ro = False
+            for s in range(r0, r_end):
+                if rch.seg_write[s] == 0:
+                    ro = True
+                cap += _U64(rch.seg_len[s])
+            if ro or cap < ln:
+                rq.counters[Q_ERRORS] += 1  # a readable buffer in an RX chain, or a buffer too small
+                _push(rq, rhead, 0, rnd)
+                continue
+            s0 = np.int64(ch.seg_start[c])
+            _put_frame(ch, s0, s0 + np.int64(ch.seg_count[c]), rch, r0, r_end, ln)
+            if rl:
+                left = ln
+                s = r0
+                while s < r_end and left > _Z:
+                    take = _U64(rch.seg_len[s])
+                    if take > left:
+                        take = left
+                    log_write_hva(rq.log, rq.regions, rch.seg_addr[s], np.int64(take))
+                    left -= take
+                    s += 1
+            _push(rq, rhead, np.int64(ln), rnd)
+            rpk += 1
+            rby += np.int64(ln) - HDR_LEN
+        rq.counters[Q_PACKETS] += rpk
+        rq.counters[Q_BYTES] += rby
+        if got > 0:
+            _flush(rq, rl)
+    # 3. the TX chains complete (used length 0), in the order taken
+    for c in range(ntx):
+        _push(q, ch.head[c], 0, ch.ndesc[c])
+    if ntx > 0:
+        _flush(q, logging)
+    q.counters[Q_ERRORS] += errs
+    q.counters[Q_FLOODED] += flooded
+    q.counters[Q_DROPS] += drops
+    q.counters[Q_PACKETS] += ntx - errs
+    q.counters[Q_BYTES] += nbytes
+    if fault:
+        return -1
+    return ntx
+
+
+@kernel
+def tx_switch(q, vf, fdb, active, rxqs, sw, budget, spin):
+    """A busy window of TX queue ``q`` (VF ``vf``) that copies each frame straight from its TX chain into
+    the RX chain of each destination, with no staging.  ``rxqs``: the destination RX queue of each VF
+    by VF index (an idle context where none); ``sw``: the scratch of :func:`switch_scratch`.
+
+    Per burst of up to :data:`FETCH` TX chains (one ring fetch):
+
+    1. the chains are checked, their source MACs learnt and their destination sets decided as
+       :func:`tx_pull` does, reading the MACs in the guest's buffer;
+    2. per destination VF: its RX ring gives as many chains as it has frames coming, in one fetch;
+       each frame is written into its chain (a fresh header, then the frame); that ring's used
+       entries are published once (one interrupt decision);
+    3. the TX chains complete (used length 0), published once.
+
+    A frame flooded to several VFs is copied from its TX buffer into each (the TX chain completes
+    after the last copy).  Counters, drops, faults and dirty-page marks are those of
+    :func:`tx_pull` + :func:`rx_deliver`.  Runs until ``budget`` frames or ``spin`` empty fetches in
+    a row; returns the chains taken."""
+    mask = sw[_SW_MASK]
+    want = sw[_SW_WANT]
+    for d in range(len(rxqs)):
+        want[d] = 0
+    total = 0
+    idle = 0
+    while total < budget:
+        w = budget - total
+        if w > FETCH:
+            w = FETCH
+        n = _switch_burst(q, vf, fdb, active, rxqs, mask, want, w)
+        if n < 0:
+            break
+        if n == 0:
+            idle += 1
+            if idle >= spin:
+                break
+            continue
+        idle = 0
+        total += n
+    return total
+
+
+@kernel
+def switch_window(txqs, fdb, active, rxqs, sw, budget, spin):
+    """The busy window of every TX queue of one queue pair, in one call: ``txqs`` the pair's TX queue
+    of each VF by VF index (an idle context where none), served round-robin a burst each
+    (:func:`tx_switch`'s bursts) into ``rxqs`` (the pair's destination RX queues by VF index).  Row
+    ``SW_SERVE`` of ``sw`` says which VFs' TX queues to serve (nonzero), row ``SW_MOVED`` gets the
+    chains each took.  Runs until ``budget`` chains in all, or ``spin`` rounds in a row found nothing
+    (or no queue runs); returns the chains taken."""
+    mask = sw[_SW_MASK]
+    want = sw[_SW_WANT]
+    serve = sw[SW_SERVE]
+    moved = sw[SW_MOVED]
+    nvf = len(txqs)
+    for d in range(len(rxqs)):
+        want[d] = 0
+    for v in range(nvf):
+        moved[v] = 0
+    total = 0
+    idle = 0
+    while total < budget:
+        got = 0
+        live = 0
+        for v in range(nvf):
+            if serve[v] == 0:
+                continue
+            n = _switch_burst(txqs[v], v, fdb, active, rxqs, mask, want, FETCH)
+            if n < 0:
+                serve[v] = 0
+                continue
+            live += 1
+            moved[v] += n
+            got += n
+        if live == 0:
+            break
+        if got == 0:
+            idle += 1
+            if idle >= spin:
+                break
+            continue
+        idle = 0
+        total += got
+    return total
+
+
 # =============================================================================
 # plain-Python side
 # =============================================================================
+
+class FastCall:
+    """Calls kernel ``disp`` straight into its compiled code for the argument types it has seen.
+
+    The dispatcher resolves the types of every argument on every call; for a queue context (a
+    namedtuple of namedtuples of arrays) that is most of a call's cost (about 20 of 25 µs for
+    :func:`switch_window` on two VFs), paid each card turn.  Here each object argument's numba
+    type is worked out once per object (contexts, tables and scratch live as long as their queue;
+    a reference is kept, so an id is never reused while cached) and the signature picks the
+    compiled overload, whose entry point is what the dispatcher itself would call.  A signature
+    the dispatcher has not compiled goes through it once (compiling or loading it); a call whose
+    signature is still unknown after that always goes through the dispatcher."""
+
+    _MAX_CACHED = 4096
+
+    def __init__(self, disp):
+        self.disp = disp
+        self._types: dict = {}  # id(obj) -> (obj, numba type)
+        self._entries: dict = {}  # the arguments' tokens -> entry point
+
+    def _token(self, obj):
+        """What identifies ``obj``'s numba type: "i" an int64, "b" a bool, a tuple of its members'
+        tokens, else the object's id (cached with its type, and a reference)."""
+        t = type(obj)
+        if t is int:
+            return "i" if -(1 << 63) <= obj < 1 << 63 else "I"
+        if t is bool:
+            return "b"
+        if t is tuple:
+            return tuple([self._token(x) for x in obj])
+        hit = self._types.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            if len(self._types) >= self._MAX_CACHED:
+                self._types.clear()
+                self._entries.clear()
+            self._types[id(obj)] = (obj, self.disp.typeof_pyval(obj))
+        return id(obj)
+
+    def _type(self, obj):
+        if type(obj) is tuple:
+            return _nb_tuple_type(tuple(self._type(x) for x in obj))
+        if type(obj) in (int, bool):
+            return self.disp.typeof_pyval(obj)
+        return self._types[id(obj)][1]
+
+    def __call__(self, *args):
+        key = tuple([self._token(a) for a in args])
+        ep = self._entries.get(key)
+        if ep is not None:
+            return ep(*args)
+        r = self.disp(*args)
+        if "I" not in key:
+            ovl = self.disp.overloads.get(tuple(self._type(a) for a in args))
+            if ovl is not None:
+                self._entries[key] = ovl.entry_point
+        return r
+
+
+def _nb_tuple_type(ts):
+    from numba.core import types
+
+    return types.BaseTuple.from_types(ts)
+
 
 _IDLE: dict = {}
 
@@ -436,7 +878,7 @@ def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: in
     cfg = np.zeros(CFG_SLOTS, np.int64)
     cfg[CFG_PACKED] = int(bool(is_packed))
     cfg[CFG_CALLFD] = int(callfd)
-    return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(1, MAX_SEGS),
+    return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(FETCH, MAX_SEGS),
                        cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
 
 
@@ -506,13 +948,11 @@ def warm_up() -> None:
 
 
 def warm_up_switch(nvfs: int) -> None:
-    """Compile (or load) :func:`tx_serve` for a card of ``nvfs`` VFs (one specialisation per tuple length)."""
+    """Compile (or load) :func:`switch_window` for a card of ``nvfs`` VFs (one specialisation per tuple
+    length; :func:`tx_serve` and :func:`tx_switch`, which the card does not call, are left out)."""
     d = idle_queue_ctx()
-    stage = np.zeros((BURST, SLOT), np.uint8)
-    slen = np.zeros(BURST, np.int64)
-    smask = np.zeros(BURST, np.int64)
     fdb = np.zeros((FDB_SIZE, 2), np.int64)
-    tx_serve(d, 0, fdb, 0, (d,) * nvfs, stage, slen, smask, 1, 1)
+    switch_window((d,) * nvfs, fdb, 0, (d,) * nvfs, switch_scratch(), 1, 1)
     db = np.full(2048, 0xFFFF, np.uint16)
     poll_doorbells(db, 1, 2048, np.zeros((1, Q_WORDS), np.int64), np.zeros(1, np.uint8))
     poll_var_doorbell(np.full(1024, VAR_IDLE, np.uint32), 1, np.zeros((1, Q_WORDS), np.int64))
