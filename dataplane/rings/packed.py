@@ -573,6 +573,34 @@ def _prefetch_slots(d16, idx, cnt, num, write):
         a += np.uint64(64)
 
 
+@inline_kernel
+def _dev_prefetch_burst(d16, idx, wrap, cap, num):
+    """Takes ownership of the burst's descriptor lines at once, when the driver is done with them.
+
+    A fetch reads these lines (each a miss: the driver wrote them) and a push
+    writes used entries into them (an upgrade each if they were only read), one
+    after the other behind the branch on every flags word.  ``prefetchw`` of all
+    of them first overlaps the misses and makes the used writes hits.  Only when
+    the burst's head and its last slot are both available: then the driver has
+    written every slot between (it writes in ring order and a chain's head,
+    or a batch's, last); otherwise a driver that publishes descriptor by
+    descriptor may still be writing those lines, and taking them from it would
+    cost both sides a transfer more.
+    """
+    expect = _avail_expect(wrap)
+    if (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) != expect:
+        return
+    cnt = min(cap, num)
+    last = idx + cnt - 1
+    lwrap = wrap
+    if last >= num:
+        last -= num
+        lwrap ^= 1
+    if (np.int64(load_acquire(d16, 8 * last + 7)) & F_AU) != _avail_expect(lwrap):
+        return
+    _prefetch_slots(d16, idx, cnt, num, True)
+
+
 @kernel
 def packed_dev_fetch(vr, state, regions, chains, max_chains):
     """Takes up to ``max_chains`` available chains into ``chains``; returns how many.
@@ -615,10 +643,8 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
     n = np.int64(0)
     s = np.int64(0)
     nbatch = np.int64(0)
-    if cap > 1 and (feats & PACKED_FEAT_NO_PREFETCH) == 0 and (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) == _avail_expect(wrap):
-        # the head is available: own the burst's descriptor lines now (read now, used entries
-        # written into them at push), all misses in flight at once
-        _prefetch_slots(d16, idx, cap, num, True)
+    if cap > 1 and (feats & PACKED_FEAT_NO_PREFETCH) == 0:
+        _dev_prefetch_burst(d16, idx, wrap, cap, num)
     while n < cap:
         expect = _avail_expect(wrap)
         if batch_ok and (idx & 3) == 0 and idx + 4 <= num and n + 4 <= cap and s + 4 <= seg_cap:
@@ -1159,6 +1185,27 @@ def _drv_release(st, ds, num, bid):
     return k
 
 
+@inline_kernel
+def _drv_prefetch_used(d16, idx, wrap, lim, num):
+    """Prefetches the lines of the next ``lim`` used slots when the first and the last are both used.
+
+    Each used entry is read behind the branch on the previous one's flags,
+    so its line (written by the device: a miss) would be fetched one after
+    the other; the device publishes a batch with its first flags last, so
+    when the first and the last slot are used the lines between are done.
+    """
+    if (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) != _used_bits(wrap):
+        return
+    cnt = min(lim, num)
+    last = idx + cnt - 1
+    lwrap = wrap
+    if last >= num:
+        last -= num
+        lwrap ^= 1
+    if (np.int64(load_acquire(d16, 8 * last + 7)) & F_AU) == _used_bits(lwrap):
+        _prefetch_slots(d16, idx, cnt, num, False)
+
+
 @kernel
 def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     """Harvests up to ``n`` completed buffers: their cookies and used lengths; returns the count.
@@ -1184,8 +1231,8 @@ def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     cnt = np.int64(0)
     lim = np.int64(n)
     lim = min(lim, np.int64(out_cookies.shape[0]), np.int64(out_lens.shape[0]))
-    if not inorder and lim > 1 and (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) == _used_bits(wrap):
-        _prefetch_slots(d16, idx, lim, num, False)
+    if not inorder and lim > 1:
+        _drv_prefetch_used(d16, idx, wrap, lim, num)
     while cnt < lim:
         f = np.int64(load_acquire(d16, 8 * idx + 7))
         if (f & F_AU) != _used_bits(wrap):
