@@ -33,6 +33,7 @@ from dataplane.rings.packed import (
     packed_drv_add1_batch,
     packed_drv_get_used,
     packed_drv_need_kick,
+    packed_drv_prefetch_avail,
     packed_drv_publish,
     packed_layout,
     packed_vring_alloc,
@@ -512,3 +513,16 @@ def test_add1_batch_full_ring_and_broken():
     assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == 4
     p.ds.state[DRV_BROKEN] = 1
     assert packed_drv_add1_batch(p.vr, p.ds, 9, np.uint64(DATA_GPA), 8, 0) == -1
+
+
+@pytest.mark.parametrize("num", [1, 5, 256])
+def test_prefetch_avail_changes_nothing(num):
+    """A hint only: ring memory and driver state stay as they were, at any position and count."""
+    p = Pair(num, start=num - 1)
+    for n in (0, 1, 5, num, num + 10, -3):
+        before = (bytes(p.buf), p.ds.state.copy())
+        packed_drv_prefetch_avail(p.vr, p.ds, n)
+        assert bytes(p.buf) == before[0] and np.array_equal(p.ds.state, before[1])
+        packed_drv_add1_batch(p.vr, p.ds, 1, np.uint64(DATA_GPA), 8, 0)
+    packed_drv_need_kick(p.vr, p.ds)
+    assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == min(num, 6)
