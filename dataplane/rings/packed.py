@@ -94,7 +94,7 @@ from numba import njit
 
 from dataplane.rings.atomics import fence, load_acquire, store_relaxed, store_release
 from dataplane.rings.jit import always_inline, inline_kernel, kernel
-from dataplane.rings.mem import load_u16, load_u32, load_u64, store_u16, store_u32, store_u64
+from dataplane.rings.mem import load_u16, load_u32, load_u64, prefetch, prefetchw, store_u16, store_u32, store_u64
 from dataplane.rings.regions import host_u16, host_u32, host_u64, translate
 from dataplane.rings.virtqueue import (
     DESC_SIZE,
@@ -156,6 +156,7 @@ __all__ = [
     "PACKED_DEV_HEAD_FLAGS",
     "PACKED_DEV_BATCHED",
     "PACKED_FEAT_NO_BATCH",
+    "PACKED_FEAT_NO_PREFETCH",
     "packed_dev_state",
     "packed_dev_init",
     "packed_dev_get_base",
@@ -184,12 +185,17 @@ __all__ = [
     "DRV_COMPLETED",
     "DRV_BAD_USED",
     "DRV_INTR_ENABLED",
+    "DRV_BATCH_HEAD",
+    "DRV_BATCH_FLAGS",
     "DRV_SLOTS",
     "packed_drv_state",
     "packed_drv_init",
     "packed_drv_free_count",
     "packed_drv_add",
     "packed_drv_add1",
+    "packed_drv_add1_batch",
+    "packed_drv_publish",
+    "packed_drv_prefetch_avail",
     "packed_drv_need_kick",
     "packed_drv_used_pending",
     "packed_drv_get_used",
@@ -340,7 +346,9 @@ assert PACKED_DEV_BATCHED < STATE_SLOTS
 
 # Test/diagnostic switch in the features word: never take the batch path.
 PACKED_FEAT_NO_BATCH = 1 << 8
-_FEAT_MASK = FEAT_EVENT_IDX | FEAT_IN_ORDER | FEAT_INDIRECT | FEAT_READ_ONLY | PACKED_FEAT_NO_BATCH
+# Test/diagnostic switch: no prefetch of the burst's descriptor lines at the start of a fetch.
+PACKED_FEAT_NO_PREFETCH = 1 << 9
+_FEAT_MASK = FEAT_EVENT_IDX | FEAT_IN_ORDER | FEAT_INDIRECT | FEAT_READ_ONLY | PACKED_FEAT_NO_BATCH | PACKED_FEAT_NO_PREFETCH
 
 
 def packed_dev_init(state, num, features=0, base=WRAP_BIT):
@@ -529,6 +537,70 @@ def _dev_single(regions, chains, state, num, n, s, seg_cap, addr, length, bid, w
     return 1
 
 
+@inline_kernel
+def _prefetch_slots(d16, idx, cnt, num, write):
+    """Prefetches the cache lines of ring slots ``idx .. idx+cnt-1`` (circular), for reading or (``write``) owning.
+
+    The other side wrote (or read) those lines last: each is a cross-cpu miss,
+    and a loop that reaches them one after the other (a branch on every
+    descriptor's flags) takes them one at a time.  Issued together up front
+    they overlap.
+    """
+    if cnt > num:
+        cnt = num
+    base = np.uint64(d16.ctypes.data)
+    a = base + np.uint64(16 * idx)
+    end = idx + cnt
+    if end > num:
+        e1 = base + np.uint64(16 * num)
+        e2 = base + np.uint64(16 * (end - num))
+    else:
+        e1 = base + np.uint64(16 * end)
+        e2 = base
+    a &= ~np.uint64(63)
+    while a < e1:
+        if write:
+            prefetchw(a)
+        else:
+            prefetch(a)
+        a += np.uint64(64)
+    a = base
+    while a < e2:
+        if write:
+            prefetchw(a)
+        else:
+            prefetch(a)
+        a += np.uint64(64)
+
+
+@inline_kernel
+def _dev_prefetch_burst(d16, idx, wrap, cap, num):
+    """Takes ownership of the burst's descriptor lines at once, when the driver is done with them.
+
+    A fetch reads these lines (each a miss: the driver wrote them) and a push
+    writes used entries into them (an upgrade each if they were only read), one
+    after the other behind the branch on every flags word.  ``prefetchw`` of all
+    of them first overlaps the misses and makes the used writes hits.  Only when
+    the burst's head and its last slot are both available: then the driver has
+    written every slot between (it writes in ring order and a chain's head,
+    or a batch's, last); otherwise a driver that publishes descriptor by
+    descriptor may still be writing those lines, and taking them from it would
+    cost both sides a transfer more.
+    """
+    expect = _avail_expect(wrap)
+    if (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) != expect:
+        return
+    cnt = min(cap, num)
+    last = idx + cnt - 1
+    lwrap = wrap
+    if last >= num:
+        last -= num
+        lwrap ^= 1
+    if (np.int64(load_acquire(d16, 8 * last + 7)) & F_AU) != _avail_expect(lwrap):
+        return
+    _prefetch_slots(d16, idx, cnt, num, True)
+
+
 @kernel
 def packed_dev_fetch(vr, state, regions, chains, max_chains):
     """Takes up to ``max_chains`` available chains into ``chains``; returns how many.
@@ -571,6 +643,8 @@ def packed_dev_fetch(vr, state, regions, chains, max_chains):
     n = np.int64(0)
     s = np.int64(0)
     nbatch = np.int64(0)
+    if cap > 1 and (feats & PACKED_FEAT_NO_PREFETCH) == 0:
+        _dev_prefetch_burst(d16, idx, wrap, cap, num)
     while n < cap:
         expect = _avail_expect(wrap)
         if batch_ok and (idx & 3) == 0 and idx + 4 <= num and n + 4 <= cap and s + 4 <= seg_cap:
@@ -840,7 +914,9 @@ DRV_ADDED = 12  # buffers added (counter)
 DRV_COMPLETED = 13  # buffers harvested (counter)
 DRV_BAD_USED = 14  # bad used entries seen (counter)
 DRV_INTR_ENABLED = 15  # last packed_drv_enable_interrupt request
-DRV_SLOTS = 16
+DRV_BATCH_HEAD = 16  # slot of the first buffer added by packed_drv_add1_batch since the last publish (-1: none)
+DRV_BATCH_FLAGS = 17  # the flags that slot gets when the batch is published
+DRV_SLOTS = 18
 
 
 def packed_drv_state(num, features=0) -> PackedDrvState:
@@ -875,6 +951,7 @@ def packed_drv_init(vr: PackedVring, ds: PackedDrvState, num, features=0):
     st[DRV_NUM_FREE] = num
     st[DRV_FREE_COUNT] = num
     st[DRV_INTR_ENABLED] = 1
+    st[DRV_BATCH_HEAD] = -1
     ds.cookie[:] = 0
     ds.ndesc[:] = 0
     ds.free_ids[:] = np.arange(num, dtype=np.uint16)
@@ -975,10 +1052,8 @@ def packed_drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg, ind_gpa, i
     return bid
 
 
-@kernel
-def packed_drv_add1(vr, ds, cookie, gpa, length, write):
-    """One buffer of one element (the fast path of a Tx/Rx burst); returns its id or -1."""
-    always_inline()  # called once per packet from the virtio-user bursts
+@inline_kernel
+def _drv_add1(vr, ds, cookie, gpa, length, write, defer):
     st = ds.state
     if st[DRV_BROKEN] != 0 or st[DRV_NUM_FREE] < 1:
         return -1
@@ -992,13 +1067,68 @@ def packed_drv_add1(vr, ds, cookie, gpa, length, write):
     f = _avail_expect(w)
     if write:
         f |= F_WRITE
-    store_release(vr.desc_u16, 8 * slot + 7, f)
+    if defer and st[DRV_BATCH_HEAD] < 0:
+        st[DRV_BATCH_HEAD] = slot  # the batch's first flags: written by packed_drv_publish
+        st[DRV_BATCH_FLAGS] = f
+    else:
+        store_release(vr.desc_u16, 8 * slot + 7, f)
     slot += 1
     if slot >= num:
         slot = 0
         st[DRV_AVAIL_WRAP] = w ^ 1
     st[DRV_AVAIL_IDX] = slot
     return bid
+
+
+@kernel
+def packed_drv_add1(vr, ds, cookie, gpa, length, write):
+    """One buffer of one element (the fast path of a Tx/Rx burst); returns its id or -1.
+
+    Visible to the device when it returns (unless it follows a
+    :func:`packed_drv_add1_batch` not yet published: the device polls the
+    batch's first slot before this one).
+    """
+    always_inline()  # called once per packet from the virtio-user bursts
+    return _drv_add1(vr, ds, cookie, gpa, length, write, False)
+
+
+@kernel
+def packed_drv_add1_batch(vr, ds, cookie, gpa, length, write):
+    """As :func:`packed_drv_add1`, but the buffers added this way since the last
+    :func:`packed_drv_publish` (or :func:`packed_drv_need_kick`, which publishes)
+    become visible together, at the publish.
+
+    Every descriptor is written at once, except the flags of the batch's first
+    one, which the publish writes last with a release store.  The device polls
+    only the next slot in ring order (virtio 1.1 §2.8.4: writes may be
+    reordered, each side polls one location), so it sees the whole batch or
+    none of it: like split's avail idx, one publication per burst, and the
+    device fetches the burst at once instead of chasing the driver slot by
+    slot through lines it is still writing.
+    """
+    always_inline()  # called once per packet from the virtio-user bursts
+    return _drv_add1(vr, ds, cookie, gpa, length, write, True)
+
+
+@kernel
+def packed_drv_prefetch_avail(vr, ds, n):
+    """Prefetches for writing the ring lines of the next ``n`` slots to make available (at most the free ones)."""
+    always_inline()
+    st = ds.state
+    n = min(np.int64(n), st[DRV_NUM_FREE])
+    if n > 0:
+        _prefetch_slots(vr.desc_u16, st[DRV_AVAIL_IDX], n, st[DRV_SIZE], True)
+
+
+@kernel
+def packed_drv_publish(vr, ds):
+    """Makes the buffers of the pending :func:`packed_drv_add1_batch` batch visible (its first flags, release)."""
+    always_inline()
+    st = ds.state
+    h = st[DRV_BATCH_HEAD]
+    if h >= 0:
+        store_release(vr.desc_u16, 8 * h + 7, st[DRV_BATCH_FLAGS])
+        st[DRV_BATCH_HEAD] = -1
 
 
 @kernel
@@ -1011,6 +1141,7 @@ def packed_drv_need_kick(vr, ds):
     adjusted ``vring_need_event``; more than a ring's worth added → yes).
     """
     always_inline()  # called once per packet from the virtio-user bursts
+    packed_drv_publish(vr, ds)
     st = ds.state
     fence()  # descriptor flags stores before the load of the device's suppression flags
     added = st[DRV_NUM_ADDED]
@@ -1054,6 +1185,27 @@ def _drv_release(st, ds, num, bid):
     return k
 
 
+@inline_kernel
+def _drv_prefetch_used(d16, idx, wrap, lim, num):
+    """Prefetches the lines of the next ``lim`` used slots when the first and the last are both used.
+
+    Each used entry is read behind the branch on the previous one's flags,
+    so its line (written by the device: a miss) would be fetched one after
+    the other; the device publishes a batch with its first flags last, so
+    when the first and the last slot are used the lines between are done.
+    """
+    if (np.int64(load_acquire(d16, 8 * idx + 7)) & F_AU) != _used_bits(wrap):
+        return
+    cnt = min(lim, num)
+    last = idx + cnt - 1
+    lwrap = wrap
+    if last >= num:
+        last -= num
+        lwrap ^= 1
+    if (np.int64(load_acquire(d16, 8 * last + 7)) & F_AU) == _used_bits(lwrap):
+        _prefetch_slots(d16, idx, cnt, num, False)
+
+
 @kernel
 def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     """Harvests up to ``n`` completed buffers: their cookies and used lengths; returns the count.
@@ -1079,6 +1231,8 @@ def packed_drv_get_used(vr, ds, out_cookies, out_lens, n):
     cnt = np.int64(0)
     lim = np.int64(n)
     lim = min(lim, np.int64(out_cookies.shape[0]), np.int64(out_lens.shape[0]))
+    if not inorder and lim > 1:
+        _drv_prefetch_used(d16, idx, wrap, lim, num)
     while cnt < lim:
         f = np.int64(load_acquire(d16, 8 * idx + 7))
         if (f & F_AU) != _used_bits(wrap):

@@ -84,6 +84,7 @@ from dataplane.rings.mem import memcpy, prefetch, prefetchw
 from dataplane.rings.packed import DRV_BROKEN as PACKED_DRV_BROKEN
 from dataplane.rings.packed import (
     PACKED_DEV_BATCHED,
+    PACKED_FEAT_NO_PREFETCH,
     packed_dev_enable_notify,
     packed_dev_fetch,
     packed_dev_flush_used,
@@ -91,6 +92,8 @@ from dataplane.rings.packed import (
     packed_dev_push_used_inorder,
     packed_dev_state,
     packed_drv_add1,
+    packed_drv_add1_batch,
+    packed_drv_prefetch_avail,
     packed_drv_enable_interrupt,
     packed_drv_free_count,
     packed_drv_get_used,
@@ -353,8 +356,14 @@ def split_device_loop(vr, state, regions, chains, src, src_hva, dst, dst64, dst_
 
 
 @njit(**_LOOP)
-def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, fault_at, fault_delta, ctl):
-    """As :func:`split_driver_loop` on a packed ring (each add is visible at once; one kick decision per burst)."""
+def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, total, burst, cookies, lens, pfw, fault_at, fault_delta, ctl, batch, ring_pf):
+    """As :func:`split_driver_loop` on a packed ring, one kick decision per burst.
+
+    ``batch``: the burst is added with ``packed_drv_add1_batch`` and becomes
+    visible at once, at the kick decision (like split's avail idx); else each
+    add is visible when it returns (DPDK's and Linux's drivers).  ``ring_pf``:
+    prefetchw the ring lines the burst will fill.
+    """
     res = ctl
     posted = np.int64(0)
     expect = np.int64(0)
@@ -376,12 +385,18 @@ def packed_driver_loop(vr, ds, bufs64, buf_gpa, buf_stride, buf_mask, payload, t
         if pfw:
             for j in range(m):
                 prefetchw(buf_hva + np.uint64(((posted + j) & buf_mask) * buf_stride))
+        if ring_pf:
+            packed_drv_prefetch_avail(vr, ds, m)
         for _ in range(m):
             slot = posted & buf_mask
             if posted == fault_at:
                 seq_off += fault_delta  # fault injection (tests of the checker): a lost / repeated seq
             bufs64[slot * w_stride] = posted + seq_off
-            if packed_drv_add1(vr, ds, posted, buf_gpa + slot * buf_stride, payload, False) < 0:
+            if batch:
+                bid = packed_drv_add1_batch(vr, ds, posted, buf_gpa + slot * buf_stride, payload, False)
+            else:
+                bid = packed_drv_add1(vr, ds, posted, buf_gpa + slot * buf_stride, payload, False)
+            if bid < 0:
                 res[DRV_ADD_FAIL] += 1
                 break
             posted += 1
@@ -458,6 +473,8 @@ class ExchangeConfig:
     buf_stride: int = 2048  # bytes between buffers (driver area and device area)
     prefetch_lines: int = 1  # device: cache lines of each payload prefetched right after the fetch (0: none)
     driver_prefetchw: bool = True  # driver: prefetchw the burst's buffers before writing their seqs (the device read them last)
+    packed_batch: bool = True  # packed driver: a burst becomes visible at once (add1_batch, published at the kick decision)
+    ring_prefetch: bool = True  # packed: the device prefetches the burst's ring lines, the driver the lines it fills
     dst_slots: int = 64  # device destination buffers (power of two), reused round robin like an mbuf cache
     driver_cpu: int | None = None  # default: the second cpu of our affinity set (the first if only one)
     device_cpu: int | None = None  # default: the first cpu
@@ -596,7 +613,7 @@ class _Setup:
                 self.vr = packed_vring_from_buffer(ring, q)
                 self.ds = packed_drv_state(q, feats)
                 packed_drv_init(self.vr, self.ds, q, feats)
-                self.dev_state = packed_dev_state(q, feats)
+                self.dev_state = packed_dev_state(q, feats | (0 if cfg.ring_prefetch else PACKED_FEAT_NO_PREFETCH))
                 packed_dev_enable_notify(self.vr, self.dev_state, False)
                 packed_drv_enable_interrupt(self.vr, self.ds, False)
             self.chains = make_chains(cfg.burst, 4 * cfg.burst)
@@ -612,13 +629,16 @@ class _Setup:
     # -- the two sides (run in the children; also called with total 0 to compile)
     def run_driver(self, total: int) -> None:
         cfg = self.cfg
-        loop = split_driver_loop if cfg.kind == SPLIT else packed_driver_loop
-        loop(
+        args = (
             self.vr, self.ds, self.bufs64, np.int64(self.buf_gpa), np.int64(cfg.buf_stride),
             np.int64(cfg.queue_size - 1), np.int64(cfg.payload), np.int64(total), np.int64(cfg.burst),
             self.cookies, self.lens, bool(cfg.driver_prefetchw), np.int64(cfg.fault_at), np.int64(cfg.fault_delta),
             self.ctl,
         )
+        if cfg.kind == SPLIT:
+            split_driver_loop(*args)
+        else:
+            packed_driver_loop(*args, bool(cfg.packed_batch), bool(cfg.ring_prefetch))
 
     def make_dst(self) -> np.ndarray:
         dst = np.empty(self.cfg.dst_slots * self.cfg.buf_stride + 64, np.uint8)

@@ -55,11 +55,11 @@ def _dummies():
         n = 1
         buf = np.zeros(3 * 4096, np.uint8)
         svr = sp.split_vring_from_buffer(buf, n, 0, 4096)
-        sds = sp.SplitDrvState(np.zeros(16, np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint16),
+        sds = sp.SplitDrvState(np.zeros(sp.DRV_SLOTS, np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint16),
                                np.zeros(n, np.uint32), np.zeros(n, np.uint16))
         pbuf = np.zeros(4096, np.uint8)
         pvr = pk.packed_vring_from_buffer(pbuf, n)
-        pds = pk.PackedDrvState(np.zeros(16, np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint16),
+        pds = pk.PackedDrvState(np.zeros(pk.DRV_SLOTS, np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint16),
                                 np.zeros(n, np.uint16))
         _DUMMY.update(split_vr=svr, split_ds=sds, packed_vr=pvr, packed_ds=pds, keep=(buf, pbuf))
         cfg = np.zeros(V_SLOTS, np.int64)

@@ -48,6 +48,9 @@ QueueLayout = namedtuple(
 )
 
 
+_STATE_WORDS = max(pk.DRV_SLOTS, sp.DRV_SLOTS)  # driver state words (either ring kind)
+
+
 def queue_layout(num: int, packed: bool, is_tx: bool) -> QueueLayout:
     """Byte offsets of everything in a queue's memzone (see the module doc)."""
     ring = pk.packed_layout(num) if packed else sp.split_layout(num, 4096)
@@ -61,7 +64,7 @@ def queue_layout(num: int, packed: bool, is_tx: bool) -> QueueLayout:
         return at
 
     hdr_off = take(HDR_SLOT * num if is_tx else 0)
-    state_off = take(8 * 16)
+    state_off = take(8 * _STATE_WORDS)
     cookie_off = take(8 * num)
     ndesc_off = take(2 * num)
     aux1_off = take(2 * num if packed else 4 * num)  # packed: free_ids; split: wlen
@@ -102,7 +105,7 @@ class VirtQueue:
         def arr(off, dtype, count):
             return buf[off : off + np.dtype(dtype).itemsize * count].view(dtype)
 
-        state = arr(lay.state_off, np.int64, 16)
+        state = arr(lay.state_off, np.int64, _STATE_WORDS)
         cookie = arr(lay.cookie_off, np.uint64, num)
         ndesc = arr(lay.ndesc_off, np.uint16, num)
         ring = lay.ring

@@ -109,7 +109,8 @@ def drv_get_used(vr, ds, out_cookies, out_lens, n):
 
 
 def drv_add1(vr, ds, cookie, gpa, length, write):
-    """Add a one-descriptor buffer; its id or -1."""
+    """Add a one-descriptor buffer; its id or -1.  Visible to the device at :func:`drv_kick_needed`
+    (split: the avail idx; packed: ``packed_drv_add1_batch``, the burst's first flags written last)."""
 
 
 def drv_add(vr, ds, cookie, seg_gpa, seg_len, seg_write, nseg):
@@ -138,7 +139,8 @@ def _ov_get_used(vr, ds, out_cookies, out_lens, n):
 @overload(drv_add1, inline="always")
 def _ov_add1(vr, ds, cookie, gpa, length, write):
     if _is_packed(ds):
-        return lambda vr, ds, cookie, gpa, length, write: _pk.packed_drv_add1(vr, ds, cookie, gpa, length, write)
+        # visible at drv_kick_needed, like split's avail idx: the device takes the burst at once
+        return lambda vr, ds, cookie, gpa, length, write: _pk.packed_drv_add1_batch(vr, ds, cookie, gpa, length, write)
     return lambda vr, ds, cookie, gpa, length, write: _sp.split_drv_add1(vr, ds, cookie, gpa, length, write)
 
 

@@ -17,13 +17,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataplane.rings.packed import (
+    DRV_BATCH_HEAD,
+    DRV_BROKEN,
     PACKED_DEV_BATCHED,
     check_packed_size,
     packed_dev_fetch,
+    packed_dev_flush_used,
     packed_dev_get_base,
     packed_dev_get_used_base,
+    packed_dev_push_used,
     packed_dev_set_base,
     packed_dev_state,
+    packed_drv_add,
+    packed_drv_add1,
+    packed_drv_add1_batch,
+    packed_drv_get_used,
+    packed_drv_need_kick,
+    packed_drv_prefetch_avail,
+    packed_drv_publish,
     packed_layout,
     packed_vring_alloc,
     packed_vring_from_addrs,
@@ -420,3 +431,98 @@ def test_chains_arrays_directly():
     got = kernel_chains(ch, n)
     base = p.data.ctypes.data
     assert got == [(0, 2, 0, [(base + 0x100, 100, 0), (base + 0x200, 200, 1)], 300)]
+
+
+# ---------------------------------------------------------------------------
+# driver batches: packed_drv_add1_batch + packed_drv_publish
+# ---------------------------------------------------------------------------
+
+
+def _twin(num, feats, start):
+    """Two pairs at the same position; ``a`` adds with add1, ``b`` with add1_batch."""
+    return Pair(num, feats, start=start, chain_cap=num), Pair(num, feats, start=start, chain_cap=num)
+
+
+@pytest.mark.parametrize("num", [1, 3, 4, 5, 8, 13, 256])
+@pytest.mark.parametrize("feats", [0, FEAT_IN_ORDER | FEAT_EVENT_IDX])
+def test_add1_batch_is_invisible_until_published_then_same_as_add1(num, feats):
+    """A batch shows nothing to the device before the publish, and after it the ring
+    holds exactly what add1 one buffer at a time writes (every byte, every lap)."""
+    for start in sorted({0, num // 2, num - 1}):
+        a, b = _twin(num, feats, start)
+        rng = random.Random(num * 31 + start)
+        for lap in range(3 * num + 3):
+            k = rng.randint(1, num)
+            added = 0
+            for i in range(k):
+                gpa = np.uint64(DATA_GPA + rng.randrange(0, 65536))
+                ln, wr = rng.randint(0, 2000), rng.randint(0, 1)
+                ia = packed_drv_add1(a.vr, a.ds, i + 1, gpa, ln, wr)
+                ib = packed_drv_add1_batch(b.vr, b.ds, i + 1, gpa, ln, wr)
+                assert ia == ib and ia >= 0  # everything was harvested: there is room
+                added += 1
+            # before the publish the device finds nothing in b
+            assert packed_dev_fetch(b.vr, b.st, b.regions, b.chains, num) == 0
+            assert (b.ds.state[DRV_BATCH_HEAD] >= 0) == (added > 0)
+            if rng.random() < 0.5:
+                packed_drv_publish(b.vr, b.ds)
+                assert b.ds.state[DRV_BATCH_HEAD] == -1
+            # the kick decision publishes a pending batch first, and decides the same
+            assert packed_drv_need_kick(a.vr, a.ds) == packed_drv_need_kick(b.vr, b.ds)
+            assert b.ds.state[DRV_BATCH_HEAD] == -1
+            assert bytes(a.buf) == bytes(b.buf), f"lap {lap}: ring memory differs after the publish"
+            na = packed_dev_fetch(a.vr, a.st, a.regions, a.chains, num)
+            nb = packed_dev_fetch(b.vr, b.st, b.regions, b.chains, num)
+            assert na == nb == added and kernel_chains(a.chains, na) == [
+                (h, nd, s, [(x - b.data.ctypes.data + a.data.ctypes.data, ln, w) for x, ln, w in segs], t)
+                for h, nd, s, segs, t in kernel_chains(b.chains, nb)
+            ]
+            for p, n in ((a, na), (b, nb)):
+                for c in range(n):
+                    packed_dev_push_used(p.vr, p.st, p.chains.head[c], 0, p.chains.ndesc[c])
+                packed_dev_flush_used(p.vr, p.st)
+                assert packed_drv_get_used(p.vr, p.ds, p.out_cookies, p.out_lens, 4096) == n
+            assert bytes(a.buf) == bytes(b.buf)
+            assert np.array_equal(a.ds.state[:DRV_BATCH_HEAD + 1], b.ds.state[:DRV_BATCH_HEAD + 1])  # BATCH_FLAGS: stale when no batch
+
+
+def test_add1_batch_then_add_keeps_ring_order():
+    """add (chains, indirect) and add1 after an unpublished batch hide behind its first slot."""
+    p = Pair(16, FEAT_INDIRECT)
+    assert packed_drv_add1_batch(p.vr, p.ds, 1, np.uint64(DATA_GPA), 64, 0) == 0
+    gpa = np.array([DATA_GPA + 4096, DATA_GPA + 8192], np.uint64)
+    ln = np.array([100, 200], np.uint32)
+    wr = np.array([0, 1], np.uint8)
+    assert packed_drv_add(p.vr, p.ds, 2, gpa, ln, wr, 2, 0, 0) == 1
+    assert packed_drv_add1(p.vr, p.ds, 3, np.uint64(DATA_GPA + 64), 64, 1) == 2
+    assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == 0
+    packed_drv_publish(p.vr, p.ds)
+    packed_drv_publish(p.vr, p.ds)  # nothing pending: no-op
+    assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == 3
+    got = kernel_chains(p.chains, 3)
+    assert [(h, nd, s) for h, nd, s, _, _ in got] == [(0, 1, 0), (1, 2, 0), (2, 1, 0)]
+    assert got[1][4] == 300 and got[2][3][0][2] == 1
+
+
+def test_add1_batch_full_ring_and_broken():
+    p = Pair(4)
+    for i in range(4):
+        assert packed_drv_add1_batch(p.vr, p.ds, i + 1, np.uint64(DATA_GPA), 8, 0) == i
+    assert packed_drv_add1_batch(p.vr, p.ds, 9, np.uint64(DATA_GPA), 8, 0) == -1  # no room
+    packed_drv_need_kick(p.vr, p.ds)
+    assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == 4
+    p.ds.state[DRV_BROKEN] = 1
+    assert packed_drv_add1_batch(p.vr, p.ds, 9, np.uint64(DATA_GPA), 8, 0) == -1
+
+
+@pytest.mark.parametrize("num", [1, 5, 256])
+def test_prefetch_avail_changes_nothing(num):
+    """A hint only: ring memory and driver state stay as they were, at any position and count."""
+    p = Pair(num, start=num - 1)
+    for n in (0, 1, 5, num, num + 10, -3):
+        before = (bytes(p.buf), p.ds.state.copy())
+        packed_drv_prefetch_avail(p.vr, p.ds, n)
+        assert bytes(p.buf) == before[0] and np.array_equal(p.ds.state, before[1])
+        packed_drv_add1_batch(p.vr, p.ds, 1, np.uint64(DATA_GPA), 8, 0)
+    packed_drv_need_kick(p.vr, p.ds)
+    assert packed_dev_fetch(p.vr, p.st, p.regions, p.chains, 64) == min(num, 6)
