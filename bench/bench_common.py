@@ -96,6 +96,33 @@ def alternate(
     return row
 
 
+def interleave(
+    specs: list[tuple[str, Callable[[], float], Callable[[], float] | None]],
+    rounds: int,
+    *,
+    higher_is_better: bool = True,
+    unit: str = "Mpps",
+    out: Callable[[str], None] | None = None,
+) -> list[Row]:
+    """Like :func:`alternate` for several rows whose *ours* are compared with one another too (split
+    against packed): each round measures every row once (its ours, then its reference) before the
+    next round starts, so the rows see the same host placement as often as ours sees the reference."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, not {rounds}")
+    rows = [Row(name, higher_is_better=higher_is_better) for name, _, _ in specs]
+    for i in range(rounds):
+        for row, (name, ours, ref) in zip(rows, specs):
+            one = alternate(name, ours, ref, 1, higher_is_better=higher_is_better, unit=unit,
+                            out=lambda line: None)
+            row.ours += one.ours
+            row.ref += one.ref
+            line = f"  {name}: round {i + 1}/{rounds}: ours {row.ours[-1]:.3f} {unit}"
+            if ref is not None:
+                line += f", reference {row.ref[-1]:.3f} {unit}"
+            (out or (lambda t: print(t, flush=True)))(line)
+    return rows
+
+
 def worst(rows: Iterable[Row]) -> Row | None:
     """The row with the least ratio (the first one whose ratio is ``nan``, if any); None without rows."""
     rows = list(rows)

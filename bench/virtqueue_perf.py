@@ -28,7 +28,9 @@ compared with ours without / with IN_ORDER: like with like.  ``ratio`` is
 ours ÷ DPDK (> 1: we are faster); ``packed/split`` compares our two layouts.
 
 Each row (size, ring, IN_ORDER) alternates ours and DPDK ``--rounds`` times
-each (ours, DPDK, ours, DPDK, ...; ``--runs`` is the old name); the table
+each (ours, DPDK, ours, DPDK, ...; ``--runs`` is the old name), and every
+round takes every row once (``bench_common.interleave``), so split and packed
+are measured side by side in each round; the table
 has every run, the medians and ``ratio`` = ours' median ÷ DPDK's
 (bench/bench_common.py).  Then, per size and IN_ORDER, packed/split (of
 our medians) against the goal of 0.9, and the worst of them.  The line
@@ -367,17 +369,18 @@ def main(argv=None) -> int:
     rows: dict = {}  # config -> bench_common.Row
     workdir = tempfile.mkdtemp(prefix="vq_bench_")
     try:
+        specs, shares_of = [], {}
         for payload, kind, io in configs:
             count = args.count_64 if payload == 64 else args.count_1518
-            shares = {"ours": [], "DPDK": []}
+            shares = shares_of[(payload, kind, io)] = {"ours": [], "DPDK": []}
 
-            def ours():
+            def ours(kind=kind, payload=payload, io=io, count=count, shares=shares):
                 mpps, share = run_ours(kind, payload, io, count, 1, args.min_share)
                 shares["ours"] += share
                 print(f"#   ours cpu share {min(share):.2f}", flush=True)
                 return mpps[0]
 
-            def dpdk():
+            def dpdk(kind=kind, payload=payload, io=io, shares=shares):
                 best = None
                 for _attempt in range(3):  # a run disturbed throughout by other load is repeated
                     got = run_dpdk(kind == PACKED, payload, io, args.dpdk_seconds, workdir, args.min_share)
@@ -395,11 +398,13 @@ def main(argv=None) -> int:
                       flush=True)
                 return d
 
-            row = bench_common.alternate(f"{kind} {payload}B in_order={int(io)}", ours,
-                                         None if args.no_dpdk else dpdk, args.rounds)
+            specs.append((f"{kind} {payload}B in_order={int(io)}", ours, None if args.no_dpdk else dpdk))
+        # every round takes each configuration once (split and packed side by side), so packed/split
+        # compares runs taken minutes apart at most, not one layout's rounds against the other's
+        for cfg, row in zip(configs, bench_common.interleave(specs, args.rounds)):
             row.extra["cpu share ours/DPDK"] = "/".join(
-                f"{min(v):.2f}" if v else "-" for v in (shares["ours"], shares["DPDK"]))
-            rows[(payload, kind, io)] = row
+                f"{min(v):.2f}" if v else "-" for v in (shares_of[cfg]["ours"], shares_of[cfg]["DPDK"]))
+            rows[cfg] = row
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         _clean_run_dirs()

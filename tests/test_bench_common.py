@@ -77,3 +77,22 @@ def test_table_has_every_row_with_runs_medians_ratio_and_extra_columns():
     assert lines[2] == "| split 64B | 3.00 1.00 2.00 | 2.00 | 1.00 1.00 1.00 | 1.00 | 2.00 | 0.07 |"
     assert lines[3] == "| packed 64B | 1.00 | 1.00 | 4.00 | 4.00 | 0.25 |  |"
     assert "above 1" in lines[-1]
+
+
+def test_interleave_takes_every_row_once_per_round():
+    calls = []
+
+    def f(tag, value):
+        def g():
+            calls.append(tag)
+            return value
+        return g
+
+    rows = bc.interleave([("split", f("s", 10.0), f("S", 5.0)), ("packed", f("p", 9.0), None)], 2,
+                         out=lambda line: None)
+    assert calls == ["s", "S", "p", "s", "S", "p"]
+    assert [r.name for r in rows] == ["split", "packed"]
+    assert rows[0].ours == [10.0, 10.0] and rows[0].ref == [5.0, 5.0] and rows[0].ratio == 2.0
+    assert rows[1].ours == [9.0, 9.0] and rows[1].ref == []
+    with pytest.raises(ValueError):
+        bc.interleave([("x", f("x", 1.0), None)], 0)
