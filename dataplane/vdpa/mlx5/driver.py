@@ -22,6 +22,7 @@ guest-physical address this project uses).
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import mmap
 import os
@@ -532,7 +533,9 @@ class Mlx5VdpaDevice:
             return 0
         mm = self.drv_mem.mm
         with self._arm_lock:
-            wc = struct.unpack_from(">H", mm, v.cqe_off + P.CQE_WQE_COUNTER)[0]
+            # one 16-bit load (struct reads byte by byte: a count the card is writing could be read torn)
+            raw = ctypes.c_uint16.from_buffer(mm, v.cqe_off + P.CQE_WQE_COUNTER).value
+            wc = int.from_bytes(raw.to_bytes(2, "little"), "big")
             comp = cq.poll(wc, mm[v.cqe_off + P.CQE_OP_OWN] >> 4)
         if comp:
             struct.pack_into(">I", mm, v.dbr_off + P.DBR_CI, cq.cq_dbr)
@@ -557,7 +560,9 @@ class Mlx5VdpaDevice:
             if cq is None or cq.armed:
                 return
             uar, word = cq.arm()
-            struct.pack_into(">I", self.drv_mem.mm, v.dbr_off + P.DBR_ARM, word)
+            # one 32-bit store: the card must not read a new consumer index with the old sn (or the reverse)
+            ctypes.c_uint32.from_buffer(self.drv_mem.mm, v.dbr_off + P.DBR_ARM).value = int.from_bytes(
+                word.to_bytes(4, "big"), "little")
         self.hw.cq_doorbell(uar)
 
     @staticmethod
