@@ -578,7 +578,11 @@ class Mlx5VdpaDevice:
         Like devx_get_event it does not time out: the thread sleeps until the card has something (the
         epoll timeout only bounds how long a stop flag without its eventfd write would go unseen)."""
         ep = self._ep
-        while not self._pending:
+        while True:
+            while self._pending:
+                v, cq = self._pending.popleft()
+                if v.cq is cq:  # not an event of a CQ a new set-up of the virtq replaced (its new CQ stays armed)
+                    return v
             if self._ev_stop:
                 return None
             for fd, _ in ep.poll(5.0):
@@ -594,8 +598,7 @@ class Mlx5VdpaDevice:
             for cookie, cqn in recs:
                 v = by_cqn.get(cqn)
                 if v is not None and v.index == cookie:
-                    self._pending.append(v)
-        return self._pending.popleft()
+                    self._pending.append((v, v.cq))
 
     def _event_start(self) -> None:
         self._qp_virtqs = tuple(v for v in self.virtqs.values() if v.cq is not None)
