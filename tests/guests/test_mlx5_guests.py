@@ -126,7 +126,8 @@ ip link set eth0 up
 if [ "$role" = client ]; then
     for a in $extra; do
         wait_until 60 ping -c 1 -W 1 -I $a $peer || fail "no ping reply from $peer to $a"
-        ping -c $count -s $size -i 0.05 -W 5 -I $a $peer | grep -q "$count packets received" || fail "ping from $a lost replies"
+        ping -c $count -s $size -i 0.05 -W 5 -I $a $peer > /tmp/ping.out 2>&1
+        grep -q "$count packets received" /tmp/ping.out || { cat /tmp/ping.out; cat /proc/interrupts; fail "ping from $a lost replies"; }
     done
     wait_until 30 sh -c "echo done | nc -w 5 $peer 5003" || fail "cannot tell the server"
 else
@@ -172,6 +173,20 @@ def test_two_guests_mq_icmp_flows_land_on_the_rx_virtq_rss_predicts(image):
                 for g in guests:
                     stack.enter_context(g)
                 results = run_guests(*guests)
+            if not all(r.passed for r in results) and os.environ.get("DP_DIAG_DIR"):
+                import numpy as np
+                d = os.environ["DP_DIAG_DIR"]
+                shm = CardShm(os.path.join(card.dir, "counters"))
+                try:
+                    with open(os.path.join(d, f"fail-{time.time():.0f}.txt"), "w") as f:
+                        for vf in (0, 1):
+                            for q in range(4):
+                                f.write(f"vf{vf} q{q} {np.asarray(shm.queues[vf][q]).tolist()}\n")
+                        for r in results:
+                            f.write(r.console + "\n=====\n")
+                        f.write("".join(app.output))
+                finally:
+                    shm.close()
             for r in results:
                 assert r.passed, r.console[-3000:] + "".join(app.output)[-3000:]
             shm = CardShm(os.path.join(card.dir, "counters"))

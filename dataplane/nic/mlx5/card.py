@@ -115,6 +115,22 @@ class Run:
         return self.ctx is not None and self.ctx.cfg[K.CFG_RUNNING] != 0
 
 
+# The words the driver reads while the card writes them (and back) are accessed in one load or store each:
+# struct's big-endian packing goes byte by byte, so the other side could read half an old and half a new value
+# (a wqe_counter crossing a multiple of 256 read torn makes the driver consume ~64 Ki completions at once, and
+# its consumer index is then never the card's again).
+def _store_be16(addr: int, v: int) -> None:
+    ctypes.c_uint16.from_address(addr).value = int.from_bytes(v.to_bytes(2, "big"), "little")
+
+
+def _load_be16(addr: int) -> int:
+    return int.from_bytes(ctypes.c_uint16.from_address(addr).value.to_bytes(2, "little"), "big")
+
+
+def _load_be32(addr: int) -> int:
+    return int.from_bytes(ctypes.c_uint32.from_address(addr).value.to_bytes(4, "little"), "big")
+
+
 def _hva(regions: np.ndarray, addr: int, length: int) -> int:
     for a, n, h in regions:
         a, n, h = int(a), int(n), int(h)
@@ -332,19 +348,19 @@ class Mlx5Function(Function):
                 log.error("mlx5: event CQ memory not in the DMA map", vf=self.bdf, cqn=cq.cqn, queue_index=r.qid)
                 return
             mem = (ctypes.c_uint8 * (CQE_SIZE << cq.log_size)).from_address(cqes)
-            wc = (struct.unpack_from(">H", mem, CQE_WQE_COUNTER)[0] + delta) & 0xFFFF
+            wc = (_load_be16(cqes + CQE_WQE_COUNTER) + delta) & 0xFFFF
             slot = 0 if cq.first_only else wc % (1 << cq.log_size)
             now = time.monotonic_ns()  # the CQE's timestamp: the card's clock is the host's CLOCK_MONOTONIC, in ns
             struct.pack_into(">Q", mem, CQE_SIZE * slot + CQE_TIMESTAMP, now)
-            struct.pack_into(">H", mem, CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
+            _store_be16(cqes + CQE_SIZE * slot + CQE_WQE_COUNTER, wc)
             mem[CQE_SIZE * slot + CQE_OP_OWN] = CQE_OPCODE_REQ << 4 | (wc >> cq.log_size) & 1
             if slot:  # cqes[0] keeps the latest count (and its time) too
                 struct.pack_into(">Q", mem, CQE_TIMESTAMP, now)
-                struct.pack_into(">H", mem, CQE_WQE_COUNTER, wc)
+                _store_be16(cqes + CQE_WQE_COUNTER, wc)
             cq.produced = (cq.produced + delta) & CQ_CI_MASK
         elif not dbr:
             return
-        arm = struct.unpack(">I", (ctypes.c_uint8 * 4).from_address(dbr + DBR_ARM))[0]
+        arm = _load_be32(dbr + DBR_ARM)
         cq.consumed = arm & CQ_CI_MASK
         if (arm >> 28) & 3 == cq.sn and cq.produced != cq.consumed:
             cq.sn = (cq.sn + 1) & 3

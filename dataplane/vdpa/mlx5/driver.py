@@ -22,6 +22,7 @@ guest-physical address this project uses).
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import mmap
 import os
@@ -191,6 +192,7 @@ class Mlx5VdpaDevice:
         self.gave_up: list[int] = []
         self._lock = threading.RLock()
         self._db_lock = threading.Lock()
+        self._arm_lock = threading.Lock()
         self.mgmtdev: Mlx5MgmtDev | None = None
         self.user_created = True
         self.on_delete: Any = None
@@ -409,6 +411,11 @@ class Mlx5VdpaDevice:
             raise
         v.running = True
         if v.cq is not None:
+            # known to the event thread before its CQ is armed: the virtq's first event can come at once (a chain
+            # pending, a frame steered to it), while this set-up still has the steering and the relay to do; an
+            # event the thread cannot match to a virtq is dropped, and the CQ, disarmed on the card by that event
+            # but armed for the driver, never interrupts again
+            self._qp_virtqs = tuple(x for x in self.virtqs.values() if x.cq is not None)
             self._arm(v)
         self.hw.doorbell(index)
         if v.callfd >= 0:
@@ -525,8 +532,11 @@ class Mlx5VdpaDevice:
         if cq is None:
             return 0
         mm = self.drv_mem.mm
-        wc = struct.unpack_from(">H", mm, v.cqe_off + P.CQE_WQE_COUNTER)[0]
-        comp = cq.poll(wc, mm[v.cqe_off + P.CQE_OP_OWN] >> 4)
+        with self._arm_lock:
+            # one 16-bit load (struct reads byte by byte: a count the card is writing could be read torn)
+            raw = ctypes.c_uint16.from_buffer(mm, v.cqe_off + P.CQE_WQE_COUNTER).value
+            wc = int.from_bytes(raw.to_bytes(2, "little"), "big")
+            comp = cq.poll(wc, mm[v.cqe_off + P.CQE_OP_OWN] >> 4)
         if comp:
             struct.pack_into(">I", mm, v.dbr_off + P.DBR_CI, cq.cq_dbr)
             if v.callfd >= 0:
@@ -545,12 +555,22 @@ class Mlx5VdpaDevice:
     def _arm(self, v: _Virtq) -> None:
         """Arm ``v``'s CQ, unless it is armed already (no completion since its last arm): a second arm would carry
         the next sn, one ahead of the card's, and the card would ignore the CQ's arms until the sn came round."""
-        cq = v.cq
-        if cq is None or cq.armed:
-            return
-        uar, word = cq.arm()
-        struct.pack_into(">I", self.drv_mem.mm, v.dbr_off + P.DBR_ARM, word)
+        with self._arm_lock:  # the set-up of a virtq (vhost thread) and the event thread may both arm it
+            cq = v.cq
+            if cq is None or cq.armed:
+                return
+            uar, word = cq.arm()
+            # one 32-bit store: the card must not read a new consumer index with the old sn (or the reverse)
+            ctypes.c_uint32.from_buffer(self.drv_mem.mm, v.dbr_off + P.DBR_ARM).value = int.from_bytes(
+                word.to_bytes(4, "big"), "little")
         self.hw.cq_doorbell(uar)
+
+    @staticmethod
+    def _disarmed(v: _Virtq) -> None:
+        """A completion event for ``v``'s CQ came: the card disarmed it (its arm sn moved on), so the next arm is due
+        whatever the poll finds."""
+        if v.cq is not None:
+            v.cq.armed = False
 
     def _wait(self):
         """Block until a completion event names one of our virtqs (that virtq), or until stop (None).
@@ -558,7 +578,11 @@ class Mlx5VdpaDevice:
         Like devx_get_event it does not time out: the thread sleeps until the card has something (the
         epoll timeout only bounds how long a stop flag without its eventfd write would go unseen)."""
         ep = self._ep
-        while not self._pending:
+        while True:
+            while self._pending:
+                v, cq = self._pending.popleft()
+                if v.cq is cq:  # not an event of a CQ a new set-up of the virtq replaced (its new CQ stays armed)
+                    return v
             if self._ev_stop:
                 return None
             for fd, _ in ep.poll(5.0):
@@ -569,12 +593,12 @@ class Mlx5VdpaDevice:
                 except (BlockingIOError, InterruptedError):
                     pass
             self._ev_seen, recs = self.hw.event_records(P.EVQ_OFF, self._ev_seen)
-            by_cqn = {v.cqn: v for v in self._qp_virtqs}  # (a virtq set up later joins the running thread)
+            # every virtq with a CQ, read now: one being set up joins as soon as its CQ exists (before it is armed)
+            by_cqn = {v.cqn: v for v in list(self.virtqs.values()) if v.cq is not None}
             for cookie, cqn in recs:
                 v = by_cqn.get(cqn)
                 if v is not None and v.index == cookie:
-                    self._pending.append(v)
-        return self._pending.popleft()
+                    self._pending.append((v, v.cq))
 
     def _event_start(self) -> None:
         self._qp_virtqs = tuple(v for v in self.virtqs.values() if v.cq is not None)
@@ -593,7 +617,7 @@ class Mlx5VdpaDevice:
             # only the CQs not armed yet (a completion disarms one): arming one twice before its event would put
             # its arm sequence number ahead of the card's, which then ignores the arm (no event, a lost interrupt)
             arm_all=lambda: [self._arm(v) for v in self._qp_virtqs if v.cq is not None and not v.cq.armed],
-            wait=self._wait, complete=self._complete, arm=self._arm,
+            wait=self._wait, complete=self._complete, arm=self._arm, disarmed=self._disarmed,
             sleep_us=lambda us: time.sleep(us / 1e6), yield_cpu=lambda: time.sleep(0),
             stop=lambda: self._ev_stop)
         policy = self.policy

@@ -204,6 +204,9 @@ class EventHooks:
     sleep_us: Callable[[int], None]
     yield_cpu: Callable[[], None]
     stop: Callable[[], bool]
+    #: mode 2: an event came for the virtq's CQ, which the card disarmed (the next arm is due even if the poll
+    #: finds nothing new: a CQ left "armed" for the driver but not for the card never gives an event again)
+    disarmed: Callable[[Any], None] | None = None
 
 
 def run_event_thread(policy, hooks: EventHooks) -> None:
@@ -214,6 +217,8 @@ def run_event_thread(policy, hooks: EventHooks) -> None:
             if vq is None:
                 continue
             policy.events += 1
+            if hooks.disarmed is not None:
+                hooks.disarmed(vq)
             hooks.complete(vq)
             hooks.arm(vq)
         return
