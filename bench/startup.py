@@ -77,14 +77,19 @@ def timed_start(cmd: list[str], env: dict, marker: str, timeout: float) -> tuple
             if time.monotonic() - t0 > timeout:
                 break
     finally:
-        if p.poll() is None:
-            p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        _end(p)
     return first, progress, "".join(tail)
+
+
+def _end(p: subprocess.Popen) -> None:
+    """Stop our child ``p`` (SIGTERM, then SIGKILL after 30 s) and reap it."""
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def dpdk_start(timeout: float) -> float:
@@ -108,17 +113,11 @@ def dpdk_start(timeout: float) -> float:
             if time.monotonic() - t0 > timeout:
                 break
     finally:
-        p.terminate()
+        _end(p)
         try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        for f in (sock,):
-            try:
-                os.unlink(f)
-            except OSError:
-                pass
+            os.unlink(sock)
+        except OSError:
+            pass
     return got
 
 
