@@ -41,6 +41,7 @@ from dataplane import log as dplog
 
 from . import kernels as K
 from .function import MAX_MSG
+from .offload import OFF_TX
 from .shm import HDR_LOOPS, HDR_PAIRS, HDR_PID, V_FAULTS, CardShm
 
 __all__ = ["CardBase", "card_dir", "install_signals", "BUSY_TURNS", "FAST_S", "SLOW_S", "ACTIVE_S", "REG_EVERY",
@@ -85,9 +86,7 @@ class CardBase:
         self.active_changed = True
         self.vfs: list = []
         self.mgmt = None
-        self.stage = np.zeros((K.BURST, K.SLOT), np.uint8)
-        self.slen = np.zeros(K.BURST, np.int64)
-        self.smask = np.zeros(K.BURST, np.int64)
+        self.stage, self.slen, self.smask = K.stage_arrays()
         self.sw = K.switch_scratch()
         self._window = K.FastCall(K.switch_window)
         self.fdb = self.shm.fdb
@@ -138,7 +137,7 @@ class CardBase:
             for q in vf.tx_queues():
                 if q.busy <= 0 or q.ctx is None:
                     continue
-                if steered:
+                if steered or q.ctx.cfg[K.CFG_OFFLOADS] & OFF_TX:  # TSO and checksums are done on staged frames
                     n = self._serve_steered(vf, q, q.qid // 2, active, idle)
                     self._account(q, n)
                     moved = moved or n > 0

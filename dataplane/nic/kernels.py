@@ -58,6 +58,9 @@ from dataplane.vhost.dirty_log import (
     no_log,
 )
 from dataplane.vhost.inflight import no_inflight
+from dataplane.vhost.net_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM
+
+from .offload import GSO_HDR_MAX, GSO_MAX_LEN, GSO_MAX_SEGS, OFF_TSO4, OFF_TSO6, OFF_TX, rx_flags, tx_offload
 
 __all__ = [
     "NicQueueCtx", "FastCall", "make_queue_ctx", "open_queue", "queue_used_index", "ring_area_sizes", "idle_queue_ctx",
@@ -65,10 +68,10 @@ __all__ = [
     "poll_doorbells", "poll_var_doorbell",
     "set_notify", "VAR_IDLE",
     "warm_up",
-    "SLOT", "BURST", "FETCH", "FDB_SIZE", "HDR_LEN", "MAX_SEGS",
-    "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING",
+    "SLOT", "BURST", "FETCH", "FDB_SIZE", "HDR_LEN", "MAX_SEGS", "STAGE_ROWS", "stage_arrays",
+    "CFG_PACKED", "CFG_CALLFD", "CFG_RUNNING", "CFG_OFFLOADS",
     "Q_PACKETS", "Q_BYTES", "Q_ERRORS", "Q_DROPS", "Q_KICKS", "Q_IRQS", "Q_FAULTS", "Q_ERR", "Q_FLOODED",
-    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_LOGGED", "Q_WORDS", "QUEUE_COUNTER_NAMES",
+    "Q_NOBUF", "Q_RUNNING", "Q_POLLED", "Q_LOGGED", "Q_TSO", "Q_TSO_SEGS", "Q_CSUM", "Q_WORDS", "QUEUE_COUNTER_NAMES",
     "ERR_RING_ZERO", "ERR_QUEUE_SIZE", "ERR_RING_DMA", "ERR_BASE", "fault_name",
 ]
 
@@ -76,6 +79,8 @@ __all__ = [
 SLOT = 2048
 #: Frames one TX pull stages.
 BURST = 256
+#: Rows of the stage: a burst, and room for the frames the last frame's TSO makes.
+STAGE_ROWS = BURST + GSO_MAX_SEGS
 #: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain
 #: scratch holds this many.
 FETCH = 32
@@ -91,15 +96,18 @@ _MIN_FRAME = HDR_LEN + 14
 CFG_PACKED = 0
 CFG_CALLFD = 1  # the eventfd of the queue's MSI-X vector, -1: none
 CFG_RUNNING = 2
+CFG_OFFLOADS = 3  # the virtq's offload bits (:mod:`.offload`)
 CFG_SLOTS = 4
 
 # counter row of a queue (int64, shared)
 (Q_PACKETS, Q_BYTES, Q_ERRORS, Q_DROPS, Q_KICKS, Q_IRQS, Q_FAULTS, Q_ERR, Q_FLOODED, Q_NOBUF, Q_RUNNING,
- Q_POLLED, Q_LOGGED) = range(13)
+ Q_POLLED, Q_LOGGED, Q_TSO, Q_TSO_SEGS, Q_CSUM) = range(16)
 Q_WORDS = 16
-#: ``logged``: dirty-log bytes the queue ORed into a driver's bitmap (mlx5 DIRTY_BITMAP_DUMP_ENABLE)
+#: ``logged``: dirty-log bytes the queue ORed into a driver's bitmap (mlx5 DIRTY_BITMAP_DUMP_ENABLE);
+#: ``tso_frames`` / ``tso_segments``: TSO frames a TX queue took / the frames the card cut them into;
+#: ``csum_done``: checksums the card completed for a TX queue's NEEDS_CSUM frames
 QUEUE_COUNTER_NAMES = ("packets", "bytes", "errors", "drops", "kicks", "irqs", "faults", "error_code", "flooded",
-                       "no_buffer", "running", "polled", "logged")
+                       "no_buffer", "running", "polled", "logged", "tso_frames", "tso_segments", "csum_done")
 
 # fault codes beyond the rings' ERR_* codes
 ERR_BASE = 32
@@ -281,12 +289,17 @@ def set_notify(q, enable):
 def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
     """Stage up to ``budget`` TX chains of queue ``q`` (VF ``vf``) and switch them (see the module doc).
 
-    ``active``: bit per VF whose datapath runs; ``stage``: uint8[BURST, SLOT];
-    ``slen``: int64[BURST] staged bytes; ``smask``: int64[BURST] destination bits.
-    Returns the frames staged (a frame with no destination is staged with mask 0)."""
+    ``active``: bit per VF whose datapath runs; ``stage``: uint8[rows, SLOT] (:func:`stage_arrays`);
+    ``slen``: int64[rows] staged bytes; ``smask``: int64[rows] destination bits.  A frame whose
+    header asks for a checksum or TSO (:func:`~dataplane.nic.offload.tx_offload`) may become several
+    rows, so more than ``budget`` rows may be staged (never more than the stage has).
+    Returns the rows staged (a frame with no destination is staged with mask 0)."""
     n = 0
     if not _usable(q):
         return 0
+    offl = q.cfg[CFG_OFFLOADS] & OFF_TX  # without TX offloads the header is not read (the direct path's way)
+    maxlen = _U64(GSO_MAX_LEN) if offl & (OFF_TSO4 | OFF_TSO6) != 0 else _SLOT
+    rows = stage.shape[0]
     logging = log_enabled(q.log)
     if logging:
         log_burst_start(q.log, q.state)
@@ -310,16 +323,31 @@ def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
             if ch.seg_write[s] != 0:
                 wr = True
             rlen += _U64(ch.seg_len[s])
-        if wr or rlen < _U64(_MIN_FRAME) or rlen > _SLOT:
+        if wr or rlen < _U64(_MIN_FRAME) or rlen > maxlen:
             q.counters[Q_ERRORS] += 1  # a writable buffer in a TX chain, a runt, a frame over the slot
             _push(q, head, 0, nd)
             continue
         dst = base + _U64(n) * _SLOT
-        chain_gather(ch, s0, s_end, _Z, dst, rlen)
+        chain_gather(ch, s0, s_end, _Z, dst, rlen if rlen <= _SLOT else _U64(GSO_HDR_MAX))
         row = stage[n]
-        for k in range(HDR_LEN):
-            row[k] = 0
-        row[10] = 1  # num_buffers
+        k = 1
+        gso = row[1]
+        if offl != 0 and (row[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 or gso != 0 or rlen > _SLOT):
+            k = tx_offload(ch, s0, s_end, np.int64(rlen), base, SLOT, n, rows, slen, offl)
+            if k <= 0:
+                q.counters[Q_ERRORS] += 1  # not negotiated, headers that do not parse, no room
+                _push(q, head, 0, nd)
+                continue
+            if gso != 0:
+                q.counters[Q_TSO] += 1
+                q.counters[Q_TSO_SEGS] += k
+            else:
+                q.counters[Q_CSUM] += 1
+        else:
+            for b in range(HDR_LEN):
+                row[b] = 0
+            row[10] = 1  # num_buffers
+            slen[n] = np.int64(rlen)
         dmac = _mac_at(row, HDR_LEN)
         smac = _mac_at(row, HDR_LEN + 6)
         if row[HDR_LEN + 6] & 1 == 0:
@@ -338,12 +366,12 @@ def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
                 mask = (np.int64(1) << d) & active
         if mask == 0:
             q.counters[Q_DROPS] += 1
-        slen[n] = np.int64(rlen)
-        smask[n] = mask
+        for i in range(n, n + k):
+            smask[i] = mask
         q.counters[Q_PACKETS] += 1
         q.counters[Q_BYTES] += np.int64(rlen) - HDR_LEN
         _push(q, head, 0, nd)
-        n += 1
+        n += k
     if took > 0:
         _flush(q, logging)
     return n
@@ -362,6 +390,7 @@ def rx_deliver(q, bit, stage, slen, smask, n):
     if logging:
         log_burst_start(q.log, q.state)
     base = _U64(stage.ctypes.data)
+    rxf = np.uint8(rx_flags(q.cfg[CFG_OFFLOADS]))
     took = 0
     for i in range(n):
         if smask[i] & bit == 0:
@@ -390,7 +419,11 @@ def rx_deliver(q, bit, stage, slen, smask, n):
             q.counters[Q_ERRORS] += 1  # a readable buffer in an RX chain, or a buffer too small
             _push(q, head, 0, nd)
             continue
+        f = stage[i, 0]  # DATA_VALID: the card computed the checksum; said only to a GUEST_CSUM virtq
+        if f != 0:
+            stage[i, 0] = f & rxf
         chain_scatter(ch, s0, s_end, base + _U64(i) * _SLOT, ln)
+        stage[i, 0] = f
         if logging:
             left = ln
             s = s0
@@ -873,11 +906,13 @@ _IDLE: dict = {}
 
 
 def make_queue_ctx(split, packed, state, regions, *, is_packed: bool, callfd: int, counters: np.ndarray,
-                   log=None) -> NicQueueCtx:
-    """A queue context (``regions``: the VF's DMA map table, shared by its queues and changed in place)."""
+                   log=None, offloads: int = 0) -> NicQueueCtx:
+    """A queue context (``regions``: the VF's DMA map table, shared by its queues and changed in place;
+    ``offloads``: its :mod:`~dataplane.nic.offload` bits)."""
     cfg = np.zeros(CFG_SLOTS, np.int64)
     cfg[CFG_PACKED] = int(bool(is_packed))
     cfg[CFG_CALLFD] = int(callfd)
+    cfg[CFG_OFFLOADS] = int(offloads)
     return NicQueueCtx(split=split, packed=packed, state=state, regions=regions, chains=make_chains(FETCH, MAX_SEGS),
                        cfg=cfg, counters=counters, inflight=no_inflight(), log=no_log() if log is None else log)
 
@@ -889,7 +924,7 @@ def ring_area_sizes(size: int, packed: bool) -> tuple[int, int, int]:
 
 
 def open_queue(addrs, size: int, *, packed: bool, feat: int, last_avail: int, last_used: int, regions,
-               callfd: int, counters: np.ndarray, log=None) -> NicQueueCtx:
+               callfd: int, counters: np.ndarray, log=None, offloads: int = 0) -> NicQueueCtx:
     """A running queue over the ring areas at the card's addresses ``addrs`` (desc, driver area, device
     area), from the indices ``last_avail`` / ``last_used`` (packed: offset | wrap counter << 15);
     ``regions``: the table its buffers translate through.  ValueError if the indices do not fit.
@@ -906,7 +941,8 @@ def open_queue(addrs, size: int, *, packed: bool, feat: int, last_avail: int, la
         sp, pk, st = queue_rings(*addrs, size, packed=False, feat=feat, last_avail_idx=last_avail)
         st[STATE_LAST_USED] = st[STATE_SIGNALLED_USED] = last_used
     counters[Q_ERR] = 0
-    q = make_queue_ctx(sp, pk, st, regions, is_packed=packed, callfd=callfd, counters=counters, log=log)
+    q = make_queue_ctx(sp, pk, st, regions, is_packed=packed, callfd=callfd, counters=counters, log=log,
+                       offloads=offloads)
     q.cfg[CFG_RUNNING] = 1
     counters[Q_RUNNING] = 1
     set_notify(q, False)
@@ -935,12 +971,16 @@ def idle_queue_ctx() -> NicQueueCtx:
     return _IDLE["ctx"]
 
 
+def stage_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The staging area of :func:`tx_pull` / :func:`rx_deliver`: ``stage`` uint8[STAGE_ROWS, SLOT],
+    ``slen`` and ``smask`` int64[STAGE_ROWS]."""
+    return np.zeros((STAGE_ROWS, SLOT), np.uint8), np.zeros(STAGE_ROWS, np.int64), np.zeros(STAGE_ROWS, np.int64)
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) the datapath kernels in this process."""
     d = idle_queue_ctx()
-    stage = np.zeros((BURST, SLOT), np.uint8)
-    slen = np.zeros(BURST, np.int64)
-    smask = np.zeros(BURST, np.int64)
+    stage, slen, smask = stage_arrays()
     fdb = np.zeros((FDB_SIZE, 2), np.int64)
     tx_pull(d, 0, fdb, 0, stage, slen, smask, 1)
     rx_deliver(d, 1, stage, slen, smask, 0)

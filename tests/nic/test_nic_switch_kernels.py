@@ -10,8 +10,7 @@ import pytest
 
 from dataplane.nic import kernels as K
 from dataplane.rings.virtqueue import ERR_ADDR
-from dataplane.testing.blk_driver import BlkDriver
-from dataplane.testing.vhost_frontend import GuestMemoryLayout
+from dataplane.testing.nic_rings import VfRings as Vf
 
 MACS = [bytes([2, 0, 0, 0, 0, i + 1]) for i in range(3)]
 BCAST = b"\xff" * 6
@@ -21,51 +20,6 @@ FRESH = bytes(10) + b"\x01\x00"  # what the card writes: num_buffers 1
 
 def frame(dst: bytes, src: bytes, n: int, tag: int) -> bytes:
     return HDR + dst + src + b"\x08\x00" + bytes((tag + i) & 0xFF for i in range(n - 14))
-
-
-class Vf:
-    def __init__(self, index: int, packed: bool):
-        self.index = index
-        self.mem = GuestMemoryLayout.simple(4 << 20, gpa=1 << 20)
-        self.rows = np.zeros((2, K.Q_WORDS), np.int64)
-        self.q = [BlkDriver(self.mem, 16, packed=packed, max_data=4096) for _ in (0, 1)]
-        start = 0x8000 if packed else 0
-        self.ctx = [K.open_queue(d.device_addrs(), d.num, packed=packed, feat=0, last_avail=start, last_used=start,
-                                 regions=d.region_table(), callfd=-1, counters=self.rows[i])
-                    for i, d in enumerate(self.q)]
-        self.rx_segs: dict[int, list] = {}
-
-    def post_rx(self, *lens: int) -> None:
-        """An RX chain of writable segments of these lengths, back to back in one slot."""
-        d = self.q[0]
-        slot = d.alloc_slot()
-        g = d.data_gpa(slot)
-        d.view(g, sum(lens))[:] = 0xA5
-        segs, off = [], 0
-        for n in lens:
-            segs.append((g + off, n, True))
-            off += n
-        d.add(segs, slot)
-        d.publish()
-
-    def send(self, data: bytes, cuts=()) -> None:
-        """A TX chain of ``data`` cut into readable segments at offsets ``cuts``."""
-        d = self.q[1]
-        slot = d.alloc_slot()
-        g = d.data_gpa(slot)
-        d.view(g, len(data))[:] = np.frombuffer(data, np.uint8)
-        edges = [0, *cuts, len(data)]
-        d.add([(g + a, b - a, False) for a, b in zip(edges, edges[1:])], slot)
-        d.publish()
-
-    def received(self) -> list[bytes]:
-        d = self.q[0]
-        return [d.data(slot, n) for slot, n in d.harvest()]
-
-    def close(self) -> None:
-        self.ctx = []
-        self.q = []
-        self.mem.close()
 
 
 def scenario(mode: str, packed: bool):

@@ -60,7 +60,7 @@ def test_probe_registers_the_vf_with_dpdk_features(card, served):
     assert vdev is dev.vdev and vdev.driver == "mlx5"
     assert vdpa.get_queue_num(vdev) == 16  # max_num_virtio_queues 32 / 2
     f = vdpa.get_features(vdev)
-    assert f == 0x154c600008  # DPDK's 0x104c600008, VERSION_1 and RING_PACKED from the caps
+    assert f == 0x154c60180b  # DPDK's 0x104c600008; VERSION_1, RING_PACKED, HOST_TSO4/6, CSUM, GUEST_CSUM from the caps
     assert f & bit(VF.VIRTIO_F_VERSION_1) and f & bit(VF.VIRTIO_F_RING_PACKED)
     assert vdpa.get_protocol_features(vdev) == MLX5_VDPA_PROTOCOL_FEATURES == 0x10c33
     assert vdpa.get_stats_names(vdev) == list(STATS_NAMES)

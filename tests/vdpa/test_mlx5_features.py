@@ -40,9 +40,11 @@ def test_features_from_caps():
 
 
 def test_the_emulated_cards_default_caps():
-    """The card of dataplane-nic reports split+packed, version 1, no offloads, 32 queues (its Caps defaults)."""
-    caps = dict(valid=1, max_num_virtio_queues=32, virtio_queue_type=3, event_mode=0b101, virtio_version_1_0=1)
-    assert mlx5_vdpa_features(caps) == 0x104C600008 | 1 << 34 | 1 << 32
+    """The card of dataplane-nic reports split+packed, version 1, TSO4/6, TX and RX checksums, 32 queues (its
+    Caps defaults)."""
+    caps = dict(valid=1, max_num_virtio_queues=32, virtio_queue_type=3, event_mode=0b101, virtio_version_1_0=1,
+                tso_ipv4=1, tso_ipv6=1, tx_csum=1, rx_csum=1)
+    assert mlx5_vdpa_features(caps) == 0x104C600008 | 1 << 34 | 1 << 32 | 1 << 11 | 1 << 12 | 1 | 2
     assert get_queue_num(caps) == 16
 
 

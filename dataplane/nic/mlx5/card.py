@@ -69,6 +69,7 @@ from dataplane.rings.virtqueue import ERR_ADDR, ERR_AVAIL_IDX, ERR_CHAIN_LOOP, E
 from .. import kernels as K
 from ..cardproc import BUSY_TURNS, CardBase
 from ..function import Function
+from ..offload import offload_bits
 from ..pci import BarFile, config_header
 from ..shm import V_DMA_FAULTS, V_DOORBELLS_IGNORED, V_FAULTS, V_RESETS
 from dataplane.hwspec.mlx5_prm import BAR0_SIZE, DEVICE_ID, MSIX_PBA_OFF, MSIX_TABLE_OFF, VAR_OFF, VAR_SIZE, VENDOR_ID
@@ -147,7 +148,7 @@ class Mlx5Function(Function):
         self.caps = Caps(max_num_virtio_queues=self.nq)
         self.runs: dict[int, Run] = {}
         self.steer = None  # SteerTable while flow rules exist
-        self.sel = np.zeros(K.BURST, np.int64)
+        self.sel = np.zeros(K.STAGE_ROWS, np.int64)
         self.steer_tmp = np.zeros(64, np.uint8)
         #: per queue index, the log control row of its dirty bitmap (kept: its LOG_CTL_SYNCED count is Q_LOGGED)
         self.log_ctl = np.zeros((self.nq, LOG_CTL_SLOTS), np.int64)
@@ -286,6 +287,7 @@ class Mlx5Function(Function):
             self._start(vq.obj_id, new)
         elif now == QState.RDY and r is not None and r.obj_id == vq.obj_id:  # dirty-bitmap bits while running
             r.ctx = r.ctx._replace(log=self._queue_log(new))
+            r.ctx.cfg[K.CFG_OFFLOADS] = offload_bits(new)
 
     def virtq_destroy(self, vq: VirtQ) -> None:
         r = self.runs.get(vq.attrs["queue_index"])
@@ -401,7 +403,7 @@ class Mlx5Function(Function):
         try:
             ctx = K.open_queue(addrs, a["q_size"], packed=packed, feat=0, last_avail=a["hw_available_index"],
                                last_used=a["hw_used_index"], regions=regions, callfd=self._callfd(a),
-                               counters=self.rows[qid], log=self._queue_log(a))
+                               counters=self.rows[qid], log=self._queue_log(a), offloads=offload_bits(a))
         except ValueError as e:
             raise CmdError(Status.BAD_PARAM, Syn.RING_INDEX, f"virtq {obj_id}: {e}") from None
         r = Run(qid, obj_id, ctx)

@@ -964,9 +964,10 @@ def probe(bdf: str, args, lib: Any, vf_dir: str | None = None) -> Mlx5VdpaDevice
 
 
 def _default_caps() -> dict:
-    """The emulated card's vDPA caps (docs/nic.md): split and packed, VERSION_1, no offloads."""
+    """The emulated card's vDPA caps (docs/nic.md): split and packed, VERSION_1, TSO over IPv4 and IPv6,
+    TX and RX checksums."""
     return {"valid": 1, "virtio_queue_type": 0b11, "virtio_version_1_0": 1, "max_num_virtio_queues": 32,
-            "event_mode": 0b111}
+            "event_mode": 0b111, "tso_ipv4": 1, "tso_ipv6": 1, "tx_csum": 1, "rx_csum": 1}
 
 
 def _register_driver() -> None:
