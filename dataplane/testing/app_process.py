@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 __all__ = ["AppProcess"]
 
@@ -38,6 +39,8 @@ class AppProcess:
                  eal_extra: list[str] = (), timeout: float = 240.0, prefix: str = "app", workdir: str | None = None,
                  stdin: bool = False):
         self.dir = workdir or tempfile.mkdtemp(prefix=prefix)
+        # the directory goes with the object at the latest (a test that only stops the app, a failed start)
+        self._rm_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.log_file = os.path.join(self.dir, "out.log")
         self.prefix = f"{prefix}{os.getpid()}_{next(_SEQ)}"
         cmd = [sys.executable, "-m", module, "-l", lcores, "--no-huge", "-m", str(memory_mb),
@@ -114,7 +117,7 @@ class AppProcess:
                 self.stop()
         finally:
             self.kill()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._rm_dir()
 
     def __enter__(self):
         return self
