@@ -188,6 +188,32 @@ def _flush(q, logging):
 
 
 @inline_kernel
+def _rx_room(ch, s0, s_end):
+    """(a readable segment among ``[s0, s_end)``?, their bytes): an RX chain's check."""
+    cap = _Z
+    ro = False
+    for s in range(s0, s_end):
+        if ch.seg_write[s] == 0:
+            ro = True
+        cap += _U64(ch.seg_len[s])
+    return ro, cap
+
+
+@inline_kernel
+def _log_rx(q, ch, s0, s_end, ln):
+    """Mark the pages of the first ``ln`` bytes of RX segments ``[s0, s_end)`` in ``q``'s dirty log."""
+    left = ln
+    s = s0
+    while s < s_end and left > _Z:
+        take = _U64(ch.seg_len[s])
+        if take > left:
+            take = left
+        log_write_hva(q.log, q.regions, ch.seg_addr[s], np.int64(take))
+        left -= take
+        s += 1
+
+
+@inline_kernel
 def _mac_at(buf, off):
     v = np.int64(0)
     for i in range(6):
@@ -408,12 +434,7 @@ def rx_deliver(q, bit, stage, slen, smask, n):
         nd = ch.ndesc[0]
         s0 = np.int64(ch.seg_start[0])
         s_end = s0 + np.int64(ch.seg_count[0])
-        cap = _Z
-        ro = False
-        for s in range(s0, s_end):
-            if ch.seg_write[s] == 0:
-                ro = True
-            cap += _U64(ch.seg_len[s])
+        ro, cap = _rx_room(ch, s0, s_end)
         ln = _U64(slen[i])
         if ro or cap < ln:
             q.counters[Q_ERRORS] += 1  # a readable buffer in an RX chain, or a buffer too small
@@ -425,15 +446,7 @@ def rx_deliver(q, bit, stage, slen, smask, n):
         chain_scatter(ch, s0, s_end, base + _U64(i) * _SLOT, ln)
         stage[i, 0] = f
         if logging:
-            left = ln
-            s = s0
-            while s < s_end and left > _Z:
-                take = _U64(ch.seg_len[s])
-                if take > left:
-                    take = left
-                log_write_hva(q.log, q.regions, ch.seg_addr[s], np.int64(take))
-                left -= take
-                s += 1
+            _log_rx(q, ch, s0, s_end, ln)
         _push(q, head, np.int64(ln), nd)
         q.counters[Q_PACKETS] += 1
         q.counters[Q_BYTES] += np.int64(ln) - HDR_LEN
@@ -705,12 +718,7 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             rnd = rch.ndesc[j]
             j += 1
             ln = _U64(np.int64(ch.total_len[c]))
-            cap = _Z
-            ro = False
-            for s in range(r0, r_end):
-                if rch.seg_write[s] == 0:
-                    ro = True
-                cap += _U64(rch.seg_len[s])
+            ro, cap = _rx_room(rch, r0, r_end)
             if ro or cap < ln:
                 rq.counters[Q_ERRORS] += 1  # a readable buffer in an RX chain, or a buffer too small
                 _push(rq, rhead, 0, rnd)
@@ -718,15 +726,7 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             s0 = np.int64(ch.seg_start[c])
             _put_frame(ch, s0, s0 + np.int64(ch.seg_count[c]), rch, r0, r_end, ln)
             if rl:
-                left = ln
-                s = r0
-                while s < r_end and left > _Z:
-                    take = _U64(rch.seg_len[s])
-                    if take > left:
-                        take = left
-                    log_write_hva(rq.log, rq.regions, rch.seg_addr[s], np.int64(take))
-                    left -= take
-                    s += 1
+                _log_rx(rq, rch, r0, r_end, ln)
             _push(rq, rhead, np.int64(ln), rnd)
             rpk += 1
             rby += np.int64(ln) - HDR_LEN
