@@ -18,9 +18,26 @@ import tempfile
 import time
 import weakref
 
-__all__ = ["AppProcess"]
+__all__ = ["AppProcess", "end_process"]
 
 _SEQ = itertools.count()
+
+
+def end_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM child ``proc`` and reap it (SIGKILL after ``timeout`` s); close its pipes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            try:
+                f.close()
+            except BrokenPipeError:
+                pass
 
 
 class AppProcess:

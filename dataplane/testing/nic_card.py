@@ -6,11 +6,12 @@ import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from dataplane.testing.app_process import end_process
 
 __all__ = ["CardProc", "PF", "MLX5_PF", "ROOT", "card_in_runtime", "wait_for"]
 
@@ -70,15 +71,7 @@ class CardProc:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        end_process(self.proc, 20)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import pytest
 
 from dataplane.nic.kernels import Q_IRQS, Q_KICKS, Q_PACKETS, Q_RUNNING
 from dataplane.nic.shm import V_CONNECTED, V_DMA_MAPS, V_LOG_ON, V_STATUS, CardShm
+from dataplane.testing.app_process import end_process
 from dataplane.testing.nic_card import ROOT, card_in_runtime
 from dataplane.testing.vdpa_card import GUEST_GPA, SPLIT, WRITE, connect_guest, post_chain, served_vfs, vnet_frame, \
     wait_until
@@ -224,15 +224,7 @@ def test_driver_restart_finds_the_card_reset_and_configures_it_again(card):
             fe.close()
             g.close()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        end_process(proc)
         shm.close()
         shutil.rmtree(d, ignore_errors=True)
 

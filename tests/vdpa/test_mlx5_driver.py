@@ -214,10 +214,10 @@ def test_rss_reference_agrees_with_the_cards_symmetric_hash():
 def test_dataplane_vdpa_probes_class_vdpa_and_the_tools_show_it(card):
     """``dataplane-vdpa -a VF1,class=vdpa,event_mode=2 -a VF2,class=eth``: VF1 probed (mgmtdev ``pci/VF1``), VF2
     left to another class; a front-end's frames are counted by ``vdpa dev vstats`` and the ``stats`` command."""
-    import signal
     import subprocess
     import sys
 
+    from dataplane.testing.app_process import end_process
     from dataplane.testing.nic_card import ROOT
 
     d = tempfile.mkdtemp(prefix="vh")
@@ -269,18 +269,7 @@ def test_dataplane_vdpa_probes_class_vdpa_and_the_tools_show_it(card):
             fe.close()
             g.close()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                f.close()
-            except BrokenPipeError:
-                pass
+        end_process(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 
