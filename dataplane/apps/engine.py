@@ -363,15 +363,16 @@ def _watched(name: str) -> bool:
 
 
 def _loop_shapes(specs: list[StreamSpec], watched: list[bool]) -> tuple[int, int]:
-    """(streams, watched ports) of one lcore, as the padded tuple sizes the loop's numba type has
-    (:func:`~dataplane.apps.fwd_loop.shape_size`)."""
+    """(streams, watched ports) of one lcore.  The loop takes them as rows of arrays, so its numba
+    type is the same for every count; a warm-up runs it with this many rows."""
     ports = {p for s in specs for p in (s.rx_port, s.tx_port) if watched[p]}
-    return FL.shape_size(len(specs)), FL.shape_size(max(1, len(ports)))
+    return max(1, len(specs)), max(1, len(ports))
 
 
 def _warm_up(shapes, loop=None) -> None:
-    """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it, or loads it
-    from the disk cache, here and now rather than while rings are attached."""
+    """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it and the port
+    burst entries, or loads them from the disk cache, here and now rather than while rings are
+    attached."""
     for drv in registry.drivers():
         drv.lcore_port.warm_up()
     loop = loop or FL.fwd_loop
@@ -382,12 +383,13 @@ def _warm_up(shapes, loop=None) -> None:
     watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
+    pkts = np.zeros(1024, np.uint32)
     for nstreams, nwatches in sorted(set(shapes)):
         cfg[FL.CFG_NSTREAMS] = nstreams
         cfg[FL.CFG_NWATCHES] = nwatches
-        loop((st,) * nstreams, (watch,) * nwatches, mp.arrays, 0,
-             np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(),
-             np.zeros(1024, np.uint32))
+        a = FL.loop_args([st] * nstreams, [watch] * nwatches, mp.arrays, pkts)
+        loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, 0,
+             np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
 
 
 def _lcore_preload(shapes) -> bool:
@@ -435,7 +437,6 @@ def _lcore_main(arg):
     pkts = np.zeros(1024, np.uint32)
     csum = csum_counters()
     flows = {s.index: np.zeros(2, np.int64) for s in specs}
-    idle_q = make_port_queue(KIND_NONE)
 
     def build():
         out = []
@@ -451,14 +452,9 @@ def _lcore_main(arg):
             out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params, flow=flows[s.index]))
         watches = [FL.RingWatch(ctl=lp.watch[0], qids=lp.watch[1], gens=lp.watch[2])
                    for lp in lps.values() if lp.watch is not None]
-        idle_watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
         cfg[FL.CFG_NSTREAMS] = len(out)
         cfg[FL.CFG_NWATCHES] = len(watches)
-        # padding: the tuples' lengths are part of the loop's numba type (lcores of 1 or 2 streams
-        # share one compiled loop, 3-4 another, ...)
-        idle_stream = FL.Stream(rx=idle_q, tx=idle_q, stats=np.zeros(FL.S_SLOTS, np.int64),
-                                params=np.zeros(FL.P_SLOTS, np.int64), flow=np.zeros(2, np.int64))
-        return FL.pad_to_shape(out, idle_stream), FL.pad_to_shape(watches or [idle_watch], idle_watch)
+        return FL.loop_args(out, watches, mp.arrays, pkts)  # rows: one loop type for any count
 
     _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
     # attach the queues already handed over (tx_first must find them); their messages were sent
@@ -467,10 +463,10 @@ def _lcore_main(arg):
     for lp in lps.values():
         while lp.changed() and time.monotonic() < deadline:
             lp.service(wait=0.01)
-    streams, watches = build()
+    a = build()
     try:
         while True:
-            rc = loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
+            rc = loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
             if rc == FL.LOOP_STOP:
                 return True
             for lp in lps.values():
@@ -480,7 +476,7 @@ def _lcore_main(arg):
                 for lp in lps.values():
                     changed |= lp.service(wait=0.001)
                 if changed:
-                    streams, watches = build()
+                    a = build()
     finally:
         for lp in lps.values():
             lp.close()

@@ -37,10 +37,10 @@ from collections import namedtuple
 import numpy as np
 
 from dataplane.config import FORWARD_MODES
-from dataplane.ethdev.queue import port_rx_burst, port_tx_burst
+from dataplane.ethdev.queue import ENTRY_RX, ENTRY_TX, entry_addresses, port_queue_row, port_queue_type
 from dataplane.memory.mempool import pktmbuf_free, pktmbuf_free_bulk
 from dataplane.rings.atomics import load_acquire, store_release
-from dataplane.rings.jit import inline_kernel, loop_kernel
+from dataplane.rings.jit import call_entry, describe, inline_kernel, loop_kernel, row_reader, row_words
 from dataplane.vhost.handoff import vrings_changed
 from dataplane.apps.fwd_modes import (
     CSUM_BAD_IP,
@@ -59,6 +59,9 @@ from dataplane.apps.fwd_modes import (
 __all__ = [
     "Stream",
     "RingWatch",
+    "StreamArrays",
+    "LoopArgs",
+    "loop_args",
     "fwd_loop",
     "make_custom_loop",
     "MODES",
@@ -135,46 +138,113 @@ Stream = namedtuple("Stream", ["rx", "tx", "stats", "params", "flow"])  # flow: 
 #: The hand-over control of one vhost port for this lcore: (ctl, qids, gens) of a
 #: :class:`~dataplane.vhost.handoff.LcoreVrings`.
 RingWatch = namedtuple("RingWatch", ["ctl", "qids", "gens"])
+#: What the loop reads of a stream besides its queues.
+StreamArrays = namedtuple("StreamArrays", ["stats", "params", "flow"])
 
+_ROW_TYPES: dict = {}
+
+
+def _stream_arrays_type():
+    if "s" not in _ROW_TYPES:
+        from numba import typeof
+
+        _ROW_TYPES["s"] = typeof(StreamArrays(np.zeros(S_SLOTS, np.int64), np.zeros(P_SLOTS, np.int64),
+                                              np.zeros(2, np.int64)))
+    return _ROW_TYPES["s"]
+
+
+def _watch_type():
+    if "w" not in _ROW_TYPES:
+        from numba import typeof
+
+        _ROW_TYPES["w"] = typeof(RingWatch(np.zeros(8, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    return _ROW_TYPES["w"]
+
+
+_read_stream = row_reader(_stream_arrays_type)
+_read_watch = row_reader(_watch_type)
+
+LoopArgs = namedtuple("LoopArgs", ["qrows", "srows", "wrows", "entries", "keep"])
+
+
+def loop_args(streams, watches, mp, pkts) -> LoopArgs:
+    """The loop's first four arguments for ``streams`` (:data:`Stream`) and ``watches``
+    (:data:`RingWatch`), as rows of words (one numba type for any kind and count of queues):
+
+    * ``qrows`` (uint64, 2 rows per stream: Rx queue, Tx queue; :func:`~dataplane.ethdev.queue.port_queue_row`),
+    * ``srows`` (a :data:`StreamArrays` row per stream), ``wrows`` (a row per watch),
+    * ``entries``: the port burst kernels' addresses (:func:`~dataplane.ethdev.queue.entry_addresses`,
+      compiled for ``mp`` / ``pkts``, or loaded from the cache, now).
+
+    ``keep`` holds the arrays the rows point into: keep the LoopArgs while the loop runs."""
+    from numba import typeof
+
+    streams, watches = list(streams), list(watches)
+    qrows = np.zeros((max(1, 2 * len(streams)), row_words(port_queue_type())), np.uint64)
+    srows = np.zeros((max(1, len(streams)), row_words(_stream_arrays_type())), np.uint64)
+    wrows = np.zeros((max(1, len(watches)), row_words(_watch_type())), np.uint64)
+    keep = []
+    for i, s in enumerate(streams):
+        qrows[2 * i] = port_queue_row(s.rx)
+        qrows[2 * i + 1] = port_queue_row(s.tx)
+        sa = StreamArrays(s.stats, s.params, s.flow)
+        if typeof(sa) != _stream_arrays_type():
+            raise TypeError(f"stream arrays of another type: {typeof(sa)}")
+        describe(sa, srows[i])
+        keep.append((s, sa))
+    for i, w in enumerate(watches):
+        w = RingWatch(*w)
+        if typeof(w) != _watch_type():
+            raise TypeError(f"a ring watch of another type: {typeof(w)}")
+        describe(w, wrows[i])
+        keep.append(w)
+    return LoopArgs(qrows, srows, wrows, entry_addresses(mp, pkts), keep)
 
 
 @inline_kernel
-def _send(s, mp, lcore, pkts, n):
-    """Transmit ``pkts[:n]`` on the stream's Tx queue; free and count what the port did not take."""
-    sent = port_tx_burst(s.tx, mp, lcore, pkts, n)
-    s.stats[S_TX] += sent
+def _rx(a, si, mp, lcore, pkts, n):
+    """Receive up to ``n`` packets on stream ``si``'s Rx queue (through the port entry's address)."""
+    return call_entry(a[3][ENTRY_RX], a[0][2 * si], mp, np.int64(lcore), pkts, np.int64(n))
+
+
+@inline_kernel
+def _send(a, si, stats, mp, lcore, pkts, n):
+    """Transmit ``pkts[:n]`` on stream ``si``'s Tx queue; free and count what the port did not take."""
+    sent = call_entry(a[3][ENTRY_TX], a[0][2 * si + 1], mp, np.int64(lcore), pkts, np.int64(n))
+    stats[S_TX] += sent
     if sent < n:
-        s.stats[S_FWD_DROPPED] += n - sent
+        stats[S_FWD_DROPPED] += n - sent
         for k in range(sent, n):
             pktmbuf_free(mp, lcore, pkts[k])
     return sent
 
 
 @inline_kernel
-def _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg):
+def _txonly_burst(a, si, mp, lcore, pkts, burst, seg_lens, cfg):
+    s = _read_stream(a[1][si])
     built = build_txonly(mp, lcore, pkts, burst, seg_lens, cfg[CFG_NSEG], s.params[P_SRC_MAC], s.params[P_DST_MAC],
                          cfg[CFG_MULTI_FLOW] != 0, s.flow)
     if built > 0:
-        sent = _send(s, mp, lcore, pkts, built)
+        sent = _send(a, si, s.stats, mp, lcore, pkts, built)
         if sent < built:
             txonly_backout(s.flow, built - sent)
 
 
 @inline_kernel
-def _count(cfg, slot, items):
-    """How many of the (padded) tuple ``items`` are real: ``cfg[slot]``, at most its length."""
+def _count(cfg, slot, rows):
+    """How many rows of ``rows`` are real: ``cfg[slot]``, at most its row count."""
     n = cfg[slot]
-    if n > len(items):
-        n = len(items)
+    if n > rows.shape[0]:
+        n = rows.shape[0]
     return n
 
 
 @inline_kernel
-def _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg):
+def _tx_first(a, mp, lcore, pkts, burst, seg_lens, cfg):
     if cfg[CFG_TX_FIRST] > 0:
         for b in range(cfg[CFG_TX_FIRST]):
-            for si in range(_count(cfg, CFG_NSTREAMS, streams)):
-                _txonly_burst(streams[si], mp, lcore, pkts, burst, seg_lens, cfg)
+            for si in range(_count(cfg, CFG_NSTREAMS, a[1])):
+                _txonly_burst(a, si, mp, lcore, pkts, burst, seg_lens, cfg)
         cfg[CFG_TX_FIRST] = 0
 
 
@@ -186,13 +256,14 @@ def _forwarding(run, lcore):
 
 
 @inline_kernel
-def _loop_control(turn, stop, run, watches, nwatches):
+def _loop_control(turn, stop, run, wrows, nwatches):
     """Every 16 turns: LOOP_STOP / LOOP_RINGS / LOOP_TICK when due, else 0."""
     if (turn & 15) == 0:
         if load_acquire(stop, 0) != 0 or load_acquire(run, RUN_SWITCH) == 0:
             return LOOP_STOP
         for w in range(nwatches):
-            if vrings_changed(watches[w].ctl, watches[w].qids, watches[w].gens):
+            watch = _read_watch(wrows[w])
+            if vrings_changed(watch.ctl, watch.qids, watch.gens):
                 return LOOP_RINGS
         if (turn & 0xFFFFF) == 0:
             return LOOP_TICK
@@ -200,11 +271,14 @@ def _loop_control(turn, stop, run, watches, nwatches):
 
 
 @loop_kernel
-def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
+def fwd_loop(qrows, srows, wrows, entries, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     """Forward on every stream until stop / ring change / tick (returns ``LOOP_*``).
 
-    ``streams`` and ``watches`` are tuples padded by :func:`pad_to_shape`; ``cfg[CFG_NSTREAMS]``
-    and ``cfg[CFG_NWATCHES]`` say how many entries are real.
+    ``qrows``, ``srows``, ``wrows`` and ``entries`` are a :class:`LoopArgs`' (:func:`loop_args`):
+    the streams' queues and arrays and the watched ports as rows of words, so the loop has one
+    numba type for any count and kind of ports; ``cfg[CFG_NSTREAMS]`` and ``cfg[CFG_NWATCHES]``
+    say how many rows are real.  Port bursts are calls through ``entries`` (compiled once, apart
+    from the loop).
 
     ``run`` (uint32, :data:`RUN_SWITCH` / :data:`RUN_FORWARDING` slots) is the
     engine's start/stop switch (0: stop forwarding) and where the loop says it
@@ -212,24 +286,25 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
     ``--txpkts``; ``csum`` is the csum engine's scratch counters.  A pending
     ``cfg[CFG_TX_FIRST]`` is sent first and then cleared.
     """
+    a = (qrows, srows, wrows, entries)
     mode = cfg[CFG_MODE]
     burst = cfg[CFG_BURST]
-    nstreams = _count(cfg, CFG_NSTREAMS, streams)
-    nwatches = _count(cfg, CFG_NWATCHES, watches)
-    _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
+    nstreams = _count(cfg, CFG_NSTREAMS, srows)
+    nwatches = _count(cfg, CFG_NWATCHES, wrows)
+    _tx_first(a, mp, lcore, pkts, burst, seg_lens, cfg)
     _forwarding(run, lcore)
     turn = 0
     while True:
         turn += 1
-        rc = _loop_control(turn, stop, run, watches, nwatches)
+        rc = _loop_control(turn, stop, run, wrows, nwatches)
         if rc != 0:
             return rc
         for si in range(nstreams):
-            s = streams[si]
             if mode == MODE_TXONLY:
-                _txonly_burst(s, mp, lcore, pkts, burst, seg_lens, cfg)
+                _txonly_burst(a, si, mp, lcore, pkts, burst, seg_lens, cfg)
                 continue
-            n = port_rx_burst(s.rx, mp, lcore, pkts, burst)
+            s = _read_stream(srows[si])
+            n = _rx(a, si, mp, lcore, pkts, burst)
             if mode == MODE_FLOWGEN:
                 if n > 0:
                     s.stats[S_RX] += n
@@ -237,7 +312,7 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
                 built = build_flowgen(mp, lcore, pkts, burst, cfg[CFG_TX_PKT_LEN], s.params[P_SRC_MAC],
                                       s.params[P_DST_MAC], cfg[CFG_NB_FLOWS], s.flow, True)
                 if built > 0:
-                    sent = _send(s, mp, lcore, pkts, built)
+                    sent = _send(a, si, s.stats, mp, lcore, pkts, built)
                     if sent < built:
                         flowgen_backout(s.flow, built - sent, cfg[CFG_NB_FLOWS])
                 continue
@@ -263,7 +338,7 @@ def fwd_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
                 n = fwd_icmpecho(mp, lcore, pkts, n, s.params[P_SRC_MAC])
                 if n == 0:
                     continue
-            _send(s, mp, lcore, pkts, n)
+            _send(a, si, s.stats, mp, lcore, pkts, n)
 
 
 def make_custom_loop(user_fn):
@@ -284,21 +359,22 @@ def make_custom_loop(user_fn):
     from numba import njit
 
     @njit(nogil=True, _nrt=False)
-    def custom_loop(streams, watches, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
+    def custom_loop(qrows, srows, wrows, entries, mp, lcore, stop, run, cfg, seg_lens, csum, pkts):
+        a = (qrows, srows, wrows, entries)
         burst = cfg[CFG_BURST]
-        nstreams = _count(cfg, CFG_NSTREAMS, streams)
-        nwatches = _count(cfg, CFG_NWATCHES, watches)
-        _tx_first(streams, mp, lcore, pkts, burst, seg_lens, cfg)
+        nstreams = _count(cfg, CFG_NSTREAMS, srows)
+        nwatches = _count(cfg, CFG_NWATCHES, wrows)
+        _tx_first(a, mp, lcore, pkts, burst, seg_lens, cfg)
         _forwarding(run, lcore)
         turn = 0
         while True:
             turn += 1
-            rc = _loop_control(turn, stop, run, watches, nwatches)
+            rc = _loop_control(turn, stop, run, wrows, nwatches)
             if rc != 0:
                 return rc
             for si in range(nstreams):
-                s = streams[si]
-                n = port_rx_burst(s.rx, mp, lcore, pkts, burst)
+                s = _read_stream(srows[si])
+                n = _rx(a, si, mp, lcore, pkts, burst)
                 if n == 0:
                     continue
                 s.stats[S_RX] += n
@@ -306,6 +382,6 @@ def make_custom_loop(user_fn):
                 if k < n:
                     s.stats[S_FWD_DROPPED] += n - k
                 if k > 0:
-                    _send(s, mp, lcore, pkts, k)
+                    _send(a, si, s.stats, mp, lcore, pkts, k)
 
     return custom_loop

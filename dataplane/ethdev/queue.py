@@ -29,7 +29,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from dataplane.rings.jit import inline_kernel
+from dataplane.rings.jit import describe, entry_address, inline_kernel, kernel, row_reader
 from dataplane.rings.ring import ring_dequeue_burst, ring_enqueue_burst
 from dataplane.vhost.handoff import dummy_ctx as vhost_dummy_ctx, vhost_rx_burst, vhost_tx_burst
 from dataplane.virtio.handoff import dummy_ctx as virtio_dummy_ctx, virtio_rx_burst, virtio_tx_burst
@@ -50,6 +50,14 @@ __all__ = [
     "port_rx_burst",
     "port_tx_burst",
     "make_port_queue",
+    "port_queue_type",
+    "port_queue_row",
+    "port_rx_entry",
+    "port_tx_entry",
+    "entry_addresses",
+    "ENTRY_RX",
+    "ENTRY_TX",
+    "ENTRY_SLOTS",
 ]
 
 KIND_NONE = 0
@@ -165,3 +173,67 @@ def port_tx_burst(q, mp, lcore, pkts, n):
     if sent < n:
         q.counters[Q_TX_DROPPED] += n - sent
     return sent
+
+
+# -----------------------------------------------------------------------------
+# the loop's view: a queue as a row of words, the bursts called through their addresses
+# -----------------------------------------------------------------------------
+# A forwarding loop takes each of its queues as a row (``dataplane.rings.jit.describe`` of its
+# PortQueue: one numba type for every kind and count) and calls :func:`port_rx_entry` /
+# :func:`port_tx_entry` through the addresses :func:`entry_addresses` gives (``call_entry``), so
+# their code (every port kind's bursts) is compiled once, into these two kernels, and not again
+# into each loop that calls them (docs/performance.md, "Where a cold start's time goes").
+
+ENTRY_RX = 0
+ENTRY_TX = 1
+ENTRY_SLOTS = 2
+
+_TYPE: list = []
+
+
+def port_queue_type():
+    """The numba type of every :data:`PortQueue` (whatever its kind)."""
+    if not _TYPE:
+        from numba import typeof
+
+        _TYPE.append(typeof(make_port_queue(KIND_NONE)))
+    return _TYPE[0]
+
+
+def port_queue_row(q: PortQueue) -> np.ndarray:
+    """``q`` as a row of words (uint64) for :func:`port_rx_entry` / :func:`port_tx_entry`; ``q``
+    must outlive the row's use."""
+    from numba import typeof
+
+    if typeof(q) != port_queue_type():
+        raise TypeError(f"a PortQueue of another type: {typeof(q)}")
+    return describe(q)
+
+
+_read_queue = row_reader(port_queue_type)
+
+
+@kernel
+def port_rx_entry(qrow, mp, lcore, pkts, n):
+    """:func:`port_rx_burst` on the queue of row ``qrow`` (called through its address)."""
+    return np.int64(port_rx_burst(_read_queue(qrow), mp, lcore, pkts, n))
+
+
+@kernel
+def port_tx_entry(qrow, mp, lcore, pkts, n):
+    """:func:`port_tx_burst` on the queue of row ``qrow`` (called through its address)."""
+    return np.int64(port_tx_burst(_read_queue(qrow), mp, lcore, pkts, n))
+
+
+def entry_addresses(mp, pkts) -> np.ndarray:
+    """The addresses of :func:`port_rx_entry` / :func:`port_tx_entry` (slots :data:`ENTRY_RX`,
+    :data:`ENTRY_TX`) compiled for a pool's arrays ``mp`` and a burst array ``pkts`` (uint32) as a
+    loop passes them; they are compiled, or loaded from the cache, now.  Valid in this process."""
+    from numba import typeof, types
+
+    row_t = types.Array(types.uint64, 1, "C")
+    argtypes = (row_t, typeof(mp), types.int64, typeof(pkts), types.int64)
+    out = np.zeros(ENTRY_SLOTS, np.int64)
+    out[ENTRY_RX] = entry_address(port_rx_entry, argtypes)
+    out[ENTRY_TX] = entry_address(port_tx_entry, argtypes)
+    return out
