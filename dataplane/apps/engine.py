@@ -37,7 +37,7 @@ from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBU
                               ForwardConfig)
 from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
-from dataplane.ethdev.queue import KIND_NONE, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.queue import KIND_NONE, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.lcores import launch
 from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mbuf import RTE_MBUF_DEFAULT_BUF_SIZE, RTE_PKTMBUF_HEADROOM
@@ -146,16 +146,21 @@ class Engine:
                 watched = [_watched(p.name) for p in self.ports]
                 shapes = {lc: _loop_shapes([s for s in self.streams if s.lcore == lc], watched)
                           for lc in {s.lcore for s in self.streams}}
-                for lc, shape in shapes.items():  # the lcores load the loop beside us, so start need not wait
-                    self.launcher.remote_launch(_lcore_preload, [shape], lc)
+                keys = _entry_keys(self.ports)
+                # the lcores compile a share of a cold cache beside us (one cpu each), then load the
+                # rest, so start need not wait; then we load what they compiled
+                lcs = sorted(shapes)
+                for idx, lc in enumerate(lcs):
+                    self.launcher.remote_launch(_lcore_preload, ([shapes[lc]], keys, (idx + 1, len(lcs) + 1)), lc)
                 try:
-                    _warm_up(list(shapes.values()))
+                    _warm_up(list(shapes.values()), keys=keys, share=(0, len(lcs) + 1))
                 finally:
-                    for lc in shapes:
+                    for lc in lcs:
                         try:
                             self.launcher.wait_lcore(lc)
                         except launch.LcoreError as e:  # start reports a dead lcore; a failed preload costs time only
                             log.warning("lcore preload failed", lcore=lc, error=str(e))
+                _warm_up(list(shapes.values()), keys=keys)
             # listening sockets first: a port of this engine may connect to another port of it
             for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()
@@ -237,7 +242,8 @@ class Engine:
         cfg[FL.CFG_NB_FLOWS] = FLOWGEN_DEFAULT_FLOWS
         cfg[FL.CFG_TX_PKT_LEN] = sum(self.fwd.txpkts)
         seg_lens = np.array(self.fwd.txpkts, np.int64)
-        port_info = [dict(p.lcore_info(), mac=p.mac, peer_mac=self._peer_mac(p.port_id)) for p in self.ports]
+        port_info = [dict(p.lcore_info(), mac=p.mac, peer_mac=self._peer_mac(p.port_id), entry_keys=_entry_keys([p]))
+                     for p in self.ports]
         by_lcore: dict[int, list[StreamSpec]] = {}
         for s in self.streams:
             by_lcore.setdefault(s.lcore, []).append(s)
@@ -369,21 +375,44 @@ def _loop_shapes(specs: list[StreamSpec], watched: list[bool]) -> tuple[int, int
     return max(1, len(specs)), max(1, len(ports))
 
 
-def _warm_up(shapes, loop=None) -> None:
-    """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it and the port
-    burst entries, or loads them from the disk cache, here and now rather than while rings are
-    attached."""
+def _entry_keys(ports) -> tuple[int, ...]:
+    """The burst entries (:data:`~dataplane.ethdev.queue.ENTRY_KEYS`) the loop calls for the queues of
+    ``ports``: each port's queue kind, or what its ``entry_keys()`` says (virtio-user: the layout)."""
+    keys = {KIND_NONE}
+    for p in ports:
+        own = getattr(p, "entry_keys", None)
+        keys.update(own() if own is not None else (registry.find_driver(p.name).queue_kind,))
+    return tuple(sorted(keys))
+
+
+def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
+    """Run the loop once (stop flag up) for each (streams, watches) shape and get the burst entries
+    of ``keys``: compiles them, or loads them from the disk cache, here and now rather than while
+    rings are attached.  Each entry is a compile of its own (one port kind's code, one direction).
+
+    ``share`` = (i, n): only the i-th of every n of these compile jobs (the loop is job 0), so n
+    processes (the main one and its forwarding lcores, one cpu each) compile a cold cache in
+    parallel; a last call without ``share`` then loads them all."""
+    jobs = [None] + [(key, role) for key in keys for role in (0, 1)]
+    if share is not None:
+        i, n = share
+        jobs = jobs[i::n]
     for drv in registry.drivers():
         drv.lcore_port.warm_up()
     loop = loop or FL.fwd_loop
     mp = mempool_lookup(_memory(), _POOL)
+    pkts = np.zeros(1024, np.uint32)
+    for job in jobs:
+        if job is not None:
+            entry_addresses(job[0], mp.arrays, pkts, (job[1],))
+    if None not in jobs:
+        return
     q = make_port_queue(KIND_NONE)
     st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64),
                    flow=np.zeros(2, np.int64))
     watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
-    pkts = np.zeros(1024, np.uint32)
     for nstreams, nwatches in sorted(set(shapes)):
         cfg[FL.CFG_NSTREAMS] = nstreams
         cfg[FL.CFG_NWATCHES] = nwatches
@@ -392,15 +421,21 @@ def _warm_up(shapes, loop=None) -> None:
              np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
 
 
-def _lcore_preload(shapes) -> bool:
-    """On a forwarding lcore, while the main process warms up: load the loop of ``shapes`` (and the
-    port drivers' lcore kernels) from the disk cache, never compile them (with a cold cache the main
-    process compiles; this lcore then loads them at ``start``).  True when everything was cached."""
+def _lcore_preload(arg) -> bool:
+    """On a forwarding lcore, while the main process warms up (``arg`` = (shapes, keys, share)):
+    compile the ``share`` of the compile jobs :func:`_warm_up` gives this lcore (the main process
+    and the lcores compile a cold cache in parallel), then load the loop of ``shapes``, the burst
+    entries of ``keys`` and the port drivers' lcore kernels from the disk cache without compiling
+    the rest (the main process does; this lcore then loads them at ``start``).  True when
+    everything was cached."""
     from dataplane._jitcache import WouldCompile, load_only
 
+    shapes, keys, share = arg
+    if share is not None:
+        _warm_up(shapes, keys=keys, share=share)
     try:
         with load_only():
-            _warm_up(shapes)
+            _warm_up(shapes, keys=keys)
     except WouldCompile as e:
         log.debug("lcore preload: not cached yet", kernel=str(e))
         return False
@@ -456,7 +491,8 @@ def _lcore_main(arg):
         cfg[FL.CFG_NWATCHES] = len(watches)
         return FL.loop_args(out, watches, mp.arrays, pkts)  # rows: one loop type for any count
 
-    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
+    keys = tuple(sorted({KIND_NONE}.union(*(p.get("entry_keys", ()) for p in ports))))
+    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop, keys)  # before any ring is attached
     # attach the queues already handed over (tx_first must find them); their messages were sent
     # before their requests were published, so this waits only for this process (a safety net)
     deadline = time.monotonic() + 30.0

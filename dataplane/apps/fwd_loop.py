@@ -37,7 +37,7 @@ from collections import namedtuple
 import numpy as np
 
 from dataplane.config import FORWARD_MODES
-from dataplane.ethdev.queue import ENTRY_RX, ENTRY_TX, entry_addresses, port_queue_row, port_queue_type
+from dataplane.ethdev.queue import port_queue_row, port_queue_type, queue_entry
 from dataplane.memory.mempool import pktmbuf_free, pktmbuf_free_bulk
 from dataplane.rings.atomics import load_acquire, store_release
 from dataplane.rings.jit import call_entry, describe, inline_kernel, loop_kernel, row_reader, row_words
@@ -173,8 +173,9 @@ def loop_args(streams, watches, mp, pkts) -> LoopArgs:
 
     * ``qrows`` (uint64, 2 rows per stream: Rx queue, Tx queue; :func:`~dataplane.ethdev.queue.port_queue_row`),
     * ``srows`` (a :data:`StreamArrays` row per stream), ``wrows`` (a row per watch),
-    * ``entries``: the port burst kernels' addresses (:func:`~dataplane.ethdev.queue.entry_addresses`,
-      compiled for ``mp`` / ``pkts``, or loaded from the cache, now).
+    * ``entries`` (int64, one per row of ``qrows``): the address of the burst entry of that queue's
+      kind (:func:`~dataplane.ethdev.queue.queue_entry`, compiled for ``mp`` / ``pkts``, or loaded
+      from the cache, the first time a process asks).
 
     ``keep`` holds the arrays the rows point into: keep the LoopArgs while the loop runs."""
     from numba import typeof
@@ -183,10 +184,13 @@ def loop_args(streams, watches, mp, pkts) -> LoopArgs:
     qrows = np.zeros((max(1, 2 * len(streams)), row_words(port_queue_type())), np.uint64)
     srows = np.zeros((max(1, len(streams)), row_words(_stream_arrays_type())), np.uint64)
     wrows = np.zeros((max(1, len(watches)), row_words(_watch_type())), np.uint64)
+    entries = np.zeros(qrows.shape[0], np.int64)
     keep = []
     for i, s in enumerate(streams):
         qrows[2 * i] = port_queue_row(s.rx)
         qrows[2 * i + 1] = port_queue_row(s.tx)
+        entries[2 * i] = queue_entry(s.rx, 0, mp, pkts)
+        entries[2 * i + 1] = queue_entry(s.tx, 1, mp, pkts)
         sa = StreamArrays(s.stats, s.params, s.flow)
         if typeof(sa) != _stream_arrays_type():
             raise TypeError(f"stream arrays of another type: {typeof(sa)}")
@@ -198,19 +202,19 @@ def loop_args(streams, watches, mp, pkts) -> LoopArgs:
             raise TypeError(f"a ring watch of another type: {typeof(w)}")
         describe(w, wrows[i])
         keep.append(w)
-    return LoopArgs(qrows, srows, wrows, entry_addresses(mp, pkts), keep)
+    return LoopArgs(qrows, srows, wrows, entries, keep)
 
 
 @inline_kernel
 def _rx(a, si, mp, lcore, pkts, n):
     """Receive up to ``n`` packets on stream ``si``'s Rx queue (through the port entry's address)."""
-    return call_entry(a[3][ENTRY_RX], a[0][2 * si], mp, np.int64(lcore), pkts, np.int64(n))
+    return call_entry(a[3][2 * si], a[0][2 * si], mp, np.int64(lcore), pkts, np.int64(n))
 
 
 @inline_kernel
 def _send(a, si, stats, mp, lcore, pkts, n):
     """Transmit ``pkts[:n]`` on stream ``si``'s Tx queue; free and count what the port did not take."""
-    sent = call_entry(a[3][ENTRY_TX], a[0][2 * si + 1], mp, np.int64(lcore), pkts, np.int64(n))
+    sent = call_entry(a[3][2 * si + 1], a[0][2 * si + 1], mp, np.int64(lcore), pkts, np.int64(n))
     stats[S_TX] += sent
     if sent < n:
         stats[S_FWD_DROPPED] += n - sent
@@ -277,8 +281,8 @@ def fwd_loop(qrows, srows, wrows, entries, mp, lcore, stop, run, cfg, seg_lens, 
     ``qrows``, ``srows``, ``wrows`` and ``entries`` are a :class:`LoopArgs`' (:func:`loop_args`):
     the streams' queues and arrays and the watched ports as rows of words, so the loop has one
     numba type for any count and kind of ports; ``cfg[CFG_NSTREAMS]`` and ``cfg[CFG_NWATCHES]``
-    say how many rows are real.  Port bursts are calls through ``entries`` (compiled once, apart
-    from the loop).
+    say how many rows are real.  Port bursts are calls through ``entries`` (each kind's compiled once,
+    apart from the loop).
 
     ``run`` (uint32, :data:`RUN_SWITCH` / :data:`RUN_FORWARDING` slots) is the
     engine's start/stop switch (0: stop forwarding) and where the loop says it
