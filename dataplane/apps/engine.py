@@ -37,7 +37,7 @@ from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBU
                               ForwardConfig)
 from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
-from dataplane.ethdev.queue import KIND_NONE, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.queue import ENTRY_VIRTIO_PACKED, KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
 from dataplane.lcores import launch
 from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mbuf import RTE_MBUF_DEFAULT_BUF_SIZE, RTE_PKTMBUF_HEADROOM
@@ -45,7 +45,7 @@ from dataplane.memory.mempool import mempool_create, mempool_free, mempool_looku
 from dataplane.rings.atomics import py_load_acquire
 from dataplane.net.ether import mac_to_int
 
-__all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd"]
+__all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd", "warm_up_entries"]
 
 log = dplog.get_logger("dataplane.engine")
 
@@ -385,6 +385,25 @@ def _entry_keys(ports) -> tuple[int, ...]:
     return tuple(sorted(keys))
 
 
+#: Rough cold compile cost of each warm-up job (seconds at load ~2, docs/performance.md): the loop
+#: (None) and the (entry key, role: 0 Rx, 1 Tx) entries; for sharing them out among processes.
+_JOB_COST = {None: 22, (KIND_VHOST, 0): 24, (KIND_VHOST, 1): 30, (KIND_VIRTIO, 0): 18, (KIND_VIRTIO, 1): 10,
+             (ENTRY_VIRTIO_PACKED, 0): 18, (ENTRY_VIRTIO_PACKED, 1): 10, (KIND_RING, 0): 3, (KIND_RING, 1): 3}
+
+
+def _share(jobs: list, i: int, n: int) -> list:
+    """The jobs of process ``i`` of ``n``: longest first, each to the least loaded process (the same
+    answer in every process)."""
+    load = [0.0] * n
+    mine = []
+    for job in sorted(jobs, key=lambda j: -_JOB_COST.get(j, 1)):
+        p = load.index(min(load))
+        load[p] += _JOB_COST.get(job, 1)
+        if p == i:
+            mine.append(job)
+    return mine
+
+
 def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
     """Run the loop once (stop flag up) for each (streams, watches) shape and get the burst entries
     of ``keys``: compiles them, or loads them from the disk cache, here and now rather than while
@@ -395,8 +414,7 @@ def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
     parallel; a last call without ``share`` then loads them all."""
     jobs = [None] + [(key, role) for key in keys for role in (0, 1)]
     if share is not None:
-        i, n = share
-        jobs = jobs[i::n]
+        jobs = _share(jobs, *share)
     for drv in registry.drivers():
         drv.lcore_port.warm_up()
     loop = loop or FL.fwd_loop
@@ -419,6 +437,15 @@ def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
         a = FL.loop_args([st] * nstreams, [watch] * nwatches, mp.arrays, pkts)
         loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, 0,
              np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
+
+
+def warm_up_entries(keys) -> None:
+    """Compile (or load) the burst entries of ``keys`` (:data:`~dataplane.ethdev.queue.ENTRY_KEYS`)
+    for this EAL's pool, while an engine exists (``dataplane precompile``)."""
+    mp = mempool_lookup(_memory(), _POOL)
+    pkts = np.zeros(1024, np.uint32)
+    for key in keys:
+        entry_addresses(key, mp.arrays, pkts)
 
 
 def _lcore_preload(arg) -> bool:

@@ -72,8 +72,6 @@ __all__ = [
     "RUN_FORWARDING",
     "S_NAMES",
     "S_SLOTS",
-    "pad_to_shape",
-    "shape_size",
 ]
 
 # forwarding modes (testpmd's names)
@@ -90,31 +88,9 @@ CFG_NSEG = 3  # --txpkts: number of segments (lengths in the seg_lens array)
 CFG_MULTI_FLOW = 4  # --txonly-multi-flow
 CFG_NB_FLOWS = 5  # flowgen flows
 CFG_TX_PKT_LEN = 6  # flowgen frame size (sum of --txpkts)
-CFG_NSTREAMS = 7  # streams[:n] are the lcore's; the rest of the tuple is padding (see pad_to_shape)
-CFG_NWATCHES = 8  # watches[:n] likewise
+CFG_NSTREAMS = 7  # srows[:n] (and qrows[:2n]) are the lcore's streams
+CFG_NWATCHES = 8  # wrows[:n] likewise
 CFG_SLOTS = 16
-
-#: The tuple sizes the loop is compiled for.  numba types a tuple with its length, so an lcore's
-#: streams and watched ports are padded up to a power of two, at least 2: a one-port and a
-#: two-port configuration run the same compiled (and cached) loop, 3 and 4 streams another.
-#: Not one size for all: a runtime index into a tuple of 8 streams (each ~140 arrays) made the
-#: loop's compile take 1.8 times as long as with 2 (757 s against 413 s, same load).
-SHAPE_MIN = 2
-
-
-def shape_size(n: int) -> int:
-    """The tuple size ``n`` items are padded to: :data:`SHAPE_MIN`, else the next power of two."""
-    size = SHAPE_MIN
-    while size < n:
-        size *= 2
-    return size
-
-
-def pad_to_shape(items, filler) -> tuple:
-    """``items`` as a tuple of :func:`shape_size` entries, padded with ``filler`` (never used:
-    the loop reads only the first ``cfg[CFG_NSTREAMS]`` / ``cfg[CFG_NWATCHES]``)."""
-    items = tuple(items)
-    return items + (filler,) * (shape_size(len(items)) - len(items))
 
 # stream counter slots (int64 array per stream, shared memory)
 S_NAMES = ("rx_packets", "tx_packets", "fwd_dropped", "rx_bad_ip_csum", "rx_bad_l4_csum")
