@@ -37,7 +37,7 @@ from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBU
                               ForwardConfig)
 from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
-from dataplane.ethdev.queue import ENTRY_VIRTIO_PACKED, KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.queue import ENTRY_VIRTIO_PACKED, KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS
 from dataplane.lcores import launch
 from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mbuf import RTE_MBUF_DEFAULT_BUF_SIZE, RTE_PKTMBUF_HEADROOM
@@ -147,20 +147,21 @@ class Engine:
                 shapes = {lc: _loop_shapes([s for s in self.streams if s.lcore == lc], watched)
                           for lc in {s.lcore for s in self.streams}}
                 keys = _entry_keys(self.ports)
+                mode = FL.MODES.get(self.fwd.mode, FL.MODE_IO)
                 # the lcores compile a share of a cold cache beside us (one cpu each), then load the
                 # rest, so start need not wait; then we load what they compiled
                 lcs = sorted(shapes)
                 for idx, lc in enumerate(lcs):
-                    self.launcher.remote_launch(_lcore_preload, ([shapes[lc]], keys, (idx + 1, len(lcs) + 1)), lc)
+                    self.launcher.remote_launch(_lcore_preload, ([shapes[lc]], keys, (idx + 1, len(lcs) + 1), mode), lc)
                 try:
-                    _warm_up(list(shapes.values()), keys=keys, share=(0, len(lcs) + 1))
+                    _warm_up(list(shapes.values()), keys=keys, share=(0, len(lcs) + 1), mode=mode)
                 finally:
                     for lc in lcs:
                         try:
                             self.launcher.wait_lcore(lc)
                         except launch.LcoreError as e:  # start reports a dead lcore; a failed preload costs time only
                             log.warning("lcore preload failed", lcore=lc, error=str(e))
-                _warm_up(list(shapes.values()), keys=keys)
+                _warm_up(list(shapes.values()), keys=keys, mode=mode)
             # listening sockets first: a port of this engine may connect to another port of it
             for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()
@@ -387,7 +388,7 @@ def _entry_keys(ports) -> tuple[int, ...]:
 
 #: Rough cold compile cost of each warm-up job (seconds at load ~2, docs/performance.md): the loop
 #: (None) and the (entry key, role: 0 Rx, 1 Tx) entries; for sharing them out among processes.
-_JOB_COST = {None: 22, (KIND_VHOST, 0): 24, (KIND_VHOST, 1): 30, (KIND_VIRTIO, 0): 18, (KIND_VIRTIO, 1): 10,
+_JOB_COST = {None: 8, ("mode", FL.MODE_TXONLY): 6, (KIND_VHOST, 0): 24, (KIND_VHOST, 1): 30, (KIND_VIRTIO, 0): 18, (KIND_VIRTIO, 1): 10,
              (ENTRY_VIRTIO_PACKED, 0): 18, (ENTRY_VIRTIO_PACKED, 1): 10, (KIND_RING, 0): 3, (KIND_RING, 1): 3}
 
 
@@ -404,15 +405,18 @@ def _share(jobs: list, i: int, n: int) -> list:
     return mine
 
 
-def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
-    """Run the loop once (stop flag up) for each (streams, watches) shape and get the burst entries
-    of ``keys``: compiles them, or loads them from the disk cache, here and now rather than while
-    rings are attached.  Each entry is a compile of its own (one port kind's code, one direction).
+def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None, mode=FL.MODE_IO) -> None:
+    """Run the loop once (stop flag up, no streams) and get the burst entries of ``keys`` and the
+    entries of forwarding mode ``mode`` and of txonly (tx_first): compiles them, or loads them from
+    the disk cache, here and now rather than while rings are attached.  Each entry is a compile
+    of its own (one port kind's code, one direction; one mode's).  ``shapes`` is unused (the
+    loop's type is the same for every shape).
 
-    ``share`` = (i, n): only the i-th of every n of these compile jobs (the loop is job 0), so n
+    ``share`` = (i, n): only process i's share of these compile jobs (:func:`_share`), so n
     processes (the main one and its forwarding lcores, one cpu each) compile a cold cache in
     parallel; a last call without ``share`` then loads them all."""
     jobs = [None] + [(key, role) for key in keys for role in (0, 1)]
+    jobs += [("mode", m) for m in sorted({FL.MODE_TXONLY, mode})]
     if share is not None:
         jobs = _share(jobs, *share)
     for drv in registry.drivers():
@@ -421,22 +425,20 @@ def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None) -> None:
     mp = mempool_lookup(_memory(), _POOL)
     pkts = np.zeros(1024, np.uint32)
     for job in jobs:
-        if job is not None:
+        if job is not None and job[0] == "mode":
+            FL.mode_entry(job[1], mp.arrays, pkts)
+        elif job is not None:
             entry_addresses(job[0], mp.arrays, pkts, (job[1],))
     if None not in jobs:
         return
-    q = make_port_queue(KIND_NONE)
-    st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64),
-                   flow=np.zeros(2, np.int64))
-    watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
+    # the loop alone: no streams, no tx_first, the stop flag up (one type for every shape; the
+    # entries are other jobs)
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
-    for nstreams, nwatches in sorted(set(shapes)):
-        cfg[FL.CFG_NSTREAMS] = nstreams
-        cfg[FL.CFG_NWATCHES] = nwatches
-        a = FL.loop_args([st] * nstreams, [watch] * nwatches, mp.arrays, pkts)
-        loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, 0,
-             np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
+    cfg[FL.CFG_MODE] = mode
+    a = FL.loop_args([], [], mp.arrays, pkts, mode, resolve=False)
+    loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, 0,
+         np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
 
 
 def warm_up_entries(keys) -> None:
@@ -449,7 +451,7 @@ def warm_up_entries(keys) -> None:
 
 
 def _lcore_preload(arg) -> bool:
-    """On a forwarding lcore, while the main process warms up (``arg`` = (shapes, keys, share)):
+    """On a forwarding lcore, while the main process warms up (``arg`` = (shapes, keys, share, mode)):
     compile the ``share`` of the compile jobs :func:`_warm_up` gives this lcore (the main process
     and the lcores compile a cold cache in parallel), then load the loop of ``shapes``, the burst
     entries of ``keys`` and the port drivers' lcore kernels from the disk cache without compiling
@@ -457,12 +459,12 @@ def _lcore_preload(arg) -> bool:
     everything was cached."""
     from dataplane._jitcache import WouldCompile, load_only
 
-    shapes, keys, share = arg
+    shapes, keys, share, mode = arg
     if share is not None:
-        _warm_up(shapes, keys=keys, share=share)
+        _warm_up(shapes, keys=keys, share=share, mode=mode)
     try:
         with load_only():
-            _warm_up(shapes, keys=keys)
+            _warm_up(shapes, keys=keys, mode=mode)
     except WouldCompile as e:
         log.debug("lcore preload: not cached yet", kernel=str(e))
         return False
@@ -516,10 +518,11 @@ def _lcore_main(arg):
                    for lp in lps.values() if lp.watch is not None]
         cfg[FL.CFG_NSTREAMS] = len(out)
         cfg[FL.CFG_NWATCHES] = len(watches)
-        return FL.loop_args(out, watches, mp.arrays, pkts)  # rows: one loop type for any count
+        return FL.loop_args(out, watches, mp.arrays, pkts, int(cfg[FL.CFG_MODE]))  # rows: one type for any count
 
     keys = tuple(sorted({KIND_NONE}.union(*(p.get("entry_keys", ()) for p in ports))))
-    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop, keys)  # before any ring is attached
+    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop, keys,
+             mode=int(cfg[FL.CFG_MODE]))  # before any ring is attached
     # attach the queues already handed over (tx_first must find them); their messages were sent
     # before their requests were published, so this waits only for this process (a safety net)
     deadline = time.monotonic() + 30.0

@@ -40,7 +40,7 @@ from dataplane.config import FORWARD_MODES
 from dataplane.ethdev.queue import port_queue_row, port_queue_type, queue_entry
 from dataplane.memory.mempool import pktmbuf_free, pktmbuf_free_bulk
 from dataplane.rings.atomics import load_acquire, store_release
-from dataplane.rings.jit import call_entry, describe, inline_kernel, loop_kernel, row_reader, row_words
+from dataplane.rings.jit import call_entry, call_entry8, describe, entry_address, kernel, inline_kernel, loop_kernel, row_reader, row_words
 from dataplane.vhost.handoff import vrings_changed
 from dataplane.apps.fwd_modes import (
     CSUM_BAD_IP,
@@ -142,8 +142,88 @@ _read_watch = row_reader(_watch_type)
 
 LoopArgs = namedtuple("LoopArgs", ["qrows", "srows", "wrows", "entries", "keep"])
 
+# -- the forwarding modes' packet work, called through addresses like the port bursts --------
+# Each takes (stream row, mp, lcore, pkts, n, cfg, seg_lens, csum) and returns how many of
+# pkts[:n] to send (txonly / flowgen: how many it built).  Its code is not linked into the loop:
+# each mode is compiled once, on its own (a warm-up job), and only when an engine uses it.
 
-def loop_args(streams, watches, mp, pkts) -> LoopArgs:
+
+@kernel
+def _mode_mac(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    s = _read_stream(srow)
+    fwd_mac(mp, pkts, n, s.params[P_DST_MAC], s.params[P_SRC_MAC])
+    return np.int64(n)
+
+
+@kernel
+def _mode_macswap(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    fwd_macswap(mp, pkts, n)
+    return np.int64(n)
+
+
+@kernel
+def _mode_5tswap(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    fwd_5tswap(mp, pkts, n)
+    return np.int64(n)
+
+
+@kernel
+def _mode_csum(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    s = _read_stream(srow)
+    fwd_csum(mp, pkts, n, csum)
+    s.stats[S_BAD_IP_CSUM] += csum[CSUM_BAD_IP]
+    s.stats[S_BAD_L4_CSUM] += csum[CSUM_BAD_L4]
+    for c in range(csum.shape[0]):
+        csum[c] = 0
+    return np.int64(n)
+
+
+@kernel
+def _mode_icmpecho(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    s = _read_stream(srow)
+    return np.int64(fwd_icmpecho(mp, lcore, pkts, n, s.params[P_SRC_MAC]))
+
+
+@kernel
+def _mode_txonly(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    s = _read_stream(srow)
+    return np.int64(build_txonly(mp, lcore, pkts, n, seg_lens, cfg[CFG_NSEG], s.params[P_SRC_MAC],
+                                 s.params[P_DST_MAC], cfg[CFG_MULTI_FLOW] != 0, s.flow))
+
+
+@kernel
+def _mode_flowgen(srow, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    s = _read_stream(srow)
+    return np.int64(build_flowgen(mp, lcore, pkts, n, cfg[CFG_TX_PKT_LEN], s.params[P_SRC_MAC],
+                                  s.params[P_DST_MAC], cfg[CFG_NB_FLOWS], s.flow, True))
+
+
+#: The mode entries (io and rxonly have none); txonly's also sends ``tx_first`` bursts.
+MODE_ENTRIES = {MODE_MAC: _mode_mac, MODE_MACSWAP: _mode_macswap, MODE_5TSWAP: _mode_5tswap, MODE_CSUM: _mode_csum,
+                MODE_ICMPECHO: _mode_icmpecho, MODE_TXONLY: _mode_txonly, MODE_FLOWGEN: _mode_flowgen}
+#: entries[qrows rows + MODE_SLOT_TXONLY]: txonly's builder (tx_first); [.. + MODE_SLOT_MODE]: the mode's
+MODE_SLOT_TXONLY = 0
+MODE_SLOT_MODE = 1
+MODE_SLOTS = 2
+_MODE_ADDRS: dict = {}
+
+
+def mode_entry(mode: int, mp, pkts) -> int:
+    """The address of mode ``mode``'s entry (0 for io / rxonly), compiled for ``mp`` / ``pkts`` (and
+    int64 cfg, seg_lens, csum arrays), or loaded from the cache, the first time."""
+    from numba import typeof, types
+
+    if mode not in MODE_ENTRIES:
+        return 0
+    i64 = types.Array(types.int64, 1, "C")
+    argtypes = (types.Array(types.uint64, 1, "C"), typeof(mp), types.int64, typeof(pkts), types.int64, i64, i64, i64)
+    k = (mode, argtypes)
+    if k not in _MODE_ADDRS:
+        _MODE_ADDRS[k] = entry_address(MODE_ENTRIES[mode], argtypes)
+    return _MODE_ADDRS[k]
+
+
+def loop_args(streams, watches, mp, pkts, mode: int = MODE_IO, resolve: bool = True) -> LoopArgs:
     """The loop's first four arguments for ``streams`` (:data:`Stream`) and ``watches``
     (:data:`RingWatch`), as rows of words (one numba type for any kind and count of queues):
 
@@ -151,22 +231,29 @@ def loop_args(streams, watches, mp, pkts) -> LoopArgs:
     * ``srows`` (a :data:`StreamArrays` row per stream), ``wrows`` (a row per watch),
     * ``entries`` (int64, one per row of ``qrows``): the address of the burst entry of that queue's
       kind (:func:`~dataplane.ethdev.queue.queue_entry`, compiled for ``mp`` / ``pkts``, or loaded
-      from the cache, the first time a process asks).
+      from the cache, the first time a process asks); then (:data:`MODE_SLOTS`) the addresses of
+      txonly's builder (``tx_first``) and of ``mode``'s entry (:func:`mode_entry`).
 
-    ``keep`` holds the arrays the rows point into: keep the LoopArgs while the loop runs."""
+    ``keep`` holds the arrays the rows point into: keep the LoopArgs while the loop runs.  With
+    ``resolve`` False the entries are left 0 (a loop run with no streams and no tx_first, to
+    compile or load the loop alone, calls none)."""
     from numba import typeof
 
     streams, watches = list(streams), list(watches)
     qrows = np.zeros((max(1, 2 * len(streams)), row_words(port_queue_type())), np.uint64)
     srows = np.zeros((max(1, len(streams)), row_words(_stream_arrays_type())), np.uint64)
     wrows = np.zeros((max(1, len(watches)), row_words(_watch_type())), np.uint64)
-    entries = np.zeros(qrows.shape[0], np.int64)
+    entries = np.zeros(qrows.shape[0] + MODE_SLOTS, np.int64)
+    if resolve:
+        entries[qrows.shape[0] + MODE_SLOT_TXONLY] = mode_entry(MODE_TXONLY, mp, pkts)
+        entries[qrows.shape[0] + MODE_SLOT_MODE] = mode_entry(mode, mp, pkts)
     keep = []
     for i, s in enumerate(streams):
         qrows[2 * i] = port_queue_row(s.rx)
         qrows[2 * i + 1] = port_queue_row(s.tx)
-        entries[2 * i] = queue_entry(s.rx, 0, mp, pkts)
-        entries[2 * i + 1] = queue_entry(s.tx, 1, mp, pkts)
+        if resolve:
+            entries[2 * i] = queue_entry(s.rx, 0, mp, pkts)
+            entries[2 * i + 1] = queue_entry(s.tx, 1, mp, pkts)
         sa = StreamArrays(s.stats, s.params, s.flow)
         if typeof(sa) != _stream_arrays_type():
             raise TypeError(f"stream arrays of another type: {typeof(sa)}")
@@ -200,10 +287,16 @@ def _send(a, si, stats, mp, lcore, pkts, n):
 
 
 @inline_kernel
+def _call_mode(a, slot, si, mp, lcore, pkts, n, cfg, seg_lens, csum):
+    """Call the mode entry in ``entries`` slot ``slot`` on stream ``si``'s arrays."""
+    return call_entry8(a[3][a[0].shape[0] + slot], a[1][si], mp, np.int64(lcore), pkts, np.int64(n), cfg, seg_lens,
+                       csum)
+
+
+@inline_kernel
 def _txonly_burst(a, si, mp, lcore, pkts, burst, seg_lens, cfg):
     s = _read_stream(a[1][si])
-    built = build_txonly(mp, lcore, pkts, burst, seg_lens, cfg[CFG_NSEG], s.params[P_SRC_MAC], s.params[P_DST_MAC],
-                         cfg[CFG_MULTI_FLOW] != 0, s.flow)
+    built = _call_mode(a, MODE_SLOT_TXONLY, si, mp, lcore, pkts, burst, cfg, seg_lens, seg_lens)
     if built > 0:
         sent = _send(a, si, s.stats, mp, lcore, pkts, built)
         if sent < built:
@@ -289,8 +382,7 @@ def fwd_loop(qrows, srows, wrows, entries, mp, lcore, stop, run, cfg, seg_lens, 
                 if n > 0:
                     s.stats[S_RX] += n
                     pktmbuf_free_bulk(mp, lcore, pkts, n)
-                built = build_flowgen(mp, lcore, pkts, burst, cfg[CFG_TX_PKT_LEN], s.params[P_SRC_MAC],
-                                      s.params[P_DST_MAC], cfg[CFG_NB_FLOWS], s.flow, True)
+                built = _call_mode(a, MODE_SLOT_MODE, si, mp, lcore, pkts, burst, cfg, seg_lens, csum)
                 if built > 0:
                     sent = _send(a, si, s.stats, mp, lcore, pkts, built)
                     if sent < built:
@@ -302,20 +394,8 @@ def fwd_loop(qrows, srows, wrows, entries, mp, lcore, stop, run, cfg, seg_lens, 
             if mode == MODE_RXONLY:
                 pktmbuf_free_bulk(mp, lcore, pkts, n)
                 continue
-            if mode == MODE_MAC:
-                fwd_mac(mp, pkts, n, s.params[P_DST_MAC], s.params[P_SRC_MAC])
-            elif mode == MODE_MACSWAP:
-                fwd_macswap(mp, pkts, n)
-            elif mode == MODE_5TSWAP:
-                fwd_5tswap(mp, pkts, n)
-            elif mode == MODE_CSUM:
-                fwd_csum(mp, pkts, n, csum)
-                s.stats[S_BAD_IP_CSUM] += csum[CSUM_BAD_IP]
-                s.stats[S_BAD_L4_CSUM] += csum[CSUM_BAD_L4]
-                for c in range(csum.shape[0]):
-                    csum[c] = 0
-            elif mode == MODE_ICMPECHO:
-                n = fwd_icmpecho(mp, lcore, pkts, n, s.params[P_SRC_MAC])
+            if mode != MODE_IO:
+                n = _call_mode(a, MODE_SLOT_MODE, si, mp, lcore, pkts, n, cfg, seg_lens, csum)
                 if n == 0:
                     continue
             _send(a, si, s.stats, mp, lcore, pkts, n)

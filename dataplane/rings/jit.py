@@ -76,6 +76,7 @@ __all__ = [
     "describe",
     "row_reader",
     "call_entry",
+    "call_entry8",
     "entry_address",
 ]
 
@@ -269,6 +270,22 @@ def call_entry(typingctx, addr, a, b, c, d, e):
     if not isinstance(addr, types.Integer):
         return None
     sig = types.int64(addr, a, b, c, d, e)
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(context.get_value_type(types.int64),
+                               [context.get_value_type(t) for t in sig.args[1:]])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(fn, args[1:])
+
+    return sig, codegen
+
+
+@intrinsic
+def call_entry8(typingctx, addr, a, b, c, d, e, f, g, h):
+    """:func:`call_entry` with eight arguments."""
+    if not isinstance(addr, types.Integer):
+        return None
+    sig = types.int64(addr, a, b, c, d, e, f, g, h)
 
     def codegen(context, builder, sig, args):
         fnty = ir.FunctionType(context.get_value_type(types.int64),
