@@ -443,11 +443,14 @@ def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None, mode=FL.MODE_IO) 
 
 def warm_up_entries(keys) -> None:
     """Compile (or load) the burst entries of ``keys`` (:data:`~dataplane.ethdev.queue.ENTRY_KEYS`)
-    for this EAL's pool, while an engine exists (``dataplane precompile``)."""
+    and every forwarding mode's entry for this EAL's pool, while an engine exists
+    (``dataplane precompile``)."""
     mp = mempool_lookup(_memory(), _POOL)
     pkts = np.zeros(1024, np.uint32)
     for key in keys:
         entry_addresses(key, mp.arrays, pkts)
+    for mode in sorted(FL.MODE_ENTRIES):
+        FL.mode_entry(mode, mp.arrays, pkts)
 
 
 def _lcore_preload(arg) -> bool:
