@@ -45,7 +45,7 @@ txq = {q}
 
 def main(argv: list[str] | None = None) -> int:
     p = UsageParser("dataplane precompile", head="[options]",
-                    description="Compile the forwarding loop for 1 and 2 queues per port into the numba cache.")
+                    description="Compile the forwarding loop and every port kind's and forwarding mode's entries into the numba cache.")
     p.add_argument("--queues", default=",".join(map(str, QUEUES)), metavar="N[,N...]",
                    help="queues per port of the shapes to compile (default: %(default)s)")
     try:
