@@ -9,10 +9,11 @@ engine's ``forwarding started`` line (the loop sets that flag once it forwards, 
    compiling is shown too (``dataplane: compiling ...``).
 2. **warm**: the same again, with the cache the cold start filled.
 3. **precompile**: ``dataplane precompile`` (what ``.ci/setup`` runs, so what a user who followed
-   README has done): it compiles the loop's shape for 2 queues per port into the same cache.
+   README has done): it compiles every port kind's and every forwarding mode's entry kernels
+   into the same cache (the loop itself has one type for every shape).
 4. **new shape**: right after, a configuration of the same port kinds with 2 queues per port
    (the default's vhost-user/virtio-user pair with ``queues=2``, so 4 streams), same cache.
-   Without step 3 this start compiles that shape itself (minutes).
+   The loop takes its queues as rows, so this shape compiles nothing new.
 
 The reference is DPDK: ``dpdk-testpmd`` with the same two kinds of ports (``net_vhost`` and
 ``net_virtio_user`` over one socket, io forwarding, ``--tx-first``), timed from exec to its first

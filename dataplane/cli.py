@@ -16,7 +16,7 @@ COMMANDS = [
     ("run [FILE.toml]", "run the forwarding engine from a TOML config (see: dataplane run --help)"),
     ("vdpa OBJECT COMMAND", "the vdpa tool of iproute2, on this dataplane's vDPA devices (dataplane vdpa --help)"),
     ("vdpa features", "the table of the vDPA drivers' features"),
-    ("precompile", "compile the forwarding loop for 1 and 2 queues per port into the cache (.ci/setup runs it)"),
+    ("precompile", "compile the forwarding loop and every port kind's and mode's entries into the cache (.ci/setup runs it)"),
 ]
 
 

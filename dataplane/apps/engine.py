@@ -37,7 +37,7 @@ from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBU
                               ForwardConfig)
 from dataplane.ethdev import EthdevError, registry
 from dataplane.ethdev.port import RX, TX, PortEnv
-from dataplane.ethdev.queue import KIND_NONE, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS, make_port_queue
+from dataplane.ethdev.queue import ENTRY_VIRTIO_PACKED, KIND_NONE, KIND_RING, KIND_VHOST, KIND_VIRTIO, entry_addresses, Q_SLOTS, Q_RX_BYTES, Q_RX_PACKETS, Q_TX_BYTES, Q_TX_DROPPED, Q_TX_PACKETS
 from dataplane.lcores import launch
 from dataplane.lcores.eal_args import MAX_LCORE
 from dataplane.memory.mbuf import RTE_MBUF_DEFAULT_BUF_SIZE, RTE_PKTMBUF_HEADROOM
@@ -45,7 +45,7 @@ from dataplane.memory.mempool import mempool_create, mempool_free, mempool_looku
 from dataplane.rings.atomics import py_load_acquire
 from dataplane.net.ether import mac_to_int
 
-__all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd"]
+__all__ = ["FwdConfig", "Engine", "StreamSpec", "check_fwd", "warm_up_entries"]
 
 log = dplog.get_logger("dataplane.engine")
 
@@ -146,16 +146,22 @@ class Engine:
                 watched = [_watched(p.name) for p in self.ports]
                 shapes = {lc: _loop_shapes([s for s in self.streams if s.lcore == lc], watched)
                           for lc in {s.lcore for s in self.streams}}
-                for lc, shape in shapes.items():  # the lcores load the loop beside us, so start need not wait
-                    self.launcher.remote_launch(_lcore_preload, [shape], lc)
+                keys = _entry_keys(self.ports)
+                mode = FL.MODES.get(self.fwd.mode, FL.MODE_IO)
+                # the lcores compile a share of a cold cache beside us (one cpu each), then load the
+                # rest, so start need not wait; then we load what they compiled
+                lcs = sorted(shapes)
+                for idx, lc in enumerate(lcs):
+                    self.launcher.remote_launch(_lcore_preload, ([shapes[lc]], keys, (idx + 1, len(lcs) + 1), mode), lc)
                 try:
-                    _warm_up(list(shapes.values()))
+                    _warm_up(list(shapes.values()), keys=keys, share=(0, len(lcs) + 1), mode=mode)
                 finally:
-                    for lc in shapes:
+                    for lc in lcs:
                         try:
                             self.launcher.wait_lcore(lc)
                         except launch.LcoreError as e:  # start reports a dead lcore; a failed preload costs time only
                             log.warning("lcore preload failed", lcore=lc, error=str(e))
+                _warm_up(list(shapes.values()), keys=keys, mode=mode)
             # listening sockets first: a port of this engine may connect to another port of it
             for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()
@@ -237,7 +243,8 @@ class Engine:
         cfg[FL.CFG_NB_FLOWS] = FLOWGEN_DEFAULT_FLOWS
         cfg[FL.CFG_TX_PKT_LEN] = sum(self.fwd.txpkts)
         seg_lens = np.array(self.fwd.txpkts, np.int64)
-        port_info = [dict(p.lcore_info(), mac=p.mac, peer_mac=self._peer_mac(p.port_id)) for p in self.ports]
+        port_info = [dict(p.lcore_info(), mac=p.mac, peer_mac=self._peer_mac(p.port_id), entry_keys=_entry_keys([p]))
+                     for p in self.ports]
         by_lcore: dict[int, list[StreamSpec]] = {}
         for s in self.streams:
             by_lcore.setdefault(s.lcore, []).append(s)
@@ -363,42 +370,104 @@ def _watched(name: str) -> bool:
 
 
 def _loop_shapes(specs: list[StreamSpec], watched: list[bool]) -> tuple[int, int]:
-    """(streams, watched ports) of one lcore, as the padded tuple sizes the loop's numba type has
-    (:func:`~dataplane.apps.fwd_loop.shape_size`)."""
+    """(streams, watched ports) of one lcore.  The loop takes them as rows of arrays, so its numba
+    type is the same for every count; a warm-up runs it with this many rows."""
     ports = {p for s in specs for p in (s.rx_port, s.tx_port) if watched[p]}
-    return FL.shape_size(len(specs)), FL.shape_size(max(1, len(ports)))
+    return max(1, len(specs)), max(1, len(ports))
 
 
-def _warm_up(shapes, loop=None) -> None:
-    """Run the loop once (stop flag up) for each (streams, watches) shape: compiles it, or loads it
-    from the disk cache, here and now rather than while rings are attached."""
+def _entry_keys(ports) -> tuple[int, ...]:
+    """The burst entries (:data:`~dataplane.ethdev.queue.ENTRY_KEYS`) the loop calls for the queues of
+    ``ports``: each port's queue kind, or what its ``entry_keys()`` says (virtio-user: the layout)."""
+    keys = {KIND_NONE}
+    for p in ports:
+        own = getattr(p, "entry_keys", None)
+        keys.update(own() if own is not None else (registry.find_driver(p.name).queue_kind,))
+    return tuple(sorted(keys))
+
+
+#: Rough cold compile cost of each warm-up job (seconds at load ~2, docs/performance.md): the loop
+#: (None) and the (entry key, role: 0 Rx, 1 Tx) entries; for sharing them out among processes.
+_JOB_COST = {None: 8, ("mode", FL.MODE_TXONLY): 6, (KIND_VHOST, 0): 24, (KIND_VHOST, 1): 30, (KIND_VIRTIO, 0): 18, (KIND_VIRTIO, 1): 10,
+             (ENTRY_VIRTIO_PACKED, 0): 18, (ENTRY_VIRTIO_PACKED, 1): 10, (KIND_RING, 0): 3, (KIND_RING, 1): 3}
+
+
+def _share(jobs: list, i: int, n: int) -> list:
+    """The jobs of process ``i`` of ``n``: longest first, each to the least loaded process (the same
+    answer in every process)."""
+    load = [0.0] * n
+    mine = []
+    for job in sorted(jobs, key=lambda j: -_JOB_COST.get(j, 1)):
+        p = load.index(min(load))
+        load[p] += _JOB_COST.get(job, 1)
+        if p == i:
+            mine.append(job)
+    return mine
+
+
+def _warm_up(shapes, loop=None, keys=(KIND_NONE,), share=None, mode=FL.MODE_IO) -> None:
+    """Run the loop once (stop flag up, no streams) and get the burst entries of ``keys`` and the
+    entries of forwarding mode ``mode`` and of txonly (tx_first): compiles them, or loads them from
+    the disk cache, here and now rather than while rings are attached.  Each entry is a compile
+    of its own (one port kind's code, one direction; one mode's).  ``shapes`` is unused (the
+    loop's type is the same for every shape).
+
+    ``share`` = (i, n): only process i's share of these compile jobs (:func:`_share`), so n
+    processes (the main one and its forwarding lcores, one cpu each) compile a cold cache in
+    parallel; a last call without ``share`` then loads them all."""
+    jobs = [None] + [(key, role) for key in keys for role in (0, 1)]
+    jobs += [("mode", m) for m in sorted({FL.MODE_TXONLY, mode})]
+    if share is not None:
+        jobs = _share(jobs, *share)
     for drv in registry.drivers():
         drv.lcore_port.warm_up()
     loop = loop or FL.fwd_loop
     mp = mempool_lookup(_memory(), _POOL)
-    q = make_port_queue(KIND_NONE)
-    st = FL.Stream(rx=q, tx=q, stats=np.zeros(FL.S_SLOTS, np.int64), params=np.zeros(FL.P_SLOTS, np.int64),
-                   flow=np.zeros(2, np.int64))
-    watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
+    pkts = np.zeros(1024, np.uint32)
+    for job in jobs:
+        if job is not None and job[0] == "mode":
+            FL.mode_entry(job[1], mp.arrays, pkts)
+        elif job is not None:
+            entry_addresses(job[0], mp.arrays, pkts, (job[1],))
+    if None not in jobs:
+        return
+    # the loop alone: no streams, no tx_first, the stop flag up (one type for every shape; the
+    # entries are other jobs)
     cfg = np.zeros(FL.CFG_SLOTS, np.int64)
     cfg[FL.CFG_BURST] = 32
-    for nstreams, nwatches in sorted(set(shapes)):
-        cfg[FL.CFG_NSTREAMS] = nstreams
-        cfg[FL.CFG_NWATCHES] = nwatches
-        loop((st,) * nstreams, (watch,) * nwatches, mp.arrays, 0,
-             np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(),
-             np.zeros(1024, np.uint32))
+    cfg[FL.CFG_MODE] = mode
+    a = FL.loop_args([], [], mp.arrays, pkts, mode, resolve=False)
+    loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, 0,
+         np.ones(16, np.uint32), np.zeros(16, np.uint32), cfg, np.zeros(1, np.int64), csum_counters(), pkts)
 
 
-def _lcore_preload(shapes) -> bool:
-    """On a forwarding lcore, while the main process warms up: load the loop of ``shapes`` (and the
-    port drivers' lcore kernels) from the disk cache, never compile them (with a cold cache the main
-    process compiles; this lcore then loads them at ``start``).  True when everything was cached."""
+def warm_up_entries(keys) -> None:
+    """Compile (or load) the burst entries of ``keys`` (:data:`~dataplane.ethdev.queue.ENTRY_KEYS`)
+    and every forwarding mode's entry for this EAL's pool, while an engine exists
+    (``dataplane precompile``)."""
+    mp = mempool_lookup(_memory(), _POOL)
+    pkts = np.zeros(1024, np.uint32)
+    for key in keys:
+        entry_addresses(key, mp.arrays, pkts)
+    for mode in sorted(FL.MODE_ENTRIES):
+        FL.mode_entry(mode, mp.arrays, pkts)
+
+
+def _lcore_preload(arg) -> bool:
+    """On a forwarding lcore, while the main process warms up (``arg`` = (shapes, keys, share, mode)):
+    compile the ``share`` of the compile jobs :func:`_warm_up` gives this lcore (the main process
+    and the lcores compile a cold cache in parallel), then load the loop of ``shapes``, the burst
+    entries of ``keys`` and the port drivers' lcore kernels from the disk cache without compiling
+    the rest (the main process does; this lcore then loads them at ``start``).  True when
+    everything was cached."""
     from dataplane._jitcache import WouldCompile, load_only
 
+    shapes, keys, share, mode = arg
+    if share is not None:
+        _warm_up(shapes, keys=keys, share=share, mode=mode)
     try:
         with load_only():
-            _warm_up(shapes)
+            _warm_up(shapes, keys=keys, mode=mode)
     except WouldCompile as e:
         log.debug("lcore preload: not cached yet", kernel=str(e))
         return False
@@ -435,7 +504,6 @@ def _lcore_main(arg):
     pkts = np.zeros(1024, np.uint32)
     csum = csum_counters()
     flows = {s.index: np.zeros(2, np.int64) for s in specs}
-    idle_q = make_port_queue(KIND_NONE)
 
     def build():
         out = []
@@ -451,26 +519,23 @@ def _lcore_main(arg):
             out.append(FL.Stream(rx=rxq, tx=txq, stats=fstats[s.index], params=params, flow=flows[s.index]))
         watches = [FL.RingWatch(ctl=lp.watch[0], qids=lp.watch[1], gens=lp.watch[2])
                    for lp in lps.values() if lp.watch is not None]
-        idle_watch = FL.RingWatch(ctl=np.zeros(8, np.int64), qids=np.zeros(0, np.int64), gens=np.zeros(0, np.int64))
         cfg[FL.CFG_NSTREAMS] = len(out)
         cfg[FL.CFG_NWATCHES] = len(watches)
-        # padding: the tuples' lengths are part of the loop's numba type (lcores of 1 or 2 streams
-        # share one compiled loop, 3-4 another, ...)
-        idle_stream = FL.Stream(rx=idle_q, tx=idle_q, stats=np.zeros(FL.S_SLOTS, np.int64),
-                                params=np.zeros(FL.P_SLOTS, np.int64), flow=np.zeros(2, np.int64))
-        return FL.pad_to_shape(out, idle_stream), FL.pad_to_shape(watches or [idle_watch], idle_watch)
+        return FL.loop_args(out, watches, mp.arrays, pkts, int(cfg[FL.CFG_MODE]))  # rows: one type for any count
 
-    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop)  # before any ring is attached
+    keys = tuple(sorted({KIND_NONE}.union(*(p.get("entry_keys", ()) for p in ports))))
+    _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop, keys,
+             mode=int(cfg[FL.CFG_MODE]))  # before any ring is attached
     # attach the queues already handed over (tx_first must find them); their messages were sent
     # before their requests were published, so this waits only for this process (a safety net)
     deadline = time.monotonic() + 30.0
     for lp in lps.values():
         while lp.changed() and time.monotonic() < deadline:
             lp.service(wait=0.01)
-    streams, watches = build()
+    a = build()
     try:
         while True:
-            rc = loop(streams, watches, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
+            rc = loop(a.qrows, a.srows, a.wrows, a.entries, mp.arrays, lcore, stop, run, cfg, seg_lens, csum, pkts)
             if rc == FL.LOOP_STOP:
                 return True
             for lp in lps.values():
@@ -480,7 +545,7 @@ def _lcore_main(arg):
                 for lp in lps.values():
                     changed |= lp.service(wait=0.001)
                 if changed:
-                    streams, watches = build()
+                    a = build()
     finally:
         for lp in lps.values():
             lp.close()

@@ -1,13 +1,13 @@
-"""``dataplane precompile``: compile the forwarding loop for the shapes users run, into the cache, now.
+"""``dataplane precompile``: compile the forwarding loop and every port kind's burst entries into the cache, now.
 
-numba types a loop with the sizes of its stream and port tuples (padded to powers of two, see
-:func:`~dataplane.apps.fwd_loop.shape_size`): one or two ports with one queue run one compiled
-loop, two ports with two queues another.  A configuration whose shape the cache has not seen
-compiles for minutes before it forwards.  This command builds an engine of each common shape
-(two ``net_ring`` ports, 1 and 2 queues; the loop's type is the same for every port kind) so
-that it and the port drivers' kernels are in the cache: afterwards those configurations start
-in seconds.  ``.ci/setup`` runs it.  It shows compile progress; when everything is cached it
-takes about a second per shape.
+The loop takes its queues as rows of arrays (:func:`~dataplane.apps.fwd_loop.loop_args`): one
+compiled loop for every count of ports, queues and streams.  Each port kind's Rx and Tx bursts
+are entries of their own (:mod:`dataplane.ethdev.queue`), which an engine compiles for the kinds
+its ports use.  This command builds an engine of two ``net_ring`` ports (1 and then 2 queues:
+the second only checks that a new shape compiles nothing) and compiles the entries of every
+kind, so that afterwards any configuration of known port kinds starts in seconds.
+``.ci/setup`` runs it.  It shows compile progress; when everything is cached it takes about a
+second per shape.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ txq = {q}
 
 def main(argv: list[str] | None = None) -> int:
     p = UsageParser("dataplane precompile", head="[options]",
-                    description="Compile the forwarding loop for 1 and 2 queues per port into the numba cache.")
+                    description="Compile the forwarding loop and every port kind's and forwarding mode's entries into the numba cache.")
     p.add_argument("--queues", default=",".join(map(str, QUEUES)), metavar="N[,N...]",
                    help="queues per port of the shapes to compile (default: %(default)s)")
     try:
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"dataplane precompile: --queues {opts.queues!r}: give numbers 1..64, comma separated", file=sys.stderr)
         return 2
+    from dataplane.apps import engine as engine_mod
     from dataplane.apps.embedded import Engine
+    from dataplane.ethdev.queue import ENTRY_KEYS
     from dataplane.compile_progress import show_compile_progress
     from dataplane.config import load_config
 
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with show_compile_progress():
             eng = Engine(cfg)
-        eng.close()
+            try:
+                engine_mod.warm_up_entries(ENTRY_KEYS)
+            finally:
+                eng.close()
         print(f"dataplane precompile: 2 ports x {q} queue{'s' if q > 1 else ''}: ready in "
               f"{time.monotonic() - t0:.1f} s", flush=True)
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataplane.ethdev.errors import EthdevError
 from dataplane.ethdev.port import RX, HandoffLcorePort, HandoffPort, PortEnv, devargs_of
-from dataplane.ethdev.queue import KIND_VIRTIO
+from dataplane.ethdev.queue import ENTRY_VIRTIO_PACKED, KIND_VIRTIO
 from dataplane.ethdev.registry import Driver, register
 from dataplane.lcores.eal_args import Devargs
 from dataplane.virtio import VirtioUser, VirtioUserError
@@ -64,6 +64,11 @@ class VirtioUserPort(HandoffPort):
     def vring(queue: int, role: str) -> int:
         """The port is the guest: it receives on vring ``2q`` and sends on ``2q+1``."""
         return 2 * queue if role == RX else 2 * queue + 1
+
+    def entry_keys(self) -> tuple[int, ...]:
+        """The loop's burst entries for this port's queues (compiled before forwarding): the
+        packed one when ``packed_vq=1`` asks for packed rings."""
+        return (ENTRY_VIRTIO_PACKED if self.vu.args.packed_vq else KIND_VIRTIO,)
 
     def start(self) -> None:
         try:

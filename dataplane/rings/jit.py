@@ -38,6 +38,13 @@ arrays: ~15 cycles; a mempool: 57 words).  Inlined into the caller's loop,
 literal flags (``single``, ``is_bulk``) constant-fold away.  Unlike
 :data:`inline_kernel` it inlines after numba's typing, at the LLVM level.
 
+Contexts as rows, calls through addresses
+-----------------------------------------
+:func:`describe` turns a namedtuple of arrays into a row of words, :func:`row_reader` makes the
+intrinsic that rebuilds it inside a kernel, and :func:`call_entry` calls a kernel through the
+address :func:`entry_address` gives: the callee's code is not linked into the caller (see the
+section at the end of this module).
+
 Intrinsics (all cacheable, NRT-free)
 ------------------------------------
 Loads and stores at raw addresses live beside this module, in
@@ -65,6 +72,12 @@ __all__ = [
     "sched_yield",
     "eventfd_signal",
     "stack_array_u32",
+    "row_words",
+    "describe",
+    "row_reader",
+    "call_entry",
+    "call_entry8",
+    "entry_address",
 ]
 
 kernel = njit(cache=True, _nrt=False)
@@ -151,3 +164,145 @@ def stack_array_u32(typingctx, n):
         return ary._getvalue()
 
     return _U32_ARRAY(n), codegen
+
+
+# =============================================================================
+# contexts as rows of words, and calls through an address (the forwarding loop's ports)
+# =============================================================================
+#
+# A forwarding loop that takes its port queues as numba values (namedtuples of ~70 arrays, in a
+# tuple per stream) has a type that depends on how many there are, and a body that moves all of
+# them around (a run-time index into a tuple copies every word of the selected entry).  Instead
+# the loop takes each context as a *row* of uint64 words (:func:`describe`), one type for any
+# kind and any count, and rebuilds the namedtuple where it is used (:func:`row_reader`: loads,
+# no copy of the arrays' contents).  And it calls the per-burst port kernels through their
+# addresses (:func:`call_entry`, :func:`entry_address`): their code is not linked into the loop,
+# so numba and LLVM compile each of them once, not again as part of every caller.
+
+
+def _row_leaves(t):
+    """The leaves of numba type ``t`` (a tuple / namedtuple of arrays and integers), in order."""
+    if isinstance(t, types.BaseTuple):
+        for sub in t.types:
+            yield from _row_leaves(sub)
+    elif isinstance(t, (types.Array, types.Integer)):
+        yield t
+    else:
+        raise TypeError(f"a context row holds arrays and integers, not {t}")
+
+
+def row_words(t) -> int:
+    """Words of a row describing a value of numba type ``t``: per array its data address,
+    itemsize, shape and strides; per integer one word."""
+    return sum(2 + 2 * leaf.ndim if isinstance(leaf, types.Array) else 1 for leaf in _row_leaves(t))
+
+
+def describe(value, out=None):
+    """The row of ``value`` (a namedtuple / tuple of arrays and integers) as a uint64 array (or
+    written into ``out``).  The arrays must outlive every use of the row: keep ``value``."""
+    import numpy as np
+
+    words: list[int] = []
+
+    def walk(v):
+        if isinstance(v, tuple):
+            for sub in v:
+                walk(sub)
+        elif isinstance(v, np.ndarray):
+            words.extend((v.ctypes.data, v.itemsize, *v.shape, *v.strides))
+        else:
+            words.append(int(v) & 0xFFFFFFFFFFFFFFFF)
+
+    walk(value)
+    if out is None:
+        return np.array(words, np.uint64)
+    out[: len(words)] = words
+    return out
+
+
+def row_reader(type_fn):
+    """An intrinsic ``read(row) -> value`` rebuilding a value of numba type ``type_fn()`` from its
+    :func:`describe` row (a uint64 array).  ``type_fn`` is called when a caller is typed, so
+    building the type (dummy contexts) costs nothing at import."""
+
+    @intrinsic
+    def read(typingctx, row):
+        if not (isinstance(row, types.Array) and row.dtype == types.uint64 and row.ndim == 1):
+            return None
+        t = type_fn()
+
+        def codegen(context, builder, sig, args):
+            i64 = ir.IntType(64)
+            base = context.make_array(sig.args[0])(context, builder, args[0]).data
+            pos = [0]
+
+            def word():
+                v = builder.load(builder.gep(base, [ir.Constant(i64, pos[0])]))
+                pos[0] += 1
+                return v
+
+            def build(ty):
+                if isinstance(ty, types.BaseTuple):
+                    return context.make_tuple(builder, ty, [build(sub) for sub in ty.types])
+                if isinstance(ty, types.Array):
+                    ary = context.make_array(ty)(context, builder)
+                    data = builder.inttoptr(word(), ary.data.type)
+                    itemsize = word()
+                    shape = [word() for _ in range(ty.ndim)]
+                    strides = [word() for _ in range(ty.ndim)]
+                    context.populate_array(ary, data=data, shape=shape, strides=strides, itemsize=itemsize,
+                                           meminfo=None)
+                    return ary._getvalue()
+                return context.cast(builder, word(), types.uint64, ty)
+
+            return build(t)
+
+        return t(row), codegen
+
+    return read
+
+
+@intrinsic
+def call_entry(typingctx, addr, a, b, c, d, e):
+    """Call the C wrapper of a compiled kernel at ``addr`` (:func:`entry_address`) with five
+    arguments; it returns an int64.  The kernel must have been compiled for exactly these
+    argument types (numba values passed as LLVM values): :func:`entry_address` does that."""
+    if not isinstance(addr, types.Integer):
+        return None
+    sig = types.int64(addr, a, b, c, d, e)
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(context.get_value_type(types.int64),
+                               [context.get_value_type(t) for t in sig.args[1:]])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(fn, args[1:])
+
+    return sig, codegen
+
+
+@intrinsic
+def call_entry8(typingctx, addr, a, b, c, d, e, f, g, h):
+    """:func:`call_entry` with eight arguments."""
+    if not isinstance(addr, types.Integer):
+        return None
+    sig = types.int64(addr, a, b, c, d, e, f, g, h)
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(context.get_value_type(types.int64),
+                               [context.get_value_type(t) for t in sig.args[1:]])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(fn, args[1:])
+
+    return sig, codegen
+
+
+def entry_address(dispatcher, argtypes) -> int:
+    """Compile (or load from the cache) ``dispatcher`` for ``argtypes`` returning int64, and return
+    the address of its C wrapper, for :func:`call_entry` (valid in this process only)."""
+    sig = types.int64(*argtypes)
+    dispatcher.compile(sig)
+    cres = dispatcher.overloads[tuple(argtypes)]
+    addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+    if not addr:
+        raise RuntimeError(f"no C wrapper for {dispatcher.py_func.__qualname__}{tuple(argtypes)}")
+    return addr

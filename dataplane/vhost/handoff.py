@@ -33,7 +33,7 @@ from dataplane.net.ether import mac_to_int
 from dataplane.rings import handoff as H
 from dataplane.rings.atomics import py_store_release
 from dataplane.rings.handoff import CTL_SLOTS, REQ_RUN, REQ_STOP, close_fds, queues_changed
-from dataplane.rings.jit import kernel
+from dataplane.rings.jit import inline_kernel
 from dataplane.rings.packed import packed_dev_get_used_base
 from dataplane.rings.virtqueue import ERR_NAMES, STATE_BROKEN, STATE_ERR_BASE, STATE_ERRORS
 from dataplane.vhost.dirty_log import LOG_CTL_UNLOGGED, LogControl, lookup_log_ctl, map_queue_log, report_unlogged, take_log_fd
@@ -404,13 +404,15 @@ def dummy_ctx():
     return _disabled_queue().ctx
 
 
-@kernel
+# inlined (numba IR) into their callers: the loop's vhost entries are then one level above the
+# data path kernels, whose code LLVM optimises and emits once more at each level that links it
+@inline_kernel
 def vhost_rx_burst(ctx, mp, lcore, pkts, n):
     """``rte_eth_rx_burst``: up to ``n`` packets from the guest's Tx vring into ``pkts``; returns the count."""
     return dequeue_burst(ctx, mp, lcore, pkts, n)
 
 
-@kernel
+@inline_kernel
 def vhost_tx_burst(ctx, mp, lcore, pkts, n):
     """``rte_eth_tx_burst``: copy ``pkts[:n]`` into the guest's Rx vring; returns how many went.
 

@@ -33,7 +33,8 @@ from dataplane.rings.jit import inline_kernel
 from dataplane.virtio import rxtx
 from dataplane.virtio.queue import MAX_TX_SEGS, VirtQueue
 
-__all__ = ["VirtioHandoff", "LcoreVirtioQueues", "VirtioQueueCtx", "virtio_rx_burst", "virtio_tx_burst"]
+__all__ = ["VirtioHandoff", "LcoreVirtioQueues", "VirtioQueueCtx", "virtio_rx_burst", "virtio_tx_burst",
+           "virtio_split_rx_burst", "virtio_split_tx_burst", "virtio_packed_rx_burst", "virtio_packed_tx_burst"]
 
 log = dplog.get_logger("dataplane.virtio")
 
@@ -87,29 +88,55 @@ def queue_ctx(q: VirtQueue, cfg: np.ndarray) -> VirtioQueueCtx:
 
 
 @inline_kernel
-def virtio_rx_burst(c, mp, lcore, pkts, n):
-    """Receive up to ``n`` packets on a virtio-user Rx queue context; returns how many."""
+def virtio_split_rx_burst(c, mp, lcore, pkts, n):
+    """Receive up to ``n`` packets on a virtio-user Rx queue context on split rings."""
     cfg = c.cfg
-    if cfg[V_PACKED] != 0:
-        return rxtx.rx_burst_kernel(c.packed_vr, c.packed_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], cfg[V_MRG] != 0,
-                                    cfg[V_RX_SEGS], cfg[V_PORT], cfg[V_VLAN_STRIP] != 0, cfg[V_KICKFD], c.counters,
-                                    c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
     return rxtx.rx_burst_kernel(c.split_vr, c.split_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], cfg[V_MRG] != 0,
                                 cfg[V_RX_SEGS], cfg[V_PORT], cfg[V_VLAN_STRIP] != 0, cfg[V_KICKFD], c.counters,
                                 c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
 
 
 @inline_kernel
+def virtio_packed_rx_burst(c, mp, lcore, pkts, n):
+    """Receive up to ``n`` packets on a virtio-user Rx queue context on packed rings."""
+    cfg = c.cfg
+    return rxtx.rx_burst_kernel(c.packed_vr, c.packed_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], cfg[V_MRG] != 0,
+                                cfg[V_RX_SEGS], cfg[V_PORT], cfg[V_VLAN_STRIP] != 0, cfg[V_KICKFD], c.counters,
+                                c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
+
+
+@inline_kernel
+def virtio_rx_burst(c, mp, lcore, pkts, n):
+    """Receive up to ``n`` packets on a virtio-user Rx queue context; returns how many."""
+    if c.cfg[V_PACKED] != 0:
+        return virtio_packed_rx_burst(c, mp, lcore, pkts, n)
+    return virtio_split_rx_burst(c, mp, lcore, pkts, n)
+
+
+@inline_kernel
+def virtio_split_tx_burst(c, mp, lcore, pkts, n):
+    """Send ``pkts[:n]`` on a virtio-user Tx queue context on split rings; returns how many it took."""
+    cfg = c.cfg
+    return rxtx.tx_burst_kernel(c.split_vr, c.split_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], np.uint64(cfg[V_HDR_HVA]),
+                                np.uint64(cfg[V_HDR_IOVA]), cfg[V_KICKFD], c.counters, c.ck, c.ln, c.sg_gpa,
+                                c.sg_len, c.sg_wr)
+
+
+@inline_kernel
+def virtio_packed_tx_burst(c, mp, lcore, pkts, n):
+    """Send ``pkts[:n]`` on a virtio-user Tx queue context on packed rings; returns how many it took."""
+    cfg = c.cfg
+    return rxtx.tx_burst_kernel(c.packed_vr, c.packed_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN],
+                                np.uint64(cfg[V_HDR_HVA]), np.uint64(cfg[V_HDR_IOVA]), cfg[V_KICKFD], c.counters,
+                                c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
+
+
+@inline_kernel
 def virtio_tx_burst(c, mp, lcore, pkts, n):
     """Send ``pkts[:n]`` on a virtio-user Tx queue context; returns how many it took."""
-    cfg = c.cfg
-    hva = np.uint64(cfg[V_HDR_HVA])
-    iova = np.uint64(cfg[V_HDR_IOVA])
-    if cfg[V_PACKED] != 0:
-        return rxtx.tx_burst_kernel(c.packed_vr, c.packed_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], hva, iova,
-                                    cfg[V_KICKFD], c.counters, c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
-    return rxtx.tx_burst_kernel(c.split_vr, c.split_ds, mp, lcore, pkts, n, cfg[V_HDR_LEN], hva, iova,
-                                cfg[V_KICKFD], c.counters, c.ck, c.ln, c.sg_gpa, c.sg_len, c.sg_wr)
+    if c.cfg[V_PACKED] != 0:
+        return virtio_packed_tx_burst(c, mp, lcore, pkts, n)
+    return virtio_split_tx_burst(c, mp, lcore, pkts, n)
 
 
 class VirtioHandoff(H.QueueHandoff):
