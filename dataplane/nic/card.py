@@ -452,8 +452,9 @@ class VF(Function):
         """Link up / down: the device cfg status changes, config_generation moves, ISR bit 1 is set
         and the config vector (``msix_config``) is signalled."""
         b = self.bar0
-        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if up else 0)
+        # the generation moves first: a driver that sees the new status sees the new generation
         b.w8(CC.CONFIG_GENERATION, b.r8(CC.CONFIG_GENERATION) + 1)
+        b.w16(DEVICE_OFF + 6, VIRTIO_NET_S_LINK_UP if up else 0)
         b.w8(ISR_OFF, b.r8(ISR_OFF) | ISR_CONFIG)
         fd = self._irq_fd(self.msix_config)
         if fd >= 0:

@@ -83,7 +83,7 @@ BURST = 256
 STAGE_ROWS = BURST + GSO_MAX_SEGS
 #: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain
 #: scratch holds this many.
-FETCH = 32
+FETCH = 64
 #: Forwarding table entries (open addressing; a source MAC is learnt per frame).
 FDB_SIZE = 1024
 _FDB_PROBE = 8
