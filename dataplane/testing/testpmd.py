@@ -189,6 +189,22 @@ class Testpmd:
         m = re.search(r"Link status:\s+(\w+)", text)
         return bool(m and m.group(1) == "up")
 
+    def mark(self) -> int:
+        """Where the output is now, for :meth:`wait_text`."""
+        with self._cond:
+            return len(self._buf)
+
+    def wait_text(self, text: str, since: int = 0, timeout: float = 20.0) -> None:
+        """Wait until testpmd prints ``text`` after output offset ``since`` (no command sent: for events
+        such as a link change, during which a command may block in DPDK)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._buf.find(text.encode(), since) < 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TestpmdError(f"{text!r} not printed within {timeout} s:\n{self.output[-4000:]}")
+                self._cond.wait(min(left, 0.5))
+
     def wait_link(self, port: int = 0, up: bool = True, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while self.link_up(port) != up:
