@@ -188,6 +188,18 @@ def _flush(q, logging):
 
 
 @inline_kernel
+def _tx_room(ch, s0, s_end):
+    """(a writable segment among ``[s0, s_end)``?, their bytes): a TX chain's check."""
+    rlen = _Z
+    wr = False
+    for s in range(s0, s_end):
+        if ch.seg_write[s] != 0:
+            wr = True
+        rlen += _U64(ch.seg_len[s])
+    return wr, rlen
+
+
+@inline_kernel
 def _rx_room(ch, s0, s_end):
     """(a readable segment among ``[s0, s_end)``?, their bytes): an RX chain's check."""
     cap = _Z
@@ -343,12 +355,7 @@ def tx_pull(q, vf, fdb, active, stage, slen, smask, budget):
         nd = ch.ndesc[0]
         s0 = np.int64(ch.seg_start[0])
         s_end = s0 + np.int64(ch.seg_count[0])
-        rlen = _Z
-        wr = False
-        for s in range(s0, s_end):
-            if ch.seg_write[s] != 0:
-                wr = True
-            rlen += _U64(ch.seg_len[s])
+        wr, rlen = _tx_room(ch, s0, s_end)
         if wr or rlen < _U64(_MIN_FRAME) or rlen > maxlen:
             q.counters[Q_ERRORS] += 1  # a writable buffer in a TX chain, a runt, a frame over the slot
             _push(q, head, 0, nd)
@@ -627,12 +634,7 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             break
         s0 = np.int64(ch.seg_start[c])
         s_end = s0 + np.int64(ch.seg_count[c])
-        rlen = _Z
-        wr = False
-        for s in range(s0, s_end):
-            if ch.seg_write[s] != 0:
-                wr = True
-            rlen += _U64(ch.seg_len[s])
+        wr, rlen = _tx_room(ch, s0, s_end)
         if wr or rlen < _U64(_MIN_FRAME) or rlen > _SLOT:
             errs += 1  # a writable buffer in a TX chain, a runt, a frame over the slot
             mask[c] = -1

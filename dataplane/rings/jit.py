@@ -262,6 +262,14 @@ def row_reader(type_fn):
     return read
 
 
+def _call_through_address(context, builder, sig, args):
+    """The codegen of :func:`call_entry` / :func:`call_entry8`: call ``args[0]`` as a C function
+    of the other arguments' LLVM types, returning an int64."""
+    fnty = ir.FunctionType(context.get_value_type(types.int64), [context.get_value_type(t) for t in sig.args[1:]])
+    fn = builder.inttoptr(args[0], fnty.as_pointer())
+    return builder.call(fn, args[1:])
+
+
 @intrinsic
 def call_entry(typingctx, addr, a, b, c, d, e):
     """Call the C wrapper of a compiled kernel at ``addr`` (:func:`entry_address`) with five
@@ -271,13 +279,7 @@ def call_entry(typingctx, addr, a, b, c, d, e):
         return None
     sig = types.int64(addr, a, b, c, d, e)
 
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(context.get_value_type(types.int64),
-                               [context.get_value_type(t) for t in sig.args[1:]])
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(fn, args[1:])
-
-    return sig, codegen
+    return sig, _call_through_address
 
 
 @intrinsic
@@ -287,13 +289,7 @@ def call_entry8(typingctx, addr, a, b, c, d, e, f, g, h):
         return None
     sig = types.int64(addr, a, b, c, d, e, f, g, h)
 
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(context.get_value_type(types.int64),
-                               [context.get_value_type(t) for t in sig.args[1:]])
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(fn, args[1:])
-
-    return sig, codegen
+    return sig, _call_through_address
 
 
 def entry_address(dispatcher, argtypes) -> int:
