@@ -736,16 +736,17 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
         rq.counters[Q_BYTES] += rby
         if got > 0:
             _flush(rq, rl)
-    # 3. the TX chains complete (used length 0), in the order taken
-    for c in range(ntx):
-        _push(q, ch.head[c], 0, ch.ndesc[c])
-    if ntx > 0:
-        _flush(q, logging)
+    # 3. the TX chains complete (used length 0), in the order taken; the counters first, so that a driver
+    # that sees its chains used reads counters that include them
     q.counters[Q_ERRORS] += errs
     q.counters[Q_FLOODED] += flooded
     q.counters[Q_DROPS] += drops
     q.counters[Q_PACKETS] += ntx - errs
     q.counters[Q_BYTES] += nbytes
+    for c in range(ntx):
+        _push(q, ch.head[c], 0, ch.ndesc[c])
+    if ntx > 0:
+        _flush(q, logging)
     if fault:
         return -1
     return ntx
