@@ -83,13 +83,15 @@ BURST = 256
 STAGE_ROWS = BURST + GSO_MAX_SEGS
 #: Chains one ring fetch of :func:`tx_switch` takes (TX, and RX per destination); a queue's chain
 #: scratch holds this many.
-FETCH = 64
+FETCH = 128
 #: Forwarding table entries (open addressing; a source MAC is learnt per frame).
 FDB_SIZE = 1024
 _FDB_PROBE = 8
 #: virtio-net header: VERSION_1 is required, so always 12 bytes.
 HDR_LEN = 12
-MAX_SEGS = 64
+#: Segments a queue's chain scratch holds: a burst's chains together, and the most one chain may
+#: have (a longer chain is refused with ERR_TOO_MANY_SEGS, a fault).
+MAX_SEGS = 128
 _MIN_FRAME = HDR_LEN + 14
 
 # config slots (int64, the card's private memory)

@@ -193,7 +193,7 @@ def test_guest_memory_in_two_regions_through_a_klm_mkey(card, vfs):
 
 
 def test_chain_too_long_exceeds_max_chain(card, vfs):
-    a, b = vfs(0, num=128), vfs(1, num=128)
+    a, b = vfs(0, num=256), vfs(1, num=256)  # room in the ring for a chain over MAX_SEGS
     a.ready()
     b.ready()
     slot = a.tx.ring.alloc_slot()
