@@ -36,9 +36,9 @@ from collections import namedtuple
 import numpy as np
 
 from dataplane.rings.atomics import exchange, load_relaxed
-from dataplane.rings.chain_copy import chain_gather, chain_scatter
+from dataplane.rings.chain_copy import chain_gather, chain_prefetch, chain_scatter
 from dataplane.rings.jit import eventfd_signal, inline_kernel, kernel
-from dataplane.rings.mem import copy_bytes, ld8, prefetch, prefetchw, st8, st32, st64
+from dataplane.rings.mem import copy_bytes, ld8, st8, st32, st64
 from dataplane.rings.virtqueue import ERR_AVAIL_IDX, ERR_NAMES, STATE_BROKEN, make_chains
 from dataplane.vhost.dev_ring import (
     dummy_vrings,
@@ -610,11 +610,7 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
     me = np.int64(1) << vf
     others = active & ~me
     ch = q.chains
-    for c in range(n):  # each frame's first two lines (header, MACs: the driver wrote them on its cpu)
-        if ch.seg_count[c] != 0:
-            a = ch.seg_addr[np.int64(ch.seg_start[c])]
-            prefetch(a)
-            prefetch(a + _U64(64))
+    chain_prefetch(ch, 0, n, False)  # each frame's first two lines (header, MACs: the driver wrote them on its cpu)
     # 1. check, learn, decide
     last_src = np.int64(-1)
     last_dst = np.int64(-1)
@@ -697,11 +693,7 @@ def _switch_burst(q, vf, fdb, active, rxqs, mask, want, w):
             rq.counters[Q_DROPS] += 1  # the frame that found the ring broken (the old path stopped there)
             continue
         rch = rq.chains
-        for j in range(got):  # the RX buffers' first two lines, about to be written
-            if rch.seg_count[j] != 0:
-                a = rch.seg_addr[np.int64(rch.seg_start[j])]
-                prefetchw(a)
-                prefetchw(a + _U64(64))
+        chain_prefetch(rch, 0, got, True)  # the RX buffers' first two lines, about to be written
         j = 0
         rpk = 0
         rby = 0

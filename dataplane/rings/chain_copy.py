@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from dataplane.rings.jit import inline_kernel
-from dataplane.rings.mem import copy_bytes, ld8
+from dataplane.rings.mem import copy_bytes, ld8, prefetch, prefetchw
 
-__all__ = ["chain_gather", "chain_scatter", "chain_load_le"]
+__all__ = ["chain_gather", "chain_scatter", "chain_load_le", "chain_prefetch"]
 
 _U64 = np.uint64
 _Z = _U64(0)
@@ -73,3 +73,20 @@ def chain_load_le(ch, s, s_end, skip, nbytes):
             skip = _Z
         s += 1
     return v
+
+
+@inline_kernel
+def chain_prefetch(ch, k0, k1, write):
+    """Ask for the first two lines of the first segment of chains ``[k0, k1)`` at once (``write``:
+    for writing, exclusive).  The driver's cpu wrote them last: copied one after the other, each
+    chain would wait for its own misses; asked for together, they overlap.  A prefetch never faults,
+    so a line past a segment's end is harmless."""
+    for k in range(k0, k1):
+        if ch.seg_count[k] != 0:
+            a = ch.seg_addr[np.int64(ch.seg_start[k])]
+            if write:
+                prefetchw(a)
+                prefetchw(a + np.uint64(64))
+            else:
+                prefetch(a)
+                prefetch(a + np.uint64(64))

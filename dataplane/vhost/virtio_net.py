@@ -115,7 +115,8 @@ from dataplane.rings.virtqueue import (
     make_chains,
 )
 from dataplane.net.ether import mac_to_int
-from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, prefetch, prefetchw, st8, st16, st32, st64
+from dataplane.rings.chain_copy import chain_prefetch
+from dataplane.rings.mem import copy_bytes, ld8, ld16, ld32, ld64, st8, st16, st32, st64
 from dataplane.vhost.dirty_log import (
     log_burst_start,
     log_enabled,
@@ -464,22 +465,6 @@ def _copy_to_chains(q, mp, m, k0, k1, lo, hi, hlen, plen, keep, gap, logging):
 
 
 @_inline
-def _prefetch_buffers(ch, k0, k1, write):
-    """Ask for the first two lines of the first buffer of chains ``[k0, k1)`` at once (for writing:
-    ``write``).  The guest's cpu wrote them last; copied one after the other, each packet would wait
-    for its own misses.  A prefetch never faults, so an address near a region's end is harmless."""
-    for k in range(k0, k1):
-        if ch.seg_count[k] != 0:
-            a = ch.seg_addr[np.int64(ch.seg_start[k])]
-            if write:
-                prefetchw(a)
-                prefetchw(a + _U64(64))
-            else:
-                prefetch(a)
-                prefetch(a + _U64(64))
-
-
-@_inline
 def _reserve(q, c, nc, need, want, mrg):
     """Chains from the scratch (``c`` of ``nc`` fetched) with room for ``need`` bytes.
 
@@ -500,7 +485,7 @@ def _reserve(q, c, nc, need, want, mrg):
                 break
             _unfetch(q, start, nc)
             nc = _fetch(q, want if (nb == 0 and tries == 0) else cap)
-            _prefetch_buffers(ch, 0, nc, True)
+            chain_prefetch(ch, 0, nc, True)
             c = 0
             start = 0
             room = 0
@@ -757,7 +742,7 @@ def dequeue_burst(q, mp, lcore, pkts, n):
     nf = np.int64(0)
     if n > rarp:
         nf = _fetch(q, n - rarp)
-        _prefetch_buffers(ch, 0, nf, False)
+        chain_prefetch(ch, 0, nf, False)
     # -- sizes: mbufs per chain (-1: complete it empty)
     total = rarp
     k = np.int64(0)
