@@ -229,6 +229,42 @@ def test_arming_a_cq_with_unconsumed_completions_signals_at_once(card, on_vf):
     assert eventfd_count(ev) == 0 and len(b.ring(EVQ_OFF)) == 3
 
 
+def test_an_arm_replaced_before_the_card_read_it_does_not_silence_the_cq(card, on_vf):
+    """A timer-mode driver arms (sn s), then polls completions that came after that arm and arms again (sn s+1),
+    all before the card looked at the doorbell record: the card never saw the arm with sn s.  The hardware takes
+    each doorbell as it comes, so arm s gave its event and arm s+1 stands; the card must do the same, or it
+    waits for sn s forever and the CQ never signals again (the guest's interrupts stop: seconds-long stalls in
+    bench/mlx5_event_modes.py with event_mode=1,event_us=100)."""
+    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
+    b.connect()
+    a.ready()
+    b.ready()
+    ev = b.drv.irq_fd(CQ_VEC)
+    b.arm(0)
+    _send(a, b, 3)
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 1, what="the first event")
+    assert eventfd_count(ev) == 1
+    # the card's sn is 1 now; the driver's arm with sn 1 is overwritten by its arm with sn 2 before the card
+    # reads it (here: sn 1 is never written at all), with everything consumed
+    _send(a, b, 2)
+    wait_for(lambda: b.wqe_counter() == 4, what="wqe_counter 4")
+    b.arm(2, ci=5)
+    time.sleep(0.05)
+    assert eventfd_count(ev) == 0  # nothing unconsumed: no event for the arm that stands
+    _send(a, b, 1)
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 2, what="the event of the arm that replaced the one never seen")
+    assert eventfd_count(ev) == 1 and b.ring(EVQ_OFF)[1] == (COOKIE, b.cqn)
+    # and the sequence goes on from there: the next arm carries sn 3
+    b.arm(3, ci=6)
+    _send(a, b, 1)
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 3, what="the event of the next arm")
+    b.arm(3, ci=7)  # that sn again: stale, ignored
+    _send(a, b, 1)
+    wait_for(lambda: b.wqe_counter() == 7, what="wqe_counter 7")
+    time.sleep(0.05)
+    assert len(b.ring(EVQ_OFF)) == 3
+
+
 def test_a_dma_fault_gives_the_subscribed_error_event(card, on_vf):
     a, b = on_vf(Sender, 0), on_vf(Sender, 1)
     a.ready()

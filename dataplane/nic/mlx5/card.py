@@ -364,7 +364,16 @@ class Mlx5Function(Function):
             return
         arm = _load_be32(dbr + DBR_ARM)
         cq.consumed = arm & CQ_CI_MASK
-        if (arm >> 28) & 3 == cq.sn and cq.produced != cq.consumed:
+        sn = (arm >> 28) & 3
+        if sn == (cq.sn + 1) & 3:
+            # The hardware takes every UAR doorbell as it is written; this card reads the doorbell record when
+            # it looks, so an arm the driver replaced before then (it saw that arm's completions in a poll and
+            # armed again) was never seen.  That arm was owed its event (the driver re-arms only after
+            # completions past the arm's consumer index): it counts as given, and the new arm stands.  Without
+            # this the card would wait for an sn the driver has left behind: no event on this CQ ever again.
+            cq.sn = sn
+            cq.missed_arms += 1
+        if sn == cq.sn and cq.produced != cq.consumed:
             cq.sn = (cq.sn + 1) & 3
             cq.events += 1
             self._push_event(EVQ_OFF, cq.vector, cq.cookie, cq.cqn)

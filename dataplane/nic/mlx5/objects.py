@@ -170,9 +170,8 @@ class Cq:
     dbr_iova: int
     cookie: int
     sn: int = 0  # the arm sequence number the next arm must carry (2 bits)
-    produced: int = 0  # completions reported in this CQ (24 bits, as the driver's consumer index)
-    armed: bool = False
     events: int = 0
+    missed_arms: int = 0  # arms replaced by the next before the card read them (taken as given their event)
     users: int = 0  # QPs on it
     produced: int = 0  # completions written (24 bits, as the consumer index the driver arms with)
     consumed: int = 0  # the consumer index of the last arm word read
