@@ -219,6 +219,28 @@ def configure() -> None:
     _install_locator()
 
 
+def compile_bytecode() -> int:
+    """Write the bytecode (``__pycache__/*.pyc``) of every module of the dataplane package; returns how many
+    modules it holds.  Python reads bytecode it finds, but where ``PYTHONDONTWRITEBYTECODE`` is set it never
+    writes any, and then every start compiles dataplane's modules from source (0.15-0.3 s).
+    ``dataplane precompile`` calls it."""
+    import compileall
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    compileall.compile_dir(root, quiet=2)
+    return sum(1 for _d, _s, files in os.walk(root) for f in files if f.endswith(".py"))
+
+
+def init_target() -> None:
+    """Load numba's CPU target now: its typing and lowering registries (numba imports some 40 modules
+    for them, scipy's BLAS among them) and its runtime, about 0.3 s that a process otherwise pays at
+    its first kernel load.  The EAL calls it before it forks the lcores, so that they inherit the
+    target instead of each loading it again while the start waits for them."""
+    from numba.core.registry import cpu_target
+
+    cpu_target.target_context.refresh()
+
+
 class WouldCompile(Exception):
     """Raised inside :func:`load_only` for a kernel that is not in the disk cache."""
 

@@ -153,15 +153,21 @@ class Engine:
                 lcs = sorted(shapes)
                 for idx, lc in enumerate(lcs):
                     self.launcher.remote_launch(_lcore_preload, ([shapes[lc]], keys, (idx + 1, len(lcs) + 1), mode), lc)
+                loaded = []
                 try:
                     _warm_up(list(shapes.values()), keys=keys, share=(0, len(lcs) + 1), mode=mode)
                 finally:
                     for lc in lcs:
                         try:
-                            self.launcher.wait_lcore(lc)
+                            loaded.append(self.launcher.wait_lcore(lc) is True)
                         except launch.LcoreError as e:  # start reports a dead lcore; a failed preload costs time only
                             log.warning("lcore preload failed", lcore=lc, error=str(e))
-                _warm_up(list(shapes.values()), keys=keys, mode=mode)
+                            loaded.append(False)
+                if not all(loaded):
+                    # a cold cache: what the lcores did not compile, compile here (they load it at start).  When
+                    # every lcore loaded everything, the cache is complete and this process, which runs no loop,
+                    # needs none of it: a warm start does not wait for these loads.
+                    _warm_up(list(shapes.values()), keys=keys, mode=mode)
             # listening sockets first: a port of this engine may connect to another port of it
             for p in sorted(self.ports, key=lambda p: not p.listening):
                 p.start()

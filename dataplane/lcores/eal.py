@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 
+from dataplane._jitcache import init_target
 from dataplane import log as dplog
 from dataplane._version import __version__
 from dataplane.lcores.eal_args import EalConfig, parse_eal_args
@@ -72,6 +73,8 @@ class Eal:
                 in_memory=cfg.in_memory,
             )
             _CURRENT = self
+            if len(cfg.lcores) > 1:  # the lcores inherit numba's loaded target rather than each loading it
+                init_target()
             # Workers are forked after the memory is mapped: they inherit every segment.
             self.launcher = Launcher(cfg.lcores, cfg.main_lcore)
         except BaseException:
