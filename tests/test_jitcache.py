@@ -96,3 +96,32 @@ def test_facts_are_kept_for_the_next_process_and_redone_when_a_file_changes(scra
     os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     changed, parsed = run()
     assert changed != first and parsed == 1
+
+
+def test_init_target_loads_the_registries_without_scipy_and_jitted_dot_still_works():
+    """The EAL loads numba's target before it forks the lcores; numba's BLAS probe (an import of scipy.linalg,
+    most of the load's time) is skipped, and np.dot in a kernel still works (it imports scipy when typed)."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import importlib.util, sys
+        from dataplane._jitcache import init_target
+        init_target()
+        import numba.np.arraymath as am
+        print("registries", "numba.np.arrayobj" in sys.modules, "probe_left", "scipy.linalg.cython_blas" in sys.modules)
+        print("scipy_linalg", "scipy.linalg" in sys.modules, "have_scipy", importlib.util.find_spec("scipy") is not None)
+        import numba, numpy as np
+        @numba.njit
+        def f(a, b):
+            return np.dot(a, b)
+        print("dot", f(np.arange(3.0), np.arange(3.0)))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(dataplane.__file__))))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split()
+    assert out[out.index("registries") + 1] == "True" and out[out.index("probe_left") + 1] == "False"
+    assert out[out.index("scipy_linalg") + 1] == "False"
+    if out[out.index("have_scipy") + 1] == "True":
+        assert out[out.index("dot") + 1] == "5.0"
