@@ -5,7 +5,9 @@ compiled loop for every count of ports, queues and streams.  Each port kind's Rx
 are entries of their own (:mod:`dataplane.ethdev.queue`), which an engine compiles for the kinds
 its ports use.  This command builds an engine of two ``net_ring`` ports (1 and then 2 queues:
 the second only checks that a new shape compiles nothing) and compiles the entries of every
-kind, so that afterwards any configuration of known port kinds starts in seconds.
+kind, so that afterwards any configuration of known port kinds starts in seconds.  Then the
+emulated cards' and the vDPA simulators' kernels (:func:`precompile_devices`; ``--no-cards``
+leaves them out).
 It also writes the bytecode of every dataplane module (:func:`dataplane._jitcache.compile_bytecode`).  ``.ci/setup`` runs
 it.  It shows compile progress; when everything is cached it takes about a second per shape.
 """
@@ -18,10 +20,12 @@ import time
 
 from dataplane.lcores.usage import UsageParser
 
-__all__ = ["main", "QUEUES"]
+__all__ = ["main", "QUEUES", "CARD_VFS", "precompile_devices"]
 
 #: Queues per port of the shapes compiled: 2 ports x 1 queue (2 streams), 2 ports x 2 queues (4 streams).
 QUEUES = (1, 2)
+#: VF counts of the emulated cards whose switch is compiled (``dataplane-nic start ... --vfs N``).
+CARD_VFS = (1, 2, 3, 4)
 
 _CONFIG = """
 [eal]
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                     description="Compile the forwarding loop and every port kind's and forwarding mode's entries into the numba cache.")
     p.add_argument("--queues", default=",".join(map(str, QUEUES)), metavar="N[,N...]",
                    help="queues per port of the shapes to compile (default: %(default)s)")
+    p.add_argument("--no-cards", dest="cards", action="store_false",
+                   help="leave out the emulated cards' (dataplane-nic) and the vDPA simulators' kernels")
     try:
         opts = p.parse_args(list(sys.argv[1:] if argv is None else argv))
         queues = [int(q) for q in opts.queues.split(",")]
@@ -80,7 +86,29 @@ def main(argv: list[str] | None = None) -> int:
                 eng.close()
         print(f"dataplane precompile: 2 ports x {q} queue{'s' if q > 1 else ''}: ready in "
               f"{time.monotonic() - t0:.1f} s", flush=True)
+    if opts.cards:
+        t0 = time.monotonic()
+        with show_compile_progress():
+            precompile_devices()
+        print(f"dataplane precompile: emulated cards ({', '.join(map(str, CARD_VFS))} VFs) and vDPA simulators: "
+              f"ready in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
+
+
+def precompile_devices() -> None:
+    """Compile (or load) what ``dataplane-nic`` and the vDPA simulators compile at their start: the
+    card's kernels, its switch for :data:`CARD_VFS` VFs (one specialisation per VF count), the mlx5
+    card's RSS selection, and vdpasim_net's and vdpasim_blk's kernels."""
+    from dataplane.nic import kernels as nic_kernels
+    from dataplane.nic.mlx5.steer import warm_up_steer
+    from dataplane.vdpa.sim.kernels import warm_up as sim_warm_up
+
+    nic_kernels.warm_up()
+    for nvfs in CARD_VFS:
+        nic_kernels.warm_up_switch(nvfs)
+    warm_up_steer()
+    for kind in ("net", "blk"):
+        sim_warm_up(kind)
 
 
 if __name__ == "__main__":  # pragma: no cover
