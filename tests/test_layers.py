@@ -7,7 +7,7 @@ a lower layer.  Rows on the same layer are peers: neither imports the other.
 =====  ==============  =====================================================================
 layer  row             modules
 =====  ==============  =====================================================================
-0      core            ``log``, ``_jitcache``, ``compile_progress``, ``_version``, ``rings.jit``, ``rings.atomics``, ``rings.mem``
+0      core            ``log``, ``_jitcache``, ``compile_progress``, ``perf_map``, ``_version``, ``rings.jit``, ``rings.atomics``, ``rings.mem``
                        (decorators, atomics, raw-memory intrinsics) and ``rings.ring`` (the
                        rte_ring-like ring, which DPDK too puts below the mempool)
 1      memory          ``memory``: segments, memzones, mbufs, mempools
@@ -46,7 +46,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "dataplane"
 
 #: (layer, row, module prefixes)
 LAYERS = [
-    (0, "core", ["dataplane.log", "dataplane._jitcache", "dataplane.compile_progress", "dataplane._version", "dataplane.rings.jit", "dataplane.rings.atomics",
+    (0, "core", ["dataplane.log", "dataplane._jitcache", "dataplane.compile_progress", "dataplane.perf_map", "dataplane._version", "dataplane.rings.jit", "dataplane.rings.atomics",
                  "dataplane.rings.mem", "dataplane.rings.ring"]),
     (1, "memory", ["dataplane.memory"]),
     (2, "lcores", ["dataplane.lcores"]),

@@ -31,6 +31,7 @@ import time
 
 from dataplane import log as dplog
 from dataplane.lcores.usage import UsageParser
+from dataplane.perf_map import perf_map_wanted, write_perf_map
 from dataplane.memory.runtime import runtime_parent, validate_prefix
 
 from .pci import BarFile, CC, DEVICE_OFF, parse_bdf
@@ -246,6 +247,8 @@ def _start(args) -> int:
         cls = Mlx5Card if args.model == "mlx5" else Card
         pairs = args.queue_pairs if args.queue_pairs is not None else DEFAULT_PAIRS[args.model]
         card = cls(parent, args.pf, args.vfs, mac_base=mac, pairs=pairs)
+        if perf_map_wanted():
+            write_perf_map()
     except (ValueError, OSError) as e:
         msg = f"dataplane-nic: {e}"
         print(msg, file=sys.stderr)
