@@ -238,7 +238,8 @@ def init_target() -> None:
     """Load numba's CPU target now: its typing and lowering registries (numba imports some 40 modules
     for them) and its runtime, which a process otherwise pays at its first kernel load.  The EAL
     calls it before it forks the lcores, so that they inherit the target instead of each loading it
-    again while the start waits for them.
+    again while the start waits for them; the emulated cards and the vDPA simulators' workers call
+    it before their kernels.
 
     Loading the registries, numba probes for scipy's BLAS (``numba.np.arraymath._HAVE_BLAS``) by
     importing ``scipy.linalg``: 0.2 s of the 0.35 s, for kernels that use no BLAS.  The probe is

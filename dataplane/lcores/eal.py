@@ -73,8 +73,7 @@ class Eal:
                 in_memory=cfg.in_memory,
             )
             _CURRENT = self
-            if len(cfg.lcores) > 1:  # the lcores inherit numba's loaded target rather than each loading it
-                init_target()
+            init_target()  # now, without numba's BLAS probe; the lcores inherit it rather than each loading it
             # Workers are forked after the memory is mapped: they inherit every segment.
             self.launcher = Launcher(cfg.lcores, cfg.main_lcore)
         except BaseException:

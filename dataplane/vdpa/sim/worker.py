@@ -33,6 +33,7 @@ import sys
 import numpy as np
 
 from dataplane import log as dplog
+from dataplane._jitcache import init_target
 from dataplane.rings.packed import packed_dev_get_base, packed_dev_get_used_base
 from dataplane.rings.virtqueue import (
     FEAT_EVENT_IDX,
@@ -449,6 +450,7 @@ def main(argv=None) -> int:
     hw = None
     try:
         shm.hdr[HDR_PID] = os.getpid()
+        init_target()  # numba's target without its BLAS probe (0.2 s of every simulator start)
         K.warm_up(args.kind)
         hw = Hardware(args.kind, args.name, shm, args.capacity)
         _reply(sock, {"op": "ready", "pid": os.getpid()})
