@@ -107,6 +107,26 @@ def _send(a, b, n):
     return b.rx.wait_used(n)
 
 
+def _armed_pair(on_vf):
+    """A sender VF and a QP-mode VF whose CQ is armed with sn 0; and that CQ's event eventfd."""
+    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
+    b.connect()
+    a.ready()
+    b.ready()
+    ev = b.drv.irq_fd(CQ_VEC)
+    b.arm(0)
+    return a, b, ev
+
+
+def _first_event(on_vf):
+    """:func:`_armed_pair` after 3 completions and the event they gave."""
+    a, b, ev = _armed_pair(on_vf)
+    _send(a, b, 3)
+    wait_for(lambda: len(b.ring(EVQ_OFF)) == 1, what="the first event")
+    assert eventfd_count(ev) == 1
+    return a, b, ev
+
+
 def test_qp_states_and_refusals(card, on_vf):
     v = on_vf(EvVf, 0)
     # the virtq names its FW QP: RDY needs it RTS and connected to a QP with a CQ
@@ -150,12 +170,7 @@ def test_qp_states_and_refusals(card, on_vf):
 
 
 def test_completions_write_the_cqe_and_an_armed_cq_signals_once(card, on_vf):
-    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
-    b.connect()
-    a.ready()
-    b.ready()
-    ev = b.drv.irq_fd(CQ_VEC)
-    b.arm(0)
+    a, b, ev = _armed_pair(on_vf)
     _send(a, b, 3)
     wait_for(lambda: b.wqe_counter() == 2, what="wqe_counter 0xFFFF + 3")
     wait_for(lambda: b.ring(EVQ_OFF), what="the completion event")
@@ -200,15 +215,7 @@ def test_arming_a_cq_with_unconsumed_completions_signals_at_once(card, on_vf):
     """Completions written between the driver's last poll and its arm are not lost: the arm word's consumer
     index is behind what the card wrote, so the arm itself gives the event (as on the hardware: DPDK's event
     thread arms after an empty poll and then blocks, with no poll in between)."""
-    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
-    b.connect()
-    a.ready()
-    b.ready()
-    ev = b.drv.irq_fd(CQ_VEC)
-    b.arm(0)
-    _send(a, b, 3)
-    wait_for(lambda: len(b.ring(EVQ_OFF)) == 1, what="the first event")
-    assert eventfd_count(ev) == 1
+    a, b, ev = _first_event(on_vf)
     _send(a, b, 2)  # disarmed: 5 written, no event
     wait_for(lambda: b.wqe_counter() == 4, what="wqe_counter 4")
     b.arm(1, ci=5)  # the driver consumed all 5: nothing owed, arming is no event
@@ -235,15 +242,7 @@ def test_an_arm_replaced_before_the_card_read_it_does_not_silence_the_cq(card, o
     each doorbell as it comes, so arm s gave its event and arm s+1 stands; the card must do the same, or it
     waits for sn s forever and the CQ never signals again (the guest's interrupts stop: seconds-long stalls in
     bench/mlx5_event_modes.py with event_mode=1,event_us=100)."""
-    a, b = on_vf(Sender, 0), on_vf(EvVf, 1)
-    b.connect()
-    a.ready()
-    b.ready()
-    ev = b.drv.irq_fd(CQ_VEC)
-    b.arm(0)
-    _send(a, b, 3)
-    wait_for(lambda: len(b.ring(EVQ_OFF)) == 1, what="the first event")
-    assert eventfd_count(ev) == 1
+    a, b, ev = _first_event(on_vf)
     # the card's sn is 1 now; the driver's arm with sn 1 is overwritten by its arm with sn 2 before the card
     # reads it (here: sn 1 is never written at all), with everything consumed
     _send(a, b, 2)
