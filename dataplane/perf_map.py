@@ -23,7 +23,7 @@ import os
 
 from dataplane import log as dplog
 
-__all__ = ["write_perf_map", "perf_map_wanted", "ENV"]
+__all__ = ["write_perf_map", "write_perf_map_if_wanted", "perf_map_wanted", "ENV"]
 
 log = dplog.get_logger("dataplane.perf_map")
 
@@ -80,3 +80,12 @@ def write_perf_map(path: str | None = None) -> int:
             f.write(f"{a:x} {size:x} {addrs[a]}\n")
     log.info("perf map written", path=path, functions=len(starts))
     return len(starts)
+
+
+def write_perf_map_if_wanted() -> bool:
+    """:func:`write_perf_map` when ``DATAPLANE_PERF_MAP`` asks for it (what the datapath processes call once their
+    kernels are loaded); whether it wrote one."""
+    if not perf_map_wanted():
+        return False
+    write_perf_map()
+    return True

@@ -50,3 +50,14 @@ def test_only_a_set_nonzero_variable_asks_for_it(monkeypatch):
     assert not perf_map.perf_map_wanted()
     monkeypatch.setenv(perf_map.ENV, "1")
     assert perf_map.perf_map_wanted()
+
+
+def test_write_if_wanted_writes_only_when_asked(monkeypatch, tmp_path):
+    from dataplane import perf_map
+
+    written = []
+    monkeypatch.setattr(perf_map, "write_perf_map", lambda path=None: written.append(path) or 1)
+    monkeypatch.delenv(perf_map.ENV, raising=False)
+    assert perf_map.write_perf_map_if_wanted() is False and written == []
+    monkeypatch.setenv(perf_map.ENV, "1")
+    assert perf_map.write_perf_map_if_wanted() is True and written == [None]

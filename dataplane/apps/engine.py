@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.perf_map import perf_map_wanted, write_perf_map
+from dataplane.perf_map import write_perf_map_if_wanted
 from dataplane.apps import fwd_loop as FL
 from dataplane.apps.fwd_modes import FLOWGEN_DEFAULT_FLOWS, csum_counters
 from dataplane.config import (FORWARD_MODES, MAX_MBUF_SIZE, MAX_PKT_LEN, MIN_MBUF_SIZE, MIN_PKT_LEN, PORT_TOPOLOGIES,
@@ -533,8 +533,7 @@ def _lcore_main(arg):
     keys = tuple(sorted({KIND_NONE}.union(*(p.get("entry_keys", ()) for p in ports))))
     _warm_up([_loop_shapes(specs, [_watched(p["name"]) for p in ports])], loop, keys,
              mode=int(cfg[FL.CFG_MODE]))  # before any ring is attached
-    if perf_map_wanted():
-        write_perf_map()
+    write_perf_map_if_wanted()
     # attach the queues already handed over (tx_first must find them); their messages were sent
     # before their requests were published, so this waits only for this process (a safety net)
     deadline = time.monotonic() + 30.0

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from dataplane import log as dplog
-from dataplane.perf_map import perf_map_wanted, write_perf_map
+from dataplane.perf_map import write_perf_map_if_wanted
 from dataplane.lcores.usage import UsageParser
 from dataplane.apps.eal_app import eal_main, stop_lcores, wait_for_stop
 from dataplane.ethdev import EthdevError
@@ -146,12 +146,12 @@ def _lcore_main(arg):
     (name, queues), = port_queues.items()  # one port per lcore loop for now
     lv = lcore_queues(name, queues, port_id=port_ids[name], memory=mem)
     pkts = np.zeros(max(burst, 64) * 2, np.uint32)
-    mapped = not perf_map_wanted()
+    mapped = False
     try:
         while True:
             rc = echo_loop(lv.ctxs, mp.arrays, lcore, stop, lv.ctl, lv.qids_arr, lv.gens, pkts, burst, mode, check, chk)
             if not mapped:  # the loop and its kernels are loaded now
-                write_perf_map()
+                write_perf_map_if_wanted()
                 mapped = True
             if rc == 1:
                 return True

@@ -31,7 +31,7 @@ import time
 
 from dataplane import log as dplog
 from dataplane.lcores.usage import UsageParser
-from dataplane.perf_map import perf_map_wanted, write_perf_map
+from dataplane.perf_map import write_perf_map_if_wanted
 from dataplane._jitcache import init_target
 from dataplane.memory.runtime import runtime_parent, validate_prefix
 
@@ -249,8 +249,7 @@ def _start(args) -> int:
         cls = Mlx5Card if args.model == "mlx5" else Card
         pairs = args.queue_pairs if args.queue_pairs is not None else DEFAULT_PAIRS[args.model]
         card = cls(parent, args.pf, args.vfs, mac_base=mac, pairs=pairs)
-        if perf_map_wanted():
-            write_perf_map()
+        write_perf_map_if_wanted()
     except (ValueError, OSError) as e:
         msg = f"dataplane-nic: {e}"
         print(msg, file=sys.stderr)
